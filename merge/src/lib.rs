@@ -1,0 +1,1 @@
+//! Quiver's numerical core. In this tier: the adapter formats that upload validation needs.
