@@ -1,1 +1,26 @@
 //! Quiver's numerical core. In this tier: the adapter formats that upload validation needs.
+//!
+//! - [`safetensors`]: header parsing with the full validation of algorithms.md §10.3, and a
+//!   writer ([`write_safetensors`]).
+//! - [`peft_config`]: PEFT `adapter_config.json` ([`AdapterConfig`]) with PEFT's
+//!   `rank_pattern`/`alpha_pattern` resolution.
+//! - [`keys`]: the PEFT tensor-name grammar.
+//! - [`summary`]: validation of the tensors against the config ([`summarize`],
+//!   [`inspect_path`]) producing a [`LoraSummary`].
+//!
+//! Every failure is a [`FormatError`] whose message names the tensor, module or field involved.
+
+pub mod error;
+pub mod keys;
+pub mod peft_config;
+pub mod safetensors;
+pub mod summary;
+
+pub use error::FormatError;
+pub use keys::{TensorRole, split_key};
+pub use peft_config::{AdapterConfig, TargetModules};
+pub use safetensors::write as write_safetensors;
+pub use safetensors::{
+    Dtype, MAX_HEADER_LEN, SafetensorsHeader, TensorInfo, header_len, parse_header, read_header,
+};
+pub use summary::{LoraSummary, infer_config, inspect_path, summarize};

@@ -1,0 +1,114 @@
+//! Bearer tokens. Secrets are `qvt_` + 64 hex characters; only their sha256 is stored.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::{FromRequest, HttpRequest, web};
+use quiver_store::{AdapterRecord, Principal, Scope, Viewer};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+const TOKEN_PREFIX: &str = "qvt_";
+
+/// A new secret and its hash.
+pub fn new_token() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = format!("{TOKEN_PREFIX}{}", hex_lower(&bytes));
+    let hash = hash_token(&secret);
+    (secret, hash)
+}
+
+pub fn hash_token(secret: &str) -> String {
+    hex_lower(&Sha256::digest(secret.as_bytes()))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The caller of a request: anonymous, or the owner of a valid token.
+pub struct Caller(pub Option<Principal>);
+
+impl Caller {
+    pub fn viewer(&self) -> Viewer {
+        match &self.0 {
+            Some(p) => Viewer {
+                user: Some(p.user.clone()),
+                admin: p.scope == Scope::Admin,
+            },
+            None => Viewer::default(),
+        }
+    }
+
+    /// The adapter, if this caller may see it; private adapters are 404 to everyone else.
+    pub fn visible(
+        &self,
+        adapter: Option<AdapterRecord>,
+        what: &str,
+    ) -> Result<AdapterRecord, ApiError> {
+        match adapter {
+            Some(a) if self.viewer().can_see(&a) => Ok(a),
+            _ => Err(ApiError::not_found(format!("adapter {what}"))),
+        }
+    }
+
+    /// Checks the caller may write under `owner`: a write token of that user, or an admin token.
+    pub fn require_write(&self, owner: &str) -> Result<&Principal, ApiError> {
+        let p = self.0.as_ref().ok_or_else(ApiError::unauthorized)?;
+        match p.scope {
+            Scope::Admin => Ok(p),
+            Scope::Write if p.user == owner => Ok(p),
+            Scope::Write => Err(ApiError::forbidden(format!(
+                "user {} may not write to {owner}'s adapters",
+                p.user
+            ))),
+            Scope::Read => Err(ApiError::forbidden(
+                "this token has the read scope; writing needs a write token",
+            )),
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let header = req
+            .headers()
+            .get(AUTHORIZATION)
+            .map(|v| v.to_str().map(str::to_owned));
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        Box::pin(async move {
+            let Some(header) = header else {
+                return Ok(Caller(None));
+            };
+            let bad = || {
+                ApiError::new(
+                    actix_web::http::StatusCode::UNAUTHORIZED,
+                    "invalid_token",
+                    "the Authorization header must be `Bearer <token>` with a token this server issued",
+                )
+            };
+            let header = header.map_err(|_| bad())?;
+            let secret = header
+                .strip_prefix("Bearer ")
+                .or_else(|| header.strip_prefix("bearer "))
+                .map(str::trim)
+                .filter(|s| s.starts_with(TOKEN_PREFIX))
+                .ok_or_else(bad)?;
+            let state =
+                state.ok_or_else(|| ApiError::internal("auth", "application state missing"))?;
+            match state.store.meta.authenticate(&hash_token(secret)).await? {
+                Some(p) => Ok(Caller(Some(p))),
+                None => Err(bad()),
+            }
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! The command line: `serve`, `migrate`, `token create`, `inspect`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use quiver_store::{Scope, Store};
+
+use crate::auth::new_token;
+use crate::config::{DEFAULT_MAX_UPLOAD_BYTES, ServerSettings, StorageArgs};
+use crate::startup::Application;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "quiver",
+    version,
+    about = "Registry and merging service for LoRA adapters"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP API.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "QUIVER_BIND", default_value = "127.0.0.1:8080")]
+        bind: String,
+        /// Largest accepted upload, in bytes.
+        #[arg(long, env = "QUIVER_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
+        max_upload_bytes: u64,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Print an adapter's summary as JSON (a PEFT directory or a .safetensors file).
+    Inspect { path: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token (and its user, if new); prints the token alone on the last line.
+    Create {
+        #[arg(long, env = "QUIVER_TOKEN_USER")]
+        user: String,
+        #[arg(long, env = "QUIVER_TOKEN_SCOPE", default_value = "write", value_parser = ["read", "write", "admin"])]
+        scope: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+pub async fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Serve {
+            bind,
+            max_upload_bytes,
+            storage,
+        } => {
+            let settings = ServerSettings {
+                bind,
+                store: storage.resolve()?,
+                max_upload_bytes,
+            };
+            let app = Application::build(settings.clone()).await?;
+            tracing::info!(
+                port = app.port(),
+                database = app.store.meta.dialect(),
+                blobs = app.store.blobs.describe(),
+                "quiver listening on {} (API docs at /docs)",
+                settings.bind
+            );
+            if app.store.meta.count_users().await? == 0 {
+                eprintln!(
+                    "No users yet. Create a token with:\n  quiver token create --user <name> --scope write{}",
+                    storage_hint(&storage)
+                );
+            }
+            app.run_until_stopped().await?;
+        }
+        Command::Migrate { storage } => {
+            let store = Store::open(&storage.resolve()?).await?;
+            println!("migrations applied ({})", store.meta.dialect());
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    user,
+                    scope,
+                    storage,
+                },
+        } => {
+            let scope: Scope = scope.parse()?;
+            let store = Store::open(&storage.resolve()?).await?;
+            let (secret, hash) = new_token();
+            store.meta.create_token(&user, scope, &hash).await?;
+            eprintln!(
+                "token for {user} ({}) — shown once, store it now:",
+                scope.as_str()
+            );
+            println!("{secret}");
+        }
+        Command::Inspect { path } => {
+            let summary = quiver_merge::inspect_path(&path)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+    }
+    Ok(())
+}
+
+/// The storage flags to repeat in a suggested command, when they are not the defaults.
+fn storage_hint(s: &StorageArgs) -> String {
+    let mut out = String::new();
+    if s.database_url.is_none() && s.store_url.is_none() {
+        out.push_str(&format!(" --data-dir {}", s.data_dir.display()));
+    }
+    if s.database_url.is_some() {
+        out.push_str(" --database-url <same as the server>");
+    }
+    if s.store_url.is_some() {
+        out.push_str(" --store-url <same as the server>");
+    }
+    out
+}

@@ -1,0 +1,13 @@
+//! The `quiver` service: HTTP API, auth, configuration and the CLI's commands.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod upload;
+pub mod views;

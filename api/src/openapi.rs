@@ -1,0 +1,32 @@
+//! The OpenAPI document root; paths and schemas are collected from the registered services.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Quiver", description = "Registry and merging service for LoRA adapters."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "adapters", description = "Adapters: create, list, search, update, delete"),
+        (name = "versions", description = "Immutable versions of an adapter"),
+        (name = "files", description = "Downloads"),
+        (name = "refs", description = "Aliases that point at versions"),
+        (name = "service", description = "Health and metrics")
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}

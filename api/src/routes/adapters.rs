@@ -1,0 +1,307 @@
+//! Adapters: create, list and search, get, update, delete.
+
+use std::collections::HashMap;
+
+use actix_web::{HttpResponse, delete, get, patch, post, web};
+use quiver_store::{
+    AdapterPatch, AdapterRecord, AdapterSort, ListAdapters, NewAdapter, RepoId, Store,
+};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use crate::views::{AdapterPage, AdapterView};
+
+/// Most tags an adapter may carry, and the longest tag, description and base model name.
+const MAX_TAGS: usize = 64;
+const MAX_TAG_LEN: usize = 64;
+const MAX_DESCRIPTION_LEN: usize = 16 * 1024;
+const MAX_BASE_MODEL_LEN: usize = 256;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAdapterRequest {
+    pub owner: String,
+    pub name: String,
+    /// The base model the adapter was trained on, e.g. `meta-llama/Llama-3.1-8B`.
+    pub base_model: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub private: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchAdapterRequest {
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub private: Option<bool>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListAdaptersQuery {
+    /// Case-insensitive search in `owner/name`, description and base model.
+    pub q: Option<String>,
+    pub base_model: Option<String>,
+    pub tag: Option<String>,
+    pub owner: Option<String>,
+    /// `updated` (default), `downloads`, `name` or `created`.
+    #[param(value_type = Option<String>)]
+    pub sort: Option<AdapterSort>,
+    /// 1 to 500, default 50.
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// `(owner, name)` from the path; a malformed name cannot exist, so it is a 404.
+pub fn repo_from_path(path: &(String, String)) -> Result<RepoId, ApiError> {
+    RepoId::parse(&path.0, &path.1)
+        .map_err(|_| ApiError::not_found(format!("adapter {}/{}", path.0, path.1)))
+}
+
+/// The adapter named in the path, if the caller may see it.
+pub async fn find_adapter(
+    store: &Store,
+    caller: &Caller,
+    path: &(String, String),
+) -> Result<AdapterRecord, ApiError> {
+    let repo = repo_from_path(path)?;
+    let found = store.meta.get_adapter(&repo).await?;
+    caller.visible(found, &repo.to_string())
+}
+
+pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(50),
+        Some(n @ 1..=500) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and 500, got {n}"),
+        )),
+    }
+}
+
+fn check_tags(tags: &[String]) -> Result<(), ApiError> {
+    if tags.len() > MAX_TAGS {
+        return Err(ApiError::bad_request(
+            "invalid_tags",
+            format!("at most {MAX_TAGS} tags are allowed"),
+        ));
+    }
+    for t in tags {
+        if t.is_empty() || t.len() > MAX_TAG_LEN || t.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "invalid_tags",
+                format!("tag {t:?} must be 1 to {MAX_TAG_LEN} printable characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_description(d: &str) -> Result<(), ApiError> {
+    if d.len() > MAX_DESCRIPTION_LEN {
+        return Err(ApiError::bad_request(
+            "invalid_description",
+            format!("description is longer than {MAX_DESCRIPTION_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Builds full views (refs + latest version) for a set of adapters with three queries in all.
+pub async fn views(
+    store: &Store,
+    adapters: Vec<AdapterRecord>,
+) -> Result<Vec<AdapterView>, ApiError> {
+    let ids: Vec<i64> = adapters.iter().map(|a| a.id).collect();
+    let mut latest: HashMap<i64, _> = store
+        .meta
+        .latest_versions(&ids)
+        .await?
+        .into_iter()
+        .map(|v| (v.adapter_id, v))
+        .collect();
+    let mut aliases: HashMap<i64, Vec<(String, i64)>> = HashMap::new();
+    for (id, alias, number) in store.meta.aliases(&ids).await? {
+        aliases.entry(id).or_default().push((alias, number));
+    }
+    Ok(adapters
+        .into_iter()
+        .map(|a| {
+            let id = a.id;
+            AdapterView::new(
+                a,
+                latest.remove(&id),
+                aliases.remove(&id).unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+async fn view(store: &Store, adapter: AdapterRecord) -> Result<AdapterView, ApiError> {
+    views(store, vec![adapter])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("adapter view", "empty view list"))
+}
+
+/// Create an adapter (no versions yet).
+#[utoipa::path(
+    tag = "adapters",
+    request_body = CreateAdapterRequest,
+    responses(
+        (status = 201, body = AdapterView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+#[post("/adapters")]
+pub async fn create_adapter(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<CreateAdapterRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let repo = RepoId::parse(&body.owner, &body.name)
+        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+    caller.require_write(&repo.owner)?;
+    let base_model = body.base_model.trim().to_string();
+    if base_model.is_empty()
+        || base_model.len() > MAX_BASE_MODEL_LEN
+        || base_model.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(
+            "invalid_base_model",
+            format!("base_model must be 1 to {MAX_BASE_MODEL_LEN} printable characters"),
+        ));
+    }
+    check_tags(&body.tags)?;
+    check_description(&body.description)?;
+    let created = state
+        .store
+        .meta
+        .create_adapter(&NewAdapter {
+            repo,
+            base_model,
+            description: body.description,
+            tags: body.tags,
+            private: body.private,
+        })
+        .await?;
+    Ok(HttpResponse::Created().json(view(&state.store, created).await?))
+}
+
+/// List and search adapters the caller can see.
+#[utoipa::path(
+    tag = "adapters",
+    params(ListAdaptersQuery),
+    responses((status = 200, body = AdapterPage), (status = 400, body = ErrorBody))
+)]
+#[get("/adapters")]
+pub async fn list_adapters(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<ListAdaptersQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let page = state
+        .store
+        .meta
+        .list_adapters(
+            &ListAdapters {
+                q: q.q,
+                base_model: q.base_model,
+                tag: q.tag,
+                owner: q.owner,
+                sort: q.sort.unwrap_or_default(),
+                limit: page_limit(q.limit)?,
+                cursor: q.cursor,
+            },
+            &caller.viewer(),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(AdapterPage {
+        items: views(&state.store, page.items).await?,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// One adapter with its refs and latest version.
+#[utoipa::path(
+    tag = "adapters",
+    responses((status = 200, body = AdapterView), (status = 404, body = ErrorBody))
+)]
+#[get("/adapters/{owner}/{name}")]
+pub async fn get_adapter(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let adapter = find_adapter(&state.store, &caller, &path).await?;
+    Ok(HttpResponse::Ok().json(view(&state.store, adapter).await?))
+}
+
+/// Change description, tags or visibility.
+#[utoipa::path(
+    tag = "adapters",
+    request_body = PatchAdapterRequest,
+    responses((status = 200, body = AdapterView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[patch("/adapters/{owner}/{name}")]
+pub async fn patch_adapter(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: web::Json<PatchAdapterRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let adapter = find_adapter(&state.store, &caller, &path).await?;
+    caller.require_write(&adapter.owner)?;
+    let body = body.into_inner();
+    if let Some(tags) = &body.tags {
+        check_tags(tags)?;
+    }
+    if let Some(d) = &body.description {
+        check_description(d)?;
+    }
+    let patch = AdapterPatch {
+        description: body.description,
+        tags: body.tags,
+        private: body.private,
+    };
+    state.store.meta.update_adapter(adapter.id, &patch).await?;
+    let repo = repo_from_path(&path)?;
+    let updated = state
+        .store
+        .meta
+        .get_adapter(&repo)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&repo))?;
+    Ok(HttpResponse::Ok().json(view(&state.store, updated).await?))
+}
+
+/// Delete an adapter with all its versions and refs.
+#[utoipa::path(
+    tag = "adapters",
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[delete("/adapters/{owner}/{name}")]
+pub async fn delete_adapter(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let adapter = find_adapter(&state.store, &caller, &path).await?;
+    caller.require_write(&adapter.owner)?;
+    state.store.meta.delete_adapter(adapter.id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

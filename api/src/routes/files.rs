@@ -1,0 +1,205 @@
+//! File downloads: streamed, with `ETag: "<sha256>"`, `If-None-Match` → 304, single `Range` → 206,
+//! `Content-Length` and HEAD.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use actix_web::body::SizedStream;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, route, web};
+use futures::{StreamExt, stream};
+
+use super::versions::find_version;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use crate::upload::WEIGHTS_FILE;
+
+/// A parsed `Range` header against a file of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeRequest {
+    /// No header, or one we serve whole (several ranges, other units).
+    Full,
+    Partial(Range<u64>),
+    Unsatisfiable,
+}
+
+/// RFC 9110 §14.1.2, one range: `bytes=a-b`, `bytes=a-`, `bytes=-n`.
+pub fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
+    let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return RangeRequest::Full;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeRequest::Unsatisfiable;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        (true, false) => b
+            .parse::<u64>()
+            .ok()
+            .filter(|&n| n > 0)
+            .map(|n| size.saturating_sub(n)..size),
+        (false, true) => a.parse::<u64>().ok().map(|start| start..size),
+        (false, false) => match (a.parse::<u64>(), b.parse::<u64>()) {
+            (Ok(start), Ok(end)) if start <= end => Some(start..end.saturating_add(1).min(size)),
+            _ => None,
+        },
+        (true, true) => None,
+    };
+    match parsed {
+        Some(r) if r.start < size && r.start < r.end => RangeRequest::Partial(r),
+        _ => RangeRequest::Unsatisfiable,
+    }
+}
+
+fn etag_matches(req: &HttpRequest, etag: &str) -> bool {
+    req.headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag))
+        })
+}
+
+/// Download one file of a version (GET and HEAD).
+#[utoipa::path(
+    tag = "files",
+    params(
+        ("ref" = String, Path, description = "number, v{N}, alias, main or revision"),
+        ("path" = String, Path, description = "the file's path in the version")
+    ),
+    responses(
+        (status = 200, description = "the file's bytes", content_type = "application/octet-stream"),
+        (status = 206, description = "the requested byte range"),
+        (status = 304, description = "If-None-Match matched the ETag"),
+        (status = 404, body = ErrorBody), (status = 416, body = ErrorBody)
+    )
+)]
+#[route(
+    "/adapters/{owner}/{name}/versions/{ref}/files/{path:.*}",
+    method = "GET",
+    method = "HEAD"
+)]
+pub async fn download_file(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String, String, String)>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (owner, name, reference, file_path) = path.into_inner();
+    let (adapter, version) = find_version(&state, &caller, &owner, &name, &reference).await?;
+    let file = version
+        .files
+        .iter()
+        .find(|f| f.path == file_path)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "file {file_path} in version {} of {}",
+                version.number,
+                adapter.repo_id()
+            ))
+        })?;
+    let size = file.size as u64;
+    let etag = format!("\"{}\"", file.sha256);
+    let mut res = HttpResponse::build(StatusCode::OK);
+    res.insert_header((header::ETAG, etag.as_str()))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((
+            header::CACHE_CONTROL,
+            if adapter.private {
+                "private, max-age=0, must-revalidate"
+            } else {
+                "public, max-age=0, must-revalidate"
+            },
+        ))
+        .insert_header(("X-Quiver-Revision", version.revision.as_str()));
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}\"",
+        file_path
+            .rsplit('/')
+            .next()
+            .unwrap_or("file")
+            .replace('"', "")
+    )) {
+        res.insert_header((header::CONTENT_DISPOSITION, v));
+    }
+    if etag_matches(&req, &etag) {
+        return Ok(res.status(StatusCode::NOT_MODIFIED).finish());
+    }
+    let range = match parse_range(
+        req.headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok()),
+        size,
+    ) {
+        RangeRequest::Full => None,
+        RangeRequest::Partial(r) => Some(r),
+        RangeRequest::Unsatisfiable => {
+            return Err(ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("the Range header does not fit a file of {size} bytes"),
+            ));
+        }
+    };
+    let length = range.as_ref().map_or(size, |r| r.end - r.start);
+    if let Some(r) = &range {
+        res.status(StatusCode::PARTIAL_CONTENT).insert_header((
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{size}", r.start, r.end - 1),
+        ));
+    }
+    if req.method() == Method::HEAD {
+        let empty = stream::empty::<Result<bytes::Bytes, actix_web::Error>>();
+        return Ok(res.body(SizedStream::new(length, empty)));
+    }
+    if range.is_none() && file_path == WEIGHTS_FILE {
+        state.store.meta.record_download(adapter.id).await?;
+    }
+    let body = if length == 0 {
+        stream::empty().boxed_local()
+    } else {
+        let metrics = Arc::clone(&state.metrics);
+        state
+            .store
+            .blobs
+            .get(&file.sha256, range)
+            .await?
+            .map(move |chunk| {
+                chunk
+                    .inspect(|b| metrics.add_out(b.len() as u64))
+                    .map_err(|e| actix_web::error::ErrorInternalServerError(e.to_string()))
+            })
+            .boxed_local()
+    };
+    Ok(res.body(SizedStream::new(length, body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse() {
+        use RangeRequest::*;
+        assert_eq!(parse_range(None, 10), Full);
+        assert_eq!(parse_range(Some("bytes=0-3"), 10), Partial(0..4));
+        assert_eq!(parse_range(Some("bytes=5-"), 10), Partial(5..10));
+        assert_eq!(parse_range(Some("bytes=-3"), 10), Partial(7..10));
+        assert_eq!(parse_range(Some("bytes=-30"), 10), Partial(0..10));
+        assert_eq!(parse_range(Some("bytes=8-100"), 10), Partial(8..10));
+        assert_eq!(parse_range(Some("bytes=10-"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=4-2"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=-0"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=x-y"), 10), Unsatisfiable);
+        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), Full);
+        assert_eq!(parse_range(Some("items=0-1"), 10), Full);
+        assert_eq!(parse_range(Some("bytes=0-"), 0), Unsatisfiable);
+    }
+}

@@ -1,0 +1,24 @@
+//! One module per resource; each owns its handlers, request types and OpenAPI annotations.
+
+pub mod adapters;
+pub mod files;
+pub mod health;
+pub mod refs;
+pub mod versions;
+
+use utoipa_actix_web::service_config::ServiceConfig;
+
+/// The `/api/v1` routes.
+pub fn configure_v1(cfg: &mut ServiceConfig) {
+    cfg.service(adapters::create_adapter)
+        .service(adapters::list_adapters)
+        .service(adapters::get_adapter)
+        .service(adapters::patch_adapter)
+        .service(adapters::delete_adapter)
+        .service(versions::create_version)
+        .service(versions::list_versions)
+        .service(versions::get_version)
+        .service(files::download_file)
+        .service(refs::set_ref)
+        .service(refs::delete_ref);
+}

@@ -1,0 +1,90 @@
+//! User aliases (`prod`, `canary`) that point at a version and are moved explicitly.
+
+use actix_web::{HttpResponse, delete, put, web};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::adapters::find_adapter;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRefRequest {
+    pub version: i64,
+}
+
+/// Aliases follow the name rules; `main` and `v{N}` are reserved, and so is anything that reads
+/// as a number or a revision.
+fn check_alias(alias: &str) -> Result<String, ApiError> {
+    let alias = quiver_store::validate_name("alias", alias)
+        .map_err(|e| ApiError::bad_request("invalid_alias", e.to_string()))?;
+    let reserved = alias == "main"
+        || !matches!(
+            quiver_store::VersionRef::parse(&alias),
+            quiver_store::VersionRef::Alias(_)
+        );
+    if reserved {
+        return Err(ApiError::bad_request(
+            "invalid_alias",
+            format!(
+                "{alias:?} is reserved: main, numbers, v<N> and 40-hex revisions name versions already"
+            ),
+        ));
+    }
+    Ok(alias)
+}
+
+/// Point an alias at a version (creating or moving it).
+#[utoipa::path(
+    tag = "refs",
+    request_body = SetRefRequest,
+    responses((status = 200, description = "alias set"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[put("/adapters/{owner}/{name}/refs/{alias}")]
+pub async fn set_ref(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String, String)>,
+    body: web::Json<SetRefRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let (owner, name, alias) = path.into_inner();
+    let adapter = find_adapter(&state.store, &caller, &(owner, name)).await?;
+    caller.require_write(&adapter.owner)?;
+    let alias = check_alias(&alias)?;
+    state
+        .store
+        .meta
+        .set_alias(adapter.id, &alias, body.version)
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "name": alias, "version": body.version })))
+}
+
+/// Remove an alias.
+#[utoipa::path(
+    tag = "refs",
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[delete("/adapters/{owner}/{name}/refs/{alias}")]
+pub async fn delete_ref(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (owner, name, alias) = path.into_inner();
+    let adapter = find_adapter(&state.store, &caller, &(owner, name)).await?;
+    caller.require_write(&adapter.owner)?;
+    if state
+        .store
+        .meta
+        .delete_alias(adapter.id, &alias.to_ascii_lowercase())
+        .await?
+    {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::not_found(format!("alias {alias}")))
+    }
+}

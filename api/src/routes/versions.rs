@@ -1,0 +1,169 @@
+//! Versions: upload (multipart), list, get by number, `v{N}`, alias, `main` or revision.
+
+use actix_multipart::Multipart;
+use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use quiver_store::{FileRecord, NewVersion, VersionRecord, VersionRef};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::adapters::{find_adapter, page_limit};
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use crate::upload::{Received, receive};
+use crate::views::{VersionPage, VersionView};
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListVersionsQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// Upload a new version: `multipart/form-data`, one part per file, the part's filename being the
+/// file's path. Must hold `adapter_config.json` and `adapter_model.safetensors`.
+#[utoipa::path(
+    tag = "versions",
+    request_body(content_type = "multipart/form-data", description = "one part per file; filename = path"),
+    responses(
+        (status = 201, body = VersionView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+#[post("/adapters/{owner}/{name}/versions")]
+pub async fn create_version(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+    multipart: Multipart,
+) -> Result<HttpResponse, ApiError> {
+    let adapter = find_adapter(&state.store, &caller, &path).await?;
+    let principal = caller.require_write(&adapter.owner)?;
+    let limit = state.max_upload_bytes;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    let blobs = &state.store.blobs;
+    let mut received = Received::default();
+    let checked = match receive(multipart, blobs, limit, &state.metrics, &mut received).await {
+        Ok(()) => received.validate(),
+        Err(e) => Err(e),
+    };
+    let lora = match checked {
+        Ok(lora) => lora,
+        Err(e) => {
+            received.discard(blobs).await;
+            return Err(e);
+        }
+    };
+    for (i, f) in received.files.iter().enumerate() {
+        if let Err(e) = blobs.commit(&f.staged).await {
+            for rest in &received.files[i..] {
+                blobs.discard(&rest.staged).await;
+            }
+            return Err(e.into());
+        }
+    }
+    let files: Vec<FileRecord> = received
+        .files
+        .iter()
+        .map(|f| FileRecord {
+            path: f.path.clone(),
+            size: f.staged.size as i64,
+            sha256: f.staged.sha256.clone(),
+        })
+        .collect();
+    let new = NewVersion {
+        created_by: principal.user.clone(),
+        files,
+        lora: Some(lora),
+        lineage: None,
+    };
+    let version = match state.store.meta.create_version(&adapter, &new).await {
+        Ok(v) => v,
+        Err(e) => {
+            // The rows never committed: drop blobs that no other version refers to.
+            for f in &new.files {
+                if let Ok(false) = state.store.meta.blob_in_use(&f.sha256).await {
+                    let _ = blobs.delete(&f.sha256).await;
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    Ok(HttpResponse::Created().json(VersionView::from(version)))
+}
+
+/// Versions of an adapter, newest first.
+#[utoipa::path(
+    tag = "versions",
+    params(ListVersionsQuery),
+    responses((status = 200, body = VersionPage), (status = 404, body = ErrorBody))
+)]
+#[get("/adapters/{owner}/{name}/versions")]
+pub async fn list_versions(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    query: web::Query<ListVersionsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let adapter = find_adapter(&state.store, &caller, &path).await?;
+    let q = query.into_inner();
+    let page = state
+        .store
+        .meta
+        .list_versions(adapter.id, page_limit(q.limit)?, q.cursor.as_deref())
+        .await?;
+    Ok(HttpResponse::Ok().json(VersionPage {
+        items: page.items.into_iter().map(VersionView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Resolves `{ref}` of a path to a version of a visible adapter.
+pub async fn find_version(
+    state: &AppState,
+    caller: &Caller,
+    owner: &str,
+    name: &str,
+    reference: &str,
+) -> Result<(quiver_store::AdapterRecord, VersionRecord), ApiError> {
+    let adapter =
+        find_adapter(&state.store, caller, &(owner.to_string(), name.to_string())).await?;
+    let version = state
+        .store
+        .meta
+        .get_version(adapter.id, &VersionRef::parse(reference))
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("version {reference} of {}", adapter.repo_id()))
+        })?;
+    Ok((adapter, version))
+}
+
+/// One version: `ref` = number, `v{N}`, alias, `main` or 40-hex revision.
+#[utoipa::path(
+    tag = "versions",
+    params(("ref" = String, Path, description = "number, v{N}, alias, main or revision")),
+    responses((status = 200, body = VersionView), (status = 404, body = ErrorBody))
+)]
+#[get("/adapters/{owner}/{name}/versions/{ref}")]
+pub async fn get_version(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (owner, name, reference) = path.into_inner();
+    let (_, version) = find_version(&state, &caller, &owner, &name, &reference).await?;
+    Ok(HttpResponse::Ok().json(VersionView::from(version)))
+}

@@ -1,0 +1,99 @@
+//! Builds the HTTP server so that `main` and the tests start it the same way (port 0 in tests).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{ErrorHandlers, from_fn};
+use actix_web::{App, HttpResponse, HttpServer, web};
+use quiver_store::Store;
+use utoipa::OpenApi;
+use utoipa_actix_web::AppExt;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::ServerSettings;
+use crate::error::{self, ApiError};
+use crate::metrics::Metrics;
+use crate::openapi::ApiDoc;
+use crate::routes;
+use crate::state::AppState;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    pub store: Store,
+}
+
+impl Application {
+    /// Opens the store (running migrations) and binds the listener.
+    pub async fn build(settings: ServerSettings) -> Result<Self, ApiError> {
+        let store = Store::open(&settings.store)
+            .await
+            .map_err(|e| ApiError::internal("opening the store", e))?;
+        let listener = TcpListener::bind(&settings.bind)
+            .map_err(|e| ApiError::internal(&format!("binding {}", settings.bind), e))?;
+        Self::with_store(store, listener, settings.max_upload_bytes)
+    }
+
+    pub fn with_store(
+        store: Store,
+        listener: TcpListener,
+        max_upload_bytes: u64,
+    ) -> Result<Self, ApiError> {
+        let port = listener
+            .local_addr()
+            .map_err(|e| ApiError::internal("listener", e))?
+            .port();
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            max_upload_bytes,
+            metrics: Arc::new(Metrics::default()),
+        });
+        let server = HttpServer::new(move || {
+            let (app, api) = App::new()
+                .into_utoipa_app()
+                .openapi(ApiDoc::openapi())
+                .app_data(state.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(1024 * 1024)
+                        .error_handler(error::json_error),
+                )
+                .app_data(web::QueryConfig::default().error_handler(error::query_error))
+                .app_data(web::PathConfig::default().error_handler(error::path_error))
+                .service(routes::health::healthz)
+                .service(routes::health::metrics)
+                .service(utoipa_actix_web::scope("/api/v1").configure(routes::configure_v1))
+                .split_for_parts();
+            // SwaggerUi also serves the document itself at /api/openapi.json.
+            app.route(
+                "/docs",
+                web::get().to(|| async {
+                    HttpResponse::PermanentRedirect()
+                        .insert_header(("Location", "/docs/"))
+                        .finish()
+                }),
+            )
+            .service(SwaggerUi::new("/docs/{_:.*}").url("/api/openapi.json", api))
+            .default_service(web::to(error::not_found))
+            .wrap(ErrorHandlers::new().default_handler(error::wrap_foreign_errors))
+            .wrap(from_fn(crate::metrics::track))
+        })
+        .listen(listener)
+        .map_err(|e| ApiError::internal("listen", e))?
+        .run();
+        Ok(Self {
+            port,
+            server,
+            store,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,12 @@
+use std::sync::Arc;
+
+use quiver_store::Store;
+
+use crate::metrics::Metrics;
+
+/// Everything a handler needs; cloned into each worker as `web::Data`.
+pub struct AppState {
+    pub store: Store,
+    pub max_upload_bytes: u64,
+    pub metrics: Arc<Metrics>,
+}

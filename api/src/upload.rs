@@ -1,0 +1,240 @@
+//! Receiving a version: multipart parts streamed into staged blobs, then validated as a PEFT
+//! adapter. Nothing becomes visible here; on any error every staged blob is removed.
+
+use actix_multipart::{Multipart, MultipartError};
+use actix_web::http::StatusCode;
+use futures::TryStreamExt;
+use quiver_merge::{AdapterConfig, header_len, parse_header, summarize};
+use quiver_store::{BlobStore, StagedBlob};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+const MAX_PATH_LEN: usize = 1024;
+const MAX_FILES: usize = 1000;
+/// Extensions of pickle files, which can run code when loaded.
+const PICKLE_EXTENSIONS: [&str; 5] = [".bin", ".pt", ".pkl", ".pth", ".pickle"];
+
+/// One received file, staged in the blob store.
+pub struct ReceivedFile {
+    pub path: String,
+    pub staged: StagedBlob,
+}
+
+/// What a multipart upload delivered.
+#[derive(Default)]
+pub struct Received {
+    pub files: Vec<ReceivedFile>,
+    config: Option<Vec<u8>>,
+    /// The first 8 + N bytes of the weights file (its header), and the file's size.
+    weights_header: Option<(Vec<u8>, u64)>,
+}
+
+impl Received {
+    /// Removes every staged blob.
+    pub async fn discard(self, blobs: &BlobStore) {
+        for f in &self.files {
+            blobs.discard(&f.staged).await;
+        }
+    }
+
+    /// Checks the upload is a well-formed PEFT LoRA adapter and returns its summary.
+    pub fn validate(&self) -> Result<Value, ApiError> {
+        let missing = |name: &str| {
+            ApiError::unprocessable(
+                "missing_file",
+                format!("the upload must contain {name} (as a part with that filename)"),
+            )
+        };
+        let config_bytes = self.config.as_deref().ok_or_else(|| missing(CONFIG_FILE))?;
+        let (prefix, size) = self
+            .weights_header
+            .as_ref()
+            .ok_or_else(|| missing(WEIGHTS_FILE))?;
+        let config = AdapterConfig::from_json(config_bytes)?;
+        let header = parse_header(prefix, *size)?;
+        let summary = summarize(&config, &header, *size)?;
+        serde_json::to_value(summary).map_err(|e| ApiError::internal("summary", e))
+    }
+}
+
+/// Checks a file path from a part's filename: relative, `/`-separated, no `.`/`..` or empty
+/// components, no backslashes or control characters, no pickle files.
+pub fn check_path(path: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| {
+        ApiError::bad_request(
+            "invalid_file_path",
+            format!("file path {path:?} is not allowed: {why}"),
+        )
+    };
+    if path.is_empty() || path.len() > MAX_PATH_LEN {
+        return Err(bad("it must be 1 to 1024 bytes long"));
+    }
+    if path.chars().any(char::is_control) {
+        return Err(bad("it contains control characters"));
+    }
+    if path.starts_with('/') || path.contains('\\') || path.contains(':') {
+        return Err(bad("it must be a relative path with '/' separators"));
+    }
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(bad("it must not contain empty, '.' or '..' components"));
+    }
+    let lower = path.to_ascii_lowercase();
+    if PICKLE_EXTENSIONS.iter().any(|ext| lower.ends_with(ext)) {
+        return Err(ApiError::unprocessable(
+            "pickle_not_allowed",
+            format!(
+                "{path} is a pickle file, which can run code when loaded; upload safetensors instead"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn multipart_error(e: MultipartError) -> ApiError {
+    match e {
+        MultipartError::ContentTypeMissing
+        | MultipartError::ContentTypeParse
+        | MultipartError::ContentTypeIncompatible
+        | MultipartError::BoundaryMissing => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "upload files as multipart/form-data, one part per file, the part's filename being the file path",
+        ),
+        other => ApiError::bad_request(
+            "invalid_multipart",
+            format!("the multipart body is malformed: {other}"),
+        ),
+    }
+}
+
+/// Streams every part into the blob store. Files already staged are left in `received` for the
+/// caller to discard on error; a part in progress is aborted here.
+pub async fn receive(
+    mut multipart: Multipart,
+    blobs: &BlobStore,
+    limit: u64,
+    metrics: &Metrics,
+    received: &mut Received,
+) -> Result<(), ApiError> {
+    let mut total: u64 = 0;
+    while let Some(mut field) = multipart.try_next().await.map_err(multipart_error)? {
+        let path = field
+            .content_disposition()
+            .and_then(|cd| cd.get_filename())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_multipart",
+                    format!(
+                        "part {:?} has no filename; every part must be a file whose filename is its path",
+                        field.name().unwrap_or_default()
+                    ),
+                )
+            })?;
+        check_path(&path)?;
+        if received.files.iter().any(|f| f.path == path) {
+            return Err(ApiError::bad_request(
+                "duplicate_file",
+                format!("{path} appears twice in the upload"),
+            ));
+        }
+        if received.files.len() >= MAX_FILES {
+            return Err(ApiError::bad_request(
+                "too_many_files",
+                format!("a version holds at most {MAX_FILES} files"),
+            ));
+        }
+        let is_config = path == CONFIG_FILE;
+        let is_weights = path == WEIGHTS_FILE;
+        let mut keep: Vec<u8> = Vec::new();
+        let mut want: usize = 8;
+        let mut upload = blobs.begin();
+        let streamed: Result<(), ApiError> = async {
+            while let Some(chunk) = field.try_next().await.map_err(multipart_error)? {
+                total += chunk.len() as u64;
+                if total > limit {
+                    return Err(ApiError::too_large(limit));
+                }
+                metrics.add_in(chunk.len() as u64);
+                if is_config {
+                    keep.extend_from_slice(&chunk);
+                    if keep.len() > MAX_CONFIG_BYTES {
+                        return Err(ApiError::unprocessable(
+                            "invalid_adapter_config",
+                            format!("{CONFIG_FILE} is larger than {MAX_CONFIG_BYTES} bytes"),
+                        ));
+                    }
+                } else if is_weights && keep.len() < want {
+                    let take = (want - keep.len()).min(chunk.len());
+                    keep.extend_from_slice(&chunk[..take]);
+                    if want == 8 && keep.len() >= 8 {
+                        // The header length is known: keep exactly the header, nothing more.
+                        let n = header_len(&keep)?;
+                        want = 8 + n as usize;
+                        let more = (want - keep.len()).min(chunk.len() - take);
+                        keep.extend_from_slice(&chunk[take..take + more]);
+                    }
+                }
+                upload.write(&chunk).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = streamed {
+            upload.abort().await;
+            return Err(e);
+        }
+        let size = upload.size();
+        let staged = upload.finish().await?;
+        if is_config {
+            received.config = Some(keep);
+        } else if is_weights {
+            received.weights_header = Some((keep, size));
+        }
+        received.files.push(ReceivedFile { path, staged });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_checked() {
+        for ok in [
+            "adapter_config.json",
+            "README.md",
+            "sub/dir/file.txt",
+            "a..b",
+        ] {
+            assert!(check_path(ok).is_ok(), "{ok} refused");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "./a",
+            "a\\b",
+            "c:x",
+            "a\nb",
+            "a\u{7f}",
+            "x.bin",
+            "m.PT",
+            "a.pkl",
+            "w.pth",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Response shapes of the API (fields may be added, never renamed). Built from store records;
+//! never the records themselves.
+
+use std::collections::BTreeMap;
+
+use quiver_store::time::rfc3339;
+use quiver_store::{AdapterRecord, FileRecord, VersionRecord};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+#[derive(Serialize, ToSchema)]
+pub struct AdapterView {
+    /// `owner/name`.
+    pub id: String,
+    pub owner: String,
+    pub name: String,
+    pub base_model: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub private: bool,
+    pub downloads: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    /// `main` (the newest ready version) and user aliases → version number.
+    pub refs: BTreeMap<String, i64>,
+    /// The newest ready version, if any.
+    pub latest: Option<VersionView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionView {
+    pub number: i64,
+    /// 40 lowercase hex: sha1 of the version's canonical manifest.
+    pub revision: String,
+    /// `pending`, `ready` or `failed`.
+    pub state: String,
+    pub created_at: String,
+    pub created_by: String,
+    pub files: Vec<FileView>,
+    /// LoRA summary: peft_type, r, lora_alpha, use_rslora, use_dora, target_modules, rank_pattern,
+    /// alpha_pattern, n_params, dtype, size.
+    #[schema(value_type = Object)]
+    pub lora: Option<Value>,
+    /// Parents, method, params and seed of a merged or compressed version.
+    #[schema(value_type = Object)]
+    pub lineage: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FileView {
+    pub path: String,
+    pub size: i64,
+    pub sha256: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AdapterPage {
+    pub items: Vec<AdapterView>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionPage {
+    pub items: Vec<VersionView>,
+    pub next_cursor: Option<String>,
+}
+
+impl From<&FileRecord> for FileView {
+    fn from(f: &FileRecord) -> Self {
+        Self {
+            path: f.path.clone(),
+            size: f.size,
+            sha256: f.sha256.clone(),
+        }
+    }
+}
+
+impl From<VersionRecord> for VersionView {
+    fn from(v: VersionRecord) -> Self {
+        Self {
+            number: v.number,
+            revision: v.revision,
+            state: v.state,
+            created_at: rfc3339(v.created_at),
+            created_by: v.created_by,
+            files: v.files.iter().map(FileView::from).collect(),
+            lora: v.lora,
+            lineage: v.lineage,
+        }
+    }
+}
+
+impl AdapterView {
+    pub fn new(
+        a: AdapterRecord,
+        latest: Option<VersionRecord>,
+        aliases: Vec<(String, i64)>,
+    ) -> Self {
+        let mut refs: BTreeMap<String, i64> = aliases.into_iter().collect();
+        if let Some(v) = &latest {
+            refs.insert("main".into(), v.number);
+        }
+        Self {
+            id: a.repo_id(),
+            owner: a.owner,
+            name: a.name,
+            base_model: a.base_model,
+            description: a.description,
+            tags: a.tags,
+            private: a.private,
+            downloads: a.downloads,
+            created_at: rfc3339(a.created_at),
+            updated_at: rfc3339(a.updated_at),
+            refs,
+            latest: latest.map(VersionView::from),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The single error type of the adapter-format code.
+
+use std::path::PathBuf;
+
+/// Everything that can be wrong with an uploaded adapter.
+///
+/// Every message is a sentence that names the offending tensor, module or field, so it can be
+/// shown to the uploader as is. [`FormatError::code`] gives a stable machine-readable code.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// The safetensors container itself is malformed (header, dtypes, offsets, sizes).
+    #[error("invalid safetensors file: {0}")]
+    InvalidSafetensors(String),
+
+    /// `adapter_config.json` is not valid JSON, not an object, or a field has a bad type or value.
+    #[error("invalid adapter_config.json: {0}")]
+    InvalidAdapterConfig(String),
+
+    /// `peft_type` is something other than `"LORA"` (LoHa, LoKr, AdaLoRA, IA3, ...).
+    #[error(
+        "unsupported PEFT type {peft_type:?}: only LoRA adapters (peft_type \"LORA\") are accepted; \
+         convert the adapter to LoRA before uploading it"
+    )]
+    UnsupportedPeftType {
+        /// The `peft_type` found in the config.
+        peft_type: String,
+    },
+
+    /// The tensors do not form a valid LoRA adapter (missing halves, wrong shapes or dtypes, no
+    /// LoRA tensors at all).
+    #[error("invalid LoRA adapter: {0}")]
+    InvalidAdapter(String),
+
+    /// The tensors disagree with `adapter_config.json` (for example the rank).
+    #[error("adapter weights do not match adapter_config.json: {0}")]
+    AdapterMismatch(String),
+
+    /// A file format the service refuses to read (for example pickled `adapter_model.bin`).
+    #[error("unsupported adapter format: {0}")]
+    UnsupportedFormat(String),
+
+    /// Reading a file failed.
+    #[error("could not read {}: {source}", path.display())]
+    Io {
+        /// The file or directory that could not be read.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FormatError {
+    /// A stable snake_case code for the error kind, suitable for API responses.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FormatError::InvalidSafetensors(_) => "invalid_safetensors",
+            FormatError::InvalidAdapterConfig(_) => "invalid_adapter_config",
+            FormatError::UnsupportedPeftType { .. } => "unsupported_peft_type",
+            FormatError::InvalidAdapter(_) => "invalid_adapter",
+            FormatError::AdapterMismatch(_) => "adapter_mismatch",
+            FormatError::UnsupportedFormat(_) => "unsupported_format",
+            FormatError::Io { .. } => "io_error",
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        FormatError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Content-addressed blobs in any `object_store` backend.
+//!
+//! An upload streams into a temporary object (`uploads/<uuid>`) while its sha256 is computed;
+//! [`BlobStore::commit`] then moves it to `sha256/ab/cdef…`. Memory stays bounded: bodies smaller
+//! than one part go out in a single `put`, larger ones through `WriteMultipart`, which waits for
+//! capacity before buffering more (back-pressure on the client).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+use sha2::{Digest, Sha256};
+
+use crate::StoreError;
+
+/// Size of one multipart part (S3 needs ≥ 5 MiB except for the last).
+const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts in flight per upload; with `PART_SIZE` this bounds an upload's memory to ~40 MiB.
+const PARTS_IN_FLIGHT: usize = 4;
+
+#[derive(Clone)]
+pub struct BlobStore {
+    inner: Arc<dyn ObjectStore>,
+    prefix: Path,
+    description: String,
+}
+
+/// A finished upload, not yet visible under its content address.
+#[derive(Debug)]
+pub struct StagedBlob {
+    pub sha256: String,
+    pub size: u64,
+    tmp: Path,
+}
+
+impl BlobStore {
+    /// `file:///abs/dir` (created if missing) or `s3://bucket/prefix`.
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| StoreError::Invalid(format!("store URL {url:?} does not parse: {e}")))?;
+        let (inner, prefix): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
+            "file" => {
+                let dir = parsed.to_file_path().map_err(|()| {
+                    StoreError::Invalid(format!("store URL {url:?} is not an absolute file path"))
+                })?;
+                std::fs::create_dir_all(&dir).map_err(|e| {
+                    StoreError::Invalid(format!(
+                        "cannot create blob directory {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+                let fs = LocalFileSystem::new_with_prefix(&dir)?.with_automatic_cleanup(true);
+                (Arc::new(fs), Path::default())
+            }
+            "s3" => {
+                let bucket = parsed.host_str().ok_or_else(|| {
+                    StoreError::Invalid(format!("store URL {url:?} names no bucket"))
+                })?;
+                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+                    builder = builder
+                        .with_endpoint(&endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false);
+                }
+                let prefix = Path::from(parsed.path().trim_matches('/'));
+                (Arc::new(builder.build()?), prefix)
+            }
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "store URL scheme {other:?} is not supported: use file:// or s3://"
+                )));
+            }
+        };
+        Ok(Self {
+            inner,
+            prefix,
+            description: redact(url),
+        })
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.description
+    }
+
+    fn key(&self, rel: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in rel.split('/') {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    /// Where the blob with this hash lives.
+    pub fn content_key(&self, sha256: &str) -> Path {
+        self.key(&format!(
+            "sha256/{}/{}",
+            &sha256[..2.min(sha256.len())],
+            sha256
+        ))
+    }
+
+    /// Checks that the backend answers (a listing of at most one object).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut list = self.inner.list(Some(&self.prefix));
+        if let Some(item) = list.next().await {
+            item?;
+        }
+        Ok(())
+    }
+
+    /// Starts a streaming upload.
+    pub fn begin(&self) -> BlobUpload {
+        BlobUpload {
+            store: self.clone(),
+            tmp: self.key(&format!("uploads/{}", uuid::Uuid::new_v4())),
+            hasher: Sha256::new(),
+            size: 0,
+            buffer: BytesMut::new(),
+            multipart: None,
+        }
+    }
+
+    /// Makes a staged upload visible under its content address.
+    pub async fn commit(&self, staged: &StagedBlob) -> Result<(), StoreError> {
+        let dest = self.content_key(&staged.sha256);
+        match self.inner.head(&dest).await {
+            Ok(_) => {
+                // Identical content is already stored: keep one copy.
+                self.inner.delete(&staged.tmp).await?;
+                Ok(())
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                self.inner.rename(&staged.tmp, &dest).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes a staged upload that will not be committed. Best effort.
+    pub async fn discard(&self, staged: &StagedBlob) {
+        if let Err(e) = self.inner.delete(&staged.tmp).await {
+            tracing::warn!(key = %staged.tmp, error = %e, "could not remove staged upload");
+        }
+    }
+
+    /// Removes a committed blob. Callers make sure no file row refers to it any more.
+    pub async fn delete(&self, sha256: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&self.content_key(sha256)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Size of a stored blob.
+    pub async fn size(&self, sha256: &str) -> Result<u64, StoreError> {
+        Ok(self.inner.head(&self.content_key(sha256)).await?.size)
+    }
+
+    /// Streams a blob, or the byte range of it.
+    pub async fn get(
+        &self,
+        sha256: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..GetOptions::default()
+        };
+        let result = self
+            .inner
+            .get_opts(&self.content_key(sha256), options)
+            .await?;
+        Ok(result.into_stream().map_err(StoreError::from).boxed())
+    }
+
+    /// Lists the content hashes of every committed blob (for tests and sweeping).
+    pub async fn list_hashes(&self) -> Result<Vec<String>, StoreError> {
+        let items: Vec<_> = self
+            .inner
+            .list(Some(&self.key("sha256")))
+            .try_collect()
+            .await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|m| m.location.filename().map(str::to_string))
+            .collect())
+    }
+
+    /// Counts objects that are neither committed blobs nor anything else we know (for tests).
+    pub async fn count_staged(&self) -> Result<usize, StoreError> {
+        let items: Vec<_> = self
+            .inner
+            .list(Some(&self.key("uploads")))
+            .try_collect()
+            .await?;
+        Ok(items.len())
+    }
+}
+
+/// One streaming upload. Feed it with [`BlobUpload::write`]; [`BlobUpload::finish`] or
+/// [`BlobUpload::abort`] it.
+pub struct BlobUpload {
+    store: BlobStore,
+    tmp: Path,
+    hasher: Sha256,
+    size: u64,
+    buffer: BytesMut,
+    multipart: Option<WriteMultipart>,
+}
+
+impl BlobUpload {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends bytes; waits while too many parts are in flight.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        if let Some(mp) = self.multipart.as_mut() {
+            mp.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+            mp.write(chunk);
+            return Ok(());
+        }
+        self.buffer.extend_from_slice(chunk);
+        if self.buffer.len() >= PART_SIZE {
+            let upload = self.store.inner.put_multipart(&self.tmp).await?;
+            let mut mp = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            mp.write(&std::mem::take(&mut self.buffer));
+            self.multipart = Some(mp);
+        }
+        Ok(())
+    }
+
+    /// Completes the upload; the blob is staged, not yet visible.
+    pub async fn finish(self) -> Result<StagedBlob, StoreError> {
+        match self.multipart {
+            Some(mp) => {
+                mp.finish().await?;
+            }
+            None => {
+                self.store
+                    .inner
+                    .put(&self.tmp, Bytes::from(self.buffer).into())
+                    .await?;
+            }
+        }
+        Ok(StagedBlob {
+            sha256: hex::encode(self.hasher.finalize()),
+            size: self.size,
+            tmp: self.tmp,
+        })
+    }
+
+    /// Abandons the upload and whatever parts were sent.
+    pub async fn abort(self) {
+        if let Some(mp) = self.multipart
+            && let Err(e) = mp.abort().await
+        {
+            tracing::warn!(error = %e, "could not abort multipart upload");
+        }
+    }
+}
+
+/// Drops credentials from a URL for logs.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "<invalid url>".into(),
+    }
+}

@@ -1,0 +1,758 @@
+//! [`MetadataStore`] over sqlx `Any`: the same SQL serves SQLite and Postgres; only the migrations
+//! and the connection set-up differ by dialect.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+
+use super::query::Sql;
+use super::*;
+use crate::revision::{ManifestFile, revision};
+use crate::time::now_ms;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+pub struct SqlMetadata {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+const ADAPTER_COLUMNS: &str =
+    "id, owner, name, base_model, description, private, downloads, created_at, updated_at";
+const VERSION_COLUMNS: &str =
+    "id, adapter_id, number, revision, state, created_at, created_by, lora, lineage";
+
+impl SqlMetadata {
+    pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = if let Some(rest) = database_url.strip_prefix("sqlite:") {
+            (Dialect::Sqlite, sqlite_url(rest)?)
+        } else if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
+            (Dialect::Postgres, database_url.to_string())
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "database URL must start with sqlite:// or postgres://, got {:?}",
+                database_url.split(':').next().unwrap_or_default()
+            )));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(match dialect {
+                Dialect::Sqlite => 8,
+                Dialect::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL lets readers run beside the one writer; busy_timeout makes writers queue.
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA foreign_keys = ON",
+                            "PRAGMA busy_timeout = 10000",
+                        ] {
+                            conn.execute(pragma).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        match dialect {
+            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(Self { pool, dialect })
+    }
+
+    async fn tags_for(&self, ids: &[i64]) -> Result<HashMap<i64, Vec<String>>, StoreError> {
+        let mut out: HashMap<i64, Vec<String>> = HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let mut sql = Sql::new("SELECT adapter_id, tag FROM adapter_tags WHERE adapter_id IN ");
+        sql.bind_list(ids).push(" ORDER BY adapter_id, position");
+        for row in sql.query().fetch_all(&self.pool).await? {
+            out.entry(row.try_get("adapter_id")?)
+                .or_default()
+                .push(row.try_get("tag")?);
+        }
+        Ok(out)
+    }
+
+    async fn adapters_with_tags(
+        &self,
+        rows: Vec<AnyRow>,
+    ) -> Result<Vec<AdapterRecord>, StoreError> {
+        let mut adapters = rows
+            .iter()
+            .map(adapter_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<i64> = adapters.iter().map(|a| a.id).collect();
+        let mut tags = self.tags_for(&ids).await?;
+        for a in &mut adapters {
+            a.tags = tags.remove(&a.id).unwrap_or_default();
+        }
+        Ok(adapters)
+    }
+
+    async fn versions_with_files(
+        &self,
+        rows: Vec<AnyRow>,
+    ) -> Result<Vec<VersionRecord>, StoreError> {
+        let mut versions = rows
+            .iter()
+            .map(version_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        if versions.is_empty() {
+            return Ok(versions);
+        }
+        let ids: Vec<i64> = versions.iter().map(|v| v.id).collect();
+        let mut sql =
+            Sql::new("SELECT version_id, path, size, sha256 FROM files WHERE version_id IN ");
+        sql.bind_list(&ids).push(" ORDER BY version_id, path");
+        let mut files: HashMap<i64, Vec<FileRecord>> = HashMap::new();
+        for row in sql.query().fetch_all(&self.pool).await? {
+            files
+                .entry(row.try_get("version_id")?)
+                .or_default()
+                .push(FileRecord {
+                    path: row.try_get("path")?,
+                    size: row.try_get("size")?,
+                    sha256: row.try_get("sha256")?,
+                });
+        }
+        for v in &mut versions {
+            v.files = files.remove(&v.id).unwrap_or_default();
+        }
+        Ok(versions)
+    }
+}
+
+/// `sqlite://path` → a URL that creates the file (and its directory) when missing.
+fn sqlite_url(rest: &str) -> Result<String, StoreError> {
+    let path = rest.trim_start_matches("//");
+    let file = path.split('?').next().unwrap_or_default();
+    if file.is_empty() || file == ":memory:" {
+        return Err(StoreError::Invalid(
+            "a SQLite database URL needs a file path, e.g. sqlite://./quiver-data/quiver.db".into(),
+        ));
+    }
+    if let Some(dir) = std::path::Path::new(file).parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Invalid(format!(
+                "cannot create database directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    let sep = if path.contains('?') { '&' } else { '?' };
+    Ok(if path.contains("mode=") {
+        format!("sqlite://{path}")
+    } else {
+        format!("sqlite://{path}{sep}mode=rwc")
+    })
+}
+
+/// Booleans come back as BOOLEAN from Postgres and as integers from some SQLite expressions.
+fn get_bool(row: &AnyRow, col: &str) -> Result<bool, sqlx::Error> {
+    match row.try_get::<bool, _>(col) {
+        Ok(b) => Ok(b),
+        Err(_) => Ok(row.try_get::<i64, _>(col)? != 0),
+    }
+}
+
+fn json_column(row: &AnyRow, col: &str) -> Result<Option<Value>, StoreError> {
+    let text: Option<String> = row.try_get(col)?;
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
+    })
+    .transpose()
+}
+
+fn adapter_from_row(row: &AnyRow) -> Result<AdapterRecord, StoreError> {
+    Ok(AdapterRecord {
+        id: row.try_get("id")?,
+        owner: row.try_get("owner")?,
+        name: row.try_get("name")?,
+        base_model: row.try_get("base_model")?,
+        description: row.try_get("description")?,
+        tags: Vec::new(),
+        private: get_bool(row, "private")?,
+        downloads: row.try_get("downloads")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn version_from_row(row: &AnyRow) -> Result<VersionRecord, StoreError> {
+    Ok(VersionRecord {
+        id: row.try_get("id")?,
+        adapter_id: row.try_get("adapter_id")?,
+        number: row.try_get("number")?,
+        revision: row.try_get("revision")?,
+        state: row.try_get("state")?,
+        created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        lora: json_column(row, "lora")?,
+        lineage: json_column(row, "lineage")?,
+        files: Vec::new(),
+    })
+}
+
+/// The opaque cursor of an adapter listing: the sort key and id of the last item shown.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AdapterCursor {
+    s: String,
+    k: Value,
+    id: i64,
+}
+
+fn encode_cursor<T: serde::Serialize>(c: &T) -> String {
+    hex::encode(serde_json::to_vec(c).unwrap_or_default())
+}
+
+fn decode_cursor<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, StoreError> {
+    hex::decode(raw)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| StoreError::Invalid("cursor is not one this server issued".into()))
+}
+
+fn like_pattern(term: &str) -> String {
+    let escaped = term
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+#[async_trait]
+impl MetadataStore for SqlMetadata {
+    fn dialect(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn count_users(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM users")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
+    }
+
+    async fn create_token(
+        &self,
+        user: &str,
+        scope: Scope,
+        secret_sha256: &str,
+    ) -> Result<String, StoreError> {
+        let user = crate::validate_name("user name", user)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(user.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tokens (id, user_name, secret_sha256, scope, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id.as_str())
+        .bind(user.as_str())
+        .bind(secret_sha256)
+        .bind(scope.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn authenticate(&self, secret_sha256: &str) -> Result<Option<Principal>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, user_name, scope, last_used_at FROM tokens WHERE secret_sha256 = $1",
+        )
+        .bind(secret_sha256)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let id: String = row.try_get("id")?;
+        let scope: String = row.try_get("scope")?;
+        let last_used: Option<i64> = row.try_get("last_used_at")?;
+        let now = now_ms();
+        // Record use at most once a minute so reads do not turn into writes.
+        if last_used.is_none_or(|t| now - t > 60_000) {
+            sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(id.as_str())
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(Some(Principal {
+            user: row.try_get("user_name")?,
+            scope: scope.parse()?,
+            token_id: id,
+        }))
+    }
+
+    async fn create_adapter(&self, new: &NewAdapter) -> Result<AdapterRecord, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO adapters (owner, name, base_model, description, private, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {ADAPTER_COLUMNS}"
+        )))
+        .bind(new.repo.owner.as_str())
+        .bind(new.repo.name.as_str())
+        .bind(new.base_model.as_str())
+        .bind(new.description.as_str())
+        .bind(new.private)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict(format!("adapter {} already exists", new.repo)),
+            other => other,
+        })?;
+        let mut adapter = adapter_from_row(&row)?;
+        insert_tags(&mut tx, adapter.id, &new.tags).await?;
+        tx.commit().await?;
+        adapter.tags = new.tags.clone();
+        Ok(adapter)
+    }
+
+    async fn get_adapter(&self, repo: &RepoId) -> Result<Option<AdapterRecord>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ADAPTER_COLUMNS} FROM adapters WHERE owner = $1 AND name = $2"
+        )))
+        .bind(repo.owner.as_str())
+        .bind(repo.name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(self.adapters_with_tags(vec![row]).await?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_adapters(
+        &self,
+        q: &ListAdapters,
+        viewer: &Viewer,
+    ) -> Result<Page<AdapterRecord>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {ADAPTER_COLUMNS} FROM adapters WHERE 1 = 1"
+        ));
+        if !viewer.admin {
+            match &viewer.user {
+                Some(user) => {
+                    sql.push(" AND (private = FALSE OR owner = ")
+                        .bind(user.as_str())
+                        .push(")");
+                }
+                None => {
+                    sql.push(" AND private = FALSE");
+                }
+            }
+        }
+        if let Some(term) = q.q.as_deref().filter(|t| !t.is_empty()) {
+            let pattern = like_pattern(term);
+            sql.push(" AND (lower(owner || '/' || name) LIKE ")
+                .bind(pattern.as_str())
+                .push(" ESCAPE '\\' OR lower(description) LIKE ")
+                .bind(pattern.as_str())
+                .push(" ESCAPE '\\' OR lower(base_model) LIKE ")
+                .bind(pattern)
+                .push(" ESCAPE '\\')");
+        }
+        if let Some(base) = &q.base_model {
+            sql.push(" AND base_model = ").bind(base.as_str());
+        }
+        if let Some(owner) = &q.owner {
+            sql.push(" AND owner = ").bind(owner.to_ascii_lowercase());
+        }
+        if let Some(tag) = &q.tag {
+            sql.push(" AND id IN (SELECT adapter_id FROM adapter_tags WHERE tag = ")
+                .bind(tag.as_str())
+                .push(")");
+        }
+        let key_col = match q.sort {
+            AdapterSort::Updated => "updated_at",
+            AdapterSort::Created => "created_at",
+            AdapterSort::Downloads => "downloads",
+            AdapterSort::Name => "",
+        };
+        if let Some(raw) = &q.cursor {
+            let c: AdapterCursor = decode_cursor(raw)?;
+            if c.s != q.sort.as_str() {
+                return Err(StoreError::Invalid(
+                    "cursor belongs to a listing with another sort order".into(),
+                ));
+            }
+            if q.sort == AdapterSort::Name {
+                let (owner, name) =
+                    serde_json::from_value::<(String, String)>(c.k).map_err(|_| {
+                        StoreError::Invalid("cursor is not one this server issued".into())
+                    })?;
+                sql.push(" AND (owner > ")
+                    .bind(owner.as_str())
+                    .push(" OR (owner = ")
+                    .bind(owner)
+                    .push(" AND name > ")
+                    .bind(name)
+                    .push("))");
+            } else {
+                let k = c.k.as_i64().ok_or_else(|| {
+                    StoreError::Invalid("cursor is not one this server issued".into())
+                })?;
+                sql.push(&format!(" AND ({key_col} < "))
+                    .bind(k)
+                    .push(&format!(" OR ({key_col} = "))
+                    .bind(k)
+                    .push(" AND id < ")
+                    .bind(c.id)
+                    .push("))");
+            }
+        }
+        if q.sort == AdapterSort::Name {
+            sql.push(" ORDER BY owner ASC, name ASC");
+        } else {
+            sql.push(&format!(" ORDER BY {key_col} DESC, id DESC"));
+        }
+        let limit = i64::from(q.limit.max(1));
+        sql.push(" LIMIT ").bind(limit + 1);
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        let mut items = self.adapters_with_tags(rows).await?;
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|last| {
+                let k = match q.sort {
+                    AdapterSort::Updated => Value::from(last.updated_at),
+                    AdapterSort::Created => Value::from(last.created_at),
+                    AdapterSort::Downloads => Value::from(last.downloads),
+                    AdapterSort::Name => serde_json::json!([last.owner, last.name]),
+                };
+                encode_cursor(&AdapterCursor {
+                    s: q.sort.as_str().into(),
+                    k,
+                    id: last.id,
+                })
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn update_adapter(
+        &self,
+        adapter_id: i64,
+        patch: &AdapterPatch,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut sql = Sql::new("UPDATE adapters SET updated_at = ");
+        sql.bind(now_ms());
+        if let Some(d) = &patch.description {
+            sql.push(", description = ").bind(d.as_str());
+        }
+        if let Some(p) = patch.private {
+            sql.push(", private = ").bind(p);
+        }
+        sql.push(" WHERE id = ").bind(adapter_id);
+        let done = sql.query().execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("adapter not found".into()));
+        }
+        if let Some(tags) = &patch.tags {
+            sqlx::query("DELETE FROM adapter_tags WHERE adapter_id = $1")
+                .bind(adapter_id)
+                .execute(&mut *tx)
+                .await?;
+            insert_tags(&mut tx, adapter_id, tags).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_adapter(&self, adapter_id: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM adapters WHERE id = $1")
+            .bind(adapter_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_download(&self, adapter_id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE adapters SET downloads = downloads + 1 WHERE id = $1")
+            .bind(adapter_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_version(
+        &self,
+        adapter: &AdapterRecord,
+        new: &NewVersion,
+    ) -> Result<VersionRecord, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // The write comes first: it takes the adapter's row lock (Postgres) or the write lock
+        // (SQLite), so concurrent uploads to one adapter queue here and get distinct numbers.
+        let number: i64 = sqlx::query(
+            "UPDATE adapters SET next_version = next_version + 1, updated_at = $1 WHERE id = $2 \
+             RETURNING next_version - 1 AS number",
+        )
+        .bind(now)
+        .bind(adapter.id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("adapter {} was deleted", adapter.repo_id())))?
+        .try_get("number")?;
+        let parent: Option<String> = sqlx::query(
+            "SELECT revision FROM versions WHERE adapter_id = $1 ORDER BY number DESC LIMIT 1",
+        )
+        .bind(adapter.id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.try_get("revision"))
+        .transpose()?;
+        let manifest: Vec<ManifestFile<'_>> = new
+            .files
+            .iter()
+            .map(|f| ManifestFile {
+                path: &f.path,
+                sha256: &f.sha256,
+                size: f.size,
+            })
+            .collect();
+        let rev = revision(&adapter.repo_id(), number, parent.as_deref(), &manifest);
+        let lora = new.lora.as_ref().map(Value::to_string);
+        let lineage = new.lineage.as_ref().map(Value::to_string);
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO versions (adapter_id, number, revision, state, created_at, created_by, lora, lineage) \
+             VALUES ($1, $2, $3, 'ready', $4, $5, $6, $7) RETURNING {VERSION_COLUMNS}"
+        )))
+        .bind(adapter.id)
+        .bind(number)
+        .bind(rev.as_str())
+        .bind(now)
+        .bind(new.created_by.as_str())
+        .bind(lora)
+        .bind(lineage)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut version = version_from_row(&row)?;
+        for chunk in new.files.chunks(200) {
+            let mut sql = Sql::new("INSERT INTO files (version_id, path, size, sha256) VALUES ");
+            for (i, f) in chunk.iter().enumerate() {
+                sql.push(if i == 0 { "(" } else { ", (" });
+                sql.bind(version.id)
+                    .push(", ")
+                    .bind(f.path.as_str())
+                    .push(", ");
+                sql.bind(f.size)
+                    .push(", ")
+                    .bind(f.sha256.as_str())
+                    .push(")");
+            }
+            sql.query().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        let mut files = new.files.clone();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        version.files = files;
+        Ok(version)
+    }
+
+    async fn get_version(
+        &self,
+        adapter_id: i64,
+        version: &VersionRef,
+    ) -> Result<Option<VersionRecord>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {VERSION_COLUMNS} FROM versions WHERE adapter_id = "
+        ));
+        sql.bind(adapter_id);
+        match version {
+            VersionRef::Number(n) => {
+                sql.push(" AND number = ").bind(*n);
+            }
+            VersionRef::Revision(r) => {
+                sql.push(" AND revision = ").bind(r.as_str());
+            }
+            VersionRef::Main => {
+                sql.push(" AND state = 'ready' ORDER BY number DESC LIMIT 1");
+            }
+            VersionRef::Alias(a) => {
+                sql.push(" AND id = (SELECT version_id FROM refs WHERE adapter_id = ")
+                    .bind(adapter_id)
+                    .push(" AND name = ")
+                    .bind(a.as_str())
+                    .push(")");
+            }
+        }
+        let row = sql.query().fetch_optional(&self.pool).await?;
+        match row {
+            Some(row) => Ok(self.versions_with_files(vec![row]).await?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_versions(
+        &self,
+        adapter_id: i64,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<VersionRecord>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {VERSION_COLUMNS} FROM versions WHERE adapter_id = "
+        ));
+        sql.bind(adapter_id);
+        if let Some(raw) = cursor {
+            let before: i64 = decode_cursor(raw)?;
+            sql.push(" AND number < ").bind(before);
+        }
+        let limit = i64::from(limit.max(1));
+        sql.push(" ORDER BY number DESC LIMIT ").bind(limit + 1);
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        let mut items = self.versions_with_files(rows).await?;
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|v| encode_cursor(&v.number))
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn latest_versions(&self, adapter_ids: &[i64]) -> Result<Vec<VersionRecord>, StoreError> {
+        if adapter_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(&format!(
+            "SELECT {VERSION_COLUMNS} FROM versions v WHERE state = 'ready' AND number = \
+             (SELECT MAX(number) FROM versions w WHERE w.adapter_id = v.adapter_id AND w.state = 'ready') \
+             AND adapter_id IN "
+        ));
+        sql.bind_list(adapter_ids);
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        self.versions_with_files(rows).await
+    }
+
+    async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 AS one FROM files WHERE sha256 = $1 LIMIT 1")
+                .bind(sha256)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    async fn row_counts(&self) -> Result<(i64, i64, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM adapters) AS a, (SELECT COUNT(*) FROM versions) AS v, \
+             (SELECT COUNT(*) FROM files) AS f",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("a")?, row.try_get("v")?, row.try_get("f")?))
+    }
+
+    async fn aliases(&self, adapter_ids: &[i64]) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        if adapter_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(
+            "SELECT r.adapter_id, r.name, v.number FROM refs r JOIN versions v ON v.id = r.version_id \
+             WHERE r.adapter_id IN ",
+        );
+        sql.bind_list(adapter_ids).push(" ORDER BY r.name");
+        sql.query()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("adapter_id")?,
+                    r.try_get("name")?,
+                    r.try_get("number")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn set_alias(&self, adapter_id: i64, alias: &str, number: i64) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO refs (adapter_id, name, version_id, updated_at) \
+             SELECT $1, $2, id, $3 FROM versions WHERE adapter_id = $1 AND number = $4 AND state = 'ready' \
+             ON CONFLICT (adapter_id, name) DO UPDATE SET version_id = excluded.version_id, updated_at = excluded.updated_at",
+        )
+        .bind(adapter_id)
+        .bind(alias)
+        .bind(now_ms())
+        .bind(number)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "version {number} does not exist"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn delete_alias(&self, adapter_id: i64, alias: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM refs WHERE adapter_id = $1 AND name = $2")
+            .bind(adapter_id)
+            .bind(alias)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+async fn insert_tags(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    adapter_id: i64,
+    tags: &[String],
+) -> Result<(), StoreError> {
+    for (i, tag) in tags.iter().enumerate() {
+        sqlx::query("INSERT INTO adapter_tags (adapter_id, tag, position) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(adapter_id)
+            .bind(tag.as_str())
+            .bind(i as i64)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}

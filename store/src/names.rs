@@ -1,0 +1,104 @@
+//! Names users type: owners, adapter names, aliases; and token scopes.
+
+use std::fmt;
+
+use crate::StoreError;
+
+/// Longest owner or adapter name.
+pub const MAX_NAME_LEN: usize = 96;
+
+/// Checks `[a-z0-9][a-z0-9._-]{0,95}` (after lower-casing) and returns the canonical form.
+pub fn validate_name(kind: &str, raw: &str) -> Result<String, StoreError> {
+    let lower = raw.to_ascii_lowercase();
+    let ok = !lower.is_empty()
+        && lower.len() <= MAX_NAME_LEN
+        && lower
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(lower)
+    } else {
+        Err(StoreError::Invalid(format!(
+            "{kind} {raw:?} is not valid: use 1 to {MAX_NAME_LEN} characters of a-z, 0-9, '.', '_' \
+             or '-', starting with a letter or digit"
+        )))
+    }
+}
+
+/// `owner/name`, both canonical (lower case).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RepoId {
+    pub owner: String,
+    pub name: String,
+}
+
+impl RepoId {
+    pub fn parse(owner: &str, name: &str) -> Result<Self, StoreError> {
+        Ok(Self {
+            owner: validate_name("owner", owner)?,
+            name: validate_name("adapter name", name)?,
+        })
+    }
+}
+
+impl fmt::Display for RepoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.owner, self.name)
+    }
+}
+
+/// What a token may do. Ordered: each scope includes the ones before it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Write => "write",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "read" => Ok(Scope::Read),
+            "write" => Ok(Scope::Write),
+            "admin" => Ok(Scope::Admin),
+            other => Err(StoreError::Invalid(format!(
+                "scope {other:?} is not one of read, write, admin"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_lower_cased_and_checked() {
+        assert_eq!(
+            validate_name("owner", "Alice").ok().as_deref(),
+            Some("alice")
+        );
+        assert!(validate_name("owner", "a.b_c-9").is_ok());
+        for bad in ["", "-a", ".a", "a/b", "a b", "ä", &"a".repeat(97)] {
+            assert!(validate_name("owner", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

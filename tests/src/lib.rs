@@ -1,0 +1,364 @@
+//! Harness for the end-to-end tests: a real server on port 0, a real HTTP client, one fresh
+//! storage per test on either backend.
+//!
+//! * `Backend::Sqlite`: a SQLite file and a local blob directory in a temp dir.
+//! * `Backend::Postgres`: a fresh database on `QUIVER_TEST_POSTGRES_URL` (dropped afterwards) and
+//!   a fresh prefix in the S3 bucket `QUIVER_TEST_S3_BUCKET` at `AWS_ENDPOINT_URL`.
+//!   Without those variables the Postgres cases are skipped, unless `QUIVER_REQUIRE_POSTGRES=1`
+//!   (set by the test command) turns the skip into a failure.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+
+use quiver_api::auth::new_token;
+use quiver_api::config::DEFAULT_MAX_UPLOAD_BYTES;
+use quiver_api::startup::Application;
+use quiver_merge::Dtype;
+use quiver_store::{Scope, Store, StoreSettings};
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub backend: Backend,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    /// Tokens: `admin` (admin), `alice` (write), `alice_read` (read), `bob` (write).
+    pub tokens: BTreeMap<&'static str, String>,
+    _tmp: tempfile::TempDir,
+    _pg: Option<PgTestDb>,
+}
+
+/// Starts a server on a fresh store, or `None` when the backend is not configured here.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with_limit(backend, DEFAULT_MAX_UPLOAD_BYTES).await
+}
+
+pub async fn spawn_app_with_limit(backend: Backend, max_upload_bytes: u64) -> Option<TestApp> {
+    if std::env::var_os("QUIVER_TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("info")
+            .try_init();
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let (settings, pg) = match backend {
+        Backend::Sqlite => (
+            StoreSettings {
+                database_url: format!("sqlite://{}/quiver.db", tmp.path().display()),
+                store_url: format!("file://{}/blobs", tmp.path().display()),
+            },
+            None,
+        ),
+        Backend::Postgres => {
+            let (Ok(pg_url), Ok(bucket)) = (
+                std::env::var("QUIVER_TEST_POSTGRES_URL"),
+                std::env::var("QUIVER_TEST_S3_BUCKET"),
+            ) else {
+                assert!(
+                    std::env::var("QUIVER_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                    "QUIVER_REQUIRE_POSTGRES=1 but QUIVER_TEST_POSTGRES_URL / QUIVER_TEST_S3_BUCKET are not set"
+                );
+                eprintln!("skipped: Postgres + S3 not configured");
+                return None;
+            };
+            let db = PgTestDb::create(&pg_url).await;
+            let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
+            (
+                StoreSettings {
+                    database_url: db.url.clone(),
+                    store_url: format!("s3://{bucket}/{prefix}"),
+                },
+                Some(db),
+            )
+        }
+    };
+    let store = Store::open(&settings).await.expect("open store");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let app =
+        Application::with_store(store.clone(), listener, max_upload_bytes).expect("build app");
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped());
+    let mut tokens = BTreeMap::new();
+    for (key, user, scope) in [
+        ("admin", "root", Scope::Admin),
+        ("alice", "alice", Scope::Write),
+        ("alice_read", "alice", Scope::Read),
+        ("bob", "bob", Scope::Write),
+    ] {
+        let (secret, hash) = new_token();
+        store
+            .meta
+            .create_token(user, scope, &hash)
+            .await
+            .expect("token");
+        tokens.insert(key, secret);
+    }
+    Some(TestApp {
+        backend,
+        base: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
+        store,
+        tokens,
+        _tmp: tmp,
+        _pg: pg,
+    })
+}
+
+/// Runs the body on the backend or returns early when it is not configured.
+#[macro_export]
+macro_rules! app_or_skip {
+    ($backend:expr) => {
+        match $crate::spawn_app($backend).await {
+            Some(app) => app,
+            None => return,
+        }
+    };
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn token(&self, who: &str) -> &str {
+        self.tokens
+            .get(who)
+            .map(String::as_str)
+            .unwrap_or("qvt_not_a_token")
+    }
+
+    /// A request, authenticated as `who` unless `who` is empty.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        who: &str,
+    ) -> reqwest::RequestBuilder {
+        let rb = self.client.request(method, self.url(path));
+        if who.is_empty() {
+            rb
+        } else {
+            rb.bearer_auth(self.token(who))
+        }
+    }
+
+    /// Sends and returns status + JSON body (Null when the body is not JSON).
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> (u16, Value) {
+        let res = rb.send().await.expect("request");
+        let status = res.status().as_u16();
+        let bytes = res.bytes().await.expect("body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn get_json(&self, path: &str, who: &str) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::GET, path, who))
+            .await
+    }
+
+    pub async fn post_json(&self, path: &str, who: &str, body: &Value) -> (u16, Value) {
+        self.send(self.request(reqwest::Method::POST, path, who).json(body))
+            .await
+    }
+
+    /// Creates `owner/name` as `who`.
+    pub async fn create_adapter(
+        &self,
+        owner: &str,
+        name: &str,
+        private: bool,
+        who: &str,
+    ) -> (u16, Value) {
+        let body = serde_json::json!({
+            "owner": owner, "name": name, "base_model": "quiver-test/tiny-llama",
+            "description": format!("{name} test adapter"), "tags": ["test"], "private": private
+        });
+        self.post_json("/api/v1/adapters", who, &body).await
+    }
+
+    /// Uploads files as one multipart version.
+    pub async fn upload(&self, repo: &str, who: &str, files: &[(String, Vec<u8>)]) -> (u16, Value) {
+        let mut form = Form::new();
+        for (path, bytes) in files {
+            form = form.part("file", Part::bytes(bytes.clone()).file_name(path.clone()));
+        }
+        self.send(
+            self.request(
+                reqwest::Method::POST,
+                &format!("/api/v1/adapters/{repo}/versions"),
+                who,
+            )
+            .multipart(form),
+        )
+        .await
+    }
+
+    /// Asserts nothing of a failed upload stayed: no version rows, no staged or orphan blobs
+    /// beyond those of `expected_blobs` committed files.
+    pub async fn assert_no_leftovers(&self, expected_versions: i64, expected_blobs: usize) {
+        let (_, versions, _) = self.store.meta.row_counts().await.expect("counts");
+        assert_eq!(versions, expected_versions, "version rows left behind");
+        assert_eq!(
+            self.store.blobs.count_staged().await.expect("staged"),
+            0,
+            "staged uploads left behind"
+        );
+        assert_eq!(
+            self.store.blobs.list_hashes().await.expect("hashes").len(),
+            expected_blobs,
+            "orphan blobs"
+        );
+    }
+}
+
+/// A throw-away Postgres database, dropped (with FORCE) when the test ends.
+struct PgTestDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl PgTestDb {
+    async fn create(admin_url: &str) -> Self {
+        use sqlx::Connection;
+        let name = format!("quiver_t_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(admin_url)
+            .await
+            .expect("connect to QUIVER_TEST_POSTGRES_URL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create db");
+        let base = admin_url.rsplit_once('/').map_or(admin_url, |(b, _)| b);
+        Self {
+            admin_url: admin_url.to_string(),
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// f32 values as little-endian bytes.
+pub fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
+    values.into_iter().flat_map(f32::to_le_bytes).collect()
+}
+
+/// A small synthetic PEFT adapter: `modules` LoRA pairs of rank `r` on 16×16 projections.
+pub fn synthetic_adapter(r: u64, modules: &[&str], seed: u32) -> Vec<(String, Vec<u8>)> {
+    let d = 16u64;
+    let mut names = Vec::new();
+    for m in modules {
+        names.push((
+            format!("base_model.model.model.layers.0.self_attn.{m}.lora_A.weight"),
+            vec![r, d],
+        ));
+        names.push((
+            format!("base_model.model.model.layers.0.self_attn.{m}.lora_B.weight"),
+            vec![d, r],
+        ));
+    }
+    let data: Vec<Vec<u8>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, (_, shape))| {
+            let n = shape.iter().product::<u64>() as usize;
+            f32_bytes((0..n).map(|k| {
+                (((k as u32).wrapping_mul(2654435761) ^ seed ^ i as u32) % 1000) as f32 / 1000.0
+                    - 0.5
+            }))
+        })
+        .collect();
+    let tensors: Vec<(&str, Dtype, &[u64], &[u8])> = names
+        .iter()
+        .zip(&data)
+        .map(|((n, s), d)| (n.as_str(), Dtype::F32, s.as_slice(), d.as_slice()))
+        .collect();
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let weights = quiver_merge::write_safetensors(&tensors, &meta);
+    let config = serde_json::json!({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "quiver-test/tiny-llama",
+        "r": r, "lora_alpha": 2 * r, "target_modules": modules, "use_rslora": false, "use_dora": false,
+        "rank_pattern": {}, "alpha_pattern": {}, "lora_dropout": 0.0, "bias": "none"
+    });
+    vec![
+        (
+            "adapter_config.json".to_string(),
+            serde_json::to_vec_pretty(&config).expect("json"),
+        ),
+        ("adapter_model.safetensors".to_string(), weights),
+    ]
+}
+
+/// The real PEFT adapter directories committed under `tests/fixtures/peft` (made by
+/// `scripts/make_peft_fixtures.py`), as (name, files).
+pub fn peft_fixtures() -> Vec<(String, Vec<(String, Vec<u8>)>)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/peft");
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return out;
+    };
+    let mut dirs: Vec<_> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .collect();
+    dirs.sort_by_key(|e| e.file_name());
+    for dir in dirs {
+        let mut files = Vec::new();
+        let mut entries: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("fixture dir")
+            .filter_map(Result::ok)
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for f in entries {
+            files.push((
+                f.file_name().to_string_lossy().into_owned(),
+                std::fs::read(f.path()).expect("fixture file"),
+            ));
+        }
+        out.push((dir.file_name().to_string_lossy().into_owned(), files));
+    }
+    out
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -1,0 +1,7 @@
+//! One test binary; every test runs on SQLite + local files and on Postgres + S3.
+
+mod adapters;
+mod downloads;
+mod privacy;
+mod service;
+mod uploads;
