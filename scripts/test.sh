@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: starts PostgreSQL if needed, installs and starts
+# a real S3-API server (moto_server, from PyPI, in .venv-test), then runs every workspace test
+# with the Postgres + S3 cases required (not skipped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MOTO_VERSION="5.2.5"
+S3_PORT="${QUIVER_TEST_S3_PORT:-9310}"
+VENV=".venv-test"
+
+# 1. PostgreSQL.
+if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
+  echo "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  for _ in $(seq 1 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
+fi
+
+# 2. An S3-API server.
+if [ ! -x "$VENV/bin/moto_server" ]; then
+  echo "installing moto[server]==$MOTO_VERSION into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+fi
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" > target/moto.log 2>&1 &
+MOTO_PID=$!
+trap 'kill $MOTO_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 60); do curl -sf "http://127.0.0.1:$S3_PORT/" > /dev/null && break; sleep 0.5; done
+curl -sf -X PUT "http://127.0.0.1:$S3_PORT/quiver-test" > /dev/null
+
+export AWS_ACCESS_KEY_ID=quiver-test AWS_SECRET_ACCESS_KEY=quiver-test AWS_REGION=us-east-1
+export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT"
+export QUIVER_TEST_S3_BUCKET=quiver-test
+export QUIVER_TEST_POSTGRES_URL="${QUIVER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export QUIVER_REQUIRE_POSTGRES=1
+
+# 3. Every test of every crate.
+cargo test --workspace --locked "$@"
