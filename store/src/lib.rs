@@ -14,6 +14,8 @@ pub mod meta;
 pub mod names;
 pub mod revision;
 pub mod settings;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod time;
 
 use std::sync::Arc;

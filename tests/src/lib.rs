@@ -1,11 +1,7 @@
 //! Harness for the end-to-end tests: a real server on port 0, a real HTTP client, one fresh
 //! storage per test on either backend.
 //!
-//! * `Backend::Sqlite`: a SQLite file and a local blob directory in a temp dir.
-//! * `Backend::Postgres`: a fresh database on `QUIVER_TEST_POSTGRES_URL` (dropped afterwards) and
-//!   a fresh prefix in the S3 bucket `QUIVER_TEST_S3_BUCKET` at `AWS_ENDPOINT_URL`.
-//!   Without those variables the Postgres cases are skipped, unless `QUIVER_REQUIRE_POSTGRES=1`
-//!   (set by the test command) turns the skip into a failure.
+//! Storage comes from `quiver_store::testing::Scratch` (SQLite + files, or Postgres + S3).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -14,15 +10,11 @@ use quiver_api::auth::new_token;
 use quiver_api::config::DEFAULT_MAX_UPLOAD_BYTES;
 use quiver_api::startup::Application;
 use quiver_merge::Dtype;
-use quiver_store::{Scope, Store, StoreSettings};
+pub use quiver_store::testing::Backend;
+use quiver_store::testing::Scratch;
+use quiver_store::{Scope, Store};
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 pub struct TestApp {
     pub backend: Backend,
@@ -31,8 +23,7 @@ pub struct TestApp {
     pub store: Store,
     /// Tokens: `admin` (admin), `alice` (write), `alice_read` (read), `bob` (write).
     pub tokens: BTreeMap<&'static str, String>,
-    _tmp: tempfile::TempDir,
-    _pg: Option<PgTestDb>,
+    _scratch: Scratch,
 }
 
 /// Starts a server on a fresh store, or `None` when the backend is not configured here.
@@ -47,38 +38,8 @@ pub async fn spawn_app_with_limit(backend: Backend, max_upload_bytes: u64) -> Op
             .with_env_filter("info")
             .try_init();
     }
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let (settings, pg) = match backend {
-        Backend::Sqlite => (
-            StoreSettings {
-                database_url: format!("sqlite://{}/quiver.db", tmp.path().display()),
-                store_url: format!("file://{}/blobs", tmp.path().display()),
-            },
-            None,
-        ),
-        Backend::Postgres => {
-            let (Ok(pg_url), Ok(bucket)) = (
-                std::env::var("QUIVER_TEST_POSTGRES_URL"),
-                std::env::var("QUIVER_TEST_S3_BUCKET"),
-            ) else {
-                assert!(
-                    std::env::var("QUIVER_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                    "QUIVER_REQUIRE_POSTGRES=1 but QUIVER_TEST_POSTGRES_URL / QUIVER_TEST_S3_BUCKET are not set"
-                );
-                eprintln!("skipped: Postgres + S3 not configured");
-                return None;
-            };
-            let db = PgTestDb::create(&pg_url).await;
-            let prefix = format!("t-{}", uuid::Uuid::new_v4().simple());
-            (
-                StoreSettings {
-                    database_url: db.url.clone(),
-                    store_url: format!("s3://{bucket}/{prefix}"),
-                },
-                Some(db),
-            )
-        }
-    };
+    let scratch = Scratch::new(backend).await?;
+    let settings = scratch.settings.clone();
     let store = Store::open(&settings).await.expect("open store");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let app =
@@ -109,8 +70,7 @@ pub async fn spawn_app_with_limit(backend: Backend, max_upload_bytes: u64) -> Op
             .expect("client"),
         store,
         tokens,
-        _tmp: tmp,
-        _pg: pg,
+        _scratch: scratch,
     })
 }
 
@@ -220,58 +180,6 @@ impl TestApp {
             expected_blobs,
             "orphan blobs"
         );
-    }
-}
-
-/// A throw-away Postgres database, dropped (with FORCE) when the test ends.
-struct PgTestDb {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl PgTestDb {
-    async fn create(admin_url: &str) -> Self {
-        use sqlx::Connection;
-        let name = format!("quiver_t_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(admin_url)
-            .await
-            .expect("connect to QUIVER_TEST_POSTGRES_URL");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create db");
-        let base = admin_url.rsplit_once('/').map_or(admin_url, |(b, _)| b);
-        Self {
-            admin_url: admin_url.to_string(),
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for PgTestDb {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
-        })
-        .join();
     }
 }
 

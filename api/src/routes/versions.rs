@@ -89,18 +89,9 @@ pub async fn create_version(
         lora: Some(lora),
         lineage: None,
     };
-    let version = match state.store.meta.create_version(&adapter, &new).await {
-        Ok(v) => v,
-        Err(e) => {
-            // The rows never committed: drop blobs that no other version refers to.
-            for f in &new.files {
-                if let Ok(false) = state.store.meta.blob_in_use(&f.sha256).await {
-                    let _ = blobs.delete(&f.sha256).await;
-                }
-            }
-            return Err(e.into());
-        }
-    };
+    // If this fails the committed blobs stay: deleting them could race with a concurrent upload
+    // of identical content that is about to refer to them. A sweep removes unreferenced blobs.
+    let version = state.store.meta.create_version(&adapter, &new).await?;
     Ok(HttpResponse::Created().json(VersionView::from(version)))
 }
 

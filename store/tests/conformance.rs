@@ -1,0 +1,482 @@
+//! The store's contract, run on each backend: SQLite + local files and Postgres + S3.
+
+use futures::TryStreamExt;
+use quiver_store::testing::{Backend, Scratch};
+use quiver_store::{
+    AdapterPatch, AdapterSort, FileRecord, ListAdapters, NewAdapter, NewVersion, RepoId, Scope,
+    Store, StoreError, VersionRef, Viewer,
+};
+use rstest::rstest;
+use sha2::Digest;
+
+async fn open(backend: Backend) -> Option<(Store, Scratch)> {
+    let scratch = Scratch::new(backend).await?;
+    let store = Store::open(&scratch.settings).await.expect("open store");
+    Some((store, scratch))
+}
+
+macro_rules! store_or_skip {
+    ($backend:expr) => {
+        match open($backend).await {
+            Some(s) => s,
+            None => return,
+        }
+    };
+}
+
+fn new_adapter(owner: &str, name: &str, private: bool) -> NewAdapter {
+    NewAdapter {
+        repo: RepoId::parse(owner, name).expect("name"),
+        base_model: "base".into(),
+        description: format!("{name} description"),
+        tags: vec!["t1".into(), "t2".into()],
+        private,
+    }
+}
+
+fn version(files: &[(&str, &str)]) -> NewVersion {
+    NewVersion {
+        created_by: "alice".into(),
+        files: files
+            .iter()
+            .map(|(p, h)| FileRecord {
+                path: p.to_string(),
+                size: 3,
+                sha256: h.to_string(),
+            })
+            .collect(),
+        lora: Some(serde_json::json!({"r": 4})),
+        lineage: None,
+    }
+}
+
+fn repo(owner: &str, name: &str) -> RepoId {
+    RepoId::parse(owner, name).expect("id")
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn adapters_crud_and_uniqueness(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    let a = store
+        .meta
+        .create_adapter(&new_adapter("Alice", "One", false))
+        .await
+        .expect("create");
+    assert_eq!((a.owner.as_str(), a.name.as_str()), ("alice", "one"));
+    assert_eq!(a.tags, vec!["t1", "t2"]);
+    let dup = store
+        .meta
+        .create_adapter(&new_adapter("alice", "ONE", true))
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+    let got = store
+        .meta
+        .get_adapter(&repo("alice", "one"))
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(got.id, a.id);
+    assert!(!got.private);
+    let patch = AdapterPatch {
+        description: Some("new".into()),
+        tags: Some(vec!["x".into()]),
+        private: Some(true),
+    };
+    store
+        .meta
+        .update_adapter(a.id, &patch)
+        .await
+        .expect("update");
+    let got = store
+        .meta
+        .get_adapter(&repo("alice", "one"))
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(
+        (got.description.as_str(), got.tags.clone(), got.private),
+        ("new", vec!["x".to_string()], true)
+    );
+    let missing = store
+        .meta
+        .update_adapter(a.id + 1000, &AdapterPatch::default())
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound(_))));
+
+    store
+        .meta
+        .create_version(&got, &version(&[("f", "aa")]))
+        .await
+        .expect("version");
+    store
+        .meta
+        .set_alias(got.id, "prod", 1)
+        .await
+        .expect("alias");
+    store.meta.delete_adapter(got.id).await.expect("delete");
+    assert!(
+        store
+            .meta
+            .get_adapter(&repo("alice", "one"))
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert_eq!(
+        store.meta.row_counts().await.expect("counts"),
+        (0, 0, 0),
+        "versions and files cascade"
+    );
+    assert!(
+        store
+            .meta
+            .aliases(&[got.id])
+            .await
+            .expect("aliases")
+            .is_empty()
+    );
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn listing_respects_visibility_filters_and_cursors(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    for i in 0..5 {
+        store
+            .meta
+            .create_adapter(&new_adapter("alice", &format!("pub-{i}"), false))
+            .await
+            .expect("create");
+    }
+    store
+        .meta
+        .create_adapter(&new_adapter("alice", "hidden", true))
+        .await
+        .expect("create");
+    store
+        .meta
+        .create_adapter(&new_adapter("bob", "bobs", false))
+        .await
+        .expect("create");
+    let list = |viewer: Viewer, q: ListAdapters| {
+        let store = store.clone();
+        async move { store.meta.list_adapters(&q, &viewer).await.expect("list") }
+    };
+    let all = ListAdapters {
+        limit: 100,
+        ..Default::default()
+    };
+    let anon = list(Viewer::default(), all.clone()).await;
+    assert_eq!(anon.items.len(), 6);
+    assert!(anon.items.iter().all(|a| a.name != "hidden"));
+    let bob = list(
+        Viewer {
+            user: Some("bob".into()),
+            admin: false,
+        },
+        all.clone(),
+    )
+    .await;
+    assert_eq!(bob.items.len(), 6);
+    let alice = list(
+        Viewer {
+            user: Some("alice".into()),
+            admin: false,
+        },
+        all.clone(),
+    )
+    .await;
+    assert_eq!(alice.items.len(), 7);
+    let admin = list(
+        Viewer {
+            user: None,
+            admin: true,
+        },
+        all.clone(),
+    )
+    .await;
+    assert_eq!(admin.items.len(), 7);
+    let owner = list(
+        Viewer::default(),
+        ListAdapters {
+            owner: Some("BOB".into()),
+            ..all.clone()
+        },
+    )
+    .await;
+    assert_eq!(owner.items.len(), 1);
+    let q = list(
+        Viewer::default(),
+        ListAdapters {
+            q: Some("PUB-3".into()),
+            ..all.clone()
+        },
+    )
+    .await;
+    assert_eq!(q.items.len(), 1);
+
+    for sort in [
+        AdapterSort::Name,
+        AdapterSort::Updated,
+        AdapterSort::Created,
+        AdapterSort::Downloads,
+    ] {
+        let mut names = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = list(
+                Viewer::default(),
+                ListAdapters {
+                    sort,
+                    limit: 2,
+                    cursor,
+                    ..Default::default()
+                },
+            )
+            .await;
+            names.extend(page.items.iter().map(|a| a.repo_id()));
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            (names.len(), unique.len()),
+            (6, 6),
+            "{sort:?}: every item exactly once: {names:?}"
+        );
+    }
+    let bad = ListAdapters {
+        cursor: Some("00".into()),
+        limit: 5,
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.meta.list_adapters(&bad, &Viewer::default()).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn versions_numbers_refs_and_revisions(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    let a = store
+        .meta
+        .create_adapter(&new_adapter("alice", "v", false))
+        .await
+        .expect("create");
+    let tasks = (0..12).map(|i| {
+        let store = store.clone();
+        let a = a.clone();
+        async move {
+            store
+                .meta
+                .create_version(&a, &version(&[("x", &format!("{i:02}"))]))
+                .await
+        }
+    });
+    let mut numbers: Vec<i64> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|v| v.expect("version").number)
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, (1..=12).collect::<Vec<_>>());
+
+    let v3 = store
+        .meta
+        .get_version(a.id, &VersionRef::Number(3))
+        .await
+        .expect("get")
+        .expect("v3");
+    let by_rev = store
+        .meta
+        .get_version(a.id, &VersionRef::Revision(v3.revision.clone()))
+        .await
+        .expect("get");
+    assert_eq!(by_rev.map(|v| v.number), Some(3));
+    assert_eq!(v3.files.len(), 1);
+    let main = store
+        .meta
+        .get_version(a.id, &VersionRef::Main)
+        .await
+        .expect("get")
+        .expect("main");
+    assert_eq!(main.number, 12);
+    assert!(matches!(
+        store.meta.set_alias(a.id, "prod", 99).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.meta.set_alias(a.id, "prod", 3).await.expect("alias");
+    store
+        .meta
+        .set_alias(a.id, "prod", 4)
+        .await
+        .expect("move alias");
+    let prod = store
+        .meta
+        .get_version(a.id, &VersionRef::Alias("prod".into()))
+        .await
+        .expect("get")
+        .expect("prod");
+    assert_eq!(prod.number, 4);
+    assert_eq!(
+        store.meta.aliases(&[a.id]).await.expect("aliases"),
+        vec![(a.id, "prod".to_string(), 4)]
+    );
+    assert!(store.meta.delete_alias(a.id, "prod").await.expect("delete"));
+    assert!(
+        !store
+            .meta
+            .delete_alias(a.id, "prod")
+            .await
+            .expect("delete again")
+    );
+
+    let latest = store.meta.latest_versions(&[a.id]).await.expect("latest");
+    assert_eq!(
+        latest.iter().map(|v| v.number).collect::<Vec<_>>(),
+        vec![12]
+    );
+    let page = store.meta.list_versions(a.id, 5, None).await.expect("page");
+    assert_eq!(
+        page.items.iter().map(|v| v.number).collect::<Vec<_>>(),
+        vec![12, 11, 10, 9, 8]
+    );
+    let page = store
+        .meta
+        .list_versions(a.id, 5, page.next_cursor.as_deref())
+        .await
+        .expect("page 2");
+    assert_eq!(page.items.first().map(|v| v.number), Some(7));
+    assert!(store.meta.blob_in_use("05").await.expect("in use"));
+    assert!(!store.meta.blob_in_use("ff").await.expect("in use"));
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn tokens_authenticate_by_hash_only(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    assert_eq!(store.meta.count_users().await.expect("count"), 0);
+    store
+        .meta
+        .create_token("alice", Scope::Write, "hash-1")
+        .await
+        .expect("token");
+    store
+        .meta
+        .create_token("alice", Scope::Read, "hash-2")
+        .await
+        .expect("second token, same user");
+    assert_eq!(store.meta.count_users().await.expect("count"), 1);
+    let p = store
+        .meta
+        .authenticate("hash-1")
+        .await
+        .expect("auth")
+        .expect("known");
+    assert_eq!((p.user.as_str(), p.scope), ("alice", Scope::Write));
+    assert!(
+        store
+            .meta
+            .authenticate("nope")
+            .await
+            .expect("auth")
+            .is_none()
+    );
+    assert!(
+        store
+            .meta
+            .create_token("bad name", Scope::Read, "h3")
+            .await
+            .is_err()
+    );
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn blobs_stream_dedupe_range_and_discard(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    store.blobs.ping().await.expect("ping");
+    // 20 MiB in odd-sized chunks: goes through multipart with several parts.
+    let data: Vec<u8> = (0..20 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(31) >> 7) as u8)
+        .collect();
+    let mut up = store.blobs.begin();
+    for chunk in data.chunks(1_000_003) {
+        up.write(chunk).await.expect("write");
+    }
+    let staged = up.finish().await.expect("finish");
+    assert_eq!(staged.size, data.len() as u64);
+    assert_eq!(staged.sha256, hex::encode(sha2::Sha256::digest(&data)));
+    assert!(
+        store.blobs.list_hashes().await.expect("list").is_empty(),
+        "staged blobs are not visible"
+    );
+    store.blobs.commit(&staged).await.expect("commit");
+    assert_eq!(store.blobs.count_staged().await.expect("staged"), 0);
+    assert_eq!(
+        store.blobs.size(&staged.sha256).await.expect("size"),
+        data.len() as u64
+    );
+
+    // Same content again: one copy.
+    let mut up = store.blobs.begin();
+    up.write(&data).await.expect("write");
+    let again = up.finish().await.expect("finish");
+    store.blobs.commit(&again).await.expect("commit");
+    assert_eq!(
+        store.blobs.list_hashes().await.expect("list"),
+        vec![staged.sha256.clone()]
+    );
+
+    let get = |range| {
+        let store = store.clone();
+        let sha = staged.sha256.clone();
+        async move {
+            let chunks: Vec<_> = store
+                .blobs
+                .get(&sha, range)
+                .await
+                .expect("get")
+                .try_collect()
+                .await
+                .expect("body");
+            chunks.concat()
+        }
+    };
+    assert!(get(Some(5..15_000_000)).await == data[5..15_000_000]);
+    assert!(get(None).await == data);
+
+    // Small and empty bodies take the single-put path; discard and abort leave nothing.
+    for body in [&b""[..], &b"tiny"[..]] {
+        let mut up = store.blobs.begin();
+        up.write(body).await.expect("write");
+        let s = up.finish().await.expect("finish");
+        store.blobs.discard(&s).await;
+    }
+    let mut up = store.blobs.begin();
+    up.write(&data).await.expect("write");
+    up.abort().await;
+    assert_eq!(store.blobs.count_staged().await.expect("staged"), 0);
+    assert_eq!(store.blobs.list_hashes().await.expect("list").len(), 1);
+    assert!(matches!(
+        store.blobs.get("00ff", None).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
