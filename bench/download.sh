@@ -134,4 +134,5 @@ printf '%-28s %12s %12s %14s\n' "${PARALLEL} streams total, best" "$pn_best" "$p
 printf '%-28s %12s %12s %14s\n' "${PARALLEL} streams total, median" "$pn_med" "$pq_med" "$r_par_med"
 verdict() { python3 -c "import sys; print('met' if float(sys.argv[1]) >= 0.8 else 'NOT met')" "$1"; }
 echo "target quiver/nginx >= 0.8: 1 stream (median) $(verdict "$r_med"); ${PARALLEL} streams (median) $(verdict "$r_par_med")"
+echo "warnings/errors in quiver's log: $(log_problems "$WORK/quiver.log")"
 echo "quiver peak RSS during the bench: $(awk '/VmHWM/ {print $2, $3}' "/proc/$QPID/status")"

@@ -41,9 +41,9 @@ start_bg() {
     local __var="$1" log="$2"
     shift 2
     setsid "$@" >"$log" 2>&1 </dev/null &
-    local pid=$!
-    BENCH_PIDS+=("$pid")
-    printf -v "$__var" '%s' "$pid"
+    local __pid=$!
+    BENCH_PIDS+=("$__pid")
+    printf -v "$__var" '%s' "$__pid"
 }
 
 # Stops one process group started by start_bg: TERM, then KILL after 10 s.
@@ -90,14 +90,14 @@ wait_http() {
 start_quiver() {
     local __var="$1" port="$2" data="$3" log="$4"
     shift 4
-    local qpid
-    start_bg qpid "$log" "$QUIVER" serve --bind "127.0.0.1:$port" --data-dir "$data" "$@"
-    if ! wait_http "http://127.0.0.1:$port/healthz" 300 "$qpid"; then
+    local __qpid
+    start_bg __qpid "$log" "$QUIVER" serve --bind "127.0.0.1:$port" --data-dir "$data" "$@"
+    if ! wait_http "http://127.0.0.1:$port/healthz" 300 "$__qpid"; then
         echo "quiver did not become healthy; its log:" >&2
         cat "$log" >&2
         exit 1
     fi
-    printf -v "$__var" '%s' "$qpid"
+    printf -v "$__var" '%s' "$__qpid"
 }
 
 # make_token DATA_DIR USER SCOPE [storage flags...] → prints the token.
@@ -105,6 +105,11 @@ make_token() {
     local data="$1" user="$2" scope="$3"
     shift 3
     "$QUIVER" token create --user "$user" --scope "$scope" --data-dir "$data" "$@" 2>/dev/null | tail -n 1
+}
+
+# How many lines of a quiver log are warnings, errors or panics (the log may carry ANSI colours).
+log_problems() {
+    sed 's/\x1b\[[0-9;]*m//g' "$1" | grep -cE '^\S+ +(WARN|ERROR) |panicked' || true
 }
 
 # Decimal GB/s from bytes and seconds.

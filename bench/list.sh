@@ -134,7 +134,7 @@ bench_quiver() { # label, extra storage flags...
     preflight "quiver-$label search" "$url/api/v1/adapters?limit=50&q=$TERM_Q" quiver
     run_wrk "quiver-$label-list" "$url/api/v1/adapters?limit=50"
     run_wrk "quiver-$label-search" "$url/api/v1/adapters?limit=50&q=$TERM_Q"
-    echo "  quiver ($label) VmHWM: $(awk '/VmHWM/ {print $2, $3}' "/proc/$qpid/status"); errors in its log: $(grep -ciE ' (ERROR|WARN) |panic' "$WORK/quiver-$label.log" || true)"
+    echo "  quiver ($label) VmHWM: $(awk '/VmHWM/ {print $2, $3}' "/proc/$qpid/status"); warnings/errors in its log: $(log_problems "$WORK/quiver-$label.log")"
     stop_bg "$qpid"
 }
 

@@ -89,6 +89,7 @@ printf '%-40s %s\n' "quiver upload, median" "$med GB/s"
 printf '%-40s %s\n' "reference: cp of the same file, same disk" "$CP GB/s"
 printf '%-40s %s\n' "ratio quiver median / cp" "$(ratio "$med" "$CP")"
 printf '%-40s %s\n' "quiver peak RSS (VmHWM)" "$HWM MiB (VmRSS after: $RSS_NOW MiB)"
+printf '%-40s %s\n' "warnings/errors in quiver's log" "$(log_problems "$WORK/quiver.log")"
 v1=$(python3 -c "print('met' if $med >= $TARGET_GBPS else 'NOT met')")
 v2=$(python3 -c "print('met' if $HWM < $TARGET_RSS_MIB else 'NOT met')")
 echo "target >= $TARGET_GBPS GB/s (median): $v1; target peak RSS < $TARGET_RSS_MIB MiB: $v2"

@@ -71,3 +71,64 @@ impl FormatError {
         }
     }
 }
+
+/// Everything that can stop a merge or compression. Messages name the input, module or parameter.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    /// An input directory is not a valid PEFT LoRA adapter.
+    #[error("{adapter}: {source}")]
+    Input {
+        adapter: String,
+        #[source]
+        source: FormatError,
+    },
+    /// The inputs cannot be merged together (base model, module shapes, ranks for factor methods).
+    #[error("inputs are incompatible: {0}")]
+    Incompatible(String),
+    /// A feature of the inputs that merging does not handle yet (DoRA, Conv, LoRA bias).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A method name or parameter out of range.
+    #[error("invalid merge parameters: {0}")]
+    InvalidParam(String),
+    /// A NaN or infinite value in an input tensor.
+    #[error(
+        "{adapter}: tensor {tensor} holds a NaN or infinite value (element {index}); merging it would spread it"
+    )]
+    NonFinite {
+        adapter: String,
+        tensor: String,
+        index: usize,
+    },
+    #[error("could not read or write {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A decomposition or tensor operation failed.
+    #[error("numerical failure in {context}: {message}")]
+    Numeric { context: String, message: String },
+}
+
+impl MergeError {
+    pub fn input(adapter: &str, source: FormatError) -> Self {
+        MergeError::Input {
+            adapter: adapter.to_string(),
+            source,
+        }
+    }
+
+    pub fn numeric(context: &str, message: impl std::fmt::Display) -> Self {
+        MergeError::Numeric {
+            context: context.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+impl From<candle_core::Error> for MergeError {
+    fn from(e: candle_core::Error) -> Self {
+        MergeError::numeric("tensor operation", e)
+    }
+}

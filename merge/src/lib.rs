@@ -10,13 +10,16 @@
 //!
 //! Every failure is a [`FormatError`] whose message names the tensor, module or field involved.
 
+pub mod adapter;
 pub mod error;
 pub mod keys;
+pub mod linalg;
+pub mod mat;
 pub mod peft_config;
 pub mod safetensors;
 pub mod summary;
 
-pub use error::FormatError;
+pub use error::{FormatError, MergeError};
 pub use keys::{TensorRole, split_key};
 pub use peft_config::{AdapterConfig, TargetModules};
 pub use safetensors::write as write_safetensors;

@@ -1,0 +1,273 @@
+//! Products on a candle `Device`; small decompositions (QR, SVD) on the host with LAPACK in f64.
+//!
+//! Three ways to a rank-k factorisation, each reporting its exact retained energy:
+//! * [`factored_truncate`]: for a delta given as `B·A` with inner size R (any sum of LoRAs):
+//!   QR of `B` and `Aᵀ`, SVD of the R×R core. Exact, `O((d_out + d_in)·R²)`, no dense matrix.
+//! * [`exact_truncate`]: dense SVD (LAPACK gesdd) — for small matrices or when asked.
+//! * [`randomized_truncate`]: Halko–Martinsson–Tropp range finder with oversampling and power
+//!   iterations for large dense deltas (TIES/DARE/magnitude results).
+
+use candle_core::{Device, Tensor};
+use ndarray::{Array2, Axis, s};
+use ndarray_linalg::{JobSvd, QR, SVDDC};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::MergeError;
+use crate::mat::Mat;
+
+/// Extra sketch columns of the randomized SVD.
+pub const OVERSAMPLE: usize = 8;
+/// Power iterations of the randomized SVD (each one sharpens a flat spectrum).
+pub const POWER_ITERS: usize = 2;
+/// Below this smaller dimension a dense exact SVD is cheap enough to always use.
+pub const EXACT_BELOW: usize = 512;
+
+/// A rank-k factorisation `b · a` of some delta, with how much of it was kept.
+#[derive(Clone, Debug)]
+pub struct Truncated {
+    /// `d_out × k`.
+    pub b: Mat,
+    /// `k × d_in`.
+    pub a: Mat,
+    /// ‖Δ‖²_F of the delta before truncation.
+    pub energy_total: f64,
+    /// ‖b·a‖²_F.
+    pub energy_kept: f64,
+    /// `factored`, `exact` or `randomized`.
+    pub route: &'static str,
+}
+
+impl Truncated {
+    pub fn rank(&self) -> usize {
+        self.a.rows
+    }
+
+    /// Fraction of ‖Δ‖² kept (1 for a zero delta).
+    pub fn retained_energy(&self) -> f64 {
+        if self.energy_total > 0.0 {
+            (self.energy_kept / self.energy_total).min(1.0)
+        } else {
+            1.0
+        }
+    }
+
+    /// ‖Δ − b·a‖_F / ‖Δ‖_F. Exact: `b·a` is an orthogonal projection of Δ.
+    pub fn relative_error(&self) -> f64 {
+        if self.energy_total > 0.0 {
+            ((self.energy_total - self.energy_kept).max(0.0) / self.energy_total).sqrt()
+        } else {
+            0.0
+        }
+    }
+}
+
+fn lapack(context: &str) -> impl FnOnce(ndarray_linalg::error::LinalgError) -> MergeError + '_ {
+    move |e| MergeError::numeric(context, e)
+}
+
+/// `a · b` on the device.
+pub fn matmul(device: &Device, a: &Mat, b: &Mat) -> Result<Mat, MergeError> {
+    let ta = Tensor::from_slice(&a.data, (a.rows, a.cols), device)?;
+    let tb = Tensor::from_slice(&b.data, (b.rows, b.cols), device)?;
+    let out = ta.matmul(&tb)?;
+    Ok(Mat::new(a.rows, b.cols, out.flatten_all()?.to_vec1()?))
+}
+
+/// Thin QR of a tall matrix: `m = q · r`, `q` with orthonormal columns.
+fn qr(m: &Array2<f64>) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
+    m.qr().map_err(lapack("QR"))
+}
+
+/// SVD `m = u · diag(s) · vt`, thin.
+fn svd(m: &Array2<f64>) -> Result<(Array2<f64>, Vec<f64>, Array2<f64>), MergeError> {
+    let (u, s, vt) = m.svddc(JobSvd::Some).map_err(lapack("SVD"))?;
+    match (u, vt) {
+        (Some(u), Some(vt)) => Ok((u, s.to_vec(), vt)),
+        _ => Err(MergeError::numeric(
+            "SVD",
+            "LAPACK returned no singular vectors",
+        )),
+    }
+}
+
+/// Splits the top `k` singular triplets as `B = U·√S`, `A = √S·Vᵀ` (balanced, so neither factor
+/// carries the whole dynamic range when written in half precision).
+fn split(u: &Array2<f64>, s: &[f64], vt: &Array2<f64>, k: usize) -> (Mat, Mat) {
+    let root: Vec<f64> = s[..k].iter().map(|x| x.sqrt()).collect();
+    let mut b = u.slice(s![.., ..k]).to_owned();
+    for (j, mut col) in b.axis_iter_mut(Axis(1)).enumerate() {
+        col *= root[j];
+    }
+    let mut a = vt.slice(s![..k, ..]).to_owned();
+    for (j, mut row) in a.axis_iter_mut(Axis(0)).enumerate() {
+        row *= root[j];
+    }
+    (Mat::from_f64(&b), Mat::from_f64(&a))
+}
+
+/// Best rank-`k` factorisation of `b · a` without forming it (exact).
+pub fn factored_truncate(b: &Mat, a: &Mat, k: usize) -> Result<Truncated, MergeError> {
+    let (qb, rb) = qr(&b.to_f64())?;
+    let (qa, ra) = qr(&a.t().to_f64())?;
+    let core = rb.dot(&ra.t());
+    let (u, s, vt) = svd(&core)?;
+    let k = k.min(s.len());
+    let energy_total: f64 = s.iter().map(|x| x * x).sum();
+    let energy_kept: f64 = s[..k].iter().map(|x| x * x).sum();
+    let (bs, as_) = split(&qb.dot(&u), &s, &vt.dot(&qa.t()), k);
+    Ok(Truncated {
+        b: bs,
+        a: as_,
+        energy_total,
+        energy_kept,
+        route: "factored",
+    })
+}
+
+/// Best rank-`k` factorisation of a dense matrix by a full SVD.
+pub fn exact_truncate(delta: &Mat, k: usize) -> Result<Truncated, MergeError> {
+    let (u, s, vt) = svd(&delta.to_f64())?;
+    let k = k.min(s.len());
+    let energy_total = delta.frob2();
+    let energy_kept: f64 = s[..k].iter().map(|x| x * x).sum();
+    let (b, a) = split(&u, &s, &vt, k);
+    Ok(Truncated {
+        b,
+        a,
+        energy_total,
+        energy_kept,
+        route: "exact",
+    })
+}
+
+/// Rank-`k` factorisation of a dense matrix by a randomized range finder (`OVERSAMPLE` extra
+/// columns, `POWER_ITERS` power iterations with re-orthonormalisation). The reported energy is
+/// that of the returned factorisation, which is `U_k U_kᵀ Δ`, so the error figure is exact; it is
+/// within a small factor of optimal, not optimal (see docs/benchmarks.md for measured ratios).
+pub fn randomized_truncate(
+    device: &Device,
+    delta: &Mat,
+    k: usize,
+    seed: u64,
+) -> Result<Truncated, MergeError> {
+    let (m, n) = (delta.rows, delta.cols);
+    let l = (k + OVERSAMPLE).min(m.min(n));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let omega = Mat::new(n, l, (0..n * l).map(|_| gaussian(&mut rng)).collect());
+    let d = Tensor::from_slice(&delta.data, (m, n), device)?;
+    let dt = d.t()?;
+    let times = |t: &Tensor, x: &Array2<f64>| -> Result<Array2<f64>, MergeError> {
+        let xm = Mat::from_f64(x);
+        let tx = Tensor::from_slice(&xm.data, (xm.rows, xm.cols), device)?;
+        let out = t.matmul(&tx)?;
+        let (r, c) = out.dims2()?;
+        let v: Vec<f32> = out.flatten_all()?.to_vec1()?;
+        Ok(Array2::from_shape_fn((r, c), |(i, j)| {
+            f64::from(v[i * c + j])
+        }))
+    };
+    let mut q = qr(&times(&d, &omega.to_f64())?)?.0;
+    for _ in 0..POWER_ITERS {
+        let z = qr(&times(&dt, &q)?)?.0;
+        q = qr(&times(&d, &z)?)?.0;
+    }
+    // Small = Qᵀ Δ, computed as (Δᵀ Q)ᵀ.
+    let small = times(&dt, &q)?.reversed_axes();
+    let (ub, s, vt) = svd(&small)?;
+    let k = k.min(s.len());
+    let energy_total = delta.frob2();
+    let energy_kept: f64 = s[..k].iter().map(|x| x * x).sum();
+    let (b, a) = split(&q.dot(&ub), &s, &vt, k);
+    Ok(Truncated {
+        b,
+        a,
+        energy_total,
+        energy_kept,
+        route: "randomized",
+    })
+}
+
+/// A standard normal draw (Box–Muller), so sketches depend only on the seed.
+pub fn gaussian(rng: &mut impl Rng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(rows: usize, cols: usize, seed: u64) -> Mat {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        Mat::new(
+            rows,
+            cols,
+            (0..rows * cols).map(|_| gaussian(&mut rng)).collect(),
+        )
+    }
+
+    #[test]
+    fn factored_route_matches_dense_svd() {
+        // Δ = B·A with inner size 12 (two "adapters" of rank 4 and 8).
+        let (b, a) = (random(40, 12, 1), random(12, 30, 2));
+        let delta = b.matmul_naive(&a);
+        for k in [3, 12] {
+            let f = factored_truncate(&b, &a, k).expect("factored");
+            let e = exact_truncate(&delta, k).expect("exact");
+            let (fb, eb) = (f.b.matmul_naive(&f.a), e.b.matmul_naive(&e.a));
+            assert!(fb.rel_err(&eb) < 1e-4, "k={k}: {}", fb.rel_err(&eb));
+            assert!((f.relative_error() - e.relative_error()).abs() < 1e-5);
+            assert!(
+                (fb.rel_err(&delta) - f.relative_error()).abs() < 1e-4,
+                "reported error is the real one"
+            );
+        }
+        let full = factored_truncate(&b, &a, 12).expect("full rank");
+        assert!(full.b.matmul_naive(&full.a).rel_err(&delta) < 1e-5);
+    }
+
+    #[test]
+    fn randomized_finds_a_low_rank_matrix_exactly_and_reports_its_error() {
+        let delta = random(300, 6, 3).matmul_naive(&random(6, 200, 4));
+        let r = randomized_truncate(&Device::Cpu, &delta, 6, 7).expect("rsvd");
+        assert!(r.b.matmul_naive(&r.a).rel_err(&delta) < 1e-4);
+        let noisy = Mat::new(
+            300,
+            200,
+            delta
+                .data
+                .iter()
+                .zip(random(300, 200, 5).data)
+                .map(|(a, b)| a + 0.3 * b)
+                .collect(),
+        );
+        let r = randomized_truncate(&Device::Cpu, &noisy, 6, 7).expect("rsvd");
+        let e = exact_truncate(&noisy, 6).expect("exact");
+        let actual = r.b.matmul_naive(&r.a).rel_err(&noisy);
+        assert!(
+            (actual - r.relative_error()).abs() < 1e-4,
+            "{actual} vs {}",
+            r.relative_error()
+        );
+        assert!(
+            r.relative_error() <= e.relative_error() * 1.02,
+            "{} vs optimal {}",
+            r.relative_error(),
+            e.relative_error()
+        );
+    }
+
+    #[test]
+    fn exact_error_is_the_tail_of_the_spectrum() {
+        // diag(4, 3, 2, 1): rank-2 error is sqrt(4 + 1) / sqrt(30).
+        let mut d = Mat::zeros(4, 4);
+        for (i, v) in [4.0, 3.0, 2.0, 1.0].iter().enumerate() {
+            d.data[i * 4 + i] = *v;
+        }
+        let t = exact_truncate(&d, 2).expect("svd");
+        assert!((t.relative_error() - (5.0f64 / 30.0).sqrt()).abs() < 1e-9);
+        assert!((t.retained_energy() - 25.0 / 30.0).abs() < 1e-9);
+    }
+}
