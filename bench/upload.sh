@@ -23,12 +23,16 @@ trap 'exit 130' INT TERM
 
 echo "== quiver upload bench: ${UPLOADS} uploads of ${SIZE_MIB} MiB + the 2 fixture files"
 machine_line
-echo "note: curl and quiver share this machine's $(nproc) CPUs; loopback; data dir on the same disk as the source files (/tmp)"
+echo "note: curl and quiver share this machine's $(nproc) CPUs; loopback; data dir on the same disk as the source files (/tmp);"
+echo "      'sync' before each upload and before the cp, none after: writes land in the page cache, as a server's usually do"
 
 # Distinct random content for each upload, so no upload is a duplicate of an earlier blob.
 for i in $(seq 1 "$UPLOADS"); do
     head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$WORK/big$i.dat"
 done
+# Flush them to disk now: otherwise 3 GiB of dirty pages hit the kernel's dirty-page limits during
+# the uploads and the bench measures the disk's writeback instead of the server.
+sync
 SIZE=$(stat -c %s "$WORK/big1.dat")
 CFG_SIZE=$(stat -c %s "$FIXTURE_DIR/adapter_config.json")
 W_SIZE=$(stat -c %s "$FIXTURE_DIR/adapter_model.safetensors")
@@ -46,6 +50,7 @@ declare -a TP
 for i in $(seq 1 "$UPLOADS"); do
     curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
         -d "{\"owner\":\"bench\",\"name\":\"upload-$i\",\"base_model\":\"quiver-test/tiny-llama\"}" "$Q/api/v1/adapters"
+    sync # every upload (and the cp below) starts with no dirty pages: the same conditions for each
     # 'Expect:' drops curl's Expect: 100-continue, as large-upload clients usually do.
     out=$(curl -sS -o "$WORK/version$i.json" -w '%{http_code} %{size_upload} %{time_total}' -H 'Expect:' \
         -H "Authorization: Bearer $TOKEN" \
@@ -74,7 +79,9 @@ RSS_NOW=$(rss VmRSS)
 # The server stays up: re-read after the uploads, in case memory is released lazily.
 [[ -n "$HWM" ]] || die "could not read /proc/$QPID/status (did quiver exit?)"
 
-# Reference in the same run: copying the same amount of data on the same disk.
+# Reference in the same run: copying the same amount of data on the same disk (no fsync, like the
+# server's own writes).
+sync
 t0=$(now_s)
 cp "$WORK/big1.dat" "$WORK/copy.dat"
 t1=$(now_s)

@@ -1,4 +1,4 @@
-//! Quiver's numerical core. In this tier: the adapter formats that upload validation needs.
+//! Quiver's numerical core: adapter formats, and merging (see `engine` and docs/merging.md).
 //!
 //! - [`safetensors`]: header parsing with the full validation of algorithms.md §10.3, and a
 //!   writer ([`write_safetensors`]).
@@ -11,14 +11,21 @@
 //! Every failure is a [`FormatError`] whose message names the tensor, module or field involved.
 
 pub mod adapter;
+pub mod engine;
 pub mod error;
 pub mod keys;
 pub mod linalg;
 pub mod mat;
+pub mod methods;
 pub mod peft_config;
 pub mod safetensors;
+pub mod sparsify;
+pub mod spec;
 pub mod summary;
+pub mod write;
 
+pub use adapter::LoraAdapter;
+pub use engine::{Merged, ModuleReport, merge};
 pub use error::{FormatError, MergeError};
 pub use keys::{TensorRole, split_key};
 pub use peft_config::{AdapterConfig, TargetModules};
@@ -26,4 +33,6 @@ pub use safetensors::write as write_safetensors;
 pub use safetensors::{
     Dtype, MAX_HEADER_LEN, SafetensorsHeader, TensorInfo, header_len, parse_header, read_header,
 };
+pub use spec::{Compat, MajoritySign, MergeSpec, Method, OutDtype, SvdMode, TrimScope};
 pub use summary::{LoraSummary, infer_config, inspect_path, summarize};
+pub use write::write_adapter;

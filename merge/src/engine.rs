@@ -1,0 +1,224 @@
+//! Running a merge: checks before any work, then module by module (bounded memory), in parallel
+//! across modules on rayon's pool, with a progress callback.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use candle_core::Device;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::adapter::{LoraAdapter, ModuleKind};
+use crate::error::MergeError;
+use crate::mat::Mat;
+use crate::methods::{MergedModule, ModuleContext, Present, dense_delta, merge_module};
+use crate::sparsify::{KthLargest, Threshold};
+use crate::spec::{Compat, MergeSpec, TrimScope};
+
+/// Per-module line of the merge report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModuleReport {
+    pub module: String,
+    pub kind: ModuleKind,
+    /// Names of the inputs that have this module.
+    pub inputs: Vec<String>,
+    pub rank: usize,
+    /// Fraction of ‖ΔW‖² kept by the truncation (1 when nothing was truncated).
+    pub retained_energy: f64,
+    /// ‖ΔW − B·A‖_F / ‖ΔW‖_F of the truncation (0 when nothing was truncated).
+    pub relative_error: f64,
+    /// `exact`, `factored`, `randomized` or `none`.
+    pub route: &'static str,
+    pub seconds: f64,
+}
+
+/// A merged adapter, ready to write.
+pub struct Merged {
+    pub modules: BTreeMap<String, MergedModule>,
+    pub reports: Vec<ModuleReport>,
+    pub seconds: f64,
+}
+
+/// Checks that the inputs can be merged: same base model (when named), same shape and kind for
+/// every shared module, the same `fan_in_fan_out`.
+pub fn check_inputs(inputs: &[LoraAdapter]) -> Result<(), MergeError> {
+    let named: BTreeSet<&str> = inputs
+        .iter()
+        .filter_map(|a| a.config.base_model_name_or_path.as_deref())
+        .collect();
+    if named.len() > 1 {
+        return Err(MergeError::Incompatible(format!(
+            "the inputs name different base models: {}",
+            named.into_iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if inputs
+        .iter()
+        .any(|a| a.config.fan_in_fan_out != inputs[0].config.fan_in_fan_out)
+    {
+        return Err(MergeError::Incompatible(
+            "the inputs disagree on fan_in_fan_out".into(),
+        ));
+    }
+    let mut shapes: BTreeMap<&str, (ModuleKind, usize, usize, &str)> = BTreeMap::new();
+    for a in inputs {
+        for (path, e) in &a.modules {
+            let seen = shapes
+                .entry(path)
+                .or_insert((e.kind, e.d_out, e.d_in, &a.name));
+            if (seen.0, seen.1, seen.2) != (e.kind, e.d_out, e.d_in) {
+                return Err(MergeError::Incompatible(format!(
+                    "module {path} is {:?} {}×{} in {} but {:?} {}×{} in {}",
+                    seen.0, seen.1, seen.2, seen.3, e.kind, e.d_out, e.d_in, a.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Merges `inputs` per `spec`. `progress(done, total)` is called after each module.
+pub fn merge(
+    inputs: &[LoraAdapter],
+    spec: &MergeSpec,
+    device: &Device,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Merged, MergeError> {
+    let start = Instant::now();
+    spec.validate(inputs.len())?;
+    check_inputs(inputs)?;
+    let paths: Vec<&str> = inputs
+        .iter()
+        .flat_map(|a| a.modules.keys().map(String::as_str))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // PEFT sizes truncations by the largest rank of any input (rank_pattern included).
+    let peft_rank = inputs
+        .iter()
+        .flat_map(|a| a.modules.values().map(|e| e.rank))
+        .max()
+        .unwrap_or(1);
+    let global = match spec.trim_scope {
+        TrimScope::Global => Some(global_thresholds(inputs, spec, device, &paths)?),
+        TrimScope::Module => None,
+    };
+    let done = AtomicUsize::new(0);
+    let results: Vec<(String, MergedModule, ModuleReport)> = paths
+        .par_iter()
+        .map(|path| {
+            let t0 = Instant::now();
+            let mut present = Vec::new();
+            for (index, a) in inputs.iter().enumerate() {
+                if let Some(module) = a.load_module(path)? {
+                    present.push(Present { index, module });
+                }
+            }
+            let default_rank = match spec.compat {
+                Compat::Peft => peft_rank,
+                Compat::Paper => present.iter().map(|p| p.module.rank()).max().unwrap_or(1),
+            };
+            let ctx = ModuleContext {
+                path,
+                spec,
+                device,
+                global_thresholds: global.as_deref(),
+                default_rank,
+            };
+            let merged = merge_module(&ctx, &present)?;
+            let report = ModuleReport {
+                module: path.to_string(),
+                kind: merged.kind,
+                inputs: present
+                    .iter()
+                    .map(|p| inputs[p.index].name.clone())
+                    .collect(),
+                rank: merged.a.rows,
+                retained_energy: merged
+                    .truncation
+                    .as_ref()
+                    .map_or(1.0, |t| t.retained_energy()),
+                relative_error: merged
+                    .truncation
+                    .as_ref()
+                    .map_or(0.0, |t| t.relative_error()),
+                route: merged.truncation.as_ref().map_or("none", |t| t.route),
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            progress(done.fetch_add(1, Ordering::Relaxed) + 1, paths.len());
+            Ok((path.to_string(), merged, report))
+        })
+        .collect::<Result<_, MergeError>>()?;
+    let mut modules = BTreeMap::new();
+    let mut reports = Vec::new();
+    for (path, m, r) in results {
+        modules.insert(path, m);
+        reports.push(r);
+    }
+    Ok(Merged {
+        modules,
+        reports,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// TIES' global trim: for each input, the magnitude threshold over all its modules' ΔWᵢ
+/// (two streaming passes of exact histogram selection; ΔWᵢ is recomputed, never stored).
+fn global_thresholds(
+    inputs: &[LoraAdapter],
+    spec: &MergeSpec,
+    device: &Device,
+    paths: &[&str],
+) -> Result<Vec<Threshold>, MergeError> {
+    let density = spec.effective_density();
+    inputs
+        .iter()
+        .map(|a| {
+            let numel: u64 = a.modules.values().map(|e| (e.d_out * e.d_in) as u64).sum();
+            let mut kth = KthLargest::new((density * numel as f64).floor() as u64);
+            let pass = |kth: &KthLargest| -> Result<KthLargest, MergeError> {
+                paths
+                    .par_iter()
+                    .map(|p| {
+                        let mut local = kth.clone();
+                        local.merge_reset();
+                        if let Some(m) = a.load_module(p)? {
+                            local.add(&dense_delta(device, &m)?.data);
+                        }
+                        Ok(local)
+                    })
+                    .try_reduce(
+                        || {
+                            let mut z = kth.clone();
+                            z.merge_reset();
+                            z
+                        },
+                        |mut x, y| {
+                            x.merge(&y);
+                            Ok(x)
+                        },
+                    )
+            };
+            kth = pass(&kth)?;
+            if kth.narrow() {
+                let second = pass(&kth)?;
+                kth.merge(&second);
+            }
+            Ok(kth.finish())
+        })
+        .collect()
+}
+
+/// Dense `ΔW` of a merged module (for tests and checks).
+pub fn merged_delta(m: &MergedModule) -> Mat {
+    m.b.matmul_naive(&m.a)
+}
+
+/// The method's name as recorded in outputs.
+pub fn describe(spec: &MergeSpec) -> String {
+    match spec.compat {
+        Compat::Paper => spec.method.name().to_string(),
+        Compat::Peft => format!("peft:{}", spec.method.name()),
+    }
+}

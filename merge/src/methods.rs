@@ -1,0 +1,277 @@
+//! One module's merge: the math of every method, given the inputs present on that module.
+//!
+//! Conventions: every input is `ΔWᵢ = sᵢ·Bᵢ·Aᵢ` in delta orientation (see [`crate::adapter`]),
+//! `wᵢ` its weight. Results are factor pairs `(B, A)` with scale 1.
+
+use candle_core::Device;
+
+use crate::adapter::{LoraModule, ModuleKind};
+use crate::error::MergeError;
+use crate::linalg::{self, EXACT_BELOW, Truncated};
+use crate::mat::Mat;
+use crate::sparsify::{
+    self, Threshold, add_agreeing, apply_threshold, disjoint_mean, threshold_of, vote,
+};
+use crate::spec::{Compat, MajoritySign, MergeSpec, Method, Pruning, SvdMode};
+
+/// One input present on the module: its index among the inputs and its factors.
+pub struct Present {
+    pub index: usize,
+    pub module: LoraModule,
+}
+
+/// The merged module and how it was obtained.
+pub struct MergedModule {
+    pub kind: ModuleKind,
+    pub b: Mat,
+    pub a: Mat,
+    /// `None` when nothing was truncated (exact methods, PEFT factor methods).
+    pub truncation: Option<Truncated>,
+}
+
+/// Everything the per-module math needs besides the inputs.
+pub struct ModuleContext<'a> {
+    pub path: &'a str,
+    pub spec: &'a MergeSpec,
+    pub device: &'a Device,
+    /// Per-input magnitude thresholds computed over the whole model (`--trim-scope global`).
+    pub global_thresholds: Option<&'a [Threshold]>,
+    /// Output rank when the method truncates and `--rank` is not given.
+    pub default_rank: usize,
+}
+
+impl ModuleContext<'_> {
+    fn weight(&self, p: &Present) -> f64 {
+        self.spec.weight(p.index)
+    }
+}
+
+/// The dense delta `s·B·A` of one input.
+pub fn dense_delta(device: &Device, m: &LoraModule) -> Result<Mat, MergeError> {
+    linalg::matmul(device, &m.b.clone().scale(m.scale), &m.a)
+}
+
+pub fn merge_module(
+    ctx: &ModuleContext<'_>,
+    inputs: &[Present],
+) -> Result<MergedModule, MergeError> {
+    let kind = inputs
+        .first()
+        .map(|p| p.module.kind)
+        .ok_or_else(|| MergeError::numeric(ctx.path, "no inputs"))?;
+    let spec = ctx.spec;
+    match (spec.compat, spec.method) {
+        (_, Method::Cat) => {
+            let (b, a) = concat(ctx, inputs);
+            Ok(MergedModule {
+                kind,
+                b,
+                a,
+                truncation: None,
+            })
+        }
+        (Compat::Paper, Method::Linear) if spec.rank.is_none() => {
+            let (b, a) = concat(ctx, inputs);
+            Ok(MergedModule {
+                kind,
+                b,
+                a,
+                truncation: None,
+            })
+        }
+        (Compat::Paper, Method::Linear | Method::Svd) | (Compat::Peft, Method::Svd) => {
+            let (b, a) = concat(ctx, inputs);
+            let t = linalg::factored_truncate(&b, &a, spec.rank.unwrap_or(ctx.default_rank))?;
+            Ok(truncated(kind, t))
+        }
+        (
+            Compat::Peft,
+            Method::Linear
+            | Method::Ties
+            | Method::DareLinear
+            | Method::DareTies
+            | Method::MagnitudePrune,
+        ) => peft_factor_merge(ctx, inputs, kind),
+        _ => {
+            // Dense family: combine the task vectors ΔWᵢ entry-wise, then truncate.
+            let sources: Vec<(f64, usize)> =
+                inputs.iter().map(|p| (ctx.weight(p), p.index)).collect();
+            let delta = combine(ctx, "delta", &sources, |j| {
+                dense_delta(ctx.device, &inputs[j].module)
+            })?;
+            let k = spec.rank.unwrap_or(ctx.default_rank);
+            let exact = match spec.svd {
+                SvdMode::Exact => true,
+                SvdMode::Randomized => false,
+                SvdMode::Auto => delta.rows.min(delta.cols) <= EXACT_BELOW,
+            };
+            let t = if exact {
+                linalg::exact_truncate(&delta, k)?
+            } else {
+                let seed = sparsify::derive_seed(spec.seed, ctx.path, usize::MAX, "sketch");
+                linalg::randomized_truncate(ctx.device, &delta, k, seed)?
+            };
+            Ok(truncated(kind, t))
+        }
+    }
+}
+
+fn truncated(kind: ModuleKind, t: Truncated) -> MergedModule {
+    MergedModule {
+        kind,
+        b: t.b.clone(),
+        a: t.a.clone(),
+        truncation: Some(t),
+    }
+}
+
+/// `B = [w₁s₁B₁ … wₙsₙBₙ]`, `A = [A₁; …; Aₙ]`: exactly Σ wᵢsᵢBᵢAᵢ.
+fn concat(ctx: &ModuleContext<'_>, inputs: &[Present]) -> (Mat, Mat) {
+    let bs: Vec<Mat> = inputs
+        .iter()
+        .map(|p| {
+            p.module
+                .b
+                .clone()
+                .scale((ctx.weight(p) * f64::from(p.module.scale)) as f32)
+        })
+        .collect();
+    let b = Mat::hstack(&bs.iter().collect::<Vec<_>>());
+    let a = Mat::vstack(&inputs.iter().map(|p| &p.module.a).collect::<Vec<_>>());
+    (b, a)
+}
+
+/// Combines task tensors entry-wise: pruning, then (for TIES-style methods) sign election and the
+/// disjoint mean, else a weighted sum. `sources[j] = (weight, input index)`; `load(j)` produces
+/// tensor j and is called once per pass, so memory holds a few tensors whatever the input count.
+///
+/// Semantics follow `ctx.spec.compat`: paper — signs elected on weighted values, disjoint mean
+/// weighted by |w|, TIES threshold keeps ties, λ applied; PEFT — signs elected on unweighted
+/// values, mean by count, exactly k entries kept.
+fn combine(
+    ctx: &ModuleContext<'_>,
+    tag: &str,
+    sources: &[(f64, usize)],
+    load: impl Fn(usize) -> Result<Mat, MergeError>,
+) -> Result<Mat, MergeError> {
+    let spec = ctx.spec;
+    let peft = spec.compat == Compat::Peft;
+    let density = spec.effective_density();
+    let mut thresholds: Vec<Option<Threshold>> = vec![None; sources.len()];
+    let pruned = |j: usize, thresholds: &mut Vec<Option<Threshold>>| -> Result<Mat, MergeError> {
+        let mut t = load(j)?;
+        match spec.method.pruning() {
+            Pruning::None => {}
+            Pruning::Magnitude => {
+                let th = match (thresholds[j], ctx.global_thresholds) {
+                    (Some(th), _) => th,
+                    (None, Some(global)) => global[sources[j].1],
+                    (None, None) => {
+                        threshold_of(&t.data, (density * t.data.len() as f64).floor() as u64)
+                    }
+                };
+                thresholds[j] = Some(th);
+                apply_threshold(&mut t.data, th, peft);
+            }
+            Pruning::Random => {
+                sparsify::dare(
+                    &mut t.data,
+                    density,
+                    sparsify::derive_seed(spec.seed, ctx.path, sources[j].1, tag),
+                );
+            }
+        }
+        Ok(t)
+    };
+    let first = pruned(0, &mut thresholds)?;
+    let (rows, cols) = (first.rows, first.cols);
+    if !spec.method.consensus() {
+        let mut out = first.scale(sources[0].0 as f32);
+        for j in 1..sources.len() {
+            let t = pruned(j, &mut thresholds)?;
+            out.data
+                .iter_mut()
+                .zip(&t.data)
+                .for_each(|(o, x)| *o += sources[j].0 as f32 * x);
+        }
+        return Ok(out);
+    }
+    let frequency = spec.majority_sign == MajoritySign::Frequency;
+    // Votes: paper on wᵢ·τ̂ᵢ, PEFT on the unweighted τ̂ᵢ.
+    let vote_weight = |j: usize| if peft { 1.0 } else { sources[j].0 as f32 };
+    let mut votes = vec![0.0f32; rows * cols];
+    vote(&mut votes, &first.data, vote_weight(0), frequency);
+    drop(first);
+    for j in 1..sources.len() {
+        let t = pruned(j, &mut thresholds)?;
+        vote(&mut votes, &t.data, vote_weight(j), frequency);
+    }
+    let mut num = vec![0.0f32; rows * cols];
+    let mut den = vec![0.0f32; rows * cols];
+    for (j, &(w, _)) in sources.iter().enumerate() {
+        let t = pruned(j, &mut thresholds)?;
+        let den_weight = if peft { 1.0 } else { w.abs() as f32 };
+        add_agreeing(
+            &mut num,
+            &mut den,
+            &votes,
+            &t.data,
+            vote_weight(j),
+            w as f32,
+            den_weight,
+        );
+    }
+    disjoint_mean(&mut num, &den, if peft { 1.0 } else { 0.0 });
+    let lambda = spec.lambda.unwrap_or(1.0) as f32;
+    if lambda != 1.0 {
+        num.iter_mut().for_each(|x| *x *= lambda);
+    }
+    Ok(Mat::new(rows, cols, num))
+}
+
+/// PEFT's non-SVD family: the method is applied to the A matrices and to the B matrices
+/// separately (cᵢ = wᵢsᵢ; A side weighted by sign(cᵢ)·√|cᵢ|, B side by √|cᵢ|), then ΔW = B·A.
+/// Cross terms BᵢAⱼ appear; this reproduces PEFT, it is not the sum of the adapters.
+fn peft_factor_merge(
+    ctx: &ModuleContext<'_>,
+    inputs: &[Present],
+    kind: ModuleKind,
+) -> Result<MergedModule, MergeError> {
+    let r = inputs[0].module.rank();
+    if let Some(p) = inputs.iter().find(|p| p.module.rank() != r) {
+        return Err(MergeError::Incompatible(format!(
+            "{}: PEFT's {} needs equal ranks, got {r} and {} on this module; use cat, svd or the *_svd variants",
+            ctx.path,
+            ctx.spec.method.name(),
+            p.module.rank()
+        )));
+    }
+    let c: Vec<f64> = inputs
+        .iter()
+        .map(|p| ctx.weight(p) * f64::from(p.module.scale))
+        .collect();
+    let g: Vec<f64> = c.iter().map(|x| x.abs().sqrt()).collect();
+    let signed: Vec<(f64, usize)> = inputs
+        .iter()
+        .enumerate()
+        .map(|(j, p)| (if c[j] < 0.0 { -g[j] } else { g[j] }, p.index))
+        .collect();
+    let plain: Vec<(f64, usize)> = inputs
+        .iter()
+        .enumerate()
+        .map(|(j, p)| (g[j], p.index))
+        .collect();
+    // PEFT's `lora_A` is our `a` for Linear and our `b` (transposed) for embeddings.
+    let (a_weights, b_weights) = match kind {
+        ModuleKind::Linear => (&signed, &plain),
+        ModuleKind::Embedding => (&plain, &signed),
+    };
+    let a = combine(ctx, "A", a_weights, |j| Ok(inputs[j].module.a.clone()))?;
+    let b = combine(ctx, "B", b_weights, |j| Ok(inputs[j].module.b.clone()))?;
+    Ok(MergedModule {
+        kind,
+        b,
+        a,
+        truncation: None,
+    })
+}

@@ -1,0 +1,316 @@
+//! Entry-wise work of TIES, DARE and magnitude pruning: exact top-k thresholds without sorting,
+//! seeded random masks, sign election and the disjoint mean.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+
+/// `|x|` as bits: for finite floats the order of these integers is the order of `|x|`.
+fn abs_bits(x: f32) -> u32 {
+    x.to_bits() & 0x7fff_ffff
+}
+
+/// The k-th largest `|x|` of a stream of values, found exactly with two passes of 2¹⁵- and
+/// 2¹⁶-bucket histograms over the float bits (O(n), no sort, no copy).
+///
+/// Pass 1: [`KthLargest::add`] every value, then [`KthLargest::narrow`]. Pass 2: [`KthLargest::add`]
+/// every value again, then [`KthLargest::finish`]. Streaming makes a threshold over a whole model
+/// (TIES' global trim) possible without holding it in memory.
+#[derive(Clone, Debug)]
+pub struct KthLargest {
+    k: u64,
+    high: Option<u32>,
+    need: u64,
+    counts: Vec<u64>,
+}
+
+/// A magnitude threshold: keep entries with `|x| > value`, and `|x| == value` up to `ties` of them
+/// (`u64::MAX` = all ties).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Threshold {
+    pub value: f32,
+    pub ties: u64,
+    /// Keep nothing (k = 0).
+    pub none: bool,
+}
+
+impl KthLargest {
+    pub fn new(k: u64) -> Self {
+        Self {
+            k,
+            high: None,
+            need: 0,
+            counts: vec![0; 1 << 15],
+        }
+    }
+
+    pub fn add(&mut self, values: &[f32]) {
+        match self.high {
+            None => values
+                .iter()
+                .for_each(|&x| self.counts[(abs_bits(x) >> 16) as usize] += 1),
+            Some(h) => values.iter().for_each(|&x| {
+                let b = abs_bits(x);
+                if b >> 16 == h {
+                    self.counts[(b & 0xffff) as usize] += 1;
+                }
+            }),
+        }
+    }
+
+    /// Zeroes the counts, keeping the pass (for per-thread partial histograms).
+    pub fn merge_reset(&mut self) {
+        self.counts.iter_mut().for_each(|c| *c = 0);
+    }
+
+    pub fn merge(&mut self, other: &KthLargest) {
+        self.counts
+            .iter_mut()
+            .zip(&other.counts)
+            .for_each(|(a, b)| *a += b);
+    }
+
+    /// After pass 1: picks the high bucket holding the k-th largest. Returns false when no second
+    /// pass is needed (k = 0, or k beyond the count: keep everything).
+    pub fn narrow(&mut self) -> bool {
+        let total: u64 = self.counts.iter().sum();
+        if self.k == 0 || self.k >= total {
+            return false;
+        }
+        let mut above = 0;
+        for h in (0..self.counts.len()).rev() {
+            if above + self.counts[h] >= self.k {
+                self.high = Some(h as u32);
+                self.need = self.k - above;
+                self.counts = vec![0; 1 << 16];
+                return true;
+            }
+            above += self.counts[h];
+        }
+        false
+    }
+
+    /// The threshold (after pass 2, or directly when `narrow` returned false).
+    pub fn finish(&self) -> Threshold {
+        let Some(h) = self.high else {
+            return if self.k == 0 {
+                Threshold {
+                    value: f32::INFINITY,
+                    ties: 0,
+                    none: true,
+                }
+            } else {
+                Threshold {
+                    value: 0.0,
+                    ties: u64::MAX,
+                    none: false,
+                }
+            };
+        };
+        let mut above = 0;
+        for lo in (0..self.counts.len()).rev() {
+            if above + self.counts[lo] >= self.need {
+                return Threshold {
+                    value: f32::from_bits((h << 16) | lo as u32),
+                    ties: self.need - above,
+                    none: false,
+                };
+            }
+            above += self.counts[lo];
+        }
+        Threshold {
+            value: 0.0,
+            ties: u64::MAX,
+            none: false,
+        }
+    }
+}
+
+/// The exact k-th largest magnitude of one slice.
+pub fn threshold_of(values: &[f32], k: u64) -> Threshold {
+    let mut t = KthLargest::new(k);
+    t.add(values);
+    if t.narrow() {
+        t.add(values);
+    }
+    t.finish()
+}
+
+/// Zeroes the entries below the threshold. `exact_k` keeps exactly k entries (PEFT's `topk`,
+/// ties at the threshold kept in index order); otherwise every entry equal to the threshold is
+/// kept (the TIES reference code).
+pub fn apply_threshold(values: &mut [f32], t: Threshold, exact_k: bool) {
+    if t.none {
+        values.iter_mut().for_each(|x| *x = 0.0);
+        return;
+    }
+    let mut ties_left = if exact_k { t.ties } else { u64::MAX };
+    for x in values.iter_mut() {
+        let a = x.abs();
+        if a > t.value {
+            continue;
+        }
+        if a == t.value && ties_left > 0 {
+            ties_left -= 1;
+            continue;
+        }
+        *x = 0.0;
+    }
+}
+
+/// DARE: keep each entry with probability `density`, rescale kept ones by `1/density`.
+pub fn dare(values: &mut [f32], density: f64, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let inv = (1.0 / density) as f32;
+    for x in values.iter_mut() {
+        if rng.random::<f64>() < density {
+            *x *= inv;
+        } else {
+            *x = 0.0;
+        }
+    }
+}
+
+/// A seed for one (module, input, tensor) derived from the user's seed, so results do not depend
+/// on the order in which modules run.
+pub fn derive_seed(seed: u64, module: &str, input: usize, tag: &str) -> u64 {
+    let digest = Sha256::digest(format!("{seed}\u{0}{module}\u{0}{input}\u{0}{tag}").as_bytes());
+    u64::from_le_bytes([
+        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
+    ])
+}
+
+fn sign(x: f32) -> f32 {
+    if x > 0.0 {
+        1.0
+    } else if x < 0.0 {
+        -1.0
+    } else {
+        0.0
+    }
+}
+
+/// Accumulates the votes of the sign election.
+pub fn vote(acc: &mut [f32], values: &[f32], weight: f32, frequency: bool) {
+    for (a, &x) in acc.iter_mut().zip(values) {
+        *a += if frequency {
+            sign(weight * x)
+        } else {
+            weight * x
+        };
+    }
+}
+
+/// Adds the entries that agree with the elected sign (`votes ≥ 0` → +, ties go to +; zeros never
+/// agree): `num += w·x`, `den += den_weight`.
+pub fn add_agreeing(
+    num: &mut [f32],
+    den: &mut [f32],
+    votes: &[f32],
+    values: &[f32],
+    sign_weight: f32,
+    w: f32,
+    den_weight: f32,
+) {
+    for i in 0..values.len() {
+        let s = sign(sign_weight * values[i]);
+        let elected = if votes[i] >= 0.0 { 1.0 } else { -1.0 };
+        if s == elected {
+            num[i] += w * values[i];
+            den[i] += den_weight;
+        }
+    }
+}
+
+/// `num / den` entry-wise, 0 where nothing agreed; `min_den` is 1 for PEFT's count mean.
+pub fn disjoint_mean(num: &mut [f32], den: &[f32], min_den: f32) {
+    for (n, &d) in num.iter_mut().zip(den) {
+        *n = if d == 0.0 { 0.0 } else { *n / d.max(min_den) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kth_largest_is_exact_and_handles_edges() {
+        let v = [1.0f32, -2.0, 0.5, 0.0, 3.0, -3.0];
+        assert_eq!(threshold_of(&v, 1).value, 3.0);
+        assert_eq!(
+            threshold_of(&v, 2),
+            Threshold {
+                value: 3.0,
+                ties: 2,
+                none: false
+            }
+        );
+        assert_eq!(threshold_of(&v, 3).value, 2.0);
+        assert!(threshold_of(&v, 0).none);
+        assert_eq!(
+            threshold_of(&v, 6),
+            Threshold {
+                value: 0.0,
+                ties: u64::MAX,
+                none: false
+            }
+        );
+        // Against a sort on a larger random vector.
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let big: Vec<f32> = (0..100_000).map(|_| rng.random::<f32>() - 0.5).collect();
+        let mut sorted: Vec<f32> = big.iter().map(|x| x.abs()).collect();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        for k in [1u64, 17, 20_000, 99_999] {
+            assert_eq!(threshold_of(&big, k).value, sorted[k as usize - 1], "k={k}");
+        }
+    }
+
+    #[test]
+    fn magnitude_pruning_matches_the_reference_cases() {
+        // algorithms.md §1.5.3.
+        let mut v = [1.0f32, -2.0, 0.5, 0.0];
+        let t = threshold_of(&v, 2);
+        apply_threshold(&mut v, t, true);
+        assert_eq!(v, [1.0, -2.0, 0.0, 0.0]);
+        let mut ties = [1.0f32, 1.0, -1.0, 0.5];
+        let t = threshold_of(&ties, 2);
+        apply_threshold(&mut ties, t, true);
+        assert_eq!(ties, [1.0, 1.0, 0.0, 0.0], "exactly k, ties in index order");
+        let mut ties = [1.0f32, 1.0, -1.0, 0.5];
+        let t = threshold_of(&ties, 2);
+        apply_threshold(&mut ties, t, false);
+        assert_eq!(ties, [1.0, 1.0, -1.0, 0.0], "reference keeps every tie");
+    }
+
+    #[test]
+    fn dare_keeps_the_density_unbiased_and_seeded() {
+        let n = 1_000_000;
+        let mut v = vec![1.0f32; n];
+        dare(&mut v, 0.1, 42);
+        let kept = v.iter().filter(|&&x| x != 0.0).count() as f64 / n as f64;
+        assert!((kept - 0.1).abs() < 0.002, "{kept}");
+        assert!(v.iter().all(|&x| x == 0.0 || (x - 10.0).abs() < 1e-5));
+        let mut again = vec![1.0f32; n];
+        dare(&mut again, 0.1, 42);
+        assert_eq!(v, again);
+        let mut other = vec![1.0f32; n];
+        dare(&mut other, 0.1, 43);
+        assert_ne!(v, other);
+        // Unbiased: the mean over many seeds of a small tensor is close to it.
+        let base = [0.3f32, -1.2, 2.0];
+        let mut mean = [0.0f64; 3];
+        for s in 0..2000 {
+            let mut t = base;
+            dare(&mut t, 0.3, s);
+            mean.iter_mut()
+                .zip(t)
+                .for_each(|(m, x)| *m += f64::from(x) / 2000.0);
+        }
+        for (m, b) in mean.iter().zip(base) {
+            assert!(
+                (m - f64::from(b)).abs() < 0.05 * f64::from(b.abs()) + 0.02,
+                "{m} vs {b}"
+            );
+        }
+    }
+}

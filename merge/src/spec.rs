@@ -1,0 +1,272 @@
+//! What to merge and how: methods, parameters and their validation.
+
+use serde::Serialize;
+
+use crate::error::MergeError;
+
+/// Merge methods. Default semantics are the papers'; [`Compat::Peft`] switches to PEFT's
+/// `add_weighted_adapter` arithmetic (see docs/merging.md for every difference).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Exact concatenation of the factors, rank Σr.
+    Cat,
+    /// Exact Σ wᵢΔWᵢ (alias `task_arithmetic`), optionally truncated through the factored route.
+    Linear,
+    /// `linear` truncated to a rank (PEFT's name).
+    Svd,
+    Ties,
+    DareLinear,
+    DareTies,
+    MagnitudePrune,
+    // PEFT-only names (valid with `--compat peft`): the dense variants of the family above.
+    TiesSvd,
+    DareLinearSvd,
+    DareTiesSvd,
+    MagnitudePruneSvd,
+}
+
+impl Method {
+    pub fn parse(name: &str, compat: Compat) -> Result<Self, MergeError> {
+        let m = match name {
+            "cat" => Method::Cat,
+            "linear" => Method::Linear,
+            "task_arithmetic" if compat == Compat::Paper => Method::Linear,
+            "svd" => Method::Svd,
+            "ties" => Method::Ties,
+            "dare_linear" => Method::DareLinear,
+            "dare_ties" => Method::DareTies,
+            "magnitude_prune" => Method::MagnitudePrune,
+            "ties_svd" if compat == Compat::Peft => Method::TiesSvd,
+            "dare_linear_svd" if compat == Compat::Peft => Method::DareLinearSvd,
+            "dare_ties_svd" if compat == Compat::Peft => Method::DareTiesSvd,
+            "magnitude_prune_svd" if compat == Compat::Peft => Method::MagnitudePruneSvd,
+            other => {
+                let names = match compat {
+                    Compat::Paper => {
+                        "cat, linear, task_arithmetic, svd, ties, dare_linear, dare_ties, magnitude_prune"
+                    }
+                    Compat::Peft => {
+                        "linear, cat, svd, ties, ties_svd, dare_linear, dare_ties, dare_linear_svd, dare_ties_svd, \
+                         magnitude_prune, magnitude_prune_svd"
+                    }
+                };
+                return Err(MergeError::InvalidParam(format!(
+                    "unknown method {other:?}; choose one of {names}"
+                )));
+            }
+        };
+        Ok(m)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Cat => "cat",
+            Method::Linear => "linear",
+            Method::Svd => "svd",
+            Method::Ties => "ties",
+            Method::DareLinear => "dare_linear",
+            Method::DareTies => "dare_ties",
+            Method::MagnitudePrune => "magnitude_prune",
+            Method::TiesSvd => "ties_svd",
+            Method::DareLinearSvd => "dare_linear_svd",
+            Method::DareTiesSvd => "dare_ties_svd",
+            Method::MagnitudePruneSvd => "magnitude_prune_svd",
+        }
+    }
+
+    /// How the entries are sparsified before combining.
+    pub fn pruning(self) -> Pruning {
+        match self {
+            Method::Ties | Method::TiesSvd | Method::MagnitudePrune | Method::MagnitudePruneSvd => {
+                Pruning::Magnitude
+            }
+            Method::DareLinear | Method::DareTies | Method::DareLinearSvd | Method::DareTiesSvd => {
+                Pruning::Random
+            }
+            Method::Cat | Method::Linear | Method::Svd => Pruning::None,
+        }
+    }
+
+    /// Whether signs are elected and agreeing entries averaged (TIES consensus).
+    pub fn consensus(self) -> bool {
+        matches!(
+            self,
+            Method::Ties | Method::TiesSvd | Method::DareTies | Method::DareTiesSvd
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pruning {
+    None,
+    Magnitude,
+    Random,
+}
+
+/// Whose arithmetic to follow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compat {
+    /// The papers' definitions on dense ΔW (exact where exactness is possible).
+    #[default]
+    Paper,
+    /// PEFT `add_weighted_adapter`: factor averaging, unweighted sign election, count mean,
+    /// per-tensor exact-k trimming.
+    Peft,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MajoritySign {
+    /// Sign of the (weighted) sum of the trimmed values.
+    #[default]
+    Total,
+    /// Sign of the count of positive minus negative entries.
+    Frequency,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrimScope {
+    /// One magnitude threshold per adapter and module (what PEFT and mergekit do).
+    #[default]
+    Module,
+    /// One threshold per adapter over the whole model (what the TIES paper does).
+    Global,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SvdMode {
+    /// Exact SVD for small matrices, randomized for large dense ones.
+    #[default]
+    Auto,
+    Exact,
+    Randomized,
+}
+
+/// Output dtype of the written factors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// A complete merge request.
+#[derive(Clone, Debug, Serialize)]
+pub struct MergeSpec {
+    pub method: Method,
+    pub compat: Compat,
+    /// One per input; `None` means 1 for every input.
+    pub weights: Option<Vec<f64>>,
+    /// Fraction of entries kept, in (0, 1].
+    pub density: Option<f64>,
+    /// Output rank for truncating methods.
+    pub rank: Option<usize>,
+    pub seed: u64,
+    /// Final scale of TIES and DARE-TIES (paper semantics).
+    pub lambda: Option<f64>,
+    pub majority_sign: MajoritySign,
+    pub trim_scope: TrimScope,
+    pub svd: SvdMode,
+    /// Output dtype; `None` keeps the first input's.
+    pub dtype: Option<OutDtype>,
+}
+
+impl MergeSpec {
+    /// A spec with defaults for everything but the method.
+    pub fn new(method: Method) -> Self {
+        Self {
+            method,
+            compat: Compat::Paper,
+            weights: None,
+            density: None,
+            rank: None,
+            seed: 0,
+            lambda: None,
+            majority_sign: MajoritySign::Total,
+            trim_scope: TrimScope::Module,
+            svd: SvdMode::Auto,
+            dtype: None,
+        }
+    }
+
+    /// The weight of input `i`.
+    pub fn weight(&self, i: usize) -> f64 {
+        self.weights.as_ref().map_or(1.0, |w| w[i])
+    }
+
+    /// The density actually used: TIES defaults to the paper's 0.2, other pruning methods need it.
+    pub fn effective_density(&self) -> f64 {
+        self.density.unwrap_or(0.2)
+    }
+
+    /// Checks the parameters against the method and the number of inputs.
+    pub fn validate(&self, n_inputs: usize) -> Result<(), MergeError> {
+        let bad = |m: String| Err(MergeError::InvalidParam(m));
+        let method = self.method.name();
+        if n_inputs == 0 {
+            return bad("give at least one input adapter".into());
+        }
+        if let Some(w) = &self.weights {
+            if w.len() != n_inputs {
+                return bad(format!(
+                    "{} weights for {n_inputs} inputs; give one weight per input",
+                    w.len()
+                ));
+            }
+            if let Some(x) = w.iter().find(|x| !x.is_finite()) {
+                return bad(format!("weight {x} is not a finite number"));
+            }
+        }
+        match (self.method.pruning(), self.density) {
+            (Pruning::None, Some(_)) => {
+                return bad(format!("--density does not apply to {method}"));
+            }
+            (Pruning::Random | Pruning::Magnitude, None)
+                if self.compat == Compat::Peft || !matches!(self.method, Method::Ties) =>
+            {
+                return bad(format!(
+                    "{method} needs --density (the fraction of entries kept, in (0, 1])"
+                ));
+            }
+            (_, Some(d)) if !(d > 0.0 && d <= 1.0) => {
+                return bad(format!("density must be in (0, 1], got {d}"));
+            }
+            _ => {}
+        }
+        if self.rank == Some(0) {
+            return bad("rank must be at least 1".into());
+        }
+        if self.method == Method::Cat && self.rank.is_some() {
+            return bad(
+                "cat is exact and keeps rank Σr; use linear --rank K or svd to truncate".into(),
+            );
+        }
+        if self.lambda.is_some() && !(self.method.consensus() && self.compat == Compat::Paper) {
+            return bad("--lambda applies to ties and dare_ties (paper semantics); fold it into --weights otherwise".into());
+        }
+        if let Some(l) = self.lambda
+            && !l.is_finite()
+        {
+            return bad(format!("lambda {l} is not a finite number"));
+        }
+        if self.majority_sign != MajoritySign::Total && !self.method.consensus() {
+            return bad(format!(
+                "--majority-sign applies to ties and dare_ties, not {method}"
+            ));
+        }
+        if self.trim_scope == TrimScope::Global
+            && !(self.compat == Compat::Paper
+                && matches!(self.method, Method::Ties | Method::MagnitudePrune))
+        {
+            return bad(
+                "--trim-scope global applies to ties and magnitude_prune (paper semantics)".into(),
+            );
+        }
+        Ok(())
+    }
+}

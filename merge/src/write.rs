@@ -1,0 +1,218 @@
+//! Writing a merged adapter as a standard PEFT directory.
+//!
+//! `adapter_config.json` has `r` = the largest module rank, `lora_alpha = r`, `use_rslora = false`
+//! and `rank_pattern`/`alpha_pattern` (equal, full module paths) where a module's rank differs, so
+//! every module's scale is exactly 1 — PEFT's inherited rsLoRA/DoRA flags are never copied.
+//! The safetensors `__metadata__` records the recipe; `merge_report.json` and a README.md card sit
+//! beside it. Files are written to temporary names and renamed, so a failed write leaves no
+//! half-written adapter under the final names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::adapter::{LoraAdapter, ModuleKind};
+use crate::engine::{Merged, describe};
+use crate::error::MergeError;
+use crate::keys::{PEFT_PREFIX, leaf_name};
+use crate::mat::Mat;
+use crate::safetensors::{Dtype, write as write_safetensors};
+use crate::spec::{MergeSpec, OutDtype};
+use crate::summary::{CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME};
+
+pub const REPORT_NAME: &str = "merge_report.json";
+pub const CARD_NAME: &str = "README.md";
+
+fn encode(m: &Mat, dtype: Dtype) -> Vec<u8> {
+    match dtype {
+        Dtype::F16 => m
+            .data
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => m
+            .data
+            .iter()
+            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+            .collect(),
+        _ => m.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+fn out_dtype(spec: &MergeSpec, inputs: &[LoraAdapter]) -> Dtype {
+    match spec.dtype {
+        Some(OutDtype::F32) => Dtype::F32,
+        Some(OutDtype::F16) => Dtype::F16,
+        Some(OutDtype::Bf16) => Dtype::BF16,
+        None => match inputs.first().map(|a| a.dtype) {
+            Some(d @ (Dtype::F16 | Dtype::BF16)) => d,
+            _ => Dtype::F32,
+        },
+    }
+}
+
+/// The inputs as recorded in outputs: name and file hashes.
+pub fn input_records(inputs: &[LoraAdapter]) -> Value {
+    Value::Array(
+        inputs
+            .iter()
+            .map(|a| json!({"name": a.name, "config_sha256": a.config_sha256, "weights_sha256": a.weights_sha256}))
+            .collect(),
+    )
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MergeError> {
+    let io = |source| MergeError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Writes the adapter, the report and the card into `out` (created if needed).
+pub fn write_adapter(
+    out: &Path,
+    inputs: &[LoraAdapter],
+    spec: &MergeSpec,
+    merged: &Merged,
+) -> Result<(), MergeError> {
+    std::fs::create_dir_all(out).map_err(|source| MergeError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let dtype = out_dtype(spec, inputs);
+    let max_rank = merged.modules.values().map(|m| m.a.rows).max().unwrap_or(1);
+    let mut rank_pattern = BTreeMap::new();
+    let mut targets = BTreeSet::new();
+    let mut tensors: Vec<(String, Vec<u64>, Vec<u8>)> = Vec::new();
+    for (path, m) in &merged.modules {
+        let rank = m.a.rows;
+        targets.insert(leaf_name(path).to_string());
+        if rank != max_rank {
+            rank_pattern.insert(path.clone(), rank);
+        }
+        let key = |suffix: &str| format!("{PEFT_PREFIX}{path}.{suffix}");
+        match m.kind {
+            ModuleKind::Linear => {
+                tensors.push((
+                    key("lora_A.weight"),
+                    vec![rank as u64, m.a.cols as u64],
+                    encode(&m.a, dtype),
+                ));
+                tensors.push((
+                    key("lora_B.weight"),
+                    vec![m.b.rows as u64, rank as u64],
+                    encode(&m.b, dtype),
+                ));
+            }
+            ModuleKind::Embedding => {
+                // PEFT: lora_embedding_A [r, num_embeddings] = Bᵀ, lora_embedding_B [dim, r] = Aᵀ.
+                tensors.push((
+                    key("lora_embedding_A"),
+                    vec![rank as u64, m.b.rows as u64],
+                    encode(&m.b.t(), dtype),
+                ));
+                tensors.push((
+                    key("lora_embedding_B"),
+                    vec![m.a.cols as u64, rank as u64],
+                    encode(&m.a.t(), dtype),
+                ));
+            }
+        }
+    }
+    let first = inputs.first().map(|a| &a.config);
+    let config = json!({
+        "peft_type": "LORA",
+        "task_type": first.and_then(|c| c.task_type.clone()),
+        "base_model_name_or_path": first.and_then(|c| c.base_model_name_or_path.clone()),
+        "revision": first.and_then(|c| c.revision.clone()),
+        "r": max_rank,
+        "lora_alpha": max_rank,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": rank_pattern,
+        "use_rslora": false,
+        "use_dora": false,
+        "fan_in_fan_out": first.is_some_and(|c| c.fan_in_fan_out),
+        "target_modules": targets,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "modules_to_save": null,
+        "inference_mode": true,
+    });
+    let params =
+        serde_json::to_value(spec).map_err(|e| MergeError::numeric("serialising the recipe", e))?;
+    let metadata: BTreeMap<String, String> = [
+        ("format".to_string(), "pt".to_string()),
+        ("quiver.method".to_string(), describe(spec)),
+        ("quiver.params".to_string(), params.to_string()),
+        ("quiver.seed".to_string(), spec.seed.to_string()),
+        (
+            "quiver.inputs".to_string(),
+            input_records(inputs).to_string(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let views: Vec<(&str, Dtype, &[u64], &[u8])> = tensors
+        .iter()
+        .map(|(n, s, b)| (n.as_str(), dtype, s.as_slice(), b.as_slice()))
+        .collect();
+    let report = json!({
+        "method": describe(spec),
+        "params": params,
+        "seed": spec.seed,
+        "inputs": input_records(inputs),
+        "output": {"rank": max_rank, "dtype": dtype.as_str(), "modules": merged.modules.len()},
+        "seconds": merged.seconds,
+        "modules": merged.reports,
+    });
+    let pretty = |v: &Value| {
+        serde_json::to_vec_pretty(v).map_err(|e| MergeError::numeric("serialising JSON", e))
+    };
+    write_atomically(
+        &out.join(SAFETENSORS_WEIGHTS_NAME),
+        &write_safetensors(&views, &metadata),
+    )?;
+    write_atomically(&out.join(CONFIG_NAME), &pretty(&config)?)?;
+    write_atomically(&out.join(REPORT_NAME), &pretty(&report)?)?;
+    write_atomically(
+        &out.join(CARD_NAME),
+        card(inputs, spec, max_rank, dtype).as_bytes(),
+    )
+}
+
+fn card(inputs: &[LoraAdapter], spec: &MergeSpec, rank: usize, dtype: Dtype) -> String {
+    let mut s = format!(
+        "# Merged LoRA adapter\n\nMade by Quiver `{}` from {} input(s); rank {rank}, {}.\n\n## Recipe\n\n",
+        describe(spec),
+        inputs.len(),
+        dtype.as_str()
+    );
+    s.push_str(&format!("- method: `{}`\n", spec.method.name()));
+    s.push_str(&format!("- compat: `{:?}`\n", spec.compat));
+    if let Some(d) = spec.density {
+        s.push_str(&format!("- density: {d}\n"));
+    }
+    if let Some(k) = spec.rank {
+        s.push_str(&format!("- rank: {k}\n"));
+    }
+    if let Some(l) = spec.lambda {
+        s.push_str(&format!("- lambda: {l}\n"));
+    }
+    s.push_str(&format!("- seed: {}\n\n## Inputs\n\n| # | name | weight | adapter_model.safetensors sha256 |\n|---|---|---|---|\n", spec.seed));
+    for (i, a) in inputs.iter().enumerate() {
+        s.push_str(&format!(
+            "| {i} | {} | {} | `{}` |\n",
+            a.name,
+            spec.weight(i),
+            a.weights_sha256
+        ));
+    }
+    s.push_str(
+        "\nPer-module ranks, retained energy and truncation errors are in `merge_report.json`.\n",
+    );
+    s
+}
