@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Upload throughput and memory: a 1 GiB file (plus the two PEFT fixture files) uploaded with
 # `curl -F` into a freshly started quiver (SQLite + local files), 3 times into 3 adapters; then the
-# server's peak RSS (VmHWM). As a reference on the same disk in the same run: `cp` of the same
-# file into the data directory. See bench/README.md.
+# server's peak RSS (VmHWM). As a reference under the same conditions, alternating with the
+# uploads: `cp` of each file on the same disk. See bench/README.md.
 #
 #   bench/upload.sh
 #   SIZE_MIB=2048 UPLOADS=5 bench/upload.sh
@@ -24,15 +24,12 @@ trap 'exit 130' INT TERM
 echo "== quiver upload bench: ${UPLOADS} uploads of ${SIZE_MIB} MiB + the 2 fixture files"
 machine_line
 echo "note: curl and quiver share this machine's $(nproc) CPUs; loopback; data dir on the same disk as the source files (/tmp);"
-echo "      'sync' before each upload and before the cp, none after: writes land in the page cache, as a server's usually do"
+echo "      'sync' before each upload and each cp, none after: writes land in the page cache, as a server's usually do"
 
 # Distinct random content for each upload, so no upload is a duplicate of an earlier blob.
 for i in $(seq 1 "$UPLOADS"); do
     head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$WORK/big$i.dat"
 done
-# Flush them to disk now: otherwise 3 GiB of dirty pages hit the kernel's dirty-page limits during
-# the uploads and the bench measures the disk's writeback instead of the server.
-sync
 SIZE=$(stat -c %s "$WORK/big1.dat")
 CFG_SIZE=$(stat -c %s "$FIXTURE_DIR/adapter_config.json")
 W_SIZE=$(stat -c %s "$FIXTURE_DIR/adapter_model.safetensors")
@@ -46,11 +43,21 @@ Q="http://127.0.0.1:$QPORT"
 rss() { awk -v k="$1:" '$1 == k {print int($2 / 1024)}' "/proc/$QPID/status"; } # MiB
 echo "quiver started fresh (pid $QPID): VmRSS $(rss VmRSS) MiB, VmHWM $(rss VmHWM) MiB"
 
-declare -a TP
-for i in $(seq 1 "$UPLOADS"); do
+# i → "GB/s" of copying big$i.dat on the same disk (the copy is kept until the end, like the blobs).
+cp_one() {
+    local t0 t1
+    t0=$(now_s)
+    cp "$WORK/big$1.dat" "$WORK/copy$1.dat"
+    t1=$(now_s)
+    gbps "$SIZE" "$(python3 -c "print($t1 - $t0)")"
+}
+
+# i → "bytes seconds" of uploading big$i.dat, after checking the answer.
+upload_one() {
+    local i="$1" out code sent t want_sha
     curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
         -d "{\"owner\":\"bench\",\"name\":\"upload-$i\",\"base_model\":\"quiver-test/tiny-llama\"}" "$Q/api/v1/adapters"
-    sync # every upload (and the cp below) starts with no dirty pages: the same conditions for each
+    sync
     # 'Expect:' drops curl's Expect: 100-continue, as large-upload clients usually do.
     out=$(curl -sS -o "$WORK/version$i.json" -w '%{http_code} %{size_upload} %{time_total}' -H 'Expect:' \
         -H "Authorization: Bearer $TOKEN" \
@@ -62,7 +69,7 @@ for i in $(seq 1 "$UPLOADS"); do
     [[ "$code" == 201 ]] || die "upload $i answered $code: $(cat "$WORK/version$i.json")"
     # The version must list the big file with its true size and hash.
     want_sha=$(sha256sum "$WORK/big$i.dat" | cut -d' ' -f1)
-    python3 - "$WORK/version$i.json" "$SIZE" "$want_sha" <<'EOF' || die "upload $i: version JSON does not match the file"
+    python3 - "$WORK/version$i.json" "$SIZE" "$want_sha" <<'EOF' >&2 || die "upload $i: version JSON does not match the file"
 import json, sys
 v = json.load(open(sys.argv[1]))
 f = {x["path"]: x for x in v["files"]}
@@ -70,33 +77,45 @@ assert f["big.dat"]["size"] == int(sys.argv[2]), f["big.dat"]
 assert f["big.dat"]["sha256"] == sys.argv[3], f["big.dat"]
 assert {"adapter_config.json", "adapter_model.safetensors"} <= f.keys()
 EOF
-    TP+=("$(gbps "$sent" "$t")")
-    echo "upload $i: $sent bytes of multipart body in ${t}s = ${TP[-1]} GB/s (201; sizes and sha256 checked); VmRSS now $(rss VmRSS) MiB"
+    echo "$sent $t"
+}
+
+stats() { # values → "best median"
+    python3 -c 'import statistics, sys; v = [float(x) for x in sys.argv[1:]]; print(f"{max(v):.3f} {statistics.median(v):.3f}")' "$@"
+}
+
+declare -a TP CP
+for i in $(seq 1 "$UPLOADS"); do
+    # Alternate which goes first; 'sync' before each, so each starts with no dirty pages.
+    if ((i % 2)); then order="q c"; else order="c q"; fi
+    for who in $order; do
+        sync
+        if [[ $who == c ]]; then
+            CP+=("$(cp_one "$i")")
+        else
+            read -r sent t <<<"$(upload_one "$i")"
+            TP+=("$(gbps "$sent" "$t")")
+        fi
+    done
+    echo "upload $i: $sent bytes of multipart body in ${t}s = ${TP[-1]} GB/s (201; size and sha256 checked); quiver VmRSS now $(rss VmRSS) MiB; cp of the same file: ${CP[-1]} GB/s"
 done
 sleep 1
+# The server is still running: VmHWM is its peak resident set over the whole bench.
 HWM=$(rss VmHWM)
 RSS_NOW=$(rss VmRSS)
-# The server stays up: re-read after the uploads, in case memory is released lazily.
 [[ -n "$HWM" ]] || die "could not read /proc/$QPID/status (did quiver exit?)"
 
-# Reference in the same run: copying the same amount of data on the same disk (no fsync, like the
-# server's own writes).
-sync
-t0=$(now_s)
-cp "$WORK/big1.dat" "$WORK/copy.dat"
-t1=$(now_s)
-CP=$(gbps "$SIZE" "$(python3 -c "print($t1 - $t0)")")
-rm -f "$WORK/copy.dat"
-
-read -r best med <<<"$(python3 -c 'import statistics, sys; v = [float(x) for x in sys.argv[1:]]; print(f"{max(v):.3f} {statistics.median(v):.3f}")' "${TP[@]}")"
+read -r best med <<<"$(stats "${TP[@]}")"
+read -r cp_best cp_med <<<"$(stats "${CP[@]}")"
 echo
 echo "RESULT upload (GB/s = 10^9 bytes/s of multipart body; file ${SIZE_MIB} MiB + ${CFG_SIZE} B + ${W_SIZE} B; ${UPLOADS} uploads)"
-printf '%-40s %s\n' "quiver upload, best" "$best GB/s"
-printf '%-40s %s\n' "quiver upload, median" "$med GB/s"
-printf '%-40s %s\n' "reference: cp of the same file, same disk" "$CP GB/s"
-printf '%-40s %s\n' "ratio quiver median / cp" "$(ratio "$med" "$CP")"
-printf '%-40s %s\n' "quiver peak RSS (VmHWM)" "$HWM MiB (VmRSS after: $RSS_NOW MiB)"
-printf '%-40s %s\n' "warnings/errors in quiver's log" "$(log_problems "$WORK/quiver.log")"
+printf '%-42s %s\n' "quiver upload, best" "$best GB/s"
+printf '%-42s %s\n' "quiver upload, median" "$med GB/s"
+printf '%-42s %s\n' "reference: cp of the same files, best" "$cp_best GB/s"
+printf '%-42s %s\n' "reference: cp of the same files, median" "$cp_med GB/s"
+printf '%-42s %s\n' "ratio quiver/cp, median" "$(ratio "$med" "$cp_med")"
+printf '%-42s %s\n' "quiver peak RSS (VmHWM)" "$HWM MiB (VmRSS after: $RSS_NOW MiB)"
+printf '%-42s %s\n' "warnings/errors in quiver's log" "$(log_problems "$WORK/quiver.log")"
 v1=$(python3 -c "print('met' if $med >= $TARGET_GBPS else 'NOT met')")
 v2=$(python3 -c "print('met' if $HWM < $TARGET_RSS_MIB else 'NOT met')")
 echo "target >= $TARGET_GBPS GB/s (median): $v1; target peak RSS < $TARGET_RSS_MIB MiB: $v2"

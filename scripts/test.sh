@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: starts PostgreSQL if needed, installs and starts
-# a real S3-API server (moto_server, from PyPI, in .venv-test), then runs every workspace test
+# a real S3-API server (moto_server, from PyPI, in .venv-test), installs OpenBLAS if missing, then runs every workspace test
 # with the Postgres + S3 cases required (not skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 MOTO_VERSION="5.2.5"
 S3_PORT="${QUIVER_TEST_S3_PORT:-9310}"
 VENV=".venv-test"
+
+# 0. System libraries: LAPACK (OpenBLAS) for the merge engine's small decompositions.
+if ! dpkg -s libopenblas-dev > /dev/null 2>&1; then
+  echo "installing libopenblas-dev"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libopenblas-dev
+fi
 
 # 1. PostgreSQL.
 if ! pg_isready -h 127.0.0.1 -p 5432 -q; then
