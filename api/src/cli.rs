@@ -45,6 +45,8 @@ pub enum Command {
     },
     /// Print an adapter's summary as JSON (a PEFT directory or a .safetensors file).
     Inspect { path: PathBuf },
+    /// Merge local PEFT adapter directories into a new one (the engine the service uses).
+    Merge(crate::merge_cmd::MergeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -112,6 +114,7 @@ pub async fn run(cli: Cli) -> CliResult {
             );
             println!("{secret}");
         }
+        Command::Merge(args) => crate::merge_cmd::run(args)?,
         Command::Inspect { path } => {
             let summary = quiver_merge::inspect_path(&path)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);

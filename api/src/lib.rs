@@ -4,6 +4,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod merge_cmd;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

@@ -1,0 +1,185 @@
+//! `quiver merge`: flags → [`MergeSpec`], progress on a terminal, the engine, the writer.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use candle_core::Device;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use quiver_merge::{
+    Compat, LoraAdapter, MajoritySign, MergeError, MergeSpec, Method, OutDtype, SvdMode, TrimScope,
+};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// cat, linear (task_arithmetic), svd, ties, dare_linear, dare_ties, magnitude_prune; with
+    /// --compat peft also ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd.
+    #[arg(long)]
+    pub method: String,
+    /// One weight per input, comma-separated (default 1 each); may be negative.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub weights: Option<Vec<f64>>,
+    /// Fraction of entries kept by ties (default 0.2), dare_* and magnitude_prune, in (0, 1].
+    #[arg(long)]
+    pub density: Option<f64>,
+    /// Output rank of truncating methods (default: the largest input rank).
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// Seed of DARE masks and randomized SVD sketches.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Final scale of ties and dare_ties.
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    #[arg(long, value_enum, default_value = "total")]
+    pub majority_sign: MajorityArg,
+    #[arg(long, value_enum, default_value = "module")]
+    pub trim_scope: TrimArg,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub svd: SvdArg,
+    /// `peft` reproduces PEFT add_weighted_adapter's arithmetic (for parity checks).
+    #[arg(long, value_enum, default_value = "paper")]
+    pub compat: CompatArg,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Output dtype (default: the first input's).
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+    /// Output directory (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// PEFT adapter directories.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum MajorityArg {
+    Total,
+    Frequency,
+}
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum TrimArg {
+    Module,
+    Global,
+}
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SvdArg {
+    Auto,
+    Exact,
+    Randomized,
+}
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CompatArg {
+    Paper,
+    Peft,
+}
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DtypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl MergeArgs {
+    pub fn spec(&self) -> Result<MergeSpec, MergeError> {
+        let compat = match self.compat {
+            CompatArg::Paper => Compat::Paper,
+            CompatArg::Peft => Compat::Peft,
+        };
+        let mut spec = MergeSpec::new(Method::parse(&self.method, compat)?);
+        spec.compat = compat;
+        spec.weights = self.weights.clone();
+        spec.density = self.density;
+        spec.rank = self.rank;
+        spec.seed = self.seed;
+        spec.lambda = self.lambda;
+        spec.majority_sign = match self.majority_sign {
+            MajorityArg::Total => MajoritySign::Total,
+            MajorityArg::Frequency => MajoritySign::Frequency,
+        };
+        spec.trim_scope = match self.trim_scope {
+            TrimArg::Module => TrimScope::Module,
+            TrimArg::Global => TrimScope::Global,
+        };
+        spec.svd = match self.svd {
+            SvdArg::Auto => SvdMode::Auto,
+            SvdArg::Exact => SvdMode::Exact,
+            SvdArg::Randomized => SvdMode::Randomized,
+        };
+        spec.dtype = self.dtype.map(|d| match d {
+            DtypeArg::F32 => OutDtype::F32,
+            DtypeArg::F16 => OutDtype::F16,
+            DtypeArg::Bf16 => OutDtype::Bf16,
+        });
+        spec.validate(self.inputs.len())?;
+        Ok(spec)
+    }
+}
+
+pub fn device(arg: DeviceArg) -> Result<Device, MergeError> {
+    match arg {
+        DeviceArg::Cpu => Ok(Device::Cpu),
+        DeviceArg::Cuda => Device::new_cuda(0).map_err(|e| {
+            MergeError::InvalidParam(format!(
+                "--device cuda is not available ({e}); this binary needs the `cuda` feature and an NVIDIA GPU"
+            ))
+        }),
+    }
+}
+
+pub fn run(args: MergeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let spec = args.spec()?;
+    let device = device(args.device)?;
+    let inputs = args
+        .inputs
+        .iter()
+        .map(|p| LoraAdapter::open(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {pos}/{len} modules ({elapsed}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("merging ({})", spec.method.name()));
+        Some(bar)
+    } else {
+        None
+    };
+    let progress = |done: usize, total: usize| match &bar {
+        Some(b) => {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+        None if done == total || done % 32 == 0 => tracing::info!(done, total, "merging"),
+        None => {}
+    };
+    let merged = quiver_merge::merge(&inputs, &spec, &device, &progress)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    quiver_merge::write_adapter(&args.out, &inputs, &spec, &merged)?;
+    let worst = merged
+        .reports
+        .iter()
+        .map(|r| r.relative_error)
+        .fold(0.0f64, f64::max);
+    eprintln!(
+        "merged {} module(s) in {:.2} s; largest relative truncation error {:.3e}; report in {}",
+        merged.modules.len(),
+        merged.seconds,
+        worst,
+        args.out.join(quiver_merge::write::REPORT_NAME).display()
+    );
+    println!("{}", args.out.display());
+    Ok(())
+}
