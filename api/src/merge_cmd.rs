@@ -18,7 +18,7 @@ pub enum DeviceArg {
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
-    /// cat, linear (task_arithmetic), svd, ties, dare_linear, dare_ties, magnitude_prune; with
+    /// cat, linear (task_arithmetic), svd, ties, dare_linear, dare_ties, magnitude_prune, lora_lego, ziplora; with
     /// --compat peft also ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd.
     #[arg(long)]
     pub method: String,
@@ -48,6 +48,27 @@ pub struct MergeArgs {
     pub compat: CompatArg,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
+    /// lora_lego: number of clusters = output rank (default: the largest input rank).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// lora_lego: k-means iterations at most.
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    /// lora_lego: keep raw centroids (no norm restoration).
+    #[arg(long)]
+    pub no_param_reweight: bool,
+    /// lora_lego: do not scale the output by √(r/k).
+    #[arg(long)]
+    pub no_output_reweight: bool,
+    /// ziplora: weight of the column-overlap penalty (default 0.01).
+    #[arg(long)]
+    pub lambda_sim: Option<f64>,
+    /// ziplora: Adam steps (default 200).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// ziplora: Adam learning rate (default 0.01).
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Output dtype (default: the first input's).
     #[arg(long, value_enum)]
     pub dtype: Option<DtypeArg>,
@@ -113,6 +134,13 @@ impl MergeArgs {
             SvdArg::Exact => SvdMode::Exact,
             SvdArg::Randomized => SvdMode::Randomized,
         };
+        spec.k = self.k;
+        spec.iters = self.iters;
+        spec.param_reweight = !self.no_param_reweight;
+        spec.output_reweight = !self.no_output_reweight;
+        spec.lambda_sim = self.lambda_sim;
+        spec.steps = self.steps;
+        spec.lr = self.lr;
         spec.dtype = self.dtype.map(|d| match d {
             DtypeArg::F32 => OutDtype::F32,
             DtypeArg::F16 => OutDtype::F16,

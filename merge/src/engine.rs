@@ -31,6 +31,9 @@ pub struct ModuleReport {
     /// `exact`, `factored`, `randomized` or `none`.
     pub route: &'static str,
     pub seconds: f64,
+    /// Method-specific figures (LEGO: units, clusters, iterations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 /// A merged adapter, ready to write.
@@ -145,6 +148,7 @@ pub fn merge(
                     .map_or(0.0, |t| t.relative_error()),
                 route: merged.truncation.as_ref().map_or("none", |t| t.route),
                 seconds: t0.elapsed().as_secs_f64(),
+                details: merged.details.clone(),
             };
             progress(done.fetch_add(1, Ordering::Relaxed) + 1, paths.len());
             Ok((path.to_string(), merged, report))

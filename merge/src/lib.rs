@@ -14,6 +14,7 @@ pub mod adapter;
 pub mod engine;
 pub mod error;
 pub mod keys;
+pub mod lego;
 pub mod linalg;
 pub mod mat;
 pub mod methods;
@@ -23,6 +24,7 @@ pub mod sparsify;
 pub mod spec;
 pub mod summary;
 pub mod write;
+pub mod ziplora;
 
 pub use adapter::LoraAdapter;
 pub use engine::{Merged, ModuleReport, merge};

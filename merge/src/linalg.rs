@@ -75,12 +75,12 @@ pub fn matmul(device: &Device, a: &Mat, b: &Mat) -> Result<Mat, MergeError> {
 }
 
 /// Thin QR of a tall matrix: `m = q · r`, `q` with orthonormal columns.
-fn qr(m: &Array2<f64>) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
+pub fn qr(m: &Array2<f64>) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
     m.qr().map_err(lapack("QR"))
 }
 
 /// SVD `m = u · diag(s) · vt`, thin.
-fn svd(m: &Array2<f64>) -> Result<(Array2<f64>, Vec<f64>, Array2<f64>), MergeError> {
+pub fn svd(m: &Array2<f64>) -> Result<(Array2<f64>, Vec<f64>, Array2<f64>), MergeError> {
     let (u, s, vt) = m.svddc(JobSvd::Some).map_err(lapack("SVD"))?;
     match (u, vt) {
         (Some(u), Some(vt)) => Ok((u, s.to_vec(), vt)),
@@ -106,13 +106,47 @@ fn split(u: &Array2<f64>, s: &[f64], vt: &Array2<f64>, k: usize) -> (Mat, Mat) {
     (Mat::from_f64(&b), Mat::from_f64(&a))
 }
 
+/// Where to cut a spectrum.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Cut {
+    /// Keep this many singular values.
+    Rank(usize),
+    /// Keep the fewest singular values whose energy Σσ² is at least this fraction of the total.
+    Energy(f64),
+}
+
+impl Cut {
+    fn rank(self, s: &[f64]) -> usize {
+        match self {
+            Cut::Rank(k) => k.min(s.len()),
+            Cut::Energy(e) => {
+                let total: f64 = s.iter().map(|x| x * x).sum();
+                let mut kept = 0.0;
+                for (i, x) in s.iter().enumerate() {
+                    kept += x * x;
+                    if kept >= e * total {
+                        return i + 1;
+                    }
+                }
+                s.len()
+            }
+        }
+        .max(1)
+    }
+}
+
 /// Best rank-`k` factorisation of `b · a` without forming it (exact).
 pub fn factored_truncate(b: &Mat, a: &Mat, k: usize) -> Result<Truncated, MergeError> {
+    factored_cut(b, a, Cut::Rank(k))
+}
+
+/// [`factored_truncate`] with the rank chosen by `cut`.
+pub fn factored_cut(b: &Mat, a: &Mat, cut: Cut) -> Result<Truncated, MergeError> {
     let (qb, rb) = qr(&b.to_f64())?;
     let (qa, ra) = qr(&a.t().to_f64())?;
     let core = rb.dot(&ra.t());
     let (u, s, vt) = svd(&core)?;
-    let k = k.min(s.len());
+    let k = cut.rank(&s);
     let energy_total: f64 = s.iter().map(|x| x * x).sum();
     let energy_kept: f64 = s[..k].iter().map(|x| x * x).sum();
     let (bs, as_) = split(&qb.dot(&u), &s, &vt.dot(&qa.t()), k);

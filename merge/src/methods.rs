@@ -7,12 +7,14 @@ use candle_core::Device;
 
 use crate::adapter::{LoraModule, ModuleKind};
 use crate::error::MergeError;
+use crate::lego::{LegoParams, lego};
 use crate::linalg::{self, EXACT_BELOW, Truncated};
 use crate::mat::Mat;
 use crate::sparsify::{
     self, Threshold, add_agreeing, apply_threshold, disjoint_mean, threshold_of, vote,
 };
 use crate::spec::{Compat, MajoritySign, MergeSpec, Method, Pruning, SvdMode};
+use crate::ziplora::{ZipParams, ziplora};
 
 /// One input present on the module: its index among the inputs and its factors.
 pub struct Present {
@@ -27,6 +29,21 @@ pub struct MergedModule {
     pub a: Mat,
     /// `None` when nothing was truncated (exact methods, PEFT factor methods).
     pub truncation: Option<Truncated>,
+    /// Method-specific figures for the report (LEGO clustering, ...).
+    pub details: Option<serde_json::Value>,
+}
+
+impl MergedModule {
+    /// A result that was not truncated.
+    pub fn exact(kind: ModuleKind, b: Mat, a: Mat) -> Self {
+        Self {
+            kind,
+            b,
+            a,
+            truncation: None,
+            details: None,
+        }
+    }
 }
 
 /// Everything the per-module math needs besides the inputs.
@@ -63,21 +80,62 @@ pub fn merge_module(
     match (spec.compat, spec.method) {
         (_, Method::Cat) => {
             let (b, a) = concat(ctx, inputs);
+            Ok(MergedModule::exact(kind, b, a))
+        }
+        (_, Method::LoraLego) => {
+            let weighted: Vec<(f64, &Present)> =
+                inputs.iter().map(|p| (ctx.weight(p), p)).collect();
+            let params = LegoParams {
+                k: spec.k.unwrap_or(ctx.default_rank),
+                iters: spec.iters,
+                param_reweight: spec.param_reweight,
+                output_reweight: spec.output_reweight,
+                seed: sparsify::derive_seed(spec.seed, ctx.path, 0, "lego"),
+            };
+            let (b, a, stats) = lego(&weighted, params);
             Ok(MergedModule {
                 kind,
                 b,
                 a,
                 truncation: None,
+                details: serde_json::to_value(stats).ok(),
             })
+        }
+        (_, Method::ZipLora) => {
+            let weighted: Vec<(f64, &Present)> =
+                inputs.iter().map(|p| (ctx.weight(p), p)).collect();
+            let (b, mut a) = concat(ctx, inputs);
+            let details = if inputs.len() > 1 {
+                let params = ZipParams {
+                    lambda: spec.lambda_sim.unwrap_or(0.01),
+                    steps: spec.steps.unwrap_or(200),
+                    lr: spec.lr.unwrap_or(0.01),
+                };
+                let (mergers, stats) = ziplora(ctx.device, &weighted, params)?;
+                // Export exactly: A = [A₁·diag(m₁); …; Aₙ·diag(mₙ)].
+                let mut row = 0;
+                for (p, m) in inputs.iter().zip(&mergers) {
+                    for _ in 0..p.module.rank() {
+                        for (x, f) in a.data[row * a.cols..(row + 1) * a.cols].iter_mut().zip(m) {
+                            *x *= f;
+                        }
+                        row += 1;
+                    }
+                }
+                serde_json::to_value(stats).ok()
+            } else {
+                None
+            };
+            let mut merged = match spec.rank {
+                Some(k) => truncated(kind, linalg::factored_truncate(&b, &a, k)?),
+                None => MergedModule::exact(kind, b, a),
+            };
+            merged.details = details;
+            Ok(merged)
         }
         (Compat::Paper, Method::Linear) if spec.rank.is_none() => {
             let (b, a) = concat(ctx, inputs);
-            Ok(MergedModule {
-                kind,
-                b,
-                a,
-                truncation: None,
-            })
+            Ok(MergedModule::exact(kind, b, a))
         }
         (Compat::Paper, Method::Linear | Method::Svd) | (Compat::Peft, Method::Svd) => {
             let (b, a) = concat(ctx, inputs);
@@ -122,6 +180,7 @@ fn truncated(kind: ModuleKind, t: Truncated) -> MergedModule {
         b: t.b.clone(),
         a: t.a.clone(),
         truncation: Some(t),
+        details: None,
     }
 }
 
@@ -268,10 +327,5 @@ fn peft_factor_merge(
     };
     let a = combine(ctx, "A", a_weights, |j| Ok(inputs[j].module.a.clone()))?;
     let b = combine(ctx, "B", b_weights, |j| Ok(inputs[j].module.b.clone()))?;
-    Ok(MergedModule {
-        kind,
-        b,
-        a,
-        truncation: None,
-    })
+    Ok(MergedModule::exact(kind, b, a))
 }

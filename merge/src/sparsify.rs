@@ -296,6 +296,9 @@ mod tests {
         let mut other = vec![1.0f32; n];
         dare(&mut other, 0.1, 43);
         assert_ne!(v, other);
+        let mut identity = vec![0.5f32, -2.0, 3.0];
+        dare(&mut identity, 1.0, 9);
+        assert_eq!(identity, [0.5, -2.0, 3.0], "density 1 is the identity");
         // Unbiased: the mean over many seeds of a small tensor is close to it.
         let base = [0.3f32, -1.2, 2.0];
         let mut mean = [0.0f64; 3];

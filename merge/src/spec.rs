@@ -19,6 +19,10 @@ pub enum Method {
     DareLinear,
     DareTies,
     MagnitudePrune,
+    /// LoRA-LEGO: k-means over the pooled rank units (see `lego`).
+    LoraLego,
+    /// ZipLoRA: learned column-wise mergers, data-free loss (see `ziplora`).
+    ZipLora,
     // PEFT-only names (valid with `--compat peft`): the dense variants of the family above.
     TiesSvd,
     DareLinearSvd,
@@ -37,6 +41,8 @@ impl Method {
             "dare_linear" => Method::DareLinear,
             "dare_ties" => Method::DareTies,
             "magnitude_prune" => Method::MagnitudePrune,
+            "lora_lego" if compat == Compat::Paper => Method::LoraLego,
+            "ziplora" if compat == Compat::Paper => Method::ZipLora,
             "ties_svd" if compat == Compat::Peft => Method::TiesSvd,
             "dare_linear_svd" if compat == Compat::Peft => Method::DareLinearSvd,
             "dare_ties_svd" if compat == Compat::Peft => Method::DareTiesSvd,
@@ -68,6 +74,8 @@ impl Method {
             Method::DareLinear => "dare_linear",
             Method::DareTies => "dare_ties",
             Method::MagnitudePrune => "magnitude_prune",
+            Method::LoraLego => "lora_lego",
+            Method::ZipLora => "ziplora",
             Method::TiesSvd => "ties_svd",
             Method::DareLinearSvd => "dare_linear_svd",
             Method::DareTiesSvd => "dare_ties_svd",
@@ -84,7 +92,9 @@ impl Method {
             Method::DareLinear | Method::DareTies | Method::DareLinearSvd | Method::DareTiesSvd => {
                 Pruning::Random
             }
-            Method::Cat | Method::Linear | Method::Svd => Pruning::None,
+            Method::Cat | Method::Linear | Method::Svd | Method::LoraLego | Method::ZipLora => {
+                Pruning::None
+            }
         }
     }
 
@@ -174,6 +184,20 @@ pub struct MergeSpec {
     pub svd: SvdMode,
     /// Output dtype; `None` keeps the first input's.
     pub dtype: Option<OutDtype>,
+    /// LoRA-LEGO: clusters (default: the largest input rank on the module).
+    pub k: Option<usize>,
+    /// LoRA-LEGO: Lloyd iterations at most.
+    pub iters: usize,
+    /// LoRA-LEGO: rescale each centroid to its members' mean norm.
+    pub param_reweight: bool,
+    /// LoRA-LEGO: scale the output by √(r/k).
+    pub output_reweight: bool,
+    /// ZipLoRA: weight of the column-overlap penalty (default 0.01).
+    pub lambda_sim: Option<f64>,
+    /// ZipLoRA: Adam steps (default 200).
+    pub steps: Option<usize>,
+    /// ZipLoRA: Adam learning rate (default 0.01).
+    pub lr: Option<f64>,
 }
 
 impl MergeSpec {
@@ -191,6 +215,13 @@ impl MergeSpec {
             trim_scope: TrimScope::Module,
             svd: SvdMode::Auto,
             dtype: None,
+            k: None,
+            iters: 20,
+            param_reweight: true,
+            output_reweight: true,
+            lambda_sim: None,
+            steps: None,
+            lr: None,
         }
     }
 
@@ -258,6 +289,38 @@ impl MergeSpec {
             return bad(format!(
                 "--majority-sign applies to ties and dare_ties, not {method}"
             ));
+        }
+        let lego = self.method == Method::LoraLego;
+        if !lego && (self.k.is_some() || !self.param_reweight || !self.output_reweight) {
+            return bad(
+                "--k, --no-param-reweight and --no-output-reweight apply to lora_lego".into(),
+            );
+        }
+        if lego && self.k == Some(0) {
+            return bad("k must be at least 1".into());
+        }
+        if lego && self.rank.is_some() {
+            return bad("lora_lego sets its rank with --k".into());
+        }
+        let zip = self.method == Method::ZipLora;
+        if !zip && (self.lambda_sim.is_some() || self.steps.is_some() || self.lr.is_some()) {
+            return bad("--lambda-sim, --steps and --lr apply to ziplora".into());
+        }
+        if zip && n_inputs < 2 {
+            return bad("ziplora merges two or more adapters".into());
+        }
+        if self.steps == Some(0) {
+            return bad("steps must be at least 1".into());
+        }
+        if let Some(l) = self.lambda_sim
+            && !(l.is_finite() && l >= 0.0)
+        {
+            return bad(format!("lambda-sim must be a finite number ≥ 0, got {l}"));
+        }
+        if let Some(lr) = self.lr
+            && !(lr.is_finite() && lr > 0.0)
+        {
+            return bad(format!("lr must be a finite number > 0, got {lr}"));
         }
         if self.trim_scope == TrimScope::Global
             && !(self.compat == Compat::Paper
