@@ -47,6 +47,8 @@ pub enum Command {
     Inspect { path: PathBuf },
     /// Merge local PEFT adapter directories into a new one (the engine the service uses).
     Merge(crate::merge_cmd::MergeArgs),
+    /// Compress one adapter (individual) or a collection into shared bases (joint); extract members.
+    Compress(crate::compress_cmd::CompressArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,6 +117,7 @@ pub async fn run(cli: Cli) -> CliResult {
             println!("{secret}");
         }
         Command::Merge(args) => crate::merge_cmd::run(args)?,
+        Command::Compress(args) => crate::compress_cmd::run(args)?,
         Command::Inspect { path } => {
             let summary = quiver_merge::inspect_path(&path)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);

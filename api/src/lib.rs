@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod compress_cmd;
 pub mod config;
 pub mod error;
 pub mod merge_cmd;

@@ -24,7 +24,7 @@ use crate::safetensors::{Dtype, SafetensorsHeader, TensorInfo, parse_header};
 use crate::summary::{CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, summarize};
 
 /// Linear (and Conv1D with `fan_in_fan_out`, whose factors PEFT keeps in Linear layout) or embedding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModuleKind {
     Linear,

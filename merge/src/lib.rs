@@ -11,6 +11,7 @@
 //! Every failure is a [`FormatError`] whose message names the tensor, module or field involved.
 
 pub mod adapter;
+pub mod compress;
 pub mod engine;
 pub mod error;
 pub mod keys;

@@ -17,6 +17,7 @@ use crate::engine::{Merged, describe};
 use crate::error::MergeError;
 use crate::keys::{PEFT_PREFIX, leaf_name};
 use crate::mat::Mat;
+use crate::methods::MergedModule;
 use crate::safetensors::{Dtype, write as write_safetensors};
 use crate::spec::{MergeSpec, OutDtype};
 use crate::summary::{CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME};
@@ -40,8 +41,9 @@ fn encode(m: &Mat, dtype: Dtype) -> Vec<u8> {
     }
 }
 
-fn out_dtype(spec: &MergeSpec, inputs: &[LoraAdapter]) -> Dtype {
-    match spec.dtype {
+/// The requested dtype, else the first input's half precision, else f32.
+pub fn out_dtype(requested: Option<OutDtype>, inputs: &[LoraAdapter]) -> Dtype {
+    match requested {
         Some(OutDtype::F32) => Dtype::F32,
         Some(OutDtype::F16) => Dtype::F16,
         Some(OutDtype::Bf16) => Dtype::BF16,
@@ -62,7 +64,7 @@ pub fn input_records(inputs: &[LoraAdapter]) -> Value {
     )
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MergeError> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MergeError> {
     let io = |source| MergeError::Io {
         path: path.to_path_buf(),
         source,
@@ -72,23 +74,44 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), MergeError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// Writes the adapter, the report and the card into `out` (created if needed).
-pub fn write_adapter(
+/// The config fields an output inherits from an input.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ConfigTemplate {
+    pub task_type: Option<String>,
+    pub base_model_name_or_path: Option<String>,
+    pub revision: Option<String>,
+    pub fan_in_fan_out: bool,
+}
+
+impl ConfigTemplate {
+    pub fn of(inputs: &[LoraAdapter]) -> Self {
+        inputs.first().map_or_else(Self::default, |a| Self {
+            task_type: a.config.task_type.clone(),
+            base_model_name_or_path: a.config.base_model_name_or_path.clone(),
+            revision: a.config.revision.clone(),
+            fan_in_fan_out: a.config.fan_in_fan_out,
+        })
+    }
+}
+
+/// Writes `adapter_config.json` and `adapter_model.safetensors` for factor pairs with scale 1.
+/// Returns the largest rank (the config's `r`).
+pub fn write_peft(
     out: &Path,
-    inputs: &[LoraAdapter],
-    spec: &MergeSpec,
-    merged: &Merged,
-) -> Result<(), MergeError> {
+    modules: &BTreeMap<String, MergedModule>,
+    template: &ConfigTemplate,
+    dtype: Dtype,
+    metadata: &BTreeMap<String, String>,
+) -> Result<usize, MergeError> {
     std::fs::create_dir_all(out).map_err(|source| MergeError::Io {
         path: out.to_path_buf(),
         source,
     })?;
-    let dtype = out_dtype(spec, inputs);
-    let max_rank = merged.modules.values().map(|m| m.a.rows).max().unwrap_or(1);
+    let max_rank = modules.values().map(|m| m.a.rows).max().unwrap_or(1);
     let mut rank_pattern = BTreeMap::new();
     let mut targets = BTreeSet::new();
     let mut tensors: Vec<(String, Vec<u64>, Vec<u8>)> = Vec::new();
-    for (path, m) in &merged.modules {
+    for (path, m) in modules {
         let rank = m.a.rows;
         targets.insert(leaf_name(path).to_string());
         if rank != max_rank {
@@ -123,25 +146,48 @@ pub fn write_adapter(
             }
         }
     }
-    let first = inputs.first().map(|a| &a.config);
     let config = json!({
         "peft_type": "LORA",
-        "task_type": first.and_then(|c| c.task_type.clone()),
-        "base_model_name_or_path": first.and_then(|c| c.base_model_name_or_path.clone()),
-        "revision": first.and_then(|c| c.revision.clone()),
+        "task_type": template.task_type,
+        "base_model_name_or_path": template.base_model_name_or_path,
+        "revision": template.revision,
         "r": max_rank,
         "lora_alpha": max_rank,
         "rank_pattern": rank_pattern,
         "alpha_pattern": rank_pattern,
         "use_rslora": false,
         "use_dora": false,
-        "fan_in_fan_out": first.is_some_and(|c| c.fan_in_fan_out),
+        "fan_in_fan_out": template.fan_in_fan_out,
         "target_modules": targets,
         "lora_dropout": 0.0,
         "bias": "none",
         "modules_to_save": null,
         "inference_mode": true,
     });
+    let views: Vec<(&str, Dtype, &[u64], &[u8])> = tensors
+        .iter()
+        .map(|(n, s, b)| (n.as_str(), dtype, s.as_slice(), b.as_slice()))
+        .collect();
+    write_atomically(
+        &out.join(SAFETENSORS_WEIGHTS_NAME),
+        &write_safetensors(&views, metadata),
+    )?;
+    write_atomically(&out.join(CONFIG_NAME), &pretty(&config)?)?;
+    Ok(max_rank)
+}
+
+pub fn pretty(v: &Value) -> Result<Vec<u8>, MergeError> {
+    serde_json::to_vec_pretty(v).map_err(|e| MergeError::numeric("serialising JSON", e))
+}
+
+/// Writes the adapter, the report and the card into `out` (created if needed).
+pub fn write_adapter(
+    out: &Path,
+    inputs: &[LoraAdapter],
+    spec: &MergeSpec,
+    merged: &Merged,
+) -> Result<(), MergeError> {
+    let dtype = out_dtype(spec.dtype, inputs);
     let params =
         serde_json::to_value(spec).map_err(|e| MergeError::numeric("serialising the recipe", e))?;
     let metadata: BTreeMap<String, String> = [
@@ -156,10 +202,13 @@ pub fn write_adapter(
     ]
     .into_iter()
     .collect();
-    let views: Vec<(&str, Dtype, &[u64], &[u8])> = tensors
-        .iter()
-        .map(|(n, s, b)| (n.as_str(), dtype, s.as_slice(), b.as_slice()))
-        .collect();
+    let max_rank = write_peft(
+        out,
+        &merged.modules,
+        &ConfigTemplate::of(inputs),
+        dtype,
+        &metadata,
+    )?;
     let report = json!({
         "method": describe(spec),
         "params": params,
@@ -169,14 +218,6 @@ pub fn write_adapter(
         "seconds": merged.seconds,
         "modules": merged.reports,
     });
-    let pretty = |v: &Value| {
-        serde_json::to_vec_pretty(v).map_err(|e| MergeError::numeric("serialising JSON", e))
-    };
-    write_atomically(
-        &out.join(SAFETENSORS_WEIGHTS_NAME),
-        &write_safetensors(&views, &metadata),
-    )?;
-    write_atomically(&out.join(CONFIG_NAME), &pretty(&config)?)?;
     write_atomically(&out.join(REPORT_NAME), &pretty(&report)?)?;
     write_atomically(
         &out.join(CARD_NAME),
