@@ -21,6 +21,8 @@ trap 'exit 130' INT TERM
 
 echo "== quiver download bench: ${SIZE_MIB} MiB file, ${REPEATS} repeats, ${PARALLEL} parallel streams"
 machine_line
+start_load_watch "$WORK/load-watch"
+wait_idle
 echo "note: curl, nginx and quiver share this machine's $(nproc) CPUs; everything is on loopback and the file is in the page cache"
 
 # 1. The file, uploaded into a fresh quiver.
@@ -136,3 +138,4 @@ verdict() { python3 -c "import sys; print('met' if float(sys.argv[1]) >= 0.8 els
 echo "target quiver/nginx >= 0.8: 1 stream (median) $(verdict "$r_med"); ${PARALLEL} streams (median) $(verdict "$r_par_med")"
 echo "warnings/errors in quiver's log: $(log_problems "$WORK/quiver.log")"
 echo "quiver peak RSS during the bench: $(awk '/VmHWM/ {print $2, $3}' "/proc/$QPID/status")"
+load_watch_report

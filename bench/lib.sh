@@ -130,3 +130,44 @@ machine_line() {
     model="$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)"
     echo "machine: $(nproc) CPUs (${model:-unknown CPU}), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM, $(uname -sr); date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 }
+
+# Other CPU-heavy work on the machine (another build, another test run) skews every figure here.
+# cpuwatch.py samples, once a second, the CPU used by processes outside this bench (ours descend
+# from this script or carry QUIVER_BENCH_RUN in their environment). wait_idle waits (up to WAIT_IDLE_S seconds, default 0)
+# for 5 quiet seconds in a row; load_watch_report / load_watch_between summarise the samples.
+export QUIVER_BENCH_RUN="$$-$RANDOM"
+
+start_load_watch() { # file
+    LOAD_WATCH_FILE="$1"
+    python3 "$BENCH_DIR/cpuwatch.py" "$QUIVER_BENCH_RUN" "$$" >"$LOAD_WATCH_FILE" &
+    BENCH_PIDS+=("$!")
+    sleep 1.2
+}
+
+wait_idle() {
+    local limit="${WAIT_IDLE_S:-0}" waited=0 quiet
+    ((limit > 0)) || return 0
+    while ((waited < limit)); do
+        quiet=$(tail -n 5 "$LOAD_WATCH_FILE" | awk '$1 < 20 {n++} END {print n + 0}')
+        if ((quiet >= 5)); then
+            return 0
+        fi
+        ((waited == 0)) && echo "waiting for other CPU-heavy processes to finish (up to ${limit}s)…" >&2
+        sleep 5
+        waited=$((waited + 5))
+    done
+    echo "warning: the machine is still busy after ${limit}s; going on" >&2
+}
+
+# Line number of the latest sample (to summarise a stretch later with load_watch_between).
+load_watch_mark() {
+    wc -l <"$LOAD_WATCH_FILE"
+}
+
+load_watch_between() { # from_line to_line
+    python3 "$BENCH_DIR/cpuwatch.py" --summary "$LOAD_WATCH_FILE" "$(($1 + 1))" "$2"
+}
+
+load_watch_report() {
+    echo "concurrent load over the whole bench: $(python3 "$BENCH_DIR/cpuwatch.py" --summary "$LOAD_WATCH_FILE")"
+}

@@ -47,6 +47,9 @@ trap 'exit 130' INT TERM
 
 echo "== list/search bench: $N entries each; wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --timeout $WRK_TIMEOUT --latency (after ${WARMUP}s of warm-up)"
 machine_line
+# Postgres's server processes work for the bench's Postgres backend: not counted as other load.
+CPUWATCH_IGNORE=postgres start_load_watch "$WORK/load-watch"
+wait_idle
 echo "note: wrk and the server under test share this machine's $(nproc) CPUs (wrk's $THREADS threads included), so"
 echo "      every requests/s figure here is a lower bound for the server alone; loopback HTTP/1.1, keep-alive."
 
@@ -81,18 +84,23 @@ print(f"  {sys.argv[3]}: 200, {len(items)} items on the first page, more pages: 
 EOF
 }
 
-declare -A RPS P99 NON2XX ERRS
+declare -A RPS P99 NON2XX ERRS BUSY
 run_wrk() { # label url
     local label="$1" url="$2" out="$WORK/wrk-$1.txt"
     # Warm-up, not recorded: lazily started workers, caches, connection pools.
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" --timeout "$WRK_TIMEOUT" "$url" >"$WORK/warmup-$label.txt" 2>&1 || true
+    local n0 n1 busy
+    n0=$(wc -l <"$LOAD_WATCH_FILE")
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --timeout "$WRK_TIMEOUT" --latency "$url" >"$out" 2>&1 || {
         cat "$out" >&2
         die "wrk failed on $url"
     }
     read -r rps p99 reqs non2xx errs <<<"$(parse_wrk "$out")"
-    RPS[$label]=$rps P99[$label]=$p99 NON2XX[$label]=$non2xx ERRS[$label]=$errs
-    echo "  $label: $rps req/s, p99 $p99 ms ($reqs requests, non-2xx $non2xx, socket errors $errs)"
+    n1=$(wc -l <"$LOAD_WATCH_FILE")
+    busy=$(awk -v a="$n0" -v b="$n1" 'NR > a && NR <= b && $1 >= 20 {n++} END {print n + 0}' "$LOAD_WATCH_FILE")
+    RPS[$label]=$rps P99[$label]=$p99 NON2XX[$label]=$non2xx ERRS[$label]=$errs BUSY[$label]=$busy
+    echo "  $label: $rps req/s, p99 $p99 ms ($reqs requests, non-2xx $non2xx, socket errors $errs; seconds in which other processes used >= 20% of a core: $busy)"
+    echo "    $(load_watch_between "$n0" "$n1")"
 }
 
 count_matches_quiver() { # base url → total adapters matching TERM_Q (walks the cursor)
@@ -212,7 +220,7 @@ done
 
 echo
 echo "RESULT list/search ($N entries; wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --timeout $WRK_TIMEOUT; wrk shares the $(nproc) CPUs with the server)"
-printf '%-24s %12s %10s %9s %8s %16s\n' "" "requests/s" "p99 ms" "non-2xx" "sock err" "x MLflow req/s"
+printf '%-24s %12s %10s %9s %8s %16s %8s\n' "" "requests/s" "p99 ms" "non-2xx" "sock err" "x MLflow req/s" "busy s"
 for label in quiver-sqlite-list quiver-sqlite-search quiver-postgres-list quiver-postgres-search mlflow-list mlflow-search; do
     [[ -n "${RPS[$label]:-}" ]] || continue
     kind=${label##*-}
@@ -220,8 +228,9 @@ for label in quiver-sqlite-list quiver-sqlite-search quiver-postgres-list quiver
     if [[ $label == quiver-* && -n "${RPS[mlflow-$kind]:-}" ]]; then
         x="$(ratio "${RPS[$label]}" "${RPS[mlflow-$kind]}")x"
     fi
-    printf '%-24s %12s %10s %9s %8s %16s\n' "$label" "${RPS[$label]}" "${P99[$label]}" "${NON2XX[$label]}" "${ERRS[$label]}" "$x"
+    printf '%-24s %12s %10s %9s %8s %16s %8s\n' "$label" "${RPS[$label]}" "${P99[$label]}" "${NON2XX[$label]}" "${ERRS[$label]}" "$x" "${BUSY[$label]}"
 done
+echo "(busy s: seconds of the 20 s measurement in which processes outside the bench used >= 20% of a core; 0 = clean)"
 echo "targets (quiver rows): p99 < 50 ms; requests/s >= 100x MLflow's"
 for label in quiver-sqlite-list quiver-sqlite-search quiver-postgres-list quiver-postgres-search; do
     [[ -n "${RPS[$label]:-}" ]] || continue
@@ -236,3 +245,4 @@ for label in quiver-sqlite-list quiver-sqlite-search quiver-postgres-list quiver
     if [[ "${NON2XX[$label]}" != 0 || "${ERRS[$label]}" != 0 ]]; then bad=" (WARNING: errors during the run)"; fi
     echo "  $label: p99 < 50 ms $p; >= 100x MLflow $r$bad"
 done
+load_watch_report

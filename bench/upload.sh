@@ -23,6 +23,8 @@ trap 'exit 130' INT TERM
 
 echo "== quiver upload bench: ${UPLOADS} uploads of ${SIZE_MIB} MiB + the 2 fixture files"
 machine_line
+start_load_watch "$WORK/load-watch"
+wait_idle
 echo "note: curl and quiver share this machine's $(nproc) CPUs; loopback; data dir on the same disk as the source files (/tmp);"
 echo "      'sync' before each upload and each cp, none after: writes land in the page cache, as a server's usually do"
 
@@ -119,3 +121,4 @@ printf '%-42s %s\n' "warnings/errors in quiver's log" "$(log_problems "$WORK/qui
 v1=$(python3 -c "print('met' if $med >= $TARGET_GBPS else 'NOT met')")
 v2=$(python3 -c "print('met' if $HWM < $TARGET_RSS_MIB else 'NOT met')")
 echo "target >= $TARGET_GBPS GB/s (median): $v1; target peak RSS < $TARGET_RSS_MIB MiB: $v2"
+load_watch_report

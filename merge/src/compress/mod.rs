@@ -132,6 +132,7 @@ pub fn compress_individual(
         "bytes_before": factor_bytes(input),
         "bytes_after": after,
         "relative_error": if total > 0.0 { (lost / total).sqrt() } else { 0.0 },
+        "energy_total": total,
         "seconds": start.elapsed().as_secs_f64(),
         "modules": reports,
     });
@@ -351,7 +352,7 @@ pub fn compress_joint(
         "bytes_after": bytes_after,
         "bytes_ratio": bytes_after as f64 / bytes_before.max(1) as f64,
         "relative_error": overall,
-        "member_errors": manifest.members.iter().map(|m| json!({"name": m.name, "relative_error": m.relative_error})).collect::<Vec<_>>(),
+        "member_errors": manifest.members.iter().zip(&member_err).map(|(m, e)| json!({"name": m.name, "relative_error": m.relative_error, "energy_total": e.0})).collect::<Vec<_>>(),
         "iterations": iterations,
         "seconds": start.elapsed().as_secs_f64(),
         "modules": module_reports,
