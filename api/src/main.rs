@@ -2,15 +2,6 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    // OpenBLAS runs one small decomposition per module while modules run in parallel; its own
-    // threads would only contend (measured ~100x slower on 2 cores). Set before any thread exists.
-    if std::env::var_os("OPENBLAS_NUM_THREADS").is_none() {
-        // SAFETY: no other thread has been started yet, so nothing reads the environment concurrently.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::env::set_var("OPENBLAS_NUM_THREADS", "1");
-        }
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("QUIVER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

@@ -62,6 +62,25 @@ impl Truncated {
     }
 }
 
+#[allow(unsafe_code)]
+mod blas_threads {
+    unsafe extern "C" {
+        /// OpenBLAS' own setter (the library is linked through ndarray-linalg's `openblas-system`).
+        fn openblas_set_num_threads(n: std::ffi::c_int);
+    }
+
+    /// OpenBLAS reads `OPENBLAS_NUM_THREADS` when it is loaded, before `main`, so only this call
+    /// can make sure it runs single-threaded: every LAPACK call here is a small decomposition
+    /// inside a module, modules run in parallel on rayon, and a second pool of spinning OpenBLAS
+    /// threads on the same cores made merges several times slower (measured: 7 modules 4.8 s →
+    /// 1.4 s on 2 cores).
+    pub fn single() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        // SAFETY: a plain setter with no preconditions; `Once` keeps it from racing itself.
+        ONCE.call_once(|| unsafe { openblas_set_num_threads(1) });
+    }
+}
+
 fn lapack(context: &str) -> impl FnOnce(ndarray_linalg::error::LinalgError) -> MergeError + '_ {
     move |e| MergeError::numeric(context, e)
 }
@@ -76,11 +95,13 @@ pub fn matmul(device: &Device, a: &Mat, b: &Mat) -> Result<Mat, MergeError> {
 
 /// Thin QR of a tall matrix: `m = q · r`, `q` with orthonormal columns.
 pub fn qr(m: &Array2<f64>) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
+    blas_threads::single();
     m.qr().map_err(lapack("QR"))
 }
 
 /// SVD `m = u · diag(s) · vt`, thin.
 pub fn svd(m: &Array2<f64>) -> Result<(Array2<f64>, Vec<f64>, Array2<f64>), MergeError> {
+    blas_threads::single();
     let (u, s, vt) = m.svddc(JobSvd::Some).map_err(lapack("SVD"))?;
     match (u, vt) {
         (Some(u), Some(vt)) => Ok((u, s.to_vec(), vt)),
