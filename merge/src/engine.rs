@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::adapter::{LoraAdapter, ModuleKind};
 use crate::error::MergeError;
 use crate::mat::Mat;
-use crate::methods::{MergedModule, ModuleContext, Present, dense_delta, merge_module};
+use crate::methods::{MergedModule, ModuleContext, Present, delta_into, merge_module};
 use crate::sparsify::{KthLargest, Threshold};
 use crate::spec::{Compat, MergeSpec, TrimScope};
 
@@ -104,7 +104,7 @@ pub fn merge(
         .max()
         .unwrap_or(1);
     let global = match spec.trim_scope {
-        TrimScope::Global => Some(global_thresholds(inputs, spec, device, &paths)?),
+        TrimScope::Global => Some(global_thresholds(inputs, spec, &paths)?),
         TrimScope::Module => None,
     };
     let done = AtomicUsize::new(0);
@@ -172,7 +172,6 @@ pub fn merge(
 fn global_thresholds(
     inputs: &[LoraAdapter],
     spec: &MergeSpec,
-    device: &Device,
     paths: &[&str],
 ) -> Result<Vec<Threshold>, MergeError> {
     let density = spec.effective_density();
@@ -188,7 +187,9 @@ fn global_thresholds(
                         let mut local = kth.clone();
                         local.merge_reset();
                         if let Some(m) = a.load_module(p)? {
-                            local.add(&dense_delta(device, &m)?.data);
+                            let mut buf = Vec::new();
+                            delta_into(&m, &mut buf);
+                            local.add(&buf);
                         }
                         Ok(local)
                     })

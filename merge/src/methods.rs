@@ -10,9 +10,7 @@ use crate::error::MergeError;
 use crate::lego::{LegoParams, lego};
 use crate::linalg::{self, EXACT_BELOW, Truncated};
 use crate::mat::Mat;
-use crate::sparsify::{
-    self, Threshold, add_agreeing, apply_threshold, disjoint_mean, threshold_of, vote,
-};
+use crate::sparsify::{self, Pruner, Threshold, sign, threshold_of};
 use crate::spec::{Compat, MajoritySign, MergeSpec, Method, Pruning, SvdMode};
 use crate::ziplora::{ZipParams, ziplora};
 
@@ -63,9 +61,19 @@ impl ModuleContext<'_> {
     }
 }
 
-/// The dense delta `s·B·A` of one input.
-pub fn dense_delta(device: &Device, m: &LoraModule) -> Result<Mat, MergeError> {
-    linalg::matmul(device, &m.b.clone().scale(m.scale), &m.a)
+/// Writes the dense delta `s·B·A` of one input into `buf` (reused: a fresh 100 MB allocation per
+/// product made page faults the largest cost of TIES on CPU). Returns its shape.
+pub fn delta_into(m: &LoraModule, buf: &mut Vec<f32>) -> (usize, usize) {
+    use ndarray::{ArrayView2, ArrayViewMut2, linalg::general_mat_mul};
+    let (d_out, r, d_in) = (m.b.rows, m.b.cols, m.a.cols);
+    buf.resize(d_out * d_in, 0.0);
+    let b = ArrayView2::from_shape((d_out, r), &m.b.data);
+    let a = ArrayView2::from_shape((r, d_in), &m.a.data);
+    let out = ArrayViewMut2::from_shape((d_out, d_in), buf.as_mut_slice());
+    if let (Ok(b), Ok(a), Ok(mut out)) = (b, a, out) {
+        general_mat_mul(m.scale, &b, &a, 0.0, &mut out);
+    }
+    (d_out, d_in)
 }
 
 pub fn merge_module(
@@ -154,8 +162,8 @@ pub fn merge_module(
             // Dense family: combine the task vectors ΔWᵢ entry-wise, then truncate.
             let sources: Vec<(f64, usize)> =
                 inputs.iter().map(|p| (ctx.weight(p), p.index)).collect();
-            let delta = combine(ctx, "delta", &sources, |j| {
-                dense_delta(ctx.device, &inputs[j].module)
+            let delta = combine(ctx, "delta", &sources, |j, buf| {
+                Ok(delta_into(&inputs[j].module, buf))
             })?;
             let k = spec.rank.unwrap_or(ctx.default_rank);
             let exact = match spec.svd {
@@ -201,8 +209,10 @@ fn concat(ctx: &ModuleContext<'_>, inputs: &[Present]) -> (Mat, Mat) {
 }
 
 /// Combines task tensors entry-wise: pruning, then (for TIES-style methods) sign election and the
-/// disjoint mean, else a weighted sum. `sources[j] = (weight, input index)`; `load(j)` produces
-/// tensor j and is called once per pass, so memory holds a few tensors whatever the input count.
+/// disjoint mean, else a weighted sum. `sources[j] = (weight, input index)`; `load(j, buf)` writes
+/// tensor j into `buf` (one reused buffer) and returns its shape. Consensus methods make two
+/// passes (votes, then the agreeing sum), recomputing each tensor instead of keeping n of them:
+/// memory is four tensors whatever the number of inputs, and each pass is one fused loop.
 ///
 /// Semantics follow `ctx.spec.compat`: paper — signs elected on weighted values, disjoint mean
 /// weighted by |w|, TIES threshold keeps ties, λ applied; PEFT — signs elected on unweighted
@@ -211,81 +221,89 @@ fn combine(
     ctx: &ModuleContext<'_>,
     tag: &str,
     sources: &[(f64, usize)],
-    load: impl Fn(usize) -> Result<Mat, MergeError>,
+    load: impl Fn(usize, &mut Vec<f32>) -> Result<(usize, usize), MergeError>,
 ) -> Result<Mat, MergeError> {
     let spec = ctx.spec;
     let peft = spec.compat == Compat::Peft;
     let density = spec.effective_density();
-    let mut thresholds: Vec<Option<Threshold>> = vec![None; sources.len()];
-    let pruned = |j: usize, thresholds: &mut Vec<Option<Threshold>>| -> Result<Mat, MergeError> {
-        let mut t = load(j)?;
-        match spec.method.pruning() {
-            Pruning::None => {}
-            Pruning::Magnitude => {
-                let th = match (thresholds[j], ctx.global_thresholds) {
-                    (Some(th), _) => th,
-                    (None, Some(global)) => global[sources[j].1],
-                    (None, None) => {
-                        threshold_of(&t.data, (density * t.data.len() as f64).floor() as u64)
-                    }
-                };
-                thresholds[j] = Some(th);
-                apply_threshold(&mut t.data, th, peft);
-            }
-            Pruning::Random => {
-                sparsify::dare(
-                    &mut t.data,
-                    density,
-                    sparsify::derive_seed(spec.seed, ctx.path, sources[j].1, tag),
-                );
-            }
-        }
-        Ok(t)
-    };
-    let first = pruned(0, &mut thresholds)?;
-    let (rows, cols) = (first.rows, first.cols);
-    if !spec.method.consensus() {
-        let mut out = first.scale(sources[0].0 as f32);
-        for j in 1..sources.len() {
-            let t = pruned(j, &mut thresholds)?;
-            out.data
-                .iter_mut()
-                .zip(&t.data)
-                .for_each(|(o, x)| *o += sources[j].0 as f32 * x);
-        }
-        return Ok(out);
-    }
+    let kind = spec.method.pruning();
+    let mut buf = Vec::new();
+    let mut thresholds: Vec<Threshold> = Vec::with_capacity(sources.len());
+    let seed = |j: usize| sparsify::derive_seed(spec.seed, ctx.path, sources[j].1, tag);
+    // Pass 1: load, find the threshold, then sum (plain methods) or vote (consensus).
     let frequency = spec.majority_sign == MajoritySign::Frequency;
-    // Votes: paper on wᵢ·τ̂ᵢ, PEFT on the unweighted τ̂ᵢ.
-    let vote_weight = |j: usize| if peft { 1.0 } else { sources[j].0 as f32 };
-    let mut votes = vec![0.0f32; rows * cols];
-    vote(&mut votes, &first.data, vote_weight(0), frequency);
-    drop(first);
-    for j in 1..sources.len() {
-        let t = pruned(j, &mut thresholds)?;
-        vote(&mut votes, &t.data, vote_weight(j), frequency);
+    let consensus = spec.method.consensus();
+    let mut acc: Vec<f32> = Vec::new();
+    let mut shape = (0, 0);
+    for (j, &(w, input)) in sources.iter().enumerate() {
+        shape = load(j, &mut buf)?;
+        if acc.is_empty() {
+            acc = vec![0.0; buf.len()];
+        }
+        let th = match (kind, ctx.global_thresholds) {
+            (Pruning::Magnitude, Some(global)) => global[input],
+            (Pruning::Magnitude, None) => {
+                threshold_of(&buf, (density * buf.len() as f64).floor() as u64)
+            }
+            _ => Threshold {
+                value: 0.0,
+                ties: u64::MAX,
+                none: false,
+            },
+        };
+        thresholds.push(th);
+        let mut pruner = Pruner::new(kind, th, peft, density, seed(j));
+        let w = w as f32;
+        // Votes: paper on wᵢ·τ̂ᵢ, PEFT on the unweighted τ̂ᵢ.
+        let vw = if peft { 1.0 } else { w };
+        match (consensus, frequency) {
+            (false, _) => acc
+                .iter_mut()
+                .zip(&buf)
+                .for_each(|(a, &x)| *a += w * pruner.keep(x)),
+            (true, false) => acc
+                .iter_mut()
+                .zip(&buf)
+                .for_each(|(a, &x)| *a += vw * pruner.keep(x)),
+            (true, true) => acc
+                .iter_mut()
+                .zip(&buf)
+                .for_each(|(a, &x)| *a += sign(vw * pruner.keep(x))),
+        }
     }
-    let mut num = vec![0.0f32; rows * cols];
-    let mut den = vec![0.0f32; rows * cols];
+    if !consensus {
+        return Ok(Mat::new(shape.0, shape.1, acc));
+    }
+    // The elected sign per entry; ties go to +.
+    acc.iter_mut()
+        .for_each(|v| *v = if *v >= 0.0 { 1.0 } else { -1.0 });
+    let elected = acc;
+    // Pass 2: the agreeing entries' weighted sum and their weight (|w|, or 1 for PEFT's count).
+    let mut num = vec![0.0f32; elected.len()];
+    let mut den = vec![0.0f32; elected.len()];
     for (j, &(w, _)) in sources.iter().enumerate() {
-        let t = pruned(j, &mut thresholds)?;
-        let den_weight = if peft { 1.0 } else { w.abs() as f32 };
-        add_agreeing(
-            &mut num,
-            &mut den,
-            &votes,
-            &t.data,
-            vote_weight(j),
-            w as f32,
-            den_weight,
-        );
+        load(j, &mut buf)?;
+        let mut pruner = Pruner::new(kind, thresholds[j], peft, density, seed(j));
+        let w = w as f32;
+        let (vw, dw) = if peft { (1.0, 1.0) } else { (w, w.abs()) };
+        for i in 0..buf.len() {
+            let x = pruner.keep(buf[i]);
+            if x != 0.0 && sign(vw * x) == elected[i] {
+                num[i] += w * x;
+                den[i] += dw;
+            }
+        }
     }
-    disjoint_mean(&mut num, &den, if peft { 1.0 } else { 0.0 });
     let lambda = spec.lambda.unwrap_or(1.0) as f32;
-    if lambda != 1.0 {
-        num.iter_mut().for_each(|x| *x *= lambda);
+    let min_den = if peft { 1.0 } else { 0.0 };
+    for (n, &d) in num.iter_mut().zip(&den) {
+        *n = if d == 0.0 {
+            0.0
+        } else {
+            lambda * *n / d.max(min_den)
+        };
     }
-    Ok(Mat::new(rows, cols, num))
+    Ok(Mat::new(shape.0, shape.1, num))
 }
 
 /// PEFT's non-SVD family: the method is applied to the A matrices and to the B matrices
@@ -325,7 +343,12 @@ fn peft_factor_merge(
         ModuleKind::Linear => (&signed, &plain),
         ModuleKind::Embedding => (&plain, &signed),
     };
-    let a = combine(ctx, "A", a_weights, |j| Ok(inputs[j].module.a.clone()))?;
-    let b = combine(ctx, "B", b_weights, |j| Ok(inputs[j].module.b.clone()))?;
+    let copy = |m: &Mat, buf: &mut Vec<f32>| {
+        buf.clear();
+        buf.extend_from_slice(&m.data);
+        Ok((m.rows, m.cols))
+    };
+    let a = combine(ctx, "A", a_weights, |j, buf| copy(&inputs[j].module.a, buf))?;
+    let b = combine(ctx, "B", b_weights, |j, buf| copy(&inputs[j].module.b, buf))?;
     Ok(MergedModule::exact(kind, b, a))
 }

@@ -1,9 +1,9 @@
 //! Entry-wise work of TIES, DARE and magnitude pruning: exact top-k thresholds without sorting,
 //! seeded random masks, sign election and the disjoint mean.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
+
+use crate::spec::Pruning;
 
 /// `|x|` as bits: for finite floats the order of these integers is the order of `|x|`.
 fn abs_bits(x: f32) -> u32 {
@@ -136,41 +136,6 @@ pub fn threshold_of(values: &[f32], k: u64) -> Threshold {
     t.finish()
 }
 
-/// Zeroes the entries below the threshold. `exact_k` keeps exactly k entries (PEFT's `topk`,
-/// ties at the threshold kept in index order); otherwise every entry equal to the threshold is
-/// kept (the TIES reference code).
-pub fn apply_threshold(values: &mut [f32], t: Threshold, exact_k: bool) {
-    if t.none {
-        values.iter_mut().for_each(|x| *x = 0.0);
-        return;
-    }
-    let mut ties_left = if exact_k { t.ties } else { u64::MAX };
-    for x in values.iter_mut() {
-        let a = x.abs();
-        if a > t.value {
-            continue;
-        }
-        if a == t.value && ties_left > 0 {
-            ties_left -= 1;
-            continue;
-        }
-        *x = 0.0;
-    }
-}
-
-/// DARE: keep each entry with probability `density`, rescale kept ones by `1/density`.
-pub fn dare(values: &mut [f32], density: f64, seed: u64) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let inv = (1.0 / density) as f32;
-    for x in values.iter_mut() {
-        if rng.random::<f64>() < density {
-            *x *= inv;
-        } else {
-            *x = 0.0;
-        }
-    }
-}
-
 /// A seed for one (module, input, tensor) derived from the user's seed, so results do not depend
 /// on the order in which modules run.
 pub fn derive_seed(seed: u64, module: &str, input: usize, tag: &str) -> u64 {
@@ -180,7 +145,72 @@ pub fn derive_seed(seed: u64, module: &str, input: usize, tag: &str) -> u64 {
     ])
 }
 
-fn sign(x: f32) -> f32 {
+/// How one task tensor is sparsified, applied entry by entry in a fused loop.
+pub struct Pruner {
+    kind: Pruning,
+    threshold: Threshold,
+    exact_k: bool,
+    ties_left: u64,
+    density: f64,
+    rng: Option<rand_chacha::ChaCha8Rng>,
+}
+
+impl Pruner {
+    pub fn new(
+        kind: Pruning,
+        threshold: Threshold,
+        exact_k: bool,
+        density: f64,
+        seed: u64,
+    ) -> Self {
+        use rand::SeedableRng;
+        Self {
+            kind,
+            threshold,
+            exact_k,
+            ties_left: if exact_k { threshold.ties } else { u64::MAX },
+            density,
+            rng: (kind == Pruning::Random).then(|| rand_chacha::ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
+
+    /// The entry after pruning (0 when dropped). Must see the entries in order.
+    #[inline]
+    pub fn keep(&mut self, x: f32) -> f32 {
+        match self.kind {
+            Pruning::None => x,
+            Pruning::Magnitude => {
+                let t = self.threshold;
+                let a = x.abs();
+                if t.none || a < t.value {
+                    0.0
+                } else if a > t.value {
+                    x
+                } else if self.ties_left > 0 {
+                    self.ties_left -= if self.exact_k { 1 } else { 0 };
+                    x
+                } else {
+                    0.0
+                }
+            }
+            Pruning::Random => {
+                use rand::Rng;
+                let keep = self
+                    .rng
+                    .as_mut()
+                    .is_some_and(|r| r.random::<f64>() < self.density);
+                if keep {
+                    x * (1.0 / self.density) as f32
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// −1, 0 or 1.
+pub fn sign(x: f32) -> f32 {
     if x > 0.0 {
         1.0
     } else if x < 0.0 {
@@ -190,48 +220,21 @@ fn sign(x: f32) -> f32 {
     }
 }
 
-/// Accumulates the votes of the sign election.
-pub fn vote(acc: &mut [f32], values: &[f32], weight: f32, frequency: bool) {
-    for (a, &x) in acc.iter_mut().zip(values) {
-        *a += if frequency {
-            sign(weight * x)
-        } else {
-            weight * x
-        };
-    }
-}
-
-/// Adds the entries that agree with the elected sign (`votes ≥ 0` → +, ties go to +; zeros never
-/// agree): `num += w·x`, `den += den_weight`.
-pub fn add_agreeing(
-    num: &mut [f32],
-    den: &mut [f32],
-    votes: &[f32],
-    values: &[f32],
-    sign_weight: f32,
-    w: f32,
-    den_weight: f32,
-) {
-    for i in 0..values.len() {
-        let s = sign(sign_weight * values[i]);
-        let elected = if votes[i] >= 0.0 { 1.0 } else { -1.0 };
-        if s == elected {
-            num[i] += w * values[i];
-            den[i] += den_weight;
-        }
-    }
-}
-
-/// `num / den` entry-wise, 0 where nothing agreed; `min_den` is 1 for PEFT's count mean.
-pub fn disjoint_mean(num: &mut [f32], den: &[f32], min_den: f32) {
-    for (n, &d) in num.iter_mut().zip(den) {
-        *n = if d == 0.0 { 0.0 } else { *n / d.max(min_den) };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn prune(values: &mut [f32], kind: Pruning, k: u64, exact_k: bool, density: f64, seed: u64) {
+        let mut p = Pruner::new(kind, threshold_of(values, k), exact_k, density, seed);
+        values.iter_mut().for_each(|x| *x = p.keep(*x));
+    }
+
+    fn dare(values: &mut [f32], density: f64, seed: u64) {
+        prune(values, Pruning::Random, 0, false, density, seed);
+    }
 
     #[test]
     fn kth_largest_is_exact_and_handles_edges() {
@@ -269,16 +272,13 @@ mod tests {
     fn magnitude_pruning_matches_the_reference_cases() {
         // algorithms.md §1.5.3.
         let mut v = [1.0f32, -2.0, 0.5, 0.0];
-        let t = threshold_of(&v, 2);
-        apply_threshold(&mut v, t, true);
+        prune(&mut v, Pruning::Magnitude, 2, true, 0.5, 0);
         assert_eq!(v, [1.0, -2.0, 0.0, 0.0]);
         let mut ties = [1.0f32, 1.0, -1.0, 0.5];
-        let t = threshold_of(&ties, 2);
-        apply_threshold(&mut ties, t, true);
+        prune(&mut ties, Pruning::Magnitude, 2, true, 0.5, 0);
         assert_eq!(ties, [1.0, 1.0, 0.0, 0.0], "exactly k, ties in index order");
         let mut ties = [1.0f32, 1.0, -1.0, 0.5];
-        let t = threshold_of(&ties, 2);
-        apply_threshold(&mut ties, t, false);
+        prune(&mut ties, Pruning::Magnitude, 2, false, 0.5, 0);
         assert_eq!(ties, [1.0, 1.0, -1.0, 0.0], "reference keeps every tie");
     }
 
