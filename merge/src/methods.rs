@@ -230,7 +230,7 @@ fn combine(
     let mut buf = Vec::new();
     let mut thresholds: Vec<Threshold> = Vec::with_capacity(sources.len());
     let seed = |j: usize| sparsify::derive_seed(spec.seed, ctx.path, sources[j].1, tag);
-    // Pass 1: load, find the threshold, then sum (plain methods) or vote (consensus).
+    // Pass 1: load, find the threshold, prune, then sum (plain methods) or vote (consensus).
     let frequency = spec.majority_sign == MajoritySign::Frequency;
     let consensus = spec.method.consensus();
     let mut acc: Vec<f32> = Vec::new();
@@ -248,27 +248,22 @@ fn combine(
             _ => Threshold {
                 value: 0.0,
                 ties: u64::MAX,
+                equal: 0,
                 none: false,
             },
         };
         thresholds.push(th);
-        let mut pruner = Pruner::new(kind, th, peft, density, seed(j));
+        Pruner::new(kind, th, peft, density, seed(j)).apply(&mut buf);
         let w = w as f32;
         // Votes: paper on wᵢ·τ̂ᵢ, PEFT on the unweighted τ̂ᵢ.
         let vw = if peft { 1.0 } else { w };
         match (consensus, frequency) {
-            (false, _) => acc
-                .iter_mut()
-                .zip(&buf)
-                .for_each(|(a, &x)| *a += w * pruner.keep(x)),
-            (true, false) => acc
-                .iter_mut()
-                .zip(&buf)
-                .for_each(|(a, &x)| *a += vw * pruner.keep(x)),
+            (false, _) => acc.iter_mut().zip(&buf).for_each(|(a, &x)| *a += w * x),
+            (true, false) => acc.iter_mut().zip(&buf).for_each(|(a, &x)| *a += vw * x),
             (true, true) => acc
                 .iter_mut()
                 .zip(&buf)
-                .for_each(|(a, &x)| *a += sign(vw * pruner.keep(x))),
+                .for_each(|(a, &x)| *a += sign(vw * x)),
         }
     }
     if !consensus {
@@ -279,19 +274,18 @@ fn combine(
         .for_each(|v| *v = if *v >= 0.0 { 1.0 } else { -1.0 });
     let elected = acc;
     // Pass 2: the agreeing entries' weighted sum and their weight (|w|, or 1 for PEFT's count).
+    // Zeros never agree (their sign is 0).
     let mut num = vec![0.0f32; elected.len()];
     let mut den = vec![0.0f32; elected.len()];
     for (j, &(w, _)) in sources.iter().enumerate() {
         load(j, &mut buf)?;
-        let mut pruner = Pruner::new(kind, thresholds[j], peft, density, seed(j));
+        Pruner::new(kind, thresholds[j], peft, density, seed(j)).apply(&mut buf);
         let w = w as f32;
         let (vw, dw) = if peft { (1.0, 1.0) } else { (w, w.abs()) };
-        for i in 0..buf.len() {
-            let x = pruner.keep(buf[i]);
-            if x != 0.0 && sign(vw * x) == elected[i] {
-                num[i] += w * x;
-                den[i] += dw;
-            }
+        for (((n, d), &e), &x) in num.iter_mut().zip(den.iter_mut()).zip(&elected).zip(&buf) {
+            let agree = f32::from(u8::from(sign(vw * x) == e));
+            *n += agree * w * x;
+            *d += agree * dw;
         }
     }
     let lambda = spec.lambda.unwrap_or(1.0) as f32;

@@ -30,6 +30,9 @@ pub struct KthLargest {
 pub struct Threshold {
     pub value: f32,
     pub ties: u64,
+    /// How many entries have `|x| == value` (when `ties` is smaller, exactly-k pruning must
+    /// count them in order).
+    pub equal: u64,
     /// Keep nothing (k = 0).
     pub none: bool,
 }
@@ -97,12 +100,14 @@ impl KthLargest {
                 Threshold {
                     value: f32::INFINITY,
                     ties: 0,
+                    equal: 0,
                     none: true,
                 }
             } else {
                 Threshold {
                     value: 0.0,
                     ties: u64::MAX,
+                    equal: 0,
                     none: false,
                 }
             };
@@ -113,6 +118,7 @@ impl KthLargest {
                 return Threshold {
                     value: f32::from_bits((h << 16) | lo as u32),
                     ties: self.need - above,
+                    equal: self.counts[lo],
                     none: false,
                 };
             }
@@ -121,6 +127,7 @@ impl KthLargest {
         Threshold {
             value: 0.0,
             ties: u64::MAX,
+            equal: 0,
             none: false,
         }
     }
@@ -150,9 +157,8 @@ pub struct Pruner {
     kind: Pruning,
     threshold: Threshold,
     exact_k: bool,
-    ties_left: u64,
     density: f64,
-    rng: Option<rand_chacha::ChaCha8Rng>,
+    seed: u64,
 }
 
 impl Pruner {
@@ -163,46 +169,52 @@ impl Pruner {
         density: f64,
         seed: u64,
     ) -> Self {
-        use rand::SeedableRng;
         Self {
             kind,
             threshold,
             exact_k,
-            ties_left: if exact_k { threshold.ties } else { u64::MAX },
             density,
-            rng: (kind == Pruning::Random).then(|| rand_chacha::ChaCha8Rng::seed_from_u64(seed)),
+            seed,
         }
     }
 
-    /// The entry after pruning (0 when dropped). Must see the entries in order.
-    #[inline]
-    pub fn keep(&mut self, x: f32) -> f32 {
+    /// Prunes `values` in place. Written as branch-free loops over the whole buffer (the kept
+    /// entries are scattered at random, so a branch per entry mispredicts half the time); only
+    /// exactly-k pruning with surplus ties at the threshold takes a sequential path.
+    pub fn apply(&self, values: &mut [f32]) {
         match self.kind {
-            Pruning::None => x,
+            Pruning::None => {}
             Pruning::Magnitude => {
                 let t = self.threshold;
-                let a = x.abs();
-                if t.none || a < t.value {
-                    0.0
-                } else if a > t.value {
-                    x
-                } else if self.ties_left > 0 {
-                    self.ties_left -= if self.exact_k { 1 } else { 0 };
-                    x
+                if t.none {
+                    values.iter_mut().for_each(|x| *x = 0.0);
+                } else if !self.exact_k || t.ties >= t.equal {
+                    let v = t.value;
+                    values
+                        .iter_mut()
+                        .for_each(|x| *x *= f32::from(u8::from(x.abs() >= v)));
                 } else {
-                    0.0
+                    let mut ties_left = t.ties;
+                    for x in values.iter_mut() {
+                        let a = x.abs();
+                        if a < t.value || (a == t.value && ties_left == 0) {
+                            *x = 0.0;
+                        } else if a == t.value {
+                            ties_left -= 1;
+                        }
+                    }
                 }
             }
             Pruning::Random => {
-                use rand::Rng;
-                let keep = self
-                    .rng
-                    .as_mut()
-                    .is_some_and(|r| r.random::<f64>() < self.density);
-                if keep {
-                    x * (1.0 / self.density) as f32
-                } else {
-                    0.0
+                use rand::{RngCore, SeedableRng};
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+                // Keep when a uniform u32 falls below density·2³²; kept entries scaled by 1/density.
+                let cut = (self.density * 4_294_967_296.0).min(4_294_967_295.0) as u32;
+                let keep_all = self.density >= 1.0;
+                let inv = (1.0 / self.density) as f32;
+                for x in values.iter_mut() {
+                    let kept = keep_all || rng.next_u32() < cut;
+                    *x *= f32::from(u8::from(kept)) * inv;
                 }
             }
         }
@@ -210,14 +222,9 @@ impl Pruner {
 }
 
 /// −1, 0 or 1.
+#[inline]
 pub fn sign(x: f32) -> f32 {
-    if x > 0.0 {
-        1.0
-    } else if x < 0.0 {
-        -1.0
-    } else {
-        0.0
-    }
+    f32::from(u8::from(x > 0.0)) - f32::from(u8::from(x < 0.0))
 }
 
 #[cfg(test)]
@@ -228,8 +235,7 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     fn prune(values: &mut [f32], kind: Pruning, k: u64, exact_k: bool, density: f64, seed: u64) {
-        let mut p = Pruner::new(kind, threshold_of(values, k), exact_k, density, seed);
-        values.iter_mut().for_each(|x| *x = p.keep(*x));
+        Pruner::new(kind, threshold_of(values, k), exact_k, density, seed).apply(values);
     }
 
     fn dare(values: &mut [f32], density: f64, seed: u64) {
@@ -245,6 +251,7 @@ mod tests {
             Threshold {
                 value: 3.0,
                 ties: 2,
+                equal: 2,
                 none: false
             }
         );
@@ -255,6 +262,7 @@ mod tests {
             Threshold {
                 value: 0.0,
                 ties: u64::MAX,
+                equal: 0,
                 none: false
             }
         );
