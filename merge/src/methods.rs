@@ -177,6 +177,7 @@ pub fn merge_module(
                 let seed = sparsify::derive_seed(spec.seed, ctx.path, usize::MAX, "sketch");
                 linalg::randomized_truncate(ctx.device, &delta, k, seed)?
             };
+            give_buffer(delta.data);
             Ok(truncated(kind, t))
         }
     }
@@ -208,6 +209,30 @@ fn concat(ctx: &ModuleContext<'_>, inputs: &[Present]) -> (Mat, Mat) {
     (b, a)
 }
 
+thread_local! {
+    /// Large buffers kept between modules on this thread: fresh allocations of this size come
+    /// from the kernel as new zeroed pages, and page faults were a fifth of TIES' time.
+    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A zeroed buffer of `len` entries, reusing a pooled allocation when one is there.
+fn take_buffer(len: usize) -> Vec<f32> {
+    let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+    v.clear();
+    v.resize(len, 0.0);
+    v
+}
+
+/// Returns a buffer to this thread's pool (a few are kept).
+fn give_buffer(v: Vec<f32>) {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < 4 {
+            pool.push(v);
+        }
+    });
+}
+
 /// Combines task tensors entry-wise: pruning, then (for TIES-style methods) sign election and the
 /// disjoint mean, else a weighted sum. `sources[j] = (weight, input index)`; `load(j, buf)` writes
 /// tensor j into `buf` (one reused buffer) and returns its shape. Consensus methods make two
@@ -227,7 +252,7 @@ fn combine(
     let peft = spec.compat == Compat::Peft;
     let density = spec.effective_density();
     let kind = spec.method.pruning();
-    let mut buf = Vec::new();
+    let mut buf = take_buffer(0);
     let mut thresholds: Vec<Threshold> = Vec::with_capacity(sources.len());
     let seed = |j: usize| sparsify::derive_seed(spec.seed, ctx.path, sources[j].1, tag);
     // Pass 1: load, find the threshold, prune, then sum (plain methods) or vote (consensus).
@@ -238,7 +263,7 @@ fn combine(
     for (j, &(w, input)) in sources.iter().enumerate() {
         shape = load(j, &mut buf)?;
         if acc.is_empty() {
-            acc = vec![0.0; buf.len()];
+            acc = take_buffer(buf.len());
         }
         let th = match (kind, ctx.global_thresholds) {
             (Pruning::Magnitude, Some(global)) => global[input],
@@ -267,6 +292,7 @@ fn combine(
         }
     }
     if !consensus {
+        give_buffer(buf);
         return Ok(Mat::new(shape.0, shape.1, acc));
     }
     // The elected sign per entry; ties go to +.
@@ -275,8 +301,8 @@ fn combine(
     let elected = acc;
     // Pass 2: the agreeing entries' weighted sum and their weight (|w|, or 1 for PEFT's count).
     // Zeros never agree (their sign is 0).
-    let mut num = vec![0.0f32; elected.len()];
-    let mut den = vec![0.0f32; elected.len()];
+    let mut num = take_buffer(elected.len());
+    let mut den = take_buffer(elected.len());
     for (j, &(w, _)) in sources.iter().enumerate() {
         load(j, &mut buf)?;
         Pruner::new(kind, thresholds[j], peft, density, seed(j)).apply(&mut buf);
@@ -288,6 +314,7 @@ fn combine(
             *d += agree * dw;
         }
     }
+    give_buffer(buf);
     let lambda = spec.lambda.unwrap_or(1.0) as f32;
     let min_den = if peft { 1.0 } else { 0.0 };
     for (n, &d) in num.iter_mut().zip(&den) {
@@ -297,6 +324,8 @@ fn combine(
             lambda * *n / d.max(min_den)
         };
     }
+    give_buffer(den);
+    give_buffer(elected);
     Ok(Mat::new(shape.0, shape.1, num))
 }
 
