@@ -42,6 +42,16 @@ struct Unit {
     feature: Vec<f32>,
 }
 
+/// The units labelled `c`.
+fn members_of<'a>(units: &'a [Unit], labels: &[usize], c: usize) -> Vec<&'a Unit> {
+    units
+        .iter()
+        .zip(labels)
+        .filter(|(_, l)| **l == c)
+        .map(|(u, _)| u)
+        .collect()
+}
+
 fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
@@ -137,12 +147,7 @@ pub fn lego(inputs: &[(f64, &Present)], p: LegoParams) -> (Mat, Mat, LegoStats) 
     for _ in 0..p.iters {
         iterations += 1;
         for (c, center) in centers.iter_mut().enumerate() {
-            let members: Vec<&Unit> = units
-                .iter()
-                .zip(&labels)
-                .filter(|(_, l)| **l == c)
-                .map(|(u, _)| u)
-                .collect();
+            let members = members_of(&units, &labels, c);
             if members.is_empty() {
                 continue;
             }
@@ -159,12 +164,7 @@ pub fn lego(inputs: &[(f64, &Present)], p: LegoParams) -> (Mat, Mat, LegoStats) 
     // Cluster → one rank unit from the raw vectors.
     let mut out_units: Vec<Vec<f32>> = Vec::new();
     for c in 0..centers.len() {
-        let members: Vec<&Unit> = units
-            .iter()
-            .zip(&labels)
-            .filter(|(_, l)| **l == c)
-            .map(|(u, _)| u)
-            .collect();
+        let members = members_of(&units, &labels, c);
         if members.is_empty() {
             continue;
         }
