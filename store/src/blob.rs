@@ -14,7 +14,9 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, WriteMultipart,
+};
 use sha2::{Digest, Sha256};
 
 use crate::StoreError;
@@ -178,7 +180,10 @@ impl BlobStore {
             .inner
             .get_opts(&self.content_key(sha256), options)
             .await?;
-        Ok(result.into_stream().map_err(StoreError::from).boxed())
+        match result.payload {
+            GetResultPayload::File(file, _) => Ok(file_stream(file, result.range)),
+            GetResultPayload::Stream(stream) => Ok(stream.map_err(StoreError::from).boxed()),
+        }
     }
 
     /// Lists the content hashes of every committed blob (for tests and sweeping).
@@ -268,6 +273,38 @@ impl BlobUpload {
             tracing::warn!(error = %e, "could not abort multipart upload");
         }
     }
+}
+
+/// Bytes read per blocking call when streaming a local file. object_store's own file stream reads
+/// 8 KiB at a time, one blocking task each: downloads ran at a sixth of nginx's speed.
+const FILE_CHUNK: u64 = 1024 * 1024;
+
+/// Streams `range` of a local file in `FILE_CHUNK` reads on the blocking pool.
+fn file_stream(
+    file: std::fs::File,
+    range: Range<u64>,
+) -> BoxStream<'static, Result<Bytes, StoreError>> {
+    use std::os::unix::fs::FileExt;
+    let file = Arc::new(file);
+    futures::stream::try_unfold(range.start, move |pos| {
+        let file = Arc::clone(&file);
+        let end = range.end;
+        async move {
+            if pos >= end {
+                return Ok(None);
+            }
+            let len = FILE_CHUNK.min(end - pos) as usize;
+            let chunk = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+            })
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("blob read task failed: {e}")))?
+            .map_err(|e| StoreError::Corrupt(format!("blob read failed: {e}")))?;
+            Ok(Some((chunk, pos + len as u64)))
+        }
+    })
+    .boxed()
 }
 
 /// Drops credentials from a URL for logs.
