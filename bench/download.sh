@@ -108,6 +108,8 @@ declare -a S_N S_Q P_N P_Q
 for r in $(seq 1 "$REPEATS"); do
     # Alternate which server goes first, so neither always gets the warmer machine.
     if ((r % 2)); then order="n q"; else order="q n"; fi
+    wait_quiet
+    m0=$(load_watch_mark)
     for who in $order; do
         if [[ $who == n ]]; then S_N+=("$(one_stream "$URL_N")"); else S_Q+=("$(one_stream "$URL_Q")"); fi
     done
@@ -115,6 +117,7 @@ for r in $(seq 1 "$REPEATS"); do
         if [[ $who == n ]]; then P_N+=("$(parallel_streams "$URL_N")"); else P_Q+=("$(parallel_streams "$URL_Q")"); fi
     done
     echo "repeat $r: 1 stream nginx ${S_N[-1]} GB/s, quiver ${S_Q[-1]} GB/s; ${PARALLEL} streams nginx ${P_N[-1]} GB/s, quiver ${P_Q[-1]} GB/s"
+    echo "    $(load_watch_between "$m0" "$(load_watch_mark)")"
 done
 
 read -r sn_best sn_med <<<"$(stats "${S_N[@]}")"

@@ -133,8 +133,8 @@ machine_line() {
 
 # Other CPU-heavy work on the machine (another build, another test run) skews every figure here.
 # cpuwatch.py samples, once a second, the CPU used by processes outside this bench (ours descend
-# from this script or carry QUIVER_BENCH_RUN in their environment). wait_idle waits (up to WAIT_IDLE_S seconds, default 0)
-# for 5 quiet seconds in a row; load_watch_report / load_watch_between summarise the samples.
+# from this script or carry QUIVER_BENCH_RUN in their environment). wait_quiet / wait_idle wait
+# for quiet (WAIT_IDLE_S); load_watch_report / load_watch_between summarise the samples.
 export QUIVER_BENCH_RUN="$$-$RANDOM"
 
 start_load_watch() { # file
@@ -144,19 +144,25 @@ start_load_watch() { # file
     sleep 1.2
 }
 
-wait_idle() {
-    local limit="${WAIT_IDLE_S:-0}" waited=0 quiet
+# Waits (up to WAIT_IDLE_S seconds) for QUIET_S seconds (default 5) in a row in which other
+# processes used < 20 % of a core. Returns at once when WAIT_IDLE_S is 0 (the default).
+wait_quiet() {
+    local limit="${WAIT_IDLE_S:-0}" need="${QUIET_S:-5}" waited=0 quiet
     ((limit > 0)) || return 0
     while ((waited < limit)); do
-        quiet=$(tail -n 5 "$LOAD_WATCH_FILE" | awk '$1 < 20 {n++} END {print n + 0}')
-        if ((quiet >= 5)); then
-            return 0
-        fi
-        ((waited == 0)) && echo "waiting for other CPU-heavy processes to finish (up to ${limit}s)…" >&2
+        quiet=$(tail -n "$need" "$LOAD_WATCH_FILE" | awk '$1 < 20 {n++} END {print n + 0}')
+        ((quiet >= need)) && return 0
+        ((waited == 0)) && echo "  waiting for other CPU-heavy processes to finish (up to ${limit}s)…" >&2
         sleep 5
         waited=$((waited + 5))
     done
-    echo "warning: the machine is still busy after ${limit}s; going on" >&2
+    echo "  warning: the machine is still busy after ${limit}s; going on" >&2
+}
+
+# wait_quiet, then start counting the bench's samples (load_watch_report).
+wait_idle() {
+    wait_quiet
+    LOAD_WATCH_START=$(load_watch_mark)
 }
 
 # Line number of the latest sample (to summarise a stretch later with load_watch_between).
@@ -168,6 +174,7 @@ load_watch_between() { # from_line to_line
     python3 "$BENCH_DIR/cpuwatch.py" --summary "$LOAD_WATCH_FILE" "$(($1 + 1))" "$2"
 }
 
+# Summary of the samples since wait_idle returned: the bench proper.
 load_watch_report() {
-    echo "concurrent load over the whole bench: $(python3 "$BENCH_DIR/cpuwatch.py" --summary "$LOAD_WATCH_FILE")"
+    echo "concurrent load during the bench ($(( $(load_watch_mark) - LOAD_WATCH_START )) s): $(load_watch_between "$LOAD_WATCH_START" "$(load_watch_mark)")"
 }

@@ -87,6 +87,7 @@ EOF
 declare -A RPS P99 NON2XX ERRS BUSY
 run_wrk() { # label url
     local label="$1" url="$2" out="$WORK/wrk-$1.txt"
+    wait_quiet
     # Warm-up, not recorded: lazily started workers, caches, connection pools.
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" --timeout "$WRK_TIMEOUT" "$url" >"$WORK/warmup-$label.txt" 2>&1 || true
     local n0 n1 busy

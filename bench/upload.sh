@@ -90,6 +90,8 @@ declare -a TP CP
 for i in $(seq 1 "$UPLOADS"); do
     # Alternate which goes first; 'sync' before each, so each starts with no dirty pages.
     if ((i % 2)); then order="q c"; else order="c q"; fi
+    wait_quiet
+    m0=$(load_watch_mark)
     for who in $order; do
         sync
         if [[ $who == c ]]; then
@@ -100,6 +102,7 @@ for i in $(seq 1 "$UPLOADS"); do
         fi
     done
     echo "upload $i: $sent bytes of multipart body in ${t}s = ${TP[-1]} GB/s (201; size and sha256 checked); quiver VmRSS now $(rss VmRSS) MiB; cp of the same file: ${CP[-1]} GB/s"
+    echo "    $(load_watch_between "$m0" "$(load_watch_mark)")"
 done
 sleep 1
 # The server is still running: VmHWM is its peak resident set over the whole bench.

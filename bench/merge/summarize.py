@@ -31,6 +31,36 @@ def gnu_time(path):
     return wall, rss_kb / 1024, status, merged.group(0) if merged else None
 
 
+def contention(res):
+    """Mean/max CPU % of one core used by other processes during each phase (bench/cpuwatch.py)."""
+    try:
+        lines = open(os.path.join(res, "cpuwatch.txt")).read().splitlines()
+        marks = [l.split() for l in open(os.path.join(res, "phases.txt"))]
+    except OSError:
+        return {}
+    starts, out = {}, {}
+    for name, n in marks:
+        phase, edge = name.rsplit(":", 1)
+        if edge == "start":
+            starts[phase] = int(n)
+        else:
+            sel = lines[starts.get(phase, 0) : int(n)]
+            vals = [float(l.split()[0]) for l in sel]
+            names = {}
+            for l in sel:
+                for item in l.split()[1].split(","):
+                    if ":" in item:
+                        k, v = item.rsplit(":", 1)
+                        names[k] = names.get(k, 0) + float(v)
+            top = sorted(names.items(), key=lambda kv: -kv[1])[:3]
+            out[phase] = {
+                "mean": sum(vals) / len(vals) if vals else float("nan"),
+                "max": max(vals) if vals else float("nan"),
+                "top": ", ".join(f"{k} {v / max(len(vals), 1):.0f}%" for k, v in top) or "-",
+            }
+    return out
+
+
 def report_stats(out_dir):
     rep = json.load(open(os.path.join(out_dir, "merge_report.json")))
     mods = rep["modules"]
@@ -53,6 +83,10 @@ def report_stats(out_dir):
     }
 
 
+def cpu(b):
+    return f"{b['mean']:.0f} / {b['max']:.0f}" if b else "not measured"
+
+
 def main():
     res, data = sys.argv[1], sys.argv[2]
     peft = {}
@@ -61,6 +95,7 @@ def main():
         if "type" in d:
             peft[d["type"]] = d
     p_wall, p_rss, p_status, _ = gnu_time(os.path.join(res, "peft.stderr"))
+    busy = contention(res)
     checks = [json.loads(l) for l in open(os.path.join(res, "check_ties.jsonl")) if l.strip()]
 
     print(open(os.path.join(res, "machine.txt")).read().rstrip())
@@ -83,6 +118,7 @@ def main():
                 f"{ratio:.0f}x vs PEFT {ptype}",
                 f"<= {t_target:.0f} s; >= {r_target:.0f}x",
                 f"{'yes' if wall <= t_target else 'NO'}; {'yes' if ratio >= r_target else 'NO'}",
+                cpu(busy.get(f"quiver_{name}")),
             )
         )
     for ptype in ("svd", "ties_svd"):
@@ -97,6 +133,7 @@ def main():
                     "-",
                     "-",
                     "-",
+                    cpu(busy.get("peft")),
                 )
             )
     if checks:
@@ -110,8 +147,11 @@ def main():
                 f"{worst:.4f}",
                 f"<= {OPTIMALITY_TARGET}",
                 "yes" if worst <= OPTIMALITY_TARGET else "NO",
+                cpu(busy.get("check")),
             )
         )
+    for phase, b in busy.items():
+        print(f"other processes during {phase}: mean {b['mean']:.0f}% of a core, max {b['max']:.0f}%; top: {b['top']}")
     print()
     print("TIES check (numpy, paper semantics, float64 SVD):")
     print("| module | shape | optimal err | quiver reported | ratio | factors err vs numpy dW | dW diff in quiver subspace | quiver BA vs optimal T16 |")
@@ -124,8 +164,8 @@ def main():
             f"{c['quiver_BA_vs_optimal_truncation']:.4f} |"
         )
     print()
-    print("| run | wall s | s/matrix | peak RSS MiB | ratio vs PEFT (per matrix) | target | met? |")
-    print("| --- | ---: | ---: | ---: | --- | --- | --- |")
+    print("| run | wall s | s/matrix | peak RSS MiB | ratio vs PEFT (per matrix) | target | met? | other processes' CPU, % of a core (mean / max) |")
+    print("| --- | ---: | ---: | ---: | --- | --- | --- | --- |")
     for r in rows:
         print("| " + " | ".join(r) + " |")
 
