@@ -6,11 +6,12 @@
 #  2. quiver compress --mode joint of 100 rank-16 adapters: c=64, c=128, c=128 --diag, c=64 --clusters 4
 #  3. quiver compress --mode individual --rank k of each of the 100 adapters, k the largest rank
 #     whose total bytes fit in each joint run's bytes_after
-#  4. extras: ziplora --steps 50 / 200 again / 400; joint c=64 and c=128 --diag with --iters 150
+#  4. extras: ziplora --steps 50 / 200 again / 400; joint c=64 --iters 150, c=128 --diag --iters 100
 #  5. untimed numpy checks (bench/compose/check.py), then the tables (bench/compose/summarize.py)
 #
 # Before every timed command the script waits until `pgrep -f "bench/merge|peft_layer|qbench"` is
-# empty (another benchmark on the same machine) and no cargo/rustc runs. The binary is copied to
+# empty (another benchmark on the same machine), no cargo/rustc runs, and other processes used
+# < 20 % of a core for 5 s in a row (bench/cpuwatch.py); the load during each command is recorded. The binary is copied to
 # $QCOMPOSE_DIR/bin at the start. Knobs: N (100), SKIP_DIAG=1, SKIP_EXTRAS=1, SKIP_CHECK=1.
 set -euo pipefail
 
@@ -31,23 +32,48 @@ mkdir -p "$RES"
 
 log() { echo "== $*" | tee -a "$RES/log.txt" >&2; }
 
+# Concurrent load: bench/cpuwatch.py samples once a second the CPU used by processes that are not
+# this script's (descendants of $$ or started with QUIVER_BENCH_RUN), into $RES/cpuwatch.txt.
+export QUIVER_BENCH_RUN="compose-$$-$RANDOM"
+LOADW=$RES/cpuwatch.txt
+"$PY" "$ROOT/bench/cpuwatch.py" "$QUIVER_BENCH_RUN" "$$" >"$LOADW" &
+WATCH_PID=$!
+trap 'kill $WATCH_PID 2>/dev/null || true' EXIT
+sleep 1.2
+mark() { wc -l <"$LOADW"; }
+
+# Waits until the merge benchmark (bench/merge|peft_layer|qbench) and cargo/rustc are gone, then
+# for 5 s in a row in which other processes used < 20 % of a core (up to WAIT_IDLE_S, 1800 s).
 wait_quiet() {
-  local said=0
+  local said=0 waited=0 quiet
   while pgrep -f "bench/merge|peft_layer|qbench" >/dev/null || pgrep -x "cargo|rustc" >/dev/null; do
     [ $said = 1 ] || { log "waiting for the other benchmark (bench/merge|peft_layer|qbench) or a cargo build to finish"; said=1; }
     sleep 10
   done
+  while [ "$waited" -lt "${WAIT_IDLE_S:-1800}" ]; do
+    quiet=$(tail -n 5 "$LOADW" | awk '$1 < 20 {n++} END {print n + 0}')
+    [ "$quiet" -ge 5 ] && return 0
+    [ $said = 1 ] || { log "waiting for other CPU-heavy processes ($(tail -n 1 "$LOADW"))"; said=1; }
+    sleep 2; waited=$((waited + 2))
+  done
+  log "WARNING: the machine is still busy after ${WAIT_IDLE_S:-1800} s; going on"
 }
 
-# timed NAME cmd... : /usr/bin/time -v, stdout/stderr into $RES/NAME.{stdout,stderr}
+# timed NAME cmd... : /usr/bin/time -v, stdout/stderr into $RES/NAME.{stdout,stderr}; the
+# concurrent load during the command into $RES/NAME.load (cpuwatch --summary of its samples).
 timed() {
-  local name=$1; shift
+  local name=$1 from to; shift
   wait_quiet
+  from=$(mark)
   /usr/bin/time -v "$@" >"$RES/$name.stdout" 2>"$RES/$name.stderr" || {
     echo "FAILED: $*" | tee -a "$RES/log.txt" >&2; tail -5 "$RES/$name.stderr" >&2; return 1; }
-  if pgrep -f "bench/merge|peft_layer|qbench" >/dev/null || pgrep -x "cargo|rustc" >/dev/null; then
-    log "WARNING: another benchmark or a cargo build was running when $name finished: its timing may be disturbed"
-  fi
+  case $name in ind_*) return 0 ;; esac   # the individual loop records its load as a whole
+  sleep 1.1
+  to=$(mark)
+  load_between "$from" "$to" >"$RES/$name.load"
+}
+load_between() { # from_line to_line
+  if [ "$2" -gt "$1" ]; then "$PY" "$ROOT/bench/cpuwatch.py" --summary "$LOADW" "$(($1 + 1))" "$2"; else echo "no samples"; fi
 }
 
 # A private copy of the binary, so that a rebuild during the run cannot mix two builds.
@@ -126,10 +152,13 @@ for j in "${JOINTS[@]}"; do
 done
 for k in "${KS[@]}"; do
   log "compress individual --rank $k, each of $N adapters in turn"
+  wait_quiet
+  lf=$(mark)
   for d in "${ALL[@]}"; do
     name=$(basename "$d")
     timed "ind_k${k}_$name" "$QUIVER" compress --mode individual --rank "$k" --out "$OUTS/ind_k$k/$name" "$d"
   done
+  load_between "$lf" "$(mark)" >"$RES/ind_k$k.load"
 done
 
 # --- 5. extras: ZipLoRA step scaling and repeat, joint with more iterations -----------------------
@@ -143,8 +172,8 @@ if [ "${SKIP_EXTRAS:-0}" != 1 ]; then
   log "extra: compress joint c=64 --iters 150, $N adapters"
   timed extra_joint_c64_i150 "$QUIVER" compress --mode joint --rank 64 --iters 150 --out "$OUTS/extra_joint_c64_i150" "${ALL[@]}"
   if [ "${SKIP_DIAG:-0}" != 1 ]; then
-    log "extra: compress joint c=128 --diag --iters 150, $N adapters"
-    timed extra_joint_c128diag_i150 "$QUIVER" compress --mode joint --rank 128 --diag --iters 150 --out "$OUTS/extra_joint_c128diag_i150" "${ALL[@]}"
+    log "extra: compress joint c=128 --diag --iters 100, $N adapters"
+    timed extra_joint_c128diag_i100 "$QUIVER" compress --mode joint --rank 128 --diag --iters 100 --out "$OUTS/extra_joint_c128diag_i100" "${ALL[@]}"
   fi
 fi
 

@@ -23,6 +23,19 @@ def gnu_time(path):
     return wall, rss, status
 
 
+def load(res, name):
+    """Compact form of the cpuwatch summary in RES/NAME.load ('' when absent)."""
+    p = os.path.join(res, f"{name}.load")
+    if not os.path.exists(p):
+        return "n/a"
+    txt = open(p).read().strip()
+    m = re.search(r"used (\d+)% of a core on average \(max (\d+)%\), >=20% in (\d+) of (\d+) s; top: (.*)", txt)
+    if not m:
+        return txt
+    avg, mx, busy, tot, top = m.groups()
+    return f"{avg}% avg, max {mx}%, ≥20% in {busy}/{tot} s" + (f" ({top})" if int(busy) else "")
+
+
 def mib(kib):
     return f"{kib / 1024:.0f}"
 
@@ -37,8 +50,8 @@ def main():
 
     # --- merges ---------------------------------------------------------------------------------
     print("\n### Merges of 4 rank-16 adapters (adapter_000..003, one per family), one layer, 7 modules\n")
-    print("| method | parameters | wall s | report seconds | peak RSS MiB | details (per module: q,k,v,o,gate,up,down) |")
-    print("|---|---|---:|---:|---:|---|")
+    print("| method | parameters | wall s | report seconds | peak RSS MiB | other processes' CPU during the run | details (per module: q,k,v,o,gate,up,down) |")
+    print("|---|---|---:|---:|---:|---|---|")
     for name, label, params in [("lego", "lora_lego", "defaults (k = 16, iters ≤ 20)"),
                                 ("zip200", "ziplora", "defaults (200 steps, λ 0.01, lr 0.01)"),
                                 ("zip100", "ziplora", "--steps 100")]:
@@ -59,15 +72,15 @@ def main():
                    f"penalty {avg('penalty_initial'):.4f} → {avg('penalty_final'):.4f}; "
                    f"loss_final per module " + ",".join(f"{x['loss_final']:.4f}" for x in d)
                    + f"; output rank {rep['output']['rank']}")
-        print(f"| {label} | {params} | {wall:.2f} | {rep['seconds']:.2f} | {mib(rss)} | {det} |"
+        print(f"| {label} | {params} | {wall:.2f} | {rep['seconds']:.2f} | {mib(rss)} | {load(res, 'merge_' + name)} | {det} |"
               + ("" if st == 0 else f" EXIT {st}"))
 
     # --- compression ------------------------------------------------------------------------------
     print(f"\n### Compression of {n} rank-16 adapters, one layer, 7 modules\n")
     print("bytes ratio = bytes_after / bytes_before (float32 factors); relative error = "
           "sqrt(Σ lost energy / Σ energy) over all members and modules.\n")
-    print("| method | c or k | bytes_after | bytes ratio | relative error | member error mean / max | iterations | seconds (wall) | peak RSS MiB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| method | c or k | bytes_after | bytes ratio | relative error | member error mean / max | iterations | seconds (wall) | peak RSS MiB | other processes' CPU |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     joints = []
     for line in open(os.path.join(res, "individual_for_joint.txt")):
         j, bj, k = line.split()
@@ -80,7 +93,7 @@ def main():
         label = "joint" + (" --diag" if rep["diag"] else "") + (f" --clusters {rep['clusters']}" if rep["clusters"] > 1 else "")
         print(f"| {label} | c={rep['rank']} | {rep['bytes_after']:,} | {rep['bytes_ratio']:.4f} | "
               f"{rep['relative_error']:.4f} | {sum(errs) / len(errs):.4f} / {max(errs):.4f} | {rep['iterations']} | "
-              f"{wall:.1f} | {mib(rss)} |" + ("" if st == 0 else f" EXIT {st}"))
+              f"{wall:.1f} | {mib(rss)} | {load(res, 'joint_' + j)} |" + ("" if st == 0 else f" EXIT {st}"))
         before = rep["bytes_before"]
     for k in sorted({k for _, _, k in joints if k >= 1}):
         reps = sorted(glob.glob(os.path.join(outs, f"ind_k{k}", "*", "compress_report.json")))
@@ -104,7 +117,7 @@ def main():
         rows_ind[k] = after
         print(f"| individual SVD ({len(reps)} runs, sequential) | k={k} | {after:,} | {after / before:.4f} | "
               f"{(lost / tot) ** 0.5:.4f} | {sum(errs) / len(errs):.4f} / {max(errs):.4f} | – | "
-              f"{sum(walls):.1f} (report Σ {rep_s:.1f}) | {mib(max(rsss))} (max of runs) |")
+              f"{sum(walls):.1f} (report Σ {rep_s:.1f}) | {mib(max(rsss))} (max of runs) | {load(res, f'ind_k{k}')} |")
     print(f"\nbytes_before (all {n} adapters) = {before:,}")
     print("\nEqual-bytes pairing (k = floor(bytes_after_joint / (N · Σ_modules (d_out+d_in) · 4))):\n")
     for j, bj, k in joints:
@@ -129,8 +142,8 @@ def main():
               ("extra_zip400", "ziplora --steps 400")]
     if any(os.path.exists(os.path.join(res, f"{e}.stderr")) for e, _ in extras):
         print("\n### Extras: ZipLoRA step scaling (same 4 adapters)\n")
-        print("| run | wall s | peak RSS MiB | per-module report seconds (q,k,v,o,gate,up,down) | mean loss_final | mean overlap after |")
-        print("|---|---:|---:|---|---:|---:|")
+        print("| run | wall s | peak RSS MiB | per-module report seconds (q,k,v,o,gate,up,down) | mean loss_final | mean overlap after | other processes' CPU |")
+        print("|---|---:|---:|---|---:|---:|---|")
         order = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         for e, label in [("merge_zip100", "ziplora --steps 100 (above)"), ("merge_zip200", "ziplora (200 steps, above)")] + extras:
             if not os.path.exists(os.path.join(res, f"{e}.stderr")):
@@ -142,13 +155,13 @@ def main():
             lf = sum(m["details"]["loss_final"] for m in mods) / len(mods)
             ov = sum(m["details"]["column_overlap_after"] for m in mods) / len(mods)
             print(f"| {label} | {wall:.2f} | {mib(rss)} | " + ", ".join(f"{m['seconds']:.1f}" for m in mods)
-                  + f" | {lf:.4f} | {ov:.4f} |" + ("" if st == 0 else f" EXIT {st}"))
+                  + f" | {lf:.4f} | {ov:.4f} | {load(res, e)} |" + ("" if st == 0 else f" EXIT {st}"))
     jx = [("joint_c64", "joint c=64 (iters ≤ 50, above)"), ("extra_joint_c64_i150", "joint c=64 --iters 150"),
-          ("joint_c128diag", "joint c=128 --diag (iters ≤ 50, above)"), ("extra_joint_c128diag_i150", "joint c=128 --diag --iters 150")]
+          ("joint_c128diag", "joint c=128 --diag (iters ≤ 50, above)"), ("extra_joint_c128diag_i100", "joint c=128 --diag --iters 100")]
     if any(os.path.exists(os.path.join(res, f"{e}.stderr")) for e, _ in jx[1::2]):
         print("\n### Extras: joint compression with more iterations\n")
-        print("| run | iterations | relative error | objective per module, first → last (q,k,v,o,gate,up,down) | wall s | peak RSS MiB |")
-        print("|---|---:|---:|---|---:|---:|")
+        print("| run | iterations | relative error | objective per module, first → last (q,k,v,o,gate,up,down) | wall s | peak RSS MiB | other processes' CPU |")
+        print("|---|---:|---:|---|---:|---:|---|")
         order = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         for e, label in jx:
             if not os.path.exists(os.path.join(res, f"{e}.stderr")):
@@ -157,7 +170,7 @@ def main():
             r = json.load(open(os.path.join(outs, e, "compress_report.json")))
             mods = sorted(r["modules"], key=lambda m: order.index(m["module"].split(".")[-1]))
             obj = ", ".join(f"{m['objective'][0]['first']:.0f}→{m['objective'][0]['last']:.0f}" for m in mods)
-            print(f"| {label} | {r['iterations']} | {r['relative_error']:.4f} | {obj} | {wall:.1f} | {mib(rss)} |"
+            print(f"| {label} | {r['iterations']} | {r['relative_error']:.4f} | {obj} | {wall:.1f} | {mib(rss)} | {load(res, e)} |"
                   + ("" if st == 0 else f" EXIT {st}"))
 
     chk = os.path.join(res, "check.txt")
