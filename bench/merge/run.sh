@@ -49,7 +49,7 @@ mark() { # phase name: records the cpuwatch line range of a phase (call before a
   echo "cpu: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
   echo "mem_total: $(free -g | awk '/^Mem:/{print $2}') GiB"
   echo "quiver: $ORIG_QUIVER, copied to $QUIVER (HEAD $(git -C "$ROOT" rev-parse --short HEAD) \"$(git -C "$ROOT" log -1 --format=%s | cut -c1-60)\"$(git -C "$ROOT" diff --quiet HEAD -- merge api 2>/dev/null || echo ', merge/api with uncommitted changes'))"
-  echo "binary: mtime $(date -u -r "$QUIVER" '+%Y-%m-%d %H:%M:%S') UTC, sha256 $(sha256sum "$QUIVER" | cut -c1-16)"
+  echo "binary: mtime $(date -u -r "$ORIG_QUIVER" '+%Y-%m-%d %H:%M:%S') UTC, sha256 $(sha256sum "$QUIVER" | cut -c1-16)"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "python: $("$PY" -c 'import sys,torch,peft,numpy;print(sys.version.split()[0],"torch",torch.__version__,"peft",peft.__version__,"numpy",numpy.__version__)')"
 } | tee "$RES/machine.txt"
