@@ -26,6 +26,7 @@ PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432}"
 BENCH_VENV="${BENCH_VENV:-/tmp/quiver-bench-venv}"
 MLFLOW_SPEC="${MLFLOW_SPEC:-mlflow}"
 MLFLOW_SEED="${MLFLOW_SEED:-direct}" # direct (in-process on its SQLite file) or rest (through the server)
+UNCACHED="${UNCACHED:-1}" # 1: also measure quiver with its listing cache off, on the same data
 
 need wrk curl python3
 check_quiver
@@ -145,6 +146,14 @@ bench_quiver() { # label, extra storage flags...
     run_wrk "quiver-$label-search" "$url/api/v1/adapters?limit=50&q=$TERM_Q"
     echo "  quiver ($label) VmHWM: $(awk '/VmHWM/ {print $2, $3}' "/proc/$qpid/status"); warnings/errors in its log: $(log_problems "$WORK/quiver-$label.log")"
     stop_bg "$qpid"
+    if [[ "$UNCACHED" == 1 ]]; then
+        # The same data with the listing cache off: what every query costs when it misses.
+        echo "  restarting with --list-cache-bytes 0 (every request runs its queries)"
+        start_quiver qpid "$port" "$data" "$WORK/quiver-$label-uncached.log" --list-cache-bytes 0 "$@"
+        run_wrk "quiver-$label-uncached-list" "$url/api/v1/adapters?limit=50"
+        run_wrk "quiver-$label-uncached-search" "$url/api/v1/adapters?limit=50&q=$TERM_Q"
+        stop_bg "$qpid"
+    fi
 }
 
 ensure_mlflow() {
@@ -221,19 +230,21 @@ done
 
 echo
 echo "RESULT list/search ($N entries; wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --timeout $WRK_TIMEOUT; wrk shares the $(nproc) CPUs with the server)"
-printf '%-24s %12s %10s %9s %8s %16s %8s\n' "" "requests/s" "p99 ms" "non-2xx" "sock err" "x MLflow req/s" "busy s"
-for label in quiver-sqlite-list quiver-sqlite-search quiver-postgres-list quiver-postgres-search mlflow-list mlflow-search; do
+printf '%-32s %12s %10s %9s %8s %16s %8s\n' "" "requests/s" "p99 ms" "non-2xx" "sock err" "x MLflow req/s" "busy s"
+LABELS="quiver-sqlite-list quiver-sqlite-search quiver-sqlite-uncached-list quiver-sqlite-uncached-search
+    quiver-postgres-list quiver-postgres-search quiver-postgres-uncached-list quiver-postgres-uncached-search"
+for label in $LABELS mlflow-list mlflow-search; do
     [[ -n "${RPS[$label]:-}" ]] || continue
     kind=${label##*-}
     x="-"
     if [[ $label == quiver-* && -n "${RPS[mlflow-$kind]:-}" ]]; then
         x="$(ratio "${RPS[$label]}" "${RPS[mlflow-$kind]}")x"
     fi
-    printf '%-24s %12s %10s %9s %8s %16s %8s\n' "$label" "${RPS[$label]}" "${P99[$label]}" "${NON2XX[$label]}" "${ERRS[$label]}" "$x" "${BUSY[$label]}"
+    printf '%-32s %12s %10s %9s %8s %16s %8s\n' "$label" "${RPS[$label]}" "${P99[$label]}" "${NON2XX[$label]}" "${ERRS[$label]}" "$x" "${BUSY[$label]}"
 done
 echo "(busy s: seconds of the 20 s measurement in which processes outside the bench used >= 20% of a core; 0 = clean)"
 echo "targets (quiver rows): p99 < 50 ms; requests/s >= 100x MLflow's"
-for label in quiver-sqlite-list quiver-sqlite-search quiver-postgres-list quiver-postgres-search; do
+for label in $LABELS; do
     [[ -n "${RPS[$label]:-}" ]] || continue
     kind=${label##*-}
     p=$(python3 -c "print('met' if ${P99[$label]} < 50 else 'NOT met')")

@@ -6,7 +6,9 @@ use clap::{Parser, Subcommand};
 use quiver_store::{Scope, Store};
 
 use crate::auth::new_token;
-use crate::config::{DEFAULT_MAX_UPLOAD_BYTES, ServerSettings, StorageArgs};
+use crate::config::{
+    DEFAULT_LIST_CACHE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, HttpOptions, ServerSettings, StorageArgs,
+};
 use crate::startup::Application;
 
 #[derive(Parser, Debug)]
@@ -30,6 +32,12 @@ pub enum Command {
         /// Largest accepted upload, in bytes.
         #[arg(long, env = "QUIVER_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
         max_upload_bytes: u64,
+        /// Bytes of adapter-listing pages to cache (0 turns the cache off).
+        #[arg(long, env = "QUIVER_LIST_CACHE_BYTES", default_value_t = DEFAULT_LIST_CACHE_BYTES)]
+        list_cache_bytes: u64,
+        /// HTTP worker threads [default: one per CPU].
+        #[arg(long, env = "QUIVER_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+        workers: Option<u16>,
         #[command(flatten)]
         storage: StorageArgs,
     },
@@ -71,12 +79,18 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Serve {
             bind,
             max_upload_bytes,
+            list_cache_bytes,
+            workers,
             storage,
         } => {
             let settings = ServerSettings {
                 bind,
                 store: storage.resolve()?,
-                max_upload_bytes,
+                http: HttpOptions {
+                    max_upload_bytes,
+                    list_cache_bytes,
+                    workers: workers.map(usize::from),
+                },
             };
             let app = Application::build(settings.clone()).await?;
             tracing::info!(

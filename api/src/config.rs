@@ -46,10 +46,34 @@ impl StorageArgs {
     }
 }
 
+/// Default budget of the adapter-listing cache: 32 MiB of serialized pages.
+pub const DEFAULT_LIST_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 /// Settings of the HTTP server.
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
     pub bind: String,
     pub store: StoreSettings,
+    pub http: HttpOptions,
+}
+
+/// How the HTTP service behaves, apart from where it listens and stores.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// Largest accepted upload (the sum of its files), in bytes.
     pub max_upload_bytes: u64,
+    /// Bytes of serialized listing pages to keep; 0 turns the cache off.
+    pub list_cache_bytes: u64,
+    /// HTTP worker threads; `None` is one per CPU.
+    pub workers: Option<usize>,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            list_cache_bytes: DEFAULT_LIST_CACHE_BYTES,
+            workers: None,
+        }
+    }
 }

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod compress_cmd;
 pub mod config;
 pub mod error;
+pub mod list_cache;
 pub mod merge_cmd;
 pub mod metrics;
 pub mod openapi;

@@ -11,8 +11,9 @@ use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::config::ServerSettings;
+use crate::config::{HttpOptions, ServerSettings};
 use crate::error::{self, ApiError};
+use crate::list_cache::ListCache;
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
 use crate::routes;
@@ -32,13 +33,13 @@ impl Application {
             .map_err(|e| ApiError::internal("opening the store", e))?;
         let listener = TcpListener::bind(&settings.bind)
             .map_err(|e| ApiError::internal(&format!("binding {}", settings.bind), e))?;
-        Self::with_store(store, listener, settings.max_upload_bytes)
+        Self::with_store(store, listener, settings.http)
     }
 
     pub fn with_store(
         store: Store,
         listener: TcpListener,
-        max_upload_bytes: u64,
+        options: HttpOptions,
     ) -> Result<Self, ApiError> {
         let port = listener
             .local_addr()
@@ -46,8 +47,11 @@ impl Application {
             .port();
         let state = web::Data::new(AppState {
             store: store.clone(),
-            max_upload_bytes,
+            max_upload_bytes: options.max_upload_bytes,
             metrics: Arc::new(Metrics::default()),
+            list_cache: ListCache::new(
+                usize::try_from(options.list_cache_bytes).unwrap_or(usize::MAX),
+            ),
         });
         let server = HttpServer::new(move || {
             let (app, api) = App::new()
@@ -78,10 +82,15 @@ impl Application {
             .default_service(web::to(error::not_found))
             .wrap(ErrorHandlers::new().default_handler(error::wrap_foreign_errors))
             .wrap(from_fn(crate::metrics::track))
-        })
-        .listen(listener)
-        .map_err(|e| ApiError::internal("listen", e))?
-        .run();
+        });
+        let server = match options.workers {
+            Some(n) => server.workers(n),
+            None => server,
+        };
+        let server = server
+            .listen(listener)
+            .map_err(|e| ApiError::internal("listen", e))?
+            .run();
         Ok(Self {
             port,
             server,

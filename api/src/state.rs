@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use quiver_store::Store;
 
+use crate::list_cache::ListCache;
 use crate::metrics::Metrics;
 
 /// Everything a handler needs; cloned into each worker as `web::Data`.
@@ -9,4 +10,5 @@ pub struct AppState {
     pub store: Store,
     pub max_upload_bytes: u64,
     pub metrics: Arc<Metrics>,
+    pub list_cache: ListCache,
 }

@@ -183,7 +183,7 @@ pub async fn receive(
                         keep.extend_from_slice(&chunk[take..take + more]);
                     }
                 }
-                upload.write(&chunk).await?;
+                upload.write(chunk).await?;
             }
             Ok(())
         }

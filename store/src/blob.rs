@@ -30,6 +30,8 @@ const PARTS_IN_FLIGHT: usize = 4;
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     prefix: Path,
+    /// The directory of a `file://` store: uploads are staged there with plain file writes.
+    local_root: Option<Arc<std::path::PathBuf>>,
     description: String,
 }
 
@@ -46,6 +48,7 @@ impl BlobStore {
     pub fn from_url(url: &str) -> Result<Self, StoreError> {
         let parsed = url::Url::parse(url)
             .map_err(|e| StoreError::Invalid(format!("store URL {url:?} does not parse: {e}")))?;
+        let mut local_root = None;
         let (inner, prefix): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
             "file" => {
                 let dir = parsed.to_file_path().map_err(|()| {
@@ -58,6 +61,9 @@ impl BlobStore {
                     ))
                 })?;
                 let fs = LocalFileSystem::new_with_prefix(&dir)?.with_automatic_cleanup(true);
+                local_root = Some(Arc::new(std::fs::canonicalize(&dir).map_err(|e| {
+                    StoreError::Invalid(format!("blob directory {}: {e}", dir.display()))
+                })?));
                 (Arc::new(fs), Path::default())
             }
             "s3" => {
@@ -83,8 +89,22 @@ impl BlobStore {
         Ok(Self {
             inner,
             prefix,
+            local_root,
             description: redact(url),
         })
+    }
+
+    fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
+    /// The file behind `key` in a local store (the same mapping `LocalFileSystem` uses).
+    fn local_path(&self, key: &Path) -> Option<std::path::PathBuf> {
+        let root = self.local_root.as_ref()?;
+        Some(
+            key.parts()
+                .fold(root.to_path_buf(), |p, part| p.join(part.as_ref())),
+        )
     }
 
     pub fn describe(&self) -> &str {
@@ -119,14 +139,10 @@ impl BlobStore {
 
     /// Starts a streaming upload.
     pub fn begin(&self) -> BlobUpload {
-        BlobUpload {
-            store: self.clone(),
-            tmp: self.key(&format!("uploads/{}", uuid::Uuid::new_v4())),
-            hasher: Sha256::new(),
-            size: 0,
-            buffer: BytesMut::new(),
-            multipart: None,
-        }
+        BlobUpload::start(
+            self.clone(),
+            self.key(&format!("uploads/{}", uuid::Uuid::new_v4())),
+        )
     }
 
     /// Makes a staged upload visible under its content address.
@@ -210,26 +226,179 @@ impl BlobStore {
     }
 }
 
+/// Bytes handed to the digest worker at once: one channel message and one wake-up per batch, not
+/// per network read (actix delivers a request body in reads of at most 8 KiB).
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Batches queued for the digest worker; bounds what an upload holds on top of its parts.
+const BATCHES_IN_FLIGHT: usize = 8;
+
 /// One streaming upload. Feed it with [`BlobUpload::write`]; [`BlobUpload::finish`] or
 /// [`BlobUpload::abort`] it.
+///
+/// The sha256 runs on a blocking thread (the digest worker) beside the request's event loop, so
+/// hashing overlaps with receiving. For local stores that thread also writes the staged file (and
+/// syncs it before the upload counts as finished); for other stores the parts go out through
+/// object_store from here.
 pub struct BlobUpload {
     store: BlobStore,
     tmp: Path,
-    hasher: Sha256,
     size: u64,
+    batch: Vec<Bytes>,
+    batch_len: usize,
+    tx: Option<tokio::sync::mpsc::Sender<Vec<Bytes>>>,
+    worker: tokio::task::JoinHandle<Result<String, StoreError>>,
+    /// Not used for local stores.
+    remote: RemoteSink,
+}
+
+/// Object-store side of an upload: small bodies go out in one `put`, larger ones as parts.
+#[derive(Default)]
+struct RemoteSink {
     buffer: BytesMut,
     multipart: Option<WriteMultipart>,
 }
 
 impl BlobUpload {
+    fn start(store: BlobStore, tmp: Path) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(BATCHES_IN_FLIGHT);
+        let file_path = store.local_path(&tmp);
+        let worker = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let io_err = |what: &str, e: std::io::Error| {
+                StoreError::Corrupt(format!("staging upload ({what}): {e}"))
+            };
+            let mut file = match &file_path {
+                Some(p) => {
+                    // The directory goes away with its last file (automatic cleanup).
+                    if let Some(dir) = p.parent() {
+                        std::fs::create_dir_all(dir).map_err(|e| io_err("directory", e))?;
+                    }
+                    Some(std::fs::File::create(p).map_err(|e| io_err("create", e))?)
+                }
+                None => None,
+            };
+            let mut hasher = Sha256::new();
+            while let Some(batch) = rx.blocking_recv() {
+                for chunk in &batch {
+                    hasher.update(chunk);
+                    if let Some(f) = file.as_mut() {
+                        f.write_all(chunk).map_err(|e| io_err("write", e))?;
+                    }
+                }
+            }
+            if let Some(f) = file {
+                f.sync_data().map_err(|e| io_err("sync", e))?;
+            }
+            Ok(hex::encode(hasher.finalize()))
+        });
+        Self {
+            store,
+            tmp,
+            size: 0,
+            batch: Vec::new(),
+            batch_len: 0,
+            tx: Some(tx),
+            worker,
+            remote: RemoteSink::default(),
+        }
+    }
+
     pub fn size(&self) -> u64 {
         self.size
     }
 
-    /// Appends bytes; waits while too many parts are in flight.
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        self.hasher.update(chunk);
+    /// Appends bytes; waits while the digest worker or the object store is behind.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         self.size += chunk.len() as u64;
+        if !self.store.is_local() {
+            self.remote.write(&self.store, &self.tmp, &chunk).await?;
+        }
+        self.batch_len += chunk.len();
+        self.batch.push(chunk);
+        if self.batch_len >= BATCH_BYTES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_len = 0;
+        let tx = self
+            .tx
+            .as_ref()
+            .expect("sender lives until finish or abort");
+        if tx.send(batch).await.is_err() {
+            // The worker stopped early: its result says why.
+            self.tx = None;
+            return Err(match (&mut self.worker).await {
+                Ok(Err(e)) => e,
+                Ok(Ok(_)) => StoreError::Corrupt("digest worker ended early".into()),
+                Err(e) => StoreError::Corrupt(format!("digest worker failed: {e}")),
+            });
+        }
+        Ok(())
+    }
+
+    /// Completes the upload; the blob is staged, not yet visible.
+    pub async fn finish(mut self) -> Result<StagedBlob, StoreError> {
+        let sha256 = match self.digest().await {
+            Ok(sha) => sha,
+            Err(e) => {
+                self.remove_staged().await;
+                return Err(e);
+            }
+        };
+        if !self.store.is_local() {
+            self.remote.finish(&self.store, &self.tmp).await?;
+        }
+        Ok(StagedBlob {
+            sha256,
+            size: self.size,
+            tmp: self.tmp,
+        })
+    }
+
+    /// Sends what is left, closes the channel and waits for the hash.
+    async fn digest(&mut self) -> Result<String, StoreError> {
+        if !self.batch.is_empty() {
+            self.flush().await?;
+        }
+        self.tx = None;
+        (&mut self.worker)
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("digest worker failed: {e}")))?
+    }
+
+    /// Abandons the upload and whatever was staged.
+    pub async fn abort(mut self) {
+        self.batch.clear();
+        self.tx = None;
+        let _ = (&mut self.worker).await;
+        self.remove_staged().await;
+    }
+
+    async fn remove_staged(&mut self) {
+        if let Some(mp) = self.remote.multipart.take() {
+            if let Err(e) = mp.abort().await {
+                tracing::warn!(error = %e, "could not abort multipart upload");
+            }
+        } else if self.store.is_local()
+            && let Err(e) = self.store.inner.delete(&self.tmp).await
+            && !matches!(e, object_store::Error::NotFound { .. })
+        {
+            tracing::warn!(key = %self.tmp, error = %e, "could not remove staged upload");
+        }
+    }
+}
+
+impl RemoteSink {
+    async fn write(
+        &mut self,
+        store: &BlobStore,
+        tmp: &Path,
+        chunk: &[u8],
+    ) -> Result<(), StoreError> {
         if let Some(mp) = self.multipart.as_mut() {
             mp.wait_for_capacity(PARTS_IN_FLIGHT).await?;
             mp.write(chunk);
@@ -237,7 +406,7 @@ impl BlobUpload {
         }
         self.buffer.extend_from_slice(chunk);
         if self.buffer.len() >= PART_SIZE {
-            let upload = self.store.inner.put_multipart(&self.tmp).await?;
+            let upload = store.inner.put_multipart(tmp).await?;
             let mut mp = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
             mp.write(&std::mem::take(&mut self.buffer));
             self.multipart = Some(mp);
@@ -245,33 +414,17 @@ impl BlobUpload {
         Ok(())
     }
 
-    /// Completes the upload; the blob is staged, not yet visible.
-    pub async fn finish(self) -> Result<StagedBlob, StoreError> {
-        match self.multipart {
+    async fn finish(&mut self, store: &BlobStore, tmp: &Path) -> Result<(), StoreError> {
+        match self.multipart.take() {
             Some(mp) => {
                 mp.finish().await?;
             }
             None => {
-                self.store
-                    .inner
-                    .put(&self.tmp, Bytes::from(self.buffer).into())
-                    .await?;
+                let body = std::mem::take(&mut self.buffer).freeze();
+                store.inner.put(tmp, body.into()).await?;
             }
         }
-        Ok(StagedBlob {
-            sha256: hex::encode(self.hasher.finalize()),
-            size: self.size,
-            tmp: self.tmp,
-        })
-    }
-
-    /// Abandons the upload and whatever parts were sent.
-    pub async fn abort(self) {
-        if let Some(mp) = self.multipart
-            && let Err(e) = mp.abort().await
-        {
-            tracing::warn!(error = %e, "could not abort multipart upload");
-        }
+        Ok(())
     }
 }
 

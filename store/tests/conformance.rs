@@ -1,5 +1,6 @@
 //! The store's contract, run on each backend: SQLite + local files and Postgres + S3.
 
+use bytes::Bytes;
 use futures::TryStreamExt;
 use quiver_store::testing::{Backend, Scratch};
 use quiver_store::{
@@ -419,7 +420,9 @@ async fn blobs_stream_dedupe_range_and_discard(#[case] backend: Backend) {
         .collect();
     let mut up = store.blobs.begin();
     for chunk in data.chunks(1_000_003) {
-        up.write(chunk).await.expect("write");
+        up.write(Bytes::copy_from_slice(chunk))
+            .await
+            .expect("write");
     }
     let staged = up.finish().await.expect("finish");
     assert_eq!(staged.size, data.len() as u64);
@@ -437,7 +440,9 @@ async fn blobs_stream_dedupe_range_and_discard(#[case] backend: Backend) {
 
     // Same content again: one copy.
     let mut up = store.blobs.begin();
-    up.write(&data).await.expect("write");
+    up.write(Bytes::copy_from_slice(&data))
+        .await
+        .expect("write");
     let again = up.finish().await.expect("finish");
     store.blobs.commit(&again).await.expect("commit");
     assert_eq!(
@@ -466,12 +471,14 @@ async fn blobs_stream_dedupe_range_and_discard(#[case] backend: Backend) {
     // Small and empty bodies take the single-put path; discard and abort leave nothing.
     for body in [&b""[..], &b"tiny"[..]] {
         let mut up = store.blobs.begin();
-        up.write(body).await.expect("write");
+        up.write(Bytes::from_static(body)).await.expect("write");
         let s = up.finish().await.expect("finish");
         store.blobs.discard(&s).await;
     }
     let mut up = store.blobs.begin();
-    up.write(&data).await.expect("write");
+    up.write(Bytes::copy_from_slice(&data))
+        .await
+        .expect("write");
     up.abort().await;
     assert_eq!(store.blobs.count_staged().await.expect("staged"), 0);
     assert_eq!(store.blobs.list_hashes().await.expect("list").len(), 1);

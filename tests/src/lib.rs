@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 
 use quiver_api::auth::new_token;
-use quiver_api::config::DEFAULT_MAX_UPLOAD_BYTES;
+use quiver_api::config::HttpOptions;
 use quiver_api::startup::Application;
 use quiver_merge::Dtype;
 pub use quiver_store::testing::Backend;
@@ -28,10 +28,22 @@ pub struct TestApp {
 
 /// Starts a server on a fresh store, or `None` when the backend is not configured here.
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
-    spawn_app_with_limit(backend, DEFAULT_MAX_UPLOAD_BYTES).await
+    spawn_app_with(backend, HttpOptions::default()).await
 }
 
 pub async fn spawn_app_with_limit(backend: Backend, max_upload_bytes: u64) -> Option<TestApp> {
+    spawn_app_with(
+        backend,
+        HttpOptions {
+            max_upload_bytes,
+            ..HttpOptions::default()
+        },
+    )
+    .await
+}
+
+/// Starts a server with these HTTP options on a fresh store.
+pub async fn spawn_app_with(backend: Backend, options: HttpOptions) -> Option<TestApp> {
     if std::env::var_os("QUIVER_TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -42,8 +54,7 @@ pub async fn spawn_app_with_limit(backend: Backend, max_upload_bytes: u64) -> Op
     let settings = scratch.settings.clone();
     let store = Store::open(&settings).await.expect("open store");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let app =
-        Application::with_store(store.clone(), listener, max_upload_bytes).expect("build app");
+    let app = Application::with_store(store.clone(), listener, options).expect("build app");
     let port = app.port();
     tokio::spawn(app.run_until_stopped());
     let mut tokens = BTreeMap::new();
@@ -88,6 +99,13 @@ macro_rules! app_or_skip {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// A second, independent handle on the same storage, as another server process would have.
+    pub async fn open_store_again(&self) -> Store {
+        Store::open(&self._scratch.settings)
+            .await
+            .expect("open store again")
     }
 
     pub fn token(&self, who: &str) -> &str {

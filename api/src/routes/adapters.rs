@@ -2,15 +2,18 @@
 
 use std::collections::HashMap;
 
-use actix_web::{HttpResponse, delete, get, patch, post, web};
+use actix_web::http::header::{self, ContentType};
+use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use quiver_store::{
-    AdapterPatch, AdapterRecord, AdapterSort, ListAdapters, NewAdapter, RepoId, Store,
+    AdapterPatch, AdapterRecord, AdapterSort, ListAdapters, NewAdapter, RepoId, Store, Viewer,
 };
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::list_cache::CachedPage;
+use crate::routes::files::etag_matches;
 use crate::state::AppState;
 use crate::views::{AdapterPage, AdapterView};
 
@@ -200,38 +203,90 @@ pub async fn create_adapter(
 }
 
 /// List and search adapters the caller can see.
+///
+/// Pages are cached per caller and query, and served while nothing they show has changed (see
+/// `list_cache`); every answer carries an `ETag`, and `If-None-Match` gets a 304.
 #[utoipa::path(
     tag = "adapters",
     params(ListAdaptersQuery),
-    responses((status = 200, body = AdapterPage), (status = 400, body = ErrorBody))
+    responses(
+        (status = 200, body = AdapterPage),
+        (status = 304, description = "If-None-Match matched the ETag"),
+        (status = 400, body = ErrorBody)
+    )
 )]
 #[get("/adapters")]
 pub async fn list_adapters(
+    req: HttpRequest,
     state: web::Data<AppState>,
     caller: Caller,
     query: web::Query<ListAdaptersQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
-    let page = state
-        .store
-        .meta
-        .list_adapters(
-            &ListAdapters {
-                q: q.q,
-                base_model: q.base_model,
-                tag: q.tag,
-                owner: q.owner,
-                sort: q.sort.unwrap_or_default(),
-                limit: page_limit(q.limit)?,
-                cursor: q.cursor,
-            },
-            &caller.viewer(),
-        )
-        .await?;
-    Ok(HttpResponse::Ok().json(AdapterPage {
-        items: views(&state.store, page.items).await?,
-        next_cursor: page.next_cursor,
-    }))
+    let list = ListAdapters {
+        q: q.q,
+        base_model: q.base_model,
+        tag: q.tag,
+        owner: q.owner,
+        sort: q.sort.unwrap_or_default(),
+        limit: page_limit(q.limit)?,
+        cursor: q.cursor,
+    };
+    let viewer = caller.viewer();
+    let cache = &state.list_cache;
+    // Read before the page is built, so a change committed meanwhile makes the entry stale.
+    let generation = if cache.enabled() {
+        Some(state.store.meta.listing_generation().await?)
+    } else {
+        None
+    };
+    let key = cache_key(&viewer, &list);
+    let page = match generation.and_then(|g| cache.get(&key, g)) {
+        Some(page) => page,
+        None => {
+            let found = state.store.meta.list_adapters(&list, &viewer).await?;
+            let body = serde_json::to_vec(&AdapterPage {
+                items: views(&state.store, found.items).await?,
+                next_cursor: found.next_cursor,
+            })
+            .map_err(|e| ApiError::internal("listing JSON", e))?;
+            let page = CachedPage::new(body);
+            if let Some(g) = generation {
+                cache.put(key, g, page.clone());
+            }
+            page
+        }
+    };
+    if etag_matches(&req, &page.etag) {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, page.etag))
+            .finish());
+    }
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .insert_header((header::ETAG, page.etag))
+        .body(page.body))
+}
+
+/// What a listing page depends on: who asks (admins all see the same; a user also sees their
+/// private adapters) and every query parameter.
+fn cache_key(viewer: &Viewer, q: &ListAdapters) -> String {
+    let who = match (&viewer.user, viewer.admin) {
+        (_, true) => "admin".to_string(),
+        (Some(user), false) => format!("user:{user}"),
+        (None, false) => String::new(),
+    };
+    serde_json::json!([
+        who,
+        q.q,
+        q.base_model,
+        q.tag,
+        q.owner,
+        q.sort.as_str(),
+        q.limit,
+        q.cursor
+    ])
+    .to_string()
 }
 
 /// One adapter with its refs and latest version.

@@ -56,7 +56,8 @@ pub fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
     }
 }
 
-fn etag_matches(req: &HttpRequest, etag: &str) -> bool {
+/// Whether `If-None-Match` names `etag` (quoted), weakly or strongly, or is `*`.
+pub(crate) fn etag_matches(req: &HttpRequest, etag: &str) -> bool {
     req.headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())

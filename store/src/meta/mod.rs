@@ -185,6 +185,9 @@ pub trait MetadataStore: Send + Sync {
     fn dialect(&self) -> &'static str;
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// A number that changes whenever anything an adapter listing shows changes (download counts
+    /// excepted), whichever process made the change. Listing caches are validated against it.
+    async fn listing_generation(&self) -> Result<i64, StoreError>;
     async fn count_users(&self) -> Result<i64, StoreError>;
     /// Creates the user if needed and a token for it; `secret_sha256` is the hashed secret.
     async fn create_token(

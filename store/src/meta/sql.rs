@@ -141,6 +141,34 @@ impl SqlMetadata {
     }
 }
 
+impl SqlMetadata {
+    /// Appends a case-insensitive substring match on `owner/name`, description and base model.
+    /// SQLite answers it from the FTS5 trigram table (migration 0002), which cannot match terms
+    /// under 3 characters: those, like every Postgres search, use `LIKE` (served on Postgres by
+    /// the pg_trgm indexes on exactly these expressions).
+    fn push_search(&self, sql: &mut Sql, term: &str) {
+        if self.dialect == Dialect::Sqlite && term.chars().count() >= 3 {
+            sql.push(" AND id IN (SELECT rowid FROM adapter_search WHERE adapter_search MATCH ")
+                .bind(fts_phrase(term))
+                .push(")");
+            return;
+        }
+        let pattern = like_pattern(term);
+        sql.push(" AND (lower(owner || '/' || name) LIKE ")
+            .bind(pattern.as_str())
+            .push(" ESCAPE '\\' OR lower(description) LIKE ")
+            .bind(pattern.as_str())
+            .push(" ESCAPE '\\' OR lower(base_model) LIKE ")
+            .bind(pattern)
+            .push(" ESCAPE '\\')");
+    }
+}
+
+/// An FTS5 query matching `term` as one phrase: with the trigram tokenizer, a substring match.
+fn fts_phrase(term: &str) -> String {
+    format!("\"{}\"", term.replace('"', "\"\""))
+}
+
 /// `sqlite://path` → a URL that creates the file (and its directory) when missing.
 fn sqlite_url(rest: &str) -> Result<String, StoreError> {
     let path = rest.trim_start_matches("//");
@@ -254,6 +282,15 @@ impl MetadataStore for SqlMetadata {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn listing_generation(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query("SELECT n FROM registry_generation WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?,
+        )
     }
 
     async fn count_users(&self) -> Result<i64, StoreError> {
@@ -384,14 +421,7 @@ impl MetadataStore for SqlMetadata {
             }
         }
         if let Some(term) = q.q.as_deref().filter(|t| !t.is_empty()) {
-            let pattern = like_pattern(term);
-            sql.push(" AND (lower(owner || '/' || name) LIKE ")
-                .bind(pattern.as_str())
-                .push(" ESCAPE '\\' OR lower(description) LIKE ")
-                .bind(pattern.as_str())
-                .push(" ESCAPE '\\' OR lower(base_model) LIKE ")
-                .bind(pattern)
-                .push(" ESCAPE '\\')");
+            self.push_search(&mut sql, term);
         }
         if let Some(base) = &q.base_model {
             sql.push(" AND base_model = ").bind(base.as_str());

@@ -2,6 +2,7 @@
 
 mod adapters;
 mod downloads;
+mod listing;
 mod privacy;
 mod service;
 mod uploads;

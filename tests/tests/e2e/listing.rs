@@ -1,0 +1,235 @@
+//! Listing pages are cached per caller and query; every change anyone commits must show at once.
+
+use quiver_store::{NewAdapter, RepoId};
+use quiver_tests::{Backend, TestApp, app_or_skip, synthetic_adapter};
+use reqwest::Method;
+use rstest::rstest;
+use serde_json::{Value, json};
+
+const PAGE: &str = "/api/v1/adapters?limit=50";
+
+fn ids(body: &Value) -> Vec<String> {
+    body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+async fn item(app: &TestApp, id: &str) -> Value {
+    let (status, body) = app.get_json(PAGE, "").await;
+    assert_eq!(status, 200, "{body}");
+    body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["id"] == id)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn every_write_shows_in_the_next_listing(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    app.create_adapter("alice", "a", false, "alice").await;
+    assert_eq!(ids(&app.get_json(PAGE, "").await.1), ["alice/a"]);
+    // Served twice (the second from the cache), then after each kind of write.
+    assert_eq!(ids(&app.get_json(PAGE, "").await.1), ["alice/a"]);
+
+    app.create_adapter("alice", "b", false, "alice").await;
+    assert_eq!(ids(&app.get_json(PAGE, "").await.1), ["alice/b", "alice/a"]);
+
+    app.send(
+        app.request(Method::PATCH, "/api/v1/adapters/alice/a", "alice")
+            .json(&json!({"description": "now about zebras", "tags": ["zoo"]})),
+    )
+    .await;
+    let a = item(&app, "alice/a").await;
+    assert_eq!(a["description"], "now about zebras");
+    assert_eq!(a["tags"], json!(["zoo"]));
+    let (_, found) = app.get_json("/api/v1/adapters?q=zebra", "").await;
+    assert_eq!(ids(&found), ["alice/a"]);
+
+    let (status, v) = app
+        .upload("alice/a", "alice", &synthetic_adapter(4, &["q_proj"], 1))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let a = item(&app, "alice/a").await;
+    assert_eq!(a["latest"]["number"], 1);
+    assert_eq!(a["refs"], json!({"main": 1}));
+
+    app.send(
+        app.request(Method::PUT, "/api/v1/adapters/alice/a/refs/prod", "alice")
+            .json(&json!({"version": 1})),
+    )
+    .await;
+    assert_eq!(
+        item(&app, "alice/a").await["refs"],
+        json!({"main": 1, "prod": 1})
+    );
+    app.send(app.request(
+        Method::DELETE,
+        "/api/v1/adapters/alice/a/refs/prod",
+        "alice",
+    ))
+    .await;
+    assert_eq!(item(&app, "alice/a").await["refs"], json!({"main": 1}));
+
+    app.send(
+        app.request(Method::PATCH, "/api/v1/adapters/alice/a", "alice")
+            .json(&json!({"private": true})),
+    )
+    .await;
+    assert_eq!(ids(&app.get_json(PAGE, "").await.1), ["alice/b"]);
+    assert_eq!(
+        ids(&app.get_json(PAGE, "alice").await.1),
+        ["alice/a", "alice/b"]
+    );
+    assert_eq!(ids(&app.get_json(PAGE, "bob").await.1), ["alice/b"]);
+    assert_eq!(
+        ids(&app.get_json(PAGE, "admin").await.1),
+        ["alice/a", "alice/b"]
+    );
+
+    app.send(app.request(Method::DELETE, "/api/v1/adapters/alice/b", "alice"))
+        .await;
+    assert!(ids(&app.get_json(PAGE, "").await.1).is_empty());
+    assert_eq!(ids(&app.get_json(PAGE, "alice").await.1), ["alice/a"]);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn writes_by_another_process_show_at_once(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    app.create_adapter("alice", "a", false, "alice").await;
+    assert_eq!(ids(&app.get_json(PAGE, "").await.1), ["alice/a"]);
+    // Another server (or `quiver` command) on the same database.
+    let other = app.open_store_again().await;
+    let created = other
+        .meta
+        .create_adapter(&NewAdapter {
+            repo: RepoId::parse("bob", "elsewhere").expect("name"),
+            base_model: "quiver-test/tiny-llama".into(),
+            description: String::new(),
+            tags: vec![],
+            private: false,
+        })
+        .await
+        .expect("create");
+    assert_eq!(
+        ids(&app.get_json(PAGE, "").await.1),
+        ["bob/elsewhere", "alice/a"]
+    );
+    other.meta.delete_adapter(created.id).await.expect("delete");
+    assert_eq!(ids(&app.get_json(PAGE, "").await.1), ["alice/a"]);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn listings_carry_an_etag_and_answer_304(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    app.create_adapter("alice", "a", false, "alice").await;
+    let first = app
+        .request(Method::GET, PAGE, "")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().expect("etag").to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    let again = app
+        .request(Method::GET, PAGE, "")
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(again.status(), 304);
+    assert!(again.bytes().await.expect("body").is_empty());
+    // Another query, another caller or a change: another body, so the old tag does not match.
+    app.create_adapter("alice", "b", false, "alice").await;
+    let changed = app
+        .request(Method::GET, PAGE, "")
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(changed.status(), 200);
+    assert_ne!(changed.headers()["etag"].to_str().expect("etag"), etag);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn search_is_a_case_insensitive_substring_match(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    for (name, description, base) in [
+        (
+            "math-solver",
+            "Solves GSM8K word problems",
+            "meta-llama/Llama-3.1-8B",
+        ),
+        (
+            "poet",
+            "Writes sonnets about Zürich",
+            "mistralai/Mistral-7B-v0.3",
+        ),
+        (
+            "quote-maker",
+            "Says \"hello\" 100% of the time",
+            "meta-llama/Llama-3.1-8B",
+        ),
+    ] {
+        let (status, body) = app
+            .post_json(
+                "/api/v1/adapters",
+                "alice",
+                &json!({"owner": "alice", "name": name, "description": description, "base_model": base}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    for (q, expected) in [
+        ("gsm8k", vec!["alice/math-solver"]),
+        ("GSM", vec!["alice/math-solver"]),
+        ("alice/ma", vec!["alice/math-solver"]),
+        ("mistral", vec!["alice/poet"]),
+        ("LLAMA-3.1", vec!["alice/quote-maker", "alice/math-solver"]),
+        ("sonnets about", vec!["alice/poet"]),
+        ("\"hello\"", vec!["alice/quote-maker"]),
+        ("100%", vec!["alice/quote-maker"]),
+        ("ts", vec!["alice/poet"]), // under 3 characters: scanned, same semantics
+        ("er", vec!["alice/quote-maker", "alice/math-solver"]),
+        ("nothing-like-this", vec![]),
+        ("100%_", vec![]),
+        ("\"", vec!["alice/quote-maker"]),
+        ("a\"b", vec![]),
+        ("OR", vec!["alice/math-solver"]),
+        ("NOT", vec![]),
+        ("NEAR(", vec![]),
+    ] {
+        let path = format!("/api/v1/adapters?sort=created&q={}", urlencode(q));
+        let (status, body) = app.get_json(&path, "").await;
+        assert_eq!(status, 200, "{q}: {body}");
+        assert_eq!(ids(&body), expected, "q={q:?}");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
