@@ -4,11 +4,13 @@
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::ServiceResponse;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
+use actix_web::http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use quiver_merge::FormatError;
 use quiver_store::StoreError;
+
+use crate::route_table::RouteTable;
 use serde::Serialize;
 
 #[derive(Debug)]
@@ -132,17 +134,40 @@ impl From<FormatError> for ApiError {
     }
 }
 
-/// Unknown routes.
-pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        "route_not_found",
-        format!(
-            "no route {} {}; the API is described at /api/openapi.json",
-            req.method(),
-            req.path()
-        ),
-    ))
+/// Unknown routes: 405 with `Allow` when the path exists for other methods, else 404.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let allowed = req
+        .app_data::<actix_web::web::Data<RouteTable>>()
+        .and_then(|t| t.allowed(req.path()));
+    match allowed {
+        Some(methods) => {
+            let allow = methods.join(", ");
+            let mut res = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!(
+                    "{} is not allowed on {}; allowed: {allow}",
+                    req.method(),
+                    req.path()
+                ),
+            )
+            .error_response();
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                res.headers_mut().insert(ALLOW, v);
+            }
+            res
+        }
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            format!(
+                "no route {} {}; the API is described at /api/openapi.json",
+                req.method(),
+                req.path()
+            ),
+        )
+        .error_response(),
+    }
 }
 
 /// JSON body errors: a wrong content type is 415, anything else 400.

@@ -9,6 +9,7 @@ pub mod list_cache;
 pub mod merge_cmd;
 pub mod metrics;
 pub mod openapi;
+pub mod route_table;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -16,6 +16,7 @@ use crate::error::{self, ApiError};
 use crate::list_cache::ListCache;
 use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
+use crate::route_table::RouteTable;
 use crate::routes;
 use crate::state::AppState;
 
@@ -69,8 +70,9 @@ impl Application {
                 .service(routes::health::metrics)
                 .service(utoipa_actix_web::scope("/api/v1").configure(routes::configure_v1))
                 .split_for_parts();
+            let routes = web::Data::new(RouteTable::from_openapi(&api));
             // SwaggerUi also serves the document itself at /api/openapi.json.
-            app.route(
+            app.app_data(routes).route(
                 "/docs",
                 web::get().to(|| async {
                     HttpResponse::PermanentRedirect()

@@ -262,35 +262,7 @@ impl BlobUpload {
     fn start(store: BlobStore, tmp: Path) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(BATCHES_IN_FLIGHT);
         let file_path = store.local_path(&tmp);
-        let worker = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let io_err = |what: &str, e: std::io::Error| {
-                StoreError::Corrupt(format!("staging upload ({what}): {e}"))
-            };
-            let mut file = match &file_path {
-                Some(p) => {
-                    // The directory goes away with its last file (automatic cleanup).
-                    if let Some(dir) = p.parent() {
-                        std::fs::create_dir_all(dir).map_err(|e| io_err("directory", e))?;
-                    }
-                    Some(std::fs::File::create(p).map_err(|e| io_err("create", e))?)
-                }
-                None => None,
-            };
-            let mut hasher = Sha256::new();
-            while let Some(batch) = rx.blocking_recv() {
-                for chunk in &batch {
-                    hasher.update(chunk);
-                    if let Some(f) = file.as_mut() {
-                        f.write_all(chunk).map_err(|e| io_err("write", e))?;
-                    }
-                }
-            }
-            if let Some(f) = file {
-                f.sync_data().map_err(|e| io_err("sync", e))?;
-            }
-            Ok(hex::encode(hasher.finalize()))
-        });
+        let worker = tokio::task::spawn_blocking(move || digest_worker(&mut rx, file_path));
         Self {
             store,
             tmp,
@@ -390,6 +362,67 @@ impl BlobUpload {
             tracing::warn!(key = %self.tmp, error = %e, "could not remove staged upload");
         }
     }
+}
+
+/// Bytes written to a staged file between two background flushes.
+const FLUSH_EVERY: u64 = 32 * 1024 * 1024;
+
+/// Hashes every batch and, for local stores, writes it to `file_path`. The file is synced before
+/// the hash is returned; a helper thread flushes what was written every [`FLUSH_EVERY`] bytes
+/// meanwhile, so the disk writes while the body is still arriving instead of all at the end.
+fn digest_worker(
+    rx: &mut tokio::sync::mpsc::Receiver<Vec<Bytes>>,
+    file_path: Option<std::path::PathBuf>,
+) -> Result<String, StoreError> {
+    use std::io::Write;
+    let io_err =
+        |what: &str, e: std::io::Error| StoreError::Corrupt(format!("staging upload ({what}): {e}"));
+    let mut hasher = Sha256::new();
+    let Some(path) = file_path else {
+        while let Some(batch) = rx.blocking_recv() {
+            batch.iter().for_each(|chunk| hasher.update(chunk));
+        }
+        return Ok(hex::encode(hasher.finalize()));
+    };
+    // The directory goes away with its last file (automatic cleanup).
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io_err("directory", e))?;
+    }
+    let mut file = std::fs::File::create(&path).map_err(|e| io_err("create", e))?;
+    let flush_handle = file.try_clone().map_err(|e| io_err("open", e))?;
+    std::thread::scope(|scope| {
+        // One pending request at most: a flush syncs everything written before it started.
+        let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let flusher = scope.spawn(move || -> std::io::Result<()> {
+            while flush_rx.recv().is_ok() {
+                flush_handle.sync_data()?;
+            }
+            Ok(())
+        });
+        let mut unflushed: u64 = 0;
+        let written: Result<(), StoreError> = (|| {
+            while let Some(batch) = rx.blocking_recv() {
+                for chunk in &batch {
+                    hasher.update(chunk);
+                    file.write_all(chunk).map_err(|e| io_err("write", e))?;
+                    unflushed += chunk.len() as u64;
+                }
+                if unflushed >= FLUSH_EVERY {
+                    let _ = flush_tx.try_send(());
+                    unflushed = 0;
+                }
+            }
+            Ok(())
+        })();
+        drop(flush_tx);
+        let flushed = flusher
+            .join()
+            .map_err(|_| StoreError::Corrupt("staging upload: flush thread panicked".into()))?;
+        written?;
+        flushed.map_err(|e| io_err("sync", e))?;
+        file.sync_data().map_err(|e| io_err("sync", e))
+    })?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 impl RemoteSink {

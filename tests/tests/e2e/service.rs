@@ -84,6 +84,21 @@ async fn every_error_is_the_json_envelope(#[case] backend: Backend) {
             "route_not_found",
         ),
         (
+            app.request(Method::PUT, "/api/v1/adapters", "alice"),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            app.request(Method::POST, "/api/v1/adapters/alice/x/versions/1", "alice"),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            app.request(Method::GET, "/api/v1/adapters/alice", ""),
+            404,
+            "route_not_found",
+        ),
+        (
             app.request(Method::POST, "/api/v1/adapters", "alice")
                 .header("content-type", "application/json")
                 .body("{oops"),
@@ -141,4 +156,11 @@ async fn every_error_is_the_json_envelope(#[case] backend: Backend) {
                 .is_some_and(|m| !m.is_empty())
         );
     }
+    let res = app
+        .request(Method::DELETE, "/api/v1/adapters", "alice")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "GET, POST");
 }
