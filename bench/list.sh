@@ -135,8 +135,10 @@ bench_quiver() { # label, extra storage flags...
     start_quiver qpid "$port" "$data" "$WORK/quiver-$label.log" "$@"
     url="http://127.0.0.1:$port"
     python3 "$BENCH_DIR/seed.py" quiver --url "$url" --token "$token" --n "$N" \
-        --threads "$SEED_THREADS" --term "$TERM_Q" --fixture-dir "$FIXTURE_DIR" ||
+        --threads "$SEED_THREADS" --term "$TERM_Q" --fixture-dir "$FIXTURE_DIR" || {
+        sed 's/\x1b\[[0-9;]*m//g' "$WORK/quiver-$label.log" | grep -E ' (WARN|ERROR) ' | tail -5 >&2
         die "seeding quiver ($label) failed"
+    }
     local matches
     matches=$(count_matches_quiver "$url")
     echo "  search term '$TERM_Q' matches $matches of $N adapters"

@@ -51,11 +51,13 @@ fn segments(template: &str) -> Vec<Segment> {
     parts
         .iter()
         .enumerate()
-        .map(|(i, p)| match p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-            Some("path") if i == last => Segment::Rest,
-            Some(_) => Segment::Param,
-            None => Segment::Literal((*p).to_string()),
-        })
+        .map(
+            |(i, p)| match p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                Some("path") if i == last => Segment::Rest,
+                Some(_) => Segment::Param,
+                None => Segment::Literal((*p).to_string()),
+            },
+        )
         .collect()
 }
 
@@ -108,7 +110,10 @@ mod tests {
                         "/api/v1/adapters/{owner}/{name}",
                         PathItem::new(HttpMethod::Delete, op()),
                     )
-                    .path("/api/v1/adapters/{owner}/{name}/versions/{ref}/files/{path}", files),
+                    .path(
+                        "/api/v1/adapters/{owner}/{name}/versions/{ref}/files/{path}",
+                        files,
+                    ),
             )
             .build();
         RouteTable::from_openapi(&doc)

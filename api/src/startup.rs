@@ -72,18 +72,19 @@ impl Application {
                 .split_for_parts();
             let routes = web::Data::new(RouteTable::from_openapi(&api));
             // SwaggerUi also serves the document itself at /api/openapi.json.
-            app.app_data(routes).route(
-                "/docs",
-                web::get().to(|| async {
-                    HttpResponse::PermanentRedirect()
-                        .insert_header(("Location", "/docs/"))
-                        .finish()
-                }),
-            )
-            .service(SwaggerUi::new("/docs/{_:.*}").url("/api/openapi.json", api))
-            .default_service(web::to(error::not_found))
-            .wrap(ErrorHandlers::new().default_handler(error::wrap_foreign_errors))
-            .wrap(from_fn(crate::metrics::track))
+            app.app_data(routes)
+                .route(
+                    "/docs",
+                    web::get().to(|| async {
+                        HttpResponse::PermanentRedirect()
+                            .insert_header(("Location", "/docs/"))
+                            .finish()
+                    }),
+                )
+                .service(SwaggerUi::new("/docs/{_:.*}").url("/api/openapi.json", api))
+                .default_service(web::to(error::not_found))
+                .wrap(ErrorHandlers::new().default_handler(error::wrap_foreign_errors))
+                .wrap(from_fn(crate::metrics::track))
         });
         let server = match options.workers {
             Some(n) => server.workers(n),

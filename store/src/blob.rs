@@ -375,8 +375,9 @@ fn digest_worker(
     file_path: Option<std::path::PathBuf>,
 ) -> Result<String, StoreError> {
     use std::io::Write;
-    let io_err =
-        |what: &str, e: std::io::Error| StoreError::Corrupt(format!("staging upload ({what}): {e}"));
+    let io_err = |what: &str, e: std::io::Error| {
+        StoreError::Corrupt(format!("staging upload ({what}): {e}"))
+    };
     let mut hasher = Sha256::new();
     let Some(path) = file_path else {
         while let Some(batch) = rx.blocking_recv() {
@@ -384,11 +385,7 @@ fn digest_worker(
         }
         return Ok(hex::encode(hasher.finalize()));
     };
-    // The directory goes away with its last file (automatic cleanup).
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io_err("directory", e))?;
-    }
-    let mut file = std::fs::File::create(&path).map_err(|e| io_err("create", e))?;
+    let mut file = create_staged_file(&path).map_err(|e| io_err("create", e))?;
     let flush_handle = file.try_clone().map_err(|e| io_err("open", e))?;
     std::thread::scope(|scope| {
         // One pending request at most: a flush syncs everything written before it started.
@@ -423,6 +420,21 @@ fn digest_worker(
         file.sync_data().map_err(|e| io_err("sync", e))
     })?;
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// Creates a file, and its directory when missing. The store removes a directory with its last
+/// file (automatic cleanup), which can happen between the two steps: then they are tried again.
+fn create_staged_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut attempts = 0;
+    loop {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        match std::fs::File::create(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 10 => attempts += 1,
+            other => return other,
+        }
+    }
 }
 
 impl RemoteSink {

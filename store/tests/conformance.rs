@@ -487,3 +487,43 @@ async fn blobs_stream_dedupe_range_and_discard(#[case] backend: Backend) {
         Err(StoreError::NotFound(_))
     ));
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_staging_and_commits_never_fail(#[case] backend: Backend) {
+    // Committing a duplicate deletes its staged copy; the local store then removes the staging
+    // directory if it became empty, while other uploads are creating their staged files in it.
+    const ROUNDS: u32 = 20;
+    let (store, _s) = store_or_skip!(backend);
+    let tasks: Vec<_> = (0..64u32)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    let mut up = store.blobs.begin();
+                    // Odd rounds repeat what every task uploads: duplicates.
+                    let body = if round % 2 == 1 {
+                        format!("shared round {round}")
+                    } else {
+                        format!("blob {i} round {round}")
+                    };
+                    up.write(Bytes::from(body)).await?;
+                    let staged = up.finish().await?;
+                    store.blobs.commit(&staged).await?;
+                }
+                Ok::<(), StoreError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task").expect("upload");
+    }
+    let distinct = 64 * ROUNDS.div_ceil(2) + ROUNDS / 2;
+    assert_eq!(
+        store.blobs.list_hashes().await.expect("list").len() as u32,
+        distinct
+    );
+    assert_eq!(store.blobs.count_staged().await.expect("staged"), 0);
+}

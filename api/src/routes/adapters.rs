@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use actix_web::http::header::{self, ContentType};
-use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, patch, post, route, web};
 use quiver_store::{
     AdapterPatch, AdapterRecord, AdapterSort, ListAdapters, NewAdapter, RepoId, Store, Viewer,
 };
@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::list_cache::CachedPage;
+use crate::list_cache::{CachedPage, Lookup};
 use crate::routes::files::etag_matches;
 use crate::state::AppState;
 use crate::views::{AdapterPage, AdapterView};
@@ -215,7 +215,7 @@ pub async fn create_adapter(
         (status = 400, body = ErrorBody)
     )
 )]
-#[get("/adapters")]
+#[route("/adapters", method = "GET", method = "HEAD")]
 pub async fn list_adapters(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -234,27 +234,30 @@ pub async fn list_adapters(
     };
     let viewer = caller.viewer();
     let cache = &state.list_cache;
-    // Read before the page is built, so a change committed meanwhile makes the entry stale.
-    let generation = if cache.enabled() {
-        Some(state.store.meta.listing_generation().await?)
-    } else {
-        None
-    };
     let key = cache_key(&viewer, &list);
-    let page = match generation.and_then(|g| cache.get(&key, g)) {
-        Some(page) => page,
-        None => {
-            let found = state.store.meta.list_adapters(&list, &viewer).await?;
-            let body = serde_json::to_vec(&AdapterPage {
-                items: views(&state.store, found.items).await?,
-                next_cursor: found.next_cursor,
-            })
-            .map_err(|e| ApiError::internal("listing JSON", e))?;
-            let page = CachedPage::new(body);
-            if let Some(g) = generation {
-                cache.put(key, g, page.clone());
+    let page = loop {
+        // Read before the page is built, so a change committed meanwhile makes the entry stale.
+        let generation = if cache.enabled() {
+            state.store.meta.listing_generation().await?
+        } else {
+            0
+        };
+        match cache.lookup(&key, generation) {
+            Lookup::Hit(page) => break page,
+            Lookup::Wait(mut done) => {
+                let _ = done.changed().await; // built, or the build failed: look again
             }
-            page
+            Lookup::Build(fill) => {
+                let found = state.store.meta.list_adapters(&list, &viewer).await?;
+                let body = serde_json::to_vec(&AdapterPage {
+                    items: views(&state.store, found.items).await?,
+                    next_cursor: found.next_cursor,
+                })
+                .map_err(|e| ApiError::internal("listing JSON", e))?;
+                let page = CachedPage::new(body);
+                fill.put(page.clone());
+                break page;
+            }
         }
     };
     if etag_matches(&req, &page.etag) {
@@ -294,7 +297,7 @@ fn cache_key(viewer: &Viewer, q: &ListAdapters) -> String {
     tag = "adapters",
     responses((status = 200, body = AdapterView), (status = 404, body = ErrorBody))
 )]
-#[get("/adapters/{owner}/{name}")]
+#[route("/adapters/{owner}/{name}", method = "GET", method = "HEAD")]
 pub async fn get_adapter(
     state: web::Data<AppState>,
     caller: Caller,

@@ -2,7 +2,7 @@
 
 use actix_multipart::Multipart;
 use actix_web::http::header::CONTENT_LENGTH;
-use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, post, route, web};
 use quiver_store::{FileRecord, NewVersion, VersionRecord, VersionRef};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -101,7 +101,7 @@ pub async fn create_version(
     params(ListVersionsQuery),
     responses((status = 200, body = VersionPage), (status = 404, body = ErrorBody))
 )]
-#[get("/adapters/{owner}/{name}/versions")]
+#[route("/adapters/{owner}/{name}/versions", method = "GET", method = "HEAD")]
 pub async fn list_versions(
     state: web::Data<AppState>,
     caller: Caller,
@@ -148,7 +148,11 @@ pub async fn find_version(
     params(("ref" = String, Path, description = "number, v{N}, alias, main or revision")),
     responses((status = 200, body = VersionView), (status = 404, body = ErrorBody))
 )]
-#[get("/adapters/{owner}/{name}/versions/{ref}")]
+#[route(
+    "/adapters/{owner}/{name}/versions/{ref}",
+    method = "GET",
+    method = "HEAD"
+)]
 pub async fn get_version(
     state: web::Data<AppState>,
     caller: Caller,

@@ -55,12 +55,14 @@ impl SqlMetadata {
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if dialect == Dialect::Sqlite {
-                        // WAL lets readers run beside the one writer; busy_timeout makes writers queue.
+                        // busy_timeout makes writers queue; it goes first, because the pool
+                        // opens connections while others write, and even reading the journal
+                        // mode can meet a lock. WAL lets readers run beside the one writer.
                         for pragma in [
+                            "PRAGMA busy_timeout = 10000",
                             "PRAGMA journal_mode = WAL",
                             "PRAGMA synchronous = NORMAL",
                             "PRAGMA foreign_keys = ON",
-                            "PRAGMA busy_timeout = 10000",
                         ] {
                             conn.execute(pragma).await?;
                         }
@@ -142,6 +144,16 @@ impl SqlMetadata {
 }
 
 impl SqlMetadata {
+    /// Starts a write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`),
+    /// queueing through busy_timeout: a deferred transaction that has read gets SQLITE_BUSY,
+    /// without waiting, when it tries to write after another writer committed.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Appends a case-insensitive substring match on `owner/name`, description and base model.
     /// SQLite answers it from the FTS5 trigram table (migration 0002), which cannot match terms
     /// under 3 characters: those, like every Postgres search, use `LIKE` (served on Postgres by
@@ -309,7 +321,7 @@ impl MetadataStore for SqlMetadata {
         let user = crate::validate_name("user name", user)?;
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO users (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
         )
@@ -362,7 +374,7 @@ impl MetadataStore for SqlMetadata {
 
     async fn create_adapter(&self, new: &NewAdapter) -> Result<AdapterRecord, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO adapters (owner, name, base_model, description, private, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {ADAPTER_COLUMNS}"
@@ -507,7 +519,7 @@ impl MetadataStore for SqlMetadata {
         adapter_id: i64,
         patch: &AdapterPatch,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut sql = Sql::new("UPDATE adapters SET updated_at = ");
         sql.bind(now_ms());
         if let Some(d) = &patch.description {
@@ -554,7 +566,7 @@ impl MetadataStore for SqlMetadata {
         new: &NewVersion,
     ) -> Result<VersionRecord, StoreError> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // The write comes first: it takes the adapter's row lock (Postgres) or the write lock
         // (SQLite), so concurrent uploads to one adapter queue here and get distinct numbers.
         let number: i64 = sqlx::query(

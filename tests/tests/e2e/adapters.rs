@@ -317,3 +317,43 @@ async fn concurrent_uploads_get_distinct_numbers(#[case] backend: Backend) {
     numbers.sort();
     assert_eq!(numbers, (1..=8).collect::<Vec<_>>());
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn concurrent_writes_all_succeed(#[case] backend: Backend) {
+    // Writers queue for the database's write lock instead of failing with "database is locked".
+    let app = app_or_skip!(backend);
+    let creates = (0..32).map(|i| {
+        let app = &app;
+        async move {
+            app.create_adapter("alice", &format!("c{i}"), false, "alice")
+                .await
+        }
+    });
+    for (status, body) in futures::future::join_all(creates).await {
+        assert_eq!(status, 201, "{body}");
+    }
+    let patches = (0..32).map(|i| {
+        let app = &app;
+        async move {
+            app.send(
+                app.request(
+                    reqwest::Method::PATCH,
+                    &format!("/api/v1/adapters/alice/c{i}"),
+                    "alice",
+                )
+                .json(&json!({"description": format!("patched {i}"), "tags": ["a", "b"]})),
+            )
+            .await
+        }
+    });
+    for (status, body) in futures::future::join_all(patches).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, page) = app
+        .get_json("/api/v1/adapters?limit=100&q=patched", "")
+        .await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(32));
+}

@@ -162,5 +162,5 @@ async fn every_error_is_the_json_envelope(#[case] backend: Backend) {
         .await
         .expect("send");
     assert_eq!(res.status(), 405);
-    assert_eq!(res.headers()["allow"], "GET, POST");
+    assert_eq!(res.headers()["allow"], "GET, HEAD, POST");
 }
