@@ -477,12 +477,14 @@ impl RemoteSink {
 /// 8 KiB at a time, one blocking task each: downloads ran at a sixth of nginx's speed.
 const FILE_CHUNK: u64 = 1024 * 1024;
 
-/// Streams `range` of a local file in `FILE_CHUNK` reads on the blocking pool.
+/// Streams `range` of a local file in `FILE_CHUNK` reads on the blocking pool. Each chunk is read
+/// into fresh, uninitialised capacity (`read_to_end` on a `File` does not zero it first; zeroing
+/// cost about a sixth of a download's CPU).
 fn file_stream(
     file: std::fs::File,
     range: Range<u64>,
 ) -> BoxStream<'static, Result<Bytes, StoreError>> {
-    use std::os::unix::fs::FileExt;
+    use std::io::{Read, Seek, SeekFrom};
     let file = Arc::new(file);
     futures::stream::try_unfold(range.start, move |pos| {
         let file = Arc::clone(&file);
@@ -493,8 +495,17 @@ fn file_stream(
             }
             let len = FILE_CHUNK.min(end - pos) as usize;
             let chunk = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf))
+                let mut f = &*file;
+                f.seek(SeekFrom::Start(pos))?;
+                let mut buf = Vec::with_capacity(len);
+                f.take(len as u64).read_to_end(&mut buf)?;
+                if buf.len() < len {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "blob file is shorter than its recorded size",
+                    ));
+                }
+                Ok(Bytes::from(buf))
             })
             .await
             .map_err(|e| StoreError::Corrupt(format!("blob read task failed: {e}")))?
