@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -7,6 +9,8 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_env("QUIVER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs redirected to a file stay plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = quiver_api::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
