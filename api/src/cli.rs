@@ -106,6 +106,7 @@ pub async fn run(cli: Cli) -> CliResult {
                     storage_hint(&storage)
                 );
             }
+            tokio::spawn(sweep_staged_uploads(app.store.blobs.clone()));
             app.run_until_stopped().await?;
         }
         Command::Migrate { storage } => {
@@ -153,4 +154,20 @@ fn storage_hint(s: &StorageArgs) -> String {
         out.push_str(" --store-url <same as the server>");
     }
     out
+}
+
+/// A staged upload untouched this long is abandoned (a live upload writes every few seconds).
+const STAGED_UPLOAD_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes abandoned staged uploads at start and then every hour.
+async fn sweep_staged_uploads(blobs: quiver_store::BlobStore) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        match blobs.sweep_staged(STAGED_UPLOAD_MAX_AGE).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed abandoned staged uploads"),
+            Err(e) => tracing::warn!(error = %e, "could not sweep staged uploads"),
+        }
+    }
 }

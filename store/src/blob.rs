@@ -215,6 +215,31 @@ impl BlobStore {
             .collect())
     }
 
+    /// Removes staged uploads last written more than `older_than` ago: what a client that went
+    /// away mid-upload, or a server that stopped mid-request, left behind. Returns how many.
+    pub async fn sweep_staged(&self, older_than: std::time::Duration) -> Result<usize, StoreError> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(older_than)
+                .map_err(|e| StoreError::Invalid(format!("sweep age: {e}")))?;
+        let stale: Vec<Path> = self
+            .inner
+            .list(Some(&self.key("uploads")))
+            .try_filter_map(|meta| async move {
+                Ok((meta.last_modified < cutoff).then_some(meta.location))
+            })
+            .try_collect()
+            .await?;
+        let mut removed = 0;
+        for location in stale {
+            match self.inner.delete(&location).await {
+                Ok(()) => removed += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Counts objects that are neither committed blobs nor anything else we know (for tests).
     pub async fn count_staged(&self) -> Result<usize, StoreError> {
         let items: Vec<_> = self

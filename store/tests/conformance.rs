@@ -527,3 +527,31 @@ async fn concurrent_staging_and_commits_never_fail(#[case] backend: Backend) {
     );
     assert_eq!(store.blobs.count_staged().await.expect("staged"), 0);
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn abandoned_staged_uploads_are_swept(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    let mut up = store.blobs.begin();
+    up.write(Bytes::from_static(
+        b"left behind by a client that went away",
+    ))
+    .await
+    .expect("write");
+    let _staged = up.finish().await.expect("finish");
+    assert_eq!(store.blobs.count_staged().await.expect("staged"), 1);
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(
+        store.blobs.sweep_staged(hour).await.expect("sweep"),
+        0,
+        "too young"
+    );
+    assert_eq!(store.blobs.count_staged().await.expect("staged"), 1);
+    // S3 reports whole seconds: wait long enough that any rounding still lands past the cutoff.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let second = std::time::Duration::from_secs(1);
+    assert_eq!(store.blobs.sweep_staged(second).await.expect("sweep"), 1);
+    assert_eq!(store.blobs.count_staged().await.expect("staged"), 0);
+}

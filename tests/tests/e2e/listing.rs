@@ -153,7 +153,11 @@ async fn listings_carry_an_etag_and_answer_304(#[case] backend: Backend) {
         .expect("get");
     assert_eq!(again.status(), 304);
     assert!(again.bytes().await.expect("body").is_empty());
-    let head = app.request(Method::HEAD, PAGE, "").send().await.expect("head");
+    let head = app
+        .request(Method::HEAD, PAGE, "")
+        .send()
+        .await
+        .expect("head");
     assert_eq!(head.status(), 200);
     assert_eq!(head.headers()["etag"].to_str().expect("etag"), etag);
     assert!(head.bytes().await.expect("body").is_empty());
