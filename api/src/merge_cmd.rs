@@ -188,7 +188,7 @@ pub fn run(args: MergeArgs) -> Result<(), Box<dyn std::error::Error>> {
             b.set_length(total as u64);
             b.set_position(done as u64);
         }
-        None if done == total || done % 32 == 0 => tracing::info!(done, total, "merging"),
+        None if done == total || done.is_multiple_of(32) => tracing::info!(done, total, "merging"),
         None => {}
     };
     let merged = quiver_merge::merge(&inputs, &spec, &device, &progress)?;

@@ -99,8 +99,11 @@ pub fn qr(m: &Array2<f64>) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
     m.qr().map_err(lapack("QR"))
 }
 
+/// A thin SVD: `(u, s, vt)`.
+pub type Svd = (Array2<f64>, Vec<f64>, Array2<f64>);
+
 /// SVD `m = u · diag(s) · vt`, thin.
-pub fn svd(m: &Array2<f64>) -> Result<(Array2<f64>, Vec<f64>, Array2<f64>), MergeError> {
+pub fn svd(m: &Array2<f64>) -> Result<Svd, MergeError> {
     blas_threads::single();
     let (u, s, vt) = m.svddc(JobSvd::Some).map_err(lapack("SVD"))?;
     match (u, vt) {

@@ -65,28 +65,21 @@ fn disjoint_supports_drive_each_merger_to_its_own_columns() {
         },
     )
     .expect("ziplora");
-    for k in 0..8 {
+    for (content, style) in m[0][..8].iter().zip(&m[1][..8]) {
         assert!(
-            (m[0][k] - 1.0).abs() < 0.05,
-            "content merger on its support: {}",
-            m[0][k]
+            (content - 1.0).abs() < 0.05,
+            "content merger on its support: {content}"
         );
-        assert!(
-            m[1][k].abs() < 0.05,
-            "style merger off its support: {}",
-            m[1][k]
-        );
+        assert!(style.abs() < 0.05, "style merger off its support: {style}");
     }
-    for k in 8..16 {
+    for (content, style) in m[0][8..16].iter().zip(&m[1][8..16]) {
         assert!(
-            (m[1][k] - 1.0).abs() < 0.05,
-            "style merger on its support: {}",
-            m[1][k]
+            (style - 1.0).abs() < 0.05,
+            "style merger on its support: {style}"
         );
         assert!(
-            m[0][k].abs() < 0.05,
-            "content merger off its support: {}",
-            m[0][k]
+            content.abs() < 0.05,
+            "content merger off its support: {content}"
         );
     }
     assert!(

@@ -207,7 +207,10 @@ pub fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
 }
 
 /// A small synthetic PEFT adapter: `modules` LoRA pairs of rank `r` on 16×16 projections.
-pub fn synthetic_adapter(r: u64, modules: &[&str], seed: u32) -> Vec<(String, Vec<u8>)> {
+/// The files of one version: (path, bytes).
+pub type Files = Vec<(String, Vec<u8>)>;
+
+pub fn synthetic_adapter(r: u64, modules: &[&str], seed: u32) -> Files {
     let d = 16u64;
     let mut names = Vec::new();
     for m in modules {
@@ -255,7 +258,7 @@ pub fn synthetic_adapter(r: u64, modules: &[&str], seed: u32) -> Vec<(String, Ve
 
 /// The real PEFT adapter directories committed under `tests/fixtures/peft` (made by
 /// `scripts/make_peft_fixtures.py`), as (name, files).
-pub fn peft_fixtures() -> Vec<(String, Vec<(String, Vec<u8>)>)> {
+pub fn peft_fixtures() -> Vec<(String, Files)> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/peft");
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(&root) else {

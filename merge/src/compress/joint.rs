@@ -128,14 +128,14 @@ pub fn fit(
             let sig = cores(members, &u, &v);
             let mut mu = Array2::<f64>::zeros((d_out, c));
             for (m, s) in members.iter().zip(&sig) {
-                let av = m.a.dot(&v) * &s.diag().insert_axis(Axis(0));
+                let av = m.a.dot(&v) * s.diag().insert_axis(Axis(0));
                 mu = mu + m.b.dot(&av);
             }
             u = polar(&mu)?;
             let sig = cores(members, &u, &v);
             let mut mv = Array2::<f64>::zeros((d_in, c));
             for (m, s) in members.iter().zip(&sig) {
-                let bu = m.b.t().dot(&u) * &s.diag().insert_axis(Axis(0));
+                let bu = m.b.t().dot(&u) * s.diag().insert_axis(Axis(0));
                 mv = mv + m.a.t().dot(&bu);
             }
             v = polar(&mv)?;
@@ -228,7 +228,7 @@ pub fn fit_module(
             // Refit each non-empty cluster; drop empty ones and renumber.
             let mut refit = Vec::new();
             let mut renumber = vec![usize::MAX; fits.len()];
-            for c in 0..fits.len() {
+            for (c, new_index) in renumber.iter_mut().enumerate() {
                 let group: Vec<&MemberFactors> = members
                     .iter()
                     .zip(&assignment)
@@ -238,7 +238,7 @@ pub fn fit_module(
                 if group.is_empty() {
                     continue;
                 }
-                renumber[c] = refit.len();
+                *new_index = refit.len();
                 refit.push(fit(&group, p, d_out, d_in)?);
             }
             assignment.iter_mut().for_each(|a| *a = renumber[*a]);

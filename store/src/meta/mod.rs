@@ -120,10 +120,12 @@ pub enum VersionRef {
 impl VersionRef {
     pub fn parse(raw: &str) -> Self {
         let digits = raw.strip_prefix('v').unwrap_or(raw);
-        if !digits.is_empty() && digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(n) = digits.parse() {
-                return VersionRef::Number(n);
-            }
+        if !digits.is_empty()
+            && digits.len() <= 18
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(n) = digits.parse()
+        {
+            return VersionRef::Number(n);
         }
         if raw.len() == 40
             && raw

@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 
 use quiver_merge::Dtype;
 use quiver_tests::{
-    Backend, app_or_skip, f32_bytes, peft_fixtures, sha256_hex, spawn_app_with_limit,
+    Backend, Files, app_or_skip, f32_bytes, peft_fixtures, sha256_hex, spawn_app_with_limit,
     synthetic_adapter,
 };
 use rstest::rstest;
 
-fn replace(files: &[(String, Vec<u8>)], path: &str, bytes: Vec<u8>) -> Vec<(String, Vec<u8>)> {
+fn replace(files: &[(String, Vec<u8>)], path: &str, bytes: Vec<u8>) -> Files {
     files
         .iter()
         .map(|(p, b)| (p.clone(), if p == path { bytes.clone() } else { b.clone() }))
@@ -44,7 +44,7 @@ async fn bad_uploads_are_refused_and_leave_nothing(#[case] backend: Backend) {
     let patched = header[..n].replacen("[256,512]", "[128,384]", 1);
     overlapping.splice(8..8 + n, patched.into_bytes());
 
-    let cases: Vec<(&str, Vec<(String, Vec<u8>)>, u16, &str)> = vec![
+    let cases: Vec<(&str, Files, u16, &str)> = vec![
         ("missing config", vec![good[1].clone()], 422, "missing_file"),
         (
             "missing weights",
