@@ -4,7 +4,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// Request handling allocates many small, short-lived objects on several threads (sqlx rows, JSON);
-/// glibc's allocator spent ~20 % of an uncached listing's cycles in malloc/free.
+/// under glibc's allocator, malloc/free were a large share of an uncached listing's cycles.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -32,8 +32,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION quiver_bump_generation();
 
 -- Search: substring matches through pg_trgm (a trusted extension: a database owner may create it).
 -- fastupdate = off: new rows go straight into the index. With the default pending list, a table
--- filled faster than autovacuum runs had its search planned as a sequential scan (41 ms instead
--- of 0.6 ms on 10,000 adapters).
+-- filled faster than autovacuum runs had its search planned as a sequential scan.
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 CREATE INDEX adapters_search_repo ON adapters
     USING gin (lower(owner || '/' || name) gin_trgm_ops) WITH (fastupdate = off);

@@ -321,10 +321,11 @@ impl BlobUpload {
     async fn flush(&mut self) -> Result<(), StoreError> {
         let batch = std::mem::take(&mut self.batch);
         self.batch_len = 0;
-        let tx = self
-            .tx
-            .as_ref()
-            .expect("sender lives until finish or abort");
+        let Some(tx) = self.tx.as_ref() else {
+            return Err(StoreError::Corrupt(
+                "upload written to after it failed or was closed".into(),
+            ));
+        };
         if tx.send(batch).await.is_err() {
             // The worker stopped early: its result says why.
             self.tx = None;
