@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `token create`, `inspect`.
+//! The command line: `serve`, `worker`, `migrate`, `token create`, `inspect`, `merge`, `compress`.
 
 use std::path::PathBuf;
 
@@ -6,10 +6,17 @@ use clap::{Parser, Subcommand};
 use quiver_store::{Scope, Store};
 
 use crate::auth::new_token;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
 use crate::config::{
-    DEFAULT_LIST_CACHE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, HttpOptions, ServerSettings, StorageArgs,
+    DEFAULT_LIST_CACHE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, HttpOptions, JobArgs, ServerSettings,
+    StorageArgs,
 };
-use crate::startup::Application;
+use crate::jobs::{WorkerOptions, Workers};
+use crate::metrics::JobMetrics;
+use crate::startup::{Application, StartupError};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,6 +45,23 @@ pub enum Command {
         /// HTTP worker threads [default: one per CPU].
         #[arg(long, env = "QUIVER_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
+        /// Merge and compression workers in this process (0: none; run `quiver worker` instead).
+        #[arg(long, env = "QUIVER_JOB_WORKERS", default_value_t = 1)]
+        job_workers: usize,
+        #[command(flatten)]
+        jobs: JobArgs,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Run merge and compression jobs only (any number of these may run against one database
+    /// and store). SIGTERM hands the jobs in hand back to the queue.
+    Worker {
+        /// Workers in this process.
+        #[arg(long, env = "QUIVER_JOB_WORKERS", default_value_t = 1,
+              value_parser = clap::value_parser!(u16).range(1..))]
+        job_workers: u16,
+        #[command(flatten)]
+        jobs: JobArgs,
         #[command(flatten)]
         storage: StorageArgs,
     },
@@ -81,6 +105,8 @@ pub async fn run(cli: Cli) -> CliResult {
             max_upload_bytes,
             list_cache_bytes,
             workers,
+            job_workers,
+            jobs,
             storage,
         } => {
             let settings = ServerSettings {
@@ -91,6 +117,7 @@ pub async fn run(cli: Cli) -> CliResult {
                     list_cache_bytes,
                     workers: workers.map(usize::from),
                 },
+                workers: jobs.options(job_workers, &storage),
             };
             let app = Application::build(settings.clone()).await?;
             tracing::info!(
@@ -106,9 +133,13 @@ pub async fn run(cli: Cli) -> CliResult {
                     storage_hint(&storage)
                 );
             }
-            tokio::spawn(sweep_staged_uploads(app.store.blobs.clone()));
             app.run_until_stopped().await?;
         }
+        Command::Worker {
+            job_workers,
+            jobs,
+            storage,
+        } => run_worker(jobs.options(usize::from(job_workers), &storage), &storage).await?,
         Command::Migrate { storage } => {
             let store = Store::open(&storage.resolve()?).await?;
             println!("migrations applied ({})", store.meta.dialect());
@@ -156,18 +187,31 @@ fn storage_hint(s: &StorageArgs) -> String {
     out
 }
 
-/// A staged upload untouched this long is abandoned (a live upload writes every few seconds).
-const STAGED_UPLOAD_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
-/// Removes abandoned staged uploads at start and then every hour.
-async fn sweep_staged_uploads(blobs: quiver_store::BlobStore) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
-    loop {
-        every.tick().await;
-        match blobs.sweep_staged(STAGED_UPLOAD_MAX_AGE).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed abandoned staged uploads"),
-            Err(e) => tracing::warn!(error = %e, "could not sweep staged uploads"),
-        }
+/// `quiver worker`: job workers until SIGTERM or SIGINT, then the jobs in hand go back to the
+/// queue.
+async fn run_worker(options: WorkerOptions, storage: &StorageArgs) -> CliResult {
+    let store = Store::open(&storage.resolve()?)
+        .await
+        .map_err(StartupError::Store)?;
+    tracing::info!(
+        database = store.meta.dialect(),
+        blobs = store.blobs.describe(),
+        workers = options.count,
+        "quiver worker started"
+    );
+    let workers = Workers::start(
+        store,
+        options,
+        Arc::new(Notify::new()),
+        Arc::new(JobMetrics::default()),
+    )
+    .map_err(StartupError::Workers)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
+    tracing::info!("stopping: handing jobs in hand back to the queue");
+    workers.shutdown().await;
+    Ok(())
 }

@@ -1,12 +1,12 @@
-//! `quiver compress`: individual truncation, joint shared-basis collections, and extraction.
+//! `quiver compress`: flags → [`CompressSpec`] (the payload compression jobs carry too), then the
+//! engine on local directories.
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use quiver_merge::compress::joint::JointParams;
-use quiver_merge::compress::{COMPRESS_REPORT_NAME, compress_individual, compress_joint, extract};
-use quiver_merge::linalg::Cut;
-use quiver_merge::{LoraAdapter, MergeError};
+use quiver_merge::compress::COMPRESS_REPORT_NAME;
+use quiver_merge::compress::spec::DEFAULT_JOINT_ITERS;
+use quiver_merge::{CompressSpec, Control, MergeError};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Mode {
@@ -32,7 +32,7 @@ pub struct CompressArgs {
     #[arg(long, default_value_t = 1)]
     pub clusters: usize,
     /// joint: alternating iterations at most.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = DEFAULT_JOINT_ITERS)]
     pub iters: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -48,67 +48,60 @@ pub struct CompressArgs {
     pub inputs: Vec<PathBuf>,
 }
 
-pub fn run(args: CompressArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let bad = |m: &str| MergeError::InvalidParam(m.to_string());
-    if let (Some(member), Some(from)) = (&args.extract, &args.from) {
-        extract(from, member, &args.out)?;
-        eprintln!("extracted {member} from {}", from.display());
-        println!("{}", args.out.display());
-        return Ok(());
+impl CompressArgs {
+    /// The spec and its input directories.
+    pub fn spec(&self) -> Result<(CompressSpec, Vec<PathBuf>), MergeError> {
+        let bad = |m: &str| MergeError::InvalidParam(m.to_string());
+        if let (Some(member), Some(from)) = (&self.extract, &self.from) {
+            return Ok((
+                CompressSpec::Extract {
+                    member: member.clone(),
+                },
+                vec![from.clone()],
+            ));
+        }
+        let spec = match self.mode {
+            Some(Mode::Individual) => CompressSpec::Individual {
+                rank: self.rank,
+                energy: self.energy,
+            },
+            Some(Mode::Joint) => {
+                if self.energy.is_some() {
+                    return Err(bad("--energy applies to individual compression"));
+                }
+                CompressSpec::Joint {
+                    rank: self.rank.unwrap_or(0),
+                    diag: self.diag,
+                    clusters: self.clusters,
+                    iters: self.iters,
+                    seed: self.seed,
+                }
+            }
+            None => {
+                return Err(bad(
+                    "give --mode individual|joint, or --extract MEMBER --from DIR",
+                ));
+            }
+        };
+        spec.validate(self.inputs.len())?;
+        Ok((spec, self.inputs.clone()))
     }
-    let open = |paths: &[PathBuf]| {
-        paths
-            .iter()
-            .map(|p| LoraAdapter::open(p))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    let report = match args.mode {
-        Some(Mode::Individual) => {
-            let cut = match (args.rank, args.energy) {
-                (Some(k), None) if k >= 1 => Cut::Rank(k),
-                (None, Some(e)) if e > 0.0 && e <= 1.0 => Cut::Energy(e),
-                _ => return Err(bad("individual compression needs exactly one of --rank K (≥ 1) or --energy E in (0, 1]").into()),
-            };
-            if args.inputs.len() != 1 {
-                return Err(bad("individual compression takes exactly one input directory").into());
-            }
-            compress_individual(&open(&args.inputs)?[0], cut, &args.out)?
-        }
-        Some(Mode::Joint) => {
-            let rank = args
-                .rank
-                .filter(|k| *k >= 1)
-                .ok_or_else(|| bad("joint compression needs --rank C (≥ 1)"))?;
-            if args.energy.is_some() {
-                return Err(bad("--energy applies to individual compression").into());
-            }
-            if args.inputs.is_empty() {
-                return Err(bad("give the adapter directories to compress").into());
-            }
-            if args.clusters == 0 {
-                return Err(bad("--clusters must be at least 1").into());
-            }
-            let params = JointParams {
-                rank,
-                diag: args.diag,
-                clusters: args.clusters,
-                iters: args.iters,
-                seed: args.seed,
-            };
-            compress_joint(&open(&args.inputs)?, params, &args.out)?
-        }
-        None => {
-            return Err(bad("give --mode individual|joint, or --extract MEMBER --from DIR").into());
-        }
-    };
-    eprintln!(
-        "compressed: {} → {} bytes of factors, relative error {:.3e}, {:.2} s; report in {}",
-        report["bytes_before"],
-        report["bytes_after"],
-        report["relative_error"].as_f64().unwrap_or(f64::NAN),
-        report["seconds"].as_f64().unwrap_or(f64::NAN),
-        args.out.join(COMPRESS_REPORT_NAME).display()
-    );
+}
+
+pub fn run(args: CompressArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (spec, inputs) = args.spec()?;
+    let report = spec.run(&inputs, &args.out, &Control::none())?;
+    match report {
+        None => eprintln!("extracted a member of {}", inputs[0].display()),
+        Some(report) => eprintln!(
+            "compressed: {} → {} bytes of factors, relative error {:.3e}, {:.2} s; report in {}",
+            report["bytes_before"],
+            report["bytes_after"],
+            report["relative_error"].as_f64().unwrap_or(f64::NAN),
+            report["seconds"].as_f64().unwrap_or(f64::NAN),
+            args.out.join(COMPRESS_REPORT_NAME).display()
+        ),
+    }
     println!("{}", args.out.display());
     Ok(())
 }

@@ -46,6 +46,43 @@ impl StorageArgs {
     }
 }
 
+/// Where and how job workers run (`serve` and `worker`).
+#[derive(Args, Clone, Debug)]
+pub struct JobArgs {
+    /// Scratch space for jobs' inputs and outputs [default: <data-dir>/scratch]; cleaned after
+    /// each job and at start.
+    #[arg(long, env = "QUIVER_SCRATCH_DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    /// Largest total size of one job's input files, in bytes.
+    #[arg(long, env = "QUIVER_SCRATCH_MAX_BYTES", default_value_t = DEFAULT_SCRATCH_MAX_BYTES)]
+    pub scratch_max_bytes: u64,
+    /// Where merges run: `cpu`, or `cuda` (a build with the `cuda` feature and an NVIDIA GPU).
+    #[arg(long, env = "QUIVER_DEVICE", default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub device: String,
+    /// How long a job's claim lasts without a heartbeat (heartbeats come every second), in ms.
+    #[arg(long, env = "QUIVER_JOB_LEASE_MS", default_value_t = crate::jobs::DEFAULT_LEASE_MS,
+          value_parser = clap::value_parser!(i64).range(2000..))]
+    pub job_lease_ms: i64,
+}
+
+/// Default cap of one job's inputs: 64 GiB.
+pub const DEFAULT_SCRATCH_MAX_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+
+impl JobArgs {
+    pub fn options(&self, count: usize, storage: &StorageArgs) -> crate::jobs::WorkerOptions {
+        crate::jobs::WorkerOptions {
+            count,
+            scratch_dir: self
+                .scratch_dir
+                .clone()
+                .unwrap_or_else(|| storage.data_dir.join("scratch")),
+            scratch_max_bytes: self.scratch_max_bytes,
+            lease_ms: self.job_lease_ms,
+            cuda: self.device == "cuda",
+        }
+    }
+}
+
 /// Default budget of the adapter-listing cache: 32 MiB of serialized pages.
 pub const DEFAULT_LIST_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -55,6 +92,7 @@ pub struct ServerSettings {
     pub bind: String,
     pub store: StoreSettings,
     pub http: HttpOptions,
+    pub workers: crate::jobs::WorkerOptions,
 }
 
 /// How the HTTP service behaves, apart from where it listens and stores.

@@ -13,6 +13,58 @@ use quiver_store::StoreError;
 use crate::route_table::RouteTable;
 use serde::Serialize;
 
+macro_rules! error_codes {
+    ($($(#[$m:meta])* $variant:ident = $code:literal => $status:ident,)+) => {
+        /// Every error code the API answers with, and its status. Codes are stable: never renamed.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum ErrorCode { $($(#[$m])* $variant,)+ }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code,)+ }
+            }
+
+            pub fn status(self) -> StatusCode {
+                match self { $(ErrorCode::$variant => StatusCode::$status,)+ }
+            }
+        }
+    };
+}
+
+error_codes! {
+    InvalidRequest = "invalid_request" => BAD_REQUEST,
+    InvalidJson = "invalid_json" => BAD_REQUEST,
+    InvalidQuery = "invalid_query" => BAD_REQUEST,
+    InvalidPath = "invalid_path" => BAD_REQUEST,
+    Unauthorized = "unauthorized" => UNAUTHORIZED,
+    InvalidToken = "invalid_token" => UNAUTHORIZED,
+    Forbidden = "forbidden" => FORBIDDEN,
+    /// Something other than the resources below (kept for older clients).
+    NotFound = "not_found" => NOT_FOUND,
+    AdapterNotFound = "adapter_not_found" => NOT_FOUND,
+    VersionNotFound = "version_not_found" => NOT_FOUND,
+    FileNotFound = "file_not_found" => NOT_FOUND,
+    AliasNotFound = "alias_not_found" => NOT_FOUND,
+    JobNotFound = "job_not_found" => NOT_FOUND,
+    RouteNotFound = "route_not_found" => NOT_FOUND,
+    MethodNotAllowed = "method_not_allowed" => METHOD_NOT_ALLOWED,
+    Conflict = "conflict" => CONFLICT,
+    /// An idempotency key reused with another request.
+    IdempotencyConflict = "idempotency_conflict" => CONFLICT,
+    PayloadTooLarge = "payload_too_large" => PAYLOAD_TOO_LARGE,
+    UnsupportedMediaType = "unsupported_media_type" => UNSUPPORTED_MEDIA_TYPE,
+    /// A merge or compression spec that cannot run: unknown method, bad parameters, too few inputs.
+    InvalidSpec = "invalid_spec" => UNPROCESSABLE_ENTITY,
+    /// Inputs that cannot be merged together (base models, DoRA, collections).
+    IncompatibleInputs = "incompatible_inputs" => UNPROCESSABLE_ENTITY,
+    Internal = "internal" => INTERNAL_SERVER_ERROR,
+    /// Stored data is inconsistent (a blob a row refers to is missing).
+    Corrupt = "corrupt" => INTERNAL_SERVER_ERROR,
+    StorageUnavailable = "storage_unavailable" => SERVICE_UNAVAILABLE,
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -40,6 +92,10 @@ impl ApiError {
             code,
             message: message.into(),
         }
+    }
+    /// An error of the code table, with its status.
+    pub fn coded(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(code.status(), code.as_str(), message)
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -112,9 +168,16 @@ pub fn envelope(status: StatusCode, code: &str, message: &str) -> HttpResponse {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
-            StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
-            StoreError::Invalid(m) => Self::bad_request("invalid_request", m),
+            StoreError::NotFound(m) => Self::coded(ErrorCode::NotFound, m),
+            StoreError::Conflict(m) => Self::coded(ErrorCode::Conflict, m),
+            StoreError::Invalid(m) => Self::coded(ErrorCode::InvalidRequest, m),
+            StoreError::BlobMissing(key) => {
+                tracing::error!(blob = %key, "a blob that rows refer to is missing");
+                Self::coded(
+                    ErrorCode::Corrupt,
+                    "stored data is inconsistent (a file's content is missing); the cause is in the server's log",
+                )
+            }
             e if e.is_unavailable() => {
                 tracing::error!(error = %e, "storage unavailable");
                 Self::new(

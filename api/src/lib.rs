@@ -1,14 +1,17 @@
 //! The `quiver` service: HTTP API, auth, configuration and the CLI's commands.
 
 pub mod auth;
+pub mod background;
 pub mod cli;
 pub mod compress_cmd;
 pub mod config;
 pub mod error;
+pub mod jobs;
 pub mod list_cache;
 pub mod merge_cmd;
 pub mod metrics;
 pub mod openapi;
+pub mod publish;
 pub mod route_table;
 pub mod routes;
 pub mod startup;

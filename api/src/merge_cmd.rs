@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use quiver_merge::spec::{DEFAULT_LEGO_ITERS, parse_choice};
 use quiver_merge::{
     Compat, LoraAdapter, MajoritySign, MergeError, MergeSpec, Method, OutDtype, SvdMode, TrimScope,
 };
@@ -37,22 +38,25 @@ pub struct MergeArgs {
     /// Final scale of ties and dare_ties.
     #[arg(long)]
     pub lambda: Option<f64>,
-    #[arg(long, value_enum, default_value = "total")]
-    pub majority_sign: MajorityArg,
-    #[arg(long, value_enum, default_value = "module")]
-    pub trim_scope: TrimArg,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub svd: SvdArg,
-    /// `peft` reproduces PEFT add_weighted_adapter's arithmetic (for parity checks).
-    #[arg(long, value_enum, default_value = "paper")]
-    pub compat: CompatArg,
+    /// ties / dare_ties sign election: `total` or `frequency`.
+    #[arg(long, default_value = "total", value_parser = parse_choice::<MajoritySign>)]
+    pub majority_sign: MajoritySign,
+    /// Trimming threshold per `module` or over the whole model (`global`).
+    #[arg(long, default_value = "module", value_parser = parse_choice::<TrimScope>)]
+    pub trim_scope: TrimScope,
+    /// Truncation SVD: `auto`, `exact` or `randomized`.
+    #[arg(long, default_value = "auto", value_parser = parse_choice::<SvdMode>)]
+    pub svd: SvdMode,
+    /// `peft` reproduces PEFT add_weighted_adapter's arithmetic (for parity checks); default `paper`.
+    #[arg(long, default_value = "paper", value_parser = parse_choice::<Compat>)]
+    pub compat: Compat,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceArg,
     /// lora_lego: number of clusters = output rank (default: the largest input rank).
     #[arg(long)]
     pub k: Option<usize>,
     /// lora_lego: k-means iterations at most.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = DEFAULT_LEGO_ITERS)]
     pub iters: usize,
     /// lora_lego: keep raw centroids (no norm restoration).
     #[arg(long)]
@@ -69,9 +73,9 @@ pub struct MergeArgs {
     /// ziplora: Adam learning rate (default 0.01).
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Output dtype (default: the first input's).
-    #[arg(long, value_enum)]
-    pub dtype: Option<DtypeArg>,
+    /// Output dtype `f32`, `f16` or `bf16` (default: the first input's).
+    #[arg(long, value_parser = parse_choice::<OutDtype>)]
+    pub dtype: Option<OutDtype>,
     /// Output directory (created).
     #[arg(long)]
     pub out: PathBuf,
@@ -80,60 +84,18 @@ pub struct MergeArgs {
     pub inputs: Vec<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum MajorityArg {
-    Total,
-    Frequency,
-}
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum TrimArg {
-    Module,
-    Global,
-}
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum SvdArg {
-    Auto,
-    Exact,
-    Randomized,
-}
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum CompatArg {
-    Paper,
-    Peft,
-}
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DtypeArg {
-    F32,
-    F16,
-    Bf16,
-}
-
 impl MergeArgs {
     pub fn spec(&self) -> Result<MergeSpec, MergeError> {
-        let compat = match self.compat {
-            CompatArg::Paper => Compat::Paper,
-            CompatArg::Peft => Compat::Peft,
-        };
-        let mut spec = MergeSpec::new(Method::parse(&self.method, compat)?);
-        spec.compat = compat;
+        let mut spec = MergeSpec::new(Method::parse(&self.method, self.compat)?);
+        spec.compat = self.compat;
         spec.weights = self.weights.clone();
         spec.density = self.density;
         spec.rank = self.rank;
         spec.seed = self.seed;
         spec.lambda = self.lambda;
-        spec.majority_sign = match self.majority_sign {
-            MajorityArg::Total => MajoritySign::Total,
-            MajorityArg::Frequency => MajoritySign::Frequency,
-        };
-        spec.trim_scope = match self.trim_scope {
-            TrimArg::Module => TrimScope::Module,
-            TrimArg::Global => TrimScope::Global,
-        };
-        spec.svd = match self.svd {
-            SvdArg::Auto => SvdMode::Auto,
-            SvdArg::Exact => SvdMode::Exact,
-            SvdArg::Randomized => SvdMode::Randomized,
-        };
+        spec.majority_sign = self.majority_sign;
+        spec.trim_scope = self.trim_scope;
+        spec.svd = self.svd;
         spec.k = self.k;
         spec.iters = self.iters;
         spec.param_reweight = !self.no_param_reweight;
@@ -141,11 +103,7 @@ impl MergeArgs {
         spec.lambda_sim = self.lambda_sim;
         spec.steps = self.steps;
         spec.lr = self.lr;
-        spec.dtype = self.dtype.map(|d| match d {
-            DtypeArg::F32 => OutDtype::F32,
-            DtypeArg::F16 => OutDtype::F16,
-            DtypeArg::Bf16 => OutDtype::Bf16,
-        });
+        spec.dtype = self.dtype;
         spec.validate(self.inputs.len())?;
         Ok(spec)
     }

@@ -133,3 +133,71 @@ pub async fn track(
     }
     Ok(res)
 }
+
+/// Upper bounds of the job-duration buckets, seconds.
+const JOB_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
+
+/// Job metrics of this process's workers. Queue depth and jobs by state come from the database
+/// at scrape time (they span every process).
+#[derive(Default)]
+pub struct JobMetrics {
+    /// kind → claims run (attempts).
+    attempts: Mutex<BTreeMap<&'static str, u64>>,
+    /// (kind, outcome) → (count, sum of seconds, buckets).
+    finished: Mutex<BTreeMap<(&'static str, &'static str), (u64, f64, [u64; JOB_BUCKETS.len()])>>,
+}
+
+impl JobMetrics {
+    pub fn started(&self, kind: quiver_store::JobKind) {
+        if let Ok(mut m) = self.attempts.lock() {
+            *m.entry(kind.as_str()).or_default() += 1;
+        }
+    }
+
+    pub fn finished(&self, kind: quiver_store::JobKind, outcome: &'static str, seconds: f64) {
+        if let Ok(mut m) = self.finished.lock() {
+            let e = m.entry((kind.as_str(), outcome)).or_default();
+            e.0 += 1;
+            e.1 += seconds;
+            for (i, le) in JOB_BUCKETS.iter().enumerate() {
+                if seconds <= *le {
+                    e.2[i] += 1;
+                }
+            }
+        }
+    }
+
+    /// The text exposition of these metrics and of `counts` (jobs by kind and state).
+    pub fn render(&self, counts: &[(quiver_store::JobKind, quiver_store::JobState, i64)]) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP quiver_jobs Jobs by kind and state (all processes).\n# TYPE quiver_jobs gauge\n");
+        for (k, s, n) in counts {
+            let _ = writeln!(out, "quiver_jobs{{kind=\"{}\",state=\"{}\"}} {n}", k.as_str(), s.as_str());
+        }
+        let queued: i64 = counts
+            .iter()
+            .filter(|(_, s, _)| *s == quiver_store::JobState::Queued)
+            .map(|(_, _, n)| n)
+            .sum();
+        let _ = writeln!(out, "# HELP quiver_job_queue_depth Jobs waiting for a worker.\n# TYPE quiver_job_queue_depth gauge\nquiver_job_queue_depth {queued}");
+        out.push_str("# HELP quiver_job_attempts_total Job attempts started by this process's workers.\n# TYPE quiver_job_attempts_total counter\n");
+        if let Ok(m) = self.attempts.lock() {
+            for (k, n) in m.iter() {
+                let _ = writeln!(out, "quiver_job_attempts_total{{kind=\"{k}\"}} {n}");
+            }
+        }
+        out.push_str("# HELP quiver_job_duration_seconds Job attempts by outcome, from claim to end.\n# TYPE quiver_job_duration_seconds histogram\n");
+        if let Ok(m) = self.finished.lock() {
+            for ((k, o), (count, sum, buckets)) in m.iter() {
+                let labels = format!("kind=\"{k}\",outcome=\"{o}\"");
+                for (i, le) in JOB_BUCKETS.iter().enumerate() {
+                    let _ = writeln!(out, "quiver_job_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}", buckets[i]);
+                }
+                let _ = writeln!(out, "quiver_job_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
+                let _ = writeln!(out, "quiver_job_duration_seconds_sum{{{labels}}} {sum}");
+                let _ = writeln!(out, "quiver_job_duration_seconds_count{{{labels}}} {count}");
+            }
+        }
+        out
+    }
+}

@@ -12,6 +12,7 @@ use utoipa::{Modify, OpenApi};
         (name = "versions", description = "Immutable versions of an adapter"),
         (name = "files", description = "Downloads"),
         (name = "refs", description = "Aliases that point at versions"),
+        (name = "jobs", description = "Merge and compression jobs: submit, follow, cancel"),
         (name = "service", description = "Health and metrics")
     )
 )]

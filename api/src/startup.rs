@@ -11,10 +11,14 @@ use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
+use tokio::sync::Notify;
+
+use crate::background::Background;
 use crate::config::{HttpOptions, ServerSettings};
-use crate::error::{self, ApiError};
+use crate::error;
+use crate::jobs::WorkerOptions;
 use crate::list_cache::ListCache;
-use crate::metrics::Metrics;
+use crate::metrics::{JobMetrics, Metrics};
 use crate::openapi::ApiDoc;
 use crate::route_table::RouteTable;
 use crate::routes;
@@ -23,29 +27,58 @@ use crate::state::AppState;
 pub struct Application {
     port: u16,
     server: Server,
+    background: Background,
     pub store: Store,
+}
+
+/// Why the service could not start; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open the storage ({0}); check --database-url and --store-url")]
+    Store(#[from] quiver_store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot start the job workers: {0}")]
+    Workers(std::io::Error),
 }
 
 impl Application {
     /// Opens the store (running migrations) and binds the listener.
-    pub async fn build(settings: ServerSettings) -> Result<Self, ApiError> {
-        let store = Store::open(&settings.store)
-            .await
-            .map_err(|e| ApiError::internal("opening the store", e))?;
-        let listener = TcpListener::bind(&settings.bind)
-            .map_err(|e| ApiError::internal(&format!("binding {}", settings.bind), e))?;
-        Self::with_store(store, listener, settings.http)
+    pub async fn build(settings: ServerSettings) -> Result<Self, StartupError> {
+        let store = Store::open(&settings.store).await?;
+        let listener = TcpListener::bind(&settings.bind).map_err(|source| StartupError::Bind {
+            addr: settings.bind.clone(),
+            source,
+        })?;
+        Self::with_store(store, listener, settings.http, settings.workers)
     }
 
+    /// The application on an open store: the HTTP server on `listener`, the job workers and the
+    /// sweeps (call from within a Tokio runtime).
     pub fn with_store(
         store: Store,
         listener: TcpListener,
         options: HttpOptions,
-    ) -> Result<Self, ApiError> {
-        let port = listener
-            .local_addr()
-            .map_err(|e| ApiError::internal("listener", e))?
-            .port();
+        workers: WorkerOptions,
+    ) -> Result<Self, StartupError> {
+        let bind_error = |source| StartupError::Bind {
+            addr: format!("{listener:?}"),
+            source,
+        };
+        let port = listener.local_addr().map_err(bind_error)?.port();
+        let job_metrics = Arc::new(JobMetrics::default());
+        let job_wake = Arc::new(Notify::new());
+        let background = Background::start(
+            &store,
+            workers,
+            job_wake.clone(),
+            job_metrics.clone(),
+            true,
+        )
+        .map_err(StartupError::Workers)?;
         let state = web::Data::new(AppState {
             store: store.clone(),
             max_upload_bytes: options.max_upload_bytes,
@@ -53,6 +86,8 @@ impl Application {
             list_cache: ListCache::new(
                 usize::try_from(options.list_cache_bytes).unwrap_or(usize::MAX),
             ),
+            job_metrics,
+            job_wake,
         });
         let server = HttpServer::new(move || {
             let (app, api) = App::new()
@@ -90,13 +125,15 @@ impl Application {
             Some(n) => server.workers(n),
             None => server,
         };
+        let addr = format!("{listener:?}");
         let server = server
             .listen(listener)
-            .map_err(|e| ApiError::internal("listen", e))?
+            .map_err(|source| StartupError::Bind { addr, source })?
             .run();
         Ok(Self {
             port,
             server,
+            background,
             store,
         })
     }
@@ -105,7 +142,11 @@ impl Application {
         self.port
     }
 
+    /// Serves until the server stops (SIGTERM, SIGINT), then stops the background work: the job
+    /// workers hand their jobs back to the queue.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        self.background.shutdown().await;
+        served
     }
 }

@@ -118,3 +118,104 @@ impl AdapterView {
         }
     }
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct ProgressView {
+    /// Modules done.
+    pub done: i64,
+    pub total: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobResultView {
+    /// `owner/name` of the output adapter.
+    pub adapter: String,
+    /// The published version's number.
+    pub version: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    /// `merge` or `compress`.
+    pub kind: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub state: String,
+    pub progress: ProgressView,
+    /// Why it failed (or why the last attempt failed, while it is retried).
+    pub error: Option<String>,
+    pub result: Option<JobResultView>,
+    /// The engine's merge or compression report.
+    #[schema(value_type = Object)]
+    pub report: Option<Value>,
+    /// The spec as queued: parameters, inputs pinned to revisions, output.
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub cancel_requested: bool,
+    pub created_by: String,
+    pub idempotency_key: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+impl From<quiver_store::JobRecord> for JobView {
+    fn from(j: quiver_store::JobRecord) -> Self {
+        Self {
+            id: j.id,
+            kind: j.kind.as_str().into(),
+            state: j.state.as_str().into(),
+            progress: ProgressView {
+                done: j.progress_done,
+                total: j.progress_total,
+            },
+            error: j.error,
+            result: j.result.map(|(adapter, version)| JobResultView { adapter, version }),
+            report: j.report,
+            spec: j.spec,
+            attempts: j.attempts,
+            max_attempts: j.max_attempts,
+            cancel_requested: j.cancel_requested,
+            created_by: j.created_by,
+            idempotency_key: j.idempotency_key,
+            created_at: rfc3339(j.created_at),
+            started_at: j.started_at.map(rfc3339),
+            finished_at: j.finished_at.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobPage {
+    pub items: Vec<JobView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LineageNodeView {
+    /// `owner/name@number`.
+    pub id: String,
+    pub adapter: String,
+    pub version: i64,
+    pub revision: String,
+    /// How it was made (`ties`, `compress:joint`, …); null for uploaded versions.
+    pub method: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LineageEdgeView {
+    /// The parent's node id.
+    pub from: String,
+    /// The child's node id.
+    pub to: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LineageView {
+    /// The node id of the version asked for.
+    pub root: String,
+    pub nodes: Vec<LineageNodeView>,
+    pub edges: Vec<LineageEdgeView>,
+}

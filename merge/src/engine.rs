@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::adapter::{LoraAdapter, ModuleKind};
+use crate::control::Control;
 use crate::error::MergeError;
 use crate::mat::Mat;
 use crate::methods::{MergedModule, ModuleContext, Present, delta_into, merge_module};
@@ -88,6 +89,17 @@ pub fn merge(
     device: &Device,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Merged, MergeError> {
+    merge_with(inputs, spec, device, &Control::progress(progress))
+}
+
+/// [`merge`] with a [`Control`]: progress after each module, and the cancel flag checked before
+/// each module starts.
+pub fn merge_with(
+    inputs: &[LoraAdapter],
+    spec: &MergeSpec,
+    device: &Device,
+    ctl: &Control<'_>,
+) -> Result<Merged, MergeError> {
     let start = Instant::now();
     spec.validate(inputs.len())?;
     check_inputs(inputs)?;
@@ -111,6 +123,7 @@ pub fn merge(
     let results: Vec<(String, MergedModule, ModuleReport)> = paths
         .par_iter()
         .map(|path| {
+            ctl.check()?;
             let t0 = Instant::now();
             let mut present = Vec::new();
             for (index, a) in inputs.iter().enumerate() {
@@ -150,7 +163,7 @@ pub fn merge(
                 seconds: t0.elapsed().as_secs_f64(),
                 details: merged.details.clone(),
             };
-            progress(done.fetch_add(1, Ordering::Relaxed) + 1, paths.len());
+            ctl.report(done.fetch_add(1, Ordering::Relaxed) + 1, paths.len());
             Ok((path.to_string(), merged, report))
         })
         .collect::<Result<_, MergeError>>()?;

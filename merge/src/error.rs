@@ -106,12 +106,20 @@ pub enum MergeError {
         #[source]
         source: std::io::Error,
     },
+    /// The caller cancelled the run (see [`crate::control::CancelToken`]).
+    #[error("cancelled")]
+    Cancelled,
     /// A decomposition or tensor operation failed.
     #[error("numerical failure in {context}: {message}")]
     Numeric { context: String, message: String },
 }
 
 impl MergeError {
+    /// True when the inputs or parameters are at fault, so running again cannot succeed.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, MergeError::Io { .. } | MergeError::Cancelled)
+    }
+
     pub fn input(adapter: &str, source: FormatError) -> Self {
         MergeError::Input {
             adapter: adapter.to_string(),

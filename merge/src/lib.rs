@@ -12,6 +12,7 @@
 
 pub mod adapter;
 pub mod compress;
+pub mod control;
 pub mod engine;
 pub mod error;
 pub mod keys;
@@ -28,7 +29,9 @@ pub mod write;
 pub mod ziplora;
 
 pub use adapter::LoraAdapter;
-pub use engine::{Merged, ModuleReport, merge};
+pub use compress::CompressSpec;
+pub use control::{CancelToken, Control};
+pub use engine::{Merged, ModuleReport, merge, merge_with};
 pub use error::{FormatError, MergeError};
 pub use keys::{TensorRole, split_key};
 pub use peft_config::{AdapterConfig, TargetModules};

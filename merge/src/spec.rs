@@ -1,6 +1,7 @@
 //! What to merge and how: methods, parameters and their validation.
 
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::MergeError;
 
@@ -115,7 +116,7 @@ pub enum Pruning {
 }
 
 /// Whose arithmetic to follow.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Compat {
     /// The papers' definitions on dense ΔW (exact where exactness is possible).
@@ -126,7 +127,7 @@ pub enum Compat {
     Peft,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MajoritySign {
     /// Sign of the (weighted) sum of the trimmed values.
@@ -136,7 +137,7 @@ pub enum MajoritySign {
     Frequency,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrimScope {
     /// One magnitude threshold per adapter and module (what PEFT and mergekit do).
@@ -146,7 +147,7 @@ pub enum TrimScope {
     Global,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SvdMode {
     /// Exact SVD for small matrices, randomized for large dense ones.
@@ -157,7 +158,7 @@ pub enum SvdMode {
 }
 
 /// Output dtype of the written factors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutDtype {
     F32,
@@ -165,8 +166,10 @@ pub enum OutDtype {
     Bf16,
 }
 
-/// A complete merge request.
-#[derive(Clone, Debug, Serialize)]
+/// A complete merge request. Read from JSON (the service's job payload) with
+/// [`MergeSpec::from_json`]: every field but `method` has a default and unknown fields are refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "SpecFields")]
 pub struct MergeSpec {
     pub method: Method,
     pub compat: Compat,
@@ -255,13 +258,13 @@ impl MergeSpec {
         }
         match (self.method.pruning(), self.density) {
             (Pruning::None, Some(_)) => {
-                return bad(format!("--density does not apply to {method}"));
+                return bad(format!("`density` does not apply to {method}"));
             }
             (Pruning::Random | Pruning::Magnitude, None)
                 if self.compat == Compat::Peft || !matches!(self.method, Method::Ties) =>
             {
                 return bad(format!(
-                    "{method} needs --density (the fraction of entries kept, in (0, 1])"
+                    "{method} needs `density` (the fraction of entries kept, in (0, 1])"
                 ));
             }
             (_, Some(d)) if !(d > 0.0 && d <= 1.0) => {
@@ -274,11 +277,11 @@ impl MergeSpec {
         }
         if self.method == Method::Cat && self.rank.is_some() {
             return bad(
-                "cat is exact and keeps rank Σr; use linear --rank K or svd to truncate".into(),
+                "cat is exact and keeps rank Σr; use linear with `rank`, or svd, to truncate".into(),
             );
         }
         if self.lambda.is_some() && !(self.method.consensus() && self.compat == Compat::Paper) {
-            return bad("--lambda applies to ties and dare_ties (paper semantics); fold it into --weights otherwise".into());
+            return bad("`lambda` applies to ties and dare_ties (paper semantics); fold it into the weights otherwise".into());
         }
         if let Some(l) = self.lambda
             && !l.is_finite()
@@ -287,24 +290,24 @@ impl MergeSpec {
         }
         if self.majority_sign != MajoritySign::Total && !self.method.consensus() {
             return bad(format!(
-                "--majority-sign applies to ties and dare_ties, not {method}"
+                "`majority_sign` applies to ties and dare_ties, not {method}"
             ));
         }
         let lego = self.method == Method::LoraLego;
         if !lego && (self.k.is_some() || !self.param_reweight || !self.output_reweight) {
             return bad(
-                "--k, --no-param-reweight and --no-output-reweight apply to lora_lego".into(),
+                "`k`, `param_reweight` and `output_reweight` apply to lora_lego".into(),
             );
         }
         if lego && self.k == Some(0) {
             return bad("k must be at least 1".into());
         }
         if lego && self.rank.is_some() {
-            return bad("lora_lego sets its rank with --k".into());
+            return bad("lora_lego sets its rank with `k`".into());
         }
         let zip = self.method == Method::ZipLora;
         if !zip && (self.lambda_sim.is_some() || self.steps.is_some() || self.lr.is_some()) {
-            return bad("--lambda-sim, --steps and --lr apply to ziplora".into());
+            return bad("`lambda_sim`, `steps` and `lr` apply to ziplora".into());
         }
         if zip && n_inputs < 2 {
             return bad("ziplora merges two or more adapters".into());
@@ -315,7 +318,7 @@ impl MergeSpec {
         if let Some(l) = self.lambda_sim
             && !(l.is_finite() && l >= 0.0)
         {
-            return bad(format!("lambda-sim must be a finite number ≥ 0, got {l}"));
+            return bad(format!("`lambda_sim` must be a finite number ≥ 0, got {l}"));
         }
         if let Some(lr) = self.lr
             && !(lr.is_finite() && lr > 0.0)
@@ -327,9 +330,103 @@ impl MergeSpec {
                 && matches!(self.method, Method::Ties | Method::MagnitudePrune))
         {
             return bad(
-                "--trim-scope global applies to ties and magnitude_prune (paper semantics)".into(),
+                "`trim_scope: global` applies to ties and magnitude_prune (paper semantics)".into(),
             );
         }
         Ok(())
     }
+}
+
+/// The JSON form of a [`MergeSpec`]: what a job or a client sends.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecFields {
+    method: String,
+    #[serde(default)]
+    compat: Compat,
+    #[serde(default)]
+    weights: Option<Vec<f64>>,
+    #[serde(default)]
+    density: Option<f64>,
+    #[serde(default)]
+    rank: Option<usize>,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    lambda: Option<f64>,
+    #[serde(default)]
+    majority_sign: MajoritySign,
+    #[serde(default)]
+    trim_scope: TrimScope,
+    #[serde(default)]
+    svd: SvdMode,
+    #[serde(default)]
+    dtype: Option<OutDtype>,
+    #[serde(default)]
+    k: Option<usize>,
+    #[serde(default = "default_iters")]
+    iters: usize,
+    #[serde(default = "yes")]
+    param_reweight: bool,
+    #[serde(default = "yes")]
+    output_reweight: bool,
+    #[serde(default)]
+    lambda_sim: Option<f64>,
+    #[serde(default)]
+    steps: Option<usize>,
+    #[serde(default)]
+    lr: Option<f64>,
+}
+
+/// LoRA-LEGO's default iteration cap (also the CLI's `--iters` default).
+pub const DEFAULT_LEGO_ITERS: usize = 20;
+
+fn default_iters() -> usize {
+    DEFAULT_LEGO_ITERS
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TryFrom<SpecFields> for MergeSpec {
+    type Error = MergeError;
+
+    fn try_from(f: SpecFields) -> Result<Self, MergeError> {
+        Ok(MergeSpec {
+            method: Method::parse(&f.method, f.compat)?,
+            compat: f.compat,
+            weights: f.weights,
+            density: f.density,
+            rank: f.rank,
+            seed: f.seed,
+            lambda: f.lambda,
+            majority_sign: f.majority_sign,
+            trim_scope: f.trim_scope,
+            svd: f.svd,
+            dtype: f.dtype,
+            k: f.k,
+            iters: f.iters,
+            param_reweight: f.param_reweight,
+            output_reweight: f.output_reweight,
+            lambda_sim: f.lambda_sim,
+            steps: f.steps,
+            lr: f.lr,
+        })
+    }
+}
+
+impl MergeSpec {
+    /// Reads a spec from JSON; the error names the field at fault. Parameters are checked
+    /// against the method here; the number of inputs is checked by [`MergeSpec::validate`].
+    pub fn from_json(value: serde_json::Value) -> Result<Self, MergeError> {
+        serde_json::from_value(value).map_err(|e| MergeError::InvalidParam(e.to_string()))
+    }
+}
+
+/// Parses one of a spec enum's JSON names (`"total"`, `"global"`, `"bf16"`, …): the CLI's flags
+/// take exactly the values the JSON spec does.
+pub fn parse_choice<T: DeserializeOwned>(raw: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(raw.to_string()))
+        .map_err(|e| format!("{raw:?}: {e}"))
 }

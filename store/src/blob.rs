@@ -1,7 +1,7 @@
 //! Content-addressed blobs in any `object_store` backend.
 //!
 //! An upload streams into a temporary object (`uploads/<uuid>`) while its sha256 is computed;
-//! [`BlobStore::commit`] then moves it to `sha256/ab/cdef…`. Memory stays bounded: bodies smaller
+//! [`BlobStore::commit`] then copies it to `sha256/ab/cdef…`. Memory stays bounded: bodies smaller
 //! than one part go out in a single `put`, larger ones through `WriteMultipart`, which waits for
 //! capacity before buffering more (back-pressure on the client).
 
@@ -145,19 +145,118 @@ impl BlobStore {
         )
     }
 
-    /// Makes a staged upload visible under its content address.
+    /// Makes a staged upload visible under its content address by copying it there (a hard link
+    /// for `file://`, a server-side copy on S3), replacing an identical blob if one exists, which
+    /// renews its modification time so the blob sweep leaves it alone. The staged copy stays until
+    /// [`BlobStore::discard`]: after the rows that refer to the blob commit, callers check with
+    /// [`BlobStore::ensure_committed`] that a sweep did not remove it meanwhile.
     pub async fn commit(&self, staged: &StagedBlob) -> Result<(), StoreError> {
         let dest = self.content_key(&staged.sha256);
-        match self.inner.head(&dest).await {
-            Ok(_) => {
-                // Identical content is already stored: keep one copy.
-                self.inner.delete(&staged.tmp).await?;
-                Ok(())
-            }
+        self.inner.copy(&staged.tmp, &dest).await?;
+        Ok(())
+    }
+
+    /// Commits the staged copy again if its blob is missing (see [`BlobStore::commit`]).
+    pub async fn ensure_committed(&self, staged: &StagedBlob) -> Result<(), StoreError> {
+        match self.inner.head(&self.content_key(&staged.sha256)).await {
+            Ok(_) => Ok(()),
             Err(object_store::Error::NotFound { .. }) => {
-                self.inner.rename(&staged.tmp, &dest).await?;
-                Ok(())
+                tracing::warn!(sha256 = %staged.sha256, "blob swept while its version committed; stored again");
+                self.commit(staged).await
             }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether a blob with this content is stored.
+    pub async fn exists(&self, sha256: &str) -> Result<bool, StoreError> {
+        match self.inner.head(&self.content_key(sha256)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores a local file as a blob unless identical content is already stored; returns its
+    /// sha256 and size. Nothing is uploaded for content the store holds (a retried job's output).
+    pub async fn put_file(&self, path: &std::path::Path) -> Result<(String, u64), StoreError> {
+        let (sha256, size) = hash_file(path).await?;
+        if !self.exists(&sha256).await? {
+            let staged = self.stage_file(path).await?;
+            let done = self.commit(&staged).await;
+            self.discard(&staged).await;
+            done?;
+        }
+        Ok((sha256, size))
+    }
+
+    /// Stores the local file again if its blob is missing (a sweep ran between
+    /// [`BlobStore::put_file`] and the commit of the rows referring to it).
+    pub async fn ensure_file(&self, path: &std::path::Path, sha256: &str) -> Result<(), StoreError> {
+        if !self.exists(sha256).await? {
+            let staged = self.stage_file(path).await?;
+            let done = self.commit(&staged).await;
+            self.discard(&staged).await;
+            done?;
+        }
+        Ok(())
+    }
+
+    async fn stage_file(&self, path: &std::path::Path) -> Result<StagedBlob, StoreError> {
+        use tokio::io::AsyncReadExt;
+        let mut file = tokio::fs::File::open(path).await.map_err(|e| io_error(path, e))?;
+        let mut upload = self.begin();
+        loop {
+            let mut buf = BytesMut::with_capacity(FILE_CHUNK as usize);
+            let n = match file.read_buf(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    upload.abort().await;
+                    return Err(io_error(path, e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = upload.write(buf.freeze()).await {
+                upload.abort().await;
+                return Err(e);
+            }
+        }
+        upload.finish().await
+    }
+
+    /// Committed blobs with their last modification time (for the sweep).
+    pub async fn list_with_times(
+        &self,
+    ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, StoreError> {
+        let items: Vec<_> = self
+            .inner
+            .list(Some(&self.key("sha256")))
+            .try_collect()
+            .await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|m| Some((m.location.filename()?.to_string(), m.last_modified)))
+            .collect())
+    }
+
+    /// Deletes a committed blob if it was last modified before `cutoff` (re-checked now: a
+    /// commit of identical content renews it). Returns whether it was deleted.
+    pub async fn delete_if_older(
+        &self,
+        sha256: &str,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        let key = self.content_key(sha256);
+        match self.inner.head(&key).await {
+            Ok(meta) if meta.last_modified < cutoff => {}
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        match self.inner.delete(&key).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -551,4 +650,31 @@ fn redact(url: &str) -> String {
         }
         Err(_) => "<invalid url>".into(),
     }
+}
+
+fn io_error(path: &std::path::Path, e: std::io::Error) -> StoreError {
+    StoreError::Invalid(format!("cannot read {}: {e}", path.display()))
+}
+
+/// sha256 and size of a local file, read in 1 MiB chunks off the async runtime.
+async fn hash_file(path: &std::path::Path) -> Result<(String, u64), StoreError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = std::fs::File::open(&path).map_err(|e| io_error(&path, e))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; FILE_CHUNK as usize];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(|e| io_error(&path, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok((hex::encode(hasher.finalize()), size))
+    })
+    .await
+    .map_err(|e| StoreError::Corrupt(format!("hashing task failed: {e}")))?
 }

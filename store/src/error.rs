@@ -5,6 +5,7 @@ use thiserror::Error;
 pub enum StoreError {
     #[error("{0}")]
     NotFound(String),
+    /// A uniqueness rule held; the message is ours, never the database's text.
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -17,6 +18,13 @@ pub enum StoreError {
     Blob(#[source] object_store::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A blob is missing from the object store: rows refer to content that is not there.
+    #[error("blob {0} is missing")]
+    BlobMissing(String),
+    /// A worker's write was fenced off: its lease on the job expired or was taken over, or a
+    /// cancel was requested.
+    #[error("the job's lease is no longer held by this worker")]
+    LeaseLost,
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -24,7 +32,8 @@ impl From<sqlx::Error> for StoreError {
         match &e {
             sqlx::Error::RowNotFound => StoreError::NotFound("no such row".into()),
             sqlx::Error::Database(db) if db.is_unique_violation() => {
-                StoreError::Conflict(db.message().to_string())
+                tracing::debug!(error = %db.message(), "unique violation");
+                StoreError::Conflict("it already exists".into())
             }
             _ => StoreError::Database(e),
         }
@@ -34,9 +43,7 @@ impl From<sqlx::Error> for StoreError {
 impl From<object_store::Error> for StoreError {
     fn from(e: object_store::Error) -> Self {
         match e {
-            object_store::Error::NotFound { path, .. } => {
-                StoreError::NotFound(format!("blob {path} is missing"))
-            }
+            object_store::Error::NotFound { path, .. } => StoreError::BlobMissing(path),
             other => StoreError::Blob(other),
         }
     }

@@ -23,8 +23,10 @@ use std::sync::Arc;
 pub use blob::{BlobStore, BlobUpload, StagedBlob};
 pub use error::StoreError;
 pub use meta::{
-    AdapterPatch, AdapterRecord, AdapterSort, FileRecord, ListAdapters, MetadataStore, NewAdapter,
-    NewVersion, Page, Principal, VersionRecord, VersionRef, Viewer,
+    AdapterPatch, AdapterRecord, AdapterSort, Beat, FileRecord, JobEnd, JobFilter, JobKind,
+    JobRecord, JobState, JobStore, Lease, LineageGraph, ListAdapters, MetadataStore, NewAdapter,
+    NewAdapterFields, NewJob, NewVersion, OutputTarget, Page, ParentVersion, Principal,
+    VersionRecord, VersionRef, Viewer,
 };
 pub use names::{RepoId, Scope, validate_name};
 pub use settings::StoreSettings;
@@ -37,6 +39,41 @@ pub struct Store {
 }
 
 impl Store {
+    /// Removes committed blobs that no file row refers to and that were last modified more than
+    /// `grace` ago: left by failed or cancelled jobs, deleted adapters, and uploads whose rows
+    /// never committed. Each deletion holds the lock version commits take, and the blob's age is
+    /// re-checked then, so an upload or job committing the same content is never harmed (see
+    /// [`BlobStore::commit`]). Returns how many blobs were removed.
+    pub async fn sweep_unreferenced_blobs(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<usize, StoreError> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(grace)
+                .map_err(|e| StoreError::Invalid(format!("sweep grace period: {e}")))?;
+        let mut removed = 0;
+        for (sha256, modified) in self.blobs.list_with_times().await? {
+            if modified >= cutoff || self.meta.blob_in_use(&sha256).await? {
+                continue;
+            }
+            let blobs = self.blobs.clone();
+            let sha = sha256.clone();
+            let delete = move || {
+                let (blobs, sha) = (blobs.clone(), sha.clone());
+                Box::pin(async move { blobs.delete_if_older(&sha, cutoff).await })
+                    as futures::future::BoxFuture<'static, Result<bool, StoreError>>
+            };
+            if self
+                .meta
+                .delete_blob_if_unreferenced(&sha256, &delete)
+                .await?
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Connects to both backends and applies pending migrations.
     pub async fn open(settings: &StoreSettings) -> Result<Self, StoreError> {
         let meta = meta::connect(&settings.database_url).await?;

@@ -24,6 +24,11 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// A temporary directory that lives as long as the storage (for scratch files).
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// Fresh storage, or `None` when the backend is not configured here.
     pub async fn new(backend: Backend) -> Option<Self> {
         let dir = tempfile::tempdir().expect("temp dir");

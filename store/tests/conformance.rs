@@ -48,6 +48,7 @@ fn version(files: &[(&str, &str)]) -> NewVersion {
             .collect(),
         lora: Some(serde_json::json!({"r": 4})),
         lineage: None,
+        parents: Vec::new(),
     }
 }
 

@@ -54,7 +54,15 @@ pub async fn spawn_app_with(backend: Backend, options: HttpOptions) -> Option<Te
     let settings = scratch.settings.clone();
     let store = Store::open(&settings).await.expect("open store");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let app = Application::with_store(store.clone(), listener, options).expect("build app");
+    let workers = quiver_api::jobs::WorkerOptions {
+        count: 1,
+        scratch_dir: scratch.dir().join("scratch"),
+        scratch_max_bytes: quiver_api::config::DEFAULT_SCRATCH_MAX_BYTES,
+        lease_ms: quiver_api::jobs::DEFAULT_LEASE_MS,
+        cuda: false,
+    };
+    let app =
+        Application::with_store(store.clone(), listener, options, workers).expect("build app");
     let port = app.port();
     tokio::spawn(app.run_until_stopped());
     let mut tokens = BTreeMap::new();

@@ -54,6 +54,8 @@ pub struct ListAdaptersQuery {
     pub base_model: Option<String>,
     pub tag: Option<String>,
     pub owner: Option<String>,
+    /// `owner/name`: only adapters with a version merged or compressed from one of its versions.
+    pub derived_from: Option<String>,
     /// `updated` (default), `downloads`, `name` or `created`.
     #[param(value_type = Option<String>)]
     pub sort: Option<AdapterSort>,
@@ -88,6 +90,12 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
             format!("limit must be between 1 and 500, got {n}"),
         )),
     }
+}
+
+/// Checks the description and tags of an adapter about to be created (also by a job).
+pub fn check_new_fields(description: &str, tags: &[String]) -> Result<(), ApiError> {
+    check_description(description)?;
+    check_tags(tags)
 }
 
 fn check_tags(tags: &[String]) -> Result<(), ApiError> {
@@ -228,6 +236,19 @@ pub async fn list_adapters(
         base_model: q.base_model,
         tag: q.tag,
         owner: q.owner,
+        derived_from: match q.derived_from.as_deref() {
+            None => None,
+            Some(raw) => Some(
+                raw.split_once('/')
+                    .and_then(|(o, n)| RepoId::parse(o, n).ok())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_query",
+                            format!("derived_from must be `owner/name`, got {raw:?}"),
+                        )
+                    })?,
+            ),
+        },
         sort: q.sort.unwrap_or_default(),
         limit: page_limit(q.limit)?,
         cursor: q.cursor,
@@ -285,6 +306,7 @@ fn cache_key(viewer: &Viewer, q: &ListAdapters) -> String {
         q.base_model,
         q.tag,
         q.owner,
+        q.derived_from.as_ref().map(ToString::to_string),
         q.sort.as_str(),
         q.limit,
         q.cursor

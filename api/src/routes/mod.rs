@@ -3,6 +3,8 @@
 pub mod adapters;
 pub mod files;
 pub mod health;
+pub mod jobs;
+pub mod lineage;
 pub mod refs;
 pub mod versions;
 
@@ -20,5 +22,11 @@ pub fn configure_v1(cfg: &mut ServiceConfig) {
         .service(versions::get_version)
         .service(files::download_file)
         .service(refs::set_ref)
-        .service(refs::delete_ref);
+        .service(refs::delete_ref)
+        .service(lineage::get_lineage)
+        .service(jobs::create_merge)
+        .service(jobs::create_compression)
+        .service(jobs::list_jobs)
+        .service(jobs::get_job)
+        .service(jobs::cancel_job);
 }

@@ -10,6 +10,7 @@ use utoipa::IntoParams;
 use super::adapters::{find_adapter, page_limit};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::publish::{Held, Target, publish_version};
 use crate::state::AppState;
 use crate::upload::{Received, receive};
 use crate::views::{VersionPage, VersionView};
@@ -66,11 +67,9 @@ pub async fn create_version(
             return Err(e);
         }
     };
-    for (i, f) in received.files.iter().enumerate() {
+    for f in &received.files {
         if let Err(e) = blobs.commit(&f.staged).await {
-            for rest in &received.files[i..] {
-                blobs.discard(&rest.staged).await;
-            }
+            received.discard(blobs).await;
             return Err(e.into());
         }
     }
@@ -88,10 +87,20 @@ pub async fn create_version(
         files,
         lora: Some(lora),
         lineage: None,
+        parents: Vec::new(),
     };
-    // If this fails the committed blobs stay: deleting them could race with a concurrent upload
-    // of identical content that is about to refer to them. A sweep removes unreferenced blobs.
-    let version = state.store.meta.create_version(&adapter, &new).await?;
+    let staged: Vec<_> = received.files.iter().map(|f| &f.staged).collect();
+    // If this fails, blobs already committed stay until the sweep: deleting them here could race
+    // with a concurrent upload of identical content that is about to refer to them.
+    let published = publish_version(
+        &state.store,
+        Target::Adapter(&adapter),
+        &new,
+        Held::Staged(&staged),
+    )
+    .await;
+    received.discard(blobs).await;
+    let (_, version) = published?;
     Ok(HttpResponse::Created().json(VersionView::from(version)))
 }
 

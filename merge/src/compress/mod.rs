@@ -11,9 +11,13 @@
 //! [`extract`] turns any member back into a plain PEFT adapter of rank c (`B = UΣᵢ`, `A = Vᵀ`).
 
 pub mod joint;
+pub mod spec;
+
+pub use spec::CompressSpec;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ndarray::Array2;
@@ -22,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::adapter::{LoraAdapter, ModuleKind};
+use crate::control::Control;
 use crate::engine::{ModuleReport, check_inputs};
 use crate::error::MergeError;
 use crate::linalg::{Cut, factored_cut};
@@ -53,13 +58,26 @@ pub fn compress_individual(
     cut: Cut,
     out: &Path,
 ) -> Result<serde_json::Value, MergeError> {
+    compress_individual_with(input, cut, out, &Control::none())
+}
+
+/// [`compress_individual`] with progress and cancellation between modules.
+pub fn compress_individual_with(
+    input: &LoraAdapter,
+    cut: Cut,
+    out: &Path,
+    ctl: &Control<'_>,
+) -> Result<serde_json::Value, MergeError> {
     let start = Instant::now();
+    let total = input.modules.len();
+    let done = AtomicUsize::new(0);
     let results: Vec<(String, MergedModule, ModuleReport)> = input
         .modules
         .keys()
         .collect::<Vec<_>>()
         .par_iter()
         .map(|path| {
+            ctl.check()?;
             let t0 = Instant::now();
             let m = input
                 .load_module(path)?
@@ -83,6 +101,7 @@ pub fn compress_individual(
                 truncation: Some(t),
                 details: None,
             };
+            ctl.report(done.fetch_add(1, Ordering::Relaxed) + 1, total);
             Ok((path.to_string(), merged, report))
         })
         .collect::<Result<_, MergeError>>()?;
@@ -188,6 +207,16 @@ pub fn compress_joint(
     p: JointParams,
     out: &Path,
 ) -> Result<serde_json::Value, MergeError> {
+    compress_joint_with(inputs, p, out, &Control::none())
+}
+
+/// [`compress_joint`] with progress and cancellation between modules.
+pub fn compress_joint_with(
+    inputs: &[LoraAdapter],
+    p: JointParams,
+    out: &Path,
+    ctl: &Control<'_>,
+) -> Result<serde_json::Value, MergeError> {
     let start = Instant::now();
     if inputs.is_empty() {
         return Err(MergeError::InvalidParam(
@@ -206,9 +235,11 @@ pub fn compress_joint(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
+    let done = AtomicUsize::new(0);
     let fits = paths
         .par_iter()
         .map(|path| {
+            ctl.check()?;
             let mut members = Vec::new();
             let mut kind = ModuleKind::Linear;
             for (i, a) in inputs.iter().enumerate() {
@@ -227,6 +258,7 @@ pub fn compress_joint(
                 ..p
             };
             let fit = fit_module(&members, &params, d_out, d_in)?;
+            ctl.report(done.fetch_add(1, Ordering::Relaxed) + 1, paths.len());
             Ok((
                 path.clone(),
                 kind,

@@ -1,5 +1,38 @@
 //! Metadata: one trait, one implementation over sqlx's `Any` driver for both dialects.
 
+/// A string-valued enum stored in a TEXT column: `as_str` for SQL binds, `FromStr` for rows.
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = StoreError;
+            fn from_str(s: &str) -> Result<Self, StoreError> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(StoreError::Invalid(format!(
+                        concat!("unknown ", stringify!($name), " {:?}; one of: {}"),
+                        other,
+                        [$($text),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+pub mod jobs;
 mod query;
 mod sql;
 
@@ -10,6 +43,10 @@ use serde_json::Value;
 
 use crate::{RepoId, Scope, StoreError};
 
+pub use jobs::{
+    Beat, DEFAULT_MAX_ATTEMPTS, JobCounts, JobEnd, JobFilter, JobKind, JobRecord, JobState,
+    JobStore, JobWakeups, Lease, LineageGraph, LineageNode, NewAdapterFields, NewJob, OutputTarget,
+};
 pub use sql::SqlMetadata;
 
 /// Connects to `sqlite://…` or `postgres://…` and applies the dialect's migrations.
@@ -102,7 +139,24 @@ pub struct NewVersion {
     pub files: Vec<FileRecord>,
     pub lora: Option<Value>,
     pub lineage: Option<Value>,
+    /// The versions it was made from (merges and compressions), in input order.
+    pub parents: Vec<ParentVersion>,
 }
+
+/// An input of a merged or compressed version, pinned when its job was queued.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParentVersion {
+    /// `owner/name`.
+    pub adapter: String,
+    pub version: i64,
+    pub revision: String,
+}
+
+string_enum!(
+    /// A version's state. Versions are published whole, so every stored version is `ready` today;
+    /// `pending` and `failed` are reserved by the schema.
+    VersionState { Pending = "pending", Ready = "ready", Failed = "failed" }
+);
 
 /// How a caller names a version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,6 +222,8 @@ pub struct ListAdapters {
     pub base_model: Option<String>,
     pub tag: Option<String>,
     pub owner: Option<String>,
+    /// Adapters with a version made (merged, compressed) from a version of this one.
+    pub derived_from: Option<RepoId>,
     pub sort: AdapterSort,
     pub limit: u32,
     pub cursor: Option<String>,
@@ -180,9 +236,10 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// Everything the service asks of the metadata database. One method per use case.
+/// Everything the service asks of the metadata database. One method per use case; the job queue
+/// and lineage are the [`JobStore`] capability.
 #[async_trait]
-pub trait MetadataStore: Send + Sync {
+pub trait MetadataStore: JobStore + Send + Sync {
     /// `"sqlite"` or `"postgres"`.
     fn dialect(&self) -> &'static str;
     async fn ping(&self) -> Result<(), StoreError>;
@@ -236,6 +293,14 @@ pub trait MetadataStore: Send + Sync {
     async fn latest_versions(&self, adapter_ids: &[i64]) -> Result<Vec<VersionRecord>, StoreError>;
     /// Whether any file row refers to this blob.
     async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError>;
+    /// Runs `delete` (which deletes the blob, or decides not to) if no file row refers to the
+    /// blob, holding the lock that version commits take, so that no version commits a reference
+    /// to it meanwhile. Returns what `delete` returned, or false when the blob is in use.
+    async fn delete_blob_if_unreferenced(
+        &self,
+        sha256: &str,
+        delete: &(dyn Fn() -> futures::future::BoxFuture<'static, Result<bool, StoreError>> + Sync),
+    ) -> Result<bool, StoreError>;
     /// Counts of (adapters, versions, files) rows, for tests that check nothing was left behind.
     async fn row_counts(&self) -> Result<(i64, i64, i64), StoreError>;
 

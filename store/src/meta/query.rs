@@ -49,6 +49,12 @@ impl Sql {
         self
     }
 
+    /// Adds an argument without writing its placeholder (for a `$N` already in the text).
+    pub fn arg(&mut self, value: impl Into<Arg>) -> &mut Self {
+        self.args.push(value.into());
+        self
+    }
+
     /// Appends a placeholder bound to `value`.
     pub fn bind(&mut self, value: impl Into<Arg>) -> &mut Self {
         self.args.push(value.into());

@@ -9,7 +9,10 @@ use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
+mod jobs;
+
 use super::query::Sql;
+use super::VersionState;
 use super::*;
 use crate::revision::{ManifestFile, revision};
 use crate::time::now_ms;
@@ -18,7 +21,7 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migration
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dialect {
+pub(super) enum Dialect {
     Sqlite,
     Postgres,
 }
@@ -26,9 +29,13 @@ enum Dialect {
 pub struct SqlMetadata {
     pool: AnyPool,
     dialect: Dialect,
+    url: String,
 }
 
-const ADAPTER_COLUMNS: &str =
+/// Advisory-lock key of the blob sweep (Postgres): "qvrblobs" in ASCII.
+const BLOB_LOCK_KEY: i64 = 0x7176_7262_6c6f_6273;
+
+pub(super) const ADAPTER_COLUMNS: &str =
     "id, owner, name, base_model, description, private, downloads, created_at, updated_at";
 const VERSION_COLUMNS: &str =
     "id, adapter_id, number, revision, state, created_at, created_by, lora, lineage";
@@ -76,7 +83,11 @@ impl SqlMetadata {
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Self { pool, dialect })
+        Ok(Self {
+            pool,
+            dialect,
+            url,
+        })
     }
 
     async fn tags_for(&self, ids: &[i64]) -> Result<HashMap<i64, Vec<String>>, StoreError> {
@@ -144,10 +155,127 @@ impl SqlMetadata {
 }
 
 impl SqlMetadata {
+    /// Allocates the next number, computes the revision and inserts the version, its files and
+    /// its parents in `tx`: the one path by which versions are published (uploads and jobs).
+    pub(super) async fn insert_version(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        adapter: &AdapterRecord,
+        new: &NewVersion,
+    ) -> Result<VersionRecord, StoreError> {
+        let now = now_ms();
+        self.lock_blob_references(tx, false).await?;
+        // The write comes first: it takes the adapter's row lock (Postgres) or the write lock
+        // (SQLite), so concurrent uploads to one adapter queue here and get distinct numbers.
+        let number: i64 = sqlx::query(
+            "UPDATE adapters SET next_version = next_version + 1, updated_at = $1 WHERE id = $2 \
+             RETURNING next_version - 1 AS number",
+        )
+        .bind(now)
+        .bind(adapter.id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("adapter {} was deleted", adapter.repo_id())))?
+        .try_get("number")?;
+        let parent: Option<String> = sqlx::query(
+            "SELECT revision FROM versions WHERE adapter_id = $1 ORDER BY number DESC LIMIT 1",
+        )
+        .bind(adapter.id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.try_get("revision"))
+        .transpose()?;
+        let manifest: Vec<ManifestFile<'_>> = new
+            .files
+            .iter()
+            .map(|f| ManifestFile {
+                path: &f.path,
+                sha256: &f.sha256,
+                size: f.size,
+            })
+            .collect();
+        let rev = revision(&adapter.repo_id(), number, parent.as_deref(), &manifest);
+        let lora = new.lora.as_ref().map(Value::to_string);
+        let lineage = new.lineage.as_ref().map(Value::to_string);
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO versions (adapter_id, number, revision, state, created_at, created_by, lora, lineage) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {VERSION_COLUMNS}"
+        )))
+        .bind(adapter.id)
+        .bind(number)
+        .bind(rev.as_str())
+        .bind(VersionState::Ready.as_str())
+        .bind(now)
+        .bind(new.created_by.as_str())
+        .bind(lora)
+        .bind(lineage)
+        .fetch_one(&mut **tx)
+        .await?;
+        let mut version = version_from_row(&row)?;
+        for chunk in new.files.chunks(200) {
+            let mut sql = Sql::new("INSERT INTO files (version_id, path, size, sha256) VALUES ");
+            for (i, f) in chunk.iter().enumerate() {
+                sql.push(if i == 0 { "(" } else { ", (" });
+                sql.bind(version.id)
+                    .push(", ")
+                    .bind(f.path.as_str())
+                    .push(", ");
+                sql.bind(f.size)
+                    .push(", ")
+                    .bind(f.sha256.as_str())
+                    .push(")");
+            }
+            sql.query().execute(&mut **tx).await?;
+        }
+        for (i, p) in new.parents.iter().enumerate() {
+            // The parent's row id, if it still exists (lineage survives its deletion by name).
+            sqlx::query(
+                "INSERT INTO version_parents (version_id, position, parent_version_id, parent_adapter, parent_number, parent_revision) \
+                 VALUES ($1, $2, (SELECT id FROM versions WHERE revision = $3), $4, $5, $3)",
+            )
+            .bind(version.id)
+            .bind(i as i64)
+            .bind(p.revision.as_str())
+            .bind(p.adapter.as_str())
+            .bind(p.version)
+            .execute(&mut **tx)
+            .await?;
+        }
+        let mut files = new.files.clone();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        version.files = files;
+        Ok(version)
+    }
+
+    /// Orders version commits against the blob sweep: commits take the lock shared, the sweep
+    /// exclusively while it checks a blob's references and deletes it. On SQLite every write
+    /// transaction already holds the database's one write lock.
+    async fn lock_blob_references(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        exclusive: bool,
+    ) -> Result<(), StoreError> {
+        if self.dialect == Dialect::Postgres {
+            let f = if exclusive {
+                "pg_advisory_xact_lock"
+            } else {
+                "pg_advisory_xact_lock_shared"
+            };
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT 1 AS locked FROM (SELECT {f}({BLOB_LOCK_KEY})) AS l"
+            )))
+            .fetch_one(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Starts a write transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`),
     /// queueing through busy_timeout: a deferred transaction that has read gets SQLITE_BUSY,
     /// without waiting, when it tries to write after another writer committed.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+    pub(super) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         Ok(match self.dialect {
             Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Dialect::Postgres => self.pool.begin().await?,
@@ -209,14 +337,14 @@ fn sqlite_url(rest: &str) -> Result<String, StoreError> {
 }
 
 /// Booleans come back as BOOLEAN from Postgres and as integers from some SQLite expressions.
-fn get_bool(row: &AnyRow, col: &str) -> Result<bool, sqlx::Error> {
+pub(super) fn get_bool(row: &AnyRow, col: &str) -> Result<bool, sqlx::Error> {
     match row.try_get::<bool, _>(col) {
         Ok(b) => Ok(b),
         Err(_) => Ok(row.try_get::<i64, _>(col)? != 0),
     }
 }
 
-fn json_column(row: &AnyRow, col: &str) -> Result<Option<Value>, StoreError> {
+pub(super) fn json_column(row: &AnyRow, col: &str) -> Result<Option<Value>, StoreError> {
     let text: Option<String> = row.try_get(col)?;
     text.map(|t| {
         serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("column {col}: {e}")))
@@ -224,7 +352,7 @@ fn json_column(row: &AnyRow, col: &str) -> Result<Option<Value>, StoreError> {
     .transpose()
 }
 
-fn adapter_from_row(row: &AnyRow) -> Result<AdapterRecord, StoreError> {
+pub(super) fn adapter_from_row(row: &AnyRow) -> Result<AdapterRecord, StoreError> {
     Ok(AdapterRecord {
         id: row.try_get("id")?,
         owner: row.try_get("owner")?,
@@ -262,11 +390,11 @@ struct AdapterCursor {
     id: i64,
 }
 
-fn encode_cursor<T: serde::Serialize>(c: &T) -> String {
+pub(super) fn encode_cursor<T: serde::Serialize>(c: &T) -> String {
     hex::encode(serde_json::to_vec(c).unwrap_or_default())
 }
 
-fn decode_cursor<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, StoreError> {
+pub(super) fn decode_cursor<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, StoreError> {
     hex::decode(raw)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -446,6 +574,18 @@ impl MetadataStore for SqlMetadata {
                 .bind(tag.as_str())
                 .push(")");
         }
+        if let Some(parent) = &q.derived_from {
+            sql.push(
+                " AND id IN (SELECT v.adapter_id FROM version_parents p \
+                 JOIN versions v ON v.id = p.version_id \
+                 JOIN versions pv ON pv.id = p.parent_version_id \
+                 JOIN adapters pa ON pa.id = pv.adapter_id WHERE pa.owner = ",
+            )
+            .bind(parent.owner.as_str())
+            .push(" AND pa.name = ")
+            .bind(parent.name.as_str())
+            .push(")");
+        }
         let key_col = match q.sort {
             AdapterSort::Updated => "updated_at",
             AdapterSort::Created => "created_at",
@@ -565,73 +705,9 @@ impl MetadataStore for SqlMetadata {
         adapter: &AdapterRecord,
         new: &NewVersion,
     ) -> Result<VersionRecord, StoreError> {
-        let now = now_ms();
         let mut tx = self.begin_write().await?;
-        // The write comes first: it takes the adapter's row lock (Postgres) or the write lock
-        // (SQLite), so concurrent uploads to one adapter queue here and get distinct numbers.
-        let number: i64 = sqlx::query(
-            "UPDATE adapters SET next_version = next_version + 1, updated_at = $1 WHERE id = $2 \
-             RETURNING next_version - 1 AS number",
-        )
-        .bind(now)
-        .bind(adapter.id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("adapter {} was deleted", adapter.repo_id())))?
-        .try_get("number")?;
-        let parent: Option<String> = sqlx::query(
-            "SELECT revision FROM versions WHERE adapter_id = $1 ORDER BY number DESC LIMIT 1",
-        )
-        .bind(adapter.id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.try_get("revision"))
-        .transpose()?;
-        let manifest: Vec<ManifestFile<'_>> = new
-            .files
-            .iter()
-            .map(|f| ManifestFile {
-                path: &f.path,
-                sha256: &f.sha256,
-                size: f.size,
-            })
-            .collect();
-        let rev = revision(&adapter.repo_id(), number, parent.as_deref(), &manifest);
-        let lora = new.lora.as_ref().map(Value::to_string);
-        let lineage = new.lineage.as_ref().map(Value::to_string);
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO versions (adapter_id, number, revision, state, created_at, created_by, lora, lineage) \
-             VALUES ($1, $2, $3, 'ready', $4, $5, $6, $7) RETURNING {VERSION_COLUMNS}"
-        )))
-        .bind(adapter.id)
-        .bind(number)
-        .bind(rev.as_str())
-        .bind(now)
-        .bind(new.created_by.as_str())
-        .bind(lora)
-        .bind(lineage)
-        .fetch_one(&mut *tx)
-        .await?;
-        let mut version = version_from_row(&row)?;
-        for chunk in new.files.chunks(200) {
-            let mut sql = Sql::new("INSERT INTO files (version_id, path, size, sha256) VALUES ");
-            for (i, f) in chunk.iter().enumerate() {
-                sql.push(if i == 0 { "(" } else { ", (" });
-                sql.bind(version.id)
-                    .push(", ")
-                    .bind(f.path.as_str())
-                    .push(", ");
-                sql.bind(f.size)
-                    .push(", ")
-                    .bind(f.sha256.as_str())
-                    .push(")");
-            }
-            sql.query().execute(&mut *tx).await?;
-        }
+        let version = self.insert_version(&mut tx, adapter, new).await?;
         tx.commit().await?;
-        let mut files = new.files.clone();
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        version.files = files;
         Ok(version)
     }
 
@@ -652,7 +728,9 @@ impl MetadataStore for SqlMetadata {
                 sql.push(" AND revision = ").bind(r.as_str());
             }
             VersionRef::Main => {
-                sql.push(" AND state = 'ready' ORDER BY number DESC LIMIT 1");
+                sql.push(" AND state = ")
+                    .bind(VersionState::Ready.as_str())
+                    .push(" ORDER BY number DESC LIMIT 1");
             }
             VersionRef::Alias(a) => {
                 sql.push(" AND id = (SELECT version_id FROM refs WHERE adapter_id = ")
@@ -701,13 +779,34 @@ impl MetadataStore for SqlMetadata {
             return Ok(Vec::new());
         }
         let mut sql = Sql::new(&format!(
-            "SELECT {VERSION_COLUMNS} FROM versions v WHERE state = 'ready' AND number = \
-             (SELECT MAX(number) FROM versions w WHERE w.adapter_id = v.adapter_id AND w.state = 'ready') \
+            "SELECT {VERSION_COLUMNS} FROM versions v WHERE state = $1 AND number = \
+             (SELECT MAX(number) FROM versions w WHERE w.adapter_id = v.adapter_id AND w.state = $1) \
              AND adapter_id IN "
         ));
+        sql.arg(VersionState::Ready.as_str()); // $1, written out above
         sql.bind_list(adapter_ids);
         let rows = sql.query().fetch_all(&self.pool).await?;
         self.versions_with_files(rows).await
+    }
+
+    async fn delete_blob_if_unreferenced(
+        &self,
+        sha256: &str,
+        delete: &(dyn Fn() -> futures::future::BoxFuture<'static, Result<bool, StoreError>> + Sync),
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.lock_blob_references(&mut tx, true).await?;
+        let used = sqlx::query("SELECT 1 AS one FROM files WHERE sha256 = $1 LIMIT 1")
+            .bind(sha256)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if used {
+            return Ok(false);
+        }
+        let deleted = delete().await?;
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError> {
@@ -756,13 +855,14 @@ impl MetadataStore for SqlMetadata {
     async fn set_alias(&self, adapter_id: i64, alias: &str, number: i64) -> Result<(), StoreError> {
         let done = sqlx::query(
             "INSERT INTO refs (adapter_id, name, version_id, updated_at) \
-             SELECT $1, $2, id, $3 FROM versions WHERE adapter_id = $1 AND number = $4 AND state = 'ready' \
+             SELECT $1, $2, id, $3 FROM versions WHERE adapter_id = $1 AND number = $4 AND state = $5 \
              ON CONFLICT (adapter_id, name) DO UPDATE SET version_id = excluded.version_id, updated_at = excluded.updated_at",
         )
         .bind(adapter_id)
         .bind(alias)
         .bind(now_ms())
         .bind(number)
+        .bind(VersionState::Ready.as_str())
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
@@ -783,7 +883,7 @@ impl MetadataStore for SqlMetadata {
     }
 }
 
-async fn insert_tags(
+pub(super) async fn insert_tags(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     adapter_id: i64,
     tags: &[String],

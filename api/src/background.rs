@@ -1,0 +1,70 @@
+//! Work the application runs beside its requests, owned by it and stopped with it: job workers
+//! and the periodic sweeps of abandoned staged uploads and unreferenced blobs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_store::Store;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::jobs::{WorkerOptions, Workers};
+use crate::metrics::JobMetrics;
+
+/// A staged upload untouched this long is abandoned (a live upload writes every few seconds).
+pub const STAGED_UPLOAD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// An unreferenced blob younger than this is left alone: an upload or a job may be about to
+/// commit a reference to it.
+pub const BLOB_GRACE: Duration = Duration::from_secs(3600);
+/// How often the sweeps run (and once at start).
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+pub struct Background {
+    workers: Workers,
+    sweeps: Option<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts the workers and, when `sweep` is set, the sweeps.
+    pub fn start(
+        store: &Store,
+        workers: WorkerOptions,
+        wake: Arc<Notify>,
+        metrics: Arc<JobMetrics>,
+        sweep: bool,
+    ) -> std::io::Result<Self> {
+        let workers = Workers::start(store.clone(), workers, wake, metrics)?;
+        let sweeps = sweep.then(|| tokio::spawn(sweep_forever(store.clone())));
+        Ok(Self { workers, sweeps })
+    }
+
+    /// Stops the sweeps and the workers (jobs in hand are handed back to the queue).
+    pub async fn shutdown(self) {
+        if let Some(s) = self.sweeps {
+            s.abort();
+        }
+        self.workers.shutdown().await;
+    }
+}
+
+async fn sweep_forever(store: Store) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        every.tick().await;
+        sweep_once(&store, BLOB_GRACE).await;
+    }
+}
+
+/// One pass of both sweeps; failures are logged.
+pub async fn sweep_once(store: &Store, blob_grace: Duration) {
+    match store.blobs.sweep_staged(STAGED_UPLOAD_MAX_AGE).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed abandoned staged uploads"),
+        Err(e) => tracing::warn!(error = %e, "could not sweep staged uploads"),
+    }
+    match store.sweep_unreferenced_blobs(blob_grace).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed unreferenced blobs"),
+        Err(e) => tracing::warn!(error = %e, "could not sweep unreferenced blobs"),
+    }
+}

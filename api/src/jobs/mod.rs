@@ -1,0 +1,211 @@
+//! Job workers: claim a queued job, stage its inputs, run the engine off the async runtime,
+//! store the output and publish it (see `run`). They run inside `quiver serve` (`--job-workers`)
+//! and in `quiver worker` processes, any number against one database and store.
+//!
+//! Idle workers wake on an in-process signal when this process queues a job, on Postgres
+//! `NOTIFY` when another does, and otherwise poll every 100 ms (a cheap indexed read).
+
+mod run;
+pub mod scratch;
+pub mod spec;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use candle_core::Device;
+use quiver_store::Store;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::metrics::JobMetrics;
+use scratch::Scratch;
+
+/// How long a claim lasts without a heartbeat. Heartbeats come every second.
+pub const DEFAULT_LEASE_MS: i64 = 30_000;
+/// Idle workers look for jobs this often when nothing woke them.
+const POLL: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    /// Workers in this process (0: none).
+    pub count: usize,
+    pub scratch_dir: PathBuf,
+    /// Largest total size of one job's input files.
+    pub scratch_max_bytes: u64,
+    pub lease_ms: i64,
+    /// `cuda` runs merges on the GPU (needs the `cuda` feature).
+    pub cuda: bool,
+}
+
+/// What every worker of a process shares.
+pub(crate) struct Shared {
+    store: Store,
+    options: WorkerOptions,
+    scratch: Scratch,
+    device: Device,
+    wake: Arc<Notify>,
+    metrics: Arc<JobMetrics>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The workers of one process: started with the application, stopped by [`Workers::shutdown`].
+pub struct Workers {
+    handles: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Workers {
+    /// Starts `options.count` workers (none when 0).
+    pub fn start(
+        store: Store,
+        options: WorkerOptions,
+        wake: Arc<Notify>,
+        metrics: Arc<JobMetrics>,
+    ) -> std::io::Result<Self> {
+        let (stop, shutdown) = watch::channel(false);
+        let mut handles = Vec::new();
+        if options.count > 0 {
+            let device = if options.cuda {
+                Device::new_cuda(0).map_err(|e| {
+                    std::io::Error::other(format!(
+                        "--device cuda is not available ({e}); the binary needs the `cuda` feature and an NVIDIA GPU"
+                    ))
+                })?
+            } else {
+                Device::Cpu
+            };
+            let shared = Arc::new(Shared {
+                scratch: Scratch::open(&options.scratch_dir)?,
+                store,
+                options: options.clone(),
+                device,
+                wake: wake.clone(),
+                metrics,
+                shutdown,
+            });
+            handles.push(tokio::spawn(forward_notifications(shared.clone())));
+            for i in 0..options.count {
+                let worker_id = format!(
+                    "{}/{}/{i}",
+                    hostname(),
+                    std::process::id()
+                );
+                handles.push(tokio::spawn(worker_loop(shared.clone(), worker_id)));
+            }
+            tracing::info!(workers = options.count, scratch = %options.scratch_dir.display(), "job workers started");
+        }
+        Ok(Self { handles, stop })
+    }
+
+    /// Stops claiming, hands back (requeues) the jobs in hand, and waits for the workers.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for h in self.handles {
+            let _ = h.await;
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Turns Postgres notifications from other processes into in-process wake-ups.
+async fn forward_notifications(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut listener = None;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if listener.is_none() {
+            match shared.store.meta.job_wakeups().await {
+                Ok(Some(l)) => listener = Some(l),
+                Ok(None) => return, // SQLite: polling only
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for job notifications; polling");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+        let Some(l) = listener.as_mut() else { continue };
+        tokio::select! {
+            got = l.recv() => match got {
+                Ok(()) => shared.wake.notify_waiters(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "job notifications interrupted");
+                    listener = None;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn worker_loop(shared: Arc<Shared>, worker_id: String) {
+    let mut shutdown = shared.shutdown.clone();
+    let reap_every = Duration::from_millis((shared.options.lease_ms / 3).max(200) as u64);
+    let mut last_reap = tokio::time::Instant::now() - reap_every;
+    let mut failures = 0u32;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        // Registered before looking, so a wake-up sent meanwhile is not lost.
+        let woken = shared.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if last_reap.elapsed() >= reap_every {
+            last_reap = tokio::time::Instant::now();
+            match shared.store.meta.reap_expired_leases().await {
+                Ok((0, 0)) => {}
+                Ok((requeued, failed)) => {
+                    tracing::warn!(requeued, failed, "jobs whose worker stopped renewing its lease")
+                }
+                Err(e) => tracing::warn!(error = %e, "could not reap expired leases"),
+            }
+        }
+        let claimed = match shared.store.meta.has_runnable_job().await {
+            Ok(false) => Ok(None),
+            Ok(true) => {
+                shared
+                    .store
+                    .meta
+                    .claim_job(&worker_id, shared.options.lease_ms)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match claimed {
+            Ok(Some((job, lease))) => {
+                failures = 0;
+                run::run_job(&shared, &worker_id, job, lease).await;
+                continue;
+            }
+            Ok(None) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, worker = %worker_id, "cannot claim jobs");
+            }
+        }
+        // Back off while the database is away (up to 5 s), else poll.
+        let wait = if failures > 0 {
+            Duration::from_millis(100 * 2u64.pow(failures.min(6))).min(Duration::from_secs(5))
+        } else {
+            POLL
+        };
+        tokio::select! {
+            _ = &mut woken => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

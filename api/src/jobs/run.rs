@@ -1,0 +1,377 @@
+//! One job, from claim to publish: stage the pinned inputs, run the engine (a blocking thread,
+//! rayon inside), store the output files and publish them with the job's success, while a
+//! heartbeat renews the lease and records progress every second.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use quiver_merge::{CancelToken, Control, LoraAdapter, MergeError};
+use quiver_store::{
+    Beat, JobEnd, JobKind, JobRecord, Lease, NewVersion, StoreError, VersionRef,
+};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use super::Shared;
+use super::spec::{Engine, JobSpec};
+use crate::publish::{Held, Target, publish_version};
+
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Why a job stopped short of publishing.
+enum Failure {
+    /// Retrying cannot help (bad inputs found while running).
+    Permanent(String),
+    /// The database or the object store failed; retried with backoff.
+    Transient(String),
+    /// The engine stopped at the cancel token (cancel request, lost lease or shutdown).
+    Stopped,
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::LeaseLost => Failure::Stopped,
+            e if e.is_unavailable() => Failure::Transient(e.to_string()),
+            StoreError::NotFound(m) => Failure::Permanent(m),
+            e => Failure::Transient(e.to_string()),
+        }
+    }
+}
+
+impl From<MergeError> for Failure {
+    fn from(e: MergeError) -> Self {
+        match e {
+            MergeError::Cancelled => Failure::Stopped,
+            e if e.is_permanent() => Failure::Permanent(e.to_string()),
+            e => Failure::Transient(e.to_string()),
+        }
+    }
+}
+
+/// Why the worker asked the engine to stop.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Cancel,
+    LeaseLost,
+    Shutdown,
+}
+
+struct Progress {
+    done: AtomicUsize,
+    total: AtomicUsize,
+}
+
+pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, lease: Lease) {
+    let started = Instant::now();
+    let kind = job.kind;
+    tracing::info!(job = %job.id, kind = kind.as_str(), attempt = lease.attempt, worker, "job running");
+    shared.metrics.started(kind);
+    let cancel = CancelToken::new();
+    let progress = Arc::new(Progress {
+        done: AtomicUsize::new(0),
+        total: AtomicUsize::new(0),
+    });
+    let work = execute(shared, &job, &lease, cancel.clone(), progress.clone());
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    tick.tick().await;
+    let mut shutdown = shared.shutdown.clone();
+    let mut stop: Option<Stop> = None;
+    let lease_ms = shared.options.lease_ms;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tick.tick() => {
+                let (d, t) = (progress.done.load(Ordering::Relaxed) as i64, progress.total.load(Ordering::Relaxed) as i64);
+                match shared.store.meta.heartbeat(&lease, d, t, lease_ms).await {
+                    Ok(Beat::Held { cancel: false }) => {}
+                    Ok(Beat::Held { cancel: true }) => { stop.get_or_insert(Stop::Cancel); cancel.cancel(); }
+                    Ok(Beat::Lost) => { stop = Some(Stop::LeaseLost); cancel.cancel(); }
+                    Err(e) => tracing::warn!(job = %job.id, error = %e, "heartbeat failed"),
+                }
+            }
+            changed = shutdown.changed(), if stop.is_none() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    stop = Some(Stop::Shutdown);
+                    cancel.cancel();
+                }
+            }
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let end = match outcome {
+        Ok((adapter, number)) => {
+            tracing::info!(job = %job.id, kind = kind.as_str(), state = "succeeded", result = %format!("{adapter}@{number}"), seconds, "job succeeded");
+            shared.metrics.finished(kind, "succeeded", seconds);
+            return;
+        }
+        Err(Failure::Stopped) | Err(_) if stop.is_some() => match stop {
+            Some(Stop::Cancel) => JobEnd::Cancelled,
+            Some(Stop::Shutdown) => JobEnd::Released,
+            _ => {
+                tracing::warn!(job = %job.id, "lease lost; another worker owns the job now");
+                shared.metrics.finished(kind, "lease_lost", seconds);
+                return;
+            }
+        },
+        // Stopped without a request from here: the publish found a cancel request.
+        Err(Failure::Stopped) => match shared.store.meta.get_job(&job.id).await {
+            Ok(Some(j)) if j.cancel_requested => JobEnd::Cancelled,
+            _ => {
+                tracing::warn!(job = %job.id, "lease lost at publish; another worker owns the job now");
+                shared.metrics.finished(kind, "lease_lost", seconds);
+                return;
+            }
+        },
+        Err(Failure::Permanent(msg)) => JobEnd::Failed(msg),
+        Err(Failure::Transient(msg)) => JobEnd::Retry {
+            error: msg,
+            backoff_ms: 1000 * (1i64 << lease.attempt.clamp(1, 6)),
+        },
+    };
+    let state = match &end {
+        JobEnd::Failed(_) => "failed",
+        JobEnd::Retry { .. } => "retry",
+        JobEnd::Cancelled => "cancelled",
+        JobEnd::Released => "released",
+    };
+    match shared.store.meta.end_job(&lease, &end).await {
+        Ok(true) => {
+            let error = match &end {
+                JobEnd::Failed(e) | JobEnd::Retry { error: e, .. } => e.as_str(),
+                _ => "",
+            };
+            tracing::info!(job = %job.id, kind = kind.as_str(), state, error, seconds, "job ended");
+        }
+        Ok(false) => tracing::warn!(job = %job.id, state, "lease lost before the job's end was recorded"),
+        Err(e) => tracing::error!(job = %job.id, state, error = %e, "could not record the job's end; its lease will expire"),
+    }
+    shared.metrics.finished(kind, state, seconds);
+}
+
+/// Stages, runs and publishes; returns the result's `(owner/name, version)`.
+async fn execute(
+    shared: &Arc<Shared>,
+    job: &JobRecord,
+    lease: &Lease,
+    cancel: CancelToken,
+    progress: Arc<Progress>,
+) -> Result<(String, i64), Failure> {
+    let spec: JobSpec = serde_json::from_value(job.spec.clone())
+        .map_err(|e| Failure::Permanent(format!("the job's spec does not parse: {e}")))?;
+    let engine = spec.engine(job.kind)?;
+    let target = spec
+        .output_target()
+        .map_err(|e| Failure::Permanent(e.message))?;
+    let dir = shared
+        .scratch
+        .job_dir(&job.id)
+        .map_err(|e| Failure::Transient(format!("scratch directory: {e}")))?;
+    let inputs = stage_inputs(shared, &spec, dir.path(), &cancel).await?;
+    let out = dir.path().join("out");
+
+    // The engine, off the async runtime.
+    let device = shared.device.clone();
+    let out_dir = out.clone();
+    let cancel_engine = cancel.clone();
+    let report = tokio::task::spawn_blocking(move || -> Result<Value, MergeError> {
+        let on_progress = |done: usize, total: usize| {
+            progress.total.store(total, Ordering::Relaxed);
+            progress.done.store(done, Ordering::Relaxed);
+        };
+        let ctl = Control::new(&on_progress, &cancel_engine);
+        match engine {
+            Engine::Merge(spec) => {
+                let adapters = inputs
+                    .iter()
+                    .map(|p| LoraAdapter::open(p))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let merged = quiver_merge::merge_with(&adapters, &spec, &device, &ctl)?;
+                ctl.check()?;
+                quiver_merge::write_adapter(&out_dir, &adapters, &spec, &merged)?;
+                read_json(&out_dir.join(quiver_merge::write::REPORT_NAME))
+            }
+            Engine::Compress(spec) => {
+                let report = spec.run(&inputs, &out_dir, &ctl)?;
+                Ok(report.unwrap_or_else(|| json!({"mode": spec.mode()})))
+            }
+        }
+    })
+    .await
+    .map_err(|e| Failure::Permanent(format!("the engine stopped unexpectedly: {e}")))??;
+    if cancel.is_cancelled() {
+        return Err(Failure::Stopped);
+    }
+
+    // Store the output: content-addressed, so a retry uploads nothing the store already holds.
+    let mut files = Vec::new();
+    let mut held = Vec::new();
+    for path in list_files(&out).map_err(|e| Failure::Transient(format!("output: {e}")))? {
+        let rel = path
+            .strip_prefix(&out)
+            .map_err(|e| Failure::Permanent(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        let (sha256, size) = shared.store.blobs.put_file(&path).await?;
+        files.push(quiver_store::FileRecord {
+            path: rel,
+            size: size as i64,
+            sha256: sha256.clone(),
+        });
+        held.push((path, sha256));
+    }
+    let summary = output_summary(&out, &files)?;
+    let lineage = json!({
+        "parents": spec.parents(),
+        "method": method_name(job.kind, &spec.params),
+        "params": spec.params,
+        "seed": spec.params.get("seed").cloned().unwrap_or(Value::from(0)),
+        "engine_version": env!("CARGO_PKG_VERSION"),
+        "device": if shared.options.cuda { "cuda" } else { "cpu" },
+        "job": job.id,
+    });
+    let new = NewVersion {
+        created_by: job.created_by.clone(),
+        files,
+        lora: Some(summary),
+        lineage: Some(lineage),
+        parents: spec.parents(),
+    };
+    let (adapter, version) = publish_version(
+        &shared.store,
+        Target::Job {
+            lease,
+            output: &target,
+            report: &report,
+        },
+        &new,
+        Held::Files(&held),
+    )
+    .await?;
+    Ok((adapter.repo_id(), version.number))
+}
+
+/// Downloads each pinned input's files into `dir/inputs/<name>/`; returns the directories.
+async fn stage_inputs(
+    shared: &Shared,
+    spec: &JobSpec,
+    dir: &Path,
+    cancel: &CancelToken,
+) -> Result<Vec<PathBuf>, Failure> {
+    let store = &shared.store;
+    let mut versions = Vec::new();
+    let mut total = 0u64;
+    for input in &spec.inputs {
+        let gone = || {
+            Failure::Permanent(format!(
+                "input {} version {} (revision {}) no longer exists",
+                input.adapter, input.version, input.revision
+            ))
+        };
+        let (owner, name) = input.adapter.split_once('/').ok_or_else(gone)?;
+        let repo = quiver_store::RepoId::parse(owner, name).map_err(|_| gone())?;
+        let adapter = store.meta.get_adapter(&repo).await?.ok_or_else(gone)?;
+        let version = store
+            .meta
+            .get_version(adapter.id, &VersionRef::Revision(input.revision.clone()))
+            .await?
+            .ok_or_else(gone)?;
+        total += version.files.iter().map(|f| f.size as u64).sum::<u64>();
+        versions.push(version);
+    }
+    if total > shared.options.scratch_max_bytes {
+        return Err(Failure::Permanent(format!(
+            "the inputs hold {total} bytes, more than this worker's scratch limit of {} bytes (--scratch-max-bytes)",
+            shared.options.scratch_max_bytes
+        )));
+    }
+    let mut dirs = Vec::new();
+    for (input, version) in spec.inputs.iter().zip(versions) {
+        let input_dir = dir.join("inputs").join(&input.dir);
+        for f in &version.files {
+            if cancel.is_cancelled() {
+                return Err(Failure::Stopped);
+            }
+            let path = input_dir.join(&f.path);
+            if let Some(parent) = path.parent() {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .map_err(|e| Failure::Transient(format!("scratch: {e}")))?;
+            }
+            let mut file = tokio::fs::File::create(&path)
+                .await
+                .map_err(|e| Failure::Transient(format!("scratch: {e}")))?;
+            let mut stream = store.blobs.get(&f.sha256, None).await?;
+            while let Some(chunk) = stream.next().await {
+                file.write_all(&chunk?)
+                    .await
+                    .map_err(|e| Failure::Transient(format!("scratch: {e}")))?;
+            }
+            file.flush()
+                .await
+                .map_err(|e| Failure::Transient(format!("scratch: {e}")))?;
+        }
+        dirs.push(input_dir);
+    }
+    Ok(dirs)
+}
+
+fn list_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read_json(path: &Path) -> Result<Value, MergeError> {
+    let bytes = std::fs::read(path).map_err(|source| MergeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| MergeError::numeric("reading the report", e))
+}
+
+/// The summary stored with the version: the LoRA summary of a PEFT output, or a collection's.
+fn output_summary(out: &Path, files: &[quiver_store::FileRecord]) -> Result<Value, Failure> {
+    let manifest = out.join(quiver_merge::compress::MANIFEST_NAME);
+    if manifest.exists() {
+        let m: Value = read_json(&manifest)?;
+        return Ok(json!({
+            "kind": "collection",
+            "format": m.get("format"),
+            "rank": m.get("rank"),
+            "diag": m.get("diag"),
+            "clusters": m.get("clusters"),
+            "members": m.get("members").and_then(Value::as_array).map(|a| a.iter().filter_map(|x| x.get("name").cloned()).collect::<Vec<_>>()),
+            "size": files.iter().map(|f| f.size).sum::<i64>(),
+        }));
+    }
+    let summary = quiver_merge::inspect_path(out)
+        .map_err(|e| Failure::Permanent(format!("the output is not a valid adapter: {e}")))?;
+    serde_json::to_value(summary).map_err(|e| Failure::Permanent(e.to_string()))
+}
+
+/// The method recorded in lineage: the merge method (`peft:` prefix for PEFT arithmetic), or
+/// `compress:<mode>`.
+fn method_name(kind: JobKind, params: &Value) -> String {
+    let s = |k: &str| params.get(k).and_then(Value::as_str).unwrap_or_default();
+    match kind {
+        JobKind::Compress => format!("compress:{}", s("mode")),
+        _ if s("compat") == "peft" => format!("peft:{}", s("method")),
+        _ => s("method").to_string(),
+    }
+}

@@ -1,0 +1,189 @@
+//! Merge and compression jobs: submit (`POST /merges`, `POST /compressions`), list, get, cancel.
+
+use actix_web::{HttpResponse, get, post, web};
+use quiver_store::meta::DEFAULT_MAX_ATTEMPTS;
+use quiver_store::{JobFilter, JobKind, JobRecord, JobState, NewJob};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::IntoParams;
+
+use super::adapters::page_limit;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::jobs::spec;
+use crate::state::AppState;
+use crate::views::{JobPage, JobView};
+
+async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    kind: JobKind,
+    body: Value,
+) -> Result<HttpResponse, ApiError> {
+    let principal = caller.0.as_ref().ok_or_else(ApiError::unauthorized)?;
+    let checked = spec::check(&state.store, caller, kind, body).await?;
+    let new = NewJob {
+        kind,
+        spec: serde_json::to_value(&checked.spec).map_err(|e| ApiError::internal("job spec", e))?,
+        spec_sha256: checked.spec_sha256,
+        created_by: principal.user.clone(),
+        idempotency_key: checked.idempotency_key,
+        max_attempts: DEFAULT_MAX_ATTEMPTS,
+    };
+    let (job, created) = state.store.meta.enqueue_job(&new).await.map_err(|e| match e {
+        quiver_store::StoreError::Conflict(m) => ApiError::coded(ErrorCode::IdempotencyConflict, m),
+        e => e.into(),
+    })?;
+    if created {
+        tracing::info!(job = %job.id, kind = kind.as_str(), state = "queued", by = %job.created_by, "job queued");
+        state.job_wake.notify_waiters();
+        Ok(HttpResponse::Accepted().json(JobView::from(job)))
+    } else {
+        Ok(HttpResponse::Ok().json(JobView::from(job)))
+    }
+}
+
+/// Queue a merge of stored adapters into a new version: `method` and its parameters (as
+/// `quiver merge` takes them), `inputs` by reference, `output`, `idempotency_key`.
+#[utoipa::path(
+    tag = "jobs",
+    request_body(content = Object, description = "{\"method\": \"ties\", \"density\": 0.2, \"rank\": 16, \"inputs\": [{\"adapter\": \"alice/math\", \"ref\": \"main\", \"weight\": 1.0}], \"output\": {\"adapter\": \"alice/merged\", \"create\": true}, \"idempotency_key\": \"…\"}"),
+    responses(
+        (status = 202, body = JobView, description = "queued"),
+        (status = 200, body = JobView, description = "the job this idempotency key already made"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+#[post("/merges")]
+pub async fn create_merge(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    submit(&state, &caller, JobKind::Merge, body.into_inner()).await
+}
+
+/// Queue a compression: `mode` (`individual`, `joint`, `extract`) and its parameters, `inputs`,
+/// `output`, `idempotency_key`.
+#[utoipa::path(
+    tag = "jobs",
+    request_body(content = Object, description = "{\"mode\": \"joint\", \"rank\": 16, \"inputs\": [...], \"output\": {\"adapter\": \"alice/collection\", \"create\": true}}"),
+    responses(
+        (status = 202, body = JobView), (status = 200, body = JobView),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+#[post("/compressions")]
+pub async fn create_compression(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    submit(&state, &caller, JobKind::Compress, body.into_inner()).await
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListJobsQuery {
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    #[param(value_type = Option<String>)]
+    pub state: Option<JobState>,
+    /// `merge` or `compress`.
+    #[param(value_type = Option<String>)]
+    pub kind: Option<JobKind>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// The caller's jobs, newest first (an admin sees everyone's).
+#[utoipa::path(
+    tag = "jobs",
+    params(ListJobsQuery),
+    responses((status = 200, body = JobPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[get("/jobs")]
+pub async fn list_jobs(
+    state: web::Data<AppState>,
+    caller: Caller,
+    query: web::Query<ListJobsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let viewer = caller.viewer();
+    let user = viewer.user.clone().ok_or_else(ApiError::unauthorized)?;
+    let q = query.into_inner();
+    let page = state
+        .store
+        .meta
+        .list_jobs(&JobFilter {
+            created_by: (!viewer.admin).then_some(user),
+            state: q.state,
+            kind: q.kind,
+            limit: page_limit(q.limit)?,
+            cursor: q.cursor,
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(JobPage {
+        items: page.items.into_iter().map(JobView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// A job of the caller's (any job for an admin); others' are 404.
+fn own_job(caller: &Caller, job: Option<JobRecord>, id: &str) -> Result<JobRecord, ApiError> {
+    let viewer = caller.viewer();
+    match job {
+        Some(j) if viewer.admin || viewer.user.as_deref() == Some(j.created_by.as_str()) => Ok(j),
+        _ => Err(ApiError::coded(
+            ErrorCode::JobNotFound,
+            format!("job {id} was not found"),
+        )),
+    }
+}
+
+/// State, progress, error, result and report of a job.
+#[utoipa::path(
+    tag = "jobs",
+    responses((status = 200, body = JobView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[get("/jobs/{id}")]
+pub async fn get_job(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    caller.0.as_ref().ok_or_else(ApiError::unauthorized)?;
+    let id = path.into_inner();
+    let job = own_job(&caller, state.store.meta.get_job(&id).await?, &id)?;
+    Ok(HttpResponse::Ok().json(JobView::from(job)))
+}
+
+/// Cancel a job: a queued one never starts; a running one stops at its next module and
+/// publishes nothing. An ended job is returned unchanged.
+#[utoipa::path(
+    tag = "jobs",
+    responses((status = 200, body = JobView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[post("/jobs/{id}/cancel")]
+pub async fn cancel_job(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = caller.0.as_ref().ok_or_else(ApiError::unauthorized)?;
+    let id = path.into_inner();
+    let job = own_job(&caller, state.store.meta.get_job(&id).await?, &id)?;
+    if principal.scope == quiver_store::Scope::Read {
+        return Err(ApiError::forbidden(
+            "this token has the read scope; cancelling needs a write token",
+        ));
+    }
+    let job = state.store.meta.cancel_job(&job.id).await?.unwrap_or(job);
+    tracing::info!(job = %job.id, state = job.state.as_str(), cancel_requested = job.cancel_requested, "job cancel asked");
+    Ok(HttpResponse::Ok().json(JobView::from(job)))
+}

@@ -1,0 +1,69 @@
+//! Lineage: the DAG of the versions a version was made from and of those made from it.
+
+use actix_web::{HttpResponse, route, web};
+
+use super::versions::find_version;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+use crate::views::{LineageEdgeView, LineageNodeView, LineageView};
+
+/// Most versions one lineage answer holds (nearest first).
+const MAX_NODES: usize = 500;
+
+/// Ancestors and descendants of a version as a DAG (`nodes`, `edges` parent → child). Versions
+/// of private adapters the caller may not see are left out, with their edges.
+#[utoipa::path(
+    tag = "versions",
+    params(("ref" = String, Path, description = "number, v{N}, alias, main or revision")),
+    responses((status = 200, body = LineageView), (status = 404, body = ErrorBody))
+)]
+#[route(
+    "/adapters/{owner}/{name}/versions/{ref}/lineage",
+    method = "GET",
+    method = "HEAD"
+)]
+pub async fn get_lineage(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (owner, name, reference) = path.into_inner();
+    let (adapter, version) = find_version(&state, &caller, &owner, &name, &reference).await?;
+    let graph = state.store.meta.lineage(version.id, MAX_NODES).await?;
+    let viewer = caller.viewer();
+    let node_id = |repo: &str, n: i64| format!("{repo}@{n}");
+    let visible: std::collections::BTreeMap<i64, String> = graph
+        .nodes
+        .iter()
+        .filter(|n| viewer.can_see(&n.adapter))
+        .map(|n| (n.version_id, node_id(&n.adapter.repo_id(), n.number)))
+        .collect();
+    let nodes = graph
+        .nodes
+        .iter()
+        .filter(|n| visible.contains_key(&n.version_id))
+        .map(|n| LineageNodeView {
+            id: node_id(&n.adapter.repo_id(), n.number),
+            adapter: n.adapter.repo_id(),
+            version: n.number,
+            revision: n.revision.clone(),
+            method: n.method.clone(),
+        })
+        .collect();
+    let edges = graph
+        .edges
+        .iter()
+        .filter_map(|(child, parent)| {
+            Some(LineageEdgeView {
+                from: visible.get(parent)?.clone(),
+                to: visible.get(child)?.clone(),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(LineageView {
+        root: node_id(&adapter.repo_id(), version.number),
+        nodes,
+        edges,
+    }))
+}

@@ -1,0 +1,169 @@
+//! What to compress and how: the payload of a compression job and of `quiver compress`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::joint::JointParams;
+use super::{compress_individual_with, compress_joint_with, extract};
+use crate::adapter::LoraAdapter;
+use crate::control::Control;
+use crate::error::MergeError;
+use crate::linalg::Cut;
+
+/// Default alternating iterations of joint compression.
+pub const DEFAULT_JOINT_ITERS: usize = 50;
+
+/// A compression request. JSON: `{"mode": "individual", "rank": 8}`, `{"mode": "joint", "rank":
+/// 16, "diag": true}`, `{"mode": "extract", "member": "math"}`; unknown fields are refused.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CompressSpec {
+    /// One adapter to a lower rank, or to the smallest rank keeping a fraction of the energy.
+    Individual {
+        #[serde(default)]
+        rank: Option<usize>,
+        #[serde(default)]
+        energy: Option<f64>,
+    },
+    /// Shared per-module bases for a collection (Compress then Serve).
+    Joint {
+        rank: usize,
+        #[serde(default)]
+        diag: bool,
+        #[serde(default = "one")]
+        clusters: usize,
+        #[serde(default = "joint_iters")]
+        iters: usize,
+        #[serde(default)]
+        seed: u64,
+    },
+    /// One member of a joint collection back as a plain PEFT adapter (its name or index).
+    Extract { member: String },
+}
+
+fn one() -> usize {
+    1
+}
+
+fn joint_iters() -> usize {
+    DEFAULT_JOINT_ITERS
+}
+
+impl CompressSpec {
+    /// Reads a spec from JSON; the error names the field at fault.
+    pub fn from_json(value: serde_json::Value) -> Result<Self, MergeError> {
+        serde_json::from_value(value).map_err(|e| MergeError::InvalidParam(e.to_string()))
+    }
+
+    /// `individual`, `joint` or `extract`.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            CompressSpec::Individual { .. } => "individual",
+            CompressSpec::Joint { .. } => "joint",
+            CompressSpec::Extract { .. } => "extract",
+        }
+    }
+
+    /// Checks the parameters and the number of inputs (for `extract`: the one collection).
+    pub fn validate(&self, n_inputs: usize) -> Result<(), MergeError> {
+        let bad = |m: &str| Err(MergeError::InvalidParam(m.to_string()));
+        match self {
+            CompressSpec::Individual { rank, energy } => {
+                match (rank, energy) {
+                    (Some(k), None) if *k >= 1 => {}
+                    (None, Some(e)) if *e > 0.0 && *e <= 1.0 => {}
+                    _ => {
+                        return bad(
+                            "individual compression needs exactly one of `rank` (≥ 1) or `energy` in (0, 1]",
+                        );
+                    }
+                }
+                if n_inputs != 1 {
+                    return bad("individual compression takes exactly one input");
+                }
+            }
+            CompressSpec::Joint {
+                rank, clusters, iters, ..
+            } => {
+                if *rank == 0 {
+                    return bad("joint compression needs `rank` ≥ 1 (the shared rank c)");
+                }
+                if *clusters == 0 {
+                    return bad("`clusters` must be at least 1");
+                }
+                if *iters == 0 {
+                    return bad("`iters` must be at least 1");
+                }
+                if n_inputs == 0 {
+                    return bad("give the adapters to compress");
+                }
+            }
+            CompressSpec::Extract { member } => {
+                if member.is_empty() {
+                    return bad("`member` names the member to extract (its name or index)");
+                }
+                if n_inputs != 1 {
+                    return bad("extract takes exactly one input: the collection");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the compression on adapter directories (for `extract`, the collection directory) and
+    /// writes the result into `out`. Returns the report (`None` for `extract`, which has none).
+    pub fn run(
+        &self,
+        inputs: &[PathBuf],
+        out: &Path,
+        ctl: &Control<'_>,
+    ) -> Result<Option<serde_json::Value>, MergeError> {
+        self.validate(inputs.len())?;
+        let open = || {
+            inputs
+                .iter()
+                .map(|p| LoraAdapter::open(p))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        match self {
+            CompressSpec::Individual { rank, energy } => {
+                let cut = match (rank, energy) {
+                    (Some(k), _) => Cut::Rank(*k),
+                    (_, Some(e)) => Cut::Energy(*e),
+                    _ => unreachable_cut()?,
+                };
+                compress_individual_with(&open()?[0], cut, out, ctl).map(Some)
+            }
+            CompressSpec::Joint {
+                rank,
+                diag,
+                clusters,
+                iters,
+                seed,
+            } => {
+                let params = JointParams {
+                    rank: *rank,
+                    diag: *diag,
+                    clusters: *clusters,
+                    iters: *iters,
+                    seed: *seed,
+                };
+                compress_joint_with(&open()?, params, out, ctl).map(Some)
+            }
+            CompressSpec::Extract { member } => {
+                ctl.check()?;
+                extract(&inputs[0], member, out)?;
+                ctl.report(1, 1);
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// `validate` guarantees a cut; this keeps the match total without a panic.
+fn unreachable_cut() -> Result<Cut, MergeError> {
+    Err(MergeError::InvalidParam(
+        "individual compression needs `rank` or `energy`".into(),
+    ))
+}

@@ -1,0 +1,554 @@
+//! [`JobStore`] over sqlx `Any`. The dialects differ in one clause (`FOR UPDATE SKIP LOCKED`) and
+//! in the wake-up of idle workers (`pg_notify` on Postgres; SQLite workers poll).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::super::jobs::*;
+use super::super::query::Sql;
+use super::super::{AdapterRecord, NewVersion, Page, VersionRecord};
+use super::{
+    ADAPTER_COLUMNS, Dialect, SqlMetadata, adapter_from_row, decode_cursor, encode_cursor,
+    get_bool, insert_tags, json_column,
+};
+use crate::StoreError;
+use crate::time::now_ms;
+
+/// The channel `pg_notify` wakes idle workers on (Postgres).
+pub const JOBS_CHANNEL: &str = "quiver_jobs";
+
+const JOB_COLUMNS: &str = "id, kind, spec, spec_sha256, state, cancel_requested, progress_done, \
+     progress_total, attempts, max_attempts, lease_owner, lease_expires_at, error, result_adapter, \
+     result_number, report, created_by, idempotency_key, created_at, started_at, finished_at";
+
+type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
+    let kind: String = row.try_get("kind")?;
+    let state: String = row.try_get("state")?;
+    let result_adapter: Option<String> = row.try_get("result_adapter")?;
+    let result_number: Option<i64> = row.try_get("result_number")?;
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        kind: kind.parse()?,
+        spec: json_column(row, "spec")?.unwrap_or(Value::Null),
+        spec_sha256: row.try_get("spec_sha256")?,
+        state: state.parse()?,
+        cancel_requested: get_bool(row, "cancel_requested")?,
+        progress_done: row.try_get("progress_done")?,
+        progress_total: row.try_get("progress_total")?,
+        attempts: row.try_get("attempts")?,
+        max_attempts: row.try_get("max_attempts")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        error: row.try_get("error")?,
+        result: result_adapter.zip(result_number),
+        report: json_column(row, "report")?,
+        created_by: row.try_get("created_by")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+/// Cursor of a job listing: the last item's creation time and id.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JobCursor {
+    t: i64,
+    id: String,
+}
+
+impl SqlMetadata {
+    /// `FOR UPDATE SKIP LOCKED` where the dialect has it. SQLite has one writer at a time, so its
+    /// claim (one statement in a write transaction) needs no row locks.
+    fn skip_locked(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        }
+    }
+
+    /// Wakes idle workers of every process (Postgres, delivered on commit).
+    async fn notify_workers(&self, tx: &mut Tx) -> Result<(), StoreError> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_notify($1, '') AS sent")
+                .bind(JOBS_CHANNEL)
+                .fetch_one(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn job_in(&self, tx: &mut Tx, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()
+    }
+}
+
+#[async_trait]
+impl JobStore for SqlMetadata {
+    async fn enqueue_job(&self, job: &NewJob) -> Result<(JobRecord, bool), StoreError> {
+        let now = now_ms();
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO jobs (id, kind, spec, spec_sha256, state, max_attempts, run_after, created_by, \
+             idempotency_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $7) \
+             ON CONFLICT (created_by, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(id.as_str())
+        .bind(job.kind.as_str())
+        .bind(job.spec.to_string())
+        .bind(job.spec_sha256.as_str())
+        .bind(JobState::Queued.as_str())
+        .bind(job.max_attempts)
+        .bind(now)
+        .bind(job.created_by.as_str())
+        .bind(job.idempotency_key.as_deref())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = inserted {
+            let record = job_from_row(&row)?;
+            self.notify_workers(&mut tx).await?;
+            tx.commit().await?;
+            return Ok((record, true));
+        }
+        // The key was used before by this user: the same request gets the same job.
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE created_by = $1 AND idempotency_key = $2"
+        )))
+        .bind(job.created_by.as_str())
+        .bind(job.idempotency_key.as_deref())
+        .fetch_one(&mut *tx)
+        .await?;
+        let existing = job_from_row(&row)?;
+        tx.commit().await?;
+        if existing.spec_sha256 != job.spec_sha256 {
+            return Err(StoreError::Conflict(format!(
+                "idempotency key {:?} was used for another request (job {}); use a new key",
+                job.idempotency_key.as_deref().unwrap_or_default(),
+                existing.id
+            )));
+        }
+        Ok((existing, false))
+    }
+
+    async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()
+    }
+
+    async fn list_jobs(&self, f: &JobFilter) -> Result<Page<JobRecord>, StoreError> {
+        let mut sql = Sql::new(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
+        if let Some(user) = &f.created_by {
+            sql.push(" AND created_by = ").bind(user.as_str());
+        }
+        if let Some(state) = f.state {
+            sql.push(" AND state = ").bind(state.as_str());
+        }
+        if let Some(kind) = f.kind {
+            sql.push(" AND kind = ").bind(kind.as_str());
+        }
+        if let Some(raw) = &f.cursor {
+            let c: JobCursor = decode_cursor(raw)?;
+            sql.push(" AND (created_at < ")
+                .bind(c.t)
+                .push(" OR (created_at = ")
+                .bind(c.t)
+                .push(" AND id < ")
+                .bind(c.id)
+                .push("))");
+        }
+        let limit = i64::from(f.limit.max(1));
+        sql.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .bind(limit + 1);
+        let mut items = sql
+            .query()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|j| {
+                encode_cursor(&JobCursor {
+                    t: j.created_at,
+                    id: j.id.clone(),
+                })
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn cancel_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE jobs SET state = $1, finished_at = $2 WHERE id = $3 AND state = $4")
+            .bind(JobState::Cancelled.as_str())
+            .bind(now)
+            .bind(id)
+            .bind(JobState::Queued.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND state = $2")
+            .bind(id)
+            .bind(JobState::Running.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let job = self.job_in(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn has_runnable_job(&self) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 AS one FROM jobs WHERE state = $1 AND run_after <= $2 LIMIT 1")
+                .bind(JobState::Queued.as_str())
+                .bind(now_ms())
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    async fn claim_job(
+        &self,
+        worker: &str,
+        lease_ms: i64,
+    ) -> Result<Option<(JobRecord, Lease)>, StoreError> {
+        let now = now_ms();
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE jobs SET state = $1, attempts = attempts + 1, lease_owner = $2, lease_token = $3, \
+             lease_expires_at = $4, started_at = COALESCE(started_at, $5) \
+             WHERE id = (SELECT id FROM jobs WHERE state = $6 AND run_after <= $5 \
+             ORDER BY created_at, id LIMIT 1{}) RETURNING {JOB_COLUMNS}",
+            self.skip_locked()
+        )))
+        .bind(JobState::Running.as_str())
+        .bind(worker)
+        .bind(token.as_str())
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(JobState::Queued.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let job = job_from_row(&row)?;
+        let lease = Lease {
+            job_id: job.id.clone(),
+            token,
+            attempt: job.attempts,
+        };
+        Ok(Some((job, lease)))
+    }
+
+    async fn heartbeat(
+        &self,
+        lease: &Lease,
+        done: i64,
+        total: i64,
+        lease_ms: i64,
+    ) -> Result<Beat, StoreError> {
+        let row = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = $1, progress_done = $2, progress_total = $3 \
+             WHERE id = $4 AND lease_token = $5 AND state = $6 RETURNING cancel_requested",
+        )
+        .bind(now_ms() + lease_ms)
+        .bind(done)
+        .bind(total)
+        .bind(lease.job_id.as_str())
+        .bind(lease.token.as_str())
+        .bind(JobState::Running.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => Beat::Held {
+                cancel: get_bool(&r, "cancel_requested")?,
+            },
+            None => Beat::Lost,
+        })
+    }
+
+    async fn end_job(&self, lease: &Lease, end: &JobEnd) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let (q, r, f, c) = (
+            JobState::Queued.as_str(),
+            JobState::Running.as_str(),
+            JobState::Failed.as_str(),
+            JobState::Cancelled.as_str(),
+        );
+        let clear = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL";
+        let mut sql = Sql::new("UPDATE jobs SET ");
+        match end {
+            JobEnd::Failed(error) => {
+                sql.push("state = ").bind(f).push(", error = ").bind(error.as_str());
+                sql.push(", finished_at = ").bind(now);
+            }
+            JobEnd::Retry { error, backoff_ms } => {
+                sql.push("state = CASE WHEN attempts >= max_attempts THEN ")
+                    .bind(f)
+                    .push(" ELSE ")
+                    .bind(q)
+                    .push(" END, finished_at = CASE WHEN attempts >= max_attempts THEN ")
+                    .bind(now)
+                    .push(" ELSE NULL END, error = ")
+                    .bind(error.as_str())
+                    .push(", run_after = ")
+                    .bind(now + backoff_ms);
+            }
+            JobEnd::Cancelled => {
+                sql.push("state = ").bind(c).push(", finished_at = ").bind(now);
+            }
+            JobEnd::Released => {
+                sql.push("state = ")
+                    .bind(q)
+                    .push(", attempts = attempts - 1, run_after = ")
+                    .bind(now);
+            }
+        }
+        sql.push(&format!(", {clear} WHERE id = "))
+            .bind(lease.job_id.as_str())
+            .push(" AND lease_token = ")
+            .bind(lease.token.as_str())
+            .push(" AND state = ")
+            .bind(r);
+        let mut tx = self.begin_write().await?;
+        let changed = sql.query().execute(&mut *tx).await?.rows_affected() > 0;
+        if changed && matches!(end, JobEnd::Retry { .. } | JobEnd::Released) {
+            self.notify_workers(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn reap_expired_leases(&self) -> Result<(u64, u64), StoreError> {
+        let now = now_ms();
+        let clear = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL";
+        let expired = "state = $2 AND lease_expires_at < $1";
+        let lost = "the worker stopped renewing its lease (killed or cut off)";
+        let mut tx = self.begin_write().await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE jobs SET state = $3, finished_at = $1, {clear} WHERE {expired} AND cancel_requested = TRUE"
+        )))
+        .bind(now)
+        .bind(JobState::Running.as_str())
+        .bind(JobState::Cancelled.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let failed = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE jobs SET state = $3, finished_at = $1, error = $4, {clear} \
+             WHERE {expired} AND attempts >= max_attempts"
+        )))
+        .bind(now)
+        .bind(JobState::Running.as_str())
+        .bind(JobState::Failed.as_str())
+        .bind(format!("{lost}; no attempts left"))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let requeued = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE jobs SET state = $3, run_after = $1, error = $4, {clear} WHERE {expired}"
+        )))
+        .bind(now)
+        .bind(JobState::Running.as_str())
+        .bind(JobState::Queued.as_str())
+        .bind(lost)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if requeued > 0 {
+            self.notify_workers(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok((requeued, failed))
+    }
+
+    async fn publish_job_result(
+        &self,
+        lease: &Lease,
+        target: &OutputTarget,
+        version: &NewVersion,
+        report: &Value,
+    ) -> Result<(AdapterRecord, VersionRecord), StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        // The fence: only the lease holder of a running, uncancelled job gets past this.
+        let fenced = sqlx::query(
+            "UPDATE jobs SET state = $1, finished_at = $2, report = $3, progress_done = progress_total, \
+             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+             WHERE id = $4 AND lease_token = $5 AND state = $6 AND cancel_requested = FALSE",
+        )
+        .bind(JobState::Succeeded.as_str())
+        .bind(now)
+        .bind(report.to_string())
+        .bind(lease.job_id.as_str())
+        .bind(lease.token.as_str())
+        .bind(JobState::Running.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if fenced == 0 {
+            return Err(StoreError::LeaseLost);
+        }
+        let repo = &target.repo;
+        let find = AssertSqlSafe(format!(
+            "SELECT {ADAPTER_COLUMNS} FROM adapters WHERE owner = $1 AND name = $2"
+        ));
+        let existing = sqlx::query(find)
+            .bind(repo.owner.as_str())
+            .bind(repo.name.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let adapter = match (existing, &target.create) {
+            (Some(row), _) => adapter_from_row(&row)?,
+            (None, Some(new)) => {
+                let row = sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO adapters (owner, name, base_model, description, private, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {ADAPTER_COLUMNS}"
+                )))
+                .bind(repo.owner.as_str())
+                .bind(repo.name.as_str())
+                .bind(new.base_model.as_str())
+                .bind(new.description.as_str())
+                .bind(new.private)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                let mut a = adapter_from_row(&row)?;
+                insert_tags(&mut tx, a.id, &new.tags).await?;
+                a.tags = new.tags.clone();
+                a
+            }
+            (None, None) => {
+                return Err(StoreError::NotFound(format!(
+                    "output adapter {repo} no longer exists"
+                )));
+            }
+        };
+        let published = self.insert_version(&mut tx, &adapter, version).await?;
+        sqlx::query(
+            "UPDATE jobs SET result_version_id = $1, result_adapter = $2, result_number = $3 WHERE id = $4",
+        )
+        .bind(published.id)
+        .bind(adapter.repo_id())
+        .bind(published.number)
+        .bind(lease.job_id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((adapter, published))
+    }
+
+    async fn job_counts(&self) -> Result<JobCounts, StoreError> {
+        sqlx::query("SELECT kind, state, COUNT(*) AS n FROM jobs GROUP BY kind, state")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                let state: String = r.try_get("state")?;
+                Ok((kind.parse()?, state.parse()?, r.try_get("n")?))
+            })
+            .collect()
+    }
+
+    async fn job_wakeups(&self) -> Result<Option<JobWakeups>, StoreError> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(JOBS_CHANNEL).await?;
+        Ok(Some(JobWakeups(listener)))
+    }
+
+    async fn lineage(
+        &self,
+        version_id: i64,
+        max_nodes: usize,
+    ) -> Result<LineageGraph, StoreError> {
+        // Breadth-first both ways from the version: parents through `version_id`, children
+        // through `parent_version_id` (both indexed).
+        let mut seen: BTreeSet<i64> = BTreeSet::from([version_id]);
+        let mut edges: BTreeSet<(i64, i64)> = BTreeSet::new();
+        for (col, other) in [
+            ("version_id", "parent_version_id"),
+            ("parent_version_id", "version_id"),
+        ] {
+            let mut frontier: VecDeque<i64> = VecDeque::from([version_id]);
+            while !frontier.is_empty() && seen.len() < max_nodes {
+                let batch: Vec<i64> = frontier.drain(..).collect();
+                let mut sql = Sql::new(&format!(
+                    "SELECT version_id, parent_version_id FROM version_parents \
+                     WHERE parent_version_id IS NOT NULL AND {col} IN "
+                ));
+                sql.bind_list(&batch);
+                for row in sql.query().fetch_all(&self.pool).await? {
+                    let child: i64 = row.try_get("version_id")?;
+                    let parent: i64 = row.try_get("parent_version_id")?;
+                    let next: i64 = row.try_get(other)?;
+                    if seen.len() >= max_nodes && !seen.contains(&next) {
+                        continue;
+                    }
+                    edges.insert((child, parent));
+                    if seen.insert(next) {
+                        frontier.push_back(next);
+                    }
+                }
+            }
+        }
+        let ids: Vec<i64> = seen.into_iter().collect();
+        let mut sql = Sql::new(
+            "SELECT v.id AS version_id, v.number, v.revision, v.lineage, a.id, a.owner, a.name, \
+             a.base_model, a.description, a.private, a.downloads, a.created_at, a.updated_at \
+             FROM versions v JOIN adapters a ON a.id = v.adapter_id WHERE v.id IN ",
+        );
+        sql.bind_list(&ids);
+        let mut nodes: BTreeMap<i64, LineageNode> = BTreeMap::new();
+        for row in sql.query().fetch_all(&self.pool).await? {
+            let id: i64 = row.try_get("version_id")?;
+            let method = json_column(&row, "lineage")?
+                .and_then(|l| l.get("method").and_then(Value::as_str).map(str::to_owned));
+            nodes.insert(
+                id,
+                LineageNode {
+                    version_id: id,
+                    adapter: adapter_from_row(&row)?,
+                    number: row.try_get("number")?,
+                    revision: row.try_get("revision")?,
+                    method,
+                },
+            );
+        }
+        Ok(LineageGraph {
+            nodes: nodes.into_values().collect(),
+            edges: edges.into_iter().collect(),
+        })
+    }
+}
