@@ -168,18 +168,29 @@ impl JobMetrics {
     }
 
     /// The text exposition of these metrics and of `counts` (jobs by kind and state).
-    pub fn render(&self, counts: &[(quiver_store::JobKind, quiver_store::JobState, i64)]) -> String {
+    pub fn render(
+        &self,
+        counts: &[(quiver_store::JobKind, quiver_store::JobState, i64)],
+    ) -> String {
         let mut out = String::new();
         out.push_str("# HELP quiver_jobs Jobs by kind and state (all processes).\n# TYPE quiver_jobs gauge\n");
         for (k, s, n) in counts {
-            let _ = writeln!(out, "quiver_jobs{{kind=\"{}\",state=\"{}\"}} {n}", k.as_str(), s.as_str());
+            let _ = writeln!(
+                out,
+                "quiver_jobs{{kind=\"{}\",state=\"{}\"}} {n}",
+                k.as_str(),
+                s.as_str()
+            );
         }
         let queued: i64 = counts
             .iter()
             .filter(|(_, s, _)| *s == quiver_store::JobState::Queued)
             .map(|(_, _, n)| n)
             .sum();
-        let _ = writeln!(out, "# HELP quiver_job_queue_depth Jobs waiting for a worker.\n# TYPE quiver_job_queue_depth gauge\nquiver_job_queue_depth {queued}");
+        let _ = writeln!(
+            out,
+            "# HELP quiver_job_queue_depth Jobs waiting for a worker.\n# TYPE quiver_job_queue_depth gauge\nquiver_job_queue_depth {queued}"
+        );
         out.push_str("# HELP quiver_job_attempts_total Job attempts started by this process's workers.\n# TYPE quiver_job_attempts_total counter\n");
         if let Ok(m) = self.attempts.lock() {
             for (k, n) in m.iter() {
@@ -191,9 +202,16 @@ impl JobMetrics {
             for ((k, o), (count, sum, buckets)) in m.iter() {
                 let labels = format!("kind=\"{k}\",outcome=\"{o}\"");
                 for (i, le) in JOB_BUCKETS.iter().enumerate() {
-                    let _ = writeln!(out, "quiver_job_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}", buckets[i]);
+                    let _ = writeln!(
+                        out,
+                        "quiver_job_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}",
+                        buckets[i]
+                    );
                 }
-                let _ = writeln!(out, "quiver_job_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
+                let _ = writeln!(
+                    out,
+                    "quiver_job_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
+                );
                 let _ = writeln!(out, "quiver_job_duration_seconds_sum{{{labels}}} {sum}");
                 let _ = writeln!(out, "quiver_job_duration_seconds_count{{{labels}}} {count}");
             }

@@ -71,14 +71,9 @@ impl Application {
         let port = listener.local_addr().map_err(bind_error)?.port();
         let job_metrics = Arc::new(JobMetrics::default());
         let job_wake = Arc::new(Notify::new());
-        let background = Background::start(
-            &store,
-            workers,
-            job_wake.clone(),
-            job_metrics.clone(),
-            true,
-        )
-        .map_err(StartupError::Workers)?;
+        let background =
+            Background::start(&store, workers, job_wake.clone(), job_metrics.clone(), true)
+                .map_err(StartupError::Workers)?;
         let state = web::Data::new(AppState {
             store: store.clone(),
             max_upload_bytes: options.max_upload_bytes,

@@ -172,7 +172,9 @@ impl From<quiver_store::JobRecord> for JobView {
                 total: j.progress_total,
             },
             error: j.error,
-            result: j.result.map(|(adapter, version)| JobResultView { adapter, version }),
+            result: j
+                .result
+                .map(|(adapter, version)| JobResultView { adapter, version }),
             report: j.report,
             spec: j.spec,
             attempts: j.attempts,

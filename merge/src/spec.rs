@@ -277,7 +277,8 @@ impl MergeSpec {
         }
         if self.method == Method::Cat && self.rank.is_some() {
             return bad(
-                "cat is exact and keeps rank Σr; use linear with `rank`, or svd, to truncate".into(),
+                "cat is exact and keeps rank Σr; use linear with `rank`, or svd, to truncate"
+                    .into(),
             );
         }
         if self.lambda.is_some() && !(self.method.consensus() && self.compat == Compat::Paper) {
@@ -295,9 +296,7 @@ impl MergeSpec {
         }
         let lego = self.method == Method::LoraLego;
         if !lego && (self.k.is_some() || !self.param_reweight || !self.output_reweight) {
-            return bad(
-                "`k`, `param_reweight` and `output_reweight` apply to lora_lego".into(),
-            );
+            return bad("`k`, `param_reweight` and `output_reweight` apply to lora_lego".into());
         }
         if lego && self.k == Some(0) {
             return bad("k must be at least 1".into());

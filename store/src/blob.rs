@@ -192,7 +192,11 @@ impl BlobStore {
 
     /// Stores the local file again if its blob is missing (a sweep ran between
     /// [`BlobStore::put_file`] and the commit of the rows referring to it).
-    pub async fn ensure_file(&self, path: &std::path::Path, sha256: &str) -> Result<(), StoreError> {
+    pub async fn ensure_file(
+        &self,
+        path: &std::path::Path,
+        sha256: &str,
+    ) -> Result<(), StoreError> {
         if !self.exists(sha256).await? {
             let staged = self.stage_file(path).await?;
             let done = self.commit(&staged).await;
@@ -204,7 +208,9 @@ impl BlobStore {
 
     async fn stage_file(&self, path: &std::path::Path) -> Result<StagedBlob, StoreError> {
         use tokio::io::AsyncReadExt;
-        let mut file = tokio::fs::File::open(path).await.map_err(|e| io_error(path, e))?;
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| io_error(path, e))?;
         let mut upload = self.begin();
         loop {
             let mut buf = BytesMut::with_capacity(FILE_CHUNK as usize);

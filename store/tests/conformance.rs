@@ -433,6 +433,12 @@ async fn blobs_stream_dedupe_range_and_discard(#[case] backend: Backend) {
         "staged blobs are not visible"
     );
     store.blobs.commit(&staged).await.expect("commit");
+    assert_eq!(
+        store.blobs.count_staged().await.expect("staged"),
+        1,
+        "commit keeps the staged copy until the rows are checked"
+    );
+    store.blobs.discard(&staged).await;
     assert_eq!(store.blobs.count_staged().await.expect("staged"), 0);
     assert_eq!(
         store.blobs.size(&staged.sha256).await.expect("size"),
@@ -446,6 +452,7 @@ async fn blobs_stream_dedupe_range_and_discard(#[case] backend: Backend) {
         .expect("write");
     let again = up.finish().await.expect("finish");
     store.blobs.commit(&again).await.expect("commit");
+    store.blobs.discard(&again).await;
     assert_eq!(
         store.blobs.list_hashes().await.expect("list"),
         vec![staged.sha256.clone()]
@@ -485,7 +492,7 @@ async fn blobs_stream_dedupe_range_and_discard(#[case] backend: Backend) {
     assert_eq!(store.blobs.list_hashes().await.expect("list").len(), 1);
     assert!(matches!(
         store.blobs.get("00ff", None).await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::BlobMissing(_))
     ));
 }
 
@@ -494,8 +501,8 @@ async fn blobs_stream_dedupe_range_and_discard(#[case] backend: Backend) {
 #[case::postgres(Backend::Postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_staging_and_commits_never_fail(#[case] backend: Backend) {
-    // Committing a duplicate deletes its staged copy; the local store then removes the staging
-    // directory if it became empty, while other uploads are creating their staged files in it.
+    // Discarding a staged copy after its commit can leave the staging directory empty, which the
+    // local store then removes, while other uploads are creating their staged files in it.
     const ROUNDS: u32 = 20;
     let (store, _s) = store_or_skip!(backend);
     let tasks: Vec<_> = (0..64u32)
@@ -513,6 +520,7 @@ async fn concurrent_staging_and_commits_never_fail(#[case] backend: Backend) {
                     up.write(Bytes::from(body)).await?;
                     let staged = up.finish().await?;
                     store.blobs.commit(&staged).await?;
+                    store.blobs.discard(&staged).await;
                 }
                 Ok::<(), StoreError>(())
             })

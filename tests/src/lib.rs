@@ -44,6 +44,19 @@ pub async fn spawn_app_with_limit(backend: Backend, max_upload_bytes: u64) -> Op
 
 /// Starts a server with these HTTP options on a fresh store.
 pub async fn spawn_app_with(backend: Backend, options: HttpOptions) -> Option<TestApp> {
+    spawn_app_full(backend, options, 1).await
+}
+
+/// Starts a server with `job_workers` in-process job workers (0: jobs wait for a `quiver worker`).
+pub async fn spawn_app_with_workers(backend: Backend, job_workers: usize) -> Option<TestApp> {
+    spawn_app_full(backend, HttpOptions::default(), job_workers).await
+}
+
+async fn spawn_app_full(
+    backend: Backend,
+    options: HttpOptions,
+    job_workers: usize,
+) -> Option<TestApp> {
     if std::env::var_os("QUIVER_TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -55,7 +68,7 @@ pub async fn spawn_app_with(backend: Backend, options: HttpOptions) -> Option<Te
     let store = Store::open(&settings).await.expect("open store");
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let workers = quiver_api::jobs::WorkerOptions {
-        count: 1,
+        count: job_workers,
         scratch_dir: scratch.dir().join("scratch"),
         scratch_max_bytes: quiver_api::config::DEFAULT_SCRATCH_MAX_BYTES,
         lease_ms: quiver_api::jobs::DEFAULT_LEASE_MS,
@@ -114,6 +127,49 @@ impl TestApp {
         Store::open(&self._scratch.settings)
             .await
             .expect("open store again")
+    }
+
+    /// The storage settings, for processes started against the same storage.
+    pub fn settings(&self) -> &quiver_store::StoreSettings {
+        &self._scratch.settings
+    }
+
+    /// A scratch directory that lives as long as the app.
+    pub fn temp_dir(&self) -> &std::path::Path {
+        self._scratch.dir()
+    }
+
+    /// Polls a job until it has ended (or `timeout`); returns its last view.
+    pub async fn wait_job(&self, id: &str, who: &str, timeout: std::time::Duration) -> Value {
+        let start = std::time::Instant::now();
+        loop {
+            let (status, job) = self.get_json(&format!("/api/v1/jobs/{id}"), who).await;
+            assert_eq!(status, 200, "{job}");
+            let state = job["state"].as_str().unwrap_or_default();
+            if matches!(state, "succeeded" | "failed" | "cancelled") {
+                return job;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "job {id} still {state} after {timeout:?}: {job}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The bytes of a file of a version.
+    pub async fn download(&self, repo: &str, reference: &str, path: &str, who: &str) -> Vec<u8> {
+        let res = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/v1/adapters/{repo}/versions/{reference}/files/{path}"),
+                who,
+            )
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(res.status(), 200, "download {repo}@{reference}/{path}");
+        res.bytes().await.expect("body").to_vec()
     }
 
     pub fn token(&self, who: &str) -> &str {
@@ -298,4 +354,130 @@ pub fn peft_fixtures() -> Vec<(String, Files)> {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The `quiver` binary next to this test binary (`scripts/test.sh` builds it first).
+pub fn quiver_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
+    let bin = dir.join("quiver");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build --bin quiver` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `quiver` subcommand against the app's storage; killed when dropped.
+pub struct Process(pub std::process::Child);
+
+impl Process {
+    pub fn start(app: &TestApp, args: &[&str], env: &[(&str, String)]) -> Self {
+        let s = app.settings();
+        let mut cmd = std::process::Command::new(quiver_bin());
+        cmd.args(args)
+            .arg("--database-url")
+            .arg(&s.database_url)
+            .arg("--store-url")
+            .arg(&s.store_url)
+            .arg("--data-dir")
+            .arg(app.temp_dir())
+            .env("QUIVER_LOG", "info")
+            .stdin(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self(cmd.spawn().expect("start quiver"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, then wait for it to exit (up to `timeout`, then SIGKILL).
+    pub fn terminate(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let start = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        self.kill();
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A synthetic PEFT adapter of `modules` projections `d`×`d` (layers 0..n), rank `r`: big enough
+/// that a merge takes a while in a debug build.
+pub fn sized_adapter(r: u64, d: u64, layers: usize, seed: u32) -> Files {
+    let modules = ["q_proj", "v_proj"];
+    let mut names = Vec::new();
+    for l in 0..layers {
+        for m in modules {
+            names.push((
+                format!("base_model.model.model.layers.{l}.self_attn.{m}.lora_A.weight"),
+                vec![r, d],
+            ));
+            names.push((
+                format!("base_model.model.model.layers.{l}.self_attn.{m}.lora_B.weight"),
+                vec![d, r],
+            ));
+        }
+    }
+    let data: Vec<Vec<u8>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, (_, shape))| {
+            let n = shape.iter().product::<u64>() as usize;
+            f32_bytes((0..n).map(|k| {
+                (((k as u32).wrapping_mul(2654435761) ^ seed ^ (i as u32).wrapping_mul(97)) % 1000)
+                    as f32
+                    / 1000.0
+                    - 0.5
+            }))
+        })
+        .collect();
+    let tensors: Vec<(&str, Dtype, &[u64], &[u8])> = names
+        .iter()
+        .zip(&data)
+        .map(|((n, s), d)| (n.as_str(), Dtype::F32, s.as_slice(), d.as_slice()))
+        .collect();
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    let config = serde_json::json!({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "quiver-test/tiny-llama",
+        "r": r, "lora_alpha": 2 * r, "target_modules": modules, "use_rslora": false, "use_dora": false,
+        "rank_pattern": {}, "alpha_pattern": {}, "lora_dropout": 0.0, "bias": "none"
+    });
+    vec![
+        (
+            "adapter_config.json".to_string(),
+            serde_json::to_vec_pretty(&config).expect("json"),
+        ),
+        (
+            "adapter_model.safetensors".to_string(),
+            quiver_merge::write_safetensors(&tensors, &meta),
+        ),
+    ]
 }

@@ -86,11 +86,7 @@ impl Workers {
             });
             handles.push(tokio::spawn(forward_notifications(shared.clone())));
             for i in 0..options.count {
-                let worker_id = format!(
-                    "{}/{}/{i}",
-                    hostname(),
-                    std::process::id()
-                );
+                let worker_id = format!("{}/{}/{i}", hostname(), std::process::id());
                 handles.push(tokio::spawn(worker_loop(shared.clone(), worker_id)));
             }
             tracing::info!(workers = options.count, scratch = %options.scratch_dir.display(), "job workers started");
@@ -168,7 +164,11 @@ async fn worker_loop(shared: Arc<Shared>, worker_id: String) {
             match shared.store.meta.reap_expired_leases().await {
                 Ok((0, 0)) => {}
                 Ok((requeued, failed)) => {
-                    tracing::warn!(requeued, failed, "jobs whose worker stopped renewing its lease")
+                    tracing::warn!(
+                        requeued,
+                        failed,
+                        "jobs whose worker stopped renewing its lease"
+                    )
                 }
                 Err(e) => tracing::warn!(error = %e, "could not reap expired leases"),
             }

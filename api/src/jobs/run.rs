@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use quiver_merge::{CancelToken, Control, LoraAdapter, MergeError};
-use quiver_store::{
-    Beat, JobEnd, JobKind, JobRecord, Lease, NewVersion, StoreError, VersionRef,
-};
+use quiver_store::{Beat, JobEnd, JobKind, JobRecord, Lease, NewVersion, StoreError, VersionRef};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -147,8 +145,12 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
             };
             tracing::info!(job = %job.id, kind = kind.as_str(), state, error, seconds, "job ended");
         }
-        Ok(false) => tracing::warn!(job = %job.id, state, "lease lost before the job's end was recorded"),
-        Err(e) => tracing::error!(job = %job.id, state, error = %e, "could not record the job's end; its lease will expire"),
+        Ok(false) => {
+            tracing::warn!(job = %job.id, state, "lease lost before the job's end was recorded")
+        }
+        Err(e) => {
+            tracing::error!(job = %job.id, state, error = %e, "could not record the job's end; its lease will expire")
+        }
     }
     shared.metrics.finished(kind, state, seconds);
 }

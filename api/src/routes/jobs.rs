@@ -30,10 +30,17 @@ async fn submit(
         idempotency_key: checked.idempotency_key,
         max_attempts: DEFAULT_MAX_ATTEMPTS,
     };
-    let (job, created) = state.store.meta.enqueue_job(&new).await.map_err(|e| match e {
-        quiver_store::StoreError::Conflict(m) => ApiError::coded(ErrorCode::IdempotencyConflict, m),
-        e => e.into(),
-    })?;
+    let (job, created) = state
+        .store
+        .meta
+        .enqueue_job(&new)
+        .await
+        .map_err(|e| match e {
+            quiver_store::StoreError::Conflict(m) => {
+                ApiError::coded(ErrorCode::IdempotencyConflict, m)
+            }
+            e => e.into(),
+        })?;
     if created {
         tracing::info!(job = %job.id, kind = kind.as_str(), state = "queued", by = %job.created_by, "job queued");
         state.job_wake.notify_waiters();

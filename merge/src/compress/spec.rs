@@ -84,7 +84,10 @@ impl CompressSpec {
                 }
             }
             CompressSpec::Joint {
-                rank, clusters, iters, ..
+                rank,
+                clusters,
+                iters,
+                ..
             } => {
                 if *rank == 0 {
                     return bad("joint compression needs `rank` ≥ 1 (the shared rank c)");

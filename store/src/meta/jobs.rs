@@ -205,8 +205,7 @@ pub trait JobStore: Send + Sync {
     async fn job_wakeups(&self) -> Result<Option<JobWakeups>, StoreError>;
 
     /// Ancestors and descendants of a version (at most `max_nodes` versions, nearest first).
-    async fn lineage(&self, version_id: i64, max_nodes: usize)
-    -> Result<LineageGraph, StoreError>;
+    async fn lineage(&self, version_id: i64, max_nodes: usize) -> Result<LineageGraph, StoreError>;
 }
 
 /// Notifications that a job became runnable (Postgres `LISTEN` on its own connection: sqlx's

@@ -308,7 +308,10 @@ impl JobStore for SqlMetadata {
         let mut sql = Sql::new("UPDATE jobs SET ");
         match end {
             JobEnd::Failed(error) => {
-                sql.push("state = ").bind(f).push(", error = ").bind(error.as_str());
+                sql.push("state = ")
+                    .bind(f)
+                    .push(", error = ")
+                    .bind(error.as_str());
                 sql.push(", finished_at = ").bind(now);
             }
             JobEnd::Retry { error, backoff_ms } => {
@@ -324,7 +327,10 @@ impl JobStore for SqlMetadata {
                     .bind(now + backoff_ms);
             }
             JobEnd::Cancelled => {
-                sql.push("state = ").bind(c).push(", finished_at = ").bind(now);
+                sql.push("state = ")
+                    .bind(c)
+                    .push(", finished_at = ")
+                    .bind(now);
             }
             JobEnd::Released => {
                 sql.push("state = ")
@@ -488,11 +494,7 @@ impl JobStore for SqlMetadata {
         Ok(Some(JobWakeups(listener)))
     }
 
-    async fn lineage(
-        &self,
-        version_id: i64,
-        max_nodes: usize,
-    ) -> Result<LineageGraph, StoreError> {
+    async fn lineage(&self, version_id: i64, max_nodes: usize) -> Result<LineageGraph, StoreError> {
         // Breadth-first both ways from the version: parents through `version_id`, children
         // through `parent_version_id` (both indexed).
         let mut seen: BTreeSet<i64> = BTreeSet::from([version_id]);

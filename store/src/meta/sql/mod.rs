@@ -11,8 +11,8 @@ use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 mod jobs;
 
-use super::query::Sql;
 use super::VersionState;
+use super::query::Sql;
 use super::*;
 use crate::revision::{ManifestFile, revision};
 use crate::time::now_ms;
@@ -83,11 +83,7 @@ impl SqlMetadata {
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Self {
-            pool,
-            dialect,
-            url,
-        })
+        Ok(Self { pool, dialect, url })
     }
 
     async fn tags_for(&self, ids: &[i64]) -> Result<HashMap<i64, Vec<String>>, StoreError> {
