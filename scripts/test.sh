@@ -42,5 +42,7 @@ export QUIVER_TEST_S3_BUCKET=quiver-test
 export QUIVER_TEST_POSTGRES_URL="${QUIVER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export QUIVER_REQUIRE_POSTGRES=1
 
-# 3. Every test of every crate.
+# 3. Every test of every crate. The end-to-end tests start `quiver worker` and `quiver serve`
+#    processes of the built binary (killed workers, scale-out), so build it first.
+cargo build --locked --bin quiver
 cargo test --workspace --locked "$@"

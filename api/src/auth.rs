@@ -10,7 +10,7 @@ use quiver_store::{AdapterRecord, Principal, Scope, Viewer};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 
 const TOKEN_PREFIX: &str = "qvt_";
@@ -54,7 +54,10 @@ impl Caller {
     ) -> Result<AdapterRecord, ApiError> {
         match adapter {
             Some(a) if self.viewer().can_see(&a) => Ok(a),
-            _ => Err(ApiError::not_found(format!("adapter {what}"))),
+            _ => Err(ApiError::not_found(
+                ErrorCode::AdapterNotFound,
+                format!("adapter {what}"),
+            )),
         }
     }
 

@@ -103,12 +103,9 @@ impl ApiError {
     pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
-    pub fn not_found(what: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} was not found"),
-        )
+    /// `code` is one of the `*NotFound` codes: which kind of thing was not found.
+    pub fn not_found(code: ErrorCode, what: impl std::fmt::Display) -> Self {
+        Self::coded(code, format!("{what} was not found"))
     }
     pub fn unauthorized() -> Self {
         Self::new(
@@ -294,4 +291,23 @@ pub fn wrap_foreign_errors<B: MessageBody + 'static>(
     let (req, _) = res.into_parts();
     let res = ServiceResponse::new(req, envelope(status, code, message)).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(res))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn codes_are_distinct_snake_case_and_errors() {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_str()), "{} twice", c.as_str());
+            assert!(
+                c.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
+            assert!(c.status().is_client_error() || c.status().is_server_error());
+        }
+    }
 }

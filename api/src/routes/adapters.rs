@@ -11,7 +11,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::list_cache::{CachedPage, Lookup};
 use crate::routes::files::etag_matches;
 use crate::state::AppState;
@@ -66,8 +66,12 @@ pub struct ListAdaptersQuery {
 
 /// `(owner, name)` from the path; a malformed name cannot exist, so it is a 404.
 pub fn repo_from_path(path: &(String, String)) -> Result<RepoId, ApiError> {
-    RepoId::parse(&path.0, &path.1)
-        .map_err(|_| ApiError::not_found(format!("adapter {}/{}", path.0, path.1)))
+    RepoId::parse(&path.0, &path.1).map_err(|_| {
+        ApiError::not_found(
+            ErrorCode::AdapterNotFound,
+            format!("adapter {}/{}", path.0, path.1),
+        )
+    })
 }
 
 /// The adapter named in the path, if the caller may see it.
@@ -359,12 +363,9 @@ pub async fn patch_adapter(
     };
     state.store.meta.update_adapter(adapter.id, &patch).await?;
     let repo = repo_from_path(&path)?;
-    let updated = state
-        .store
-        .meta
-        .get_adapter(&repo)
-        .await?
-        .ok_or_else(|| ApiError::not_found(&repo))?;
+    let updated = state.store.meta.get_adapter(&repo).await?.ok_or_else(|| {
+        ApiError::not_found(ErrorCode::AdapterNotFound, format!("adapter {repo}"))
+    })?;
     Ok(HttpResponse::Ok().json(view(&state.store, updated).await?))
 }
 

@@ -12,7 +12,7 @@ use futures::{StreamExt, stream};
 
 use super::versions::find_version;
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::state::AppState;
 use crate::upload::WEIGHTS_FILE;
 
@@ -100,11 +100,14 @@ pub async fn download_file(
         .iter()
         .find(|f| f.path == file_path)
         .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "file {file_path} in version {} of {}",
-                version.number,
-                adapter.repo_id()
-            ))
+            ApiError::not_found(
+                ErrorCode::FileNotFound,
+                format!(
+                    "file {file_path} in version {} of {}",
+                    version.number,
+                    adapter.repo_id()
+                ),
+            )
         })?;
     let size = file.size as u64;
     let etag = format!("\"{}\"", file.sha256);

@@ -1,5 +1,7 @@
 //! Lineage: the DAG of the versions a version was made from and of those made from it.
 
+use std::collections::BTreeMap;
+
 use actix_web::{HttpResponse, route, web};
 
 use super::versions::find_version;
@@ -33,12 +35,30 @@ pub async fn get_lineage(
     let graph = state.store.meta.lineage(version.id, MAX_NODES).await?;
     let viewer = caller.viewer();
     let node_id = |repo: &str, n: i64| format!("{repo}@{n}");
-    let visible: std::collections::BTreeMap<i64, String> = graph
+    // Only versions the caller may see, reached from this one through versions it may see: a
+    // public ancestor behind a private one is left out too (its link would reveal the private).
+    let seeable: BTreeMap<i64, String> = graph
         .nodes
         .iter()
         .filter(|n| viewer.can_see(&n.adapter))
         .map(|n| (n.version_id, node_id(&n.adapter.repo_id(), n.number)))
         .collect();
+    let mut visible: BTreeMap<i64, String> = BTreeMap::new();
+    let mut frontier = vec![version.id];
+    while let Some(v) = frontier.pop() {
+        let Some(id) = seeable.get(&v) else { continue };
+        if visible.insert(v, id.clone()).is_some() {
+            continue;
+        }
+        for (child, parent) in &graph.edges {
+            if *child == v && parent != &v {
+                frontier.push(*parent);
+            }
+            if *parent == v && child != &v {
+                frontier.push(*child);
+            }
+        }
+    }
     let nodes = graph
         .nodes
         .iter()

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use super::adapters::find_adapter;
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -85,6 +85,9 @@ pub async fn delete_ref(
     {
         Ok(HttpResponse::NoContent().finish())
     } else {
-        Err(ApiError::not_found(format!("alias {alias}")))
+        Err(ApiError::not_found(
+            ErrorCode::AliasNotFound,
+            format!("alias {alias}"),
+        ))
     }
 }

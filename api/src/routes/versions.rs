@@ -9,7 +9,7 @@ use utoipa::IntoParams;
 
 use super::adapters::{find_adapter, page_limit};
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::publish::{Held, Target, publish_version};
 use crate::state::AppState;
 use crate::upload::{Received, receive};
@@ -146,7 +146,10 @@ pub async fn find_version(
         .get_version(adapter.id, &VersionRef::parse(reference))
         .await?
         .ok_or_else(|| {
-            ApiError::not_found(format!("version {reference} of {}", adapter.repo_id()))
+            ApiError::not_found(
+                ErrorCode::VersionNotFound,
+                format!("version {reference} of {}", adapter.repo_id()),
+            )
         })?;
     Ok((adapter, version))
 }

@@ -59,7 +59,7 @@ async fn adapter_lifecycle_create_get_patch_delete(#[case] backend: Backend) {
         .get_json("/api/v1/adapters/alice/math-lora", "alice")
         .await;
     assert_eq!(status, 404);
-    assert_eq!(body["error"]["code"], "not_found");
+    assert_eq!(body["error"]["code"], "adapter_not_found");
 }
 
 #[rstest]

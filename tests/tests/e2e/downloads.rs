@@ -93,7 +93,7 @@ async fn downloads_stream_with_etag_range_and_head(#[case] backend: Backend) {
         .get_json("/api/v1/adapters/alice/a/versions/1/files/nope.txt", "")
         .await;
     assert_eq!(status, 404);
-    assert_eq!(body["error"]["code"], "not_found");
+    assert_eq!(body["error"]["code"], "file_not_found");
 
     // Downloads of the weights count.
     let res = app

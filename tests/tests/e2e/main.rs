@@ -2,6 +2,7 @@
 
 mod adapters;
 mod downloads;
+mod jobs;
 mod listing;
 mod privacy;
 mod service;

@@ -28,7 +28,12 @@ async fn health_metrics_openapi_and_docs(#[case] backend: Backend) {
         .expect("text");
     assert!(metrics.contains("quiver_http_requests_total{method=\"POST\",route=\"/api/v1/adapters/{owner}/{name}/versions\",status=\"201\"} 1"), "{metrics}");
     assert!(metrics.contains("quiver_http_request_duration_seconds_bucket"));
-    assert!(!metrics.contains("quiver_bytes_received_total 0\n"));
+    let received: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("quiver_bytes_received_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("quiver_bytes_received_total missing: {metrics}"));
+    assert!(received > 0.0, "an upload was received: {metrics}");
 
     let (status, spec) = app.get_json("/api/openapi.json", "").await;
     assert_eq!(status, 200);
@@ -126,7 +131,7 @@ async fn every_error_is_the_json_envelope(#[case] backend: Backend) {
         (
             app.request(Method::GET, "/api/v1/adapters/alice/none", ""),
             404,
-            "not_found",
+            "adapter_not_found",
         ),
         (
             app.request(Method::GET, "/api/v1/adapters", "")

@@ -579,8 +579,21 @@ impl MetadataStore for SqlMetadata {
             )
             .bind(parent.owner.as_str())
             .push(" AND pa.name = ")
-            .bind(parent.name.as_str())
-            .push(")");
+            .bind(parent.name.as_str());
+            // A private parent names nothing for those who may not see it.
+            if !viewer.admin {
+                match &viewer.user {
+                    Some(user) => {
+                        sql.push(" AND (pa.private = FALSE OR pa.owner = ")
+                            .bind(user.as_str())
+                            .push(")");
+                    }
+                    None => {
+                        sql.push(" AND pa.private = FALSE");
+                    }
+                }
+            }
+            sql.push(")");
         }
         let key_col = match q.sort {
             AdapterSort::Updated => "updated_at",
