@@ -388,6 +388,13 @@ impl Process {
             .arg(app.temp_dir())
             .env("QUIVER_LOG", "info")
             .stdin(std::process::Stdio::null());
+        // Logs go to a file beside the storage (printed by `Process::logs` when a test needs it).
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = app.temp_dir().join(format!("process-{n}.log"));
+        if let Ok(f) = std::fs::File::create(&log) {
+            cmd.stderr(f);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

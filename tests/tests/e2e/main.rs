@@ -7,3 +7,4 @@ mod listing;
 mod privacy;
 mod service;
 mod uploads;
+mod workers;

@@ -408,7 +408,7 @@ impl JobStore for SqlMetadata {
         // The fence: only the lease holder of a running, uncancelled job gets past this.
         let fenced = sqlx::query(
             "UPDATE jobs SET state = $1, finished_at = $2, report = $3, progress_done = progress_total, \
-             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+             error = NULL, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
              WHERE id = $4 AND lease_token = $5 AND state = $6 AND cancel_requested = FALSE",
         )
         .bind(JobState::Succeeded.as_str())
@@ -424,40 +424,35 @@ impl JobStore for SqlMetadata {
             return Err(StoreError::LeaseLost);
         }
         let repo = &target.repo;
-        let find = AssertSqlSafe(format!(
-            "SELECT {ADAPTER_COLUMNS} FROM adapters WHERE owner = $1 AND name = $2"
-        ));
-        let existing = sqlx::query(find)
+        if let Some(new) = &target.create {
+            // Two jobs may create one output at once: the second waits for the first's commit and
+            // then finds the adapter.
+            let created = sqlx::query(
+                "INSERT INTO adapters (owner, name, base_model, description, private, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (owner, name) DO NOTHING RETURNING id",
+            )
             .bind(repo.owner.as_str())
             .bind(repo.name.as_str())
+            .bind(new.base_model.as_str())
+            .bind(new.description.as_str())
+            .bind(new.private)
+            .bind(now)
             .fetch_optional(&mut *tx)
             .await?;
-        let adapter = match (existing, &target.create) {
-            (Some(row), _) => adapter_from_row(&row)?,
-            (None, Some(new)) => {
-                let row = sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO adapters (owner, name, base_model, description, private, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {ADAPTER_COLUMNS}"
-                )))
-                .bind(repo.owner.as_str())
-                .bind(repo.name.as_str())
-                .bind(new.base_model.as_str())
-                .bind(new.description.as_str())
-                .bind(new.private)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-                let mut a = adapter_from_row(&row)?;
-                insert_tags(&mut tx, a.id, &new.tags).await?;
-                a.tags = new.tags.clone();
-                a
+            if let Some(row) = created {
+                insert_tags(&mut tx, row.try_get("id")?, &new.tags).await?;
             }
-            (None, None) => {
-                return Err(StoreError::NotFound(format!(
-                    "output adapter {repo} no longer exists"
-                )));
-            }
-        };
+        }
+        let adapter = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ADAPTER_COLUMNS} FROM adapters WHERE owner = $1 AND name = $2"
+        )))
+        .bind(repo.owner.as_str())
+        .bind(repo.name.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| adapter_from_row(&row))
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound(format!("output adapter {repo} no longer exists")))?;
         let published = self.insert_version(&mut tx, &adapter, version).await?;
         sqlx::query(
             "UPDATE jobs SET result_version_id = $1, result_adapter = $2, result_number = $3 WHERE id = $4",

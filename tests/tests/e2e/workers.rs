@@ -1,0 +1,390 @@
+//! Workers as separate processes of the built binary: killed mid-job, stopped with SIGTERM,
+//! several at once, the database cut off, and a scale-out of servers and workers.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use quiver_store::{JobState, VersionRef};
+use quiver_tests::{
+    Backend, Process, TestApp, sized_adapter, spawn_app_with_workers, synthetic_adapter,
+};
+use rstest::rstest;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(240);
+/// Short leases, so a killed worker's job is requeued within seconds.
+const LEASE_MS: &str = "2000";
+
+fn worker(app: &TestApp) -> Process {
+    Process::start(
+        app,
+        &["worker", "--job-workers", "1"],
+        &[("QUIVER_JOB_LEASE_MS", LEASE_MS.into())],
+    )
+}
+
+async fn big_inputs(app: &TestApp) {
+    for (i, name) in ["big1", "big2"].into_iter().enumerate() {
+        app.create_adapter("alice", name, false, "alice").await;
+        let (s, v) = app
+            .upload(
+                &format!("alice/{name}"),
+                "alice",
+                &sized_adapter(8, 256, 48, i as u32),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+}
+
+/// Waits until the job runs in the worker process `pid` and has made progress.
+async fn running_in(app: &TestApp, id: &str, pid: u32) {
+    let start = Instant::now();
+    loop {
+        let job = app.store.meta.get_job(id).await.expect("get").expect("job");
+        let owner = job.lease_owner.clone().unwrap_or_default();
+        if job.state == JobState::Running
+            && owner.contains(&format!("/{pid}/"))
+            && job.progress_done > 0
+        {
+            return;
+        }
+        assert!(!job.state.is_terminal(), "{job:?}");
+        assert!(start.elapsed() < WAIT, "not running in {pid}: {job:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn versions_of(app: &TestApp, repo: &str) -> Vec<i64> {
+    let (_, page) = app
+        .get_json(
+            &format!("/api/v1/adapters/{repo}/versions?limit=500"),
+            "alice",
+        )
+        .await;
+    page["items"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v["number"].as_i64()).collect())
+        .unwrap_or_default()
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopped_and_killed_workers_lose_no_job_and_publish_once(#[case] backend: Backend) {
+    let Some(app) = spawn_app_with_workers(backend, 0).await else {
+        return;
+    };
+    big_inputs(&app).await;
+    let (s, job) = app
+        .post_json(
+            "/api/v1/merges",
+            "alice",
+            &json!({"method": "ziplora", "steps": 300,
+        "inputs": [{"adapter": "alice/big1"}, {"adapter": "alice/big2"}],
+        "output": {"adapter": "alice/zip", "create": true}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{job}");
+    let id = job["id"].as_str().expect("id").to_string();
+
+    // SIGTERM: the job in hand goes back to the queue without using an attempt.
+    let mut first = worker(&app);
+    running_in(&app, &id, first.pid()).await;
+    let status = first
+        .terminate(Duration::from_secs(60))
+        .expect("exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let j = app
+        .store
+        .meta
+        .get_job(&id)
+        .await
+        .expect("get")
+        .expect("job");
+    assert_eq!((j.state, j.attempts), (JobState::Queued, 0), "{j:?}");
+
+    // SIGKILL mid-job: its lease expires, another worker takes over.
+    let mut second = worker(&app);
+    running_in(&app, &id, second.pid()).await;
+    second.kill();
+    let third = worker(&app);
+    let done = app.wait_job(&id, "alice", WAIT).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "the killed attempt counts: {done}");
+    assert!(done["error"].is_null(), "{done}");
+    assert_eq!(
+        versions_of(&app, "alice/zip").await,
+        [1],
+        "exactly one result version"
+    );
+    // The killed worker's scratch space was cleaned by the next process to start.
+    let scratch = app.temp_dir().join("scratch");
+    let dirs: Vec<_> = std::fs::read_dir(&scratch)
+        .expect("scratch")
+        .filter_map(Result::ok)
+        .collect();
+    assert_eq!(dirs.len(), 1, "only the live worker's directory: {dirs:?}");
+    drop(third);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_jobs_on_two_worker_processes_run_once_each(#[case] backend: Backend) {
+    let Some(app) = spawn_app_with_workers(backend, 0).await else {
+        return;
+    };
+    for (i, name) in ["a", "b"].into_iter().enumerate() {
+        app.create_adapter("alice", name, false, "alice").await;
+        app.upload(
+            &format!("alice/{name}"),
+            "alice",
+            &synthetic_adapter(4, &["q_proj", "v_proj"], i as u32),
+        )
+        .await;
+    }
+    let _w1 = worker(&app);
+    let _w2 = worker(&app);
+    let bodies: Vec<Value> = (0..20)
+        .map(|i| json!({"method": "linear", "inputs": [{"adapter": "alice/a", "weight": 1.0 + i as f64}, {"adapter": "alice/b"}],
+            "output": {"adapter": "alice/many", "create": true}}))
+        .collect();
+    let submitted = futures::future::join_all(
+        bodies
+            .iter()
+            .map(|b| app.post_json("/api/v1/merges", "alice", b)),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for (s, job) in submitted {
+        assert_eq!(s, 202, "{job}");
+        ids.push(job["id"].as_str().expect("id").to_string());
+    }
+    let mut results = BTreeSet::new();
+    for id in &ids {
+        let job = app.wait_job(id, "alice", WAIT).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["attempts"], 1, "{job}");
+        assert!(
+            results.insert(job["result"]["version"].as_i64().expect("version")),
+            "{job}"
+        );
+    }
+    let mut numbers = versions_of(&app, "alice/many").await;
+    numbers.sort();
+    assert_eq!(
+        numbers,
+        (1..=20).collect::<Vec<i64>>(),
+        "one version per job"
+    );
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_survives_its_database_connections_being_cut() {
+    let Some(app) = spawn_app_with_workers(Backend::Postgres, 0).await else {
+        return;
+    };
+    big_inputs(&app).await;
+    let (_, job) = app
+        .post_json(
+            "/api/v1/merges",
+            "alice",
+            &json!({"method": "ziplora", "steps": 200,
+        "inputs": [{"adapter": "alice/big1"}, {"adapter": "alice/big2"}],
+        "output": {"adapter": "alice/zip", "create": true}}),
+        )
+        .await;
+    let id = job["id"].as_str().expect("id").to_string();
+    let w = worker(&app);
+    running_in(&app, &id, w.pid()).await;
+    // Every connection of the test database but ours is terminated, a few times over a second
+    // (what a database restart looks like to the worker).
+    let db = app
+        .settings()
+        .database_url
+        .rsplit('/')
+        .next()
+        .expect("db name")
+        .to_string();
+    let admin = std::env::var("QUIVER_TEST_POSTGRES_URL").expect("admin url");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .expect("admin");
+    for _ in 0..4 {
+        let cut: Vec<(bool,)> = sqlx::query_as(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&db)
+        .fetch_all(&mut conn)
+        .await
+        .expect("terminate");
+        assert!(!cut.is_empty());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let done = app.wait_job(&id, "alice", WAIT).await;
+    assert!(
+        matches!(done["state"].as_str(), Some("succeeded" | "failed")),
+        "{done}"
+    );
+    let versions = versions_of(&app, "alice/zip").await;
+    match done["state"].as_str() {
+        Some("succeeded") => assert_eq!(versions, [1]),
+        _ => assert!(versions.is_empty() && done["error"].is_string(), "{done}"),
+    }
+    drop(w);
+}
+
+/// A free port on 127.0.0.1 (bound and released; good enough for a test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_and_two_workers_share_one_postgres_and_s3() {
+    let Some(app) = spawn_app_with_workers(Backend::Postgres, 0).await else {
+        return;
+    };
+    let ports = [free_port(), free_port()];
+    let servers: Vec<Process> = ports
+        .iter()
+        .map(|p| {
+            Process::start(
+                &app,
+                &[
+                    "serve",
+                    "--bind",
+                    &format!("127.0.0.1:{p}"),
+                    "--job-workers",
+                    "0",
+                ],
+                &[],
+            )
+        })
+        .collect();
+    let _workers = [worker(&app), worker(&app)];
+    let client = reqwest::Client::new();
+    let base = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    let start = Instant::now();
+    for i in 0..2 {
+        while client
+            .get(format!("{}/healthz", base(i)))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok()
+            != Some(200)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "server {i} did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let token = app.token("alice").to_string();
+    // Adapters and uploads through server 0, jobs through server 1, reads through both.
+    for (i, name) in ["a", "b"].into_iter().enumerate() {
+        let r = client
+            .post(format!("{}/api/v1/adapters", base(0)))
+            .bearer_auth(&token)
+            .json(&json!({"owner": "alice", "name": name, "base_model": "quiver-test/tiny-llama"}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(r.status(), 201);
+        let mut form = reqwest::multipart::Form::new();
+        for (path, bytes) in synthetic_adapter(4, &["q_proj"], i as u32) {
+            form = form.part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes).file_name(path),
+            );
+        }
+        let r = client
+            .post(format!("{}/api/v1/adapters/alice/{name}/versions", base(0)))
+            .bearer_auth(&token)
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(r.status(), 201);
+    }
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let r = client.post(format!("{}/api/v1/merges", base(1))).bearer_auth(&token)
+            .json(&json!({"method": "svd", "rank": 2, "inputs": [{"adapter": "alice/a", "weight": i}, {"adapter": "alice/b"}],
+                "output": {"adapter": format!("alice/out{}", i % 3), "create": true}}))
+            .send().await.expect("merge");
+        assert_eq!(r.status(), 202);
+        ids.push(
+            r.json::<Value>().await.expect("job")["id"]
+                .as_str()
+                .expect("id")
+                .to_string(),
+        );
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let start = Instant::now();
+        loop {
+            let job: Value = client
+                .get(format!("{}/api/v1/jobs/{id}", base(i % 2)))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("job")
+                .json()
+                .await
+                .expect("json");
+            if job["state"] == "succeeded" {
+                break;
+            }
+            assert!(
+                matches!(job["state"].as_str(), Some("queued" | "running")),
+                "{job}"
+            );
+            assert!(start.elapsed() < WAIT, "{job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut total = 0;
+    for n in 0..3 {
+        let repo = quiver_store::RepoId::parse("alice", &format!("out{n}")).expect("id");
+        let a = app
+            .store
+            .meta
+            .get_adapter(&repo)
+            .await
+            .expect("get")
+            .expect("adapter");
+        let latest = app
+            .store
+            .meta
+            .get_version(a.id, &VersionRef::Main)
+            .await
+            .expect("get")
+            .expect("version");
+        total += latest.number;
+        // Both servers serve the result.
+        for i in 0..2 {
+            let r = client
+                .get(format!(
+                    "{}/api/v1/adapters/alice/out{n}/versions/main/files/adapter_model.safetensors",
+                    base(i)
+                ))
+                .send()
+                .await
+                .expect("download");
+            assert_eq!(r.status(), 200);
+        }
+    }
+    assert_eq!(total, 10, "nothing lost, nothing doubled");
+    drop(servers);
+}
