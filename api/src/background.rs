@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::jobs::{WorkerOptions, Workers};
-use crate::metrics::JobMetrics;
+use crate::metrics::Metrics;
 
 /// A staged upload untouched this long is abandoned (a live upload writes every few seconds).
 pub const STAGED_UPLOAD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -30,7 +30,7 @@ impl Background {
         store: &Store,
         workers: WorkerOptions,
         wake: Arc<Notify>,
-        metrics: Arc<JobMetrics>,
+        metrics: Arc<Metrics>,
         sweep: bool,
     ) -> std::io::Result<Self> {
         let workers = Workers::start(store.clone(), workers, wake, metrics)?;

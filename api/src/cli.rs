@@ -15,7 +15,7 @@ use crate::config::{
     StorageArgs,
 };
 use crate::jobs::{WorkerOptions, Workers};
-use crate::metrics::JobMetrics;
+use crate::metrics::Metrics;
 use crate::startup::{Application, StartupError};
 
 #[derive(Parser, Debug)]
@@ -203,7 +203,7 @@ async fn run_worker(options: WorkerOptions, storage: &StorageArgs) -> CliResult 
         store,
         options,
         Arc::new(Notify::new()),
-        Arc::new(JobMetrics::default()),
+        Arc::new(Metrics::default()),
     )
     .map_err(StartupError::Workers)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

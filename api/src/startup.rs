@@ -18,7 +18,7 @@ use crate::config::{HttpOptions, ServerSettings};
 use crate::error;
 use crate::jobs::WorkerOptions;
 use crate::list_cache::ListCache;
-use crate::metrics::{JobMetrics, Metrics};
+use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
 use crate::route_table::RouteTable;
 use crate::routes;
@@ -69,19 +69,18 @@ impl Application {
             source,
         };
         let port = listener.local_addr().map_err(bind_error)?.port();
-        let job_metrics = Arc::new(JobMetrics::default());
+        let metrics = Arc::new(Metrics::default());
         let job_wake = Arc::new(Notify::new());
         let background =
-            Background::start(&store, workers, job_wake.clone(), job_metrics.clone(), true)
+            Background::start(&store, workers, job_wake.clone(), metrics.clone(), true)
                 .map_err(StartupError::Workers)?;
         let state = web::Data::new(AppState {
             store: store.clone(),
             max_upload_bytes: options.max_upload_bytes,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             list_cache: ListCache::new(
                 usize::try_from(options.list_cache_bytes).unwrap_or(usize::MAX),
             ),
-            job_metrics,
             job_wake,
         });
         let server = HttpServer::new(move || {

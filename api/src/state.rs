@@ -3,7 +3,7 @@ use std::sync::Arc;
 use quiver_store::Store;
 
 use crate::list_cache::ListCache;
-use crate::metrics::{JobMetrics, Metrics};
+use crate::metrics::Metrics;
 
 /// Everything a handler needs; cloned into each worker as `web::Data`.
 pub struct AppState {
@@ -11,7 +11,6 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     pub metrics: Arc<Metrics>,
     pub list_cache: ListCache,
-    pub job_metrics: Arc<JobMetrics>,
     /// Wakes this process's idle job workers when a handler queues a job.
     pub job_wake: Arc<tokio::sync::Notify>,
 }

@@ -18,7 +18,7 @@ use quiver_store::Store;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::metrics::JobMetrics;
+use crate::metrics::Metrics;
 use scratch::Scratch;
 
 /// How long a claim lasts without a heartbeat. Heartbeats come every second.
@@ -45,7 +45,7 @@ pub(crate) struct Shared {
     scratch: Scratch,
     device: Device,
     wake: Arc<Notify>,
-    metrics: Arc<JobMetrics>,
+    metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -61,7 +61,7 @@ impl Workers {
         store: Store,
         options: WorkerOptions,
         wake: Arc<Notify>,
-        metrics: Arc<JobMetrics>,
+        metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let (stop, shutdown) = watch::channel(false);
         let mut handles = Vec::new();

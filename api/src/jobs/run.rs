@@ -67,7 +67,7 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
     let started = Instant::now();
     let kind = job.kind;
     tracing::info!(job = %job.id, kind = kind.as_str(), attempt = lease.attempt, worker, "job running");
-    shared.metrics.started(kind);
+    shared.metrics.job_started(kind);
     let cancel = CancelToken::new();
     let progress = Arc::new(Progress {
         done: AtomicUsize::new(0),
@@ -104,7 +104,7 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
     let end = match outcome {
         Ok((adapter, number)) => {
             tracing::info!(job = %job.id, kind = kind.as_str(), state = "succeeded", result = %format!("{adapter}@{number}"), seconds, "job succeeded");
-            shared.metrics.finished(kind, "succeeded", seconds);
+            shared.metrics.job_finished(kind, "succeeded", seconds);
             return;
         }
         Err(Failure::Stopped) | Err(_) if stop.is_some() => match stop {
@@ -112,7 +112,7 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
             Some(Stop::Shutdown) => JobEnd::Released,
             _ => {
                 tracing::warn!(job = %job.id, "lease lost; another worker owns the job now");
-                shared.metrics.finished(kind, "lease_lost", seconds);
+                shared.metrics.job_finished(kind, "lease_lost", seconds);
                 return;
             }
         },
@@ -121,7 +121,7 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
             Ok(Some(j)) if j.cancel_requested => JobEnd::Cancelled,
             _ => {
                 tracing::warn!(job = %job.id, "lease lost at publish; another worker owns the job now");
-                shared.metrics.finished(kind, "lease_lost", seconds);
+                shared.metrics.job_finished(kind, "lease_lost", seconds);
                 return;
             }
         },
@@ -152,7 +152,7 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
             tracing::error!(job = %job.id, state, error = %e, "could not record the job's end; its lease will expire")
         }
     }
-    shared.metrics.finished(kind, state, seconds);
+    shared.metrics.job_finished(kind, state, seconds);
 }
 
 /// Stages, runs and publishes; returns the result's `(owner/name, version)`.

@@ -47,11 +47,13 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body({
-            let mut text = state.metrics.render();
-            match state.store.meta.job_counts().await {
-                Ok(counts) => text.push_str(&state.job_metrics.render(&counts)),
-                Err(e) => tracing::warn!(error = %e, "job counts unavailable for /metrics"),
-            }
-            text
+            let counts = match state.store.meta.job_counts().await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "job counts unavailable for /metrics");
+                    None
+                }
+            };
+            state.metrics.render(counts.as_deref())
         })
 }
