@@ -1,0 +1,94 @@
+//! Adapters: records and [`AdapterStore`].
+
+use async_trait::async_trait;
+
+use super::{Page, Viewer};
+use crate::{RepoId, StoreError};
+
+#[derive(Clone, Debug)]
+pub struct AdapterRecord {
+    pub id: i64,
+    pub owner: String,
+    pub name: String,
+    pub base_model: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub private: bool,
+    pub downloads: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl AdapterRecord {
+    pub fn repo_id(&self) -> String {
+        format!("{}/{}", self.owner, self.name)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NewAdapter {
+    pub repo: RepoId,
+    pub base_model: String,
+    pub description: String,
+    pub tags: Vec<String>,
+    pub private: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AdapterPatch {
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub private: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterSort {
+    #[default]
+    Updated,
+    Created,
+    Downloads,
+    Name,
+}
+
+impl AdapterSort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterSort::Updated => "updated",
+            AdapterSort::Created => "created",
+            AdapterSort::Downloads => "downloads",
+            AdapterSort::Name => "name",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListAdapters {
+    pub q: Option<String>,
+    pub base_model: Option<String>,
+    pub tag: Option<String>,
+    pub owner: Option<String>,
+    /// Adapters with a version made (merged, compressed) from a version of this one.
+    pub derived_from: Option<RepoId>,
+    pub sort: AdapterSort,
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+/// Adapters: create, find, list and search, update, delete.
+#[async_trait]
+pub trait AdapterStore: Send + Sync {
+    async fn create_adapter(&self, new: &NewAdapter) -> Result<AdapterRecord, StoreError>;
+    async fn get_adapter(&self, repo: &RepoId) -> Result<Option<AdapterRecord>, StoreError>;
+    async fn list_adapters(
+        &self,
+        query: &ListAdapters,
+        viewer: &Viewer,
+    ) -> Result<Page<AdapterRecord>, StoreError>;
+    async fn update_adapter(&self, adapter_id: i64, patch: &AdapterPatch)
+    -> Result<(), StoreError>;
+    /// Deletes the adapter with its versions, files and refs. Its blobs stay: another version may
+    /// share them, or an upload may be about to; a sweep removes unreferenced blobs.
+    async fn delete_adapter(&self, adapter_id: i64) -> Result<(), StoreError>;
+    async fn record_download(&self, adapter_id: i64) -> Result<(), StoreError>;
+}

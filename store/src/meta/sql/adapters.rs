@@ -1,0 +1,223 @@
+//! [`AdapterStore`] over sqlx `Any`: adapters, their tags, listing and search.
+
+use async_trait::async_trait;
+use sqlx::AssertSqlSafe;
+
+use super::*;
+use crate::RepoId;
+
+#[async_trait]
+impl AdapterStore for SqlMetadata {
+    async fn create_adapter(&self, new: &NewAdapter) -> Result<AdapterRecord, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO adapters (owner, name, base_model, description, private, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {ADAPTER_COLUMNS}"
+        )))
+        .bind(new.repo.owner.as_str())
+        .bind(new.repo.name.as_str())
+        .bind(new.base_model.as_str())
+        .bind(new.description.as_str())
+        .bind(new.private)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict(format!("adapter {} already exists", new.repo)),
+            other => other,
+        })?;
+        let mut adapter = adapter_from_row(&row)?;
+        insert_tags(&mut tx, adapter.id, &new.tags).await?;
+        tx.commit().await?;
+        adapter.tags = new.tags.clone();
+        Ok(adapter)
+    }
+
+    async fn get_adapter(&self, repo: &RepoId) -> Result<Option<AdapterRecord>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ADAPTER_COLUMNS} FROM adapters WHERE owner = $1 AND name = $2"
+        )))
+        .bind(repo.owner.as_str())
+        .bind(repo.name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(self.adapters_with_tags(vec![row]).await?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_adapters(
+        &self,
+        q: &ListAdapters,
+        viewer: &Viewer,
+    ) -> Result<Page<AdapterRecord>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {ADAPTER_COLUMNS} FROM adapters WHERE 1 = 1"
+        ));
+        if !viewer.admin {
+            match &viewer.user {
+                Some(user) => {
+                    sql.push(" AND (private = FALSE OR owner = ")
+                        .bind(user.as_str())
+                        .push(")");
+                }
+                None => {
+                    sql.push(" AND private = FALSE");
+                }
+            }
+        }
+        if let Some(term) = q.q.as_deref().filter(|t| !t.is_empty()) {
+            self.push_search(&mut sql, term);
+        }
+        if let Some(base) = &q.base_model {
+            sql.push(" AND base_model = ").bind(base.as_str());
+        }
+        if let Some(owner) = &q.owner {
+            sql.push(" AND owner = ").bind(owner.to_ascii_lowercase());
+        }
+        if let Some(tag) = &q.tag {
+            sql.push(" AND id IN (SELECT adapter_id FROM adapter_tags WHERE tag = ")
+                .bind(tag.as_str())
+                .push(")");
+        }
+        if let Some(parent) = &q.derived_from {
+            sql.push(
+                " AND id IN (SELECT v.adapter_id FROM version_parents p \
+                 JOIN versions v ON v.id = p.version_id \
+                 JOIN versions pv ON pv.id = p.parent_version_id \
+                 JOIN adapters pa ON pa.id = pv.adapter_id WHERE pa.owner = ",
+            )
+            .bind(parent.owner.as_str())
+            .push(" AND pa.name = ")
+            .bind(parent.name.as_str());
+            // A private parent names nothing for those who may not see it.
+            if !viewer.admin {
+                match &viewer.user {
+                    Some(user) => {
+                        sql.push(" AND (pa.private = FALSE OR pa.owner = ")
+                            .bind(user.as_str())
+                            .push(")");
+                    }
+                    None => {
+                        sql.push(" AND pa.private = FALSE");
+                    }
+                }
+            }
+            sql.push(")");
+        }
+        let key_col = match q.sort {
+            AdapterSort::Updated => "updated_at",
+            AdapterSort::Created => "created_at",
+            AdapterSort::Downloads => "downloads",
+            AdapterSort::Name => "",
+        };
+        if let Some(raw) = &q.cursor {
+            let c: AdapterCursor = decode_cursor(raw)?;
+            if c.s != q.sort.as_str() {
+                return Err(StoreError::Invalid(
+                    "cursor belongs to a listing with another sort order".into(),
+                ));
+            }
+            if q.sort == AdapterSort::Name {
+                let (owner, name) =
+                    serde_json::from_value::<(String, String)>(c.k).map_err(|_| {
+                        StoreError::Invalid("cursor is not one this server issued".into())
+                    })?;
+                sql.push(" AND (owner > ")
+                    .bind(owner.as_str())
+                    .push(" OR (owner = ")
+                    .bind(owner)
+                    .push(" AND name > ")
+                    .bind(name)
+                    .push("))");
+            } else {
+                let k = c.k.as_i64().ok_or_else(|| {
+                    StoreError::Invalid("cursor is not one this server issued".into())
+                })?;
+                sql.push(&format!(" AND ({key_col} < "))
+                    .bind(k)
+                    .push(&format!(" OR ({key_col} = "))
+                    .bind(k)
+                    .push(" AND id < ")
+                    .bind(c.id)
+                    .push("))");
+            }
+        }
+        if q.sort == AdapterSort::Name {
+            sql.push(" ORDER BY owner ASC, name ASC");
+        } else {
+            sql.push(&format!(" ORDER BY {key_col} DESC, id DESC"));
+        }
+        let limit = i64::from(q.limit.max(1));
+        sql.push(" LIMIT ").bind(limit + 1);
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        let mut items = self.adapters_with_tags(rows).await?;
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|last| {
+                let k = match q.sort {
+                    AdapterSort::Updated => Value::from(last.updated_at),
+                    AdapterSort::Created => Value::from(last.created_at),
+                    AdapterSort::Downloads => Value::from(last.downloads),
+                    AdapterSort::Name => serde_json::json!([last.owner, last.name]),
+                };
+                encode_cursor(&AdapterCursor {
+                    s: q.sort.as_str().into(),
+                    k,
+                    id: last.id,
+                })
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn update_adapter(
+        &self,
+        adapter_id: i64,
+        patch: &AdapterPatch,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut sql = Sql::new("UPDATE adapters SET updated_at = ");
+        sql.bind(now_ms());
+        if let Some(d) = &patch.description {
+            sql.push(", description = ").bind(d.as_str());
+        }
+        if let Some(p) = patch.private {
+            sql.push(", private = ").bind(p);
+        }
+        sql.push(" WHERE id = ").bind(adapter_id);
+        let done = sql.query().execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("adapter not found".into()));
+        }
+        if let Some(tags) = &patch.tags {
+            sqlx::query("DELETE FROM adapter_tags WHERE adapter_id = $1")
+                .bind(adapter_id)
+                .execute(&mut *tx)
+                .await?;
+            insert_tags(&mut tx, adapter_id, tags).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_adapter(&self, adapter_id: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM adapters WHERE id = $1")
+            .bind(adapter_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_download(&self, adapter_id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE adapters SET downloads = downloads + 1 WHERE id = $1")
+            .bind(adapter_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,181 @@
+//! [`VersionStore`] over sqlx `Any`: versions, their files and refs, and blob references.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::*;
+
+#[async_trait]
+impl VersionStore for SqlMetadata {
+    async fn create_version(
+        &self,
+        adapter: &AdapterRecord,
+        new: &NewVersion,
+    ) -> Result<VersionRecord, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let version = self.insert_version(&mut tx, adapter, new).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn get_version(
+        &self,
+        adapter_id: i64,
+        version: &VersionRef,
+    ) -> Result<Option<VersionRecord>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {VERSION_COLUMNS} FROM versions WHERE adapter_id = "
+        ));
+        sql.bind(adapter_id);
+        match version {
+            VersionRef::Number(n) => {
+                sql.push(" AND number = ").bind(*n);
+            }
+            VersionRef::Revision(r) => {
+                sql.push(" AND revision = ").bind(r.as_str());
+            }
+            VersionRef::Main => {
+                sql.push(" AND state = ")
+                    .bind(VersionState::Ready.as_str())
+                    .push(" ORDER BY number DESC LIMIT 1");
+            }
+            VersionRef::Alias(a) => {
+                sql.push(" AND id = (SELECT version_id FROM refs WHERE adapter_id = ")
+                    .bind(adapter_id)
+                    .push(" AND name = ")
+                    .bind(a.as_str())
+                    .push(")");
+            }
+        }
+        let row = sql.query().fetch_optional(&self.pool).await?;
+        match row {
+            Some(row) => Ok(self.versions_with_files(vec![row]).await?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_versions(
+        &self,
+        adapter_id: i64,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<VersionRecord>, StoreError> {
+        let mut sql = Sql::new(&format!(
+            "SELECT {VERSION_COLUMNS} FROM versions WHERE adapter_id = "
+        ));
+        sql.bind(adapter_id);
+        if let Some(raw) = cursor {
+            let before: i64 = decode_cursor(raw)?;
+            sql.push(" AND number < ").bind(before);
+        }
+        let limit = i64::from(limit.max(1));
+        sql.push(" ORDER BY number DESC LIMIT ").bind(limit + 1);
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        let mut items = self.versions_with_files(rows).await?;
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|v| encode_cursor(&v.number))
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn latest_versions(&self, adapter_ids: &[i64]) -> Result<Vec<VersionRecord>, StoreError> {
+        if adapter_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(&format!(
+            "SELECT {VERSION_COLUMNS} FROM versions v WHERE state = $1 AND number = \
+             (SELECT MAX(number) FROM versions w WHERE w.adapter_id = v.adapter_id AND w.state = $1) \
+             AND adapter_id IN "
+        ));
+        sql.arg(VersionState::Ready.as_str()); // $1, written out above
+        sql.bind_list(adapter_ids);
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        self.versions_with_files(rows).await
+    }
+
+    async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 AS one FROM files WHERE sha256 = $1 LIMIT 1")
+                .bind(sha256)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    async fn delete_blob_if_unreferenced(
+        &self,
+        sha256: &str,
+        delete: &(dyn Fn() -> futures::future::BoxFuture<'static, Result<bool, StoreError>> + Sync),
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.lock_blob_references(&mut tx, true).await?;
+        let used = sqlx::query("SELECT 1 AS one FROM files WHERE sha256 = $1 LIMIT 1")
+            .bind(sha256)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if used {
+            return Ok(false);
+        }
+        let deleted = delete().await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    async fn aliases(&self, adapter_ids: &[i64]) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        if adapter_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(
+            "SELECT r.adapter_id, r.name, v.number FROM refs r JOIN versions v ON v.id = r.version_id \
+             WHERE r.adapter_id IN ",
+        );
+        sql.bind_list(adapter_ids).push(" ORDER BY r.name");
+        sql.query()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("adapter_id")?,
+                    r.try_get("name")?,
+                    r.try_get("number")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn set_alias(&self, adapter_id: i64, alias: &str, number: i64) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO refs (adapter_id, name, version_id, updated_at) \
+             SELECT $1, $2, id, $3 FROM versions WHERE adapter_id = $1 AND number = $4 AND state = $5 \
+             ON CONFLICT (adapter_id, name) DO UPDATE SET version_id = excluded.version_id, updated_at = excluded.updated_at",
+        )
+        .bind(adapter_id)
+        .bind(alias)
+        .bind(now_ms())
+        .bind(number)
+        .bind(VersionState::Ready.as_str())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "version {number} does not exist"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn delete_alias(&self, adapter_id: i64, alias: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM refs WHERE adapter_id = $1 AND name = $2")
+            .bind(adapter_id)
+            .bind(alias)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

@@ -1,0 +1,130 @@
+//! Versions, their files and refs: records and [`VersionStore`].
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::{AdapterRecord, Page};
+use crate::StoreError;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileRecord {
+    pub path: String,
+    pub size: i64,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct VersionRecord {
+    pub id: i64,
+    pub adapter_id: i64,
+    pub number: i64,
+    pub revision: String,
+    pub state: String,
+    pub created_at: i64,
+    pub created_by: String,
+    pub lora: Option<Value>,
+    pub lineage: Option<Value>,
+    pub files: Vec<FileRecord>,
+}
+
+/// A version about to be committed: its blobs are already stored.
+#[derive(Clone, Debug)]
+pub struct NewVersion {
+    pub created_by: String,
+    pub files: Vec<FileRecord>,
+    pub lora: Option<Value>,
+    pub lineage: Option<Value>,
+    /// The versions it was made from (merges and compressions), in input order.
+    pub parents: Vec<ParentVersion>,
+}
+
+/// An input of a merged or compressed version, pinned when its job was queued.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParentVersion {
+    /// `owner/name`.
+    pub adapter: String,
+    pub version: i64,
+    pub revision: String,
+}
+
+string_enum!(
+    /// A version's state. Versions are published whole, so every stored version is `ready` today;
+    /// `pending` and `failed` are reserved by the schema.
+    VersionState { Pending = "pending", Ready = "ready", Failed = "failed" }
+);
+
+/// How a caller names a version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VersionRef {
+    /// `3` or `v3`.
+    Number(i64),
+    /// 40 lowercase hex.
+    Revision(String),
+    /// `main`: the newest ready version.
+    Main,
+    /// A user alias.
+    Alias(String),
+}
+
+impl VersionRef {
+    pub fn parse(raw: &str) -> Self {
+        let digits = raw.strip_prefix('v').unwrap_or(raw);
+        if !digits.is_empty()
+            && digits.len() <= 18
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(n) = digits.parse()
+        {
+            return VersionRef::Number(n);
+        }
+        if raw.len() == 40
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return VersionRef::Revision(raw.to_string());
+        }
+        if raw == "main" {
+            return VersionRef::Main;
+        }
+        VersionRef::Alias(raw.to_string())
+    }
+}
+
+/// Versions with their files, refs (aliases), and which blobs they refer to.
+#[async_trait]
+pub trait VersionStore: Send + Sync {
+    /// Allocates the next number, computes the revision and commits every row at once.
+    async fn create_version(
+        &self,
+        adapter: &AdapterRecord,
+        new: &NewVersion,
+    ) -> Result<VersionRecord, StoreError>;
+    async fn get_version(
+        &self,
+        adapter_id: i64,
+        version: &VersionRef,
+    ) -> Result<Option<VersionRecord>, StoreError>;
+    async fn list_versions(
+        &self,
+        adapter_id: i64,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<VersionRecord>, StoreError>;
+    /// The newest ready version of each adapter, by adapter id.
+    async fn latest_versions(&self, adapter_ids: &[i64]) -> Result<Vec<VersionRecord>, StoreError>;
+    /// Whether any file row refers to this blob.
+    async fn blob_in_use(&self, sha256: &str) -> Result<bool, StoreError>;
+    /// Runs `delete` (which deletes the blob, or decides not to) if no file row refers to the
+    /// blob, holding the lock that version commits take, so that no version commits a reference
+    /// to it meanwhile. Returns what `delete` returned, or false when the blob is in use.
+    async fn delete_blob_if_unreferenced(
+        &self,
+        sha256: &str,
+        delete: &(dyn Fn() -> futures::future::BoxFuture<'static, Result<bool, StoreError>> + Sync),
+    ) -> Result<bool, StoreError>;
+    /// Aliases of each adapter: (adapter id, alias, version number).
+    async fn aliases(&self, adapter_ids: &[i64]) -> Result<Vec<(i64, String, i64)>, StoreError>;
+    async fn set_alias(&self, adapter_id: i64, alias: &str, number: i64) -> Result<(), StoreError>;
+    /// Returns whether the alias existed.
+    async fn delete_alias(&self, adapter_id: i64, alias: &str) -> Result<bool, StoreError>;
+}
