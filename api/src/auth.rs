@@ -19,17 +19,13 @@ const TOKEN_PREFIX: &str = "qvt_";
 pub fn new_token() -> (String, String) {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let secret = format!("{TOKEN_PREFIX}{}", hex_lower(&bytes));
+    let secret = format!("{TOKEN_PREFIX}{}", hex::encode(bytes));
     let hash = hash_token(&secret);
     (secret, hash)
 }
 
 pub fn hash_token(secret: &str) -> String {
-    hex_lower(&Sha256::digest(secret.as_bytes()))
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 /// The caller of a request: anonymous, or the owner of a valid token.

@@ -11,13 +11,14 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
-pub const CONFIG_FILE: &str = "adapter_config.json";
-pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
-const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+pub use quiver_merge::summary::{
+    CONFIG_NAME as CONFIG_FILE, SAFETENSORS_WEIGHTS_NAME as WEIGHTS_FILE,
+};
+use quiver_merge::summary::{MAX_CONFIG_LEN, is_pickle_name};
+
+const MAX_CONFIG_BYTES: usize = MAX_CONFIG_LEN as usize;
 const MAX_PATH_LEN: usize = 1024;
 const MAX_FILES: usize = 1000;
-/// Extensions of pickle files, which can run code when loaded.
-const PICKLE_EXTENSIONS: [&str; 5] = [".bin", ".pt", ".pkl", ".pth", ".pickle"];
 
 /// One received file, staged in the blob store.
 pub struct ReceivedFile {
@@ -86,8 +87,7 @@ pub fn check_path(path: &str) -> Result<(), ApiError> {
     {
         return Err(bad("it must not contain empty, '.' or '..' components"));
     }
-    let lower = path.to_ascii_lowercase();
-    if PICKLE_EXTENSIONS.iter().any(|ext| lower.ends_with(ext)) {
+    if is_pickle_name(path) {
         return Err(ApiError::unprocessable(
             "pickle_not_allowed",
             format!(

@@ -19,8 +19,20 @@ pub const CONFIG_NAME: &str = "adapter_config.json";
 pub const SAFETENSORS_WEIGHTS_NAME: &str = "adapter_model.safetensors";
 /// Name of the legacy pickled weights file, which is refused.
 pub const LEGACY_WEIGHTS_NAME: &str = "adapter_model.bin";
-/// Largest `adapter_config.json` read by [`inspect_path`] (real ones are a few KiB).
-pub const MAX_CONFIG_LEN: u64 = 16 * 1024 * 1024;
+/// Largest `adapter_config.json` accepted anywhere (uploads, [`inspect_path`]); real ones are a
+/// few KiB.
+pub const MAX_CONFIG_LEN: u64 = 1024 * 1024;
+/// Extensions of pickle files (lower case), which can run code when loaded: refused everywhere.
+pub const PICKLE_EXTENSIONS: &[&str] = &["bin", "pt", "pth", "pkl", "pickle", "ckpt"];
+
+/// Whether a file name has a pickle extension (case-insensitive).
+pub fn is_pickle_name(name: &str) -> bool {
+    name.rsplit_once('.').is_some_and(|(_, ext)| {
+        PICKLE_EXTENSIONS
+            .iter()
+            .any(|p| ext.eq_ignore_ascii_case(p))
+    })
+}
 
 /// What the registry records about a validated LoRA adapter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -427,11 +439,11 @@ pub fn inspect_path(path: &Path) -> Result<LoraSummary, FormatError> {
         let (header, size) = read_header(&weights)?;
         summarize(&config, &header, size)
     } else {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        if matches!(ext.as_deref(), Some("bin" | "pt" | "pth" | "ckpt")) {
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_pickle_name)
+        {
             return Err(pickle_refused(path));
         }
         let (header, size) = read_header(path)?;

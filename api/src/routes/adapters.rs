@@ -11,9 +11,10 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
+use crate::conditional::etag_matches;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::list_cache::{CachedPage, Lookup};
-use crate::routes::files::etag_matches;
+use crate::lookup::{find_adapter, page_limit, repo_from_path};
 use crate::state::AppState;
 use crate::views::{AdapterPage, AdapterView};
 
@@ -62,38 +63,6 @@ pub struct ListAdaptersQuery {
     /// 1 to 500, default 50.
     pub limit: Option<u32>,
     pub cursor: Option<String>,
-}
-
-/// `(owner, name)` from the path; a malformed name cannot exist, so it is a 404.
-pub fn repo_from_path(path: &(String, String)) -> Result<RepoId, ApiError> {
-    RepoId::parse(&path.0, &path.1).map_err(|_| {
-        ApiError::not_found(
-            ErrorCode::AdapterNotFound,
-            format!("adapter {}/{}", path.0, path.1),
-        )
-    })
-}
-
-/// The adapter named in the path, if the caller may see it.
-pub async fn find_adapter(
-    store: &Store,
-    caller: &Caller,
-    path: &(String, String),
-) -> Result<AdapterRecord, ApiError> {
-    let repo = repo_from_path(path)?;
-    let found = store.meta.get_adapter(&repo).await?;
-    caller.visible(found, &repo.to_string())
-}
-
-pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
-    match limit {
-        None => Ok(50),
-        Some(n @ 1..=500) => Ok(n),
-        Some(n) => Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and 500, got {n}"),
-        )),
-    }
 }
 
 /// Checks the description and tags of an adapter about to be created (also by a job).

@@ -7,10 +7,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::IntoParams;
 
-use super::adapters::page_limit;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::jobs::spec;
+use crate::lookup::page_limit;
 use crate::state::AppState;
 use crate::views::{JobPage, JobView};
 

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, route, web};
 
-use super::versions::find_version;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::lookup::find_version;
 use crate::state::AppState;
 use crate::views::{LineageEdgeView, LineageNodeView, LineageView};
 

@@ -4,9 +4,9 @@ use actix_web::{HttpResponse, delete, put, web};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::adapters::find_adapter;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::lookup::find_adapter;
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]

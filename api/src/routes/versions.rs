@@ -3,13 +3,13 @@
 use actix_multipart::Multipart;
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{HttpRequest, HttpResponse, post, route, web};
-use quiver_store::{FileRecord, NewVersion, VersionRecord, VersionRef};
+use quiver_store::{FileRecord, NewVersion};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::adapters::{find_adapter, page_limit};
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::error::{ApiError, ErrorBody};
+use crate::lookup::{find_adapter, find_version, page_limit};
 use crate::publish::{Held, Target, publish_version};
 use crate::state::AppState;
 use crate::upload::{Received, receive};
@@ -128,30 +128,6 @@ pub async fn list_versions(
         items: page.items.into_iter().map(VersionView::from).collect(),
         next_cursor: page.next_cursor,
     }))
-}
-
-/// Resolves `{ref}` of a path to a version of a visible adapter.
-pub async fn find_version(
-    state: &AppState,
-    caller: &Caller,
-    owner: &str,
-    name: &str,
-    reference: &str,
-) -> Result<(quiver_store::AdapterRecord, VersionRecord), ApiError> {
-    let adapter =
-        find_adapter(&state.store, caller, &(owner.to_string(), name.to_string())).await?;
-    let version = state
-        .store
-        .meta
-        .get_version(adapter.id, &VersionRef::parse(reference))
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(
-                ErrorCode::VersionNotFound,
-                format!("version {reference} of {}", adapter.repo_id()),
-            )
-        })?;
-    Ok((adapter, version))
 }
 
 /// One version: `ref` = number, `v{N}`, alias, `main` or 40-hex revision.
