@@ -89,9 +89,8 @@ impl FromRequest for Caller {
                 return Ok(Caller(None));
             };
             let bad = || {
-                ApiError::new(
-                    actix_web::http::StatusCode::UNAUTHORIZED,
-                    "invalid_token",
+                ApiError::coded(
+                    ErrorCode::InvalidToken,
                     "the Authorization header must be `Bearer <token>` with a token this server issued",
                 )
             };

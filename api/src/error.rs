@@ -34,10 +34,26 @@ macro_rules! error_codes {
 }
 
 error_codes! {
+    /// A request actix refused before a handler ran, for a reason not listed here.
+    BadRequest = "bad_request" => BAD_REQUEST,
     InvalidRequest = "invalid_request" => BAD_REQUEST,
     InvalidJson = "invalid_json" => BAD_REQUEST,
     InvalidQuery = "invalid_query" => BAD_REQUEST,
     InvalidPath = "invalid_path" => BAD_REQUEST,
+    InvalidName = "invalid_name" => BAD_REQUEST,
+    InvalidBaseModel = "invalid_base_model" => BAD_REQUEST,
+    InvalidDescription = "invalid_description" => BAD_REQUEST,
+    InvalidTags = "invalid_tags" => BAD_REQUEST,
+    InvalidAlias = "invalid_alias" => BAD_REQUEST,
+    InvalidMultipart = "invalid_multipart" => BAD_REQUEST,
+    InvalidFilePath = "invalid_file_path" => BAD_REQUEST,
+    DuplicateFile = "duplicate_file" => BAD_REQUEST,
+    TooManyFiles = "too_many_files" => BAD_REQUEST,
+    /// An upload without `adapter_config.json` or `adapter_model.safetensors`.
+    MissingFile = "missing_file" => UNPROCESSABLE_ENTITY,
+    PickleNotAllowed = "pickle_not_allowed" => UNPROCESSABLE_ENTITY,
+    /// A config too large to be one (the other upload format errors are the merge crate's codes).
+    InvalidAdapterConfig = "invalid_adapter_config" => UNPROCESSABLE_ENTITY,
     Unauthorized = "unauthorized" => UNAUTHORIZED,
     InvalidToken = "invalid_token" => UNAUTHORIZED,
     Forbidden = "forbidden" => FORBIDDEN,
@@ -55,6 +71,7 @@ error_codes! {
     IdempotencyConflict = "idempotency_conflict" => CONFLICT,
     PayloadTooLarge = "payload_too_large" => PAYLOAD_TOO_LARGE,
     UnsupportedMediaType = "unsupported_media_type" => UNSUPPORTED_MEDIA_TYPE,
+    RangeNotSatisfiable = "range_not_satisfiable" => RANGE_NOT_SATISFIABLE,
     /// A merge or compression spec that cannot run: unknown method, bad parameters, too few inputs.
     InvalidSpec = "invalid_spec" => UNPROCESSABLE_ENTITY,
     /// Inputs that cannot be merged together (base models, DoRA, collections).
@@ -86,7 +103,7 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -97,30 +114,22 @@ impl ApiError {
     pub fn coded(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(code.status(), code.as_str(), message)
     }
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-    }
     /// `code` is one of the `*NotFound` codes: which kind of thing was not found.
     pub fn not_found(code: ErrorCode, what: impl std::fmt::Display) -> Self {
         Self::coded(code, format!("{what} was not found"))
     }
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+        Self::coded(
+            ErrorCode::Unauthorized,
             "this action needs a token: send `Authorization: Bearer <token>` (create one with `quiver token create`)",
         )
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::coded(ErrorCode::Forbidden, message)
     }
     pub fn too_large(limit: u64) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+        Self::coded(
+            ErrorCode::PayloadTooLarge,
             format!(
                 "the upload exceeds this server's limit of {limit} bytes (QUIVER_MAX_UPLOAD_BYTES)"
             ),
@@ -128,9 +137,8 @@ impl ApiError {
     }
     pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "{context}");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+        Self::coded(
+            ErrorCode::Internal,
             "the server failed to handle this request; the cause is in its log",
         )
     }
@@ -177,9 +185,8 @@ impl From<StoreError> for ApiError {
             }
             e if e.is_unavailable() => {
                 tracing::error!(error = %e, "storage unavailable");
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
+                Self::coded(
+                    ErrorCode::StorageUnavailable,
                     "the database or blob store did not answer; try again shortly",
                 )
             }
@@ -190,7 +197,8 @@ impl From<StoreError> for ApiError {
 
 impl From<FormatError> for ApiError {
     fn from(e: FormatError) -> Self {
-        Self::unprocessable(e.code(), e.to_string())
+        // The upload format's own codes (`invalid_safetensors`, …), all 422.
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
     }
 }
 
@@ -202,9 +210,8 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     match allowed {
         Some(methods) => {
             let allow = methods.join(", ");
-            let mut res = ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+            let mut res = ApiError::coded(
+                ErrorCode::MethodNotAllowed,
                 format!(
                     "{} is not allowed on {}; allowed: {allow}",
                     req.method(),
@@ -217,9 +224,8 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
             }
             res
         }
-        None => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "route_not_found",
+        None => ApiError::coded(
+            ErrorCode::RouteNotFound,
             format!(
                 "no route {} {}; the API is described at /api/openapi.json",
                 req.method(),
@@ -234,17 +240,18 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as J;
     match &err {
-        J::ContentType => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+        J::ContentType => ApiError::coded(
+            ErrorCode::UnsupportedMediaType,
             "send the body as JSON with `Content-Type: application/json`",
         ),
-        J::OverflowKnownLength { .. } | J::Overflow { .. } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+        J::OverflowKnownLength { .. } | J::Overflow { .. } => ApiError::coded(
+            ErrorCode::PayloadTooLarge,
             format!("the JSON body is too large: {err}"),
         ),
-        _ => ApiError::bad_request("invalid_json", format!("the JSON body is not valid: {err}")),
+        _ => ApiError::coded(
+            ErrorCode::InvalidJson,
+            format!("the JSON body is not valid: {err}"),
+        ),
     }
     .into()
 }
@@ -253,15 +260,19 @@ pub fn query_error(
     err: actix_web::error::QueryPayloadError,
     _req: &HttpRequest,
 ) -> actix_web::Error {
-    ApiError::bad_request(
-        "invalid_query",
+    ApiError::coded(
+        ErrorCode::InvalidQuery,
         format!("the query string is not valid: {err}"),
     )
     .into()
 }
 
 pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix_web::Error {
-    ApiError::bad_request("invalid_path", format!("the URL path is not valid: {err}")).into()
+    ApiError::coded(
+        ErrorCode::InvalidPath,
+        format!("the URL path is not valid: {err}"),
+    )
+    .into()
 }
 
 /// Turns any error response that is not already our JSON (actix's own 404/405/400s, panics
@@ -280,16 +291,25 @@ pub fn wrap_foreign_errors<B: MessageBody + 'static>(
     let status = res.status();
     let (code, message) = match status {
         StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             "this route does not accept that method",
         ),
-        StatusCode::NOT_FOUND => ("route_not_found", "no such route; see /api/openapi.json"),
-        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
-        s if s.is_server_error() => ("internal", "the server failed to handle this request"),
-        _ => ("bad_request", "the request could not be understood"),
+        StatusCode::NOT_FOUND => (
+            ErrorCode::RouteNotFound,
+            "no such route; see /api/openapi.json",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            (ErrorCode::PayloadTooLarge, "the request body is too large")
+        }
+        s if s.is_server_error() => (
+            ErrorCode::Internal,
+            "the server failed to handle this request",
+        ),
+        _ => (ErrorCode::BadRequest, "the request could not be understood"),
     };
     let (req, _) = res.into_parts();
-    let res = ServiceResponse::new(req, envelope(status, code, message)).map_into_right_body();
+    let res =
+        ServiceResponse::new(req, envelope(status, code.as_str(), message)).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(res))
 }
 

@@ -32,8 +32,8 @@ pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     match limit {
         None => Ok(50),
         Some(n @ 1..=500) => Ok(n),
-        Some(n) => Err(ApiError::bad_request(
-            "invalid_query",
+        Some(n) => Err(ApiError::coded(
+            ErrorCode::InvalidQuery,
             format!("limit must be between 1 and 500, got {n}"),
         )),
     }

@@ -2,13 +2,12 @@
 //! adapter. Nothing becomes visible here; on any error every staged blob is removed.
 
 use actix_multipart::{Multipart, MultipartError};
-use actix_web::http::StatusCode;
 use futures::TryStreamExt;
 use quiver_merge::{AdapterConfig, header_len, parse_header, summarize};
 use quiver_store::{BlobStore, StagedBlob};
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::Metrics;
 
 pub use quiver_merge::summary::{
@@ -46,8 +45,8 @@ impl Received {
     /// Checks the upload is a well-formed PEFT LoRA adapter and returns its summary.
     pub fn validate(&self) -> Result<Value, ApiError> {
         let missing = |name: &str| {
-            ApiError::unprocessable(
-                "missing_file",
+            ApiError::coded(
+                ErrorCode::MissingFile,
                 format!("the upload must contain {name} (as a part with that filename)"),
             )
         };
@@ -67,8 +66,8 @@ impl Received {
 /// components, no backslashes or control characters, no pickle files.
 pub fn check_path(path: &str) -> Result<(), ApiError> {
     let bad = |why: &str| {
-        ApiError::bad_request(
-            "invalid_file_path",
+        ApiError::coded(
+            ErrorCode::InvalidFilePath,
             format!("file path {path:?} is not allowed: {why}"),
         )
     };
@@ -88,8 +87,8 @@ pub fn check_path(path: &str) -> Result<(), ApiError> {
         return Err(bad("it must not contain empty, '.' or '..' components"));
     }
     if is_pickle_name(path) {
-        return Err(ApiError::unprocessable(
-            "pickle_not_allowed",
+        return Err(ApiError::coded(
+            ErrorCode::PickleNotAllowed,
             format!(
                 "{path} is a pickle file, which can run code when loaded; upload safetensors instead"
             ),
@@ -103,13 +102,12 @@ fn multipart_error(e: MultipartError) -> ApiError {
         MultipartError::ContentTypeMissing
         | MultipartError::ContentTypeParse
         | MultipartError::ContentTypeIncompatible
-        | MultipartError::BoundaryMissing => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+        | MultipartError::BoundaryMissing => ApiError::coded(
+            ErrorCode::UnsupportedMediaType,
             "upload files as multipart/form-data, one part per file, the part's filename being the file path",
         ),
-        other => ApiError::bad_request(
-            "invalid_multipart",
+        other => ApiError::coded(
+            ErrorCode::InvalidMultipart,
             format!("the multipart body is malformed: {other}"),
         ),
     }
@@ -131,8 +129,7 @@ pub async fn receive(
             .and_then(|cd| cd.get_filename())
             .map(str::to_owned)
             .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_multipart",
+                ApiError::coded(ErrorCode::InvalidMultipart,
                     format!(
                         "part {:?} has no filename; every part must be a file whose filename is its path",
                         field.name().unwrap_or_default()
@@ -141,14 +138,14 @@ pub async fn receive(
             })?;
         check_path(&path)?;
         if received.files.iter().any(|f| f.path == path) {
-            return Err(ApiError::bad_request(
-                "duplicate_file",
+            return Err(ApiError::coded(
+                ErrorCode::DuplicateFile,
                 format!("{path} appears twice in the upload"),
             ));
         }
         if received.files.len() >= MAX_FILES {
-            return Err(ApiError::bad_request(
-                "too_many_files",
+            return Err(ApiError::coded(
+                ErrorCode::TooManyFiles,
                 format!("a version holds at most {MAX_FILES} files"),
             ));
         }
@@ -167,8 +164,8 @@ pub async fn receive(
                 if is_config {
                     keep.extend_from_slice(&chunk);
                     if keep.len() > MAX_CONFIG_BYTES {
-                        return Err(ApiError::unprocessable(
-                            "invalid_adapter_config",
+                        return Err(ApiError::coded(
+                            ErrorCode::InvalidAdapterConfig,
                             format!("{CONFIG_FILE} is larger than {MAX_CONFIG_BYTES} bytes"),
                         ));
                     }

@@ -3,7 +3,8 @@
 //! and in `quiver worker` processes, any number against one database and store.
 //!
 //! Idle workers wake on an in-process signal when this process queues a job, on Postgres
-//! `NOTIFY` when another does, and otherwise poll every 100 ms (a cheap indexed read).
+//! `NOTIFY` when another does, and otherwise poll (a cheap indexed read): every 50 ms where no
+//! notification can come (SQLite), every 500 ms as a fallback on Postgres.
 
 mod run;
 pub mod scratch;
@@ -11,6 +12,7 @@ pub mod spec;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use candle_core::Device;
@@ -23,8 +25,10 @@ use scratch::Scratch;
 
 /// How long a claim lasts without a heartbeat. Heartbeats come every second.
 pub const DEFAULT_LEASE_MS: i64 = 30_000;
-/// Idle workers look for jobs this often when nothing woke them.
-const POLL: Duration = Duration::from_millis(100);
+/// Idle workers look for jobs this often when nothing can wake them across processes (SQLite).
+const POLL: Duration = Duration::from_millis(50);
+/// … and this often when Postgres notifications wake them (a fallback only).
+const POLL_LISTENING: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
@@ -47,6 +51,8 @@ pub(crate) struct Shared {
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    /// Whether a Postgres listener forwards other processes' notifications right now.
+    listening: std::sync::atomic::AtomicBool,
 }
 
 /// The workers of one process: started with the application, stopped by [`Workers::shutdown`].
@@ -83,6 +89,7 @@ impl Workers {
                 wake: wake.clone(),
                 metrics,
                 shutdown,
+                listening: std::sync::atomic::AtomicBool::new(false),
             });
             handles.push(tokio::spawn(forward_notifications(shared.clone())));
             for i in 0..options.count {
@@ -120,8 +127,12 @@ async fn forward_notifications(shared: Arc<Shared>) {
             return;
         }
         if listener.is_none() {
+            shared.listening.store(false, Ordering::Relaxed);
             match shared.store.meta.job_wakeups().await {
-                Ok(Some(l)) => listener = Some(l),
+                Ok(Some(l)) => {
+                    listener = Some(l);
+                    shared.listening.store(true, Ordering::Relaxed);
+                }
                 Ok(None) => return, // SQLite: polling only
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot listen for job notifications; polling");
@@ -199,6 +210,8 @@ async fn worker_loop(shared: Arc<Shared>, worker_id: String) {
         // Back off while the database is away (up to 5 s), else poll.
         let wait = if failures > 0 {
             Duration::from_millis(100 * 2u64.pow(failures.min(6))).min(Duration::from_secs(5))
+        } else if shared.listening.load(Ordering::Relaxed) {
+            POLL_LISTENING
         } else {
             POLL
         };

@@ -138,13 +138,12 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
         JobEnd::Released => "released",
     };
     match shared.store.meta.end_job(&lease, &end).await {
-        Ok(true) => {
-            let error = match &end {
-                JobEnd::Failed(e) | JobEnd::Retry { error: e, .. } => e.as_str(),
-                _ => "",
-            };
-            tracing::info!(job = %job.id, kind = kind.as_str(), state, error, seconds, "job ended");
-        }
+        Ok(true) => match &end {
+            JobEnd::Failed(e) | JobEnd::Retry { error: e, .. } => {
+                tracing::warn!(job = %job.id, kind = kind.as_str(), state, error = %e, seconds, "job ended")
+            }
+            _ => tracing::info!(job = %job.id, kind = kind.as_str(), state, seconds, "job ended"),
+        },
         Ok(false) => {
             tracing::warn!(job = %job.id, state, "lease lost before the job's end was recorded")
         }

@@ -73,15 +73,15 @@ pub fn check_new_fields(description: &str, tags: &[String]) -> Result<(), ApiErr
 
 fn check_tags(tags: &[String]) -> Result<(), ApiError> {
     if tags.len() > MAX_TAGS {
-        return Err(ApiError::bad_request(
-            "invalid_tags",
+        return Err(ApiError::coded(
+            ErrorCode::InvalidTags,
             format!("at most {MAX_TAGS} tags are allowed"),
         ));
     }
     for t in tags {
         if t.is_empty() || t.len() > MAX_TAG_LEN || t.chars().any(char::is_control) {
-            return Err(ApiError::bad_request(
-                "invalid_tags",
+            return Err(ApiError::coded(
+                ErrorCode::InvalidTags,
                 format!("tag {t:?} must be 1 to {MAX_TAG_LEN} printable characters"),
             ));
         }
@@ -91,8 +91,8 @@ fn check_tags(tags: &[String]) -> Result<(), ApiError> {
 
 fn check_description(d: &str) -> Result<(), ApiError> {
     if d.len() > MAX_DESCRIPTION_LEN {
-        return Err(ApiError::bad_request(
-            "invalid_description",
+        return Err(ApiError::coded(
+            ErrorCode::InvalidDescription,
             format!("description is longer than {MAX_DESCRIPTION_LEN} bytes"),
         ));
     }
@@ -155,15 +155,15 @@ pub async fn create_adapter(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let repo = RepoId::parse(&body.owner, &body.name)
-        .map_err(|e| ApiError::bad_request("invalid_name", e.to_string()))?;
+        .map_err(|e| ApiError::coded(ErrorCode::InvalidName, e.to_string()))?;
     caller.require_write(&repo.owner)?;
     let base_model = body.base_model.trim().to_string();
     if base_model.is_empty()
         || base_model.len() > MAX_BASE_MODEL_LEN
         || base_model.chars().any(char::is_control)
     {
-        return Err(ApiError::bad_request(
-            "invalid_base_model",
+        return Err(ApiError::coded(
+            ErrorCode::InvalidBaseModel,
             format!("base_model must be 1 to {MAX_BASE_MODEL_LEN} printable characters"),
         ));
     }
@@ -215,8 +215,8 @@ pub async fn list_adapters(
                 raw.split_once('/')
                     .and_then(|(o, n)| RepoId::parse(o, n).ok())
                     .ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_query",
+                        ApiError::coded(
+                            ErrorCode::InvalidQuery,
                             format!("derived_from must be `owner/name`, got {raw:?}"),
                         )
                     })?,

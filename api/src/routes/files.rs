@@ -93,9 +93,8 @@ pub async fn download_file(
         RangeRequest::Full => None,
         RangeRequest::Partial(r) => Some(r),
         RangeRequest::Unsatisfiable => {
-            return Err(ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
+            return Err(ApiError::coded(
+                ErrorCode::RangeNotSatisfiable,
                 format!("the Range header does not fit a file of {size} bytes"),
             ));
         }

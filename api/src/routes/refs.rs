@@ -19,15 +19,15 @@ pub struct SetRefRequest {
 /// as a number or a revision.
 fn check_alias(alias: &str) -> Result<String, ApiError> {
     let alias = quiver_store::validate_name("alias", alias)
-        .map_err(|e| ApiError::bad_request("invalid_alias", e.to_string()))?;
+        .map_err(|e| ApiError::coded(ErrorCode::InvalidAlias, e.to_string()))?;
     let reserved = alias == "main"
         || !matches!(
             quiver_store::VersionRef::parse(&alias),
             quiver_store::VersionRef::Alias(_)
         );
     if reserved {
-        return Err(ApiError::bad_request(
-            "invalid_alias",
+        return Err(ApiError::coded(
+            ErrorCode::InvalidAlias,
             format!(
                 "{alias:?} is reserved: main, numbers, v<N> and 40-hex revisions name versions already"
             ),

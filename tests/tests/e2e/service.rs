@@ -48,6 +48,12 @@ async fn health_metrics_openapi_and_docs(#[case] backend: Backend) {
         "/api/v1/adapters",
         "/api/v1/adapters/{owner}/{name}/versions",
         "/api/v1/adapters/{owner}/{name}/versions/{ref}/files/{path}",
+        "/api/v1/adapters/{owner}/{name}/versions/{ref}/lineage",
+        "/api/v1/merges",
+        "/api/v1/compressions",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/cancel",
         "/healthz",
     ] {
         assert!(

@@ -388,3 +388,38 @@ async fn two_servers_and_two_workers_share_one_postgres_and_s3() {
     assert_eq!(total, 10, "nothing lost, nothing doubled");
     drop(servers);
 }
+
+#[test]
+fn startup_errors_say_what_to_fix() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for (args, expected) in [
+        (
+            vec![
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--database-url",
+                "mysql://db/quiver",
+            ],
+            "database URL must start with sqlite:// or postgres://",
+        ),
+        (
+            vec!["worker", "--store-url", "ftp://somewhere/blobs"],
+            "cannot open the storage",
+        ),
+    ] {
+        let out = std::process::Command::new(quiver_tests::quiver_bin())
+            .args(&args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .expect("run quiver");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("the server failed to handle this request"),
+            "{stderr}"
+        );
+    }
+}
