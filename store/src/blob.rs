@@ -556,13 +556,18 @@ fn digest_worker(
 /// Creates a file, and its directory when missing. The store removes a directory with its last
 /// file (automatic cleanup), which can happen between the two steps: then they are tried again.
 fn create_staged_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::io::ErrorKind::{AlreadyExists, NotFound};
     let mut attempts = 0;
     loop {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        match std::fs::File::create(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 10 => attempts += 1,
+        // The object store removes the staging directory when a delete leaves it empty, in this
+        // process or another: it can vanish between create_dir_all's attempt and its check
+        // (then it fails with AlreadyExists) or before the file is created (NotFound). Retry.
+        let created = match path.parent() {
+            Some(dir) => std::fs::create_dir_all(dir).and_then(|()| std::fs::File::create(path)),
+            None => std::fs::File::create(path),
+        };
+        match created {
+            Err(e) if matches!(e.kind(), NotFound | AlreadyExists) && attempts < 10 => attempts += 1,
             other => return other,
         }
     }
