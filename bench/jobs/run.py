@@ -282,6 +282,24 @@ def queue_run(label, database_url, store_url, args):
                    failed=sum(1 for j in jobs if j["state"] != "succeeded"))
         for w in workers:
             svc.stop(w)
+        # Where a job's time goes, from the workers' "job succeeded" log lines.
+        phases = {k: [] for k in ("stage_s", "engine_s", "store_s", "publish_s")}
+        for f in os.listdir(work):
+            if f.startswith("proc-"):
+                for line in open(os.path.join(work, f)):
+                    if "job succeeded" in line:
+                        for k in phases:
+                            m = line.split(f" {k}=")
+                            if len(m) > 1:
+                                phases[k].append(float(m[1].split()[0]) * 1000)
+        for k, v in phases.items():
+            if v:
+                row[k.replace("_s", "_ms_mean")] = statistics.mean(v)
+        if phases["publish_s"]:
+            row["publish_ms_p99"] = pct(phases["publish_s"], 99)
+            # Share of the run's wall time during which some worker was publishing (upper bound
+            # of what serialised publishes could cost; 2 workers).
+            row["publish_share"] = sum(phases["publish_s"]) / 1000 / span / 2
         print(f"{label}: {json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()})}", flush=True)
         return row
     finally:
@@ -308,11 +326,13 @@ def queue(args):
     else:
         print("Postgres not reachable at", pg, "- skipped", file=sys.stderr)
     print()
-    print("| backend | jobs | jobs/s | idle pickup p50 / p99 ms | submit → start p50 / p99 ms | submit → finish p50 / p99 ms |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| backend | jobs | jobs/s | idle pickup p50 / p99 ms | submit → start p50 / p99 ms | submit → finish p50 / p99 ms | per job: stage / engine / store / publish ms (mean) | publish p99 ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     for r in rows:
         print(f"| {r['backend']} | {r['jobs']} | {r['jobs_per_s']:.1f} | {r['idle_p50']:.0f} / {r['idle_p99']:.0f} | "
-              f"{r['start_p50']:.0f} / {r['start_p99']:.0f} | {r['finish_p50']:.0f} / {r['finish_p99']:.0f} |")
+              f"{r['start_p50']:.0f} / {r['start_p99']:.0f} | {r['finish_p50']:.0f} / {r['finish_p99']:.0f} | "
+              f"{r.get('stage_ms_mean', 0):.1f} / {r.get('engine_ms_mean', 0):.1f} / {r.get('store_ms_mean', 0):.1f} / {r.get('publish_ms_mean', 0):.1f} | "
+              f"{r.get('publish_ms_p99', 0):.1f} |")
 
 
 def main():

@@ -58,6 +58,13 @@ enum Stop {
     Shutdown,
 }
 
+/// A published result, with the seconds spent staging, in the engine, storing and publishing.
+struct Published {
+    adapter: String,
+    number: i64,
+    phases: [f64; 4],
+}
+
 struct Progress {
     done: AtomicUsize,
     total: AtomicUsize,
@@ -102,8 +109,23 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
     };
     let seconds = started.elapsed().as_secs_f64();
     let end = match outcome {
-        Ok((adapter, number)) => {
-            tracing::info!(job = %job.id, kind = kind.as_str(), state = "succeeded", result = %format!("{adapter}@{number}"), seconds, "job succeeded");
+        Ok(Published {
+            adapter,
+            number,
+            phases,
+        }) => {
+            tracing::info!(
+                job = %job.id,
+                kind = kind.as_str(),
+                state = "succeeded",
+                result = %format!("{adapter}@{number}"),
+                seconds,
+                stage_s = phases[0],
+                engine_s = phases[1],
+                store_s = phases[2],
+                publish_s = phases[3],
+                "job succeeded"
+            );
             shared.metrics.job_finished(kind, "succeeded", seconds);
             return;
         }
@@ -161,7 +183,13 @@ async fn execute(
     lease: &Lease,
     cancel: CancelToken,
     progress: Arc<Progress>,
-) -> Result<(String, i64), Failure> {
+) -> Result<Published, Failure> {
+    let mut phases = [0.0; 4];
+    let mut clock = Instant::now();
+    let mut lap = |i: usize| {
+        phases[i] = clock.elapsed().as_secs_f64();
+        clock = Instant::now();
+    };
     let spec: JobSpec = serde_json::from_value(job.spec.clone())
         .map_err(|e| Failure::Permanent(format!("the job's spec does not parse: {e}")))?;
     let engine = spec.engine(job.kind)?;
@@ -173,6 +201,7 @@ async fn execute(
         .job_dir(&job.id)
         .map_err(|e| Failure::Transient(format!("scratch directory: {e}")))?;
     let inputs = stage_inputs(shared, &spec, dir.path(), &cancel).await?;
+    lap(0);
     let out = dir.path().join("out");
 
     // The engine, off the async runtime.
@@ -207,6 +236,7 @@ async fn execute(
     if cancel.is_cancelled() {
         return Err(Failure::Stopped);
     }
+    lap(1);
 
     // Store the output: content-addressed, so a retry uploads nothing the store already holds.
     let mut files = Vec::new();
@@ -235,6 +265,7 @@ async fn execute(
         "device": if shared.options.cuda { "cuda" } else { "cpu" },
         "job": job.id,
     });
+    lap(2);
     let new = NewVersion {
         created_by: job.created_by.clone(),
         files,
@@ -253,7 +284,12 @@ async fn execute(
         Held::Files(&held),
     )
     .await?;
-    Ok((adapter.repo_id(), version.number))
+    lap(3);
+    Ok(Published {
+        adapter: adapter.repo_id(),
+        number: version.number,
+        phases,
+    })
 }
 
 /// Downloads each pinned input's files into `dir/inputs/<name>/`; returns the directories.
