@@ -63,6 +63,11 @@ pub struct LoraSummary {
     pub n_modules: u64,
     /// `base_model_name_or_path` from the config.
     pub base_model: Option<String>,
+    /// Per target (leaf name): the distinct `[d_out, d_in]` of its modules (embeddings: `[dim,
+    /// num_embeddings]`), so that adapters can be checked for compatibility without their
+    /// weights. Absent in summaries stored before it existed.
+    #[serde(default)]
+    pub module_shapes: BTreeMap<String, Vec<[u64; 2]>>,
 }
 
 /// The LoRA tensors of one module.
@@ -307,12 +312,22 @@ pub fn summarize(
 
     let mut dtypes = BTreeSet::new();
     let mut leaves = BTreeSet::new();
+    let mut module_shapes: BTreeMap<String, BTreeSet<[u64; 2]>> = BTreeMap::new();
     let mut use_dora = config.use_dora;
     for (path, m) in &modules {
         check_module(config, path, m)?;
         dtypes.extend(m.all().map(|t| t.dtype));
         leaves.insert(leaf_name(path).to_string());
         use_dora |= m.magnitude.is_some();
+        // check_module saw both halves with at least two dimensions each.
+        if let (Some(a), Some(b)) = (m.a.or(m.emb_a), m.b.or(m.emb_b))
+            && let (Some(&d_out), Some(&d_in)) = (b.shape.first(), a.shape.get(1))
+        {
+            module_shapes
+                .entry(leaf_name(path).to_string())
+                .or_default()
+                .insert([d_out, d_in]);
+        }
     }
     let dtype = match (dtypes.first(), dtypes.len()) {
         (Some(d), 1) => d.as_str().to_string(),
@@ -346,6 +361,10 @@ pub fn summarize(
         size: file_size,
         n_modules: modules.len() as u64,
         base_model: config.base_model_name_or_path.clone(),
+        module_shapes: module_shapes
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect(),
     })
 }
 

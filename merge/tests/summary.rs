@@ -150,6 +150,10 @@ fn summarizes_a_valid_adapter() {
             size,
             n_modules: 4,
             base_model: Some("meta-llama/Llama-3.2-1B".into()),
+            module_shapes: BTreeMap::from([
+                ("q_proj".to_string(), vec![[16, 16]]),
+                ("v_proj".to_string(), vec![[4, 16]]),
+            ]),
         }
     );
     // Serde round trip.

@@ -567,7 +567,9 @@ fn create_staged_file(path: &std::path::Path) -> std::io::Result<std::fs::File> 
             None => std::fs::File::create(path),
         };
         match created {
-            Err(e) if matches!(e.kind(), NotFound | AlreadyExists) && attempts < 10 => attempts += 1,
+            Err(e) if matches!(e.kind(), NotFound | AlreadyExists) && attempts < 10 => {
+                attempts += 1
+            }
             other => return other,
         }
     }

@@ -245,6 +245,7 @@ pub async fn check(
             ),
         ));
     }
+    check_shapes(&resolved)?;
     let is_collection = |v: &VersionRecord| v.files.iter().any(|f| f.path == "collection.json");
     for (a, v, _) in &resolved {
         let lora = v.lora.as_ref();
@@ -341,6 +342,41 @@ pub async fn check(
         spec_sha256,
         idempotency_key,
     })
+}
+
+/// Inputs whose stored summaries give a target module different shapes cannot be merged: refused
+/// here rather than by the engine after staging. (Summaries stored before `module_shapes` existed
+/// have none; the engine still checks those when the job runs.)
+fn check_shapes(inputs: &[(AdapterRecord, VersionRecord, String)]) -> Result<(), ApiError> {
+    type Shapes = BTreeMap<String, Vec<[u64; 2]>>;
+    let shapes: Vec<(String, Shapes)> = inputs
+        .iter()
+        .filter_map(|(a, v, _)| {
+            let s = v.lora.as_ref()?.get("module_shapes")?;
+            Some((
+                format!("{} version {}", a.repo_id(), v.number),
+                serde_json::from_value::<Shapes>(s.clone()).ok()?,
+            ))
+        })
+        .collect();
+    for (i, (name_a, a)) in shapes.iter().enumerate() {
+        for (name_b, b) in &shapes[i + 1..] {
+            for (target, sa) in a {
+                if let Some(sb) = b.get(target)
+                    && sa != sb
+                {
+                    return Err(ApiError::coded(
+                        ErrorCode::IncompatibleInputs,
+                        format!(
+                            "target {target} has shape(s) {sa:?} in {name_a} but {sb:?} in {name_b} ([d_out, d_in]); \
+                             the inputs are not adapters of one base model"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Directory names the inputs are staged under, which name them in reports and collections:

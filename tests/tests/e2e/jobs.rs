@@ -483,6 +483,16 @@ async fn bad_specs_are_refused_before_anything_is_queued(#[case] backend: Backen
         .1;
     let (s, body) = app.upload("alice/dora", "alice", &dora).await;
     assert_eq!(s, 201, "{body}");
+    // Same base model name, other shapes (8 × 16 instead of 16 × 16 projections).
+    app.create_adapter("alice", "narrow", false, "alice").await;
+    let (s, body) = app
+        .upload(
+            "alice/narrow",
+            "alice",
+            &quiver_tests::sized_adapter(4, 8, 1, 3),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
     let (_, versions_before, _) = app.store.meta.row_counts().await.expect("counts");
     let blobs_before = app.store.blobs.list_hashes().await.expect("blobs").len();
 
