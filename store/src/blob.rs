@@ -181,12 +181,7 @@ impl BlobStore {
     /// sha256 and size. Nothing is uploaded for content the store holds (a retried job's output).
     pub async fn put_file(&self, path: &std::path::Path) -> Result<(String, u64), StoreError> {
         let (sha256, size) = hash_file(path).await?;
-        if !self.exists(&sha256).await? {
-            let staged = self.stage_file(path).await?;
-            let done = self.commit(&staged).await;
-            self.discard(&staged).await;
-            done?;
-        }
+        self.ensure_file(path, &sha256).await?;
         Ok((sha256, size))
     }
 

@@ -76,6 +76,27 @@ impl Scratch {
     }
 }
 
+/// A store on fresh scratch storage, or `None` when the backend is not configured here.
+pub async fn open_store(backend: Backend) -> Option<(crate::Store, Scratch)> {
+    let scratch = Scratch::new(backend).await?;
+    let store = crate::Store::open(&scratch.settings)
+        .await
+        .expect("open store");
+    Some((store, scratch))
+}
+
+/// `let (store, _scratch) = store_or_skip!(backend);` — returns from the test when the backend
+/// is not configured here.
+#[macro_export]
+macro_rules! store_or_skip {
+    ($backend:expr) => {
+        match $crate::testing::open_store($backend).await {
+            Some(s) => s,
+            None => return,
+        }
+    };
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let Some((admin, name)) = self.pg.take() else {

@@ -2,28 +2,14 @@
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use quiver_store::testing::{Backend, Scratch};
+use quiver_store::store_or_skip;
+use quiver_store::testing::Backend;
 use quiver_store::{
     AdapterPatch, AdapterSort, FileRecord, ListAdapters, NewAdapter, NewVersion, RepoId, Scope,
-    Store, StoreError, VersionRef, Viewer,
+    StoreError, VersionRef, Viewer,
 };
 use rstest::rstest;
 use sha2::Digest;
-
-async fn open(backend: Backend) -> Option<(Store, Scratch)> {
-    let scratch = Scratch::new(backend).await?;
-    let store = Store::open(&scratch.settings).await.expect("open store");
-    Some((store, scratch))
-}
-
-macro_rules! store_or_skip {
-    ($backend:expr) => {
-        match open($backend).await {
-            Some(s) => s,
-            None => return,
-        }
-    };
-}
 
 fn new_adapter(owner: &str, name: &str, private: bool) -> NewAdapter {
     NewAdapter {

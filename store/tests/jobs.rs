@@ -6,28 +6,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quiver_store::meta::DEFAULT_MAX_ATTEMPTS;
-use quiver_store::testing::{Backend, Scratch};
+use quiver_store::store_or_skip;
+use quiver_store::testing::Backend;
 use quiver_store::{
     Beat, FileRecord, JobEnd, JobFilter, JobKind, JobState, NewAdapterFields, NewJob, NewVersion,
-    OutputTarget, ParentVersion, RepoId, Store, StoreError, VersionRef,
+    OutputTarget, ParentVersion, RepoId, StoreError, VersionRef,
 };
 use rstest::rstest;
 use serde_json::json;
-
-async fn open(backend: Backend) -> Option<(Store, Scratch)> {
-    let scratch = Scratch::new(backend).await?;
-    let store = Store::open(&scratch.settings).await.expect("open store");
-    Some((store, scratch))
-}
-
-macro_rules! store_or_skip {
-    ($backend:expr) => {
-        match open($backend).await {
-            Some(s) => s,
-            None => return,
-        }
-    };
-}
 
 fn job(key: Option<&str>, spec: &str) -> NewJob {
     NewJob {

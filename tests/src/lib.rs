@@ -157,6 +157,15 @@ impl TestApp {
         }
     }
 
+    /// Creates `owner/name` (public, as its owner) and uploads `files` as version 1.
+    pub async fn adapter_with(&self, repo: &str, files: &Files) {
+        let (owner, name) = repo.split_once('/').expect("owner/name");
+        let (status, body) = self.create_adapter(owner, name, false, owner).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = self.upload(repo, owner, files).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
     /// The bytes of a file of a version.
     pub async fn download(&self, repo: &str, reference: &str, path: &str, who: &str) -> Vec<u8> {
         let res = self
@@ -275,27 +284,37 @@ pub fn f32_bytes(values: impl IntoIterator<Item = f32>) -> Vec<u8> {
 pub type Files = Vec<(String, Vec<u8>)>;
 
 pub fn synthetic_adapter(r: u64, modules: &[&str], seed: u32) -> Files {
-    let d = 16u64;
+    lora_files(r, 16, 1, modules, seed, 1)
+}
+
+/// A synthetic PEFT adapter of q_proj and v_proj `d`×`d` in `layers` layers, rank `r`: big
+/// enough that a merge takes a while in a debug build.
+pub fn sized_adapter(r: u64, d: u64, layers: usize, seed: u32) -> Files {
+    lora_files(r, d, layers, &["q_proj", "v_proj"], seed, 97)
+}
+
+/// `adapter_config.json` and an f32 `adapter_model.safetensors` of rank-`r` pairs on `d`×`d`
+/// `modules` in `layers` layers; the values are a hash of (position, tensor × `salt`, `seed`).
+fn lora_files(r: u64, d: u64, layers: usize, modules: &[&str], seed: u32, salt: u32) -> Files {
     let mut names = Vec::new();
-    for m in modules {
-        names.push((
-            format!("base_model.model.model.layers.0.self_attn.{m}.lora_A.weight"),
-            vec![r, d],
-        ));
-        names.push((
-            format!("base_model.model.model.layers.0.self_attn.{m}.lora_B.weight"),
-            vec![d, r],
-        ));
+    for l in 0..layers {
+        for m in modules {
+            let module = format!("base_model.model.model.layers.{l}.self_attn.{m}");
+            names.push((format!("{module}.lora_A.weight"), vec![r, d]));
+            names.push((format!("{module}.lora_B.weight"), vec![d, r]));
+        }
     }
     let data: Vec<Vec<u8>> = names
         .iter()
         .enumerate()
         .map(|(i, (_, shape))| {
             let n = shape.iter().product::<u64>() as usize;
-            f32_bytes((0..n).map(|k| {
-                (((k as u32).wrapping_mul(2654435761) ^ seed ^ i as u32) % 1000) as f32 / 1000.0
-                    - 0.5
-            }))
+            let mix = seed ^ (i as u32).wrapping_mul(salt);
+            f32_bytes(
+                (0..n)
+                    .map(|k| ((k as u32).wrapping_mul(2654435761) ^ mix) % 1000)
+                    .map(|v| v as f32 / 1000.0 - 0.5),
+            )
         })
         .collect();
     let tensors: Vec<(&str, Dtype, &[u64], &[u8])> = names
@@ -303,9 +322,7 @@ pub fn synthetic_adapter(r: u64, modules: &[&str], seed: u32) -> Files {
         .zip(&data)
         .map(|((n, s), d)| (n.as_str(), Dtype::F32, s.as_slice(), d.as_slice()))
         .collect();
-    let mut meta = BTreeMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    let weights = quiver_merge::write_safetensors(&tensors, &meta);
+    let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     let config = serde_json::json!({
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "quiver-test/tiny-llama",
         "r": r, "lora_alpha": 2 * r, "target_modules": modules, "use_rslora": false, "use_dora": false,
@@ -316,7 +333,10 @@ pub fn synthetic_adapter(r: u64, modules: &[&str], seed: u32) -> Files {
             "adapter_config.json".to_string(),
             serde_json::to_vec_pretty(&config).expect("json"),
         ),
-        ("adapter_model.safetensors".to_string(), weights),
+        (
+            "adapter_model.safetensors".to_string(),
+            quiver_merge::write_safetensors(&tensors, &meta),
+        ),
     ]
 }
 
@@ -435,56 +455,17 @@ impl Drop for Process {
     }
 }
 
-/// A synthetic PEFT adapter of `modules` projections `d`×`d` (layers 0..n), rank `r`: big enough
-/// that a merge takes a while in a debug build.
-pub fn sized_adapter(r: u64, d: u64, layers: usize, seed: u32) -> Files {
-    let modules = ["q_proj", "v_proj"];
-    let mut names = Vec::new();
-    for l in 0..layers {
-        for m in modules {
-            names.push((
-                format!("base_model.model.model.layers.{l}.self_attn.{m}.lora_A.weight"),
-                vec![r, d],
-            ));
-            names.push((
-                format!("base_model.model.model.layers.{l}.self_attn.{m}.lora_B.weight"),
-                vec![d, r],
-            ));
-        }
-    }
-    let data: Vec<Vec<u8>> = names
-        .iter()
-        .enumerate()
-        .map(|(i, (_, shape))| {
-            let n = shape.iter().product::<u64>() as usize;
-            f32_bytes((0..n).map(|k| {
-                (((k as u32).wrapping_mul(2654435761) ^ seed ^ (i as u32).wrapping_mul(97)) % 1000)
-                    as f32
-                    / 1000.0
-                    - 0.5
-            }))
-        })
-        .collect();
-    let tensors: Vec<(&str, Dtype, &[u64], &[u8])> = names
-        .iter()
-        .zip(&data)
-        .map(|((n, s), d)| (n.as_str(), Dtype::F32, s.as_slice(), d.as_slice()))
-        .collect();
-    let mut meta = BTreeMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    let config = serde_json::json!({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": "quiver-test/tiny-llama",
-        "r": r, "lora_alpha": 2 * r, "target_modules": modules, "use_rslora": false, "use_dora": false,
-        "rank_pattern": {}, "alpha_pattern": {}, "lora_dropout": 0.0, "bias": "none"
-    });
-    vec![
-        (
-            "adapter_config.json".to_string(),
-            serde_json::to_vec_pretty(&config).expect("json"),
-        ),
-        (
-            "adapter_model.safetensors".to_string(),
-            quiver_merge::write_safetensors(&tensors, &meta),
-        ),
-    ]
+/// Asserts an error answer: its status, its code, and a message that says something.
+pub fn assert_error(status: u16, body: &Value, expected: (u16, &str), context: &str) {
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (expected.0, Some(expected.1)),
+        "{context} → {body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{context}: no message: {body}"
+    );
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use quiver_api::cli::{Cli, Command};
 use quiver_tests::{
-    Backend, TestApp, app_or_skip, sized_adapter, spawn_app_with_workers, synthetic_adapter,
+    Backend, TestApp, app_or_skip, assert_error, sized_adapter, spawn_app_with_workers,
+    synthetic_adapter,
 };
 use reqwest::Method;
 use rstest::rstest;
@@ -19,15 +20,11 @@ const MODULES: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
 /// alice/a, alice/b, alice/c: three small adapters of one base model.
 async fn seed(app: &TestApp) {
     for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
-        app.create_adapter("alice", name, false, "alice").await;
-        let (s, v) = app
-            .upload(
-                &format!("alice/{name}"),
-                "alice",
-                &synthetic_adapter(4, &MODULES, i as u32 + 1),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
+        app.adapter_with(
+            &format!("alice/{name}"),
+            &synthetic_adapter(4, &MODULES, i as u32 + 1),
+        )
+        .await;
     }
 }
 
@@ -658,16 +655,7 @@ async fn bad_specs_are_refused_before_anything_is_queued(#[case] backend: Backen
     ];
     for (route, body, status, code) in cases {
         let (s, e) = app.post_json(route, "alice", &body).await;
-        assert_eq!(
-            (s, e["error"]["code"].as_str()),
-            (status, Some(code)),
-            "{body} → {e}"
-        );
-        assert!(
-            e["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty())
-        );
+        assert_error(s, &e, (status, code), &body.to_string());
     }
     // Wrong content type, no token, read-only token.
     let res = app
@@ -793,15 +781,11 @@ async fn idempotency_keys_and_queued_cancel(#[case] backend: Backend) {
 async fn a_running_job_cancelled_publishes_nothing(#[case] backend: Backend) {
     let app = app_or_skip!(backend);
     for (i, name) in ["big1", "big2"].into_iter().enumerate() {
-        app.create_adapter("alice", name, false, "alice").await;
-        let (s, v) = app
-            .upload(
-                &format!("alice/{name}"),
-                "alice",
-                &sized_adapter(8, 256, 48, i as u32),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
+        app.adapter_with(
+            &format!("alice/{name}"),
+            &sized_adapter(8, 256, 48, i as u32),
+        )
+        .await;
     }
     let (_, versions_before, _) = app.store.meta.row_counts().await.expect("counts");
     let (_, job) = app

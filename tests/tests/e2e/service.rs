@@ -156,16 +156,7 @@ async fn every_error_is_the_json_envelope(#[case] backend: Backend) {
             .unwrap_or_default()
             .to_string();
         let body: serde_json::Value = res.json().await.unwrap_or_default();
-        assert_eq!(
-            (got, body["error"]["code"].as_str()),
-            (status, Some(code)),
-            "{body} ({ct})"
-        );
-        assert!(
-            body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty())
-        );
+        quiver_tests::assert_error(got, &body, (status, code), &ct);
     }
     let res = app
         .request(Method::DELETE, "/api/v1/adapters", "alice")

@@ -25,15 +25,11 @@ fn worker(app: &TestApp) -> Process {
 
 async fn big_inputs(app: &TestApp) {
     for (i, name) in ["big1", "big2"].into_iter().enumerate() {
-        app.create_adapter("alice", name, false, "alice").await;
-        let (s, v) = app
-            .upload(
-                &format!("alice/{name}"),
-                "alice",
-                &sized_adapter(8, 256, 48, i as u32),
-            )
-            .await;
-        assert_eq!(s, 201, "{v}");
+        app.adapter_with(
+            &format!("alice/{name}"),
+            &sized_adapter(8, 256, 48, i as u32),
+        )
+        .await;
     }
 }
 
