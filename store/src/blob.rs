@@ -302,16 +302,13 @@ impl BlobStore {
         }
     }
 
-    /// Lists the content hashes of every committed blob (for tests and sweeping).
+    /// Lists the content hashes of every committed blob.
     pub async fn list_hashes(&self) -> Result<Vec<String>, StoreError> {
-        let items: Vec<_> = self
-            .inner
-            .list(Some(&self.key("sha256")))
-            .try_collect()
-            .await?;
-        Ok(items
+        Ok(self
+            .list_with_times()
+            .await?
             .into_iter()
-            .filter_map(|m| m.location.filename().map(str::to_string))
+            .map(|(h, _)| h)
             .collect())
     }
 

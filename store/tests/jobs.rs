@@ -9,8 +9,8 @@ use quiver_store::meta::DEFAULT_MAX_ATTEMPTS;
 use quiver_store::store_or_skip;
 use quiver_store::testing::Backend;
 use quiver_store::{
-    Beat, FileRecord, JobEnd, JobFilter, JobKind, JobState, NewAdapterFields, NewJob, NewVersion,
-    OutputTarget, ParentVersion, RepoId, StoreError, VersionRef,
+    Beat, FileRecord, JobEnd, JobFilter, JobKind, JobRecord, JobState, Lease, NewAdapterFields,
+    NewJob, NewVersion, OutputTarget, ParentVersion, RepoId, Store, StoreError, VersionRef,
 };
 use rstest::rstest;
 use serde_json::json;
@@ -24,6 +24,14 @@ fn job(key: Option<&str>, spec: &str) -> NewJob {
         idempotency_key: key.map(str::to_string),
         max_attempts: DEFAULT_MAX_ATTEMPTS,
     }
+}
+
+async fn enqueue(store: &Store, job: &NewJob) -> (JobRecord, bool) {
+    store.meta.enqueue_job(job).await.expect("enqueue")
+}
+
+async fn claim(store: &Store, worker: &str, lease_ms: i64) -> Option<(JobRecord, Lease)> {
+    store.meta.claim_job(worker, lease_ms).await.expect("claim")
 }
 
 fn output(name: &str) -> OutputTarget {
@@ -58,17 +66,9 @@ fn version(parents: Vec<ParentVersion>) -> NewVersion {
 #[tokio::test]
 async fn idempotency_keys_return_the_same_job_or_conflict(#[case] backend: Backend) {
     let (store, _s) = store_or_skip!(backend);
-    let (a, created) = store
-        .meta
-        .enqueue_job(&job(Some("k1"), "x"))
-        .await
-        .expect("enqueue");
+    let (a, created) = enqueue(&store, &job(Some("k1"), "x")).await;
     assert!(created);
-    let (b, created) = store
-        .meta
-        .enqueue_job(&job(Some("k1"), "x"))
-        .await
-        .expect("again");
+    let (b, created) = enqueue(&store, &job(Some("k1"), "x")).await;
     assert!(!created);
     assert_eq!(a.id, b.id);
     assert!(matches!(
@@ -76,16 +76,8 @@ async fn idempotency_keys_return_the_same_job_or_conflict(#[case] backend: Backe
         Err(StoreError::Conflict(_))
     ));
     // No key: always a new job.
-    let (c, _) = store
-        .meta
-        .enqueue_job(&job(None, "x"))
-        .await
-        .expect("no key");
-    let (d, _) = store
-        .meta
-        .enqueue_job(&job(None, "x"))
-        .await
-        .expect("no key");
+    let (c, _) = enqueue(&store, &job(None, "x")).await;
+    let (d, _) = enqueue(&store, &job(None, "x")).await;
     assert_ne!(c.id, d.id);
     let page = store
         .meta
@@ -119,23 +111,14 @@ async fn concurrent_claims_hand_each_job_out_once(#[case] backend: Backend) {
     let (store, _s) = store_or_skip!(backend);
     const JOBS: usize = 40;
     for i in 0..JOBS {
-        store
-            .meta
-            .enqueue_job(&job(None, &i.to_string()))
-            .await
-            .expect("enqueue");
+        enqueue(&store, &job(None, &i.to_string())).await;
     }
     let claimers: Vec<_> = (0..8)
         .map(|w| {
             let store = store.clone();
             tokio::spawn(async move {
                 let mut got = Vec::new();
-                while let Some((j, lease)) = store
-                    .meta
-                    .claim_job(&format!("w{w}"), 60_000)
-                    .await
-                    .expect("claim")
-                {
+                while let Some((j, lease)) = claim(&store, &format!("w{w}"), 60_000).await {
                     assert_eq!(lease.attempt, 1);
                     got.push(j.id);
                 }
@@ -158,17 +141,8 @@ async fn concurrent_claims_hand_each_job_out_once(#[case] backend: Backend) {
 #[tokio::test]
 async fn expired_leases_are_requeued_fenced_and_counted(#[case] backend: Backend) {
     let (store, _s) = store_or_skip!(backend);
-    let (queued, _) = store
-        .meta
-        .enqueue_job(&job(None, "x"))
-        .await
-        .expect("enqueue");
-    let (_, first) = store
-        .meta
-        .claim_job("w1", 1)
-        .await
-        .expect("claim")
-        .expect("a job");
+    let (queued, _) = enqueue(&store, &job(None, "x")).await;
+    let (_, first) = claim(&store, "w1", 1).await.expect("a job");
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
         store.meta.reap_expired_leases().await.expect("reap"),
@@ -197,12 +171,7 @@ async fn expired_leases_are_requeued_fenced_and_counted(#[case] backend: Backend
             .await
             .expect("end")
     );
-    let (j, second) = store
-        .meta
-        .claim_job("w2", 60_000)
-        .await
-        .expect("claim")
-        .expect("again");
+    let (j, second) = claim(&store, "w2", 60_000).await.expect("again");
     assert_eq!(j.id, queued.id);
     assert_eq!(second.attempt, 2);
     assert!(
@@ -235,12 +204,7 @@ async fn expired_leases_are_requeued_fenced_and_counted(#[case] backend: Backend
             .await
             .expect("retry")
     );
-    let (_, third) = store
-        .meta
-        .claim_job("w3", 60_000)
-        .await
-        .expect("claim")
-        .expect("third");
+    let (_, third) = claim(&store, "w3", 60_000).await.expect("third");
     assert_eq!(third.attempt, 3);
     assert!(
         store
@@ -258,27 +222,11 @@ async fn expired_leases_are_requeued_fenced_and_counted(#[case] backend: Backend
     let done = store.meta.get_job(&j.id).await.expect("get").expect("job");
     assert_eq!(done.state, JobState::Failed);
     assert_eq!(done.error.as_deref(), Some("s3 away"));
-    assert!(
-        store
-            .meta
-            .claim_job("w4", 60_000)
-            .await
-            .expect("claim")
-            .is_none()
-    );
+    assert!(claim(&store, "w4", 60_000).await.is_none());
 
     // Released (shutdown) jobs go back without using an attempt.
-    let (other, _) = store
-        .meta
-        .enqueue_job(&job(None, "y"))
-        .await
-        .expect("enqueue");
-    let (_, l) = store
-        .meta
-        .claim_job("w5", 60_000)
-        .await
-        .expect("claim")
-        .expect("job");
+    let (other, _) = enqueue(&store, &job(None, "y")).await;
+    let (_, l) = claim(&store, "w5", 60_000).await.expect("job");
     assert!(
         store
             .meta
@@ -286,12 +234,7 @@ async fn expired_leases_are_requeued_fenced_and_counted(#[case] backend: Backend
             .await
             .expect("release")
     );
-    let (_, l) = store
-        .meta
-        .claim_job("w6", 60_000)
-        .await
-        .expect("claim")
-        .expect("job");
+    let (_, l) = claim(&store, "w6", 60_000).await.expect("job");
     assert_eq!(l.job_id, other.id);
     assert_eq!(l.attempt, 1);
 }
@@ -303,11 +246,7 @@ async fn expired_leases_are_requeued_fenced_and_counted(#[case] backend: Backend
 async fn cancel_and_publish(#[case] backend: Backend) {
     let (store, _s) = store_or_skip!(backend);
     // Queued: cancelled at once, never claimed.
-    let (a, _) = store
-        .meta
-        .enqueue_job(&job(None, "a"))
-        .await
-        .expect("enqueue");
+    let (a, _) = enqueue(&store, &job(None, "a")).await;
     let c = store
         .meta
         .cancel_job(&a.id)
@@ -315,27 +254,11 @@ async fn cancel_and_publish(#[case] backend: Backend) {
         .expect("cancel")
         .expect("job");
     assert_eq!(c.state, JobState::Cancelled);
-    assert!(
-        store
-            .meta
-            .claim_job("w", 60_000)
-            .await
-            .expect("claim")
-            .is_none()
-    );
+    assert!(claim(&store, "w", 60_000).await.is_none());
 
     // Running: a request the heartbeat reports, and publishing is refused.
-    let (b, _) = store
-        .meta
-        .enqueue_job(&job(None, "b"))
-        .await
-        .expect("enqueue");
-    let (_, lease) = store
-        .meta
-        .claim_job("w", 60_000)
-        .await
-        .expect("claim")
-        .expect("job");
+    let (b, _) = enqueue(&store, &job(None, "b")).await;
+    let (_, lease) = claim(&store, "w", 60_000).await.expect("job");
     let c = store
         .meta
         .cancel_job(&b.id)
@@ -375,34 +298,16 @@ async fn cancel_and_publish(#[case] backend: Backend) {
     );
 
     // Published: the adapter, the version, its parents and the job's success at once.
-    let (parent_job, _) = store
-        .meta
-        .enqueue_job(&job(None, "p"))
-        .await
-        .expect("enqueue");
-    let (_, lease) = store
-        .meta
-        .claim_job("w", 60_000)
-        .await
-        .expect("claim")
-        .expect("job");
+    let (parent_job, _) = enqueue(&store, &job(None, "p")).await;
+    let (_, lease) = claim(&store, "w", 60_000).await.expect("job");
     assert_eq!(lease.job_id, parent_job.id);
     let (adapter, v) = store
         .meta
         .publish_job_result(&lease, &output("base"), &version(vec![]), &json!({"r": 1}))
         .await
         .expect("publish");
-    let (child_job, _) = store
-        .meta
-        .enqueue_job(&job(None, "c"))
-        .await
-        .expect("enqueue");
-    let (_, lease) = store
-        .meta
-        .claim_job("w", 60_000)
-        .await
-        .expect("claim")
-        .expect("job");
+    let (child_job, _) = enqueue(&store, &job(None, "c")).await;
+    let (_, lease) = claim(&store, "w", 60_000).await.expect("job");
     let parents = vec![ParentVersion {
         adapter: adapter.repo_id(),
         version: v.number,

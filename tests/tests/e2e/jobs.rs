@@ -338,114 +338,88 @@ async fn compressions_publish_the_clis_bytes(#[case] backend: Backend) {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut dirs = Vec::new();
     for n in ["a", "b", "c"] {
-        dirs.push(
-            stage(&app, tmp.path(), &format!("alice/{n}"), n)
-                .await
-                .display()
-                .to_string(),
-        );
+        let dir = stage(&app, tmp.path(), &format!("alice/{n}"), n).await;
+        dirs.push(dir.display().to_string());
     }
-    let out = |n: &str| tmp.path().join(n).display().to_string();
-
-    run_job(
-        &app,
-        "/api/v1/compressions",
-        &json!({"mode": "individual", "rank": 2,
-        "inputs": inputs(&["a"]), "output": {"adapter": "alice/a-r2", "create": true}}),
-    )
-    .await;
-    cli(vec![
-        "compress".into(),
-        "--mode".into(),
-        "individual".into(),
-        "--rank".into(),
-        "2".into(),
-        "--out".into(),
-        out("cli-r2"),
-        dirs[0].clone(),
-    ])
-    .await;
-    assert_same_as_cli(&app, "alice/a-r2", 1, Path::new(&out("cli-r2"))).await;
-
-    run_job(
-        &app,
-        "/api/v1/compressions",
-        &json!({"mode": "individual", "energy": 0.9,
-        "inputs": inputs(&["b"]), "output": {"adapter": "alice/b-e", "create": true}}),
-    )
-    .await;
-    cli(vec![
-        "compress".into(),
-        "--mode".into(),
-        "individual".into(),
-        "--energy".into(),
-        "0.9".into(),
-        "--out".into(),
-        out("cli-e"),
-        dirs[1].clone(),
-    ])
-    .await;
-    assert_same_as_cli(&app, "alice/b-e", 1, Path::new(&out("cli-e"))).await;
-
-    let job = run_job(
-        &app,
-        "/api/v1/compressions",
-        &json!({"mode": "joint", "rank": 4, "clusters": 2, "seed": 5,
-        "inputs": inputs(&["a", "b", "c"]), "output": {"adapter": "alice/coll", "create": true}}),
-    )
-    .await;
-    assert!(job["report"]["bytes_after"].as_u64().is_some(), "{job}");
-    let mut args: Vec<String> = [
-        "compress",
-        "--mode",
-        "joint",
-        "--rank",
-        "4",
-        "--clusters",
-        "2",
-        "--seed",
-        "5",
-        "--out",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.push(out("cli-coll"));
-    args.extend(dirs.clone());
-    cli(args).await;
-    assert_same_as_cli(&app, "alice/coll", 1, Path::new(&out("cli-coll"))).await;
-    let (_, v) = app
-        .get_json("/api/v1/adapters/alice/coll/versions/1", "alice")
-        .await;
-    assert_eq!(v["lora"]["kind"], "collection", "{v}");
-    assert_eq!(v["lora"]["members"], json!(["a", "b", "c"]));
-
-    // A collection is not a merge input; extract gives a member back.
-    let (status, e) = app
-        .post_json(
-            "/api/v1/merges",
-            "alice",
-            &json!({"method": "cat",
-        "inputs": [{"adapter": "alice/coll"}], "output": {"adapter": "alice/x", "create": true}}),
-        )
-        .await;
-    assert_eq!(
-        (status, e["error"]["code"].as_str()),
-        (422, Some("incompatible_inputs")),
-        "{e}"
-    );
-    run_job(&app, "/api/v1/compressions", &json!({"mode": "extract", "member": "b",
-        "inputs": [{"adapter": "alice/coll"}], "output": {"adapter": "alice/b-back", "create": true}})).await;
-    cli(vec![
-        "compress".into(),
-        "--extract".into(),
-        "b".into(),
-        "--from".into(),
-        out("cli-coll"),
-        "--out".into(),
-        out("cli-b"),
-    ])
-    .await;
-    assert_same_as_cli(&app, "alice/b-back", 1, Path::new(&out("cli-b"))).await;
+    let out = |n: &str| tmp.path().join(format!("cli-{n}")).display().to_string();
+    // (spec, input adapters, output, the same as CLI flags); `{coll}` is the CLI's collection.
+    let cases: Vec<(Value, Vec<&str>, &str, Vec<String>)> = vec![
+        (
+            json!({"mode": "individual", "rank": 2}),
+            vec!["a"],
+            "a-r2",
+            vec![
+                "--mode".into(),
+                "individual".into(),
+                "--rank".into(),
+                "2".into(),
+                dirs[0].clone(),
+            ],
+        ),
+        (
+            json!({"mode": "individual", "energy": 0.9}),
+            vec!["b"],
+            "b-e",
+            vec![
+                "--mode".into(),
+                "individual".into(),
+                "--energy".into(),
+                "0.9".into(),
+                dirs[1].clone(),
+            ],
+        ),
+        (
+            json!({"mode": "joint", "rank": 4, "clusters": 2, "seed": 5}),
+            vec!["a", "b", "c"],
+            "coll",
+            [
+                "--mode",
+                "joint",
+                "--rank",
+                "4",
+                "--clusters",
+                "2",
+                "--seed",
+                "5",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain(dirs.clone())
+            .collect(),
+        ),
+        (
+            json!({"mode": "extract", "member": "b"}),
+            vec!["coll"],
+            "b-back",
+            vec!["--extract".into(), "b".into(), "--from".into(), out("coll")],
+        ),
+    ];
+    for (mut body, ins, output, flags) in cases {
+        body["inputs"] = inputs(&ins);
+        body["output"] = json!({"adapter": format!("alice/{output}"), "create": true});
+        let job = run_job(&app, "/api/v1/compressions", &body).await;
+        if output == "coll" {
+            assert!(job["report"]["bytes_after"].as_u64().is_some(), "{job}");
+            let (_, v) = app
+                .get_json("/api/v1/adapters/alice/coll/versions/1", "alice")
+                .await;
+            assert_eq!(v["lora"]["kind"], "collection", "{v}");
+            assert_eq!(v["lora"]["members"], json!(["a", "b", "c"]));
+            // A collection is not a merge input; extract gives a member back.
+            let (status, e) = app.post_json("/api/v1/merges", "alice", &json!({"method": "cat",
+                "inputs": [{"adapter": "alice/coll"}], "output": {"adapter": "alice/x", "create": true}})).await;
+            assert_error(
+                status,
+                &e,
+                (422, "incompatible_inputs"),
+                "a collection as a merge input",
+            );
+        }
+        let mut args = vec!["compress".to_string(), "--out".into(), out(output)];
+        args.extend(flags);
+        cli(args).await;
+        assert_same_as_cli(&app, &format!("alice/{output}"), 1, Path::new(&out(output))).await;
+    }
     let (_, g) = app
         .get_json("/api/v1/adapters/alice/b-back/versions/1/lineage", "alice")
         .await;
