@@ -166,6 +166,17 @@ impl TestApp {
         assert_eq!(status, 201, "{body}");
     }
 
+    /// The `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        let res = self
+            .request(reqwest::Method::GET, "/metrics", "")
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(res.status(), 200);
+        res.text().await.expect("metrics text")
+    }
+
     /// The bytes of a file of a version.
     pub async fn download(&self, repo: &str, reference: &str, path: &str, who: &str) -> Vec<u8> {
         let res = self

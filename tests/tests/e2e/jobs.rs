@@ -892,50 +892,42 @@ async fn private_inputs_and_outputs_stay_private(#[case] backend: Backend) {
         Some(5),
         "the owner sees all: {g}"
     );
-    let names = |v: &Value| -> Vec<String> {
-        v["items"]
+    for (parent, who, expected, why) in [
+        ("alice/b", "", vec!["alice/open"], "a public child"),
+        ("alice/a", "", vec![], "the private child is not shown"),
+        (
+            "alice/a",
+            "alice",
+            vec!["alice/secret-mix"],
+            "the owner sees it",
+        ),
+        (
+            "alice/secret-mix",
+            "bob",
+            vec![],
+            "a private parent names nothing",
+        ),
+        (
+            "alice/secret-mix",
+            "alice",
+            vec!["alice/open"],
+            "its owner's view",
+        ),
+    ] {
+        let (_, listed) = app
+            .get_json(&format!("/api/v1/adapters?derived_from={parent}"), who)
+            .await;
+        let ids: Vec<&str> = listed["items"]
             .as_array()
             .expect("items")
             .iter()
-            .map(|a| a["id"].as_str().expect("id").to_string())
-            .collect()
-    };
-    let (_, listed) = app
-        .get_json("/api/v1/adapters?derived_from=alice/b", "")
-        .await;
-    assert_eq!(names(&listed), ["alice/open"]);
-    let (_, listed) = app
-        .get_json("/api/v1/adapters?derived_from=alice/a", "")
-        .await;
-    assert!(
-        names(&listed).is_empty(),
-        "the private child is not shown: {listed}"
-    );
-    let (_, listed) = app
-        .get_json("/api/v1/adapters?derived_from=alice/a", "alice")
-        .await;
-    assert_eq!(names(&listed), ["alice/secret-mix"]);
-    let (_, listed) = app
-        .get_json("/api/v1/adapters?derived_from=alice/secret-mix", "bob")
-        .await;
-    assert!(
-        names(&listed).is_empty(),
-        "a private parent names nothing: {listed}"
-    );
-    let (_, listed) = app
-        .get_json("/api/v1/adapters?derived_from=alice/secret-mix", "alice")
-        .await;
-    assert_eq!(names(&listed), ["alice/open"]);
+            .filter_map(|a| a["id"].as_str())
+            .collect();
+        assert_eq!(ids, expected, "{why}: {listed}");
+    }
 
     // Metrics count jobs by kind and state.
-    let text = app
-        .request(Method::GET, "/metrics", "")
-        .send()
-        .await
-        .expect("m")
-        .text()
-        .await
-        .expect("t");
+    let text = app.metrics_text().await;
     let value = |line: &str| -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
