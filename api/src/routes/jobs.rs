@@ -5,7 +5,7 @@ use quiver_store::meta::DEFAULT_MAX_ATTEMPTS;
 use quiver_store::{JobFilter, JobKind, JobRecord, JobState, NewJob};
 use serde::Deserialize;
 use serde_json::Value;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
@@ -13,6 +13,80 @@ use crate::jobs::spec;
 use crate::lookup::page_limit;
 use crate::state::AppState;
 use crate::views::{JobPage, JobView};
+
+/// The body of `POST /merges`, for the API docs (the handler reads the JSON itself: the method's
+/// parameters are the engine's `MergeSpec`, and unknown fields are refused).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MergeRequest {
+    /// cat, linear (task_arithmetic), svd, ties, dare_linear, dare_ties, magnitude_prune,
+    /// lora_lego, ziplora; with `compat: peft` also ties_svd, dare_linear_svd, dare_ties_svd,
+    /// magnitude_prune_svd.
+    method: String,
+    /// `paper` (default) or `peft` (PEFT add_weighted_adapter's arithmetic).
+    compat: Option<String>,
+    /// One per input (default 1 each); or give `inputs[].weight`.
+    weights: Option<Vec<f64>>,
+    /// Fraction of entries kept (ties default 0.2; dare_* and magnitude_prune need it), in (0, 1].
+    density: Option<f64>,
+    /// Output rank of truncating methods (default: the largest input rank).
+    rank: Option<u32>,
+    /// Seed of DARE masks, randomized SVD sketches, LEGO and ZipLoRA (default 0).
+    seed: Option<u64>,
+    /// Final scale of ties and dare_ties.
+    lambda: Option<f64>,
+    /// `total` (default) or `frequency`.
+    majority_sign: Option<String>,
+    /// `module` (default) or `global`.
+    trim_scope: Option<String>,
+    /// `auto` (default), `exact` or `randomized`.
+    svd: Option<String>,
+    /// `f32`, `f16` or `bf16` (default: the first input's).
+    dtype: Option<String>,
+    /// lora_lego: clusters (= output rank).
+    k: Option<u32>,
+    /// lora_lego: k-means iterations at most (default 20).
+    iters: Option<u32>,
+    /// lora_lego: rescale centroids to their members' norm (default true).
+    param_reweight: Option<bool>,
+    /// lora_lego: scale the output by √(r/k) (default true).
+    output_reweight: Option<bool>,
+    /// ziplora: weight of the column-overlap penalty (default 0.01).
+    lambda_sim: Option<f64>,
+    /// ziplora: Adam steps (default 200).
+    steps: Option<u32>,
+    /// ziplora: Adam learning rate (default 0.01).
+    lr: Option<f64>,
+    inputs: Vec<spec::InputRequest>,
+    output: spec::OutputRequest,
+    /// The same key and body again return the same job; another body with it is a 409.
+    idempotency_key: Option<String>,
+}
+
+/// The body of `POST /compressions`, for the API docs (the parameters are the engine's
+/// `CompressSpec`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CompressionRequest {
+    /// `individual` (one input, `rank` or `energy`), `joint` (a collection: `rank`, `diag`,
+    /// `clusters`, `iters`, `seed`) or `extract` (`member` of the one input, a collection).
+    mode: String,
+    rank: Option<u32>,
+    /// individual: the smallest rank keeping this fraction of each module's energy.
+    energy: Option<f64>,
+    /// joint: diagonal per-member cores.
+    diag: Option<bool>,
+    /// joint: clusters, each with its own bases (default 1).
+    clusters: Option<u32>,
+    /// joint: alternating iterations at most (default 50).
+    iters: Option<u32>,
+    seed: Option<u64>,
+    /// extract: the member's name or index.
+    member: Option<String>,
+    inputs: Vec<spec::InputRequest>,
+    output: spec::OutputRequest,
+    idempotency_key: Option<String>,
+}
 
 async fn submit(
     state: &AppState,
@@ -54,7 +128,7 @@ async fn submit(
 /// `quiver merge` takes them), `inputs` by reference, `output`, `idempotency_key`.
 #[utoipa::path(
     tag = "jobs",
-    request_body(content = Object, description = "{\"method\": \"ties\", \"density\": 0.2, \"rank\": 16, \"inputs\": [{\"adapter\": \"alice/math\", \"ref\": \"main\", \"weight\": 1.0}], \"output\": {\"adapter\": \"alice/merged\", \"create\": true}, \"idempotency_key\": \"…\"}"),
+    request_body = MergeRequest,
     responses(
         (status = 202, body = JobView, description = "queued"),
         (status = 200, body = JobView, description = "the job this idempotency key already made"),
@@ -76,7 +150,7 @@ pub async fn create_merge(
 /// `output`, `idempotency_key`.
 #[utoipa::path(
     tag = "jobs",
-    request_body(content = Object, description = "{\"mode\": \"joint\", \"rank\": 16, \"inputs\": [...], \"output\": {\"adapter\": \"alice/collection\", \"create\": true}}"),
+    request_body = CompressionRequest,
     responses(
         (status = 202, body = JobView), (status = 200, body = JobView),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),

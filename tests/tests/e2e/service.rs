@@ -54,6 +54,22 @@ async fn health_metrics_openapi_and_docs(#[case] backend: Backend) {
             "{path} missing from OpenAPI"
         );
     }
+    for schema in [
+        "MergeRequest",
+        "CompressionRequest",
+        "JobView",
+        "LineageView",
+    ] {
+        assert!(
+            spec["components"]["schemas"].get(schema).is_some(),
+            "{schema} missing from OpenAPI"
+        );
+    }
+    assert!(
+        spec["components"]["schemas"]["MergeRequest"]["properties"]
+            .get("idempotency_key")
+            .is_some()
+    );
 
     let res = app
         .request(Method::GET, "/docs/", "")
