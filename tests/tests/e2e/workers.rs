@@ -234,6 +234,53 @@ async fn a_job_survives_its_database_connections_being_cut() {
     drop(w);
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_stopped_with_sigterm_hands_its_job_back(#[case] backend: Backend) {
+    let Some(app) = spawn_app_with_workers(backend, 0).await else {
+        return;
+    };
+    big_inputs(&app).await;
+    let port = free_port();
+    let mut server = Process::start(
+        &app,
+        &[
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--job-workers",
+            "1",
+        ],
+        &[],
+    );
+    let (_, job) = app
+        .post_json(
+            "/api/v1/merges",
+            "alice",
+            &json!({"method": "ziplora", "steps": 300,
+        "inputs": [{"adapter": "alice/big1"}, {"adapter": "alice/big2"}],
+        "output": {"adapter": "alice/zip", "create": true}}),
+        )
+        .await;
+    let id = job["id"].as_str().expect("id").to_string();
+    running_in(&app, &id, server.pid()).await;
+    let status = server
+        .terminate(Duration::from_secs(60))
+        .expect("exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let j = app
+        .store
+        .meta
+        .get_job(&id)
+        .await
+        .expect("get")
+        .expect("job");
+    assert_eq!((j.state, j.attempts), (JobState::Queued, 0), "{j:?}");
+    assert!(versions_of(&app, "alice/zip").await.is_empty());
+}
+
 /// A free port on 127.0.0.1 (bound and released; good enough for a test).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
