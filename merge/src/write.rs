@@ -94,6 +94,29 @@ impl ConfigTemplate {
     }
 }
 
+/// The files of an output, computed in memory: `(file name, bytes)`, written by
+/// [`OutputFiles::write`] (each to a temporary name, then renamed).
+#[derive(Clone, Debug, Default)]
+pub struct OutputFiles(pub Vec<(String, Vec<u8>)>);
+
+impl OutputFiles {
+    pub fn push(&mut self, name: &str, bytes: Vec<u8>) {
+        self.0.push((name.to_string(), bytes));
+    }
+
+    /// Writes every file into `out` (created if needed).
+    pub fn write(&self, out: &Path) -> Result<(), MergeError> {
+        std::fs::create_dir_all(out).map_err(|source| MergeError::Io {
+            path: out.to_path_buf(),
+            source,
+        })?;
+        for (name, bytes) in &self.0 {
+            write_atomically(&out.join(name), bytes)?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes `adapter_config.json` and `adapter_model.safetensors` for factor pairs with scale 1.
 /// Returns the largest rank (the config's `r`).
 pub fn write_peft(
@@ -103,10 +126,19 @@ pub fn write_peft(
     dtype: Dtype,
     metadata: &BTreeMap<String, String>,
 ) -> Result<usize, MergeError> {
-    std::fs::create_dir_all(out).map_err(|source| MergeError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    let (files, max_rank) = peft_files(modules, template, dtype, metadata)?;
+    files.write(out)?;
+    Ok(max_rank)
+}
+
+/// `adapter_model.safetensors` and `adapter_config.json` of factor pairs with scale 1, in
+/// memory. Returns them with the largest rank (the config's `r`).
+pub fn peft_files(
+    modules: &BTreeMap<String, MergedModule>,
+    template: &ConfigTemplate,
+    dtype: Dtype,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(OutputFiles, usize), MergeError> {
     let max_rank = modules.values().map(|m| m.a.rows).max().unwrap_or(1);
     let mut rank_pattern = BTreeMap::new();
     let mut targets = BTreeSet::new();
@@ -168,12 +200,13 @@ pub fn write_peft(
         .iter()
         .map(|(n, s, b)| (n.as_str(), dtype, s.as_slice(), b.as_slice()))
         .collect();
-    write_atomically(
-        &out.join(SAFETENSORS_WEIGHTS_NAME),
-        &write_safetensors(&views, metadata),
-    )?;
-    write_atomically(&out.join(CONFIG_NAME), &pretty(&config)?)?;
-    Ok(max_rank)
+    let mut files = OutputFiles::default();
+    files.push(
+        SAFETENSORS_WEIGHTS_NAME,
+        write_safetensors(&views, metadata),
+    );
+    files.push(CONFIG_NAME, pretty(&config)?);
+    Ok((files, max_rank))
 }
 
 pub fn pretty(v: &Value) -> Result<Vec<u8>, MergeError> {

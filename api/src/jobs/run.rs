@@ -226,7 +226,9 @@ async fn execute(
                 read_json(&out_dir.join(quiver_merge::write::REPORT_NAME))
             }
             Engine::Compress(spec) => {
-                let report = spec.run(&inputs, &out_dir, &ctl)?;
+                let (files, report) = spec.compute(&inputs, &ctl)?;
+                ctl.check()?;
+                files.write(&out_dir)?;
                 Ok(report.unwrap_or_else(|| json!({"mode": spec.mode()})))
             }
         }

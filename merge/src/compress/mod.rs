@@ -34,7 +34,7 @@ use crate::mat::Mat;
 use crate::methods::MergedModule;
 use crate::safetensors::{Dtype, write as write_safetensors};
 use crate::sparsify::derive_seed;
-use crate::write::{ConfigTemplate, input_records, pretty, write_atomically, write_peft};
+use crate::write::{ConfigTemplate, OutputFiles, input_records, peft_files, pretty};
 use joint::{JointParams, MemberFactors, fit_module, sigma_matrix};
 
 pub const MANIFEST_NAME: &str = "collection.json";
@@ -68,6 +68,17 @@ pub fn compress_individual_with(
     out: &Path,
     ctl: &Control<'_>,
 ) -> Result<serde_json::Value, MergeError> {
+    let (files, report) = individual_files(input, cut, ctl)?;
+    files.write(out)?;
+    Ok(report)
+}
+
+/// Individual compression in memory: the output's files and the report.
+pub fn individual_files(
+    input: &LoraAdapter,
+    cut: Cut,
+    ctl: &Control<'_>,
+) -> Result<(OutputFiles, serde_json::Value), MergeError> {
     let start = Instant::now();
     let total = input.modules.len();
     let done = AtomicUsize::new(0);
@@ -134,8 +145,7 @@ pub fn compress_individual_with(
     ]
     .into_iter()
     .collect();
-    write_peft(
-        out,
+    let (mut files, _) = peft_files(
         &modules,
         &ConfigTemplate::of(std::slice::from_ref(input)),
         dtype,
@@ -155,8 +165,8 @@ pub fn compress_individual_with(
         "seconds": start.elapsed().as_secs_f64(),
         "modules": reports,
     });
-    write_atomically(&out.join(COMPRESS_REPORT_NAME), &pretty(&report)?)?;
-    Ok(report)
+    files.push(COMPRESS_REPORT_NAME, pretty(&report)?);
+    Ok((files, report))
 }
 
 /// What `collection.json` holds.
@@ -217,6 +227,17 @@ pub fn compress_joint_with(
     out: &Path,
     ctl: &Control<'_>,
 ) -> Result<serde_json::Value, MergeError> {
+    let (files, report) = joint_files(inputs, p, ctl)?;
+    files.write(out)?;
+    Ok(report)
+}
+
+/// Joint compression in memory: the collection's files and the report.
+pub fn joint_files(
+    inputs: &[LoraAdapter],
+    p: JointParams,
+    ctl: &Control<'_>,
+) -> Result<(OutputFiles, serde_json::Value), MergeError> {
     let start = Instant::now();
     if inputs.is_empty() {
         return Err(MergeError::InvalidParam(
@@ -365,15 +386,12 @@ pub fn compress_joint_with(
             &BTreeMap::from([("format".to_string(), "quiver".to_string())]),
         )
     };
-    std::fs::create_dir_all(out).map_err(|source| MergeError::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
-    write_atomically(&out.join(BASES_NAME), &view(&bases))?;
-    write_atomically(&out.join(MEMBERS_NAME), &view(&sigmas))?;
+    let mut files = OutputFiles::default();
+    files.push(BASES_NAME, view(&bases));
+    files.push(MEMBERS_NAME, view(&sigmas));
     let manifest_json =
         serde_json::to_value(&manifest).map_err(|e| MergeError::numeric("manifest", e))?;
-    write_atomically(&out.join(MANIFEST_NAME), &pretty(&manifest_json)?)?;
+    files.push(MANIFEST_NAME, pretty(&manifest_json)?);
     let report = json!({
         "mode": "joint",
         "rank": p.rank,
@@ -389,12 +407,17 @@ pub fn compress_joint_with(
         "seconds": start.elapsed().as_secs_f64(),
         "modules": module_reports,
     });
-    write_atomically(&out.join(COMPRESS_REPORT_NAME), &pretty(&report)?)?;
-    Ok(report)
+    files.push(COMPRESS_REPORT_NAME, pretty(&report)?);
+    Ok((files, report))
 }
 
 /// Writes member `member` (its name, or its index) of the collection at `from` as a PEFT adapter.
 pub fn extract(from: &Path, member: &str, out: &Path) -> Result<(), MergeError> {
+    extract_files(from, member)?.write(out)
+}
+
+/// Member `member` of the collection at `from` as a PEFT adapter's files, in memory.
+pub fn extract_files(from: &Path, member: &str) -> Result<OutputFiles, MergeError> {
     let read = |name: &str| {
         let path = from.join(name);
         std::fs::read(&path).map_err(|source| MergeError::Io { path, source })
@@ -480,6 +503,5 @@ pub fn extract(from: &Path, member: &str, out: &Path) -> Result<(), MergeError> 
     ]
     .into_iter()
     .collect();
-    write_peft(out, &modules, &manifest.template, Dtype::F32, &metadata)?;
-    Ok(())
+    Ok(peft_files(&modules, &manifest.template, Dtype::F32, &metadata)?.0)
 }

@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::joint::JointParams;
-use super::{compress_individual_with, compress_joint_with, extract};
+use super::{extract_files, individual_files, joint_files};
 use crate::adapter::LoraAdapter;
 use crate::control::Control;
 use crate::error::MergeError;
 use crate::linalg::Cut;
+use crate::write::OutputFiles;
 
 /// Default alternating iterations of joint compression.
 pub const DEFAULT_JOINT_ITERS: usize = 50;
@@ -114,14 +115,14 @@ impl CompressSpec {
         Ok(())
     }
 
-    /// Runs the compression on adapter directories (for `extract`, the collection directory) and
-    /// writes the result into `out`. Returns the report (`None` for `extract`, which has none).
-    pub fn run(
+    /// Runs the compression on adapter directories (for `extract`, the collection directory)
+    /// and returns the output's files in memory with the report (`None` for `extract`, which has
+    /// none). Nothing is written.
+    pub fn compute(
         &self,
         inputs: &[PathBuf],
-        out: &Path,
         ctl: &Control<'_>,
-    ) -> Result<Option<serde_json::Value>, MergeError> {
+    ) -> Result<(OutputFiles, Option<serde_json::Value>), MergeError> {
         self.validate(inputs.len())?;
         let open = || {
             inputs
@@ -136,7 +137,8 @@ impl CompressSpec {
                     (_, Some(e)) => Cut::Energy(*e),
                     _ => unreachable_cut()?,
                 };
-                compress_individual_with(&open()?[0], cut, out, ctl).map(Some)
+                let (files, report) = individual_files(&open()?[0], cut, ctl)?;
+                Ok((files, Some(report)))
             }
             CompressSpec::Joint {
                 rank,
@@ -152,15 +154,28 @@ impl CompressSpec {
                     iters: *iters,
                     seed: *seed,
                 };
-                compress_joint_with(&open()?, params, out, ctl).map(Some)
+                let (files, report) = joint_files(&open()?, params, ctl)?;
+                Ok((files, Some(report)))
             }
             CompressSpec::Extract { member } => {
                 ctl.check()?;
-                extract(&inputs[0], member, out)?;
+                let files = extract_files(&inputs[0], member)?;
                 ctl.report(1, 1);
-                Ok(None)
+                Ok((files, None))
             }
         }
+    }
+
+    /// [`CompressSpec::compute`], then the files written into `out`.
+    pub fn run(
+        &self,
+        inputs: &[PathBuf],
+        out: &Path,
+        ctl: &Control<'_>,
+    ) -> Result<Option<serde_json::Value>, MergeError> {
+        let (files, report) = self.compute(inputs, ctl)?;
+        files.write(out)?;
+        Ok(report)
     }
 }
 
