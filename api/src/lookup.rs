@@ -28,6 +28,18 @@ pub async fn find_adapter(
     caller.visible(found, &repo.to_string())
 }
 
+/// The adapter named in the path, if the caller may see it (else 404) and write to it (else
+/// 401/403), with the caller's principal.
+pub async fn find_writable_adapter<'c>(
+    store: &Store,
+    caller: &'c Caller,
+    path: &(String, String),
+) -> Result<(AdapterRecord, &'c quiver_store::Principal), ApiError> {
+    let adapter = find_adapter(store, caller, path).await?;
+    let principal = caller.require_write(&adapter.owner)?;
+    Ok((adapter, principal))
+}
+
 pub fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
     match limit {
         None => Ok(50),

@@ -14,7 +14,7 @@ use crate::auth::Caller;
 use crate::conditional::etag_matches;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::list_cache::{CachedPage, Lookup};
-use crate::lookup::{find_adapter, page_limit, repo_from_path};
+use crate::lookup::{find_adapter, find_writable_adapter, page_limit, repo_from_path};
 use crate::state::AppState;
 use crate::views::{AdapterPage, AdapterView};
 
@@ -316,8 +316,7 @@ pub async fn patch_adapter(
     path: web::Path<(String, String)>,
     body: web::Json<PatchAdapterRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let adapter = find_adapter(&state.store, &caller, &path).await?;
-    caller.require_write(&adapter.owner)?;
+    let (adapter, _) = find_writable_adapter(&state.store, &caller, &path).await?;
     let body = body.into_inner();
     if let Some(tags) = &body.tags {
         check_tags(tags)?;
@@ -350,8 +349,7 @@ pub async fn delete_adapter(
     caller: Caller,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let adapter = find_adapter(&state.store, &caller, &path).await?;
-    caller.require_write(&adapter.owner)?;
+    let (adapter, _) = find_writable_adapter(&state.store, &caller, &path).await?;
     state.store.meta.delete_adapter(adapter.id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

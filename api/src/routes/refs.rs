@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::lookup::find_adapter;
+use crate::lookup::find_writable_adapter;
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -51,8 +51,7 @@ pub async fn set_ref(
     body: web::Json<SetRefRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, alias) = path.into_inner();
-    let adapter = find_adapter(&state.store, &caller, &(owner, name)).await?;
-    caller.require_write(&adapter.owner)?;
+    let (adapter, _) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
     let alias = check_alias(&alias)?;
     state
         .store
@@ -75,8 +74,7 @@ pub async fn delete_ref(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, alias) = path.into_inner();
-    let adapter = find_adapter(&state.store, &caller, &(owner, name)).await?;
-    caller.require_write(&adapter.owner)?;
+    let (adapter, _) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
     if state
         .store
         .meta

@@ -9,7 +9,7 @@ use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::lookup::{find_adapter, find_version, page_limit};
+use crate::lookup::{find_adapter, find_version, find_writable_adapter, page_limit};
 use crate::publish::{Held, Target, publish_version};
 use crate::state::AppState;
 use crate::upload::{Received, receive};
@@ -43,8 +43,7 @@ pub async fn create_version(
     req: HttpRequest,
     multipart: Multipart,
 ) -> Result<HttpResponse, ApiError> {
-    let adapter = find_adapter(&state.store, &caller, &path).await?;
-    let principal = caller.require_write(&adapter.owner)?;
+    let (adapter, principal) = find_writable_adapter(&state.store, &caller, &path).await?;
     let limit = state.max_upload_bytes;
     let declared = req
         .headers()
