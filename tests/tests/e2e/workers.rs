@@ -466,3 +466,216 @@ fn startup_errors_say_what_to_fix() {
         );
     }
 }
+
+/// A PostgreSQL cluster of its own (Debian's pg_createcluster), so that this test can restart
+/// the server without disturbing the others; dropped with the guard.
+struct OwnCluster {
+    version: String,
+    name: String,
+    port: u16,
+}
+
+impl OwnCluster {
+    fn create() -> Option<Self> {
+        let version = std::fs::read_dir("/etc/postgresql")
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .next()?;
+        let name = format!("quiver_restart_{}", std::process::id());
+        let port = free_port();
+        let ok = std::process::Command::new("pg_createcluster")
+            .args([&version, &name, "-p", &port.to_string(), "--start", "--"])
+            .args(["--auth-local=trust", "--auth-host=trust"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then_some(Self {
+            version,
+            name,
+            port,
+        })
+    }
+
+    fn restart(&self) {
+        let status = std::process::Command::new("pg_ctlcluster")
+            .args([&self.version, &self.name, "restart"])
+            .status()
+            .expect("pg_ctlcluster");
+        assert!(status.success());
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pg_dropcluster")
+            .args(["--stop", &self.version, &self.name])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_survives_a_postgres_restart() {
+    let (Ok(bucket), Some(cluster)) =
+        (std::env::var("QUIVER_TEST_S3_BUCKET"), OwnCluster::create())
+    else {
+        assert!(
+            std::env::var("QUIVER_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "QUIVER_REQUIRE_POSTGRES=1 but no S3 bucket or no pg_createcluster here"
+        );
+        eprintln!("skipped: needs pg_createcluster and the test S3 server (scripts/test.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let storage = [
+        "--database-url".to_string(),
+        format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port),
+        "--store-url".to_string(),
+        format!("s3://{bucket}/restart-{}", uuid::Uuid::new_v4().simple()),
+        "--data-dir".to_string(),
+        dir.path().display().to_string(),
+    ];
+    let quiver = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(quiver_tests::quiver_bin());
+        cmd.args(args)
+            .args(&storage)
+            .env("QUIVER_JOB_LEASE_MS", LEASE_MS);
+        cmd
+    };
+    let out = quiver(&["token", "create", "--user", "alice"])
+        .output()
+        .expect("token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("serve.log")).expect("log");
+    let _server = Process(
+        quiver(&[
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--job-workers",
+            "1",
+        ])
+        .stderr(log)
+        .spawn()
+        .expect("serve"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    while client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, name) in ["big1", "big2"].into_iter().enumerate() {
+        let r = client
+            .post(format!("{base}/api/v1/adapters"))
+            .bearer_auth(&token)
+            .json(&json!({"owner": "alice", "name": name, "base_model": "quiver-test/tiny-llama"}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(r.status(), 201);
+        let mut form = reqwest::multipart::Form::new();
+        for (path, bytes) in sized_adapter(8, 256, 48, i as u32) {
+            form = form.part(
+                "file",
+                reqwest::multipart::Part::bytes(bytes).file_name(path),
+            );
+        }
+        let r = client
+            .post(format!("{base}/api/v1/adapters/alice/{name}/versions"))
+            .bearer_auth(&token)
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(r.status(), 201);
+    }
+    let job: Value = client
+        .post(format!("{base}/api/v1/merges"))
+        .bearer_auth(&token)
+        .json(&json!({"method": "ziplora", "steps": 300,
+            "inputs": [{"adapter": "alice/big1"}, {"adapter": "alice/big2"}],
+            "output": {"adapter": "alice/zip", "create": true}}))
+        .send()
+        .await
+        .expect("merge")
+        .json()
+        .await
+        .expect("job");
+    let url = format!("{base}/api/v1/jobs/{}", job["id"].as_str().expect("id"));
+    // While the database is down, answers are 503s: keep asking.
+    let get = |url: String| {
+        let (client, token) = (client.clone(), token.clone());
+        async move {
+            match client.get(url).bearer_auth(token).send().await {
+                Ok(r) if r.status() == 200 => r.json::<Value>().await.ok(),
+                _ => None,
+            }
+        }
+    };
+    let start = Instant::now();
+    loop {
+        if let Some(j) = get(url.clone()).await
+            && j["state"] == "running"
+            && j["progress"]["done"].as_i64() > Some(0)
+        {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the job did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.restart();
+    let start = Instant::now();
+    let done = loop {
+        if let Some(j) = get(url.clone()).await
+            && matches!(
+                j["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        {
+            break j;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the job did not end after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let versions: Value = client
+        .get(format!("{base}/api/v1/adapters/alice/zip/versions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("versions")
+        .json()
+        .await
+        .unwrap_or(Value::Null);
+    let n = versions["items"].as_array().map_or(0, Vec::len);
+    match done["state"].as_str() {
+        Some("succeeded") => assert_eq!(n, 1, "{done}"),
+        _ => assert!(
+            n == 0 && done["error"].is_string(),
+            "a clean failure: {done}"
+        ),
+    }
+    assert_eq!(
+        done["state"], "succeeded",
+        "the restart is transient: {done}"
+    );
+}
