@@ -227,6 +227,36 @@ impl BlobStore {
         upload.finish().await
     }
 
+    /// Writes a committed blob to the local file `dest`: a hard link when the store is a local
+    /// directory on the same file system (no bytes copied; the link keeps the content even if
+    /// the blob is swept meanwhile), else a streamed copy.
+    pub async fn fetch_to(&self, sha256: &str, dest: &std::path::Path) -> Result<(), StoreError> {
+        use tokio::io::AsyncWriteExt;
+        if let Some(src) = self.local_path(&self.content_key(sha256)) {
+            let (src, dest_buf) = (src.clone(), dest.to_path_buf());
+            let linked = tokio::task::spawn_blocking(move || std::fs::hard_link(&src, &dest_buf))
+                .await
+                .map_err(|e| StoreError::Corrupt(format!("link task failed: {e}")))?;
+            match linked {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::BlobMissing(sha256.to_string()));
+                }
+                Err(_) => {} // another file system, or links not allowed: copy
+            }
+        }
+        let mut stream = self.get(sha256, None).await?;
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| io_error(dest, e))?;
+        while let Some(chunk) = stream.next().await {
+            file.write_all(&chunk?)
+                .await
+                .map_err(|e| io_error(dest, e))?;
+        }
+        file.flush().await.map_err(|e| io_error(dest, e))
+    }
+
     /// Committed blobs with their last modification time (for the sweep).
     pub async fn list_with_times(
         &self,

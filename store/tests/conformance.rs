@@ -550,3 +550,35 @@ async fn abandoned_staged_uploads_are_swept(#[case] backend: Backend) {
     assert_eq!(store.blobs.sweep_staged(second).await.expect("sweep"), 1);
     assert_eq!(store.blobs.count_staged().await.expect("staged"), 0);
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn blobs_fetch_to_local_files(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    let data = b"the bytes of an input".to_vec();
+    let mut up = store.blobs.begin();
+    up.write(Bytes::from(data.clone())).await.expect("write");
+    let staged = up.finish().await.expect("finish");
+    store.blobs.commit(&staged).await.expect("commit");
+    store.blobs.discard(&staged).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let dest = dir.path().join("copy");
+    store
+        .blobs
+        .fetch_to(&staged.sha256, &dest)
+        .await
+        .expect("fetch");
+    assert_eq!(std::fs::read(&dest).expect("read"), data);
+    // The local copy outlives the blob (a hard link for file:// stores).
+    store.blobs.delete(&staged.sha256).await.expect("delete");
+    assert_eq!(std::fs::read(&dest).expect("read"), data);
+    assert!(matches!(
+        store
+            .blobs
+            .fetch_to(&staged.sha256, &dir.path().join("gone"))
+            .await,
+        Err(StoreError::BlobMissing(_))
+    ));
+}

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use quiver_merge::{CancelToken, Control, LoraAdapter, MergeError};
 use quiver_store::{Beat, JobEnd, JobKind, JobRecord, Lease, NewVersion, StoreError, VersionRef};
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
 
 use super::Shared;
 use super::spec::{Engine, JobSpec};
@@ -33,6 +31,9 @@ impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::LeaseLost => Failure::Stopped,
+            StoreError::BlobMissing(key) => Failure::Permanent(format!(
+                "the stored content of an input is missing (blob {key}); the registry's data is inconsistent"
+            )),
             e if e.is_unavailable() => Failure::Transient(e.to_string()),
             StoreError::NotFound(m) => Failure::Permanent(m),
             e => Failure::Transient(e.to_string()),
@@ -341,18 +342,7 @@ async fn stage_inputs(
                     .await
                     .map_err(|e| Failure::Transient(format!("scratch: {e}")))?;
             }
-            let mut file = tokio::fs::File::create(&path)
-                .await
-                .map_err(|e| Failure::Transient(format!("scratch: {e}")))?;
-            let mut stream = store.blobs.get(&f.sha256, None).await?;
-            while let Some(chunk) = stream.next().await {
-                file.write_all(&chunk?)
-                    .await
-                    .map_err(|e| Failure::Transient(format!("scratch: {e}")))?;
-            }
-            file.flush()
-                .await
-                .map_err(|e| Failure::Transient(format!("scratch: {e}")))?;
+            store.blobs.fetch_to(&f.sha256, &path).await?;
         }
         dirs.push(input_dir);
     }
