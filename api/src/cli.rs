@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use crate::background::Background;
 use crate::config::{
     DEFAULT_LIST_CACHE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, HttpOptions, JobArgs, ServerSettings,
     StorageArgs,
 };
-use crate::jobs::{WorkerOptions, Workers};
+use crate::jobs::WorkerOptions;
 use crate::metrics::Metrics;
 use crate::startup::{Application, StartupError};
 
@@ -187,8 +188,8 @@ fn storage_hint(s: &StorageArgs) -> String {
     out
 }
 
-/// `quiver worker`: job workers until SIGTERM or SIGINT, then the jobs in hand go back to the
-/// queue.
+/// `quiver worker`: job workers (and the sweeps) until SIGTERM or SIGINT, then the jobs in hand
+/// go back to the queue.
 async fn run_worker(options: WorkerOptions, storage: &StorageArgs) -> CliResult {
     let store = Store::open(&storage.resolve()?)
         .await
@@ -199,11 +200,14 @@ async fn run_worker(options: WorkerOptions, storage: &StorageArgs) -> CliResult 
         workers = options.count,
         "quiver worker started"
     );
-    let workers = Workers::start(
-        store,
+    // The sweeps run here too: any number of processes may sweep (each deletion holds the lock
+    // version commits take), and a deployment may have no `serve` with workers.
+    let background = Background::start(
+        &store,
         options,
         Arc::new(Notify::new()),
         Arc::new(Metrics::default()),
+        true,
     )
     .map_err(StartupError::Workers)?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -212,6 +216,6 @@ async fn run_worker(options: WorkerOptions, storage: &StorageArgs) -> CliResult 
         _ = tokio::signal::ctrl_c() => {}
     }
     tracing::info!("stopping: handing jobs in hand back to the queue");
-    workers.shutdown().await;
+    background.shutdown().await;
     Ok(())
 }

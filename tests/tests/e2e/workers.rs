@@ -476,20 +476,56 @@ struct OwnCluster {
 }
 
 impl OwnCluster {
-    fn create() -> Option<Self> {
+    /// `Err` when clusters cannot be made here (no Debian tooling, or not root); panics when
+    /// they should be and creation fails.
+    fn create() -> Result<Self, String> {
+        let run = |cmd: &str, args: &[&str]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .output()
+                .map_err(|e| format!("{cmd}: {e}"))
+        };
         let version = std::fs::read_dir("/etc/postgresql")
-            .ok()?
+            .map_err(|e| format!("no /etc/postgresql: {e}"))?
             .filter_map(Result::ok)
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .next()?;
+            .next()
+            .ok_or("no PostgreSQL version under /etc/postgresql")?;
+        if String::from_utf8_lossy(&run("id", &["-u"])?.stdout).trim() != "0" {
+            return Err("pg_createcluster needs root".into());
+        }
+        // Clusters left by test processes that were killed.
+        let listed = run("pg_lsclusters", &["-h"])?;
+        for line in String::from_utf8_lossy(&listed.stdout).lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if let [ver, name, ..] = cols.as_slice()
+                && let Some(pid) = name.strip_prefix("quiver_restart_")
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = run("pg_dropcluster", &["--stop", ver, name]);
+            }
+        }
         let name = format!("quiver_restart_{}", std::process::id());
         let port = free_port();
-        let ok = std::process::Command::new("pg_createcluster")
-            .args([&version, &name, "-p", &port.to_string(), "--start", "--"])
-            .args(["--auth-local=trust", "--auth-host=trust"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        ok.then_some(Self {
+        let out = run(
+            "pg_createcluster",
+            &[
+                &version,
+                &name,
+                "-p",
+                &port.to_string(),
+                "--start",
+                "--",
+                "--auth-local=trust",
+                "--auth-host=trust",
+            ],
+        )?;
+        assert!(
+            out.status.success(),
+            "pg_createcluster failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(Self {
             version,
             name,
             port,
@@ -515,15 +551,20 @@ impl Drop for OwnCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_survives_a_postgres_restart() {
-    let (Ok(bucket), Some(cluster)) =
-        (std::env::var("QUIVER_TEST_S3_BUCKET"), OwnCluster::create())
-    else {
+    let Ok(bucket) = std::env::var("QUIVER_TEST_S3_BUCKET") else {
         assert!(
             std::env::var("QUIVER_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-            "QUIVER_REQUIRE_POSTGRES=1 but no S3 bucket or no pg_createcluster here"
+            "QUIVER_REQUIRE_POSTGRES=1 but QUIVER_TEST_S3_BUCKET is not set"
         );
-        eprintln!("skipped: needs pg_createcluster and the test S3 server (scripts/test.sh)");
+        eprintln!("skipped: needs the test S3 server (scripts/test.sh)");
         return;
+    };
+    let cluster = match OwnCluster::create() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("skipped: a PostgreSQL cluster of the test's own cannot be made here: {why}");
+            return;
+        }
     };
     let dir = tempfile::tempdir().expect("tmp");
     let storage = [
