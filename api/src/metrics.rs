@@ -164,7 +164,7 @@ impl Metrics {
     }
 
     /// A worker of this process ended an attempt (`succeeded`, `failed`, `retry`, `cancelled`,
-    /// `released`, `lease_lost`).
+    /// `released`, `lease_lost`, `unrecorded`).
     pub fn job_finished(&self, kind: JobKind, outcome: &'static str, seconds: f64) {
         self.job_durations
             .get_or_create(&OutcomeLabels {

@@ -164,12 +164,13 @@ async fn expired_leases_are_requeued_fenced_and_counted(#[case] backend: Backend
             .await,
         Err(StoreError::LeaseLost)
     ));
-    assert!(
-        !store
+    assert_eq!(
+        store
             .meta
             .end_job(&first, &JobEnd::Failed("late".into()))
             .await
-            .expect("end")
+            .expect("end"),
+        None
     );
     let (j, second) = claim(&store, "w2", 60_000).await.expect("again");
     assert_eq!(j.id, queued.id);
@@ -191,7 +192,7 @@ async fn expired_leases_are_requeued_fenced_and_counted(#[case] backend: Backend
     assert_eq!((now.progress_done, now.progress_total), (3, 4));
 
     // A transient failure requeues until the attempts are used up, then fails.
-    assert!(
+    assert_eq!(
         store
             .meta
             .end_job(
@@ -202,11 +203,12 @@ async fn expired_leases_are_requeued_fenced_and_counted(#[case] backend: Backend
                 }
             )
             .await
-            .expect("retry")
+            .expect("retry"),
+        Some(JobState::Queued)
     );
     let (_, third) = claim(&store, "w3", 60_000).await.expect("third");
     assert_eq!(third.attempt, 3);
-    assert!(
+    assert_eq!(
         store
             .meta
             .end_job(
@@ -217,7 +219,9 @@ async fn expired_leases_are_requeued_fenced_and_counted(#[case] backend: Backend
                 }
             )
             .await
-            .expect("retry")
+            .expect("retry"),
+        Some(JobState::Failed),
+        "attempts used up"
     );
     let done = store.meta.get_job(&j.id).await.expect("get").expect("job");
     assert_eq!(done.state, JobState::Failed);
@@ -227,12 +231,13 @@ async fn expired_leases_are_requeued_fenced_and_counted(#[case] backend: Backend
     // Released (shutdown) jobs go back without using an attempt.
     let (other, _) = enqueue(&store, &job(None, "y")).await;
     let (_, l) = claim(&store, "w5", 60_000).await.expect("job");
-    assert!(
+    assert_eq!(
         store
             .meta
             .end_job(&l, &JobEnd::Released)
             .await
-            .expect("release")
+            .expect("release"),
+        Some(JobState::Queued)
     );
     let (_, l) = claim(&store, "w6", 60_000).await.expect("job");
     assert_eq!(l.job_id, other.id);
@@ -289,12 +294,13 @@ async fn cancel_and_publish(#[case] backend: Backend) {
             .expect("get")
             .is_none()
     );
-    assert!(
+    assert_eq!(
         store
             .meta
             .end_job(&lease, &JobEnd::Cancelled)
             .await
-            .expect("end")
+            .expect("end"),
+        Some(JobState::Cancelled)
     );
 
     // Published: the adapter, the version, its parents and the job's success at once.

@@ -130,7 +130,8 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
             shared.metrics.job_finished(kind, "succeeded", seconds);
             return;
         }
-        Err(Failure::Stopped) | Err(_) if stop.is_some() => match stop {
+        // Stopped on request (or failed while stopping): the request decides.
+        Err(_) if stop.is_some() => match stop {
             Some(Stop::Cancel) => JobEnd::Cancelled,
             Some(Stop::Shutdown) => JobEnd::Released,
             _ => {
@@ -154,30 +155,41 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
             backoff_ms: 1000 * (1i64 << lease.attempt.clamp(1, 6)),
         },
     };
-    let state = match &end {
-        JobEnd::Failed(_) => "failed",
-        JobEnd::Retry { .. } => "retry",
-        JobEnd::Cancelled => "cancelled",
-        JobEnd::Released => "released",
+    let ended = shared.store.meta.end_job(&lease, &end).await;
+    let state = match &ended {
+        Ok(Some(s)) => s.as_str(),
+        Ok(None) => "lease_lost",
+        Err(_) => "unrecorded",
     };
-    match shared.store.meta.end_job(&lease, &end).await {
-        Ok(true) => match &end {
-            JobEnd::Failed(e) | JobEnd::Retry { error: e, .. } => {
-                tracing::warn!(job = %job.id, kind = kind.as_str(), state, error = %e, seconds, "job ended")
-            }
-            _ => tracing::info!(job = %job.id, kind = kind.as_str(), state, seconds, "job ended"),
-        },
-        Ok(false) => {
-            tracing::warn!(job = %job.id, state, "lease lost before the job's end was recorded")
+    let error = match &end {
+        JobEnd::Failed(e) | JobEnd::Retry { error: e, .. } => Some(e.as_str()),
+        _ => None,
+    };
+    match (&ended, error) {
+        (Ok(Some(_)), Some(e)) => {
+            tracing::warn!(job = %job.id, kind = kind.as_str(), state, error = %e, seconds, "job ended")
         }
-        Err(e) => {
-            tracing::error!(job = %job.id, state, error = %e, "could not record the job's end; its lease will expire")
+        (Ok(Some(_)), None) => {
+            tracing::info!(job = %job.id, kind = kind.as_str(), state, seconds, "job ended")
+        }
+        (Ok(None), _) => {
+            tracing::warn!(job = %job.id, "lease lost before the job's end was recorded")
+        }
+        (Err(e), _) => {
+            tracing::error!(job = %job.id, error = %e, "could not record the job's end; its lease will expire")
         }
     }
-    shared.metrics.job_finished(kind, state, seconds);
+    // The attempt's outcome: a requeue after a transient failure is a `retry`; a release on
+    // shutdown is this worker's doing, not the job's.
+    let outcome = match (&end, state) {
+        (JobEnd::Released, _) => "released",
+        (JobEnd::Retry { .. }, "queued") => "retry",
+        (_, s) => s,
+    };
+    shared.metrics.job_finished(kind, outcome, seconds);
 }
 
-/// Stages, runs and publishes; returns the result's `(owner/name, version)`.
+/// Stages, runs and publishes; returns the published version and where the time went.
 async fn execute(
     shared: &Arc<Shared>,
     job: &JobRecord,

@@ -184,8 +184,10 @@ pub trait JobStore: Send + Sync {
         total: i64,
         lease_ms: i64,
     ) -> Result<Beat, StoreError>;
-    /// Ends a running job without a result. `false` when the lease was lost (nothing changed).
-    async fn end_job(&self, lease: &Lease, end: &JobEnd) -> Result<bool, StoreError>;
+    /// Ends a running job without a result; returns the state it is left in (a retry is
+    /// `queued`, or `failed` when the attempts are used up), or `None` when the lease was lost
+    /// (nothing changed).
+    async fn end_job(&self, lease: &Lease, end: &JobEnd) -> Result<Option<JobState>, StoreError>;
     /// Requeues running jobs whose lease expired (the claim counts as an attempt), or fails them
     /// when their attempts are used up. Returns how many jobs were requeued and failed.
     async fn reap_expired_leases(&self) -> Result<(u64, u64), StoreError>;

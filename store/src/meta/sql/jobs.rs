@@ -296,7 +296,7 @@ impl JobStore for SqlMetadata {
         })
     }
 
-    async fn end_job(&self, lease: &Lease, end: &JobEnd) -> Result<bool, StoreError> {
+    async fn end_job(&self, lease: &Lease, end: &JobEnd) -> Result<Option<JobState>, StoreError> {
         let now = now_ms();
         let (q, r, f, c) = (
             JobState::Queued.as_str(),
@@ -344,14 +344,18 @@ impl JobStore for SqlMetadata {
             .push(" AND lease_token = ")
             .bind(lease.token.as_str())
             .push(" AND state = ")
-            .bind(r);
+            .bind(r)
+            .push(" RETURNING state");
         let mut tx = self.begin_write().await?;
-        let changed = sql.query().execute(&mut *tx).await?.rows_affected() > 0;
-        if changed && matches!(end, JobEnd::Retry { .. } | JobEnd::Released) {
+        let state: Option<JobState> = match sql.query().fetch_optional(&mut *tx).await? {
+            Some(row) => Some(row.try_get::<String, _>("state")?.parse()?),
+            None => None,
+        };
+        if state == Some(JobState::Queued) {
             self.notify_workers(&mut tx).await?;
         }
         tx.commit().await?;
-        Ok(changed)
+        Ok(state)
     }
 
     async fn reap_expired_leases(&self) -> Result<(u64, u64), StoreError> {
