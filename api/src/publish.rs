@@ -58,18 +58,16 @@ pub async fn publish_version(
     // retries a publish that succeeded.
     let checked = match held {
         Held::Staged(staged) => {
-            let mut r = Ok(());
-            for s in staged {
-                r = r.and(store.blobs.ensure_committed(s).await);
-            }
-            r
+            futures::future::try_join_all(staged.iter().map(|s| store.blobs.ensure_committed(s)))
+                .await
         }
         Held::Files(files) => {
-            let mut r = Ok(());
-            for (path, sha) in files {
-                r = r.and(store.blobs.ensure_file(path, sha).await);
-            }
-            r
+            futures::future::try_join_all(
+                files
+                    .iter()
+                    .map(|(path, sha)| store.blobs.ensure_file(path, sha)),
+            )
+            .await
         }
     };
     if let Err(e) = checked {

@@ -193,38 +193,67 @@ impl BlobStore {
         sha256: &str,
     ) -> Result<(), StoreError> {
         if !self.exists(sha256).await? {
-            let staged = self.stage_file(path).await?;
-            let done = self.commit(&staged).await;
-            self.discard(&staged).await;
-            done?;
+            self.write_file_to(path, &self.content_key(sha256)).await?;
         }
         Ok(())
     }
 
-    async fn stage_file(&self, path: &std::path::Path) -> Result<StagedBlob, StoreError> {
+    /// Writes a local file whose hash is known straight to its content address: the object
+    /// appears whole or not at all (a hard link, or a temporary file renamed, on `file://`; a
+    /// single PUT or a completed multipart upload on S3), so no staging copy is needed.
+    async fn write_file_to(&self, path: &std::path::Path, key: &Path) -> Result<(), StoreError> {
         use tokio::io::AsyncReadExt;
+        if let Some(dest) = self.local_path(key) {
+            let (src, dest) = (path.to_path_buf(), dest);
+            let linked = tokio::task::spawn_blocking(move || {
+                if let Some(dir) = dest.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::hard_link(&src, &dest)
+            })
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("link task failed: {e}")))?;
+            match linked {
+                // Already there: identical content, stored by someone else meanwhile.
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+                Err(_) => {} // another file system: upload below
+            }
+        }
+        let size = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| io_error(path, e))?
+            .len();
+        if size < PART_SIZE as u64 {
+            let bytes = tokio::fs::read(path).await.map_err(|e| io_error(path, e))?;
+            self.inner.put(key, bytes.into()).await?;
+            return Ok(());
+        }
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(|e| io_error(path, e))?;
-        let mut upload = self.begin();
+        let mut mp =
+            WriteMultipart::new_with_chunk_size(self.inner.put_multipart(key).await?, PART_SIZE);
         loop {
             let mut buf = BytesMut::with_capacity(FILE_CHUNK as usize);
             let n = match file.read_buf(&mut buf).await {
                 Ok(n) => n,
                 Err(e) => {
-                    upload.abort().await;
+                    let _ = mp.abort().await;
                     return Err(io_error(path, e));
                 }
             };
             if n == 0 {
                 break;
             }
-            if let Err(e) = upload.write(buf.freeze()).await {
-                upload.abort().await;
-                return Err(e);
+            if let Err(e) = mp.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                let _ = mp.abort().await;
+                return Err(e.into());
             }
+            mp.write(&buf);
         }
-        upload.finish().await
+        mp.finish().await?;
+        Ok(())
     }
 
     /// Writes a committed blob to the local file `dest`: a hard link when the store is a local

@@ -582,3 +582,42 @@ async fn blobs_fetch_to_local_files(#[case] backend: Backend) {
         Err(StoreError::BlobMissing(_))
     ));
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn local_files_are_stored_by_content(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    let dir = tempfile::tempdir().expect("tmp");
+    // One file under a multipart part (a single PUT on S3), one over (a multipart upload).
+    for size in [1000usize, 9 * 1024 * 1024 + 17] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        let path = dir.path().join(format!("f{size}"));
+        std::fs::write(&path, &data).expect("write");
+        let (sha, got) = store.blobs.put_file(&path).await.expect("put");
+        assert_eq!(
+            (sha.as_str(), got),
+            (
+                hex::encode(sha2::Sha256::digest(&data)).as_str(),
+                size as u64
+            )
+        );
+        // Again: nothing to do; the stored bytes are the file's.
+        assert_eq!(store.blobs.put_file(&path).await.expect("again").0, sha);
+        let body: Vec<Bytes> = store
+            .blobs
+            .get(&sha, None)
+            .await
+            .expect("get")
+            .try_collect()
+            .await
+            .expect("body");
+        assert!(body.concat() == data);
+        // Removed behind its back, it is stored again.
+        store.blobs.delete(&sha).await.expect("delete");
+        store.blobs.ensure_file(&path, &sha).await.expect("ensure");
+        assert_eq!(store.blobs.size(&sha).await.expect("size"), size as u64);
+    }
+    assert_eq!(store.blobs.count_staged().await.expect("staged"), 0);
+}

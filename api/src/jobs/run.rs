@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use quiver_merge::{CancelToken, Control, LoraAdapter, MergeError};
 use quiver_store::{Beat, JobEnd, JobKind, JobRecord, Lease, NewVersion, StoreError, VersionRef};
 use serde_json::{Value, json};
@@ -254,15 +255,18 @@ async fn execute(
     lap(1);
 
     // Store the output: content-addressed, so a retry uploads nothing the store already holds.
+    let paths = list_files(&out).map_err(|e| Failure::Transient(format!("output: {e}")))?;
+    let stored =
+        futures::future::try_join_all(paths.iter().map(|path| shared.store.blobs.put_file(path)))
+            .await?;
     let mut files = Vec::new();
     let mut held = Vec::new();
-    for path in list_files(&out).map_err(|e| Failure::Transient(format!("output: {e}")))? {
+    for (path, (sha256, size)) in paths.into_iter().zip(stored) {
         let rel = path
             .strip_prefix(&out)
             .map_err(|e| Failure::Permanent(e.to_string()))?
             .to_string_lossy()
             .into_owned();
-        let (sha256, size) = shared.store.blobs.put_file(&path).await?;
         files.push(quiver_store::FileRecord {
             path: rel,
             size: size as i64,
@@ -342,22 +346,30 @@ async fn stage_inputs(
         )));
     }
     let mut dirs = Vec::new();
-    for (input, version) in spec.inputs.iter().zip(versions) {
+    let mut fetches = Vec::new();
+    for (input, version) in spec.inputs.iter().zip(&versions) {
         let input_dir = dir.join("inputs").join(&input.dir);
         for f in &version.files {
-            if cancel.is_cancelled() {
-                return Err(Failure::Stopped);
-            }
             let path = input_dir.join(&f.path);
             if let Some(parent) = path.parent() {
                 tokio::fs::create_dir_all(parent)
                     .await
                     .map_err(|e| Failure::Transient(format!("scratch: {e}")))?;
             }
-            store.blobs.fetch_to(&f.sha256, &path).await?;
+            fetches.push(async move { store.blobs.fetch_to(&f.sha256, &path).await });
         }
         dirs.push(input_dir);
     }
+    if cancel.is_cancelled() {
+        return Err(Failure::Stopped);
+    }
+    // A few at a time: one input is two files, a collection four.
+    futures::stream::iter(fetches)
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()?;
     Ok(dirs)
 }
 
