@@ -35,6 +35,17 @@ pub struct BlobStore {
     description: String,
 }
 
+/// A local file stored by [`BlobStore::put_file`].
+#[derive(Clone, Debug)]
+pub struct StoredFile {
+    pub sha256: String,
+    pub size: u64,
+    /// Whether this call wrote the blob (a fresh one the sweep's grace period protects), rather
+    /// than finding identical content already stored (which may be old: check it again after
+    /// committing rows that refer to it, with [`BlobStore::ensure_file`]).
+    pub written: bool,
+}
+
 /// A finished upload, not yet visible under its content address.
 #[derive(Debug)]
 pub struct StagedBlob {
@@ -177,12 +188,19 @@ impl BlobStore {
         }
     }
 
-    /// Stores a local file as a blob unless identical content is already stored; returns its
-    /// sha256 and size. Nothing is uploaded for content the store holds (a retried job's output).
-    pub async fn put_file(&self, path: &std::path::Path) -> Result<(String, u64), StoreError> {
+    /// Stores a local file as a blob unless identical content is already stored. Nothing is
+    /// uploaded for content the store holds (a retried job's output).
+    pub async fn put_file(&self, path: &std::path::Path) -> Result<StoredFile, StoreError> {
         let (sha256, size) = hash_file(path).await?;
-        self.ensure_file(path, &sha256).await?;
-        Ok((sha256, size))
+        let written = !self.exists(&sha256).await?;
+        if written {
+            self.write_file_to(path, &self.content_key(&sha256)).await?;
+        }
+        Ok(StoredFile {
+            sha256,
+            size,
+            written,
+        })
     }
 
     /// Stores the local file again if its blob is missing (a sweep ran between

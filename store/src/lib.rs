@@ -20,7 +20,7 @@ pub mod time;
 
 use std::sync::Arc;
 
-pub use blob::{BlobStore, BlobUpload, StagedBlob};
+pub use blob::{BlobStore, BlobUpload, StagedBlob, StoredFile};
 pub use error::StoreError;
 pub use meta::{
     AdapterPatch, AdapterRecord, AdapterSort, Beat, FileRecord, JobEnd, JobFilter, JobKind,

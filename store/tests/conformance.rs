@@ -595,7 +595,9 @@ async fn local_files_are_stored_by_content(#[case] backend: Backend) {
         let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
         let path = dir.path().join(format!("f{size}"));
         std::fs::write(&path, &data).expect("write");
-        let (sha, got) = store.blobs.put_file(&path).await.expect("put");
+        let stored = store.blobs.put_file(&path).await.expect("put");
+        assert!(stored.written);
+        let (sha, got) = (stored.sha256, stored.size);
         assert_eq!(
             (sha.as_str(), got),
             (
@@ -604,7 +606,11 @@ async fn local_files_are_stored_by_content(#[case] backend: Backend) {
             )
         );
         // Again: nothing to do; the stored bytes are the file's.
-        assert_eq!(store.blobs.put_file(&path).await.expect("again").0, sha);
+        let again = store.blobs.put_file(&path).await.expect("again");
+        assert_eq!(
+            (again.sha256.as_str(), again.written),
+            (sha.as_str(), false)
+        );
         let body: Vec<Bytes> = store
             .blobs
             .get(&sha, None)

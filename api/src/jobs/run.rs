@@ -260,8 +260,10 @@ async fn execute(
         futures::future::try_join_all(paths.iter().map(|path| shared.store.blobs.put_file(path)))
             .await?;
     let mut files = Vec::new();
+    // Blobs found already stored may be old enough for a sweep: checked again after the commit.
+    // The ones written just now are younger than the sweep's grace period.
     let mut held = Vec::new();
-    for (path, (sha256, size)) in paths.into_iter().zip(stored) {
+    for (path, stored) in paths.into_iter().zip(stored) {
         let rel = path
             .strip_prefix(&out)
             .map_err(|e| Failure::Permanent(e.to_string()))?
@@ -269,10 +271,12 @@ async fn execute(
             .into_owned();
         files.push(quiver_store::FileRecord {
             path: rel,
-            size: size as i64,
-            sha256: sha256.clone(),
+            size: stored.size as i64,
+            sha256: stored.sha256.clone(),
         });
-        held.push((path, sha256));
+        if !stored.written {
+            held.push((path, stored.sha256));
+        }
     }
     let summary = output_summary(&out, &files)?;
     let lineage = json!({
