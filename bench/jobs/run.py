@@ -77,8 +77,8 @@ class Service:
         self.procs.append(p)
         return p
 
-    def worker(self):
-        return self.start(["worker", "--job-workers", "1"])
+    def worker(self, slots=1):
+        return self.start(["worker", "--job-workers", str(slots)])
 
     def stop(self, p):
         if p.poll() is None:
@@ -231,7 +231,7 @@ def queue_run(label, database_url, store_url, args):
     try:
         for n in ("a", "b"):
             svc.upload(f"bench/{n}", FIXTURE, "quiver-test/tiny-llama")
-        workers = [svc.worker() for _ in range(2)]
+        workers = [svc.worker(args.slots) for _ in range(2)]
         time.sleep(1.0)
 
         def body(i):
@@ -298,8 +298,8 @@ def queue_run(label, database_url, store_url, args):
         if phases["publish_s"]:
             row["publish_ms_p99"] = pct(phases["publish_s"], 99)
             # Share of the run's wall time during which some worker was publishing (upper bound
-            # of what serialised publishes could cost; 2 workers).
-            row["publish_share"] = sum(phases["publish_s"]) / 1000 / span / 2
+            # of what serialised publishes could cost).
+            row["publish_share"] = sum(phases["publish_s"]) / 1000 / span / (2 * args.slots)
         print(f"{label}: {json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()})}", flush=True)
         return row
     finally:
@@ -312,6 +312,7 @@ def queue_run(label, database_url, store_url, args):
 
 def queue(args):
     print(machine())
+    print(f"2 worker processes x {args.slots} job worker(s)")
     rows = [queue_run("SQLite + files", None, None, args)]
     pg = os.environ.get("QUIVER_BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
     name = f"quiver_bench_{os.getpid()}"
@@ -344,6 +345,7 @@ def main():
     q.add_argument("--jobs", type=int, default=1000)
     q.add_argument("--idle", type=int, default=50, help="jobs submitted one at a time to idle workers")
     q.add_argument("--keep", action="store_true", help="keep the data directories (logs)")
+    q.add_argument("--slots", type=int, default=1, help="job workers in each of the 2 worker processes")
     args = ap.parse_args()
     if not os.access(QUIVER, os.X_OK):
         raise SystemExit(f"no quiver binary at {QUIVER}: cargo build --release -p quiver-api")
