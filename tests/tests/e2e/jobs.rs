@@ -838,30 +838,14 @@ async fn private_inputs_and_outputs_stay_private(#[case] backend: Backend) {
         (Some(true), json!(["merged"])),
         "{a}"
     );
-    assert_eq!(
-        app.get_json("/api/v1/adapters/alice/secret-mix", "bob")
-            .await
-            .0,
-        404
-    );
-    assert_eq!(
-        app.get_json(
-            &format!("/api/v1/jobs/{}", job["id"].as_str().expect("id")),
-            "bob"
-        )
-        .await
-        .0,
-        404
-    );
-    assert_eq!(
-        app.get_json(
-            &format!("/api/v1/jobs/{}", job["id"].as_str().expect("id")),
-            "admin"
-        )
-        .await
-        .0,
-        200
-    );
+    let job_url = format!("/api/v1/jobs/{}", job["id"].as_str().expect("id"));
+    for (path, who, status) in [
+        ("/api/v1/adapters/alice/secret-mix", "bob", 404),
+        (job_url.as_str(), "bob", 404),
+        (job_url.as_str(), "admin", 200),
+    ] {
+        assert_eq!(app.get_json(path, who).await.0, status, "{who} {path}");
+    }
     // A public descendant of a private input: the lineage hides what the caller may not see.
     let pub_job = run_job(&app, "/api/v1/merges", &json!({"method": "linear",
         "inputs": inputs(&["b", "secret-mix"]), "output": {"adapter": "alice/open", "create": true}})).await;

@@ -33,6 +33,32 @@ async fn big_inputs(app: &TestApp) {
     }
 }
 
+/// Queues a ziplora merge of alice/big1 and alice/big2 into alice/zip (seconds in a debug build).
+async fn queue_long_merge(app: &TestApp, steps: u32) -> String {
+    let (status, job) = app
+        .post_json(
+            "/api/v1/merges",
+            "alice",
+            &json!({"method": "ziplora", "steps": steps,
+                "inputs": [{"adapter": "alice/big1"}, {"adapter": "alice/big2"}],
+                "output": {"adapter": "alice/zip", "create": true}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    job["id"].as_str().expect("id").to_string()
+}
+
+/// SIGTERM to the process running job `id`: it exits cleanly and the job is queued again, the
+/// attempt not counted.
+async fn stopped_and_requeued(app: &TestApp, process: &mut Process, id: &str) {
+    let status = process
+        .terminate(Duration::from_secs(60))
+        .expect("exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let j = app.store.meta.get_job(id).await.expect("get").expect("job");
+    assert_eq!((j.state, j.attempts), (JobState::Queued, 0), "{j:?}");
+}
+
 /// Waits until the job runs in the worker process `pid` and has made progress.
 async fn running_in(app: &TestApp, id: &str, pid: u32) {
     let start = Instant::now();
@@ -73,33 +99,12 @@ async fn stopped_and_killed_workers_lose_no_job_and_publish_once(#[case] backend
         return;
     };
     big_inputs(&app).await;
-    let (s, job) = app
-        .post_json(
-            "/api/v1/merges",
-            "alice",
-            &json!({"method": "ziplora", "steps": 300,
-        "inputs": [{"adapter": "alice/big1"}, {"adapter": "alice/big2"}],
-        "output": {"adapter": "alice/zip", "create": true}}),
-        )
-        .await;
-    assert_eq!(s, 202, "{job}");
-    let id = job["id"].as_str().expect("id").to_string();
+    let id = queue_long_merge(&app, 300).await;
 
     // SIGTERM: the job in hand goes back to the queue without using an attempt.
     let mut first = worker(&app);
     running_in(&app, &id, first.pid()).await;
-    let status = first
-        .terminate(Duration::from_secs(60))
-        .expect("exits on SIGTERM");
-    assert!(status.success(), "{status:?}");
-    let j = app
-        .store
-        .meta
-        .get_job(&id)
-        .await
-        .expect("get")
-        .expect("job");
-    assert_eq!((j.state, j.attempts), (JobState::Queued, 0), "{j:?}");
+    stopped_and_requeued(&app, &mut first, &id).await;
 
     // SIGKILL mid-job: its lease expires, another worker takes over.
     let mut second = worker(&app);
@@ -185,16 +190,7 @@ async fn a_job_survives_its_database_connections_being_cut() {
         return;
     };
     big_inputs(&app).await;
-    let (_, job) = app
-        .post_json(
-            "/api/v1/merges",
-            "alice",
-            &json!({"method": "ziplora", "steps": 200,
-        "inputs": [{"adapter": "alice/big1"}, {"adapter": "alice/big2"}],
-        "output": {"adapter": "alice/zip", "create": true}}),
-        )
-        .await;
-    let id = job["id"].as_str().expect("id").to_string();
+    let id = queue_long_merge(&app, 200).await;
     let w = worker(&app);
     running_in(&app, &id, w.pid()).await;
     // Every connection of the test database but ours is terminated, a few times over a second
@@ -255,29 +251,9 @@ async fn a_server_stopped_with_sigterm_hands_its_job_back(#[case] backend: Backe
         ],
         &[],
     );
-    let (_, job) = app
-        .post_json(
-            "/api/v1/merges",
-            "alice",
-            &json!({"method": "ziplora", "steps": 300,
-        "inputs": [{"adapter": "alice/big1"}, {"adapter": "alice/big2"}],
-        "output": {"adapter": "alice/zip", "create": true}}),
-        )
-        .await;
-    let id = job["id"].as_str().expect("id").to_string();
+    let id = queue_long_merge(&app, 300).await;
     running_in(&app, &id, server.pid()).await;
-    let status = server
-        .terminate(Duration::from_secs(60))
-        .expect("exits on SIGTERM");
-    assert!(status.success(), "{status:?}");
-    let j = app
-        .store
-        .meta
-        .get_job(&id)
-        .await
-        .expect("get")
-        .expect("job");
-    assert_eq!((j.state, j.attempts), (JobState::Queued, 0), "{j:?}");
+    stopped_and_requeued(&app, &mut server, &id).await;
     assert!(versions_of(&app, "alice/zip").await.is_empty());
 }
 
