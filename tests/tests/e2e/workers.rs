@@ -257,6 +257,59 @@ async fn a_server_stopped_with_sigterm_hands_its_job_back(#[case] backend: Backe
     assert!(versions_of(&app, "alice/zip").await.is_empty());
 }
 
+/// Waits (up to a minute) until the server at `base` answers /healthz.
+async fn wait_healthy(client: &reqwest::Client, base: &str) {
+    let start = Instant::now();
+    loop {
+        let status = client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .map(|r| r.status());
+        if status.is_ok_and(|s| s == 200) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{base} did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates alice/`name` on the server at `base` and uploads `files` as its version 1.
+async fn create_and_upload(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    name: &str,
+    files: quiver_tests::Files,
+) {
+    let r = client
+        .post(format!("{base}/api/v1/adapters"))
+        .bearer_auth(token)
+        .json(&json!({"owner": "alice", "name": name, "base_model": "quiver-test/tiny-llama"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    let mut form = reqwest::multipart::Form::new();
+    for (path, bytes) in files {
+        form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(path),
+        );
+    }
+    let r = client
+        .post(format!("{base}/api/v1/adapters/alice/{name}/versions"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 201);
+}
+
 /// A free port on 127.0.0.1 (bound and released; good enough for a test).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -292,49 +345,14 @@ async fn two_servers_and_two_workers_share_one_postgres_and_s3() {
     let _workers = [worker(&app), worker(&app)];
     let client = reqwest::Client::new();
     let base = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
-    let start = Instant::now();
     for i in 0..2 {
-        while client
-            .get(format!("{}/healthz", base(i)))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .ok()
-            != Some(200)
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "server {i} did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_healthy(&client, &base(i)).await;
     }
     let token = app.token("alice").to_string();
     // Adapters and uploads through server 0, jobs through server 1, reads through both.
     for (i, name) in ["a", "b"].into_iter().enumerate() {
-        let r = client
-            .post(format!("{}/api/v1/adapters", base(0)))
-            .bearer_auth(&token)
-            .json(&json!({"owner": "alice", "name": name, "base_model": "quiver-test/tiny-llama"}))
-            .send()
-            .await
-            .expect("create");
-        assert_eq!(r.status(), 201);
-        let mut form = reqwest::multipart::Form::new();
-        for (path, bytes) in synthetic_adapter(4, &["q_proj"], i as u32) {
-            form = form.part(
-                "file",
-                reqwest::multipart::Part::bytes(bytes).file_name(path),
-            );
-        }
-        let r = client
-            .post(format!("{}/api/v1/adapters/alice/{name}/versions", base(0)))
-            .bearer_auth(&token)
-            .multipart(form)
-            .send()
-            .await
-            .expect("upload");
-        assert_eq!(r.status(), 201);
+        let files = synthetic_adapter(4, &["q_proj"], i as u32);
+        create_and_upload(&client, &base(0), &token, name, files).await;
     }
     let mut ids = Vec::new();
     for i in 0..10 {
@@ -583,45 +601,10 @@ async fn a_job_survives_a_postgres_restart() {
     );
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let start = Instant::now();
-    while client
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .ok()
-        != Some(200)
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_healthy(&client, &base).await;
     for (i, name) in ["big1", "big2"].into_iter().enumerate() {
-        let r = client
-            .post(format!("{base}/api/v1/adapters"))
-            .bearer_auth(&token)
-            .json(&json!({"owner": "alice", "name": name, "base_model": "quiver-test/tiny-llama"}))
-            .send()
-            .await
-            .expect("create");
-        assert_eq!(r.status(), 201);
-        let mut form = reqwest::multipart::Form::new();
-        for (path, bytes) in sized_adapter(8, 256, 48, i as u32) {
-            form = form.part(
-                "file",
-                reqwest::multipart::Part::bytes(bytes).file_name(path),
-            );
-        }
-        let r = client
-            .post(format!("{base}/api/v1/adapters/alice/{name}/versions"))
-            .bearer_auth(&token)
-            .multipart(form)
-            .send()
-            .await
-            .expect("upload");
-        assert_eq!(r.status(), 201);
+        let files = sized_adapter(8, 256, 48, i as u32);
+        create_and_upload(&client, &base, &token, name, files).await;
     }
     let job: Value = client
         .post(format!("{base}/api/v1/merges"))
