@@ -56,6 +56,9 @@ pub struct JobArgs {
     /// Largest total size of one job's input files, in bytes.
     #[arg(long, env = "QUIVER_SCRATCH_MAX_BYTES", default_value_t = DEFAULT_SCRATCH_MAX_BYTES)]
     pub scratch_max_bytes: u64,
+    /// Bytes of input blobs fetched from S3 that each worker process keeps for later jobs (0: none).
+    #[arg(long, env = "QUIVER_INPUT_CACHE_BYTES", default_value_t = DEFAULT_INPUT_CACHE_BYTES)]
+    pub input_cache_bytes: u64,
     /// Where merges run: `cpu`, or `cuda` (a build with the `cuda` feature and an NVIDIA GPU).
     #[arg(long, env = "QUIVER_DEVICE", default_value = "cpu", value_parser = ["cpu", "cuda"])]
     pub device: String,
@@ -64,6 +67,9 @@ pub struct JobArgs {
           value_parser = clap::value_parser!(i64).range(2000..))]
     pub job_lease_ms: i64,
 }
+
+/// Default budget of a worker process's cache of S3 inputs: 8 GiB.
+pub const DEFAULT_INPUT_CACHE_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 
 /// Default cap of one job's inputs: 64 GiB.
 pub const DEFAULT_SCRATCH_MAX_BYTES: u64 = 64 * 1024 * 1024 * 1024;
@@ -77,6 +83,7 @@ impl JobArgs {
                 .clone()
                 .unwrap_or_else(|| storage.data_dir.join("scratch")),
             scratch_max_bytes: self.scratch_max_bytes,
+            input_cache_bytes: self.input_cache_bytes,
             lease_ms: self.job_lease_ms,
             cuda: self.device == "cuda",
         }

@@ -105,7 +105,8 @@ impl BlobStore {
         })
     }
 
-    fn is_local(&self) -> bool {
+    /// Whether blobs are files in a local directory (`file://`), rather than remote objects.
+    pub fn is_local(&self) -> bool {
         self.local_root.is_some()
     }
 

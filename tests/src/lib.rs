@@ -71,6 +71,7 @@ async fn spawn_app_full(
         count: job_workers,
         scratch_dir: scratch.dir().join("scratch"),
         scratch_max_bytes: quiver_api::config::DEFAULT_SCRATCH_MAX_BYTES,
+        input_cache_bytes: quiver_api::config::DEFAULT_INPUT_CACHE_BYTES,
         lease_ms: quiver_api::jobs::DEFAULT_LEASE_MS,
         cuda: false,
     };

@@ -6,6 +6,7 @@
 //! `NOTIFY` when another does, and otherwise poll (a cheap indexed read): every 50 ms where no
 //! notification can come (SQLite), every 500 ms as a fallback on Postgres.
 
+pub mod cache;
 mod run;
 pub mod scratch;
 pub mod spec;
@@ -37,6 +38,8 @@ pub struct WorkerOptions {
     pub scratch_dir: PathBuf,
     /// Largest total size of one job's input files.
     pub scratch_max_bytes: u64,
+    /// Bytes of input blobs fetched from a remote store kept for later jobs (0: none).
+    pub input_cache_bytes: u64,
     pub lease_ms: i64,
     /// `cuda` runs merges on the GPU (needs the `cuda` feature).
     pub cuda: bool,
@@ -47,6 +50,9 @@ pub(crate) struct Shared {
     store: Store,
     options: WorkerOptions,
     scratch: Scratch,
+    /// Inputs fetched from a remote store, kept for later jobs (`None` for `file://` stores,
+    /// whose blobs are hard-linked directly, or with a zero budget).
+    cache: Option<cache::InputCache>,
     device: Device,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
@@ -81,8 +87,17 @@ impl Workers {
             } else {
                 Device::Cpu
             };
+            let scratch = Scratch::open(&options.scratch_dir)?;
+            let cache = match (store.blobs.is_local(), options.input_cache_bytes) {
+                (true, _) | (_, 0) => None,
+                (false, budget) => Some(cache::InputCache::new(
+                    scratch.path().join("cache"),
+                    budget,
+                )?),
+            };
             let shared = Arc::new(Shared {
-                scratch: Scratch::open(&options.scratch_dir)?,
+                scratch,
+                cache,
                 store,
                 options: options.clone(),
                 device,

@@ -360,7 +360,13 @@ async fn stage_inputs(
                     .await
                     .map_err(|e| Failure::Transient(format!("scratch: {e}")))?;
             }
-            fetches.push(async move { store.blobs.fetch_to(&f.sha256, &path).await });
+            let cache = shared.cache.as_ref();
+            fetches.push(async move {
+                match cache {
+                    Some(c) => c.place(&store.blobs, &f.sha256, f.size as u64, &path).await,
+                    None => store.blobs.fetch_to(&f.sha256, &path).await,
+                }
+            });
         }
         dirs.push(input_dir);
     }

@@ -43,6 +43,11 @@ impl Scratch {
         Ok(Self { dir, _lock: lock })
     }
 
+    /// This process's directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
     /// A fresh, empty directory for one job; removed when the guard drops.
     pub fn job_dir(&self, job_id: &str) -> std::io::Result<JobDir> {
         let path = self.dir.join(job_id);
