@@ -261,11 +261,17 @@ def queue_run(label, database_url, store_url, args):
         submit_s = time.monotonic() - t
         ids = {job["id"] for status, job in submitted if status == 202}
         assert len(ids) == args.jobs, [s for s, _ in submitted if s != 202][:5]
+        # Wait on /metrics (one GROUP BY), not on the job listing, which would load the server
+        # with megabytes of JSON while the workers run; list the jobs once at the end.
         while True:
-            jobs = [j for j in svc.jobs() if j["id"] in ids]
-            if all(j["state"] in ("succeeded", "failed", "cancelled") for j in jobs):
+            with urllib.request.urlopen(svc.base + "/metrics", timeout=30) as r:
+                text = r.read().decode()
+            active = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                         if line.startswith("quiver_jobs{") and ('state="queued"' in line or 'state="running"' in line))
+            if active == 0:
                 break
-            time.sleep(0.5)
+            time.sleep(0.25)
+        jobs = [j for j in svc.jobs() if j["id"] in ids]
         bad = [j for j in jobs if j["state"] != "succeeded" or j["attempts"] != 1]
         if bad:
             print(f"{label}: {len(bad)} job(s) failed or retried, e.g. {bad[0]['id']} state {bad[0]['state']} "

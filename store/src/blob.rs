@@ -23,6 +23,8 @@ use crate::StoreError;
 
 /// Size of one multipart part (S3 needs ≥ 5 MiB except for the last).
 const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Remote objects smaller than this are written without asking whether they exist.
+const SMALL_PUT: u64 = 1024 * 1024;
 /// Parts in flight per upload; with `PART_SIZE` this bounds an upload's memory to ~40 MiB.
 const PARTS_IN_FLIGHT: usize = 4;
 
@@ -193,10 +195,19 @@ impl BlobStore {
     /// uploaded for content the store holds (a retried job's output).
     pub async fn put_file(&self, path: &std::path::Path) -> Result<StoredFile, StoreError> {
         let (sha256, size) = hash_file(path).await?;
-        let written = !self.exists(&sha256).await?;
-        if written {
+        // A small remote object costs one request to write and one to ask about: write it
+        // (identical bytes replace identical bytes, and its time is renewed). Large ones, and
+        // local files (a hard link), are looked for first.
+        let written = if !self.is_local() && size < SMALL_PUT {
             self.write_file_to(path, &self.content_key(&sha256)).await?;
-        }
+            true
+        } else {
+            let missing = !self.exists(&sha256).await?;
+            if missing {
+                self.write_file_to(path, &self.content_key(&sha256)).await?;
+            }
+            missing
+        };
         Ok(StoredFile {
             sha256,
             size,
