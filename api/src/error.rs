@@ -76,10 +76,21 @@ error_codes! {
     InvalidSpec = "invalid_spec" => UNPROCESSABLE_ENTITY,
     /// Inputs that cannot be merged together (base models, DoRA, collections).
     IncompatibleInputs = "incompatible_inputs" => UNPROCESSABLE_ENTITY,
+    /// A `samples.jsonl` that is not one `{"input": "..."}` per line, or too large.
+    InvalidSamples = "invalid_samples" => UNPROCESSABLE_ENTITY,
+    /// A route request that cannot run: no inputs, too many, bad `top_k`, unknown strategy.
+    InvalidRoute = "invalid_route" => UNPROCESSABLE_ENTITY,
+    /// A profile vector of the wrong dimension or with non-finite values.
+    InvalidVector = "invalid_vector" => UNPROCESSABLE_ENTITY,
+    /// The version has no `samples.jsonl` to compute a profile from.
+    NoSamples = "no_samples" => UNPROCESSABLE_ENTITY,
+    ProfileNotFound = "profile_not_found" => NOT_FOUND,
     Internal = "internal" => INTERNAL_SERVER_ERROR,
     /// Stored data is inconsistent (a blob a row refers to is missing).
     Corrupt = "corrupt" => INTERNAL_SERVER_ERROR,
     StorageUnavailable = "storage_unavailable" => SERVICE_UNAVAILABLE,
+    /// Routing needs an embedder (`--embedder-dir`) unless the request brings its vectors.
+    EmbedderUnavailable = "embedder_unavailable" => SERVICE_UNAVAILABLE,
 }
 
 #[derive(Debug)]

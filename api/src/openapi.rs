@@ -12,7 +12,8 @@ use utoipa::{Modify, OpenApi};
         (name = "versions", description = "Immutable versions of an adapter"),
         (name = "files", description = "Downloads"),
         (name = "refs", description = "Aliases that point at versions"),
-        (name = "jobs", description = "Merge and compression jobs: submit, follow, cancel"),
+        (name = "jobs", description = "Merge, compression and embed jobs: submit, follow, cancel"),
+        (name = "routing", description = "Route prompts to adapters (LoraRetriever-style); routing profiles"),
         (name = "service", description = "Health and metrics")
     )
 )]

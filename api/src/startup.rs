@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::openapi::ApiDoc;
 use crate::route_table::RouteTable;
 use crate::routes;
+use crate::routing::{Routing, RoutingOptions};
 use crate::state::AppState;
 
 pub struct Application {
@@ -43,6 +44,8 @@ pub enum StartupError {
     },
     #[error("cannot start the job workers: {0}")]
     Workers(std::io::Error),
+    #[error("cannot load the embedder ({0}); check --embedder-dir")]
+    Embedder(#[from] quiver_retrieve::RetrieveError),
 }
 
 impl Application {
@@ -53,7 +56,13 @@ impl Application {
             addr: settings.bind.clone(),
             source,
         })?;
-        Self::with_store(store, listener, settings.http, settings.workers)
+        Self::with_store(
+            store,
+            listener,
+            settings.http,
+            settings.workers,
+            settings.routing,
+        )
     }
 
     /// The application on an open store: the HTTP server on `listener`, the job workers and the
@@ -63,6 +72,7 @@ impl Application {
         listener: TcpListener,
         options: HttpOptions,
         workers: WorkerOptions,
+        routing: RoutingOptions,
     ) -> Result<Self, StartupError> {
         let bind_error = |source| StartupError::Bind {
             addr: format!("{listener:?}"),
@@ -71,9 +81,16 @@ impl Application {
         let port = listener.local_addr().map_err(bind_error)?.port();
         let metrics = Arc::new(Metrics::default());
         let job_wake = Arc::new(Notify::new());
-        let background =
-            Background::start(&store, workers, job_wake.clone(), metrics.clone(), true)
-                .map_err(StartupError::Workers)?;
+        let routing = Arc::new(Routing::new(routing));
+        let background = Background::start(
+            &store,
+            workers,
+            routing.clone(),
+            job_wake.clone(),
+            metrics.clone(),
+            true,
+        )
+        .map_err(StartupError::Workers)?;
         let state = web::Data::new(AppState {
             store: store.clone(),
             max_upload_bytes: options.max_upload_bytes,
@@ -82,6 +99,7 @@ impl Application {
                 usize::try_from(options.list_cache_bytes).unwrap_or(usize::MAX),
             ),
             job_wake,
+            routing,
         });
         let server = HttpServer::new(move || {
             let (app, api) = App::new()

@@ -13,4 +13,5 @@ pub struct AppState {
     pub list_cache: ListCache,
     /// Wakes this process's idle job workers when a handler queues a job.
     pub job_wake: Arc<tokio::sync::Notify>,
+    pub routing: Arc<crate::routing::Routing>,
 }

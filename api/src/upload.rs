@@ -14,6 +14,7 @@ pub use quiver_merge::summary::{
     CONFIG_NAME as CONFIG_FILE, SAFETENSORS_WEIGHTS_NAME as WEIGHTS_FILE,
 };
 use quiver_merge::summary::{MAX_CONFIG_LEN, is_pickle_name};
+use quiver_retrieve::{MAX_SAMPLES_BYTES, SAMPLES_FILE};
 
 const MAX_CONFIG_BYTES: usize = MAX_CONFIG_LEN as usize;
 const MAX_PATH_LEN: usize = 1024;
@@ -32,6 +33,8 @@ pub struct Received {
     config: Option<Vec<u8>>,
     /// The first 8 + N bytes of the weights file (its header), and the file's size.
     weights_header: Option<(Vec<u8>, u64)>,
+    /// `samples.jsonl` (routing samples), whole: it is small and checked line by line.
+    samples: Option<Vec<u8>>,
 }
 
 impl Received {
@@ -56,6 +59,10 @@ impl Received {
             .as_ref()
             .ok_or_else(|| missing(WEIGHTS_FILE))?;
         let config = AdapterConfig::from_json(config_bytes)?;
+        if let Some(samples) = &self.samples {
+            quiver_retrieve::parse_samples(samples)
+                .map_err(|e| ApiError::coded(ErrorCode::InvalidSamples, e.to_string()))?;
+        }
         let header = parse_header(prefix, *size)?;
         let summary = summarize(&config, &header, *size)?;
         serde_json::to_value(summary).map_err(|e| ApiError::internal("summary", e))
@@ -151,6 +158,7 @@ pub async fn receive(
         }
         let is_config = path == CONFIG_FILE;
         let is_weights = path == WEIGHTS_FILE;
+        let is_samples = path == SAMPLES_FILE;
         let mut keep: Vec<u8> = Vec::new();
         let mut want: usize = 8;
         let mut upload = blobs.begin();
@@ -167,6 +175,14 @@ pub async fn receive(
                         return Err(ApiError::coded(
                             ErrorCode::InvalidAdapterConfig,
                             format!("{CONFIG_FILE} is larger than {MAX_CONFIG_BYTES} bytes"),
+                        ));
+                    }
+                } else if is_samples {
+                    keep.extend_from_slice(&chunk);
+                    if keep.len() as u64 > MAX_SAMPLES_BYTES {
+                        return Err(ApiError::coded(
+                            ErrorCode::InvalidSamples,
+                            format!("{SAMPLES_FILE} is larger than {MAX_SAMPLES_BYTES} bytes"),
                         ));
                     }
                 } else if is_weights && keep.len() < want {
@@ -195,6 +211,8 @@ pub async fn receive(
             received.config = Some(keep);
         } else if is_weights {
             received.weights_header = Some((keep, size));
+        } else if is_samples {
+            received.samples = Some(keep);
         }
         received.files.push(ReceivedFile { path, staged });
     }

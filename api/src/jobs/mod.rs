@@ -7,6 +7,7 @@
 //! notification can come (SQLite), every 500 ms as a fallback on Postgres.
 
 pub mod cache;
+pub mod embed;
 mod run;
 pub mod scratch;
 pub mod spec;
@@ -17,7 +18,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use candle_core::Device;
-use quiver_store::Store;
+use quiver_retrieve::Batcher;
+use quiver_store::{JobKind, Store};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -54,6 +56,10 @@ pub(crate) struct Shared {
     /// whose blobs are hard-linked directly, or with a zero budget).
     cache: Option<cache::InputCache>,
     device: Device,
+    /// Embed jobs need it; without one this process claims merges and compressions only.
+    embedder: Option<Batcher>,
+    /// Told when a job publishes a version (its samples may need a profile).
+    routing: Arc<crate::routing::Routing>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
@@ -72,6 +78,7 @@ impl Workers {
     pub fn start(
         store: Store,
         options: WorkerOptions,
+        routing: Arc<crate::routing::Routing>,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
@@ -101,6 +108,8 @@ impl Workers {
                 store,
                 options: options.clone(),
                 device,
+                embedder: routing.options.embedder.clone(),
+                routing,
                 wake: wake.clone(),
                 metrics,
                 shutdown,
@@ -199,13 +208,18 @@ async fn worker_loop(shared: Arc<Shared>, worker_id: String) {
                 Err(e) => tracing::warn!(error = %e, "could not reap expired leases"),
             }
         }
-        let claimed = match shared.store.meta.has_runnable_job().await {
+        let kinds: &[JobKind] = if shared.embedder.is_some() {
+            JobKind::ALL
+        } else {
+            &[JobKind::Merge, JobKind::Compress]
+        };
+        let claimed = match shared.store.meta.has_runnable_job(kinds).await {
             Ok(false) => Ok(None),
             Ok(true) => {
                 shared
                     .store
                     .meta
-                    .claim_job(&worker_id, shared.options.lease_ms)
+                    .claim_job(&worker_id, shared.options.lease_ms, kinds)
                     .await
             }
             Err(e) => Err(e),

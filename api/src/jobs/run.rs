@@ -19,7 +19,7 @@ use crate::publish::{Held, Target, publish_version};
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Why a job stopped short of publishing.
-enum Failure {
+pub(super) enum Failure {
     /// Retrying cannot help (bad inputs found while running).
     Permanent(String),
     /// The database or the object store failed; retried with backoff.
@@ -198,6 +198,18 @@ async fn execute(
     cancel: CancelToken,
     progress: Arc<Progress>,
 ) -> Result<Published, Failure> {
+    if job.kind == JobKind::Embed {
+        let embedder = shared.embedder.as_ref().ok_or_else(|| {
+            Failure::Transient("this worker has no embedder (--embedder-dir)".into())
+        })?;
+        let (adapter, number, [read, embed]) =
+            super::embed::execute(shared, embedder, job, lease).await?;
+        return Ok(Published {
+            adapter,
+            number,
+            phases: [read, embed, 0.0, 0.0],
+        });
+    }
     let mut phases = [0.0; 4];
     let mut clock = Instant::now();
     let mut lap = |i: usize| {
@@ -308,6 +320,7 @@ async fn execute(
     )
     .await?;
     lap(3);
+    shared.routing.version_published(&version.files);
     Ok(Published {
         adapter: adapter.repo_id(),
         number: version.number,

@@ -88,12 +88,15 @@ pub struct CompressionRequest {
     idempotency_key: Option<String>,
 }
 
-async fn submit(
+/// Checks a job request as `POST /merges` or `/compressions` would and queues it; returns the
+/// job and whether it is new (an idempotency key may name an existing one). Also used by route
+/// fusions.
+pub(crate) async fn queue_job(
     state: &AppState,
     caller: &Caller,
     kind: JobKind,
     body: Value,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<(JobRecord, bool), ApiError> {
     let principal = caller.0.as_ref().ok_or_else(ApiError::unauthorized)?;
     let checked = spec::check(&state.store, caller, kind, body).await?;
     let new = NewJob {
@@ -118,6 +121,18 @@ async fn submit(
     if created {
         tracing::info!(job = %job.id, kind = kind.as_str(), state = "queued", by = %job.created_by, "job queued");
         state.job_wake.notify_waiters();
+    }
+    Ok((job, created))
+}
+
+async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    kind: JobKind,
+    body: Value,
+) -> Result<HttpResponse, ApiError> {
+    let (job, created) = queue_job(state, caller, kind, body).await?;
+    if created {
         Ok(HttpResponse::Accepted().json(JobView::from(job)))
     } else {
         Ok(HttpResponse::Ok().json(JobView::from(job)))

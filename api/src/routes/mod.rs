@@ -5,7 +5,9 @@ pub mod files;
 pub mod health;
 pub mod jobs;
 pub mod lineage;
+pub mod profiles;
 pub mod refs;
+pub mod route;
 pub mod versions;
 
 use utoipa_actix_web::service_config::ServiceConfig;
@@ -28,5 +30,8 @@ pub fn configure_v1(cfg: &mut ServiceConfig) {
         .service(jobs::create_compression)
         .service(jobs::list_jobs)
         .service(jobs::get_job)
-        .service(jobs::cancel_job);
+        .service(jobs::cancel_job)
+        .service(profiles::get_profile)
+        .service(profiles::post_profile)
+        .service(route::route);
 }

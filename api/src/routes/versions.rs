@@ -100,6 +100,7 @@ pub async fn create_version(
     .await;
     received.discard(blobs).await;
     let (_, version) = published?;
+    state.routing.version_published(&version.files);
     Ok(HttpResponse::Created().json(VersionView::from(version)))
 }
 

@@ -168,13 +168,15 @@ pub trait JobStore: Send + Sync {
     /// at the next module); an ended one is left as it is. Returns the job after the change.
     async fn cancel_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
 
-    /// Whether a job is waiting to be claimed (a cheap read before trying to claim).
-    async fn has_runnable_job(&self) -> Result<bool, StoreError>;
-    /// Claims the oldest runnable job for `worker`, with a lease of `lease_ms`.
+    /// Whether a job of one of `kinds` is waiting to be claimed (a cheap read before claiming).
+    async fn has_runnable_job(&self, kinds: &[JobKind]) -> Result<bool, StoreError>;
+    /// Claims the oldest runnable job of one of `kinds` for `worker`, with a lease of `lease_ms`
+    /// (a worker without an embedder does not take `embed` jobs).
     async fn claim_job(
         &self,
         worker: &str,
         lease_ms: i64,
+        kinds: &[JobKind],
     ) -> Result<Option<(JobRecord, Lease)>, StoreError>;
     /// Extends the lease and records progress.
     async fn heartbeat(

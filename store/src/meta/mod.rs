@@ -34,6 +34,7 @@ macro_rules! string_enum {
 
 pub mod adapters;
 pub mod jobs;
+pub mod profiles;
 mod query;
 mod sql;
 pub mod tokens;
@@ -51,6 +52,10 @@ pub use adapters::{
 pub use jobs::{
     Beat, DEFAULT_MAX_ATTEMPTS, JobCounts, JobEnd, JobFilter, JobKind, JobRecord, JobState,
     JobStore, JobWakeups, Lease, LineageGraph, LineageNode, NewAdapterFields, NewJob, OutputTarget,
+};
+pub use profiles::{
+    NewProfile, ProfileInfo, ProfileSource, ProfileStore, RoutableProfile, SAMPLES_FILE,
+    StaleProfile,
 };
 pub use sql::SqlMetadata;
 pub use tokens::{Principal, TokenStore};
@@ -86,7 +91,9 @@ pub struct Page<T> {
 /// Everything the service asks of the metadata database, one capability trait per resource
 /// (one method per use case); the dialect and the cross-cutting reads are here.
 #[async_trait]
-pub trait MetadataStore: TokenStore + AdapterStore + VersionStore + JobStore + Send + Sync {
+pub trait MetadataStore:
+    TokenStore + AdapterStore + VersionStore + JobStore + ProfileStore + Send + Sync
+{
     /// `"sqlite"` or `"postgres"`.
     fn dialect(&self) -> &'static str;
     async fn ping(&self) -> Result<(), StoreError>;

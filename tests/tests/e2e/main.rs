@@ -5,6 +5,7 @@ mod downloads;
 mod jobs;
 mod listing;
 mod privacy;
+mod routing;
 mod service;
 mod uploads;
 mod workers;

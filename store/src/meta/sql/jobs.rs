@@ -25,7 +25,38 @@ const JOB_COLUMNS: &str = "id, kind, spec, spec_sha256, state, cancel_requested,
      progress_total, attempts, max_attempts, lease_owner, lease_expires_at, error, result_adapter, \
      result_number, report, created_by, idempotency_key, created_at, started_at, finished_at";
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+pub(super) type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// Marks the leased job succeeded in `tx`: the fence every job result passes first. Only the
+/// lease holder of a running, uncancelled job gets past it (`LeaseLost` otherwise).
+pub(super) async fn succeed_fenced(
+    tx: &mut Tx,
+    lease: &Lease,
+    report: &Value,
+) -> Result<(), StoreError> {
+    let fenced = sqlx::query(
+        "UPDATE jobs SET state = $1, finished_at = $2, report = $3, progress_done = progress_total, \
+         error = NULL, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
+         WHERE id = $4 AND lease_token = $5 AND state = $6 AND cancel_requested = FALSE",
+    )
+    .bind(JobState::Succeeded.as_str())
+    .bind(now_ms())
+    .bind(report.to_string())
+    .bind(lease.job_id.as_str())
+    .bind(lease.token.as_str())
+    .bind(JobState::Running.as_str())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if fenced == 0 {
+        return Err(StoreError::LeaseLost);
+    }
+    Ok(())
+}
+
+fn kind_names(kinds: &[JobKind]) -> Vec<&'static str> {
+    kinds.iter().map(|k| k.as_str()).collect()
+}
 
 fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
     let kind: String = row.try_get("kind")?;
@@ -222,40 +253,52 @@ impl JobStore for SqlMetadata {
         Ok(job)
     }
 
-    async fn has_runnable_job(&self) -> Result<bool, StoreError> {
-        Ok(
-            sqlx::query("SELECT 1 AS one FROM jobs WHERE state = $1 AND run_after <= $2 LIMIT 1")
-                .bind(JobState::Queued.as_str())
-                .bind(now_ms())
-                .fetch_optional(&self.pool)
-                .await?
-                .is_some(),
-        )
+    async fn has_runnable_job(&self, kinds: &[JobKind]) -> Result<bool, StoreError> {
+        let mut sql = Sql::new("SELECT 1 AS one FROM jobs WHERE state = ");
+        sql.bind(JobState::Queued.as_str())
+            .push(" AND run_after <= ")
+            .bind(now_ms())
+            .push(" AND kind IN ");
+        if kinds.is_empty() {
+            return Ok(false);
+        }
+        sql.bind_list(&kind_names(kinds)).push(" LIMIT 1");
+        Ok(sql.query().fetch_optional(&self.pool).await?.is_some())
     }
 
     async fn claim_job(
         &self,
         worker: &str,
         lease_ms: i64,
+        kinds: &[JobKind],
     ) -> Result<Option<(JobRecord, Lease)>, StoreError> {
+        if kinds.is_empty() {
+            return Ok(None);
+        }
         let now = now_ms();
         let token = uuid::Uuid::new_v4().to_string();
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE jobs SET state = $1, attempts = attempts + 1, lease_owner = $2, lease_token = $3, \
-             lease_expires_at = $4, started_at = COALESCE(started_at, $5) \
-             WHERE id = (SELECT id FROM jobs WHERE state = $6 AND run_after <= $5 \
-             ORDER BY created_at, id LIMIT 1{}) RETURNING {JOB_COLUMNS}",
-            self.skip_locked()
-        )))
-        .bind(JobState::Running.as_str())
-        .bind(worker)
-        .bind(token.as_str())
-        .bind(now + lease_ms)
-        .bind(now)
-        .bind(JobState::Queued.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let mut sql = Sql::new("UPDATE jobs SET state = ");
+        sql.bind(JobState::Running.as_str())
+            .push(", attempts = attempts + 1, lease_owner = ")
+            .bind(worker)
+            .push(", lease_token = ")
+            .bind(token.as_str())
+            .push(", lease_expires_at = ")
+            .bind(now + lease_ms)
+            .push(", started_at = COALESCE(started_at, ")
+            .bind(now)
+            .push(") WHERE id = (SELECT id FROM jobs WHERE state = ")
+            .bind(JobState::Queued.as_str())
+            .push(" AND run_after <= ")
+            .bind(now)
+            .push(" AND kind IN ");
+        sql.bind_list(&kind_names(kinds))
+            .push(" ORDER BY created_at, id LIMIT 1")
+            .push(self.skip_locked())
+            .push(") RETURNING ")
+            .push(JOB_COLUMNS);
+        let row = sql.query().fetch_optional(&mut *tx).await?;
         tx.commit().await?;
         let Some(row) = row else {
             return Ok(None);
@@ -409,24 +452,7 @@ impl JobStore for SqlMetadata {
     ) -> Result<(AdapterRecord, VersionRecord), StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        // The fence: only the lease holder of a running, uncancelled job gets past this.
-        let fenced = sqlx::query(
-            "UPDATE jobs SET state = $1, finished_at = $2, report = $3, progress_done = progress_total, \
-             error = NULL, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL \
-             WHERE id = $4 AND lease_token = $5 AND state = $6 AND cancel_requested = FALSE",
-        )
-        .bind(JobState::Succeeded.as_str())
-        .bind(now)
-        .bind(report.to_string())
-        .bind(lease.job_id.as_str())
-        .bind(lease.token.as_str())
-        .bind(JobState::Running.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if fenced == 0 {
-            return Err(StoreError::LeaseLost);
-        }
+        succeed_fenced(&mut tx, lease, report).await?;
         let repo = &target.repo;
         if let Some(new) = &target.create {
             // Two jobs may create one output at once: the second waits for the first's commit and

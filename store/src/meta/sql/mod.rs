@@ -11,6 +11,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 mod adapters;
 mod jobs;
+mod profiles;
 mod tokens;
 mod versions;
 

@@ -1,0 +1,93 @@
+//! Search speed and recall of the route index at scale (bench/route/search.py drives it and runs
+//! numpy's exact scan on the same vectors in the same run).
+//!
+//! `search_bench <profiles.f32> <queries.f32> <dim> [k] [recipe]`: little-endian f32 rows.
+//! Profiles are indexed one row per adapter (`centroid`), or in groups of `rows_per_adapter`
+//! consecutive rows for multi-row recipes (`max`, `top3_mean`, `centroid_max`: then the file
+//! holds sample embeddings). Prints one JSON line.
+
+use std::time::Instant;
+
+use quiver_retrieve::{Index, IndexItem, Recipe, decode_vectors, normalized};
+
+fn read(path: &str, dim: usize) -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    decode_vectors(&bytes, dim)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .into_iter()
+        .map(normalized)
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 4 {
+        eprintln!(
+            "usage: search_bench <profiles.f32> <queries.f32> <dim> [k] [recipe] [rows_per_adapter]"
+        );
+        std::process::exit(2);
+    }
+    let dim: usize = args[3].parse().expect("dim");
+    let k: usize = args.get(4).map_or(10, |s| s.parse().expect("k"));
+    let recipe = args
+        .get(5)
+        .map_or(Recipe::Centroid, |s| Recipe::parse(s).expect("recipe"));
+    let group: usize = args
+        .get(6)
+        .map_or(1, |s| s.parse().expect("rows per adapter"));
+    let rows = read(&args[1], dim);
+    let queries = read(&args[2], dim);
+    let started = Instant::now();
+    let items = rows.chunks(group).enumerate().map(|(i, chunk)| IndexItem {
+        meta: i,
+        samples: chunk.to_vec(),
+    });
+    let index = Index::build(dim, recipe, items);
+    let build_s = started.elapsed().as_secs_f64();
+    let keep = |_: &usize| true;
+    // Warm-up, then timed runs of both searches.
+    for q in queries.iter().take(5) {
+        index.search(q, k, &keep);
+        index.search_exact(q, k, &keep);
+    }
+    let mut fast = Vec::new();
+    let mut exact = Vec::new();
+    let mut found = 0usize;
+    for q in &queries {
+        let t = Instant::now();
+        let got = index.search(q, k, &keep);
+        fast.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let want = index.search_exact(q, k, &keep);
+        exact.push(t.elapsed().as_secs_f64() * 1e3);
+        found += got
+            .iter()
+            .filter(|h| want.iter().any(|w| w.entry == h.entry))
+            .count();
+    }
+    fast.sort_by(f64::total_cmp);
+    exact.sort_by(f64::total_cmp);
+    println!(
+        "{}",
+        serde_json::json!({
+            "adapters": index.len(),
+            "rows": index.row_count(),
+            "dim": dim,
+            "k": k,
+            "recipe": recipe.name(),
+            "threads": rayon::current_num_threads(),
+            "build_s": build_s,
+            "index_vector_bytes": index.vector_bytes(),
+            "search_p50_ms": percentile(&fast, 0.5),
+            "search_p90_ms": percentile(&fast, 0.9),
+            "exact_p50_ms": percentile(&exact, 0.5),
+            "exact_p90_ms": percentile(&exact, 0.9),
+            "recall_at_k": found as f64 / (queries.len() * k) as f64,
+            "queries": queries.len(),
+        })
+    );
+}

