@@ -100,7 +100,7 @@ pub struct RoutingArgs {
     pub embedder_dir: Option<PathBuf>,
     /// How an adapter's sample embeddings score a prompt: centroid (LoraRetriever), max,
     /// topK_mean (e.g. top3_mean) or centroid_max. docs/routing.md compares them.
-    #[arg(long, env = "QUIVER_PROFILE_RECIPE", default_value = "centroid_max",
+    #[arg(long, env = "QUIVER_PROFILE_RECIPE", default_value = "centroid",
           value_parser = |s: &str| quiver_retrieve::Recipe::parse(s))]
     pub profile_recipe: quiver_retrieve::Recipe,
 }

@@ -6,7 +6,7 @@ the same run, on the same machine (torch with 2 threads; the server idle while t
     PY=/tmp/routevenv/bin/python   # bench/route/setup-venv.sh makes it
     $PY bench/route/latency.py MODEL_DIR bench/out/route/eval.json [--adapters 1000]
 
-Seeding: adapter i gets a tiny LoRA and 5 samples of eval task i mod T as samples.jsonl; the
+Seeding: adapter i gets a tiny LoRA and --samples (5) samples of eval task i mod T as samples.jsonl; the
 server's embed jobs compute the profiles. Measured: (a) one short prompt, 200 sequential requests
 after 20 warm-ups, p50/p90 ms, against ST encode of that prompt (same counts); (b) the first 256
 eval queries in one request, 5 repetitions after a warm-up, prompts/s, against ST
@@ -88,6 +88,7 @@ def main():
     ap.add_argument("eval_json")
     ap.add_argument("--adapters", type=int, default=1000)
     ap.add_argument("--port", type=int, default=18931)
+    ap.add_argument("--samples", type=int, default=5, help="samples per adapter")
     args = ap.parse_args()
     quiver = os.environ.get("QUIVER", os.path.join(ROOT, "target/release/quiver"))
     tasks = json.load(open(args.eval_json))["tasks"]
@@ -116,7 +117,7 @@ def main():
                                                            "base_model": "bench/base"})
             assert st == 201, body
             config, weights = tiny_adapter(i)
-            samples = "".join(json.dumps({"input": s}) + "\n" for s in rnd.sample(task["samples"], 5))
+            samples = "".join(json.dumps({"input": s}) + "\n" for s in rnd.sample(task["samples"], args.samples))
             payload, ctype = multipart([("adapter_config.json", config),
                                         ("adapter_model.safetensors", weights),
                                         ("samples.jsonl", samples.encode())])

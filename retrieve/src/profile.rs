@@ -23,7 +23,7 @@ pub enum Recipe {
 }
 
 impl Recipe {
-    pub const DEFAULT: Recipe = Recipe::CentroidMax;
+    pub const DEFAULT: Recipe = Recipe::Centroid;
 
     pub fn name(self) -> String {
         match self {
