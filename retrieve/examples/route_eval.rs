@@ -12,7 +12,11 @@ use serde_json::{Value, json};
 
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -35,7 +39,13 @@ fn main() {
         let q = strings(&task["queries"]);
         texts += s.len() + q.len();
         samples.push(embedder.embed(&s).expect("embed samples"));
-        queries.extend(embedder.embed(&q).expect("embed queries").into_iter().map(|v| (t, v)));
+        queries.extend(
+            embedder
+                .embed(&q)
+                .expect("embed queries")
+                .into_iter()
+                .map(|v| (t, v)),
+        );
     }
     let embed_s = started.elapsed().as_secs_f64();
     let mut results = serde_json::Map::new();

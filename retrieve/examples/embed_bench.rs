@@ -1,0 +1,48 @@
+//! The embedder alone, without HTTP: one short prompt (p50 of 200) and the first 256 queries of
+//! an eval set (prompts/s, best of 3). `embed_bench <model dir> <eval.json>`; uses mimalloc like
+//! the server.
+
+use std::path::Path;
+use std::time::Instant;
+
+use quiver_retrieve::Embedder;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let embedder = Embedder::load(Path::new(&args[1])).expect("embedder");
+    let eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&args[2]).expect("eval")).expect("json");
+    let queries: Vec<String> = eval["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .flat_map(|t| t["queries"].as_array().expect("q").iter())
+        .filter_map(|q| q.as_str().map(str::to_owned))
+        .take(256)
+        .collect();
+    let prompt = ["Translate this sentence into French: the weather is nice today."];
+    for _ in 0..20 {
+        embedder.embed(&prompt).expect("embed");
+    }
+    let mut single: Vec<f64> = (0..200)
+        .map(|_| {
+            let t = Instant::now();
+            embedder.embed(&prompt).expect("embed");
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    single.sort_by(f64::total_cmp);
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        embedder.embed(&queries).expect("embed");
+        best = best.max(queries.len() as f64 / t.elapsed().as_secs_f64());
+    }
+    println!(
+        "{}",
+        serde_json::json!({"single_p50_ms": single[100], "batch256_prompts_per_s": best})
+    );
+}
