@@ -98,9 +98,10 @@ pub struct RoutingArgs {
     /// Without one, routes need request vectors and this process computes no profiles.
     #[arg(long, env = "QUIVER_EMBEDDER_DIR")]
     pub embedder_dir: Option<PathBuf>,
-    /// How an adapter's sample embeddings score a prompt: centroid (LoraRetriever), max,
-    /// topK_mean (e.g. top3_mean) or centroid_max. docs/routing.md compares them.
-    #[arg(long, env = "QUIVER_PROFILE_RECIPE", default_value = "centroid",
+    /// How an adapter's sample embeddings score a prompt: centered (the default: LoraRetriever's
+    /// centroid with the mean public sample removed), centroid (LoraRetriever), max, topK_mean
+    /// (e.g. top3_mean) or centroid_max. docs/routing.md compares them.
+    #[arg(long, env = "QUIVER_PROFILE_RECIPE", default_value = "centered",
           value_parser = |s: &str| quiver_retrieve::Recipe::parse(s))]
     pub profile_recipe: quiver_retrieve::Recipe,
 }

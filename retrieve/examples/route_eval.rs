@@ -55,6 +55,7 @@ fn main() {
         Recipe::TopMean { k: 3 },
         Recipe::TopMean { k: 5 },
         Recipe::CentroidMax,
+        Recipe::Centered,
     ] {
         let index = Index::build(
             embedder.dim(),

@@ -5,8 +5,8 @@
 
 use rayon::prelude::*;
 
-use crate::Recipe;
 use crate::scan::{dot_f32, dots_i8, quantize};
+use crate::{Recipe, normalized};
 
 /// Below this many row values (rows × dim) a search is an exact f32 scan.
 const EXACT_BELOW: usize = 4 << 20;
@@ -35,6 +35,8 @@ pub struct Index<M> {
     rows: Vec<f32>,
     codes: Vec<i8>,
     scales: Vec<f32>,
+    /// The mean of every indexed sample, for centred recipes (queries are centred with it).
+    center: Option<Vec<f32>>,
 }
 
 impl<M: Sync> Index<M> {
@@ -44,6 +46,39 @@ impl<M: Sync> Index<M> {
         recipe: Recipe,
         items: impl IntoIterator<Item = IndexItem<M>>,
     ) -> Self {
+        Self::build_with(dim, recipe, items, &|_| true)
+    }
+
+    /// As [`Index::build`], with the mean of centred recipes taken over the samples of the items
+    /// `centre_from` accepts only (the service passes public adapters, so that no private
+    /// profile shifts the scores others see).
+    pub fn build_with(
+        dim: usize,
+        recipe: Recipe,
+        items: impl IntoIterator<Item = IndexItem<M>>,
+        centre_from: &dyn Fn(&M) -> bool,
+    ) -> Self {
+        let items: Vec<IndexItem<M>> = items
+            .into_iter()
+            .filter(|item| !item.samples.is_empty() && item.samples.iter().all(|s| s.len() == dim))
+            .collect();
+        let center = recipe.centred().then(|| {
+            let mut sum = vec![0f64; dim];
+            let mut n = 0usize;
+            for sample in items
+                .iter()
+                .filter(|i| centre_from(&i.meta))
+                .flat_map(|i| &i.samples)
+            {
+                for (m, x) in sum.iter_mut().zip(sample) {
+                    *m += *x as f64;
+                }
+                n += 1;
+            }
+            sum.iter()
+                .map(|m| (m / n.max(1) as f64) as f32)
+                .collect::<Vec<f32>>()
+        });
         let mut index = Index {
             dim,
             recipe,
@@ -52,19 +87,32 @@ impl<M: Sync> Index<M> {
             rows: Vec::new(),
             codes: Vec::new(),
             scales: Vec::new(),
+            center: None,
         };
         for item in items {
-            if item.samples.is_empty() || item.samples.iter().any(|s| s.len() != dim) {
-                continue;
-            }
-            for row in recipe.rows(&item.samples) {
+            let rows = match &center {
+                Some(c) => recipe.rows_centred(&item.samples, c),
+                None => recipe.rows(&item.samples),
+            };
+            for row in rows {
                 index.scales.push(quantize(&row, &mut index.codes));
                 index.rows.extend_from_slice(&row);
             }
             index.metas.push(item.meta);
             index.offsets.push(index.scales.len());
         }
+        index.center = center;
         index
+    }
+
+    /// The query in the index's coordinates (centred for centred recipes).
+    fn prepare<'q>(&self, query: &'q [f32]) -> std::borrow::Cow<'q, [f32]> {
+        match &self.center {
+            Some(c) => std::borrow::Cow::Owned(normalized(
+                query.iter().zip(c).map(|(q, m)| q - m).collect(),
+            )),
+            None => std::borrow::Cow::Borrowed(query),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -98,8 +146,9 @@ impl<M: Sync> Index<M> {
 
     /// The best `k` adapters for a unit `query` among those `keep` accepts, best first.
     pub fn search(&self, query: &[f32], k: usize, keep: &(dyn Fn(&M) -> bool + Sync)) -> Vec<Hit> {
+        let query = &*self.prepare(query);
         if self.rows.len() < EXACT_BELOW {
-            return self.search_exact(query, k, keep);
+            return self.exact(query, k, keep);
         }
         let mut code = Vec::with_capacity(self.dim);
         let query_scale = quantize(query, &mut code);
@@ -152,6 +201,11 @@ impl<M: Sync> Index<M> {
         k: usize,
         keep: &(dyn Fn(&M) -> bool + Sync),
     ) -> Vec<Hit> {
+        self.exact(&self.prepare(query), k, keep)
+    }
+
+    /// The exact scan of a prepared query.
+    fn exact(&self, query: &[f32], k: usize, keep: &(dyn Fn(&M) -> bool + Sync)) -> Vec<Hit> {
         let entries: Vec<usize> = (0..self.len()).collect();
         let hits: Vec<Hit> = entries
             .par_chunks(CHUNK)
@@ -195,7 +249,6 @@ fn best(mut hits: Vec<Hit>, k: usize) -> Vec<Hit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::normalized;
 
     /// A deterministic pseudo-random unit vector.
     fn vector(seed: u64, dim: usize) -> Vec<f32> {
@@ -303,6 +356,41 @@ mod tests {
     fn index_row(index: &Index<usize>, entry: usize) -> Vec<f32> {
         let r = index.offsets[entry];
         index.rows[r * index.dim..(r + 1) * index.dim].to_vec()
+    }
+
+    #[test]
+    fn centred_scores_are_cosines_after_removing_the_mean_sample() {
+        let v = |x: [f32; 3]| normalized(x.to_vec());
+        let samples = [
+            vec![v([3.0, 1.0, 0.0]), v([2.0, 1.0, 0.5])],
+            vec![v([1.0, 0.0, 1.0])],
+            vec![v([1.0, -1.0, 0.0])],
+        ];
+        let all: Vec<&Vec<f32>> = samples.iter().flatten().collect();
+        let mu: Vec<f32> = (0..3)
+            .map(|d| all.iter().map(|s| s[d]).sum::<f32>() / all.len() as f32)
+            .collect();
+        let index = Index::build(
+            3,
+            Recipe::Centered,
+            samples.iter().enumerate().map(|(i, s)| item(i, s.clone())),
+        );
+        let query = v([2.0, 0.3, 0.4]);
+        let q = normalized(query.iter().zip(&mu).map(|(a, m)| a - m).collect());
+        let hits = index.search(&query, 3, &|_| true);
+        assert_eq!(
+            hits,
+            index.search_exact(&query, 3, &|_| true),
+            "the query is centred once"
+        );
+        for hit in hits {
+            let s = &samples[hit.entry];
+            let mean: Vec<f32> = (0..3)
+                .map(|d| s.iter().map(|x| x[d]).sum::<f32>() / s.len() as f32 - mu[d])
+                .collect();
+            let want = dot_f32(&q, &normalized(mean));
+            assert!((hit.score - want).abs() < 1e-6, "{} vs {want}", hit.score);
+        }
     }
 
     #[test]

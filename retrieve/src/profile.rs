@@ -20,10 +20,14 @@ pub enum Recipe {
     TopMean { k: usize },
     /// The centroid and every sample; score = `(centroid cosine + best sample cosine) / 2`.
     CentroidMax,
+    /// LoraRetriever's centroid after removing what every profile shares: the mean `μ` of all
+    /// indexed sample embeddings is subtracted from each centroid and from the query before the
+    /// cosine (one row; `μ` is computed when the index is built).
+    Centered,
 }
 
 impl Recipe {
-    pub const DEFAULT: Recipe = Recipe::Centroid;
+    pub const DEFAULT: Recipe = Recipe::Centered;
 
     pub fn name(self) -> String {
         match self {
@@ -31,6 +35,7 @@ impl Recipe {
             Recipe::Max => "max".into(),
             Recipe::TopMean { k } => format!("top{k}_mean"),
             Recipe::CentroidMax => "centroid_max".into(),
+            Recipe::Centered => "centered".into(),
         }
     }
 
@@ -39,6 +44,7 @@ impl Recipe {
             "centroid" => Ok(Recipe::Centroid),
             "max" => Ok(Recipe::Max),
             "centroid_max" => Ok(Recipe::CentroidMax),
+            "centered" => Ok(Recipe::Centered),
             other => other
                 .strip_prefix("top")
                 .and_then(|rest| rest.strip_suffix("_mean"))
@@ -47,16 +53,45 @@ impl Recipe {
                 .map(|k| Recipe::TopMean { k })
                 .ok_or_else(|| {
                     format!(
-                        "unknown profile recipe {other:?}; one of: centroid, max, topK_mean (e.g. top3_mean), centroid_max"
+                        "unknown profile recipe {other:?}; one of: centered, centroid, max, topK_mean (e.g. top3_mean), centroid_max"
                     )
                 }),
+        }
+    }
+
+    /// Whether the recipe works in coordinates centred on the mean of every indexed sample.
+    pub fn centred(self) -> bool {
+        self == Recipe::Centered
+    }
+
+    /// The rows an adapter with these sample embeddings is searched by (unit vectors), with
+    /// `center` (the mean of every indexed sample) for [`Recipe::Centered`].
+    pub fn rows_centred(self, samples: &[Vec<f32>], center: &[f32]) -> Vec<Vec<f32>> {
+        match self {
+            Recipe::Centered => {
+                let dim = center.len();
+                let mut mean = vec![0f64; dim];
+                for sample in samples {
+                    for (m, x) in mean.iter_mut().zip(sample) {
+                        *m += *x as f64;
+                    }
+                }
+                let n = samples.len().max(1) as f64;
+                vec![normalized(
+                    mean.iter()
+                        .zip(center)
+                        .map(|(m, c)| (m / n) as f32 - c)
+                        .collect(),
+                )]
+            }
+            other => other.rows(samples),
         }
     }
 
     /// The rows an adapter with these sample embeddings is searched by (unit vectors).
     pub fn rows(self, samples: &[Vec<f32>]) -> Vec<Vec<f32>> {
         match self {
-            Recipe::Centroid => vec![centroid(samples)],
+            Recipe::Centroid | Recipe::Centered => vec![centroid(samples)],
             Recipe::Max | Recipe::TopMean { .. } => samples.to_vec(),
             Recipe::CentroidMax => {
                 let mut rows = Vec::with_capacity(samples.len() + 1);
@@ -70,7 +105,7 @@ impl Recipe {
     /// The adapter's score from its rows' cosines (in `rows` order; `scores` is scratch).
     pub fn score(self, scores: &mut [f32]) -> f32 {
         match self {
-            Recipe::Centroid => scores[0],
+            Recipe::Centroid | Recipe::Centered => scores[0],
             Recipe::Max => scores.iter().copied().fold(f32::MIN, f32::max),
             Recipe::TopMean { k } => {
                 let k = k.min(scores.len());

@@ -124,9 +124,11 @@ impl RouteIndexes {
             })
             .collect();
         let recipe = self.recipe;
-        let index = tokio::task::spawn_blocking(move || Index::build(dim, recipe, items))
-            .await
-            .map_err(|e| StoreError::Invalid(format!("building the route index: {e}")))?;
+        let index = tokio::task::spawn_blocking(move || {
+            Index::build_with(dim, recipe, items, &|e: &Entry| !e.private)
+        })
+        .await
+        .map_err(|e| StoreError::Invalid(format!("building the route index: {e}")))?;
         tracing::debug!(
             embedder,
             adapters = index.len(),

@@ -230,6 +230,35 @@ async fn private_adapters_are_routed_only_to_who_may_see_them(#[case] backend: B
             }
         }
     }
+    // A private profile does not shift the scores others see (the centred recipe's mean is
+    // taken over public adapters only).
+    let scores = |r: &Value| -> Vec<(String, f64)> {
+        r["results"][0]["adapters"]
+            .as_array()
+            .expect("adapters")
+            .iter()
+            .map(|a| {
+                (
+                    a["adapter"].as_str().expect("a").to_string(),
+                    a["score"].as_f64().expect("s"),
+                )
+            })
+            .collect()
+    };
+    let before = scores(&route(&app, "alice", json!({"inputs": [TOPICS[0].2], "top_k": 3})).await);
+    let (status, body) = app.create_adapter("bob", "secret", true, "bob").await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = app
+        .upload(
+            "bob/secret",
+            "bob",
+            &with_samples(7, &["Bake the bread at 220 degrees.", "Knead the dough."]),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    wait_profile(&app, "bob/secret", "bob", None).await;
+    let after = scores(&route(&app, "alice", json!({"inputs": [TOPICS[0].2], "top_k": 3})).await);
+    assert_eq!(before, after);
     // Made public, it shows to everyone at once (the index follows the registry generation).
     let (status, body) = app
         .send(
