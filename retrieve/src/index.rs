@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use crate::profile::mean;
 use crate::scan::{dot_f32, dots_i8, quantize};
 use crate::{Recipe, normalized};
 
@@ -63,21 +64,11 @@ impl<M: Sync> Index<M> {
             .filter(|item| !item.samples.is_empty() && item.samples.iter().all(|s| s.len() == dim))
             .collect();
         let center = recipe.centred().then(|| {
-            let mut sum = vec![0f64; dim];
-            let mut n = 0usize;
-            for sample in items
+            let shared = items
                 .iter()
                 .filter(|i| centre_from(&i.meta))
-                .flat_map(|i| &i.samples)
-            {
-                for (m, x) in sum.iter_mut().zip(sample) {
-                    *m += *x as f64;
-                }
-                n += 1;
-            }
-            sum.iter()
-                .map(|m| (m / n.max(1) as f64) as f32)
-                .collect::<Vec<f32>>()
+                .flat_map(|i| &i.samples);
+            mean(shared, dim)
         });
         let mut index = Index {
             dim,

@@ -68,22 +68,13 @@ impl Recipe {
     /// `center` (the mean of every indexed sample) for [`Recipe::Centered`].
     pub fn rows_centred(self, samples: &[Vec<f32>], center: &[f32]) -> Vec<Vec<f32>> {
         match self {
-            Recipe::Centered => {
-                let dim = center.len();
-                let mut mean = vec![0f64; dim];
-                for sample in samples {
-                    for (m, x) in mean.iter_mut().zip(sample) {
-                        *m += *x as f64;
-                    }
-                }
-                let n = samples.len().max(1) as f64;
-                vec![normalized(
-                    mean.iter()
-                        .zip(center)
-                        .map(|(m, c)| (m / n) as f32 - c)
-                        .collect(),
-                )]
-            }
+            Recipe::Centered => vec![normalized(
+                mean(samples, center.len())
+                    .iter()
+                    .zip(center)
+                    .map(|(m, c)| m - c)
+                    .collect(),
+            )],
             other => other.rows(samples),
         }
     }
@@ -122,14 +113,20 @@ impl Recipe {
 
 /// LoraRetriever's profile: the mean of the sample embeddings, normalised. Order-invariant.
 pub fn centroid(samples: &[Vec<f32>]) -> Vec<f32> {
-    let dim = samples.first().map_or(0, Vec::len);
-    let mut mean = vec![0f64; dim];
-    for sample in samples {
-        for (m, x) in mean.iter_mut().zip(sample) {
+    normalized(mean(samples, samples.first().map_or(0, Vec::len)))
+}
+
+/// The mean of vectors of dimension `dim`, accumulated in f64 (zeros for none).
+pub fn mean<'a>(vectors: impl IntoIterator<Item = &'a Vec<f32>>, dim: usize) -> Vec<f32> {
+    let mut sum = vec![0f64; dim];
+    let mut n = 0usize;
+    for v in vectors {
+        for (m, x) in sum.iter_mut().zip(v) {
             *m += *x as f64;
         }
+        n += 1;
     }
-    normalized(mean.into_iter().map(|x| x as f32).collect())
+    sum.iter().map(|m| (m / n.max(1) as f64) as f32).collect()
 }
 
 /// Vectors as stored: little-endian f32, row after row.
