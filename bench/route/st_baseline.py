@@ -8,11 +8,13 @@ MODEL_DIR is printed by bench/route/setup-venv.sh; eval.json is made by bench/ro
 
 Accuracy. All samples and queries are embedded with ``model.encode(texts,
 normalize_embeddings=True, batch_size=64)``. Each task (adapter) is scored against each query
-by three recipes, computed in numpy on the normalised embeddings:
+by four recipes, computed in numpy on the normalised embeddings:
   mean      LoraRetriever's profile: the L2-normalised mean of the task's sample embeddings;
             score = cosine(query, profile)
   max       score = the best cosine between the query and one of the task's samples
   top3mean  score = the mean of the task's 3 best sample cosines
+  centered  quiver's default: mu = the mean of every sample embedding; score =
+            cosine(query - mu, mean of the task's samples - mu)
 Top-1 / top-3 = share of all queries whose own task ranks first / among the first 3
 (rank = 1 + number of tasks scoring strictly higher).
 
@@ -54,6 +56,11 @@ def recipe_scores(q, samples_per_task):
     sims = [q @ s.T for s in samples_per_task]  # each (nq, ns)
     out["max"] = np.stack([s.max(axis=1) for s in sims], axis=1)
     out["top3mean"] = np.stack([np.sort(s, axis=1)[:, -3:].mean(axis=1) for s in sims], axis=1)
+    mu = np.concatenate(samples_per_task).mean(axis=0)
+    centred = np.stack([s.mean(axis=0) - mu for s in samples_per_task])
+    centred /= np.linalg.norm(centred, axis=1, keepdims=True)
+    qc = (q - mu) / np.linalg.norm(q - mu, axis=1, keepdims=True)
+    out["centered"] = qc @ centred.T
     return out
 
 

@@ -20,16 +20,17 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 3 {
-        eprintln!("usage: route_eval <model dir> <eval.json>");
-        std::process::exit(2);
+        return Err("usage: route_eval <model dir> <eval.json>".into());
     }
-    let embedder = Embedder::load(Path::new(&args[1])).expect("embedder");
+    let embedder = Embedder::load(Path::new(&args[1]))?;
     let eval: Value =
-        serde_json::from_slice(&std::fs::read(&args[2]).expect("eval.json")).expect("JSON");
-    let tasks = eval["tasks"].as_array().expect("tasks");
+        serde_json::from_slice(&std::fs::read(&args[2]).map_err(|e| format!("{}: {e}", args[2]))?)?;
+    let tasks = eval["tasks"]
+        .as_array()
+        .ok_or("eval.json has no \"tasks\" list")?;
     let started = Instant::now();
     let mut texts = 0;
     let mut samples = Vec::new();
@@ -38,14 +39,8 @@ fn main() {
         let s = strings(&task["samples"]);
         let q = strings(&task["queries"]);
         texts += s.len() + q.len();
-        samples.push(embedder.embed(&s).expect("embed samples"));
-        queries.extend(
-            embedder
-                .embed(&q)
-                .expect("embed queries")
-                .into_iter()
-                .map(|v| (t, v)),
-        );
+        samples.push(embedder.embed(&s)?);
+        queries.extend(embedder.embed(&q)?.into_iter().map(|v| (t, v)));
     }
     let embed_s = started.elapsed().as_secs_f64();
     let mut results = serde_json::Map::new();
@@ -87,4 +82,5 @@ fn main() {
             "recipes": results,
         })
     );
+    Ok(())
 }

@@ -10,37 +10,47 @@ use std::time::Instant;
 
 use quiver_retrieve::{Index, IndexItem, Recipe, decode_vectors, normalized};
 
-fn read(path: &str, dim: usize) -> Vec<Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    decode_vectors(&bytes, dim)
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn read(path: &str, dim: usize) -> Res<Vec<Vec<f32>>> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    Ok(decode_vectors(&bytes, dim)
+        .map_err(|e| format!("{path}: {e}"))?
         .into_iter()
         .map(normalized)
-        .collect()
+        .collect())
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str, default: T) -> Res<T> {
+    match args.get(i) {
+        None => Ok(default),
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("{name}: cannot read {s:?}").into()),
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn main() {
+fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        eprintln!(
+        return Err(
             "usage: search_bench <profiles.f32> <queries.f32> <dim> [k] [recipe] [rows_per_adapter]"
+                .into(),
         );
-        std::process::exit(2);
     }
-    let dim: usize = args[3].parse().expect("dim");
-    let k: usize = args.get(4).map_or(10, |s| s.parse().expect("k"));
-    let recipe = args
-        .get(5)
-        .map_or(Recipe::Centroid, |s| Recipe::parse(s).expect("recipe"));
-    let group: usize = args
-        .get(6)
-        .map_or(1, |s| s.parse().expect("rows per adapter"));
-    let rows = read(&args[1], dim);
-    let queries = read(&args[2], dim);
+    let dim: usize = arg(&args, 3, "dim", 0)?;
+    let k: usize = arg(&args, 4, "k", 10)?;
+    let recipe = match args.get(5) {
+        Some(s) => Recipe::parse(s)?,
+        None => Recipe::Centroid,
+    };
+    let group: usize = arg(&args, 6, "rows per adapter", 1)?.max(1);
+    let rows = read(&args[1], dim)?;
+    let queries = read(&args[2], dim)?;
     let started = Instant::now();
     let items = rows.chunks(group).enumerate().map(|(i, chunk)| IndexItem {
         meta: i,
@@ -90,4 +100,5 @@ fn main() {
             "queries": queries.len(),
         })
     );
+    Ok(())
 }
