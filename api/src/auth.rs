@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::dev::Payload;
+use actix_web::http::Method;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest, web};
 use quiver_store::{AdapterRecord, Principal, Scope, Viewer};
@@ -74,19 +75,41 @@ impl Caller {
     }
 }
 
+/// The session cookie the web pages' sign-in sets: the token itself, HttpOnly and SameSite=Strict.
+pub const SESSION_COOKIE: &str = "quiver_session";
+
+/// The principal of a token secret this server issued, if it is valid.
+pub async fn principal(state: &AppState, secret: &str) -> Result<Option<Principal>, ApiError> {
+    if !secret.starts_with(TOKEN_PREFIX) {
+        return Ok(None);
+    }
+    Ok(state.store.meta.authenticate(&hash_token(secret)).await?)
+}
+
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
+    /// From the `Authorization` header; without one, reads (GET and HEAD only, so a cross-site
+    /// form cannot act with it) also take the web session's cookie, so that the pages' download
+    /// links work for private adapters. An invalid cookie is ignored (anonymous).
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let header = req
             .headers()
             .get(AUTHORIZATION)
             .map(|v| v.to_str().map(str::to_owned));
+        let cookie = matches!(*req.method(), Method::GET | Method::HEAD)
+            .then(|| req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()))
+            .flatten();
         let state = req.app_data::<web::Data<AppState>>().cloned();
         Box::pin(async move {
+            let state =
+                state.ok_or_else(|| ApiError::internal("auth", "application state missing"))?;
             let Some(header) = header else {
-                return Ok(Caller(None));
+                return match cookie {
+                    Some(secret) => Ok(Caller(principal(&state, &secret).await?)),
+                    None => Ok(Caller(None)),
+                };
             };
             let bad = || {
                 ApiError::coded(
@@ -99,11 +122,8 @@ impl FromRequest for Caller {
                 .strip_prefix("Bearer ")
                 .or_else(|| header.strip_prefix("bearer "))
                 .map(str::trim)
-                .filter(|s| s.starts_with(TOKEN_PREFIX))
                 .ok_or_else(bad)?;
-            let state =
-                state.ok_or_else(|| ApiError::internal("auth", "application state missing"))?;
-            match state.store.meta.authenticate(&hash_token(secret)).await? {
+            match principal(&state, secret).await? {
                 Some(p) => Ok(Caller(Some(p))),
                 None => Err(bad()),
             }

@@ -65,8 +65,14 @@ async fn sweep_forever(store: Store) {
     }
 }
 
-/// One pass of both sweeps; failures are logged.
+/// One pass of the sweeps (and of filling the listing facets of versions published before they
+/// existed); failures are logged.
 pub async fn sweep_once(store: &Store, blob_grace: Duration) {
+    match crate::facets::backfill(store).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(versions = n, "filled the listing facets of older versions"),
+        Err(e) => tracing::warn!(error = %e, "could not fill the listing facets"),
+    }
     match store.blobs.sweep_staged(STAGED_UPLOAD_MAX_AGE).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(removed = n, "removed abandoned staged uploads"),

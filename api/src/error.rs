@@ -213,11 +213,15 @@ impl From<FormatError> for ApiError {
     }
 }
 
-/// Unknown routes: 405 with `Allow` when the path exists for other methods, else 404.
+/// Unknown routes: 405 with `Allow` when the path exists for other methods, else 404; an HTML
+/// page for the web pages' paths, the envelope elsewhere.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     let allowed = req
         .app_data::<actix_web::web::Data<RouteTable>>()
         .and_then(|t| t.allowed(req.path()));
+    if crate::web::is_page_path(req.path()) {
+        return crate::web::not_found(&req, allowed);
+    }
     match allowed {
         Some(methods) => {
             let allow = methods.join(", ");
@@ -286,17 +290,15 @@ pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix
     .into()
 }
 
-/// Turns any error response that is not already our JSON (actix's own 404/405/400s, panics
-/// caught as 500) into the envelope.
+/// Turns any error response that is not already ours (actix's own 404/405/400s, panics caught
+/// as 500) into the envelope, or into an HTML error page on the web pages' paths.
 pub fn wrap_foreign_errors<B: MessageBody + 'static>(
     res: ServiceResponse<B>,
 ) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let is_json = res
-        .response()
-        .headers()
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v == HeaderValue::from_static("application/json"));
-    if is_json {
+    let ours = res.response().headers().get(CONTENT_TYPE).is_some_and(|v| {
+        v == HeaderValue::from_static("application/json") || v.as_bytes().starts_with(b"text/html")
+    });
+    if ours {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
     let status = res.status();
@@ -319,8 +321,12 @@ pub fn wrap_foreign_errors<B: MessageBody + 'static>(
         _ => (ErrorCode::BadRequest, "the request could not be understood"),
     };
     let (req, _) = res.into_parts();
-    let res =
-        ServiceResponse::new(req, envelope(status, code.as_str(), message)).map_into_right_body();
+    let body = if crate::web::is_page_path(req.path()) {
+        crate::web::error_page(status, code.as_str(), message)
+    } else {
+        envelope(status, code.as_str(), message)
+    };
+    let res = ServiceResponse::new(req, body).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(res))
 }
 

@@ -28,6 +28,14 @@ impl RouteTable {
         Self { routes }
     }
 
+    /// Adds the web pages' routes (not in the OpenAPI document).
+    pub fn with_pages(mut self, pages: &[(&str, &[&'static str])]) -> Self {
+        for (template, methods) in pages {
+            self.routes.push((segments(template), methods.to_vec()));
+        }
+        self
+    }
+
     /// The methods some route accepts at `path`, or `None` if no route has this path.
     pub fn allowed(&self, path: &str) -> Option<Vec<&'static str>> {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();

@@ -117,7 +117,8 @@ impl Application {
                 .service(routes::health::metrics)
                 .service(utoipa_actix_web::scope("/api/v1").configure(routes::configure_v1))
                 .split_for_parts();
-            let routes = web::Data::new(RouteTable::from_openapi(&api));
+            let routes =
+                web::Data::new(RouteTable::from_openapi(&api).with_pages(crate::web::PAGE_ROUTES));
             // SwaggerUi also serves the document itself at /api/openapi.json.
             app.app_data(routes)
                 .route(
@@ -129,6 +130,7 @@ impl Application {
                     }),
                 )
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/api/openapi.json", api))
+                .configure(crate::web::configure)
                 .default_service(web::to(error::not_found))
                 .wrap(ErrorHandlers::new().default_handler(error::wrap_foreign_errors))
                 .wrap(from_fn(crate::metrics::track))

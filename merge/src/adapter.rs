@@ -185,6 +185,25 @@ impl LoraAdapter {
         })
     }
 
+    /// Per module (path, in file order of the module map): the singular values of its
+    /// `ΔW = scale · B · A`, descending, computed from the factors.
+    pub fn spectra(&self) -> Result<Vec<(String, Vec<f64>)>, MergeError> {
+        use rayon::prelude::*;
+        self.modules
+            .keys()
+            .collect::<Vec<_>>()
+            .par_iter()
+            .map(|path| {
+                let m = self.load_module(path)?.ok_or_else(|| {
+                    MergeError::numeric("spectra", format!("module {path} is not in the file"))
+                })?;
+                let s = crate::linalg::factored_singular_values(&m.b, &m.a)?;
+                let scale = f64::from(m.scale).abs();
+                Ok(((*path).clone(), s.into_iter().map(|x| x * scale).collect()))
+            })
+            .collect()
+    }
+
     /// Reads one module's factors (as f32, in delta orientation).
     pub fn load_module(&self, path: &str) -> Result<Option<LoraModule>, MergeError> {
         let Some(e) = self.modules.get(path) else {

@@ -11,6 +11,7 @@
 //! Every failure is a [`FormatError`] whose message names the tensor, module or field involved.
 
 pub mod adapter;
+pub mod compat;
 pub mod compress;
 pub mod control;
 pub mod engine;

@@ -58,6 +58,8 @@ pub struct AdapterConfig {
     pub rank_pattern: Vec<(String, u64)>,
     /// Per-module alpha overrides, in file order.
     pub alpha_pattern: Vec<(String, f64)>,
+    /// Modules trained and saved whole besides the LoRA pairs (vLLM refuses such adapters).
+    pub modules_to_save: Vec<String>,
 }
 
 impl Default for AdapterConfig {
@@ -73,6 +75,7 @@ impl Default for AdapterConfig {
             use_rslora: false,
             use_dora: false,
             fan_in_fan_out: false,
+            modules_to_save: Vec::new(),
             target_modules: TargetModules::Unspecified,
             rank_pattern: Vec::new(),
             alpha_pattern: Vec::new(),
@@ -197,6 +200,7 @@ impl AdapterConfig {
             target_modules,
             rank_pattern,
             alpha_pattern,
+            modules_to_save: string_list("modules_to_save", get("modules_to_save"))?,
         })
     }
 
@@ -341,6 +345,25 @@ fn opt_string(field: &str, v: Option<&Json>) -> Result<Option<String>, FormatErr
             "the field `{field}` must be a string or null, found {}.",
             other.describe()
         ))),
+    }
+}
+
+fn string_list(field: &str, v: Option<&Json>) -> Result<Vec<String>, FormatError> {
+    let wrong = |what: String| {
+        invalid(format!(
+            "the field `{field}` must be a list of strings or null, {what}."
+        ))
+    };
+    match v {
+        None => Ok(Vec::new()),
+        Some(Json::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                Json::Str(s) => Ok(s.clone()),
+                other => Err(wrong(format!("but the list contains {}", other.describe()))),
+            })
+            .collect(),
+        Some(other) => Err(wrong(format!("found {}", other.describe()))),
     }
 }
 

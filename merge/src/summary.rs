@@ -68,6 +68,14 @@ pub struct LoraSummary {
     /// weights. Absent in summaries stored before it existed.
     #[serde(default)]
     pub module_shapes: BTreeMap<String, Vec<[u64; 2]>>,
+    /// `modules_to_save` from the config: modules stored whole besides the LoRA pairs. Absent in
+    /// summaries stored before it existed.
+    #[serde(default)]
+    pub modules_to_save: Vec<String>,
+    /// The largest rank of any module (`r` or a `rank_pattern` value that matched). 0 in
+    /// summaries stored before it existed.
+    #[serde(default)]
+    pub max_rank: u64,
 }
 
 /// The LoRA tensors of one module.
@@ -365,6 +373,13 @@ pub fn summarize(
             .into_iter()
             .map(|(k, v)| (k, v.into_iter().collect()))
             .collect(),
+        modules_to_save: config.modules_to_save.clone(),
+        // check_module checked every pair's rank against the config.
+        max_rank: modules
+            .values()
+            .filter_map(|m| m.a.or(m.emb_a).and_then(|t| t.shape.first().copied()))
+            .max()
+            .unwrap_or(config.r),
     })
 }
 

@@ -154,6 +154,8 @@ fn summarizes_a_valid_adapter() {
                 ("q_proj".to_string(), vec![[16, 16]]),
                 ("v_proj".to_string(), vec![[4, 16]]),
             ]),
+            modules_to_save: Vec::new(),
+            max_rank: 8,
         }
     );
     // Serde round trip.
@@ -224,6 +226,18 @@ fn accepts_rank_pattern_adapter() {
         BTreeMap::from([("q_proj".to_string(), 32.0)])
     );
     assert_eq!(s.r, 8);
+    assert_eq!(s.max_rank, 16, "the rank_pattern module is the largest");
+}
+
+#[test]
+fn records_modules_to_save() {
+    let json = r#"{"peft_type":"LORA","r":8,"modules_to_save":["score"]}"#;
+    let s = run(json, &llama(P, 8)).unwrap();
+    assert_eq!(s.modules_to_save, vec!["score".to_string()]);
+    let bad = r#"{"peft_type":"LORA","r":8,"modules_to_save":[1]}"#;
+    let e = AdapterConfig::from_json(bad.as_bytes()).unwrap_err();
+    assert_eq!(e.code(), "invalid_adapter_config");
+    assert!(e.to_string().contains("`modules_to_save`"), "{e}");
 }
 
 #[test]

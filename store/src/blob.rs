@@ -142,6 +142,24 @@ impl BlobStore {
         ))
     }
 
+    /// Stores something computed from blobs (e.g. a version's spectra), under `derived/<name>`.
+    /// Derived objects are caches: the sweeps leave them, and losing one only costs recomputing.
+    pub async fn put_derived(&self, name: &str, bytes: Bytes) -> Result<(), StoreError> {
+        self.inner
+            .put(&self.key(&format!("derived/{name}")), bytes.into())
+            .await?;
+        Ok(())
+    }
+
+    /// A derived object stored by [`BlobStore::put_derived`], if there is one.
+    pub async fn get_derived(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
+        match self.inner.get(&self.key(&format!("derived/{name}"))).await {
+            Ok(got) => Ok(Some(got.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Checks that the backend answers (a listing of at most one object).
     pub async fn ping(&self) -> Result<(), StoreError> {
         let mut list = self.inner.list(Some(&self.prefix));

@@ -29,6 +29,7 @@ pub use meta::{
     ProfileInfo, ProfileSource, ProfileStore, RoutableProfile, SAMPLES_FILE, StaleProfile,
     VersionRecord, VersionRef, Viewer,
 };
+pub use meta::{FacetCounts, FacetFilter, VersionFacets, VersionKind};
 pub use names::{RepoId, Scope, validate_name};
 pub use settings::StoreSettings;
 

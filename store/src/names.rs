@@ -29,6 +29,39 @@ pub fn validate_name(kind: &str, raw: &str) -> Result<String, StoreError> {
     }
 }
 
+/// Owner and user names the web pages' routes use (`/{owner}/{name}` shares the root with them),
+/// so no adapter can live there.
+pub const RESERVED_OWNERS: &[&str] = &[
+    "api",
+    "docs",
+    "static",
+    "metrics",
+    "healthz",
+    "jobs",
+    "signin",
+    "signout",
+    "merge",
+    "new",
+    "settings",
+    "search",
+    "admin",
+    "login",
+    "logout",
+    "favicon.ico",
+    "robots.txt",
+];
+
+/// [`validate_name`] for owners and users, which also refuses the [`RESERVED_OWNERS`].
+pub fn validate_owner(kind: &str, raw: &str) -> Result<String, StoreError> {
+    let name = validate_name(kind, raw)?;
+    if RESERVED_OWNERS.contains(&name.as_str()) {
+        return Err(StoreError::Invalid(format!(
+            "{kind} {raw:?} is reserved: the web pages use /{name}"
+        )));
+    }
+    Ok(name)
+}
+
 /// `owner/name`, both canonical (lower case).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RepoId {
@@ -39,7 +72,7 @@ pub struct RepoId {
 impl RepoId {
     pub fn parse(owner: &str, name: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            owner: validate_name("owner", owner)?,
+            owner: validate_owner("owner", owner)?,
             name: validate_name("adapter name", name)?,
         })
     }
@@ -89,6 +122,18 @@ impl std::str::FromStr for Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_routes_are_reserved_owners() {
+        for owner in ["jobs", "Static", "api", "signin"] {
+            let e = RepoId::parse(owner, "x").expect_err("refused").to_string();
+            assert!(e.contains("reserved"), "{owner}: {e}");
+        }
+        assert!(
+            RepoId::parse("alice", "jobs").is_ok(),
+            "adapter names are not reserved"
+        );
+    }
 
     #[test]
     fn names_are_lower_cased_and_checked() {

@@ -35,6 +35,7 @@ fn version(files: &[(&str, &str)]) -> NewVersion {
         lora: Some(serde_json::json!({"r": 4})),
         lineage: None,
         parents: Vec::new(),
+        facets: Default::default(),
     }
 }
 

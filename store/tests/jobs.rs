@@ -61,6 +61,7 @@ fn version(parents: Vec<ParentVersion>) -> NewVersion {
         lora: None,
         lineage: Some(json!({"method": "ties"})),
         parents,
+        facets: Default::default(),
     }
 }
 
@@ -429,6 +430,7 @@ async fn the_blob_sweep_spares_referenced_and_recommitted_blobs(#[case] backend:
             lora: None,
             lineage: None,
             parents: vec![],
+            facets: Default::default(),
         };
         store
             .meta

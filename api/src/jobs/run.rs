@@ -304,6 +304,7 @@ async fn execute(
     let new = NewVersion {
         created_by: job.created_by.clone(),
         files,
+        facets: crate::facets::of(Some(&summary), Some(&lineage)),
         lora: Some(summary),
         lineage: Some(lineage),
         parents: spec.parents(),

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, delete, patch, post, route, web};
 use quiver_store::{
-    AdapterPatch, AdapterRecord, AdapterSort, ListAdapters, NewAdapter, RepoId, Store, Viewer,
+    AdapterPatch, AdapterRecord, AdapterSort, FacetFilter, ListAdapters, NewAdapter, RepoId, Store,
+    VersionKind, Viewer,
 };
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -15,8 +16,8 @@ use crate::conditional::etag_matches;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::list_cache::{CachedPage, Lookup};
 use crate::lookup::{find_adapter, find_writable_adapter, page_limit, repo_from_path};
+use crate::resources::{AdapterPage, AdapterView};
 use crate::state::AppState;
-use crate::views::{AdapterPage, AdapterView};
 
 /// Most tags an adapter may carry, and the longest tag, description and base model name.
 const MAX_TAGS: usize = 64;
@@ -57,6 +58,17 @@ pub struct ListAdaptersQuery {
     pub owner: Option<String>,
     /// `owner/name`: only adapters with a version merged or compressed from one of its versions.
     pub derived_from: Option<String>,
+    /// How the newest version was made: `trained`, `merged` or `compressed`.
+    #[param(value_type = Option<String>)]
+    pub kind: Option<VersionKind>,
+    /// Smallest largest-module rank of the newest version.
+    pub rank_min: Option<i64>,
+    /// Largest largest-module rank of the newest version.
+    pub rank_max: Option<i64>,
+    /// A target module (leaf name, e.g. `q_proj`) of the newest version.
+    pub target: Option<String>,
+    /// Whether vLLM loads the newest version (at some `--max-lora-rank`).
+    pub vllm: Option<bool>,
     /// `updated` (default), `downloads`, `name` or `created`.
     #[param(value_type = Option<String>)]
     pub sort: Option<AdapterSort>,
@@ -203,8 +215,39 @@ pub async fn list_adapters(
     caller: Caller,
     query: web::Query<ListAdaptersQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let q = query.into_inner();
-    let list = ListAdapters {
+    let list = list_query(query.into_inner())?;
+    let viewer = caller.viewer();
+    let key = cache_key(&viewer, &list);
+    let page = cached_page(&state, &key, async || {
+        let found = state.store.meta.list_adapters(&list, &viewer).await?;
+        serde_json::to_vec(&AdapterPage {
+            items: views(&state.store, found.items).await?,
+            next_cursor: found.next_cursor,
+        })
+        .map_err(|e| ApiError::internal("listing JSON", e))
+    })
+    .await?;
+    if etag_matches(&req, &page.etag) {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, page.etag))
+            .finish());
+    }
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .insert_header((header::ETAG, page.etag))
+        .body(page.body))
+}
+
+/// The store's query for the listing's parameters (also the web listing's).
+pub fn list_query(q: ListAdaptersQuery) -> Result<ListAdapters, ApiError> {
+    let rank = |name: &str, v: Option<i64>| match v {
+        Some(r) if !(0..=1 << 20).contains(&r) => Err(ApiError::coded(
+            ErrorCode::InvalidQuery,
+            format!("{name} must be between 0 and 1048576, got {r}"),
+        )),
+        v => Ok(v),
+    };
+    Ok(ListAdapters {
         q: q.q,
         base_model: q.base_model,
         tag: q.tag,
@@ -222,52 +265,51 @@ pub async fn list_adapters(
                     })?,
             ),
         },
+        facets: FacetFilter {
+            kind: q.kind,
+            rank_min: rank("rank_min", q.rank_min)?,
+            rank_max: rank("rank_max", q.rank_max)?,
+            target: q.target.filter(|t| !t.is_empty()),
+            vllm: q.vllm,
+        },
         sort: q.sort.unwrap_or_default(),
         limit: page_limit(q.limit)?,
         cursor: q.cursor,
-    };
-    let viewer = caller.viewer();
+    })
+}
+
+/// A listing page from the cache, or built by `build` (the body) and cached. The cache entry is
+/// valid while the registry's listing generation, read before building, is unchanged.
+pub async fn cached_page(
+    state: &AppState,
+    key: &str,
+    build: impl AsyncFn() -> Result<Vec<u8>, ApiError>,
+) -> Result<CachedPage, ApiError> {
     let cache = &state.list_cache;
-    let key = cache_key(&viewer, &list);
-    let page = loop {
+    loop {
         // Read before the page is built, so a change committed meanwhile makes the entry stale.
         let generation = if cache.enabled() {
             state.store.meta.listing_generation().await?
         } else {
             0
         };
-        match cache.lookup(&key, generation) {
-            Lookup::Hit(page) => break page,
+        match cache.lookup(key, generation) {
+            Lookup::Hit(page) => return Ok(page),
             Lookup::Wait(mut done) => {
                 let _ = done.changed().await; // built, or the build failed: look again
             }
             Lookup::Build(fill) => {
-                let found = state.store.meta.list_adapters(&list, &viewer).await?;
-                let body = serde_json::to_vec(&AdapterPage {
-                    items: views(&state.store, found.items).await?,
-                    next_cursor: found.next_cursor,
-                })
-                .map_err(|e| ApiError::internal("listing JSON", e))?;
-                let page = CachedPage::new(body);
+                let page = CachedPage::new(build().await?);
                 fill.put(page.clone());
-                break page;
+                return Ok(page);
             }
         }
-    };
-    if etag_matches(&req, &page.etag) {
-        return Ok(HttpResponse::NotModified()
-            .insert_header((header::ETAG, page.etag))
-            .finish());
     }
-    Ok(HttpResponse::Ok()
-        .content_type(ContentType::json())
-        .insert_header((header::ETAG, page.etag))
-        .body(page.body))
 }
 
 /// What a listing page depends on: who asks (admins all see the same; a user also sees their
 /// private adapters) and every query parameter.
-fn cache_key(viewer: &Viewer, q: &ListAdapters) -> String {
+pub fn cache_key(viewer: &Viewer, q: &ListAdapters) -> String {
     let who = match (&viewer.user, viewer.admin) {
         (_, true) => "admin".to_string(),
         (Some(user), false) => format!("user:{user}"),
@@ -280,6 +322,11 @@ fn cache_key(viewer: &Viewer, q: &ListAdapters) -> String {
         q.tag,
         q.owner,
         q.derived_from.as_ref().map(ToString::to_string),
+        q.facets.kind.map(|k| k.as_str()),
+        q.facets.rank_min,
+        q.facets.rank_max,
+        q.facets.target,
+        q.facets.vllm,
         q.sort.as_str(),
         q.limit,
         q.cursor

@@ -11,8 +11,8 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::jobs::spec;
 use crate::lookup::page_limit;
+use crate::resources::{JobPage, JobView};
 use crate::state::AppState;
-use crate::views::{JobPage, JobView};
 
 /// The body of `POST /merges`, for the API docs (the handler reads the JSON itself: the method's
 /// parameters are the engine's `MergeSpec`, and unknown fields are refused).
@@ -229,7 +229,11 @@ pub async fn list_jobs(
 }
 
 /// A job of the caller's (any job for an admin); others' are 404.
-fn own_job(caller: &Caller, job: Option<JobRecord>, id: &str) -> Result<JobRecord, ApiError> {
+pub(crate) fn own_job(
+    caller: &Caller,
+    job: Option<JobRecord>,
+    id: &str,
+) -> Result<JobRecord, ApiError> {
     let viewer = caller.viewer();
     match job {
         Some(j) if viewer.admin || viewer.user.as_deref() == Some(j.created_by.as_str()) => Ok(j),

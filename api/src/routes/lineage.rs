@@ -7,8 +7,8 @@ use actix_web::{HttpResponse, route, web};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::lookup::find_version;
+use crate::resources::{LineageEdgeView, LineageNodeView, LineageView};
 use crate::state::AppState;
-use crate::views::{LineageEdgeView, LineageNodeView, LineageView};
 
 /// Most versions one lineage answer holds (nearest first).
 const MAX_NODES: usize = 500;
@@ -32,8 +32,18 @@ pub async fn get_lineage(
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, reference) = path.into_inner();
     let (adapter, version) = find_version(&state, &caller, &owner, &name, &reference).await?;
+    let lineage = visible_lineage(&state, &caller.viewer(), &adapter, &version).await?;
+    Ok(HttpResponse::Ok().json(lineage))
+}
+
+/// The lineage of `version` as `viewer` may see it (the API's answer; the web pages draw it).
+pub async fn visible_lineage(
+    state: &AppState,
+    viewer: &quiver_store::Viewer,
+    adapter: &quiver_store::AdapterRecord,
+    version: &quiver_store::VersionRecord,
+) -> Result<LineageView, ApiError> {
     let graph = state.store.meta.lineage(version.id, MAX_NODES).await?;
-    let viewer = caller.viewer();
     let node_id = |repo: &str, n: i64| format!("{repo}@{n}");
     // Only versions the caller may see, reached from this one through versions it may see: a
     // public ancestor behind a private one is left out too (its link would reveal the private).
@@ -81,9 +91,9 @@ pub async fn get_lineage(
             })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(LineageView {
+    Ok(LineageView {
         root: node_id(&adapter.repo_id(), version.number),
         nodes,
         edges,
-    }))
+    })
 }

@@ -11,9 +11,9 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::jobs::embed::EmbedSpec;
 use crate::lookup::find_version;
+use crate::resources::{JobView, ProfileView};
 use crate::routing::reconcile::enqueue_embed;
 use crate::state::AppState;
-use crate::views::{JobView, ProfileView};
 
 /// The body of `POST …/profile`: empty to recompute from `samples.jsonl`, or a vector.
 #[derive(Debug, Default, Deserialize, ToSchema)]

@@ -11,9 +11,9 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::lookup::{find_adapter, find_version, find_writable_adapter, page_limit};
 use crate::publish::{Held, Target, publish_version};
+use crate::resources::{VersionPage, VersionView};
 use crate::state::AppState;
 use crate::upload::{Received, receive};
-use crate::views::{VersionPage, VersionView};
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -84,6 +84,7 @@ pub async fn create_version(
     let new = NewVersion {
         created_by: principal.user.clone(),
         files,
+        facets: crate::facets::of(Some(&lora), None),
         lora: Some(lora),
         lineage: None,
         parents: Vec::new(),

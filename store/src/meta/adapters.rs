@@ -70,9 +70,39 @@ pub struct ListAdapters {
     pub owner: Option<String>,
     /// Adapters with a version made (merged, compressed) from a version of this one.
     pub derived_from: Option<RepoId>,
+    /// Facets of the newest ready version.
+    pub facets: FacetFilter,
     pub sort: AdapterSort,
     pub limit: u32,
     pub cursor: Option<String>,
+}
+
+/// Filters on the facets of an adapter's newest ready version (all optional; they combine).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FacetFilter {
+    pub kind: Option<crate::meta::VersionKind>,
+    pub rank_min: Option<i64>,
+    pub rank_max: Option<i64>,
+    /// A target module leaf name (`q_proj`) the version must have.
+    pub target: Option<String>,
+    pub vllm: Option<bool>,
+}
+
+impl FacetFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// How many visible adapters carry each value of a facet (the most common values first).
+#[derive(Clone, Debug, Default)]
+pub struct FacetCounts {
+    pub base_models: Vec<(String, i64)>,
+    pub owners: Vec<(String, i64)>,
+    pub tags: Vec<(String, i64)>,
+    /// Kind of the newest ready version.
+    pub kinds: Vec<(String, i64)>,
+    pub targets: Vec<(String, i64)>,
 }
 
 /// Adapters: create, find, list and search, update, delete.
@@ -91,4 +121,7 @@ pub trait AdapterStore: Send + Sync {
     /// share them, or an upload may be about to; a sweep removes unreferenced blobs.
     async fn delete_adapter(&self, adapter_id: i64) -> Result<(), StoreError>;
     async fn record_download(&self, adapter_id: i64) -> Result<(), StoreError>;
+    /// Value counts of the listing's facets over the adapters `viewer` can see, at most `limit`
+    /// values each.
+    async fn facet_counts(&self, viewer: &Viewer, limit: u32) -> Result<FacetCounts, StoreError>;
 }

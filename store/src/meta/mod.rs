@@ -47,7 +47,8 @@ use async_trait::async_trait;
 use crate::StoreError;
 
 pub use adapters::{
-    AdapterPatch, AdapterRecord, AdapterSort, AdapterStore, ListAdapters, NewAdapter,
+    AdapterPatch, AdapterRecord, AdapterSort, AdapterStore, FacetCounts, FacetFilter, ListAdapters,
+    NewAdapter,
 };
 pub use jobs::{
     Beat, DEFAULT_MAX_ATTEMPTS, JobCounts, JobEnd, JobFilter, JobKind, JobRecord, JobState,
@@ -60,7 +61,8 @@ pub use profiles::{
 pub use sql::SqlMetadata;
 pub use tokens::{Principal, TokenStore};
 pub use versions::{
-    FileRecord, NewVersion, ParentVersion, VersionRecord, VersionRef, VersionState, VersionStore,
+    FileRecord, NewVersion, ParentVersion, VersionFacets, VersionKind, VersionRecord, VersionRef,
+    VersionState, VersionStore,
 };
 
 /// Connects to `sqlite://…` or `postgres://…` and applies the dialect's migrations.

@@ -36,6 +36,43 @@ pub struct NewVersion {
     pub lineage: Option<Value>,
     /// The versions it was made from (merges and compressions), in input order.
     pub parents: Vec<ParentVersion>,
+    /// What the listing filters on (computed by the caller from `lora` and `lineage`).
+    pub facets: VersionFacets,
+}
+
+string_enum!(
+    /// How a version was made.
+    VersionKind { Trained = "trained", Merged = "merged", Compressed = "compressed" }
+);
+
+/// A version's listing facets (migration 0005).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionFacets {
+    pub kind: VersionKind,
+    /// The largest rank of any module.
+    pub max_rank: Option<i64>,
+    /// Leaf names of the target modules.
+    pub targets: Vec<String>,
+    /// Whether vLLM loads it at some `--max-lora-rank`.
+    pub vllm_ok: Option<bool>,
+}
+
+impl Default for VersionFacets {
+    fn default() -> Self {
+        Self {
+            kind: VersionKind::Trained,
+            max_rank: None,
+            targets: Vec::new(),
+            vllm_ok: None,
+        }
+    }
+}
+
+impl VersionFacets {
+    /// The `targets` column: `,a,b,` so that `LIKE '%,a,%'` matches one name exactly.
+    pub fn targets_column(&self) -> String {
+        format!(",{},", self.targets.join(","))
+    }
 }
 
 /// An input of a merged or compressed version, pinned when its job was queued.
@@ -110,6 +147,16 @@ pub trait VersionStore: Send + Sync {
         limit: u32,
         cursor: Option<&str>,
     ) -> Result<Page<VersionRecord>, StoreError>;
+    /// Up to `limit` versions published before facets existed: (id, lora, lineage).
+    async fn versions_without_facets(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(i64, Option<Value>, Option<Value>)>, StoreError>;
+    async fn set_version_facets(
+        &self,
+        version_id: i64,
+        facets: &VersionFacets,
+    ) -> Result<(), StoreError>;
     /// The newest ready version of each adapter, by adapter id.
     async fn latest_versions(&self, adapter_ids: &[i64]) -> Result<Vec<VersionRecord>, StoreError>;
     /// Whether any file row refers to this blob.

@@ -4,6 +4,7 @@ mod adapters;
 mod downloads;
 mod jobs;
 mod listing;
+mod pages;
 mod privacy;
 mod routing;
 mod service;

@@ -56,18 +56,7 @@ impl AdapterStore for SqlMetadata {
         let mut sql = Sql::new(&format!(
             "SELECT {ADAPTER_COLUMNS} FROM adapters WHERE 1 = 1"
         ));
-        if !viewer.admin {
-            match &viewer.user {
-                Some(user) => {
-                    sql.push(" AND (private = FALSE OR owner = ")
-                        .bind(user.as_str())
-                        .push(")");
-                }
-                None => {
-                    sql.push(" AND private = FALSE");
-                }
-            }
-        }
+        push_visible(&mut sql, viewer, "");
         if let Some(term) = q.q.as_deref().filter(|t| !t.is_empty()) {
             self.push_search(&mut sql, term);
         }
@@ -93,19 +82,11 @@ impl AdapterStore for SqlMetadata {
             .push(" AND pa.name = ")
             .bind(parent.name.as_str());
             // A private parent names nothing for those who may not see it.
-            if !viewer.admin {
-                match &viewer.user {
-                    Some(user) => {
-                        sql.push(" AND (pa.private = FALSE OR pa.owner = ")
-                            .bind(user.as_str())
-                            .push(")");
-                    }
-                    None => {
-                        sql.push(" AND pa.private = FALSE");
-                    }
-                }
-            }
+            push_visible(&mut sql, viewer, "pa.");
             sql.push(")");
+        }
+        if !q.facets.is_empty() {
+            push_facets(&mut sql, &q.facets);
         }
         let key_col = match q.sort {
             AdapterSort::Updated => "updated_at",
@@ -213,6 +194,78 @@ impl AdapterStore for SqlMetadata {
         Ok(())
     }
 
+    async fn facet_counts(&self, viewer: &Viewer, limit: u32) -> Result<FacetCounts, StoreError> {
+        let limit = i64::from(limit.max(1));
+        let count = |select: &str, from: &str, group: &str| {
+            let mut sql = Sql::new(&format!(
+                "SELECT {select} AS value, COUNT(*) AS n FROM {from} WHERE 1 = 1"
+            ));
+            if from.contains(" v ") {
+                push_latest_ready(&mut sql);
+            }
+            push_visible(&mut sql, viewer, "a.");
+            sql.push(&format!(
+                " GROUP BY {group} ORDER BY n DESC, value ASC LIMIT "
+            ))
+            .bind(limit);
+            sql
+        };
+        let latest = "adapters a JOIN versions v ON v.adapter_id = a.id";
+        let queries = [
+            count("a.base_model", "adapters a", "a.base_model"),
+            count("a.owner", "adapters a", "a.owner"),
+            count(
+                "t.tag",
+                "adapters a JOIN adapter_tags t ON t.adapter_id = a.id",
+                "t.tag",
+            ),
+            count("v.kind", latest, "v.kind"),
+        ];
+        let mut lists = Vec::with_capacity(queries.len());
+        for sql in queries {
+            let rows = sql.query().fetch_all(&self.pool).await?;
+            lists.push(
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get::<Option<String>, _>("value")?.unwrap_or_default(),
+                            r.try_get("n")?,
+                        ))
+                    })
+                    .collect::<Result<Vec<(String, i64)>, StoreError>>()?,
+            );
+        }
+        // Targets are a list per version: count them in Rust over the visible newest versions.
+        let mut sql = Sql::new(&format!(
+            "SELECT v.targets AS targets FROM {latest} WHERE 1 = 1"
+        ));
+        push_latest_ready(&mut sql);
+        push_visible(&mut sql, viewer, "a.");
+        let mut targets: HashMap<String, i64> = HashMap::new();
+        for row in sql.query().fetch_all(&self.pool).await? {
+            let list: Option<String> = row.try_get("targets")?;
+            for t in list
+                .unwrap_or_default()
+                .split(',')
+                .filter(|t| !t.is_empty())
+            {
+                *targets.entry(t.to_string()).or_default() += 1;
+            }
+        }
+        let mut targets: Vec<(String, i64)> = targets.into_iter().collect();
+        targets.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+        targets.truncate(limit as usize);
+        let mut lists = lists.into_iter();
+        let mut next = || lists.next().unwrap_or_default();
+        Ok(FacetCounts {
+            base_models: next(),
+            owners: next(),
+            tags: next(),
+            kinds: next(),
+            targets,
+        })
+    }
+
     async fn record_download(&self, adapter_id: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE adapters SET downloads = downloads + 1 WHERE id = $1")
             .bind(adapter_id)
@@ -220,4 +273,64 @@ impl AdapterStore for SqlMetadata {
             .await?;
         Ok(())
     }
+}
+
+/// Keeps `v` when it is its adapter's newest ready version.
+fn push_latest_ready(sql: &mut Sql) {
+    let ready = VersionState::Ready.as_str();
+    sql.push(" AND v.state = ")
+        .bind(ready)
+        .push(" AND v.number = (SELECT MAX(w.number) FROM versions w WHERE w.adapter_id = v.adapter_id AND w.state = ")
+        .bind(ready)
+        .push(")");
+}
+
+/// Keeps the rows of adapters `viewer` may see; `prefix` qualifies the adapters table (`a.`).
+fn push_visible(sql: &mut Sql, viewer: &Viewer, prefix: &str) {
+    if viewer.admin {
+        return;
+    }
+    match &viewer.user {
+        Some(user) => {
+            sql.push(&format!(
+                " AND ({prefix}private = FALSE OR {prefix}owner = "
+            ))
+            .bind(user.as_str())
+            .push(")");
+        }
+        None => {
+            sql.push(&format!(" AND {prefix}private = FALSE"));
+        }
+    }
+}
+
+/// Keeps adapters whose newest ready version matches every facet of `f`.
+fn push_facets(sql: &mut Sql, f: &FacetFilter) {
+    sql.push(" AND id IN (SELECT v.adapter_id FROM versions v WHERE 1 = 1");
+    push_latest_ready(sql);
+    if let Some(kind) = f.kind {
+        sql.push(" AND v.kind = ").bind(kind.as_str());
+    }
+    if let Some(min) = f.rank_min {
+        sql.push(" AND v.max_rank >= ").bind(min);
+    }
+    if let Some(max) = f.rank_max {
+        sql.push(" AND v.max_rank <= ").bind(max);
+    }
+    if let Some(target) = &f.target {
+        let escaped: String = target
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        sql.push(" AND v.targets LIKE ")
+            .bind(format!("%,{escaped},%"))
+            .push(" ESCAPE '\\'");
+    }
+    if let Some(ok) = f.vllm {
+        sql.push(" AND v.vllm_ok = ").bind(i64::from(ok));
+    }
+    sql.push(")");
 }

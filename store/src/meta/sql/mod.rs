@@ -198,8 +198,9 @@ impl SqlMetadata {
         let lora = new.lora.as_ref().map(Value::to_string);
         let lineage = new.lineage.as_ref().map(Value::to_string);
         let row = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO versions (adapter_id, number, revision, state, created_at, created_by, lora, lineage) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {VERSION_COLUMNS}"
+            "INSERT INTO versions (adapter_id, number, revision, state, created_at, created_by, lora, lineage, \
+             kind, max_rank, targets, vllm_ok) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {VERSION_COLUMNS}"
         )))
         .bind(adapter.id)
         .bind(number)
@@ -209,6 +210,10 @@ impl SqlMetadata {
         .bind(new.created_by.as_str())
         .bind(lora)
         .bind(lineage)
+        .bind(new.facets.kind.as_str())
+        .bind(new.facets.max_rank)
+        .bind(new.facets.targets_column())
+        .bind(new.facets.vllm_ok.map(i64::from))
         .fetch_one(&mut **tx)
         .await?;
         let mut version = version_from_row(&row)?;

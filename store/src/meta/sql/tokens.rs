@@ -21,7 +21,7 @@ impl TokenStore for SqlMetadata {
         scope: Scope,
         secret_sha256: &str,
     ) -> Result<String, StoreError> {
-        let user = crate::validate_name("user name", user)?;
+        let user = crate::names::validate_owner("user name", user)?;
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let mut tx = self.begin_write().await?;

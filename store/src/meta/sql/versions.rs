@@ -18,6 +18,46 @@ impl VersionStore for SqlMetadata {
         Ok(version)
     }
 
+    async fn versions_without_facets(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<(i64, Option<Value>, Option<Value>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, lora, lineage FROM versions WHERE kind IS NULL ORDER BY id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let json = |raw: Option<String>| raw.and_then(|t| serde_json::from_str(&t).ok());
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("id")?,
+                    json(r.try_get("lora")?),
+                    json(r.try_get("lineage")?),
+                ))
+            })
+            .collect()
+    }
+
+    async fn set_version_facets(
+        &self,
+        version_id: i64,
+        facets: &VersionFacets,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE versions SET kind = $1, max_rank = $2, targets = $3, vllm_ok = $4 WHERE id = $5",
+        )
+        .bind(facets.kind.as_str())
+        .bind(facets.max_rank)
+        .bind(facets.targets_column())
+        .bind(facets.vllm_ok.map(i64::from))
+        .bind(version_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn get_version(
         &self,
         adapter_id: i64,

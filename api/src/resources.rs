@@ -45,6 +45,10 @@ pub struct VersionView {
     /// Parents, method, params and seed of a merged or compressed version.
     #[schema(value_type = Object)]
     pub lineage: Option<Value>,
+    /// Whether vLLM, LoRAX, PEFT and Quiver's merges take it, each `{"ok", "reason"}`, and the
+    /// smallest vLLM `--max-lora-rank` that loads it (`vllm_max_lora_rank`).
+    #[schema(value_type = Object)]
+    pub compatibility: Option<quiver_merge::compat::Compatibility>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -86,6 +90,8 @@ impl From<VersionRecord> for VersionView {
             created_at: rfc3339(v.created_at),
             created_by: v.created_by,
             files: v.files.iter().map(FileView::from).collect(),
+            compatibility: crate::facets::summary(v.lora.as_ref())
+                .map(|s| quiver_merge::compat::Compatibility::of(&s)),
             lora: v.lora,
             lineage: v.lineage,
         }

@@ -1,0 +1,456 @@
+//! `/{owner}/{name}` and `/{owner}/{name}/versions/{ref}`: the model card, LoRA summary,
+//! compatibility, files, versions, lineage graph and spectra of a version; and the merge form's
+//! `POST /{owner}/{name}/merge`.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use askama::Template;
+use futures::TryStreamExt;
+use quiver_merge::LoraSummary;
+use quiver_merge::compat::Compatibility;
+use quiver_store::{AdapterRecord, FacetFilter, JobKind, ListAdapters, VersionRecord, VersionRef};
+use serde_json::{Value, json};
+
+use super::card::{self, MAX_CARD_BYTES};
+use super::spectra::{self, Missing, RankSummary};
+use super::svg::{DagNode, dag_svg};
+use super::{Chrome, PageCaller, PageError, enc, html, render, size, when};
+use crate::error::{ApiError, ErrorCode};
+use crate::lookup::find_adapter;
+use crate::routes::jobs::queue_job;
+use crate::routes::lineage::visible_lineage;
+use crate::state::AppState;
+
+/// Versions listed on a page.
+const VERSIONS_SHOWN: u32 = 100;
+/// Adapters offered as merge partners.
+const MERGE_CANDIDATES: u32 = 50;
+/// The merge methods the form offers (the API takes more parameters than the form shows).
+const METHODS: [&str; 7] = [
+    "linear",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "svd",
+    "magnitude_prune",
+    "cat",
+];
+
+pub struct FileRow {
+    pub path: String,
+    pub size: String,
+    pub sha256: String,
+    pub href: String,
+}
+
+pub struct VersionRow {
+    pub number: i64,
+    pub short: String,
+    pub created: String,
+    pub created_by: String,
+    pub refs: Vec<String>,
+    pub href: String,
+    pub current: bool,
+}
+
+pub struct Badge {
+    pub name: &'static str,
+    pub ok: bool,
+    pub reason: String,
+}
+
+pub struct SpectraView {
+    pub values_svg: String,
+    pub energy_svg: String,
+    pub summary: RankSummary,
+}
+
+pub struct MergeForm {
+    pub csrf: String,
+    pub candidates: Vec<String>,
+    pub methods: [&'static str; 7],
+    pub owner: String,
+}
+
+#[derive(Template)]
+#[template(path = "adapter.html")]
+struct AdapterPage {
+    chrome: Chrome,
+    adapter: AdapterRecord,
+    id: String,
+    version: Option<VersionRecord>,
+    summary: Option<LoraSummary>,
+    badges: Vec<Badge>,
+    vllm_max_lora_rank: Option<u64>,
+    card_html: Option<String>,
+    card_note: Option<String>,
+    files: Vec<FileRow>,
+    versions: Vec<VersionRow>,
+    lineage_svg: Option<String>,
+    lineage_method: Option<String>,
+    spectra: Option<SpectraView>,
+    spectra_note: Option<String>,
+    snippet: String,
+    merge: Option<MergeForm>,
+    created: String,
+    updated: String,
+}
+
+impl AdapterPage {
+    fn rank_pattern(&self) -> String {
+        self.summary.as_ref().map_or(String::new(), |s| {
+            s.rank_pattern
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+    fn alpha_pattern(&self) -> String {
+        self.summary.as_ref().map_or(String::new(), |s| {
+            s.alpha_pattern
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+    fn weights_size(&self) -> String {
+        self.summary
+            .as_ref()
+            .map_or(String::new(), |s| size(s.size as i64))
+    }
+    fn max_rank(&self) -> u64 {
+        self.summary
+            .as_ref()
+            .map_or(0, quiver_merge::compat::max_rank)
+    }
+}
+
+pub async fn adapter_page(
+    state: web::Data<AppState>,
+    caller: PageCaller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, PageError> {
+    page(&state, &caller, path.into_inner(), None).await
+}
+
+pub async fn version_page(
+    state: web::Data<AppState>,
+    caller: PageCaller,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, PageError> {
+    let (owner, name, reference) = path.into_inner();
+    page(&state, &caller, (owner, name), Some(reference)).await
+}
+
+/// A file's download URL on the API (path segments percent-encoded, `/` kept).
+fn file_href(adapter: &AdapterRecord, number: i64, path: &str) -> String {
+    let segments: Vec<String> = path.split('/').map(enc).collect();
+    format!(
+        "/api/v1/adapters/{}/{}/versions/{number}/files/{}",
+        adapter.owner,
+        adapter.name,
+        segments.join("/")
+    )
+}
+
+async fn page(
+    state: &AppState,
+    caller: &PageCaller,
+    path: (String, String),
+    reference: Option<String>,
+) -> Result<HttpResponse, PageError> {
+    let adapter = find_adapter(&state.store, &caller.caller, &path).await?;
+    let id = adapter.repo_id();
+    let version = state
+        .store
+        .meta
+        .get_version(
+            adapter.id,
+            &reference
+                .as_deref()
+                .map_or(VersionRef::Main, VersionRef::parse),
+        )
+        .await?;
+    if version.is_none()
+        && let Some(r) = &reference
+    {
+        return Err(PageError(ApiError::not_found(
+            ErrorCode::VersionNotFound,
+            format!("version {r} of {id}"),
+        )));
+    }
+    let aliases = state.store.meta.aliases(&[adapter.id]).await?;
+    let versions_page = state
+        .store
+        .meta
+        .list_versions(adapter.id, VERSIONS_SHOWN, None)
+        .await?;
+    let newest = versions_page.items.first().map(|v| v.number);
+    let versions = versions_page
+        .items
+        .iter()
+        .map(|v| {
+            let mut refs: Vec<String> = aliases
+                .iter()
+                .filter(|(_, _, n)| *n == v.number)
+                .map(|(_, a, _)| a.clone())
+                .collect();
+            if Some(v.number) == newest {
+                refs.insert(0, "main".into());
+            }
+            VersionRow {
+                number: v.number,
+                short: v.revision.chars().take(10).collect(),
+                created: when(v.created_at),
+                created_by: v.created_by.clone(),
+                refs,
+                href: format!("/{id}/versions/{}", v.number),
+                current: version.as_ref().is_some_and(|c| c.number == v.number),
+            }
+        })
+        .collect();
+
+    let summary = version
+        .as_ref()
+        .and_then(|v| crate::facets::summary(v.lora.as_ref()));
+    let compat = summary.as_ref().map(Compatibility::of);
+    let badges = compat
+        .as_ref()
+        .map(|c| {
+            vec![
+                Badge {
+                    name: "vLLM",
+                    ok: c.vllm.ok,
+                    reason: c.vllm.reason.clone(),
+                },
+                Badge {
+                    name: "LoRAX",
+                    ok: c.lorax.ok,
+                    reason: c.lorax.reason.clone(),
+                },
+                Badge {
+                    name: "PEFT",
+                    ok: c.peft.ok,
+                    reason: c.peft.reason.clone(),
+                },
+                Badge {
+                    name: "Merge",
+                    ok: c.merge.ok,
+                    reason: c.merge.reason.clone(),
+                },
+            ]
+        })
+        .unwrap_or_default();
+
+    let (mut card_html, mut card_note) = (None, None);
+    let mut files = Vec::new();
+    let mut lineage_svg = None;
+    let mut spectra_view = None;
+    let mut spectra_note = None;
+    let mut snippet = String::new();
+    if let Some(v) = &version {
+        files = v
+            .files
+            .iter()
+            .map(|f| FileRow {
+                path: f.path.clone(),
+                size: size(f.size),
+                sha256: f.sha256.clone(),
+                href: file_href(&adapter, v.number, &f.path),
+            })
+            .collect();
+        if let Some(readme) = v
+            .files
+            .iter()
+            .find(|f| f.path.eq_ignore_ascii_case("README.md"))
+        {
+            if readme.size as usize > MAX_CARD_BYTES {
+                card_note = Some(format!(
+                    "The card is {}; open README.md from the files below.",
+                    size(readme.size)
+                ));
+            } else {
+                let bytes: Vec<bytes::Bytes> = state
+                    .store
+                    .blobs
+                    .get(&readme.sha256, None)
+                    .await?
+                    .try_collect()
+                    .await?;
+                let text = String::from_utf8_lossy(&bytes.concat()).into_owned();
+                card_html = Some(card::render(&text));
+            }
+        }
+        let lineage = visible_lineage(state, &caller.viewer(), &adapter, v).await?;
+        if lineage.nodes.len() > 1 {
+            let nodes: Vec<DagNode> = lineage
+                .nodes
+                .iter()
+                .map(|n| DagNode {
+                    id: n.id.clone(),
+                    label: n.id.clone(),
+                    sublabel: n.method.clone().unwrap_or_else(|| "uploaded".into()),
+                    href: format!("/{}/versions/{}", n.adapter, n.version),
+                    current: n.id == lineage.root,
+                })
+                .collect();
+            let edges: Vec<(String, String)> = lineage
+                .edges
+                .iter()
+                .map(|e| (e.from.clone(), e.to.clone()))
+                .collect();
+            lineage_svg = Some(dag_svg(&nodes, &edges));
+        }
+        match spectra::spectra(state, v).await? {
+            Ok(s) => {
+                spectra_view = Some(SpectraView {
+                    values_svg: s.values_plot(),
+                    energy_svg: s.energy_plot(),
+                    summary: s.summary(),
+                })
+            }
+            Err(Missing::NoWeights) => {}
+            Err(Missing::TooLarge) => {
+                spectra_note = Some("The weights are too large to analyse on a page view.".into())
+            }
+            Err(Missing::Unsupported(why)) => {
+                spectra_note = Some(format!("No spectra for this version: {why}"))
+            }
+        }
+        let mut lines = vec![format!(
+            "# every file of {id} v{n} (revision {rev})\nBASE=\"$QUIVER_URL/api/v1/adapters/{id}/versions/{rev}/files\"",
+            n = v.number,
+            rev = v.revision
+        )];
+        for f in &v.files {
+            lines.push(format!(
+                "curl -fL -H \"Authorization: Bearer $QUIVER_TOKEN\" --create-dirs -o \"{id}/{p}\" \"$BASE/{p}\"",
+                p = f.path
+            ));
+        }
+        snippet = lines.join("\n");
+    }
+
+    let merge = match (caller.user(), &version) {
+        (Some(user), Some(_)) => {
+            let list = ListAdapters {
+                base_model: Some(adapter.base_model.clone()),
+                facets: FacetFilter::default(),
+                limit: MERGE_CANDIDATES,
+                ..ListAdapters::default()
+            };
+            let found = state
+                .store
+                .meta
+                .list_adapters(&list, &caller.viewer())
+                .await?;
+            Some(MergeForm {
+                csrf: caller.csrf.clone(),
+                candidates: found
+                    .items
+                    .iter()
+                    .map(AdapterRecord::repo_id)
+                    .filter(|r| *r != id)
+                    .collect(),
+                methods: METHODS,
+                owner: user.to_string(),
+            })
+        }
+        _ => None,
+    };
+
+    let page = AdapterPage {
+        chrome: Chrome::new(id.clone(), caller),
+        created: when(adapter.created_at),
+        updated: when(adapter.updated_at),
+        lineage_method: version
+            .as_ref()
+            .and_then(|v| v.lineage.as_ref())
+            .and_then(|l| l.get("method"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        vllm_max_lora_rank: compat.as_ref().and_then(|c| c.vllm_max_lora_rank),
+        adapter,
+        id,
+        version,
+        summary,
+        badges,
+        card_html,
+        card_note,
+        files,
+        versions,
+        lineage_svg,
+        spectra: spectra_view,
+        spectra_note,
+        snippet,
+        merge,
+    };
+    Ok(caller.finish(html(StatusCode::OK, render(&page)?)))
+}
+
+/// `POST /{owner}/{name}/merge`: the merge form. Queues the job through the same checks as
+/// `POST /api/v1/merges` and redirects to its page.
+pub async fn merge(
+    state: web::Data<AppState>,
+    caller: PageCaller,
+    path: web::Path<(String, String)>,
+    form: web::Form<Vec<(String, String)>>,
+) -> Result<HttpResponse, PageError> {
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    caller.check_csrf(&field("csrf"))?;
+    if caller.user().is_none() {
+        return Err(PageError(ApiError::unauthorized()));
+    }
+    let adapter = find_adapter(&state.store, &caller.caller, &path).await?;
+    let this = adapter.repo_id();
+    let reference = match field("ref") {
+        r if r.is_empty() => "main".to_string(),
+        r => r,
+    };
+    let mut inputs = vec![json!({"adapter": this, "ref": reference})];
+    for (k, v) in form.iter() {
+        if k == "inputs" && !v.is_empty() && *v != this {
+            inputs.push(json!({"adapter": v.trim()}));
+        }
+    }
+    let output = field("output");
+    let output = if output.contains('/') {
+        output
+    } else {
+        format!("{}/{}", caller.user().unwrap_or_default(), output)
+    };
+    let mut body = json!({
+        "method": field("method"),
+        "inputs": inputs,
+        "output": {"adapter": output, "create": true},
+    });
+    for (name, what) in [("density", "a number"), ("rank", "a whole number")] {
+        let raw = field(name);
+        if raw.is_empty() {
+            continue;
+        }
+        let value: Value = match name {
+            "rank" => raw.parse::<u64>().ok().map(Value::from),
+            _ => raw.parse::<f64>().ok().map(Value::from),
+        }
+        .ok_or_else(|| {
+            PageError(ApiError::coded(
+                ErrorCode::InvalidSpec,
+                format!("{name} must be {what}, got {raw:?}"),
+            ))
+        })?;
+        body[name] = value;
+    }
+    let (job, _) = queue_job(&state, &caller.caller, JobKind::Merge, body).await?;
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, format!("/jobs/{}", job.id)))
+        .finish())
+}

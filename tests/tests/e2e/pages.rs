@@ -1,0 +1,421 @@
+//! The web pages over real HTTP: status codes, escaping, the security headers, privacy on every
+//! page and facet, sign-in with CSRF, the merge form, lineage and spectra, and the listing facets
+//! (also on the JSON API).
+
+use std::time::Duration;
+
+use quiver_tests::{Backend, TestApp, app_or_skip, synthetic_adapter};
+use reqwest::Method;
+use reqwest::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use rstest::rstest;
+use serde_json::json;
+
+const XSS: &str = "<script>alert('desc')</script><img src=x onerror=alert(1)>";
+const CARD: &str = "# Hello card\n\nSome **bold** text.\n\n<script>alert('card')</script>\n\n\
+    <img src=x onerror=alert(2)>\n\n[bad](javascript:alert(3))\n";
+
+/// GET a page with optional cookies; returns status, headers and body.
+async fn page(
+    app: &TestApp,
+    path: &str,
+    cookies: &str,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let mut rb = app.request(Method::GET, path, "");
+    if !cookies.is_empty() {
+        rb = rb.header("Cookie", cookies);
+    }
+    let res = rb.send().await.expect("page");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    (status, headers, res.text().await.expect("body"))
+}
+
+/// The `name=value` pairs of a response's Set-Cookie headers.
+fn set_cookies(headers: &reqwest::header::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn hidden_csrf(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
+    html[at..at + 48].to_string()
+}
+
+/// Signs in through the form; returns the cookies to send afterwards.
+async fn sign_in(app: &TestApp, who: &str) -> String {
+    let (status, headers, html) = page(app, "/signin", "").await;
+    assert_eq!(status, 200);
+    let csrf_cookie = set_cookies(&headers).join("; ");
+    assert!(csrf_cookie.starts_with("quiver_csrf="), "{csrf_cookie}");
+    let csrf = hidden_csrf(&html);
+    let res = app
+        .request(Method::POST, "/signin", "")
+        .header("Cookie", &csrf_cookie)
+        .form(&[
+            ("token", app.token(who)),
+            ("csrf", &csrf),
+            ("next", "/jobs"),
+        ])
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()[LOCATION], "/jobs");
+    let raw: Vec<String> = res
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().expect("present").to_string())
+        .collect();
+    assert!(
+        raw.iter().any(|c| c.starts_with("quiver_session=")
+            && c.contains("HttpOnly")
+            && c.contains("SameSite=Strict")),
+        "{raw:?}"
+    );
+    format!("{csrf_cookie}; {}", set_cookies(res.headers()).join("; "))
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn pages_render_escape_and_carry_the_security_headers(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    let body = json!({"owner": "alice", "name": "xss", "base_model": "quiver-test/tiny-llama",
+        "description": XSS, "tags": ["<b>tag</b>"]});
+    assert_eq!(
+        app.post_json("/api/v1/adapters", "alice", &body).await.0,
+        201
+    );
+    let mut files = synthetic_adapter(4, &["q_proj", "v_proj"], 1);
+    files.push(("README.md".into(), CARD.as_bytes().to_vec()));
+    assert_eq!(app.upload("alice/xss", "alice", &files).await.0, 201);
+
+    for path in [
+        "/",
+        "/alice/xss",
+        "/alice/xss/versions/1",
+        "/alice/xss/versions/main",
+    ] {
+        let (status, headers, html) = page(&app, path, "").await;
+        assert_eq!(status, 200, "{path}");
+        assert!(
+            headers[CONTENT_TYPE]
+                .to_str()
+                .expect("present")
+                .starts_with("text/html")
+        );
+        let csp = headers[CONTENT_SECURITY_POLICY].to_str().expect("present");
+        assert!(
+            csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+            "{csp}"
+        );
+        for bad in ["<script", "<img", "javascript:", "<b>tag"] {
+            assert!(!html.contains(bad), "{path} contains {bad}");
+        }
+        assert!(html.contains("alice/xss"), "{path}");
+    }
+    let (_, _, html) = page(&app, "/alice/xss", "").await;
+    let at = html.find("id=\"description\"").expect("description shown");
+    assert!(
+        html[at..].starts_with("id=\"description\">&#60;script&#62;alert("),
+        "escaped: {}",
+        &html[at..at + 120]
+    );
+    assert!(
+        html.contains("<h1>Hello card</h1>") && html.contains("<strong>bold</strong>"),
+        "the card is rendered"
+    );
+    for part in [
+        "LoRA summary",
+        "vLLM ✓",
+        "--max-lora-rank 8",
+        "Spectra",
+        "<svg",
+        "Effective rank",
+    ] {
+        assert!(html.contains(part), "adapter page lacks {part}");
+    }
+    let (_, version) = app
+        .get_json("/api/v1/adapters/alice/xss/versions/1", "")
+        .await;
+    for f in version["files"].as_array().expect("present") {
+        assert!(
+            html.contains(f["sha256"].as_str().expect("present")),
+            "files table lists {f}"
+        );
+    }
+    assert_eq!(version["compatibility"]["vllm"]["ok"], true, "{version}");
+    assert_eq!(version["compatibility"]["vllm_max_lora_rank"], 8);
+    assert_eq!(version["compatibility"]["merge"]["ok"], true);
+    // The download link of the files table works.
+    let link = "/api/v1/adapters/alice/xss/versions/1/files/README.md";
+    assert!(html.contains(link));
+    assert_eq!(
+        app.download("alice/xss", "1", "README.md", "").await,
+        CARD.as_bytes()
+    );
+
+    // Errors: HTML on page paths, the JSON envelope on the API.
+    for path in [
+        "/alice/nope",
+        "/alice/xss/versions/9",
+        "/nobody/x/y/z",
+        "/jobs/../x",
+        "/static/nope.css",
+    ] {
+        let (status, headers, html) = page(&app, path, "").await;
+        assert_eq!(status, 404, "{path}");
+        assert!(
+            headers[CONTENT_TYPE]
+                .to_str()
+                .expect("present")
+                .starts_with("text/html"),
+            "{path}"
+        );
+        assert!(html.contains("404"), "{path}");
+    }
+    let (status, body) = app.get_json("/api/v1/nope", "").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("route_not_found"))
+    );
+    let res = app
+        .request(Method::DELETE, "/", "")
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(res.status(), 405);
+    assert!(
+        res.headers()["allow"]
+            .to_str()
+            .expect("present")
+            .contains("GET")
+    );
+    assert!(res.text().await.expect("present").contains("405"));
+    let (status, _, html) = page(&app, "/?rank_min=lots", "").await;
+    assert_eq!(status, 400);
+    assert!(html.contains("rank_min"));
+    let (status, _, css) = page(&app, "/static/style.css", "").await;
+    assert_eq!(status, 200);
+    assert!(css.contains(".card"));
+    // Reserved owners cannot be created.
+    let body = json!({"owner": "jobs", "name": "x", "base_model": "b"});
+    let (status, e) = app.post_json("/api/v1/adapters", "admin", &body).await;
+    assert_eq!(status, 400, "{e}");
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn private_adapters_show_only_to_their_signed_in_owner(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    assert_eq!(
+        app.create_adapter("alice", "open", false, "alice").await.0,
+        201
+    );
+    let body = json!({"owner": "alice", "name": "secret", "base_model": "secret-base/model",
+        "tags": ["hidden-tag"], "private": true});
+    assert_eq!(
+        app.post_json("/api/v1/adapters", "alice", &body).await.0,
+        201
+    );
+    assert_eq!(
+        app.upload(
+            "alice/secret",
+            "alice",
+            &synthetic_adapter(4, &["k_proj"], 2)
+        )
+        .await
+        .0,
+        201
+    );
+
+    for who_cookies in ["", "quiver_session=qvt_forged"] {
+        let (_, _, listing) = page(&app, "/", who_cookies).await;
+        for leak in ["alice/secret", "hidden-tag", "secret-base", "k_proj"] {
+            assert!(!listing.contains(leak), "{leak} leaks to {who_cookies:?}");
+        }
+        for path in [
+            "/alice/secret",
+            "/alice/secret/versions/1",
+            "/alice/secret/versions/main",
+        ] {
+            assert_eq!(page(&app, path, who_cookies).await.0, 404, "{path}");
+        }
+    }
+    // A form without the CSRF token does nothing.
+    let res = app
+        .request(Method::POST, "/signin", "")
+        .form(&[("token", app.token("alice")), ("csrf", "")])
+        .send()
+        .await
+        .expect("signin");
+    assert_eq!(res.status(), 403);
+    assert!(res.headers().get(SET_COOKIE).is_none());
+
+    let bob = sign_in(&app, "bob").await;
+    assert_eq!(
+        page(&app, "/alice/secret", &bob).await.0,
+        404,
+        "bob is not the owner"
+    );
+    let alice = sign_in(&app, "alice").await;
+    let (status, _, html) = page(&app, "/alice/secret", &alice).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Signed in as <strong>alice</strong>"));
+    let (_, _, listing) = page(&app, "/", &alice).await;
+    assert!(listing.contains("alice/secret") && listing.contains("hidden-tag"));
+    // The page's download links work for the owner in the browser (the cookie, on GET only).
+    let res = app
+        .request(
+            Method::GET,
+            "/api/v1/adapters/alice/secret/versions/1/files/adapter_config.json",
+            "",
+        )
+        .header("Cookie", &alice)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(res.status(), 200);
+
+    // Sign out: the session cookie is cleared and the adapter is gone again.
+    let (_, _, form) = page(&app, "/signout", &alice).await;
+    let res = app
+        .request(Method::POST, "/signout", "")
+        .header("Cookie", &alice)
+        .form(&[("csrf", hidden_csrf(&form))])
+        .send()
+        .await
+        .expect("signout");
+    assert_eq!(res.status(), 303);
+    let cleared = res.headers()[SET_COOKIE]
+        .to_str()
+        .expect("present")
+        .to_string();
+    assert!(
+        cleared.starts_with("quiver_session=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    assert_eq!(page(&app, "/alice/secret", "").await.0, 404);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn the_merge_form_runs_a_job_whose_page_shows_progress_and_lineage(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    app.adapter_with("alice/a", &synthetic_adapter(4, &["q_proj", "v_proj"], 1))
+        .await;
+    app.adapter_with("alice/b", &synthetic_adapter(16, &["q_proj", "v_proj"], 2))
+        .await;
+    let alice = sign_in(&app, "alice").await;
+    let (_, _, html) = page(&app, "/alice/a", &alice).await;
+    assert!(html.contains("Start merge job") && html.contains("value=\"alice/b\""));
+    let res = app
+        .request(Method::POST, "/alice/a/merge", "")
+        .header("Cookie", &alice)
+        .form(&[
+            ("csrf", hidden_csrf(&html).as_str()),
+            ("ref", "1"),
+            ("inputs", "alice/b"),
+            ("method", "linear"),
+            ("output", "merged"),
+        ])
+        .send()
+        .await
+        .expect("merge");
+    assert_eq!(res.status(), 303, "{:?}", res.text().await);
+    let location = res.headers()[LOCATION]
+        .to_str()
+        .expect("present")
+        .to_string();
+    let id = location
+        .strip_prefix("/jobs/")
+        .expect("job page")
+        .to_string();
+    let job = app.wait_job(&id, "alice", Duration::from_secs(60)).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (status, _, job_page) = page(&app, &location, &alice).await;
+    assert_eq!(status, 200);
+    assert!(job_page.contains("succeeded") && job_page.contains("/alice/merged/versions/1"));
+    assert!(
+        !job_page.contains("http-equiv=\"refresh\""),
+        "a finished job stops reloading"
+    );
+    assert_eq!(
+        page(&app, &location, "").await.0,
+        303,
+        "anonymous callers are sent to sign in"
+    );
+    let bob = sign_in(&app, "bob").await;
+    assert_eq!(
+        page(&app, &location, &bob).await.0,
+        404,
+        "another user's job"
+    );
+    let (_, _, jobs) = page(&app, "/jobs", &alice).await;
+    assert!(jobs.contains(&id[..8]));
+
+    // The merged version's lineage graph links both parents.
+    let (_, _, merged) = page(&app, "/alice/merged", &alice).await;
+    assert!(merged.contains("Lineage"), "no lineage section");
+    for href in ["/alice/a/versions/1", "/alice/b/versions/1"] {
+        assert!(
+            merged.contains(&format!("<a href=\"{href}\">")),
+            "lineage lacks {href}"
+        );
+    }
+
+    // Facets: kind, rank range, targets and vLLM, on the page and the API alike.
+    let names = |body: &serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> = body["items"]
+            .as_array()
+            .expect("present")
+            .iter()
+            .map(|a| a["id"].as_str().expect("present").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    for (query, want) in [
+        ("kind=merged", vec!["alice/merged"]),
+        ("kind=trained", vec!["alice/a", "alice/b"]),
+        ("rank_min=8", vec!["alice/b", "alice/merged"]),
+        ("rank_max=4", vec!["alice/a"]),
+        (
+            "target=v_proj&vllm=true",
+            vec!["alice/a", "alice/b", "alice/merged"],
+        ),
+        ("target=k_proj", vec![]),
+        (
+            "target=q%5Fproj",
+            vec!["alice/a", "alice/b", "alice/merged"],
+        ),
+    ] {
+        let (status, body) = app.get_json(&format!("/api/v1/adapters?{query}"), "").await;
+        assert_eq!(status, 200, "{query}: {body}");
+        assert_eq!(names(&body), want, "{query}");
+        let (status, _, html) =
+            page(&app, &format!("/?{}", query.replace("true", "yes")), "").await;
+        assert_eq!(status, 200, "{query}");
+        for w in &want {
+            assert!(
+                html.contains(&format!("href=\"/{w}\"")),
+                "{query}: page lacks {w}"
+            );
+        }
+    }
+    let (_, _, listing) = page(&app, "/", "").await;
+    assert!(
+        listing.contains("merged</a> <span class=\"count\">1</span>"),
+        "kind facet counts"
+    );
+}
