@@ -2,7 +2,8 @@
 # Runs the whole test suite on a fresh machine: starts PostgreSQL if needed, installs and starts
 # a real S3-API server (moto_server, from PyPI, in .venv-test), installs OpenBLAS if missing and
 # the routing embedder's model files (scripts/embedder.sh), then runs every workspace test with
-# the Postgres + S3 and embedder cases required (not skipped).
+# the Postgres + S3 and embedder cases required (not skipped), and the web pages' browser tests
+# (Debian's chromium driven by playwright-core from npm; tests/browser/run.mjs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,11 +11,15 @@ MOTO_VERSION="5.2.5"
 S3_PORT="${QUIVER_TEST_S3_PORT:-9310}"
 VENV=".venv-test"
 
-# 0. System libraries: LAPACK (OpenBLAS) for the merge engine's small decompositions.
-if ! dpkg -s libopenblas-dev > /dev/null 2>&1; then
-  echo "installing libopenblas-dev"
+# 0. System packages: LAPACK (OpenBLAS) for the merge engine's small decompositions, and
+#    chromium for the browser tests.
+MISSING=""
+dpkg -s libopenblas-dev > /dev/null 2>&1 || MISSING="$MISSING libopenblas-dev"
+[ -x /usr/bin/chromium ] || MISSING="$MISSING chromium"
+if [ -n "$MISSING" ]; then
+  echo "installing$MISSING"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libopenblas-dev
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $MISSING
 fi
 
 # 1. PostgreSQL.
@@ -51,3 +56,7 @@ export QUIVER_EMBEDDER_DIR QUIVER_REQUIRE_EMBEDDER=1
 #    processes of the built binary (killed workers, scale-out), so build it first.
 cargo build --locked --bin quiver
 cargo test --workspace --locked "$@"
+
+# 5. The web pages in a real browser (playwright-core and axe-core pinned in package-lock.json).
+npm ci --prefix tests/browser --no-audit --no-fund --silent
+node tests/browser/run.mjs target/debug/quiver
