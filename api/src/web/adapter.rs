@@ -99,22 +99,14 @@ struct AdapterPage {
 
 impl AdapterPage {
     fn rank_pattern(&self) -> String {
-        self.summary.as_ref().map_or(String::new(), |s| {
-            s.rank_pattern
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
+        self.summary
+            .as_ref()
+            .map_or(String::new(), |s| pattern(&s.rank_pattern))
     }
     fn alpha_pattern(&self) -> String {
-        self.summary.as_ref().map_or(String::new(), |s| {
-            s.alpha_pattern
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
+        self.summary
+            .as_ref()
+            .map_or(String::new(), |s| pattern(&s.alpha_pattern))
     }
     fn weights_size(&self) -> String {
         self.summary
@@ -126,6 +118,14 @@ impl AdapterPage {
             .as_ref()
             .map_or(0, quiver_merge::compat::max_rank)
     }
+}
+
+/// `key: value, …` of a rank or alpha pattern.
+fn pattern<V: std::fmt::Display>(map: &std::collections::BTreeMap<String, V>) -> String {
+    map.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub async fn adapter_page(

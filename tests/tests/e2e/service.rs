@@ -97,9 +97,10 @@ async fn health_metrics_openapi_and_docs(#[case] backend: Backend) {
 #[tokio::test]
 async fn every_error_is_the_json_envelope(#[case] backend: Backend) {
     let app = app_or_skip!(backend);
+    // Outside /api/ unknown paths are the web pages' (HTML errors: tests/e2e/pages.rs).
     let cases = [
         (
-            app.request(Method::GET, "/nope", ""),
+            app.request(Method::GET, "/api/nope", ""),
             404,
             "route_not_found",
         ),
