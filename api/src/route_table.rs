@@ -15,6 +15,8 @@ enum Segment {
 
 pub struct RouteTable {
     routes: Vec<(Vec<Segment>, Vec<&'static str>)>,
+    /// The web pages' routes; they answer only page paths (`web::is_page_path`).
+    pages: Vec<(Vec<Segment>, Vec<&'static str>)>,
 }
 
 impl RouteTable {
@@ -25,13 +27,16 @@ impl RouteTable {
             .iter()
             .map(|(template, item)| (segments(template), methods(item)))
             .collect();
-        Self { routes }
+        Self {
+            routes,
+            pages: Vec::new(),
+        }
     }
 
     /// Adds the web pages' routes (not in the OpenAPI document).
     pub fn with_pages(mut self, pages: &[(&str, &[&'static str])]) -> Self {
         for (template, methods) in pages {
-            self.routes.push((segments(template), methods.to_vec()));
+            self.pages.push((segments(template), methods.to_vec()));
         }
         self
     }
@@ -40,7 +45,12 @@ impl RouteTable {
     pub fn allowed(&self, path: &str) -> Option<Vec<&'static str>> {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let mut allowed: Vec<&'static str> = Vec::new();
-        for (template, methods) in &self.routes {
+        let pages = if crate::web::is_page_path(path) {
+            &self.pages[..]
+        } else {
+            &[]
+        };
+        for (template, methods) in self.routes.iter().chain(pages) {
             if matches(template, &parts) {
                 for m in methods {
                     if !allowed.contains(m) {

@@ -18,7 +18,7 @@ pub mod svg;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, guard, web};
 use askama::Template;
 use quiver_store::time::rfc3339;
 
@@ -54,6 +54,9 @@ pub fn is_page_path(path: &str) -> bool {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // `/{owner}/…` must not swallow API or docs paths that no API route matched (those keep
+    // their JSON 404/405).
+    let pages = || guard::fn_guard(|ctx| is_page_path(ctx.head().uri.path()));
     cfg.route("/", web::get().to(listing::index))
         .route("/signin", web::get().to(session::signin_form))
         .route("/signin", web::post().to(session::signin))
@@ -62,11 +65,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/jobs", web::get().to(jobs::list))
         .route("/jobs/{id}", web::get().to(jobs::show))
         .route("/static/{file}", web::get().to(static_file))
-        .route("/{owner}/{name}", web::get().to(adapter::adapter_page))
-        .route("/{owner}/{name}/merge", web::post().to(adapter::merge))
+        .route(
+            "/{owner}/{name}",
+            web::get().guard(pages()).to(adapter::adapter_page),
+        )
+        .route(
+            "/{owner}/{name}/merge",
+            web::post().guard(pages()).to(adapter::merge),
+        )
         .route(
             "/{owner}/{name}/versions/{ref}",
-            web::get().to(adapter::version_page),
+            web::get().guard(pages()).to(adapter::version_page),
         );
 }
 
