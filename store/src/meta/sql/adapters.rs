@@ -196,11 +196,12 @@ impl AdapterStore for SqlMetadata {
 
     async fn facet_counts(&self, viewer: &Viewer, limit: u32) -> Result<FacetCounts, StoreError> {
         let limit = i64::from(limit.max(1));
-        let count = |select: &str, from: &str, group: &str| {
+        // `latest`: `from` joins `versions v`, counted only at each adapter's newest ready version.
+        let count = |select: &str, from: &str, group: &str, latest: bool| {
             let mut sql = Sql::new(&format!(
                 "SELECT {select} AS value, COUNT(*) AS n FROM {from} WHERE 1 = 1"
             ));
-            if from.contains(" v ") {
+            if latest {
                 push_latest_ready(&mut sql);
             }
             push_visible(&mut sql, viewer, "a.");
@@ -212,14 +213,15 @@ impl AdapterStore for SqlMetadata {
         };
         let latest = "adapters a JOIN versions v ON v.adapter_id = a.id";
         let queries = [
-            count("a.base_model", "adapters a", "a.base_model"),
-            count("a.owner", "adapters a", "a.owner"),
+            count("a.base_model", "adapters a", "a.base_model", false),
+            count("a.owner", "adapters a", "a.owner", false),
             count(
                 "t.tag",
                 "adapters a JOIN adapter_tags t ON t.adapter_id = a.id",
                 "t.tag",
+                false,
             ),
-            count("v.kind", latest, "v.kind"),
+            count("v.kind", latest, "v.kind", true),
         ];
         let mut lists = Vec::with_capacity(queries.len());
         for sql in queries {
