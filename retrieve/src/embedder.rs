@@ -1,6 +1,7 @@
-//! The sentence embedder: a BERT sentence-transformer (all-MiniLM-L6-v2 by default) run with
-//! candle from local files, with sentence-transformers' recipe: WordPiece tokens truncated to the
-//! model's `max_seq_length` (256), mean pooling over the attention mask, L2 normalisation.
+//! The sentence embedder: a BERT sentence-transformer (all-MiniLM-L6-v2 by default) run by our
+//! own encoder ([`crate::bert`]) from local files, with sentence-transformers' recipe: WordPiece
+//! tokens truncated to the model's `max_seq_length` (256), mean pooling over the tokens, L2
+//! normalisation.
 //!
 //! The model directory is what a sentence-transformers checkpoint holds (`config.json`,
 //! `tokenizer.json`, `model.safetensors`, optionally `sentence_bert_config.json` and
@@ -8,26 +9,28 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::RetrieveError;
+use crate::bert::{Bert, BertConfig, Workspace};
 
 /// Sentence-transformers' default when the checkpoint does not say.
 const DEFAULT_MAX_SEQ_LENGTH: usize = 256;
-/// Sequences are embedded in padded batches of at most this many, sorted by length so that a
-/// batch pads little.
-const MAX_BATCH: usize = 32;
+/// Sequences go through the encoder packed together, at most this many tokens per pass: the
+/// workspace (about 9 KB per token for MiniLM) stays a few tens of MB however long the batch.
+const TOKENS_PER_PASS: usize = 4096;
 
-/// A loaded sentence embedder. `embed` is blocking (rayon inside candle's matmuls): call it off
-/// the async runtime, or through [`crate::Batcher`].
+/// A loaded sentence embedder. `embed` is blocking (it uses the rayon pool): call it off the
+/// async runtime, or through [`crate::Batcher`].
 pub struct Embedder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
-    device: Device,
+    /// Reused between calls; calls from several threads take turns.
+    workspace: Mutex<Workspace>,
     dim: usize,
     max_seq_length: usize,
     id: String,
@@ -44,19 +47,15 @@ impl std::fmt::Debug for Embedder {
 }
 
 impl Embedder {
-    /// Loads the model from a sentence-transformers directory, on the CPU.
+    /// Loads the model from a sentence-transformers directory.
     pub fn load(dir: &Path) -> Result<Self, RetrieveError> {
-        Self::load_on(dir, Device::Cpu)
-    }
-
-    pub fn load_on(dir: &Path, device: Device) -> Result<Self, RetrieveError> {
         let read = |name: &str| -> Result<Vec<u8>, RetrieveError> {
             let path = dir.join(name);
             std::fs::read(&path)
                 .map_err(|e| RetrieveError::Model(format!("{}: {e}", path.display())))
         };
         let config_bytes = read("config.json")?;
-        let config: Config = serde_json::from_slice(&config_bytes)
+        let config: BertConfig = serde_json::from_slice(&config_bytes)
             .map_err(|e| RetrieveError::Model(format!("config.json: {e}")))?;
         check_pooling(dir)?;
         let max_seq_length = max_seq_length(dir)?.min(config.max_position_embeddings);
@@ -74,13 +73,12 @@ impl Embedder {
         tokenizer.with_padding(None);
         let weights = read("model.safetensors")?;
         let id = model_id(dir, &[&config_bytes, &tokenizer_bytes, &weights]);
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
-        let model = BertModel::load(vb, &config)?;
+        let model = Bert::load(&config, &weights)?;
         Ok(Self {
+            dim: model.hidden_size(),
             model,
             tokenizer,
-            device,
-            dim: config.hidden_size,
+            workspace: Mutex::new(Workspace::default()),
             max_seq_length,
             id,
         })
@@ -110,42 +108,41 @@ impl Embedder {
     }
 
     /// Unit-length embeddings, one per text, in order.
-    pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>, RetrieveError> {
-        let mut ids = Vec::with_capacity(texts.len());
-        for text in texts {
-            ids.push(self.token_ids(text.as_ref())?);
-        }
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
-        let mut out = vec![Vec::new(); ids.len()];
-        for chunk in order.chunks(MAX_BATCH) {
-            let batch: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
-            for (&i, vector) in chunk.iter().zip(self.forward(&batch)?) {
-                out[i] = vector;
+    pub fn embed<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<f32>>, RetrieveError> {
+        let ids: Vec<Vec<u32>> = texts
+            .par_iter()
+            .map(|text| self.token_ids(text.as_ref()))
+            .collect::<Result<_, _>>()?;
+        let mut work = self
+            .workspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = Vec::with_capacity(ids.len());
+        let mut pass: Vec<&[u32]> = Vec::new();
+        let mut tokens = 0;
+        for sequence in &ids {
+            if tokens + sequence.len() > TOKENS_PER_PASS && !pass.is_empty() {
+                out.extend(
+                    self.model
+                        .pooled(&pass, &mut work)?
+                        .into_iter()
+                        .map(normalized),
+                );
+                pass.clear();
+                tokens = 0;
             }
+            pass.push(sequence);
+            tokens += sequence.len();
+        }
+        if !pass.is_empty() {
+            out.extend(
+                self.model
+                    .pooled(&pass, &mut work)?
+                    .into_iter()
+                    .map(normalized),
+            );
         }
         Ok(out)
-    }
-
-    /// One padded batch through the model, mean-pooled over the mask and normalised.
-    fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, RetrieveError> {
-        let len = batch.iter().map(|ids| ids.len()).max().unwrap_or(0).max(1);
-        let mut input = vec![0u32; batch.len() * len];
-        let mut mask = vec![0f32; batch.len() * len];
-        for (row, ids) in batch.iter().enumerate() {
-            input[row * len..row * len + ids.len()].copy_from_slice(ids);
-            mask[row * len..row * len + ids.len()].fill(1.0);
-        }
-        let input = Tensor::from_vec(input, (batch.len(), len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (batch.len(), len), &self.device)?;
-        let token_types = input.zeros_like()?;
-        let hidden = self.model.forward(&input, &token_types, Some(&mask))?;
-        // Mean over the real tokens: Σ_t mask·h / max(Σ_t mask, ε).
-        let summed = hidden.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
-        let counts = mask.sum_keepdim(1)?.clamp(1e-9, f64::MAX)?;
-        let pooled = summed.broadcast_div(&counts)?;
-        let rows: Vec<Vec<f32>> = pooled.to_dtype(DType::F32)?.to_vec2()?;
-        Ok(rows.into_iter().map(normalized).collect())
     }
 }
 

@@ -4,8 +4,10 @@
 //! ([`Index`]). Storage and HTTP live elsewhere (`quiver-store`, `quiver-api`).
 
 mod batcher;
+mod bert;
 mod embedder;
 mod index;
+mod kernels;
 mod mix;
 mod profile;
 mod samples;
@@ -35,10 +37,4 @@ pub enum RetrieveError {
     /// A vector of the wrong length or with non-finite values.
     #[error("{0}")]
     Vector(String),
-}
-
-impl From<candle_core::Error> for RetrieveError {
-    fn from(error: candle_core::Error) -> Self {
-        RetrieveError::Embedding(error.to_string())
-    }
 }
