@@ -330,8 +330,7 @@ impl Bert {
                     let (q, k, v) = (view(0), view(h), view(2 * h));
                     kernels::gemm_into(scores, len, q, k, Layout::Transposed, false);
                     for row in scores.chunks_mut(len) {
-                        row.iter_mut().for_each(|s| *s *= scale);
-                        kernels::softmax_in_place(row);
+                        kernels::scaled_softmax_in_place(row, scale);
                     }
                     let p = Mat::new(scores, len, len);
                     kernels::gemm_into(&mut out[head * d..], h, p, v, Layout::AsIs, false);

@@ -22,7 +22,7 @@ use crate::bert::{Bert, BertConfig, Workspace};
 const DEFAULT_MAX_SEQ_LENGTH: usize = 256;
 /// Sequences go through the encoder packed together, at most this many tokens per pass: the
 /// workspace (about 9 KB per token for MiniLM) stays a few tens of MB however long the batch.
-const TOKENS_PER_PASS: usize = 4096;
+const TOKENS_PER_PASS: usize = 2048;
 
 /// A loaded sentence embedder. `embed` is blocking (it uses the rayon pool): call it off the
 /// async runtime, or through [`crate::Batcher`].

@@ -111,8 +111,8 @@ pub(crate) fn gemm_into(
 /// by output columns, so that each thread reads only its part of the weights (a short prompt
 /// is bound by reading the weights, not by arithmetic).
 const ROW_SPLIT_MIN_ROWS: usize = 64;
-/// Rows per task when splitting by rows.
-const ROWS_PER_TASK: usize = 64;
+/// Rows per task when splitting by rows (fewer when that would leave a thread idle).
+const ROWS_PER_TASK: usize = 128;
 
 /// `dst[m × n] = a[m × k] · w[k × n] + bias`, on the rayon pool.
 pub(crate) fn linear(dst: &mut [f32], a: Mat<'_>, w: Mat<'_>, bias: &[f32]) {
@@ -122,14 +122,15 @@ pub(crate) fn linear(dst: &mut [f32], a: Mat<'_>, w: Mat<'_>, bias: &[f32]) {
     let dst = &mut dst[..m * n];
     let threads = rayon::current_num_threads().max(1);
     if m >= ROW_SPLIT_MIN_ROWS || threads == 1 {
-        dst.par_chunks_mut(ROWS_PER_TASK * n)
+        let per_task = ROWS_PER_TASK.min(m.div_ceil(threads)).max(1);
+        dst.par_chunks_mut(per_task * n)
             .enumerate()
             .for_each(|(block, out)| {
                 let rows = out.len() / n;
                 for row in out.chunks_mut(n) {
                     row.copy_from_slice(bias);
                 }
-                let start = block * ROWS_PER_TASK * a.stride;
+                let start = block * per_task * a.stride;
                 let a_block = Mat {
                     data: &a.data[start..],
                     rows,
@@ -207,15 +208,38 @@ pub(crate) fn gelu_in_place(x: &mut [f32]) {
     });
 }
 
-/// Softmax of one row, in place.
-pub(crate) fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in row.iter_mut() {
-        *v = exp(*v - max);
+/// `softmax(scale · row)`, in place. The max and the sum run over eight lanes: a plain float
+/// fold is sequential (no reassociation), which made this the slowest part of attention.
+pub(crate) fn scaled_softmax_in_place(row: &mut [f32], scale: f32) {
+    const LANES: usize = 8;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in chunks.by_ref() {
+        for (m, v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(*v);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let shift = max * scale;
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in chunks.by_ref() {
+        for (s, v) in sums.iter_mut().zip(chunk) {
+            *v = exp(*v * scale - shift);
+            *s += *v;
+        }
+    }
+    let mut sum = 0f32;
+    for v in chunks.into_remainder() {
+        *v = exp(*v * scale - shift);
         sum += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / (sum + sums.iter().sum::<f32>());
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
@@ -406,10 +430,16 @@ mod tests {
 
     #[test]
     fn softmax_sums_to_one_and_keeps_ratios() {
-        let mut row = vec![1.0f32, 2.0, 3.0, -50.0];
-        softmax_in_place(&mut row);
+        // 11 entries: one full group of eight lanes and a remainder; the max in the remainder.
+        let values: Vec<f32> = (0..11).map(|i| i as f32 * 0.3 - 1.0).collect();
+        let mut row = values.clone();
+        scaled_softmax_in_place(&mut row, 2.0);
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert!((row[1] / row[0] - 1f32.exp()).abs() < 1e-5);
+        let total: f64 = values.iter().map(|v| (2.0 * *v as f64).exp()).sum();
+        for (got, v) in row.iter().zip(&values) {
+            let want = (2.0 * *v as f64).exp() / total;
+            assert!((*got as f64 - want).abs() < 1e-6 * want, "{got} vs {want}");
+        }
     }
 
     #[test]

@@ -56,7 +56,7 @@ fn matches_sentence_transformers_on_the_fixture() {
             .any(|s| s["input_ids"].as_array().expect("ids").len() == embedder.max_seq_length()),
         "the fixture has a sentence truncated at max_seq_length"
     );
-    // All at once (padded batches) and one by one must both match.
+    // All at once (packed together) and one by one must both match.
     let batched = embedder.embed(&texts).expect("embed");
     let mut worst = 1.0f64;
     for (i, s) in sentences.iter().enumerate() {
@@ -88,6 +88,23 @@ fn matches_sentence_transformers_on_the_fixture() {
         }
     }
     eprintln!("worst cosine against sentence-transformers: {worst:.7}");
+    // Many copies: thousands of tokens, so the encoder splits them over several packed passes.
+    let copies: Vec<&str> = texts
+        .iter()
+        .cycle()
+        .take(texts.len() * 12)
+        .copied()
+        .collect();
+    for (i, got) in embedder
+        .embed(&copies)
+        .expect("embed copies")
+        .iter()
+        .enumerate()
+    {
+        let want = &batched[i % texts.len()];
+        let c: f32 = got.iter().zip(want).map(|(a, b)| a * b).sum();
+        assert!(c > 0.99999, "copy {i} of {:?}: cosine {c}", copies[i]);
+    }
 }
 
 #[tokio::test]
