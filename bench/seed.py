@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 OWNERS = [
     "acme-ml", "nlp-lab", "vision-team", "speech-group", "research", "platform", "applied-ai",
-    "search", "ads-ranking", "safety", "legal-ai", "med-nlp", "finance-ml", "support-bots",
+    "search-team", "ads-ranking", "safety", "legal-ai", "med-nlp", "finance-ml", "support-bots",
     "code-assist", "translation", "edu-tech", "retail-ai", "gaming-ai", "robotics",
 ]
 DOMAINS = [

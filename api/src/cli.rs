@@ -48,6 +48,10 @@ pub enum Command {
         /// HTTP worker threads [default: one per CPU].
         #[arg(long, env = "QUIVER_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
+        /// Hosts whose https:// images model cards may show, comma-separated (e.g.
+        /// images.example.com,cdn.example:8443) [default: none; cards show no images].
+        #[arg(long, env = "QUIVER_CARD_IMAGE_HOSTS", value_delimiter = ',')]
+        card_image_hosts: Vec<String>,
         /// Merge and compression workers in this process (0: none; run `quiver worker` instead).
         #[arg(long, env = "QUIVER_JOB_WORKERS", default_value_t = 1)]
         job_workers: usize,
@@ -116,6 +120,7 @@ pub async fn run(cli: Cli) -> CliResult {
             max_upload_bytes,
             list_cache_bytes,
             workers,
+            card_image_hosts,
             job_workers,
             jobs,
             routing,
@@ -128,6 +133,7 @@ pub async fn run(cli: Cli) -> CliResult {
                     max_upload_bytes,
                     list_cache_bytes,
                     workers: workers.map(usize::from),
+                    card_images: crate::web::card::ImagePolicy::new(&card_image_hosts)?,
                 },
                 workers: jobs.options(job_workers, &storage),
                 routing: routing.options().map_err(StartupError::Embedder)?,

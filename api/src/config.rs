@@ -136,6 +136,8 @@ pub struct HttpOptions {
     pub list_cache_bytes: u64,
     /// HTTP worker threads; `None` is one per CPU.
     pub workers: Option<usize>,
+    /// Hosts whose https images model cards may show (none by default).
+    pub card_images: crate::web::card::ImagePolicy,
 }
 
 impl Default for HttpOptions {
@@ -144,6 +146,7 @@ impl Default for HttpOptions {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             list_cache_bytes: DEFAULT_LIST_CACHE_BYTES,
             workers: None,
+            card_images: Default::default(),
         }
     }
 }

@@ -100,6 +100,7 @@ impl Application {
             ),
             job_wake,
             routing,
+            card_images: options.card_images.clone(),
         });
         let server = HttpServer::new(move || {
             let (app, api) = App::new()

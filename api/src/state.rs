@@ -14,4 +14,6 @@ pub struct AppState {
     /// Wakes this process's idle job workers when a handler queues a job.
     pub job_wake: Arc<tokio::sync::Notify>,
     pub routing: Arc<crate::routing::Routing>,
+    /// Which remote images model cards may show (`--card-image-hosts`).
+    pub card_images: crate::web::card::ImagePolicy,
 }

@@ -10,7 +10,7 @@ MODEL="$(scripts/embedder.sh)"
 EVAL=bench/out/route/eval.json
 [ -f "$EVAL" ] || "$PY" bench/route/make_eval.py
 cargo build --release --quiet -p quiver-retrieve --example route_eval
-echo "quiver (candle embedder), every recipe:"
+echo "quiver embedder, every recipe:"
 target/release/examples/route_eval "$MODEL" "$EVAL" | tee bench/out/route/quiver_eval.json
 echo "sentence-transformers + numpy:"
 HF_HUB_OFFLINE=1 "$PY" bench/route/st_baseline.py "$MODEL" "$EVAL" --json bench/out/route/st_baseline.json

@@ -11,7 +11,8 @@ Speed depends on how many tokens the texts have, not on what they say, so the sp
 
 Texts: the reference's paragraphs (code listings and tables dropped, whitespace collapsed), joined
 in order within a topic until each text reaches a length drawn uniformly from 60–500 characters
-(seed 0), cut at 2,000 characters. Output has eval.json's shape so the same scripts read it:
+(seed 0), cut at 2,000 characters (about 460 characters on average), or with --cut at the drawn
+length (about 280, like the routing eval set's queries). Output has eval.json's shape so the same scripts read it:
 {"source", "seed", "tasks": [{"name", "samples": [20 str], "queries": [30 str]}]} — 10 "tasks"
 of 50 consecutive texts (they are not routing tasks).
 """
@@ -24,7 +25,7 @@ import statistics
 import pydoc_data.topics
 
 
-def texts(seed):
+def texts(seed, cut):
     rnd = random.Random(seed)
     out = []
     for name in sorted(pydoc_data.topics.topics):
@@ -40,6 +41,8 @@ def texts(seed):
         for paragraph in paragraphs:
             current = f"{current} {paragraph}".strip()
             if len(current) >= target:
+                if cut:  # at the last space before the drawn length
+                    current = current[:target].rsplit(" ", 1)[0]
                 out.append(current[:2000])
                 current, target = "", rnd.randint(60, 500)
     return out
@@ -49,8 +52,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/out/route/speed.json")
     ap.add_argument("--tasks", type=int, default=10)
+    ap.add_argument("--cut", action="store_true",
+                    help="cut each text at its drawn length (shorter texts: about 280 characters)")
     args = ap.parse_args()
-    all_texts = texts(0)
+    all_texts = texts(0, args.cut)
     need = args.tasks * 50
     if len(all_texts) < need:
         raise SystemExit(f"only {len(all_texts)} texts, {need} needed")

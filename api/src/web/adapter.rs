@@ -4,7 +4,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use futures::TryStreamExt;
 use quiver_merge::LoraSummary;
@@ -15,9 +15,10 @@ use serde_json::{Value, json};
 use super::card::{self, MAX_CARD_BYTES};
 use super::spectra::{self, Missing, RankSummary};
 use super::svg::{DagNode, dag_svg};
-use super::{Chrome, PageCaller, PageError, enc, html, render, size, when};
+use super::{Chrome, PageCaller, PageError, cached_html, enc, html, render, size, when};
 use crate::error::{ApiError, ErrorCode};
 use crate::lookup::find_adapter;
+use crate::routes::adapters::cached_page;
 use crate::routes::jobs::queue_job;
 use crate::routes::lineage::visible_lineage;
 use crate::state::AppState;
@@ -129,20 +130,60 @@ fn pattern<V: std::fmt::Display>(map: &std::collections::BTreeMap<String, V>) ->
 }
 
 pub async fn adapter_page(
+    req: HttpRequest,
     state: web::Data<AppState>,
     caller: PageCaller,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, PageError> {
-    page(&state, &caller, path.into_inner(), None).await
+    page(&req, &state, &caller, path.into_inner(), None).await
 }
 
 pub async fn version_page(
+    req: HttpRequest,
     state: web::Data<AppState>,
     caller: PageCaller,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, PageError> {
     let (owner, name, reference) = path.into_inner();
-    page(&state, &caller, (owner, name), Some(reference)).await
+    page(&req, &state, &caller, (owner, name), Some(reference)).await
+}
+
+/// An adapter or version page. Without a signed-in user the page has no form and is the same
+/// for every anonymous reader, so it comes from the listing cache, validated by the listing
+/// generation (every change to adapters, versions, files, refs and tags bumps it; download
+/// counts are as fresh as the JSON listing's), with an ETag. A signed-in user's page carries
+/// their merge form and CSRF token and is rendered for each request.
+async fn page(
+    req: &HttpRequest,
+    state: &AppState,
+    caller: &PageCaller,
+    path: (String, String),
+    reference: Option<String>,
+) -> Result<HttpResponse, PageError> {
+    if caller.user().is_some() {
+        let body = build(state, caller, &path, reference.as_deref()).await?;
+        return Ok(caller.finish(with_card_csp(state, html(StatusCode::OK, body))));
+    }
+    let key = json!(["adapter-page", path.0, path.1, reference]).to_string();
+    let cached = cached_page(state, &key, async || {
+        build(state, caller, &path, reference.as_deref())
+            .await
+            .map(String::into_bytes)
+            .map_err(|e| e.0)
+    })
+    .await?;
+    Ok(caller.finish(with_card_csp(state, cached_html(req, cached))))
+}
+
+/// The adapter pages' CSP allows the card image hosts, when there are any.
+fn with_card_csp(state: &AppState, mut res: HttpResponse) -> HttpResponse {
+    if state.card_images.allows_any()
+        && let Ok(csp) = header::HeaderValue::from_str(&state.card_images.csp())
+    {
+        res.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    res
 }
 
 /// A file's download URL on the API (path segments percent-encoded, `/` kept).
@@ -156,22 +197,21 @@ fn file_href(adapter: &AdapterRecord, number: i64, path: &str) -> String {
     )
 }
 
-async fn page(
+/// The page's HTML.
+async fn build(
     state: &AppState,
     caller: &PageCaller,
-    path: (String, String),
-    reference: Option<String>,
-) -> Result<HttpResponse, PageError> {
-    let adapter = find_adapter(&state.store, &caller.caller, &path).await?;
+    path: &(String, String),
+    reference: Option<&str>,
+) -> Result<String, PageError> {
+    let adapter = find_adapter(&state.store, &caller.caller, path).await?;
     let id = adapter.repo_id();
     let version = state
         .store
         .meta
         .get_version(
             adapter.id,
-            &reference
-                .as_deref()
-                .map_or(VersionRef::Main, VersionRef::parse),
+            &reference.map_or(VersionRef::Main, VersionRef::parse),
         )
         .await?;
     if version.is_none()
@@ -281,7 +321,7 @@ async fn page(
                     .try_collect()
                     .await?;
                 let text = String::from_utf8_lossy(&bytes.concat()).into_owned();
-                card_html = Some(card::render(&text));
+                card_html = Some(card::render(&text, &state.card_images));
             }
         }
         let lineage = visible_lineage(state, &caller.viewer(), &adapter, v).await?;
@@ -388,7 +428,7 @@ async fn page(
         snippet,
         merge,
     };
-    Ok(caller.finish(html(StatusCode::OK, render(&page)?)))
+    Ok(render(&page)?)
 }
 
 /// `POST /{owner}/{name}/merge`: the merge form. Queues the job through the same checks as

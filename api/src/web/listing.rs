@@ -1,12 +1,10 @@
 //! `/`: search, facets, sort and cursor pages over the adapters the caller can see.
 
-use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use serde::Deserialize;
 
-use super::{Chrome, PageCaller, PageError, enc, render, size};
-use crate::conditional::etag_matches;
+use super::{Chrome, PageCaller, PageError, cached_html, enc, render, size};
 use crate::error::{ApiError, ErrorCode};
 use crate::resources::AdapterView;
 use crate::routes::adapters::{ListAdaptersQuery, cache_key, cached_page, list_query, views};
@@ -282,21 +280,7 @@ pub async fn index(
         render(&page).map(String::into_bytes).map_err(|e| e.0)
     })
     .await?;
-    if etag_matches(&req, &page.etag) {
-        let mut res = HttpResponse::NotModified().finish();
-        if let Ok(v) = HeaderValue::from_str(&page.etag) {
-            res.headers_mut().insert(header::ETAG, v);
-        }
-        return Ok(res);
-    }
-    // Private pages must not be kept by shared caches.
-    let mut res = HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .insert_header((header::ETAG, page.etag))
-        .insert_header((header::CACHE_CONTROL, "private, no-cache"))
-        .body(page.body);
-    super::secure_headers(res.headers_mut());
-    Ok(res)
+    Ok(cached_html(&req, page))
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! (double submit), checked before anything is done.
 
 mod adapter;
-mod card;
+pub mod card;
 mod jobs;
 mod listing;
 mod session;
@@ -125,6 +125,25 @@ pub fn html(status: StatusCode, body: String) -> HttpResponse {
     let mut res = HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .body(body);
+    secure_headers(res.headers_mut());
+    res
+}
+
+/// A page from the listing cache: 304 when the browser's ETag matches, else the body with its
+/// ETag. `private, no-cache`: a page may hold what only its viewer sees, and is revalidated.
+pub fn cached_html(req: &HttpRequest, page: crate::list_cache::CachedPage) -> HttpResponse {
+    if crate::conditional::etag_matches(req, &page.etag) {
+        let mut res = HttpResponse::NotModified().finish();
+        if let Ok(v) = HeaderValue::from_str(&page.etag) {
+            res.headers_mut().insert(header::ETAG, v);
+        }
+        return res;
+    }
+    let mut res = HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::ETAG, page.etag))
+        .insert_header((header::CACHE_CONTROL, "private, no-cache"))
+        .body(page.body);
     secure_headers(res.headers_mut());
     res
 }

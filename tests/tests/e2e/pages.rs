@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use quiver_tests::{Backend, TestApp, app_or_skip, synthetic_adapter};
+use quiver_api::config::HttpOptions;
+use quiver_api::web::card::ImagePolicy;
+use quiver_tests::{Backend, TestApp, app_or_skip, spawn_app_with, synthetic_adapter};
 use reqwest::Method;
 use reqwest::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, SET_COOKIE};
 use rstest::rstest;
@@ -208,6 +210,132 @@ async fn pages_render_escape_and_carry_the_security_headers(#[case] backend: Bac
     let body = json!({"owner": "jobs", "name": "x", "base_model": "b"});
     let (status, e) = app.post_json("/api/v1/adapters", "admin", &body).await;
     assert_eq!(status, 400, "{e}");
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn anonymous_adapter_pages_are_cached_until_anything_changes(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    let body = json!({"owner": "alice", "name": "cached", "base_model": "quiver-test/tiny-llama",
+        "description": "first words"});
+    assert_eq!(
+        app.post_json("/api/v1/adapters", "alice", &body).await.0,
+        201
+    );
+    assert_eq!(
+        app.upload(
+            "alice/cached",
+            "alice",
+            &synthetic_adapter(4, &["q_proj"], 1)
+        )
+        .await
+        .0,
+        201
+    );
+    let (status, headers, html) = page(&app, "/alice/cached", "").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("first words"));
+    let etag = headers[reqwest::header::ETAG]
+        .to_str()
+        .expect("etag")
+        .to_string();
+    let not_modified = app
+        .request(Method::GET, "/alice/cached", "")
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .expect("conditional");
+    assert_eq!(not_modified.status(), 304);
+
+    // A change shows at once: the description, a new version, then privacy.
+    let patch = app
+        .request(Method::PATCH, "/api/v1/adapters/alice/cached", "alice")
+        .json(&json!({"description": "second words"}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patch.status(), 200);
+    let (_, headers, html) = page(&app, "/alice/cached", "").await;
+    assert!(html.contains("second words") && !html.contains("first words"));
+    assert_ne!(headers[reqwest::header::ETAG].to_str().expect("etag"), etag);
+    assert_eq!(
+        app.upload(
+            "alice/cached",
+            "alice",
+            &synthetic_adapter(4, &["q_proj"], 2)
+        )
+        .await
+        .0,
+        201
+    );
+    let (_, _, html) = page(&app, "/alice/cached/versions/main", "").await;
+    assert!(
+        html.contains("/alice/cached/versions/2"),
+        "the new version is listed"
+    );
+    let patch = app
+        .request(Method::PATCH, "/api/v1/adapters/alice/cached", "alice")
+        .json(&json!({"private": true}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patch.status(), 200);
+    for path in ["/alice/cached", "/alice/cached/versions/main"] {
+        assert_eq!(
+            page(&app, path, "").await.0,
+            404,
+            "{path} after going private"
+        );
+    }
+    // The owner, signed in, sees it (rendered for them, with the merge form).
+    let cookies = sign_in(&app, "alice").await;
+    let (status, _, html) = page(&app, "/alice/cached", &cookies).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("name=\"csrf\""));
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn card_images_show_only_from_the_configured_hosts(#[case] backend: Backend) {
+    let options = HttpOptions {
+        card_images: ImagePolicy::new(&["images.example.com".into()]).expect("hosts"),
+        ..HttpOptions::default()
+    };
+    let Some(app) = spawn_app_with(backend, options).await else {
+        return;
+    };
+    let body =
+        json!({"owner": "alice", "name": "pictures", "base_model": "quiver-test/tiny-llama"});
+    assert_eq!(
+        app.post_json("/api/v1/adapters", "alice", &body).await.0,
+        201
+    );
+    let mut files = synthetic_adapter(4, &["q_proj"], 1);
+    let card =
+        "![ok](https://images.example.com/plot.png)\n\n![no](https://tracker.example/p.png)\n";
+    files.push(("README.md".into(), card.as_bytes().to_vec()));
+    assert_eq!(app.upload("alice/pictures", "alice", &files).await.0, 201);
+    let (status, headers, html) = page(&app, "/alice/pictures", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(r#"src="https://images.example.com/plot.png""#),
+        "{html}"
+    );
+    assert!(!html.contains("tracker.example"));
+    let csp = headers[CONTENT_SECURITY_POLICY].to_str().expect("present");
+    assert!(
+        csp.contains("img-src 'self' data: https://images.example.com;")
+            && !csp.contains("tracker"),
+        "{csp}"
+    );
+    // Other pages keep the strict policy.
+    let (_, headers, _) = page(&app, "/", "").await;
+    let csp = headers[CONTENT_SECURITY_POLICY].to_str().expect("present");
+    assert!(!csp.contains("images.example.com"), "{csp}");
 }
 
 #[rstest]
