@@ -428,7 +428,7 @@ async fn build(
         snippet,
         merge,
     };
-    Ok(render(&page)?)
+    render(&page)
 }
 
 /// `POST /{owner}/{name}/merge`: the merge form. Queues the job through the same checks as

@@ -79,7 +79,7 @@ impl ImagePolicy {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
-        url.scheme() == "https" && self.hosts.iter().any(|h| *h == host)
+        url.scheme() == "https" && self.hosts.contains(&host)
     }
 
     /// The adapter page's CSP when images are allowed: the pages' policy with the hosts added
