@@ -2,7 +2,7 @@
 //! matrix product, split across rayon threads, and the element-wise passes (LayerNorm with the
 //! residual add fused in, GELU, softmax) written as plain loops that LLVM vectorises. `exp` and
 //! `erf` are branch-free polynomial versions for that reason: the standard library's call libm
-//! one element at a time, which costed more than the matrix products for long batches.
+//! one element at a time, which cost more than the matrix products for long batches.
 
 use rayon::prelude::*;
 
