@@ -159,9 +159,16 @@ pub fn run(args: MergeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|r| r.relative_error)
         .fold(0.0f64, f64::max);
+    #[cfg(feature = "cuda")]
+    if let Some(gpu) = quiver_merge::gpu::Gpu::of(&device)? {
+        if let Some(profile) = quiver_merge::gpu::profile::summary(&gpu)? {
+            eprint!("{profile}");
+        }
+    }
     eprintln!(
-        "merged {} module(s) in {:.2} s; largest relative truncation error {:.3e}; report in {}",
+        "merged {} module(s) on {} in {:.2} s; largest relative truncation error {:.3e}; report in {}",
         merged.modules.len(),
+        merged.device,
         merged.seconds,
         worst,
         args.out.join(quiver_merge::write::REPORT_NAME).display()

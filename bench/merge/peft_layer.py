@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times PEFT's LoraModel.add_weighted_adapter on ONE Llama-7B-shaped layer (7 matrices), on CPU.
+"""Times PEFT's LoraModel.add_weighted_adapter on ONE Llama-7B-shaped layer (7 matrices), on CPU or GPU.
 
 Builds a plain nn.Module tree `model.layers.0.{self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj}`
 (bf16 base weights, created on `meta` then `to_empty(cpu)`: never read), loads the N adapters of
@@ -75,7 +75,14 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--density", type=float, default=0.2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (then timed with synchronize)")
+    p.add_argument("--repeat", type=int, default=1, help="timed calls per type (the first is warm-up when > 1)")
     args = p.parse_args()
+    cuda = args.device.startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
     torch.set_num_threads(args.threads)
 
     from peft import PeftModel
@@ -86,7 +93,7 @@ def main():
     assert n > 0, f"no adapter_* under {args.adapters}"
     with torch.device("meta"):
         base = Model(1)
-    base = base.to_empty(device="cpu").to(torch.bfloat16)
+    base = base.to_empty(device=args.device).to(torch.bfloat16)
 
     t = time.perf_counter()
     model = PeftModel.from_pretrained(base, dirs[0], adapter_name="a0", is_trainable=False)
@@ -101,7 +108,7 @@ def main():
     ref = load_file(os.path.join(dirs[-1], "adapter_model.safetensors"))
     q = model.base_model.model.model.layers[0].mlp.down_proj
     key = "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"
-    assert torch.equal(q.lora_B[names[-1]].weight.float(), ref[key]), "adapter not loaded"
+    assert torch.equal(q.lora_B[names[-1]].weight.float().cpu(), ref[key]), "adapter not loaded"
     assert q.lora_B[names[-1]].weight.dtype == torch.float32, q.lora_B[names[-1]].weight.dtype
     print(
         json.dumps(
@@ -109,6 +116,7 @@ def main():
                 "peft": peft.__version__,
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
+                "device": torch.cuda.get_device_name() if cuda else "cpu",
                 "adapters": n,
                 "load_seconds": round(load_s, 2),
             }
@@ -130,9 +138,16 @@ def main():
         if "ties" in ctype or "dare" in ctype or "magnitude" in ctype:
             kw["density"] = args.density
             kw["majority_sign_method"] = "total"
-        t = time.perf_counter()
-        model.add_weighted_adapter(**kw)
-        secs = time.perf_counter() - t
+        times = []
+        for i in range(args.repeat):
+            if i > 0:
+                model.delete_adapter(out)
+            sync()
+            t = time.perf_counter()
+            model.add_weighted_adapter(**kw)
+            sync()
+            times.append(time.perf_counter() - t)
+        secs = sorted(times[1:] or times)[len(times[1:] or times) // 2]
         # Check the result: finite, non-zero, rank 16 on every module.
         layer = model.base_model.model.model.layers[0]
         ok = True
@@ -147,6 +162,7 @@ def main():
                 {
                     "type": ctype,
                     "seconds": round(secs, 3),
+                    "all_seconds": [round(x, 3) for x in times],
                     "matrices": 7,
                     "seconds_per_matrix": round(secs / 7, 4),
                     "threads": torch.get_num_threads(),

@@ -42,6 +42,22 @@ pub struct Merged {
     pub modules: BTreeMap<String, MergedModule>,
     pub reports: Vec<ModuleReport>,
     pub seconds: f64,
+    /// Where the merge ran: `cpu`, or `cuda:N (GPU name)`.
+    pub device: String,
+}
+
+/// A device as reports name it: `cpu`, or `cuda:N (GPU name)`.
+pub fn device_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => match crate::gpu::Gpu::of(device) {
+            Ok(Some(g)) => format!("cuda:{} ({})", d.cuda_stream().context().ordinal(), g.name),
+            _ => "cuda".into(),
+        },
+        #[allow(unreachable_patterns)]
+        other => format!("{:?}", other.location()),
+    }
 }
 
 /// Checks that the inputs can be merged: same base model (when named), same shape and kind for
@@ -177,6 +193,7 @@ pub fn merge_with(
         modules,
         reports,
         seconds: start.elapsed().as_secs_f64(),
+        device: device_name(device),
     })
 }
 

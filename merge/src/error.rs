@@ -109,6 +109,9 @@ pub enum MergeError {
     /// The caller cancelled the run (see [`crate::control::CancelToken`]).
     #[error("cancelled")]
     Cancelled,
+    /// The GPU failed (out of memory, a driver or cuBLAS error); running again may succeed.
+    #[error("GPU failure: {0}")]
+    Device(String),
     /// A decomposition or tensor operation failed.
     #[error("numerical failure in {context}: {message}")]
     Numeric { context: String, message: String },
@@ -117,7 +120,10 @@ pub enum MergeError {
 impl MergeError {
     /// True when the inputs or parameters are at fault, so running again cannot succeed.
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, MergeError::Io { .. } | MergeError::Cancelled)
+        !matches!(
+            self,
+            MergeError::Io { .. } | MergeError::Cancelled | MergeError::Device(_)
+        )
     }
 
     pub fn input(adapter: &str, source: FormatError) -> Self {

@@ -16,6 +16,8 @@ pub mod compress;
 pub mod control;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod keys;
 pub mod lego;
 pub mod linalg;

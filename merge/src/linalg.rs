@@ -1,4 +1,6 @@
-//! Products on a candle `Device`; small decompositions (QR, SVD) on the host with LAPACK in f64.
+//! Truncations to a rank. Large products on the host (ndarray/OpenBLAS, or candle's CPU matmul for
+//! the randomized sketch) or, with the `cuda` feature, on the GPU (`crate::gpu`); the small
+//! decompositions (QR, eigen, SVD) always on the host with LAPACK in f64.
 //!
 //! Three ways to a rank-k factorisation, each reporting its exact retained energy:
 //! * [`factored_truncate`]: for a delta given as `B·A` with inner size R (any sum of LoRAs):
@@ -85,14 +87,6 @@ fn lapack(context: &str) -> impl FnOnce(ndarray_linalg::error::LinalgError) -> M
     move |e| MergeError::numeric(context, e)
 }
 
-/// `a · b` on the device.
-pub fn matmul(device: &Device, a: &Mat, b: &Mat) -> Result<Mat, MergeError> {
-    let ta = Tensor::from_slice(&a.data, (a.rows, a.cols), device)?;
-    let tb = Tensor::from_slice(&b.data, (b.rows, b.cols), device)?;
-    let out = ta.matmul(&tb)?;
-    Ok(Mat::new(a.rows, b.cols, out.flatten_all()?.to_vec1()?))
-}
-
 /// Thin QR of a tall matrix: `m = q · r`, `q` with orthonormal columns.
 pub fn qr(m: &Array2<f64>) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
     blas_threads::single();
@@ -117,7 +111,7 @@ pub fn svd(m: &Array2<f64>) -> Result<Svd, MergeError> {
 
 /// Splits the top `k` singular triplets as `B = U·√S`, `A = √S·Vᵀ` (balanced, so neither factor
 /// carries the whole dynamic range when written in half precision).
-fn split(u: &Array2<f64>, s: &[f64], vt: &Array2<f64>, k: usize) -> (Mat, Mat) {
+pub(crate) fn split(u: &Array2<f64>, s: &[f64], vt: &Array2<f64>, k: usize) -> (Mat, Mat) {
     let root: Vec<f64> = s[..k].iter().map(|x| x.sqrt()).collect();
     let mut b = u.slice(s![.., ..k]).to_owned();
     for (j, mut col) in b.axis_iter_mut(Axis(1)).enumerate() {
@@ -159,29 +153,95 @@ impl Cut {
     }
 }
 
-/// Singular values of `b · a` (descending), without forming it: QR-like bases of `b` and `aᵀ`,
-/// then the SVD of the r×r core. Exact up to directions below f32 precision (see `gram_basis`).
+/// Singular values of `b · a` (descending), without forming it: bases of `b` and `aᵀ` from their
+/// Gram matrices, then the SVD of the r×r core. Exact up to directions below f32 precision (see
+/// [`basis_from_gram`]).
 pub fn factored_singular_values(b: &Mat, a: &Mat) -> Result<Vec<f64>, MergeError> {
-    let (_, rb) = gram_basis(&b.to_f64())?;
-    let (_, ra) = gram_basis(&a.t().to_f64())?;
+    let (gb, ga) = HostProducts::new(b, a).grams()?;
+    let (_, rb) = basis_from_gram(&gb)?;
+    let (_, ra) = basis_from_gram(&ga)?;
     let (_, s, _) = svd(&rb.dot(&ra.t()))?;
     Ok(s)
 }
 
-/// Best rank-`k` factorisation of `b · a` without forming it (exact).
+/// Best rank-`k` factorisation of `b · a` without forming it (exact), on the host.
 pub fn factored_truncate(b: &Mat, a: &Mat, k: usize) -> Result<Truncated, MergeError> {
     factored_cut(b, a, Cut::Rank(k))
 }
 
-/// An orthonormal basis `Q` of the columns of `m` (d×R, R small) and `R` with `m = Q·R`, from the
-/// eigendecomposition of the R×R Gram matrix: one d×R×R product instead of a Householder QR of a
-/// tall panel (which OpenBLAS runs mostly in level-2 kernels: 5× slower here). Directions whose
-/// Gram eigenvalue is below 1e-13 of the largest (singular values below ~3e-7 of the largest,
-/// beneath f32 input precision) are dropped, so a rank-deficient stack stays well conditioned.
-fn gram_basis(m: &Array2<f64>) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
+/// [`factored_truncate`] with the large products on `device` (cuBLAS in f64 with the `cuda`
+/// feature and a CUDA device; the host otherwise).
+pub fn factored_truncate_on(
+    device: &Device,
+    b: &Mat,
+    a: &Mat,
+    k: usize,
+) -> Result<Truncated, MergeError> {
+    #[cfg(feature = "cuda")]
+    if let Some(gpu) = crate::gpu::Gpu::of(device)? {
+        let mut p = crate::gpu::factored::GpuProducts::new(&gpu, b, a)?;
+        return factored_cut_with(&mut p, Cut::Rank(k));
+    }
+    let _ = device;
+    factored_cut(b, a, Cut::Rank(k))
+}
+
+/// The large products of the factored route, for `b` (d_out×R) and `a` (R×d_in): everything else
+/// is R×R work on the host. Implemented for the host ([`HostProducts`]) and the GPU.
+pub trait FactorProducts {
+    /// `(bᵀ·b, a·aᵀ)`, both R×R, in f64.
+    fn grams(&mut self) -> Result<(Array2<f64>, Array2<f64>), MergeError>;
+    /// `(b · left, right · a)` for `left` R×k and `right` k×R, rounded to f32.
+    fn products(
+        &mut self,
+        left: &Array2<f64>,
+        right: &Array2<f64>,
+    ) -> Result<(Mat, Mat), MergeError>;
+}
+
+/// [`FactorProducts`] with ndarray in f64.
+pub struct HostProducts {
+    b: Array2<f64>,
+    a: Array2<f64>,
+}
+
+impl HostProducts {
+    pub fn new(b: &Mat, a: &Mat) -> Self {
+        Self {
+            b: b.to_f64(),
+            a: a.to_f64(),
+        }
+    }
+}
+
+impl FactorProducts for HostProducts {
+    fn grams(&mut self) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
+        blas_threads::single();
+        Ok((self.b.t().dot(&self.b), self.a.dot(&self.a.t())))
+    }
+
+    fn products(
+        &mut self,
+        left: &Array2<f64>,
+        right: &Array2<f64>,
+    ) -> Result<(Mat, Mat), MergeError> {
+        blas_threads::single();
+        Ok((
+            Mat::from_f64(&self.b.dot(left)),
+            Mat::from_f64(&right.dot(&self.a)),
+        ))
+    }
+}
+
+/// From the Gram matrix `G = mᵀm` (R×R) of a tall `m`: `scaled` (R×k) with `Q = m·scaled`
+/// orthonormal, and `r` (k×R) with `m = Q·r` — one d×R×R product instead of a Householder QR of
+/// a tall panel (which OpenBLAS runs mostly in level-2 kernels: 5× slower here), and one that the
+/// GPU can do. Directions whose Gram eigenvalue is below 1e-13 of the largest (singular values
+/// below ~3e-7 of the largest, beneath f32 input precision) are dropped, so a rank-deficient stack
+/// stays well conditioned.
+pub fn basis_from_gram(gram: &Array2<f64>) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
     use ndarray_linalg::{Eigh, UPLO};
     blas_threads::single();
-    let gram = m.t().dot(m);
     let (vals, vecs) = gram
         .eigh(UPLO::Upper)
         .map_err(lapack("Gram eigendecomposition"))?;
@@ -190,32 +250,47 @@ fn gram_basis(m: &Array2<f64>) -> Result<(Array2<f64>, Array2<f64>), MergeError>
         .rev()
         .filter(|&i| vals[i] > top * 1e-13 && vals[i] > 0.0)
         .collect();
+    let n = gram.ncols();
     let k = keep.len().max(1);
-    let mut r = Array2::<f64>::zeros((k, m.ncols()));
-    let mut scaled = Array2::<f64>::zeros((m.ncols(), k));
+    let mut r = Array2::<f64>::zeros((k, n));
+    let mut scaled = Array2::<f64>::zeros((n, k));
     for (row, &i) in keep.iter().enumerate() {
         let root = vals[i].sqrt();
-        for c in 0..m.ncols() {
+        for c in 0..n {
             r[[row, c]] = root * vecs[[c, i]];
             scaled[[c, row]] = vecs[[c, i]] / root;
         }
     }
-    Ok((m.dot(&scaled), r))
+    Ok((scaled, r))
 }
 
-/// [`factored_truncate`] with the rank chosen by `cut`.
+/// [`factored_truncate`] with the rank chosen by `cut`, on the host.
 pub fn factored_cut(b: &Mat, a: &Mat, cut: Cut) -> Result<Truncated, MergeError> {
-    let (qb, rb) = gram_basis(&b.to_f64())?;
-    let (qa, ra) = gram_basis(&a.t().to_f64())?;
-    let core = rb.dot(&ra.t());
-    let (u, s, vt) = svd(&core)?;
+    factored_cut_with(&mut HostProducts::new(b, a), cut)
+}
+
+/// The factored route: with `b = Q_b·R_b` and `aᵀ = Q_a·R_a`, `b·a = Q_b·(R_b·R_aᵀ)·Q_aᵀ`, so the
+/// SVD of the R×R core gives the exact truncation; the results are `b·left` and `right·a` with
+/// `left = S_b·U_k·√Σ`, `right = √Σ·V_kᵀ·S_aᵀ` (`S` the basis maps of [`basis_from_gram`]).
+pub fn factored_cut_with(p: &mut dyn FactorProducts, cut: Cut) -> Result<Truncated, MergeError> {
+    let (gb, ga) = p.grams()?;
+    let (sb, rb) = basis_from_gram(&gb)?;
+    let (sa, ra) = basis_from_gram(&ga)?;
+    let (u, s, vt) = svd(&rb.dot(&ra.t()))?;
     let k = cut.rank(&s);
     let energy_total: f64 = s.iter().map(|x| x * x).sum();
     let energy_kept: f64 = s[..k].iter().map(|x| x * x).sum();
-    let (bs, as_) = split(&qb.dot(&u), &s, &vt.dot(&qa.t()), k);
+    let mut left = sb.dot(&u.slice(s![.., ..k]));
+    let mut right = vt.slice(s![..k, ..]).dot(&sa.t());
+    for (j, sigma) in s[..k].iter().enumerate() {
+        let root = sigma.sqrt();
+        left.column_mut(j).mapv_inplace(|x| x * root);
+        right.row_mut(j).mapv_inplace(|x| x * root);
+    }
+    let (b, a) = p.products(&left, &right)?;
     Ok(Truncated {
-        b: bs,
-        a: as_,
+        b,
+        a,
         energy_total,
         energy_kept,
         route: "factored",
@@ -249,9 +324,7 @@ pub fn randomized_truncate(
     seed: u64,
 ) -> Result<Truncated, MergeError> {
     let (m, n) = (delta.rows, delta.cols);
-    let l = (k + OVERSAMPLE).min(m.min(n));
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let omega = Mat::new(n, l, (0..n * l).map(|_| gaussian(&mut rng)).collect());
+    let omega = sketch(m, n, k, seed);
     let d = Tensor::from_slice(&delta.data, (m, n), device)?;
     let dt = d.t()?;
     let times = |t: &Tensor, x: &Array2<f64>| -> Result<Array2<f64>, MergeError> {
@@ -283,6 +356,14 @@ pub fn randomized_truncate(
         energy_kept,
         route: "randomized",
     })
+}
+
+/// The Gaussian test matrix Ω (n × (k + OVERSAMPLE), capped at the smaller dimension) of a
+/// randomized SVD of an m×n matrix: the same numbers on every device for the same seed.
+pub fn sketch(m: usize, n: usize, k: usize, seed: u64) -> Mat {
+    let l = (k + OVERSAMPLE).min(m.min(n));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Mat::new(n, l, (0..n * l).map(|_| gaussian(&mut rng)).collect())
 }
 
 /// A standard normal draw (Box–Muller), so sketches depend only on the seed.

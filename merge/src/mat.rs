@@ -1,4 +1,5 @@
-//! A plain row-major f32 matrix: the currency between file I/O, candle tensors and LAPACK.
+//! A plain row-major f32 matrix: the currency between file I/O, the host and GPU products, and
+//! LAPACK.
 
 use ndarray::Array2;
 
@@ -76,7 +77,8 @@ impl Mat {
         Self::new(rows, cols, a.iter().map(|&x| x as f32).collect())
     }
 
-    /// Plain triple loop, for tests and tiny matrices; the engine multiplies through candle.
+    /// Plain triple loop, for tests and tiny matrices (the engine uses a BLAS-class GEMM: ndarray on
+    /// the host, cuBLAS on the GPU).
     pub fn matmul_naive(&self, other: &Mat) -> Mat {
         let mut out = Mat::zeros(self.rows, other.cols);
         for i in 0..self.rows {
@@ -90,8 +92,23 @@ impl Mat {
         out
     }
 
-    /// ‖self − other‖_F / ‖other‖_F (0 when both are zero).
+    /// ‖self − reference‖_F / ‖reference‖_F (‖self‖_F when the reference is zero).
+    ///
+    /// # Panics
+    ///
+    /// When the shapes differ: zipping the two buffers would compare only their common prefix
+    /// (or transposed layouts entry by entry) and could report a small error for matrices that do
+    /// not match at all. Only tests and benchmarks call this, so a loud failure is the right one.
     pub fn rel_err(&self, reference: &Mat) -> f64 {
+        assert_eq!(
+            (self.rows, self.cols),
+            (reference.rows, reference.cols),
+            "rel_err of a {}×{} matrix against a {}×{} reference",
+            self.rows,
+            self.cols,
+            reference.rows,
+            reference.cols
+        );
         let num: f64 = self
             .data
             .iter()
@@ -104,5 +121,27 @@ impl Mat {
         } else {
             (num / den).sqrt()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rel_err_is_relative_frobenius() {
+        let reference = Mat::new(1, 2, vec![3.0, 4.0]);
+        let got = Mat::new(1, 2, vec![3.0, 4.5]);
+        assert!((got.rel_err(&reference) - 0.1).abs() < 1e-12);
+        assert_eq!(reference.rel_err(&reference), 0.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "rel_err of a 2×3 matrix against a 3×2 reference")]
+    fn rel_err_refuses_different_shapes() {
+        // Same number of entries: zipping the buffers alone would not notice.
+        let a = Mat::new(2, 3, vec![1.0; 6]);
+        let b = Mat::new(3, 2, vec![1.0; 6]);
+        a.rel_err(&b);
     }
 }

@@ -135,7 +135,7 @@ pub fn merge_module(
                 None
             };
             let mut merged = match spec.rank {
-                Some(k) => truncated(kind, linalg::factored_truncate(&b, &a, k)?),
+                Some(k) => truncated(kind, linalg::factored_truncate_on(ctx.device, &b, &a, k)?),
                 None => MergedModule::exact(kind, b, a),
             };
             merged.details = details;
@@ -147,7 +147,8 @@ pub fn merge_module(
         }
         (Compat::Paper, Method::Linear | Method::Svd) | (Compat::Peft, Method::Svd) => {
             let (b, a) = concat(ctx, inputs);
-            let t = linalg::factored_truncate(&b, &a, spec.rank.unwrap_or(ctx.default_rank))?;
+            let k = spec.rank.unwrap_or(ctx.default_rank);
+            let t = linalg::factored_truncate_on(ctx.device, &b, &a, k)?;
             Ok(truncated(kind, t))
         }
         (
@@ -160,27 +161,50 @@ pub fn merge_module(
         ) => peft_factor_merge(ctx, inputs, kind),
         _ => {
             // Dense family: combine the task vectors ΔWᵢ entry-wise, then truncate.
-            let sources: Vec<(f64, usize)> =
-                inputs.iter().map(|p| (ctx.weight(p), p.index)).collect();
-            let delta = combine(ctx, "delta", &sources, |j, buf| {
-                Ok(delta_into(&inputs[j].module, buf))
-            })?;
             let k = spec.rank.unwrap_or(ctx.default_rank);
+            let (d_out, d_in) = (inputs[0].module.b.rows, inputs[0].module.a.cols);
             let exact = match spec.svd {
                 SvdMode::Exact => true,
                 SvdMode::Randomized => false,
-                SvdMode::Auto => delta.rows.min(delta.cols) <= EXACT_BELOW,
+                SvdMode::Auto => d_out.min(d_in) <= EXACT_BELOW,
             };
+            let sketch_seed = sparsify::derive_seed(spec.seed, ctx.path, usize::MAX, "sketch");
+            #[cfg(feature = "cuda")]
+            if let Some(gpu) = crate::gpu::Gpu::of(ctx.device)? {
+                use crate::gpu::dense::{Truncation, merge_dense};
+                let truncation = if exact {
+                    Truncation::Exact(k)
+                } else {
+                    Truncation::Randomized(k, sketch_seed)
+                };
+                let sources: Vec<(f64, usize)> =
+                    inputs.iter().map(|p| (ctx.weight(p), p.index)).collect();
+                let t = merge_dense(&gpu, ctx, inputs, &sources, "delta", truncation)?;
+                return Ok(truncated(kind, t));
+            }
+            let delta = dense_combination(ctx, inputs)?;
             let t = if exact {
                 linalg::exact_truncate(&delta, k)?
             } else {
-                let seed = sparsify::derive_seed(spec.seed, ctx.path, usize::MAX, "sketch");
-                linalg::randomized_truncate(ctx.device, &delta, k, seed)?
+                linalg::randomized_truncate(ctx.device, &delta, k, sketch_seed)?
             };
             give_buffer(delta.data);
             Ok(truncated(kind, t))
         }
     }
+}
+
+/// The dense family's combined ΔW of one module before truncation (TIES, DARE, magnitude
+/// pruning and their PEFT `_svd` variants; a weighted sum for the others), on `ctx.device`.
+pub fn dense_combination(ctx: &ModuleContext<'_>, inputs: &[Present]) -> Result<Mat, MergeError> {
+    let sources: Vec<(f64, usize)> = inputs.iter().map(|p| (ctx.weight(p), p.index)).collect();
+    #[cfg(feature = "cuda")]
+    if let Some(gpu) = crate::gpu::Gpu::of(ctx.device)? {
+        return crate::gpu::dense::combined(&gpu, ctx, inputs, &sources, "delta");
+    }
+    combine(ctx, "delta", &sources, |j, buf| {
+        Ok(delta_into(&inputs[j].module, buf))
+    })
 }
 
 fn truncated(kind: ModuleKind, t: Truncated) -> MergedModule {

@@ -152,6 +152,49 @@ pub fn derive_seed(seed: u64, module: &str, input: usize, tag: &str) -> u64 {
     ])
 }
 
+/// The ChaCha8 key of `ChaCha8Rng::seed_from_u64(seed)` (DARE's mask stream) as 8 little-endian
+/// words: what the GPU's mask kernel is given to draw the same stream.
+pub fn chacha8_key(seed: u64) -> [u32; 8] {
+    use rand::SeedableRng;
+    let key = rand_chacha::ChaCha8Rng::seed_from_u64(seed).get_seed();
+    std::array::from_fn(|i| {
+        u32::from_le_bytes([key[4 * i], key[4 * i + 1], key[4 * i + 2], key[4 * i + 3]])
+    })
+}
+
+/// The ChaCha8 block `counter` (stream 0) of `key`: words 16·counter … 16·counter + 15 of the
+/// `next_u32()` stream. The GPU kernel (`dare_mask` in gpu/kernels.cu) computes exactly this per
+/// block of 16 entries; the test below pins it to rand_chacha's generator.
+pub fn chacha8_block(key: &[u32; 8], counter: u64) -> [u32; 16] {
+    let mut input = [0u32; 16];
+    input[..4].copy_from_slice(&[0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574]);
+    input[4..12].copy_from_slice(key);
+    input[12] = counter as u32;
+    input[13] = (counter >> 32) as u32;
+    let mut x = input;
+    let qr = |x: &mut [u32; 16], a: usize, b: usize, c: usize, d: usize| {
+        x[a] = x[a].wrapping_add(x[b]);
+        x[d] = (x[d] ^ x[a]).rotate_left(16);
+        x[c] = x[c].wrapping_add(x[d]);
+        x[b] = (x[b] ^ x[c]).rotate_left(12);
+        x[a] = x[a].wrapping_add(x[b]);
+        x[d] = (x[d] ^ x[a]).rotate_left(8);
+        x[c] = x[c].wrapping_add(x[d]);
+        x[b] = (x[b] ^ x[c]).rotate_left(7);
+    };
+    for _ in 0..4 {
+        qr(&mut x, 0, 4, 8, 12);
+        qr(&mut x, 1, 5, 9, 13);
+        qr(&mut x, 2, 6, 10, 14);
+        qr(&mut x, 3, 7, 11, 15);
+        qr(&mut x, 0, 5, 10, 15);
+        qr(&mut x, 1, 6, 11, 12);
+        qr(&mut x, 2, 7, 8, 13);
+        qr(&mut x, 3, 4, 9, 14);
+    }
+    std::array::from_fn(|i| x[i].wrapping_add(input[i]))
+}
+
 /// How one task tensor is sparsified, applied entry by entry in a fused loop.
 pub struct Pruner {
     kind: Pruning,
@@ -240,6 +283,21 @@ mod tests {
 
     fn dare(values: &mut [f32], density: f64, seed: u64) {
         prune(values, Pruning::Random, 0, false, density, seed);
+    }
+
+    #[test]
+    fn chacha8_blocks_reproduce_the_mask_stream() {
+        use rand::RngCore;
+        for seed in [0u64, 42, derive_seed(7, "m", 1, "delta")] {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let key = chacha8_key(seed);
+            for block in 0..70u64 {
+                let words = chacha8_block(&key, block);
+                for (t, w) in words.iter().enumerate() {
+                    assert_eq!(rng.next_u32(), *w, "seed {seed} block {block} word {t}");
+                }
+            }
+        }
     }
 
     #[test]

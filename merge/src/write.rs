@@ -249,6 +249,7 @@ pub fn write_adapter(
         "inputs": input_records(inputs),
         "output": {"rank": max_rank, "dtype": dtype.as_str(), "modules": merged.modules.len()},
         "seconds": merged.seconds,
+        "device": merged.device,
         "modules": merged.reports,
     });
     write_atomically(&out.join(REPORT_NAME), &pretty(&report)?)?;

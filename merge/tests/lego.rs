@@ -2,7 +2,6 @@
 
 mod common;
 
-use candle_core::Device;
 use common::{Module, adapter, random};
 use quiver_merge::engine::merged_delta;
 use quiver_merge::mat::Mat;
@@ -21,7 +20,7 @@ fn lego_spec(k: Option<usize>, reweight: bool) -> MergeSpec {
 }
 
 fn run(inputs: &[LoraAdapter], spec: &MergeSpec) -> quiver_merge::Merged {
-    merge(inputs, spec, &Device::Cpu, &|_, _| {}).expect("merge")
+    merge(inputs, spec, &common::device(), &|_, _| {}).expect("merge")
 }
 
 /// Rows of A and matching columns of B in another order: the same adapter.

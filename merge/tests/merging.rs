@@ -18,7 +18,7 @@ const K: &str = "model.layers.0.self_attn.k_proj";
 const V: &str = "model.layers.0.self_attn.v_proj";
 
 fn run(inputs: &[LoraAdapter], spec: &MergeSpec) -> quiver_merge::Merged {
-    merge(inputs, spec, &Device::Cpu, &|_, _| {}).expect("merge")
+    merge(inputs, spec, &common::device(), &|_, _| {}).expect("merge")
 }
 
 fn spec(method: Method, weights: &[f64]) -> MergeSpec {

@@ -3,7 +3,6 @@
 
 mod common;
 
-use candle_core::Device;
 use quiver_merge::engine::merged_delta;
 use quiver_merge::{Compat, LoraAdapter, MajoritySign, MergeSpec, Method, merge};
 use serde_json::Value;
@@ -49,7 +48,7 @@ fn compat_peft_reproduces_every_saved_combination_type() {
         if !spec.method.consensus() {
             spec.majority_sign = MajoritySign::Total;
         }
-        let merged = merge(&inputs, &spec, &Device::Cpu, &|_, _| {})
+        let merged = merge(&inputs, &spec, &common::device(), &|_, _| {})
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let expected = common::load_tensors(&root.join(case["file"].as_str().expect("file")));
         let tolerance = if ctype.ends_with("svd") { 1e-4 } else { 1e-5 };

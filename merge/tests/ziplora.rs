@@ -115,7 +115,7 @@ fn loss_never_increases_with_a_small_learning_rate() {
             scale: 0.5,
         },
     };
-    let (_, stats) = ziplora(
+    let (m, stats) = ziplora(
         &Device::Cpu,
         &[(1.0, &x), (1.0, &y)],
         ZipParams {
@@ -129,6 +129,46 @@ fn loss_never_increases_with_a_small_learning_rate() {
         assert!(w[1] <= w[0] + 1e-6, "loss went up: {} → {}", w[0], w[1]);
     }
     assert!(stats.loss_final < stats.loss_initial);
+    // The reported overlaps, recomputed from the dense deltas (overlapping supports: not 0).
+    let dx = x.module.b.clone().scale(2.0).matmul_naive(&x.module.a);
+    let dy = y.module.b.clone().scale(0.5).matmul_naive(&y.module.a);
+    let before = column_overlap(&dx, &dy);
+    assert!(before > 0.05, "random factors overlap: {before}");
+    assert!(
+        (stats.column_overlap_before - before).abs() < 1e-5,
+        "reported {} vs {before}",
+        stats.column_overlap_before
+    );
+    let after = column_overlap(&columns_scaled(&dx, &m[0]), &columns_scaled(&dy, &m[1]));
+    assert!(
+        (stats.column_overlap_after - after).abs() < 1e-5,
+        "reported {} vs {after}",
+        stats.column_overlap_after
+    );
+}
+
+/// ZipLoRA's column overlap of X and Y: Σₖ |⟨colₖX, colₖY⟩| / (‖X‖_F·‖Y‖_F), from dense matrices.
+fn column_overlap(x: &Mat, y: &Mat) -> f64 {
+    assert_eq!((x.rows, x.cols), (y.rows, y.cols));
+    let cross: f64 = (0..x.cols)
+        .map(|k| {
+            (0..x.rows)
+                .map(|r| f64::from(x.at(r, k)) * f64::from(y.at(r, k)))
+                .sum::<f64>()
+                .abs()
+        })
+        .sum();
+    cross / (x.frob2() * y.frob2()).sqrt()
+}
+
+/// `m · diag(factors)`: column k times `factors[k]`.
+fn columns_scaled(m: &Mat, factors: &[f32]) -> Mat {
+    assert_eq!(m.cols, factors.len());
+    let mut out = m.clone();
+    for (i, x) in out.data.iter_mut().enumerate() {
+        *x *= factors[i % m.cols];
+    }
+    out
 }
 
 #[test]
@@ -186,8 +226,46 @@ fn export_is_exact_and_deterministic_through_the_engine() {
     assert_eq!(again.modules[Q].a, m.modules[Q].a);
     assert_eq!(again.modules[Q].b, m.modules[Q].b);
     let details = m.reports[0].details.as_ref().expect("details");
-    assert!(details["column_overlap_after"].as_f64().is_some());
-    assert!(details["loss_final"].as_f64() <= details["loss_initial"].as_f64());
+    let figure = |key: &str| {
+        details[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing from {details}"))
+    };
+    // Disjoint supports: column k of ΔW_c is 0 for k ≥ 8 and of ΔW_s for k < 8, so every column
+    // inner product vanishes and the overlap is exactly 0, before and after (whatever the
+    // mergers). Recomputed from the exported halves X = B[:, ..4]·A[..4, :], Y = B[:, 4..]·A[4.., :].
+    let (before, after) = (
+        figure("column_overlap_before"),
+        figure("column_overlap_after"),
+    );
+    assert!(before.abs() < 1e-12, "overlap before {before}");
+    assert!(
+        after.abs() < 1e-12 && after <= before,
+        "overlap after {after}"
+    );
+    let (b, a) = (&m.modules[Q].b, &m.modules[Q].a);
+    let half = |cols: std::ops::Range<usize>| {
+        let bh = Mat::new(
+            b.rows,
+            cols.len(),
+            (0..b.rows)
+                .flat_map(|r| cols.clone().map(move |c| (r, c)))
+                .map(|(r, c)| b.at(r, c))
+                .collect(),
+        );
+        let ah = Mat::new(
+            cols.len(),
+            a.cols,
+            a.data[cols.start * a.cols..cols.end * a.cols].to_vec(),
+        );
+        bh.matmul_naive(&ah)
+    };
+    let exported = column_overlap(&half(0..4), &half(4..8));
+    assert!(
+        (exported - after).abs() < 1e-6,
+        "{exported} vs reported {after}"
+    );
+    assert!(figure("loss_final") <= figure("loss_initial"), "{details}");
     // Truncated export goes through the factored route.
     spec.rank = Some(3);
     let t = merge(&[c, s], &spec, &Device::Cpu, &|_, _| {}).expect("merge");

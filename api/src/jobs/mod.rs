@@ -120,7 +120,7 @@ impl Workers {
                 let worker_id = format!("{}/{}/{i}", hostname(), std::process::id());
                 handles.push(tokio::spawn(worker_loop(shared.clone(), worker_id)));
             }
-            tracing::info!(workers = options.count, scratch = %options.scratch_dir.display(), "job workers started");
+            tracing::info!(workers = options.count, device = %quiver_merge::engine::device_name(&shared.device), scratch = %options.scratch_dir.display(), "job workers started");
         }
         Ok(Self { handles, stop })
     }

@@ -230,8 +230,12 @@ async fn execute(
     lap(0);
     let out = dir.path().join("out");
 
-    // The engine, off the async runtime.
+    // The engine, off the async runtime. Compression always runs on the host.
     let device = shared.device.clone();
+    let device_used = match &engine {
+        Engine::Merge(_) => quiver_merge::engine::device_name(&device),
+        Engine::Compress(_) => "cpu".to_string(),
+    };
     let out_dir = out.clone();
     let cancel_engine = cancel.clone();
     let report = tokio::task::spawn_blocking(move || -> Result<Value, MergeError> {
@@ -297,7 +301,7 @@ async fn execute(
         "params": spec.params,
         "seed": spec.params.get("seed").cloned().unwrap_or(Value::from(0)),
         "engine_version": env!("CARGO_PKG_VERSION"),
-        "device": if shared.options.cuda { "cuda" } else { "cpu" },
+        "device": device_used,
         "job": job.id,
     });
     lap(2);

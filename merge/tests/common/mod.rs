@@ -131,3 +131,15 @@ pub fn dense_deltas(dir: &Path) -> BTreeMap<String, Mat> {
         })
         .collect()
 }
+
+/// The device the engine tests run on: the CPU, or the GPU when `QUIVER_TEST_DEVICE=cuda` (a
+/// `--features cuda` build run on a GPU machine: the same expectations then hold for the GPU
+/// paths).
+pub fn device() -> candle_core::Device {
+    match std::env::var("QUIVER_TEST_DEVICE").as_deref() {
+        Ok("cuda") => {
+            candle_core::Device::new_cuda(0).expect("QUIVER_TEST_DEVICE=cuda needs a GPU")
+        }
+        _ => candle_core::Device::Cpu,
+    }
+}

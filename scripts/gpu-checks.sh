@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs the engine's tests on a GPU machine from a folder made by `scripts/build-cuda.sh --tests`
+# (run from the repository root there): the CPU/GPU agreement tests (merge/tests/gpu.rs), then
+# the PEFT-parity fixtures, the engine's merge tests and LoRA-LEGO's with the engine on the GPU
+# (QUIVER_TEST_DEVICE=cuda). The test binaries read fixtures by the absolute path of the
+# checkout they were built in; QUIVER_BUILD_ROOT names it (default /work/main) and is linked to
+# this checkout when it does not exist. Prints one line per binary; exit status 1 if any failed.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DIST=${DIST:-$ROOT/dist/cuda}
+BUILD_ROOT=${QUIVER_BUILD_ROOT:-/work/main}
+if [ ! -e "$BUILD_ROOT" ]; then
+  mkdir -p "$(dirname "$BUILD_ROOT")" && ln -s "$ROOT" "$BUILD_ROOT"
+fi
+status=0
+run() { # label, env, binary prefix
+  local label=$1 envs=$2 prefix=$3 bin
+  bin=$(ls "$DIST"/"$prefix"-* 2>/dev/null | head -1)
+  [ -n "$bin" ] || { echo "$label: no $prefix-* in $DIST"; status=1; return; }
+  if env $envs "$bin" --test-threads 1 >"${LOG_DIR:-/tmp}/$label.log" 2>&1; then
+    echo "$label: $(grep -E '^test result' "${LOG_DIR:-/tmp}/$label.log" | tail -1)"
+  else
+    echo "$label: FAILED"; grep -E "panicked|FAILED|failed|error" "${LOG_DIR:-/tmp}/$label.log" | head -20
+    status=1
+  fi
+}
+run agreement "" gpu
+run parity_peft_on_gpu QUIVER_TEST_DEVICE=cuda parity_peft
+run merging_on_gpu QUIVER_TEST_DEVICE=cuda merging
+run lego_on_gpu QUIVER_TEST_DEVICE=cuda lego
+run merge_reference_on_gpu QUIVER_TEST_DEVICE=cuda merge_reference
+run engine_unit_tests "" quiver_merge
+exit $status
