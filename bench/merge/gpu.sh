@@ -44,10 +44,13 @@ run() { # name device extra-args...: wall time around the whole command (reads 1
   log "quiver merge --device $device $*"
   local t0 t1
   t0=$(date +%s.%N)
-  "$QUIVER" merge --device "$device" "$@" --rank $RANK --weights "$WEIGHTS" \
-    --out "$DATA/out_$name" "${INPUTS[@]}" >"$RES/$name.stdout" 2>"$RES/$name.stderr"
+  if ! "$QUIVER" merge --device "$device" "$@" --rank $RANK --weights "$WEIGHTS" \
+    --out "$DATA/out_$name" "${INPUTS[@]}" >"$RES/$name.stdout" 2>"$RES/$name.stderr"; then
+    log "FAILED: quiver merge $name"; tail -n 20 "$RES/$name.stderr" >&2; return 0
+  fi
   t1=$(date +%s.%N)
-  echo "{\"run\": \"$name\", \"wall_seconds\": $(echo "$t1 - $t0" | bc -l)}" >"$RES/$name.wall.json"
+  "$PY" -c "import json,sys; print(json.dumps({'run': sys.argv[1], 'wall_seconds': float(sys.argv[3]) - float(sys.argv[2])}))" \
+    "$name" "$t0" "$t1" >"$RES/$name.wall.json"
   cp "$DATA/out_$name/merge_report.json" "$RES/$name.report.json"
   tail -n 12 "$RES/$name.stderr" >&2
 }

@@ -87,7 +87,8 @@ fn combine(
     let n = inputs.len();
     let f = 4.0 * len as f64;
     // 1. Dense deltas.
-    let mut x = gpu.zeros::<f32>(n * len)?;
+    // Every tensor's slice is written whole by its product (beta = 0).
+    let mut x = gpu.for_overwrite(n * len)?;
     let pass = gpu.pass("deltas", n as f64 * f)?;
     for (j, p) in inputs.iter().enumerate() {
         let m = &p.module;
@@ -166,7 +167,8 @@ fn combine(
     let frequency = i32::from(spec.majority_sign == MajoritySign::Frequency);
     let lambda = spec.lambda.unwrap_or(1.0) as f32;
     let min_den: f32 = if peft { 1.0 } else { 0.0 };
-    let mut delta = gpu.zeros::<f32>(len)?;
+    // The kernel stores every entry.
+    let mut delta = gpu.for_overwrite(len)?;
     let (len64, n32) = (len as u64, n as i32);
     let reads = if consensus == 1 { 2.0 } else { 1.0 };
     let pass = gpu.pass("combine", (reads * n as f64 + 1.0) * f)?;

@@ -162,6 +162,14 @@ impl Gpu {
             .map_err(gpu_err("GPU allocation"))
     }
 
+    /// A buffer whose every entry the caller writes before reading any (cuBLAS with beta = 0, or a
+    /// kernel that stores each entry): skips the memset of [`Gpu::zeros`], a full pass over
+    /// memory for the largest buffers of a module.
+    pub(crate) fn for_overwrite(&self, len: usize) -> Result<CudaSlice<f32>, MergeError> {
+        // SAFETY: f32 has no invalid bit patterns, and the callers write every entry first.
+        unsafe { self.stream.alloc::<f32>(len.max(1)) }.map_err(gpu_err("GPU allocation"))
+    }
+
     /// Row-major `c (m×n) = alpha · op(a) · op(b) + beta · c` with `op(a)` m×k, `op(b)` k×n;
     /// `a_cols`/`b_cols` are the stored row lengths of `a` and `b`. Computed as the column-major
     /// product `cᵀ = op(b)ᵀ · op(a)ᵀ`, which reads the row-major buffers as they are.

@@ -444,6 +444,24 @@ fn startup_errors_say_what_to_fix() {
             vec!["worker", "--store-url", "ftp://somewhere/blobs"],
             "cannot open the storage",
         ),
+        // The test binary is a CPU build: a GPU worker must refuse to start, not fail its
+        // first job.
+        (
+            vec!["worker", "--device", "cuda"],
+            "--device cuda is not available",
+        ),
+        (
+            vec![
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--job-workers",
+                "2",
+                "--device",
+                "cuda",
+            ],
+            "--device cuda is not available",
+        ),
     ] {
         let out = std::process::Command::new(quiver_tests::quiver_bin())
             .args(&args)
