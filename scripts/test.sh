@@ -3,11 +3,14 @@
 # a real S3-API server (moto_server, from PyPI, in .venv-test), installs OpenBLAS if missing and
 # the routing embedder's model files (scripts/embedder.sh), then runs every workspace test with
 # the Postgres + S3 and embedder cases required (not skipped), and the web pages' browser tests
-# (Debian's chromium driven by playwright-core from npm; tests/browser/run.mjs).
+# (Debian's chromium driven by playwright-core from npm; tests/browser/run.mjs), and the Hub
+# API's contract suite with the real huggingface_hub clients (tests/hub/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MOTO_VERSION="5.2.5"
+HF_HUB_LATEST="2.4.0"
+HF_HUB_0X="0.36.2"
 S3_PORT="${QUIVER_TEST_S3_PORT:-9310}"
 VENV=".venv-test"
 
@@ -60,3 +63,17 @@ cargo test --workspace --locked "$@"
 # 5. The web pages in a real browser (playwright-core and axe-core pinned in package-lock.json).
 npm ci --prefix tests/browser --no-audit --no-fund --silent
 node tests/browser/run.mjs target/debug/quiver
+
+# 6. The Hugging Face Hub-compatible API against the real client: the newest huggingface_hub and
+#    the newest 0.x, one venv each, on both backends (tests/hub/run.sh).
+hf_venv() { # name, version
+  local dir=".venv-hf-$1"
+  if ! "$dir/bin/python" -c "import sys, huggingface_hub as h; sys.exit(h.__version__ != '$2')" 2>/dev/null; then
+    python3 -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check "huggingface_hub==$2"
+  fi
+}
+hf_venv latest "$HF_HUB_LATEST"
+hf_venv 0x "$HF_HUB_0X"
+tests/hub/run.sh target/debug/quiver sqlite
+tests/hub/run.sh target/debug/quiver postgres-s3

@@ -4,7 +4,7 @@
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::ServiceResponse;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use actix_web::http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue};
 use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use quiver_merge::FormatError;
@@ -91,6 +91,19 @@ error_codes! {
     StorageUnavailable = "storage_unavailable" => SERVICE_UNAVAILABLE,
     /// Routing needs an embedder (`--embedder-dir`) unless the request brings its vectors.
     EmbedderUnavailable = "embedder_unavailable" => SERVICE_UNAVAILABLE,
+    /// A protocol feature this server does not offer (the Hub's Xet storage).
+    NotImplemented = "not_implemented" => NOT_IMPLEMENTED,
+}
+
+/// The Hugging Face Hub's `X-Error-Code` for our code, where the Hub client has a typed
+/// exception for it (`RepositoryNotFoundError`, `RevisionNotFoundError`, `EntryNotFoundError`).
+pub fn hub_code(code: &str) -> Option<&'static str> {
+    match code {
+        "adapter_not_found" => Some("RepoNotFound"),
+        "version_not_found" | "alias_not_found" => Some("RevisionNotFound"),
+        "file_not_found" => Some("EntryNotFound"),
+        _ => None,
+    }
 }
 
 #[derive(Debug)]
@@ -167,8 +180,21 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         self.status
     }
+    /// The envelope; not-found errors also carry the Hub's `X-Error-Code` and `X-Error-Message`,
+    /// so `huggingface_hub` raises its typed exceptions on the Hub-compatible routes.
     fn error_response(&self) -> HttpResponse<BoxBody> {
-        envelope(self.status, self.code, &self.message)
+        let mut res = envelope(self.status, self.code, &self.message);
+        if let Some(hub) = hub_code(self.code) {
+            let h = res.headers_mut();
+            h.insert(
+                HeaderName::from_static("x-error-code"),
+                HeaderValue::from_static(hub),
+            );
+            if let Ok(v) = HeaderValue::from_str(&self.message) {
+                h.insert(HeaderName::from_static("x-error-message"), v);
+            }
+        }
+        res
     }
 }
 

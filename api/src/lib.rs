@@ -8,6 +8,7 @@ pub mod conditional;
 pub mod config;
 pub mod error;
 pub mod facets;
+pub mod hub;
 pub mod jobs;
 pub mod list_cache;
 pub mod lookup;

@@ -131,6 +131,7 @@ impl Application {
                     }),
                 )
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/api/openapi.json", api))
+                .configure(crate::hub::configure)
                 .configure(crate::web::configure)
                 .default_service(web::to(error::not_found))
                 .wrap(ErrorHandlers::new().default_handler(error::wrap_foreign_errors))

@@ -15,6 +15,8 @@ use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::lookup::find_version;
 use crate::state::AppState;
 use crate::upload::WEIGHTS_FILE;
+use actix_web::HttpResponseBuilder;
+use quiver_store::{AdapterRecord, FileRecord, VersionRecord};
 
 /// Download one file of a version (GET and HEAD).
 #[utoipa::path(
@@ -43,24 +45,49 @@ pub async fn download_file(
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, reference, file_path) = path.into_inner();
     let (adapter, version) = find_version(&state, &caller, &owner, &name, &reference).await?;
-    let file = version
+    let file = find_file(&adapter, &version, &file_path)?;
+    let etag = format!("\"{}\"", file.sha256);
+    let mut res = HttpResponse::build(StatusCode::OK);
+    res.insert_header(("X-Quiver-Revision", version.revision.as_str()));
+    serve_file(&state, &req, &adapter, file, &etag, res).await
+}
+
+/// The file at `path` of a version, or `file_not_found`.
+pub fn find_file<'v>(
+    adapter: &AdapterRecord,
+    version: &'v VersionRecord,
+    path: &str,
+) -> Result<&'v FileRecord, ApiError> {
+    version
         .files
         .iter()
-        .find(|f| f.path == file_path)
+        .find(|f| f.path == path)
         .ok_or_else(|| {
             ApiError::not_found(
                 ErrorCode::FileNotFound,
                 format!(
-                    "file {file_path} in version {} of {}",
+                    "file {path} in version {} of {}",
                     version.number,
                     adapter.repo_id()
                 ),
             )
-        })?;
+        })
+}
+
+/// Streams one stored file (GET) or its headers (HEAD), with `etag` as its entity tag (the
+/// native API's is the sha256; the Hub API's follows the Hub's rules), `If-None-Match` → 304 and
+/// one `Range` → 206. `res` may carry extra headers already.
+pub async fn serve_file(
+    state: &AppState,
+    req: &HttpRequest,
+    adapter: &AdapterRecord,
+    file: &FileRecord,
+    etag: &str,
+    mut res: HttpResponseBuilder,
+) -> Result<HttpResponse, ApiError> {
+    let file_path = file.path.as_str();
     let size = file.size as u64;
-    let etag = format!("\"{}\"", file.sha256);
-    let mut res = HttpResponse::build(StatusCode::OK);
-    res.insert_header((header::ETAG, etag.as_str()))
+    res.insert_header((header::ETAG, etag))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header((
             header::CACHE_CONTROL,
@@ -69,8 +96,7 @@ pub async fn download_file(
             } else {
                 "public, max-age=0, must-revalidate"
             },
-        ))
-        .insert_header(("X-Quiver-Revision", version.revision.as_str()));
+        ));
     if let Ok(v) = HeaderValue::from_str(&format!(
         "attachment; filename=\"{}\"",
         file_path
@@ -81,7 +107,7 @@ pub async fn download_file(
     )) {
         res.insert_header((header::CONTENT_DISPOSITION, v));
     }
-    if etag_matches(&req, &etag) {
+    if etag_matches(req, etag) {
         return Ok(res.status(StatusCode::NOT_MODIFIED).finish());
     }
     let range = match parse_range(
