@@ -16,9 +16,9 @@ pub use quiver_merge::summary::{
 use quiver_merge::summary::{MAX_CONFIG_LEN, is_pickle_name};
 use quiver_retrieve::{MAX_SAMPLES_BYTES, SAMPLES_FILE};
 
-const MAX_CONFIG_BYTES: usize = MAX_CONFIG_LEN as usize;
+pub const MAX_CONFIG_BYTES: usize = MAX_CONFIG_LEN as usize;
 const MAX_PATH_LEN: usize = 1024;
-const MAX_FILES: usize = 1000;
+pub const MAX_FILES: usize = 1000;
 
 /// One received file, staged in the blob store.
 pub struct ReceivedFile {
@@ -47,26 +47,40 @@ impl Received {
 
     /// Checks the upload is a well-formed PEFT LoRA adapter and returns its summary.
     pub fn validate(&self) -> Result<Value, ApiError> {
-        let missing = |name: &str| {
-            ApiError::coded(
-                ErrorCode::MissingFile,
-                format!("the upload must contain {name} (as a part with that filename)"),
-            )
-        };
-        let config_bytes = self.config.as_deref().ok_or_else(|| missing(CONFIG_FILE))?;
-        let (prefix, size) = self
-            .weights_header
-            .as_ref()
-            .ok_or_else(|| missing(WEIGHTS_FILE))?;
-        let config = AdapterConfig::from_json(config_bytes)?;
-        if let Some(samples) = &self.samples {
-            quiver_retrieve::parse_samples(samples)
-                .map_err(|e| ApiError::coded(ErrorCode::InvalidSamples, e.to_string()))?;
-        }
-        let header = parse_header(prefix, *size)?;
-        let summary = summarize(&config, &header, *size)?;
-        serde_json::to_value(summary).map_err(|e| ApiError::internal("summary", e))
+        validate_adapter(
+            self.config.as_deref(),
+            self.weights_header
+                .as_ref()
+                .map(|(h, size)| (h.as_slice(), *size)),
+            self.samples.as_deref(),
+        )
     }
+}
+
+/// Checks a version's files form a well-formed PEFT LoRA adapter, from the config's bytes, the
+/// weights file's first bytes (its header) and size, and `samples.jsonl` if there is one; returns
+/// the LoRA summary stored with the version. The one check of uploads and Hub commits.
+pub fn validate_adapter(
+    config: Option<&[u8]>,
+    weights: Option<(&[u8], u64)>,
+    samples: Option<&[u8]>,
+) -> Result<Value, ApiError> {
+    let missing = |name: &str| {
+        ApiError::coded(
+            ErrorCode::MissingFile,
+            format!("a version must contain {name} (in an upload: a part with that filename)"),
+        )
+    };
+    let config_bytes = config.ok_or_else(|| missing(CONFIG_FILE))?;
+    let (prefix, size) = weights.ok_or_else(|| missing(WEIGHTS_FILE))?;
+    let config = AdapterConfig::from_json(config_bytes)?;
+    if let Some(samples) = samples {
+        quiver_retrieve::parse_samples(samples)
+            .map_err(|e| ApiError::coded(ErrorCode::InvalidSamples, e.to_string()))?;
+    }
+    let header = parse_header(prefix, size)?;
+    let summary = summarize(&config, &header, size)?;
+    serde_json::to_value(summary).map_err(|e| ApiError::internal("summary", e))
 }
 
 /// Checks a file path from a part's filename: relative, `/`-separated, no `.`/`..` or empty

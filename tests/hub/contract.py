@@ -18,6 +18,7 @@ import struct
 import sys
 import tempfile
 import traceback
+import urllib.error
 import urllib.request
 
 BASE_MODEL = "quiver-test/tiny-llama"
@@ -290,6 +291,116 @@ def run_checks(state_path):
         assert [c.commit_id for c in commits] == [v2["revision"], v1["revision"]], commits
         who = HfApi(endpoint=base, token=st["alice"]).whoami()
         assert who["name"] == "alice", who
+
+    # --- writes (HF_HUB_DISABLE_XET=1) ---
+    alice = HfApi(endpoint=base, token=st["alice"])
+    repo = f"alice/pushed-{version.replace('.', '-')}"
+
+    def native(path):
+        req = urllib.request.Request(base + "/api/v1" + path, headers={"Authorization": f"Bearer {st['alice']}"})
+        with urllib.request.urlopen(req) as res:
+            return json.loads(res.read())
+
+    def folder(r, seed):
+        d = tempfile.mkdtemp(prefix="hfpush-")
+        files = {"adapter_config.json": config(r), W: safetensors(r, seed), "README.md": b"# pushed\n"}
+        for name, content in files.items():
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(content)
+        return d, {k: hashlib.sha256(c).hexdigest() for k, c in files.items()}
+
+    pushed = {}
+
+    @check("create_repo (and exist_ok), upload_folder: a new version with the same bytes")
+    def _():
+        url = alice.create_repo(repo)
+        assert str(url).endswith(repo), url
+        alice.create_repo(repo, exist_ok=True)
+        # Bytes of this client version's own, so its LFS upload really happens.
+        d, shas = folder(4, 11 + sum(map(ord, version)))
+        info = alice.upload_folder(repo_id=repo, folder_path=d, commit_message="first")
+        v = native(f"/adapters/{repo}/versions/main")
+        assert v["number"] == 1, v
+        got = {f["path"]: f["sha256"] for f in v["files"]}
+        assert got == shas, (got, shas)
+        oid = getattr(info, "oid", None) or info.split("/")[-1]
+        assert oid == v["revision"], (info, v["revision"])
+        assert native(f"/adapters/{repo}")["base_model"] == BASE_MODEL
+        pushed["v1"] = v
+
+    @check("create_commit: add + delete onto the newest version, unchanged files kept")
+    def _():
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        new_weights = safetensors(4, 12 + sum(map(ord, version)))
+        alice.create_commit(
+            repo,
+            operations=[
+                CommitOperationAdd(path_in_repo=W, path_or_fileobj=new_weights),
+                CommitOperationAdd(path_in_repo="docs/extra.md", path_or_fileobj=b"more\n"),
+                CommitOperationDelete(path_in_repo="README.md"),
+            ],
+            commit_message="second",
+        )
+        v = native(f"/adapters/{repo}/versions/main")
+        got = {f["path"]: f["sha256"] for f in v["files"]}
+        assert v["number"] == 2 and "README.md" not in got, got
+        assert got[W] == hashlib.sha256(new_weights).hexdigest()
+        before = {f["path"]: f["sha256"] for f in pushed["v1"]["files"]}
+        assert got["adapter_config.json"] == before["adapter_config.json"], "unchanged file not carried over"
+        p = hf_hub_download(repo, W, cache_dir=tempfile.mkdtemp(), token=st["alice"])
+        assert sha256_of(p) == got[W]
+
+    @check("create_tag: an alias readable as a revision")
+    def _():
+        alice.create_tag(repo, tag="first", revision=pushed["v1"]["revision"])
+        assert api.model_info(repo, revision="first").sha == pushed["v1"]["revision"]
+
+    @check("commits that are not a LoRA adapter, or hold a pickle, are refused and publish nothing")
+    def _():
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+        from huggingface_hub.utils import HfHubHTTPError
+
+        for ops, needle in (
+            ([CommitOperationDelete(path_in_repo="adapter_config.json")], "adapter_config.json"),
+            ([CommitOperationAdd(path_in_repo="adapter_model.bin", path_or_fileobj=b"\x80\x02pickle")], "pickle"),
+            ([CommitOperationAdd(path_in_repo="adapter_config.json", path_or_fileobj=b'{"peft_type": "LOHA"}')], "LOHA"),
+        ):
+            try:
+                alice.create_commit(repo, operations=ops, commit_message="bad")
+            except HfHubHTTPError as e:
+                assert needle in str(e), str(e)
+            else:
+                raise AssertionError(f"commit accepted: {ops}")
+        assert native(f"/adapters/{repo}/versions/main")["number"] == 2
+
+    @check("writes need a Quiver write token; xet token routes answer 501 naming HF_HUB_DISABLE_XET")
+    def _():
+        from huggingface_hub.utils import HfHubHTTPError
+
+        for token in ("hf_someHubTokenKeptInHF_TOKEN", st["bob"]):
+            try:
+                HfApi(endpoint=base, token=token).create_tag(repo, tag="nope")
+            except HfHubHTTPError as e:
+                assert e.response.status_code in (401, 403), e.response.status_code
+            else:
+                raise AssertionError("a write without alice's token succeeded")
+        try:
+            urllib.request.urlopen(f"{base}/api/models/{repo}/xet-write-token/main")
+        except urllib.error.HTTPError as e:
+            assert e.code == 501 and "HF_HUB_DISABLE_XET=1" in e.read().decode()
+        else:
+            raise AssertionError("xet-write-token answered 2xx")
+
+    @check("delete_repo")
+    def _():
+        alice.delete_repo(repo)
+        try:
+            api.model_info(repo)
+        except RepositoryNotFoundError:
+            pass
+        else:
+            raise AssertionError("deleted repo still there")
 
     print(f"huggingface_hub {version}")
     print("\n".join(results))

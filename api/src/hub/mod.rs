@@ -11,6 +11,7 @@
 
 pub mod models;
 pub mod resolve;
+pub mod write;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -55,6 +56,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/api/models/{owner}/{name}/xet-write-token/{rev}",
             web::get().to(models::no_xet),
+        )
+        .route("/api/repos/create", web::post().to(write::create_repo))
+        .route("/api/repos/delete", web::delete().to(write::delete_repo))
+        .route("/api/validate-yaml", web::post().to(write::validate_yaml))
+        .route(
+            "/api/models/{owner}/{name}/preupload/{rev}",
+            web::post().to(write::preupload),
+        )
+        .route(
+            "/api/models/{owner}/{name}/commit/{rev}",
+            web::post().to(write::commit),
+        )
+        .route(
+            "/api/models/{owner}/{name}/tag/{rev}",
+            web::post().to(write::tag),
+        )
+        .route(
+            "/{owner}/{repo_git}/info/lfs/objects/batch",
+            web::post().to(write::lfs_batch),
+        )
+        .route(
+            "/api/lfs-upload/{owner}/{name}/{oid}",
+            web::put().to(write::lfs_upload),
         )
         .route(
             "/{owner}/{name}/resolve/{rev}/{path:.*}",

@@ -375,6 +375,7 @@ pub async fn patch_adapter(
         description: body.description,
         tags: body.tags,
         private: body.private,
+        base_model: None,
     };
     state.store.meta.update_adapter(adapter.id, &patch).await?;
     let repo = repo_from_path(&path)?;

@@ -17,7 +17,7 @@ pub struct SetRefRequest {
 
 /// Aliases follow the name rules; `main` and `v{N}` are reserved, and so is anything that reads
 /// as a number or a revision.
-fn check_alias(alias: &str) -> Result<String, ApiError> {
+pub fn check_alias(alias: &str) -> Result<String, ApiError> {
     let alias = quiver_store::validate_name("alias", alias)
         .map_err(|e| ApiError::coded(ErrorCode::InvalidAlias, e.to_string()))?;
     let reserved = alias == "main"

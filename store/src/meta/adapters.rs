@@ -37,6 +37,8 @@ pub struct NewAdapter {
 #[derive(Clone, Debug, Default)]
 pub struct AdapterPatch {
     pub description: Option<String>,
+    /// Set once a Hub client's first commit names it (repos created through the Hub API have none).
+    pub base_model: Option<String>,
     pub tags: Option<Vec<String>>,
     pub private: Option<bool>,
 }

@@ -170,6 +170,9 @@ impl AdapterStore for SqlMetadata {
         if let Some(p) = patch.private {
             sql.push(", private = ").bind(p);
         }
+        if let Some(b) = &patch.base_model {
+            sql.push(", base_model = ").bind(b.as_str());
+        }
         sql.push(" WHERE id = ").bind(adapter_id);
         let done = sql.query().execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
