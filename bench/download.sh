@@ -63,9 +63,14 @@ fi
 
 URL_Q="$Q/api/v1/adapters/bench/download/versions/1/files/big.dat"
 URL_N="http://127.0.0.1:$NPORT/$BLOB_REL"
+# The Hub-compatible route (same serving path) and huggingface_hub's snapshot_download of the
+# whole repo (config, weights and the big file), as vLLM pulls an adapter.
+URL_H="$Q/bench/download/resolve/v1/big.dat"
+HF_PY="${HF_PY:-$REPO_DIR/.venv-hf-latest/bin/python}"
+[[ -x "$HF_PY" ]] || die "no huggingface_hub venv at $HF_PY (scripts/test.sh makes .venv-hf-latest; or set HF_PY)"
 
 # Sanity: both send the right bytes (this also warms the page cache).
-for u in "$URL_Q" "$URL_N"; do
+for u in "$URL_Q" "$URL_N" "$URL_H"; do
     got=$(curl -fsS "$u" | sha256sum | cut -d' ' -f1)
     [[ "$got" == "$EXPECTED_SHA" ]] || die "$u sent wrong bytes (sha256 $got, expected $EXPECTED_SHA)"
 done
@@ -100,11 +105,27 @@ parallel_streams() {
     gbps "$total" "$(python3 -c "print($t1 - $t0)")"
 }
 
+# snapshot_download into a fresh cache: bytes of every file / wall time of the call.
+snapshot() {
+    local cache
+    cache=$(mktemp -d "$WORK/hf-cache.XXXXXX")
+    HF_ENDPOINT="$Q" HF_HUB_DISABLE_XET=1 HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_PROGRESS_BARS=1 \
+        "$HF_PY" -c 'import os, sys, time
+from huggingface_hub import snapshot_download
+t = time.perf_counter()
+d = snapshot_download("bench/download", revision="v1", cache_dir=sys.argv[1])
+s = time.perf_counter() - t
+n = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+assert os.path.getsize(os.path.join(d, "big.dat")) == int(sys.argv[2])
+print(f"{n / s / 1e9:.3f}")' "$cache" "$SIZE"
+    rm -rf "$cache"
+}
+
 stats() { # best median of the arguments
     python3 -c 'import statistics, sys; v = [float(x) for x in sys.argv[1:]]; print(f"{max(v):.3f} {statistics.median(v):.3f}")' "$@"
 }
 
-declare -a S_N S_Q P_N P_Q
+declare -a S_N S_Q P_N P_Q S_H S_S
 for r in $(seq 1 "$REPEATS"); do
     # Alternate which server goes first, so neither always gets the warmer machine.
     if ((r % 2)); then order="n q"; else order="q n"; fi
@@ -116,6 +137,8 @@ for r in $(seq 1 "$REPEATS"); do
     for who in $order; do
         if [[ $who == n ]]; then P_N+=("$(parallel_streams "$URL_N")"); else P_Q+=("$(parallel_streams "$URL_Q")"); fi
     done
+    S_H+=("$(one_stream "$URL_H")")
+    S_S+=("$(snapshot)")
     echo "repeat $r: 1 stream nginx ${S_N[-1]} GB/s, quiver ${S_Q[-1]} GB/s; ${PARALLEL} streams nginx ${P_N[-1]} GB/s, quiver ${P_Q[-1]} GB/s"
     echo "    $(load_watch_between "$m0" "$(load_watch_mark)")"
 done
@@ -125,6 +148,8 @@ read -r sq_best sq_med <<<"$(stats "${S_Q[@]}")"
 read -r pn_best pn_med <<<"$(stats "${P_N[@]}")"
 read -r pq_best pq_med <<<"$(stats "${P_Q[@]}")"
 
+read -r sh_best sh_med <<<"$(stats "${S_H[@]}")"
+read -r ss_best ss_med <<<"$(stats "${S_S[@]}")"
 r_best=$(ratio "$sq_best" "$sn_best")
 r_med=$(ratio "$sq_med" "$sn_med")
 r_par=$(ratio "$pq_best" "$pn_best")
@@ -137,8 +162,11 @@ printf '%-28s %12s %12s %14s\n' "1 stream, best" "$sn_best" "$sq_best" "$r_best"
 printf '%-28s %12s %12s %14s\n' "1 stream, median" "$sn_med" "$sq_med" "$r_med"
 printf '%-28s %12s %12s %14s\n' "${PARALLEL} streams total, best" "$pn_best" "$pq_best" "$r_par"
 printf '%-28s %12s %12s %14s\n' "${PARALLEL} streams total, median" "$pn_med" "$pq_med" "$r_par_med"
+printf '%-28s %12s %12s %14s\n' "Hub resolve, 1 stream, med" "$sn_med" "$sh_med" "$(ratio "$sh_med" "$sn_med")"
+printf '%-28s %12s %12s %14s\n' "snapshot_download, median" "$sn_med" "$ss_med" "$(ratio "$ss_med" "$sn_med")"
 verdict() { python3 -c "import sys; print('met' if float(sys.argv[1]) >= 0.8 else 'NOT met')" "$1"; }
-echo "target quiver/nginx >= 0.8: 1 stream (median) $(verdict "$r_med"); ${PARALLEL} streams (median) $(verdict "$r_par_med")"
+echo "target quiver/nginx >= 0.8: 1 stream (median) $(verdict "$r_med"); ${PARALLEL} streams (median) $(verdict "$r_par_med"); snapshot_download (median) $(verdict "$(ratio "$ss_med" "$sn_med")")"
+echo "snapshot_download: huggingface_hub $("$HF_PY" -c 'import huggingface_hub as h; print(h.__version__)'), whole repo (config + weights + ${SIZE_MIB} MiB), fresh cache each time, writes the files to disk (nginx's figure does not)"
 echo "warnings/errors in quiver's log: $(log_problems "$WORK/quiver.log")"
 echo "quiver peak RSS during the bench: $(awk '/VmHWM/ {print $2, $3}' "/proc/$QPID/status")"
 load_watch_report
