@@ -316,6 +316,14 @@ def run_checks(state_path):
         url = alice.create_repo(repo)
         assert str(url).endswith(repo), url
         alice.create_repo(repo, exist_ok=True)
+        # A new repo has no version yet, but its main exists (as on the Hub): a file there is
+        # "not found", which is what transformers' push_to_hub expects when it reads README.md.
+        try:
+            hf_hub_download(repo, "README.md", token=st["alice"], cache_dir=tempfile.mkdtemp())
+        except EntryNotFoundError:
+            pass
+        else:
+            raise AssertionError("README.md of an empty repo")
         # Bytes of this client version's own, so its LFS upload really happens.
         d, shas = folder(4, 11 + sum(map(ord, version)))
         info = alice.upload_folder(repo_id=repo, folder_path=d, commit_message="first")

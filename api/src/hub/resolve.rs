@@ -8,9 +8,11 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use super::{etag, is_lfs};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::lookup::find_version;
+use crate::error::ErrorCode;
+use crate::lookup::find_adapter;
 use crate::routes::files::{find_file, serve_file};
 use crate::state::AppState;
+use quiver_store::VersionRef;
 
 pub async fn resolve(
     state: web::Data<AppState>,
@@ -19,7 +21,26 @@ pub async fn resolve(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, rev, file_path) = path.into_inner();
-    let (adapter, version) = find_version(&state, &caller, &owner, &name, &rev).await?;
+    let adapter = find_adapter(&state.store, &caller, &(owner.clone(), name.clone())).await?;
+    let version = state
+        .store
+        .meta
+        .get_version(adapter.id, &VersionRef::parse(&rev))
+        .await?;
+    let Some(version) = version else {
+        // A repo made by `create_repo` has no version yet; on the Hub its `main` exists (an
+        // empty first commit), so clients probing a file there (transformers' push_to_hub reads
+        // README.md first) expect "no such file", not "no such revision".
+        let code = if rev == "main" {
+            ErrorCode::FileNotFound
+        } else {
+            ErrorCode::VersionNotFound
+        };
+        return Err(ApiError::not_found(
+            code,
+            format!("{file_path} at {rev} of {}", adapter.repo_id()),
+        ));
+    };
     let file = match find_file(&adapter, &version, &file_path) {
         Ok(f) => f,
         Err(e) => {
