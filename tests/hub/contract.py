@@ -400,6 +400,26 @@ def run_checks(state_path):
         else:
             raise AssertionError("xet-write-token answered 2xx")
 
+    @check("knowing a private file's sha256 is not enough to commit it into one's own adapter")
+    def _():
+        secret = st["repos"]["alice/secret-lora"][0]
+        lines = [
+            {"key": "header", "value": {"summary": "steal"}},
+            {"key": "lfsFile", "value": {"path": W, "algo": "sha256", "oid": secret["sha256"][W], "size": secret["size"][W]}},
+        ]
+        req = urllib.request.Request(
+            f"{base}/api/models/bob/code-lora/commit/main",
+            data="\n".join(json.dumps(x) for x in lines).encode(),
+            method="POST",
+            headers={"Authorization": f"Bearer {st['bob']}", "Content-Type": "application/x-ndjson"},
+        )
+        try:
+            urllib.request.urlopen(req)
+        except urllib.error.HTTPError as e:
+            assert e.code == 422 and "not uploaded for this adapter" in e.read().decode(), e.code
+        else:
+            raise AssertionError("bob committed alice's private weights by their sha256")
+
     @check("delete_repo")
     def _():
         alice.delete_repo(repo)

@@ -38,6 +38,16 @@ fn origin(req: &HttpRequest) -> String {
     format!("{}://{}", info.scheme(), info.host())
 }
 
+/// `(owner, name)` of a repo body: `organization` + `name`, `name` as `owner/name`, or the
+/// caller's own `name`.
+fn repo_path(organization: Option<String>, name: String, user: String) -> (String, String) {
+    match (organization, name.split_once('/')) {
+        (Some(org), _) => (org, name),
+        (None, Some((o, n))) => (o.to_string(), n.to_string()),
+        (None, None) => (user, name),
+    }
+}
+
 #[derive(Deserialize)]
 pub struct CreateRepo {
     name: String,
@@ -65,11 +75,7 @@ pub async fn create_repo(
         .ok_or_else(ApiError::unauthorized)?
         .user
         .clone();
-    let (owner, name) = match (body.organization, body.name.split_once('/')) {
-        (Some(org), _) => (org, body.name),
-        (None, Some((o, n))) => (o.to_string(), n.to_string()),
-        (None, None) => (user, body.name),
-    };
+    let (owner, name) = repo_path(body.organization, body.name, user);
     let repo = RepoId::parse(&owner, &name)
         .map_err(|e| ApiError::coded(ErrorCode::InvalidName, e.to_string()))?;
     caller.require_write(&repo.owner)?;
@@ -113,11 +119,7 @@ pub async fn delete_repo(
         .as_ref()
         .map(|p| p.user.clone())
         .unwrap_or_default();
-    let path = match (body.organization, body.name.split_once('/')) {
-        (Some(org), _) => (org, body.name),
-        (None, Some((o, n))) => (o.to_string(), n.to_string()),
-        (None, None) => (user, body.name),
-    };
+    let path = repo_path(body.organization, body.name, user);
     let (adapter, _) = find_writable_adapter(&state.store, &caller, &path).await?;
     state.store.meta.delete_adapter(adapter.id).await?;
     Ok(HttpResponse::Ok().json(json!({})))
@@ -265,6 +267,11 @@ pub async fn lfs_batch(
         .to_string();
     let (adapter, _) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
     let repo = adapter.repo_id();
+    let current = state
+        .store
+        .meta
+        .get_version(adapter.id, &VersionRef::Main)
+        .await?;
     let mut objects = Vec::new();
     for o in &body.objects {
         let valid =
@@ -278,11 +285,13 @@ pub async fn lfs_batch(
         } else if o.size as u64 > state.max_upload_bytes {
             objects.push(json!({"oid": o.oid, "size": o.size,
                 "error": {"code": 422, "message": format!("larger than this server's upload limit of {} bytes", state.max_upload_bytes)}}));
-        } else if state
-            .store
-            .blobs
-            .exists(&o.oid.to_ascii_lowercase())
-            .await?
+        } else if owns(
+            &state,
+            adapter.id,
+            current.as_ref(),
+            &o.oid.to_ascii_lowercase(),
+        )
+        .await?
         {
             objects.push(json!({"oid": o.oid, "size": o.size}));
         } else {
@@ -301,6 +310,33 @@ pub async fn lfs_batch(
     Ok(lfs_json(
         json!({"transfer": "basic", "objects": objects, "hash_algo": "sha256"}),
     ))
+}
+
+/// The marker that this adapter's writers uploaded the bytes of `oid` (see [`owns`]).
+fn proof_key(adapter_id: i64, oid: &str) -> String {
+    format!("lfs-proof/{adapter_id}/{oid}")
+}
+
+/// Whether a commit to this adapter may refer to LFS object `oid` without uploading it: the
+/// newest version holds it, or its bytes were uploaded for this adapter. Content is stored once
+/// whoever uploads it, but knowing a sha256 must not be enough to put someone else's private
+/// file into one's own adapter and read it: anything else is uploaded (and checked) again.
+async fn owns(
+    state: &AppState,
+    adapter_id: i64,
+    current: Option<&quiver_store::VersionRecord>,
+    oid: &str,
+) -> Result<bool, ApiError> {
+    if current.is_some_and(|v| v.files.iter().any(|f| f.sha256 == oid)) {
+        return Ok(true);
+    }
+    Ok(state.store.blobs.exists(oid).await?
+        && state
+            .store
+            .blobs
+            .get_derived(&proof_key(adapter_id, oid))
+            .await?
+            .is_some())
 }
 
 #[derive(Deserialize)]
@@ -354,6 +390,18 @@ pub async fn lfs_upload(
     let stored = blobs.commit(&staged).await;
     blobs.discard(&staged).await;
     stored?;
+    let repo = RepoId::parse(&owner, &name).map_err(|_| {
+        ApiError::not_found(
+            ErrorCode::AdapterNotFound,
+            format!("adapter {owner}/{name}"),
+        )
+    })?;
+    let adapter = state.store.meta.get_adapter(&repo).await?.ok_or_else(|| {
+        ApiError::not_found(ErrorCode::AdapterNotFound, format!("adapter {repo}"))
+    })?;
+    blobs
+        .put_derived(&proof_key(adapter.id, &oid), bytes::Bytes::new())
+        .await?;
     Ok(HttpResponse::Ok().finish())
 }
 
@@ -478,11 +526,11 @@ pub async fn commit(
             Line::LfsFile { path, oid, size } => {
                 check_path(&path)?;
                 let oid = oid.to_ascii_lowercase();
-                if !state.store.blobs.exists(&oid).await? {
+                if !owns(&state, adapter.id, parent.as_ref(), &oid).await? {
                     return Err(ApiError::coded(
                         ErrorCode::MissingFile,
                         format!(
-                            "{path}: LFS object {oid} was not uploaded (use the LFS batch API first)"
+                            "{path}: LFS object {oid} was not uploaded for this adapter (use the LFS batch API first)"
                         ),
                     ));
                 }
