@@ -73,6 +73,7 @@ async fn adapters_crud_and_uniqueness(#[case] backend: Backend) {
         description: Some("new".into()),
         tags: Some(vec!["x".into()]),
         private: Some(true),
+        base_model: Some("org/base-2".into()),
     };
     store
         .meta
@@ -86,8 +87,13 @@ async fn adapters_crud_and_uniqueness(#[case] backend: Backend) {
         .expect("get")
         .expect("found");
     assert_eq!(
-        (got.description.as_str(), got.tags.clone(), got.private),
-        ("new", vec!["x".to_string()], true)
+        (
+            got.description.as_str(),
+            got.tags.clone(),
+            got.private,
+            got.base_model.as_str()
+        ),
+        ("new", vec!["x".to_string()], true, "org/base-2")
     );
     let missing = store
         .meta
