@@ -177,7 +177,7 @@ fn lfs_json(file: &FileRecord, key: &str) -> Option<Value> {
     })
 }
 
-/// The base model id the adapter declares (the adapter's own field, else the version's config).
+/// The base model id the adapter declares (none for a Hub-created repo before its first commit).
 fn base_model(adapter: &AdapterRecord) -> Option<&str> {
     Some(adapter.base_model.as_str()).filter(|b| !b.is_empty())
 }
