@@ -344,9 +344,20 @@ pub fn randomized_truncate(
     }
     // Small = Qᵀ Δ, computed as (Δᵀ Q)ᵀ.
     let small = times(&dt, &q)?.reversed_axes();
-    let (ub, s, vt) = svd(&small)?;
+    finish_randomized(&q, &small, delta.frob2(), k)
+}
+
+/// The last step of a randomized SVD, shared by the CPU and GPU paths: with `q` (m×l) the
+/// orthonormal range basis and `small` = Qᵀ·Δ (l×n), the rank-`k` factors `Q·U_k·√Σ` and `√Σ·V_kᵀ`
+/// from the SVD of `small`. `energy_total` is ‖Δ‖²_F.
+pub fn finish_randomized(
+    q: &Array2<f64>,
+    small: &Array2<f64>,
+    energy_total: f64,
+    k: usize,
+) -> Result<Truncated, MergeError> {
+    let (ub, s, vt) = svd(small)?;
     let k = k.min(s.len());
-    let energy_total = delta.frob2();
     let energy_kept: f64 = s[..k].iter().map(|x| x * x).sum();
     let (b, a) = split(&q.dot(&ub), &s, &vt, k);
     Ok(Truncated {

@@ -32,6 +32,10 @@ pub enum Truncation {
 
 /// Combines the inputs' dense deltas per `ctx.spec` (`sources[j] = (weight, input index)`, one
 /// per entry of `inputs`) and truncates the result.
+///
+/// The device is held only for the passes over dense tensors: the inputs are packed and the
+/// sketch drawn before, and the small SVD and the final thin products run on the host after,
+/// while another module has the device.
 pub fn merge_dense(
     gpu: &Gpu,
     ctx: &ModuleContext<'_>,
@@ -40,19 +44,29 @@ pub fn merge_dense(
     tag: &str,
     truncation: Truncation,
 ) -> Result<Truncated, MergeError> {
-    let _held = gpu.lock();
-    let (delta, d_out, d_in) = combine(gpu, ctx, inputs, sources, tag)?;
+    let staged = Staged::new(ctx, inputs)?;
+    let (m, n) = (staged.d_out, staged.d_in);
     match truncation {
         Truncation::Exact(k) => {
-            let host = Mat::new(d_out, d_in, gpu.download(&delta)?);
+            let host = {
+                let _held = gpu.lock();
+                let delta = combine(gpu, ctx, &staged, sources, tag)?;
+                Mat::new(m, n, gpu.download(&delta)?)
+            };
             linalg::exact_truncate(&host, k)
         }
         Truncation::Randomized(k, seed) => {
-            // Six products each read the m×n result once.
-            let pass = gpu.pass("rsvd", 6.0 * 4.0 * (d_out * d_in) as f64)?;
-            let t = randomized(gpu, &delta, d_out, d_in, k, seed);
-            gpu.end(pass)?;
-            t
+            let omega = linalg::sketch(m, n, k, seed);
+            let range = {
+                let _held = gpu.lock();
+                let delta = combine(gpu, ctx, &staged, sources, tag)?;
+                // Six products each read the m×n result once.
+                let pass = gpu.pass("rsvd", 6.0 * 4.0 * (m * n) as f64)?;
+                let range = range_finder(gpu, &delta, m, n, &omega)?;
+                gpu.end(pass)?;
+                range
+            };
+            linalg::finish_randomized(&range.q, &range.small, range.energy_total, k)
         }
     }
 }
@@ -65,43 +79,77 @@ pub fn combined(
     sources: &[(f64, usize)],
     tag: &str,
 ) -> Result<Mat, MergeError> {
+    let staged = Staged::new(ctx, inputs)?;
     let _held = gpu.lock();
-    let (delta, d_out, d_in) = combine(gpu, ctx, inputs, sources, tag)?;
-    Ok(Mat::new(d_out, d_in, gpu.download(&delta)?))
+    let delta = combine(gpu, ctx, &staged, sources, tag)?;
+    Ok(Mat::new(staged.d_out, staged.d_in, gpu.download(&delta)?))
 }
 
-/// Steps 1–3: the combined delta on the device and its shape (the caller holds the lock).
+/// One module's factors packed on the host into one buffer (input j: Bⱼ then Aⱼ), so they go to
+/// the device in one copy.
+struct Staged {
+    data: Vec<f32>,
+    /// Per input: offset of Bⱼ in `data`, rank rⱼ, scale sⱼ (Aⱼ follows Bⱼ).
+    parts: Vec<(usize, usize, f32)>,
+    d_out: usize,
+    d_in: usize,
+}
+
+impl Staged {
+    fn new(ctx: &ModuleContext<'_>, inputs: &[Present]) -> Result<Self, MergeError> {
+        let first = &inputs
+            .first()
+            .ok_or_else(|| MergeError::numeric(ctx.path, "no inputs"))?
+            .module;
+        let (d_out, d_in) = (first.b.rows, first.a.cols);
+        let total = inputs
+            .iter()
+            .map(|p| p.module.b.data.len() + p.module.a.data.len())
+            .sum();
+        let mut data = Vec::with_capacity(total);
+        let mut parts = Vec::with_capacity(inputs.len());
+        for p in inputs {
+            let m = &p.module;
+            if (m.b.rows, m.a.cols) != (d_out, d_in) || m.b.cols != m.a.rows {
+                return Err(MergeError::numeric(ctx.path, "inputs of different shapes"));
+            }
+            parts.push((data.len(), m.b.cols, m.scale));
+            data.extend_from_slice(&m.b.data);
+            data.extend_from_slice(&m.a.data);
+        }
+        Ok(Self {
+            data,
+            parts,
+            d_out,
+            d_in,
+        })
+    }
+}
+
+/// Steps 1–3: the combined delta on the device (the caller holds the lock).
 fn combine(
     gpu: &Gpu,
     ctx: &ModuleContext<'_>,
-    inputs: &[Present],
+    staged: &Staged,
     sources: &[(f64, usize)],
     tag: &str,
-) -> Result<(CudaSlice<f32>, usize, usize), MergeError> {
-    let first = &inputs
-        .first()
-        .ok_or_else(|| MergeError::numeric(ctx.path, "no inputs"))?
-        .module;
-    let (d_out, d_in) = (first.b.rows, first.a.cols);
+) -> Result<CudaSlice<f32>, MergeError> {
+    let (d_out, d_in) = (staged.d_out, staged.d_in);
     let len = d_out * d_in;
-    let n = inputs.len();
+    let n = staged.parts.len();
     let f = 4.0 * len as f64;
     // 1. Dense deltas.
     // Every tensor's slice is written whole by its product (beta = 0).
     let mut x = gpu.for_overwrite(n * len)?;
     let pass = gpu.pass("deltas", n as f64 * f)?;
-    for (j, p) in inputs.iter().enumerate() {
-        let m = &p.module;
-        if (m.b.rows, m.a.cols) != (d_out, d_in) {
-            return Err(MergeError::numeric(ctx.path, "inputs of different shapes"));
-        }
-        let b = gpu.upload(&m.b.data)?;
-        let a = gpu.upload(&m.a.data)?;
-        let r = m.b.cols;
+    let factors = gpu.upload(&staged.data)?;
+    for (j, &(at, r, scale)) in staged.parts.iter().enumerate() {
+        let b = factors.slice(at..at + d_out * r);
+        let a = factors.slice(at + d_out * r..at + (d_out + d_in) * r);
         let mut out = x.slice_mut(j * len..(j + 1) * len);
         gpu.gemm(
             (d_out, d_in, r),
-            m.scale,
+            scale,
             (&b, false, r),
             (&a, false, d_in),
             0.0,
@@ -189,7 +237,7 @@ fn combine(
     // SAFETY: `x` holds n·len floats, the per-input arrays n entries, `delta` len.
     unsafe { b.launch(gpu.grid(len, 1)) }.map_err(gpu_err("combine"))?;
     gpu.end(pass)?;
-    Ok((delta, d_out, d_in))
+    Ok(delta)
 }
 
 /// The exact k-th largest |x| of each of the n tensors (0 < k < len), as the CPU's
@@ -206,30 +254,37 @@ fn thresholds(
         return Ok(vec![sparsify::threshold_of(&[], k.min(1) * u64::MAX); n]);
     }
     const BINS: usize = 2048;
+    /// Threads of `radix_select`'s block (it assumes 256: 8 bins per thread).
+    const SELECT_THREADS: u32 = 256;
     let mut counts = gpu.zeros::<u64>(n * BINS)?;
     let mut prefix = gpu.zeros::<u32>(n)?;
     let mut need = gpu.upload(&vec![k; n])?;
     let mut equal = gpu.zeros::<u64>(n)?;
     let len64 = len as u64;
-    let n32 = n as i32;
+    // Experiment switch (QUIVER_GPU_HIST=plain|aggregate) while the faster histogram is measured.
+    let aggregate = i32::from(std::env::var("QUIVER_GPU_HIST").is_ok_and(|v| v == "aggregate"));
     for pass in 0..3i32 {
         let mut b = gpu.stream.launch_builder(&gpu.k.radix_hist);
         b.arg(x)
             .arg(&len64)
             .arg(&pass)
             .arg(&prefix)
-            .arg(&mut counts);
+            .arg(&mut counts)
+            .arg(&aggregate);
         // SAFETY: reads n·len floats of `x` (blockIdx.y < n), n prefixes, adds into n·BINS counts.
         unsafe { b.launch(gpu.grid(len, n)) }.map_err(gpu_err("radix histogram"))?;
         let mut b = gpu.stream.launch_builder(&gpu.k.radix_select);
         b.arg(&mut counts)
             .arg(&pass)
-            .arg(&n32)
             .arg(&mut prefix)
             .arg(&mut need)
             .arg(&mut equal);
-        let cfg = cudarc::driver::LaunchConfig::for_num_elems(n as u32);
-        // SAFETY: one thread per input j < n over arrays of n (and n·BINS) entries.
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: (n as u32, 1, 1),
+            block_dim: (SELECT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: one block per input j < n over arrays of n (and n·BINS) entries.
         unsafe { b.launch(cfg) }.map_err(gpu_err("radix select"))?;
     }
     let (prefix, need, equal) = (
@@ -324,21 +379,29 @@ fn orthonormalize(
     Ok((gpu.narrow(&q)?, cols))
 }
 
-/// [`linalg::randomized_truncate`] on a device matrix (m×n): the same sketch, power iterations
-/// and split, with the products by cuBLAS.
-fn randomized(
+/// What the host needs to finish a randomized SVD ([`linalg::finish_randomized`]).
+struct Range {
+    /// Orthonormal basis of Δ's range, m×l.
+    q: Array2<f64>,
+    /// Qᵀ·Δ, l×n.
+    small: Array2<f64>,
+    /// ‖Δ‖²_F.
+    energy_total: f64,
+}
+
+/// The device part of [`linalg::randomized_truncate`] on an m×n device matrix: the same sketch Ω
+/// (drawn by the caller), power iterations and products, by cuBLAS.
+fn range_finder(
     gpu: &Gpu,
     delta: &CudaSlice<f32>,
     m: usize,
     n: usize,
-    k: usize,
-    seed: u64,
-) -> Result<Truncated, MergeError> {
-    let omega = linalg::sketch(m, n, k, seed);
+    omega: &Mat,
+) -> Result<Range, MergeError> {
     let l = omega.cols;
     let omega = gpu.upload(&omega.data)?;
     // Y = Δ·Ω, then Q = orth(Y).
-    let mut y = gpu.zeros::<f32>(m * l)?;
+    let mut y = gpu.for_overwrite(m * l)?;
     gpu.gemm(
         (m, l, n),
         1.0,
@@ -349,7 +412,7 @@ fn randomized(
     )?;
     let (mut q, mut lq) = orthonormalize(gpu, &y, m, l)?;
     for _ in 0..POWER_ITERS {
-        let mut z = gpu.zeros::<f32>(n * lq)?;
+        let mut z = gpu.for_overwrite(n * lq)?;
         gpu.gemm(
             (n, lq, m),
             1.0,
@@ -359,7 +422,7 @@ fn randomized(
             &mut z,
         )?;
         let (z, lz) = orthonormalize(gpu, &z, n, lq)?;
-        let mut y = gpu.zeros::<f32>(m * lz)?;
+        let mut y = gpu.for_overwrite(m * lz)?;
         gpu.gemm(
             (m, lz, n),
             1.0,
@@ -370,8 +433,8 @@ fn randomized(
         )?;
         (q, lq) = orthonormalize(gpu, &y, m, lz)?;
     }
-    // Small = Qᵀ·Δ (lq×n), computed as (Δᵀ·Q)ᵀ and decomposed on the host.
-    let mut x = gpu.zeros::<f32>(n * lq)?;
+    // Small = Qᵀ·Δ (lq×n), computed as (Δᵀ·Q)ᵀ.
+    let mut x = gpu.for_overwrite(n * lq)?;
     gpu.gemm(
         (n, lq, m),
         1.0,
@@ -381,29 +444,10 @@ fn randomized(
         &mut x,
     )?;
     let x = gpu.download(&x)?;
-    let small = Array2::from_shape_fn((lq, n), |(i, j)| f64::from(x[j * lq + i]));
-    let (ub, sv, vt) = linalg::svd(&small)?;
-    let k = k.min(sv.len());
-    let energy_total = gpu.sum_squares(delta)?;
-    let energy_kept: f64 = sv[..k].iter().map(|x| x * x).sum();
-    // B = Q·U_k·√Σ on the device; A = √Σ·V_kᵀ on the host.
-    let (left, a) = linalg::split(&ub, &sv, &vt, k);
-    let left_dev = gpu.upload(&left.data)?;
-    let mut b = gpu.zeros::<f32>(m * k)?;
-    gpu.gemm(
-        (m, k, lq),
-        1.0,
-        (&q, false, lq),
-        (&left_dev, false, k),
-        0.0,
-        &mut b,
-    )?;
-    let b = Mat::new(m, k, gpu.download(&b)?);
-    Ok(Truncated {
-        b,
-        a,
-        energy_total,
-        energy_kept,
-        route: "randomized",
+    let q = gpu.download(&q)?;
+    Ok(Range {
+        q: Array2::from_shape_fn((m, lq), |(i, j)| f64::from(q[i * lq + j])),
+        small: Array2::from_shape_fn((lq, n), |(i, j)| f64::from(x[j * lq + i])),
+        energy_total: gpu.sum_squares(delta)?,
     })
 }

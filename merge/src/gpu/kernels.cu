@@ -28,7 +28,7 @@ __device__ __forceinline__ void radix_pass_bits(int pass, int *shift, int *width
 }
 
 extern "C" __global__ void radix_hist(const float *x, u64 len, int pass, const u32 *prefix,
-                                      u64 *counts) {
+                                      u64 *counts, int aggregate) {
     __shared__ u32 local[RADIX_BINS];
     int j = blockIdx.y;
     const float *xj = x + (u64)j * len;
@@ -42,34 +42,72 @@ extern "C" __global__ void radix_hist(const float *x, u64 len, int pass, const u
     u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += stride) {
         u32 key = abs_bits(xj[i]);
-        if (top >= 31 || (key >> top) == want) atomicAdd(&local[(key >> shift) & mask], 1u);
+        if (top >= 31 || (key >> top) == want) {
+            u32 bin = (key >> shift) & mask;
+            if (aggregate) {
+                // Lanes with the same bin add once (magnitudes crowd into few bins in pass 0).
+                u32 peers = __match_any_sync(__activemask(), bin);
+                if ((threadIdx.x & 31) == (u32)(__ffs(peers) - 1)) atomicAdd(&local[bin], __popc(peers));
+            } else {
+                atomicAdd(&local[bin], 1u);
+            }
+        }
     }
     __syncthreads();
     for (int b = threadIdx.x; b < RADIX_BINS; b += blockDim.x)
         if (local[b]) atomicAdd(&counts[(u64)j * RADIX_BINS + b], (u64)local[b]);
 }
 
-// One thread per input: picks the bucket of the need-th largest, narrows prefix/need, records how
-// many entries share the bucket, and clears the histogram for the next pass.
-extern "C" __global__ void radix_select(u64 *counts, int pass, int n, u32 *prefix, u64 *need,
+// One block of 256 threads per input (blockIdx.x = j): picks the bucket of the need-th largest,
+// narrows prefix/need, records how many entries share the bucket, and clears the histogram for
+// the next pass. Each thread sums 8 (or 4) adjacent bins; one thread finds the chunk from the top,
+// its owner the bin inside it.
+#define SELECT_THREADS 256
+
+extern "C" __global__ void radix_select(u64 *counts, int pass, u32 *prefix, u64 *need,
                                         u64 *equal) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= n) return;
+    __shared__ u64 part[SELECT_THREADS];
+    __shared__ int chunk;
+    __shared__ u64 chunk_above;
+    int j = blockIdx.x, t = threadIdx.x;
     int shift, width;
     radix_pass_bits(pass, &shift, &width);
+    int per = (1 << width) / SELECT_THREADS;  // 8 or 4
     u64 *c = counts + (u64)j * RADIX_BINS;
-    u64 above = 0;
-    int bins = 1 << width;
-    for (int b = bins - 1; b >= 0; b--) {
-        if (above + c[b] >= need[j]) {
-            prefix[j] |= ((u32)b) << shift;
-            need[j] -= above;
-            equal[j] = c[b];
-            break;
-        }
-        above += c[b];
+    u64 mine[8];
+    u64 sum = 0;
+    for (int i = 0; i < per; i++) {
+        mine[i] = c[t * per + i];
+        sum += mine[i];
     }
-    for (int b = 0; b < RADIX_BINS; b++) c[b] = 0;
+    part[t] = sum;
+    __syncthreads();
+    if (t == 0) {
+        u64 above = 0;
+        chunk = -1;
+        for (int q = SELECT_THREADS - 1; q >= 0; q--) {
+            if (above + part[q] >= need[j]) {
+                chunk = q;
+                chunk_above = above;
+                break;
+            }
+            above += part[q];
+        }
+    }
+    __syncthreads();
+    if (t == chunk) {
+        u64 above = chunk_above;
+        for (int i = per - 1; i >= 0; i--) {
+            if (above + mine[i] >= need[j]) {
+                prefix[j] |= ((u32)(t * per + i)) << shift;
+                need[j] -= above;
+                equal[j] = mine[i];
+                break;
+            }
+            above += mine[i];
+        }
+    }
+    for (int b = t; b < RADIX_BINS; b += SELECT_THREADS) c[b] = 0;
 }
 
 // ---------------------------------------------------------------------------------------------
