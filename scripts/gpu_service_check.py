@@ -6,7 +6,8 @@ Usage: gpu_service_check.py QUIVER_BINARY ADAPTER_DIR [ADAPTER_DIR ...]
 With a fresh SQLite + files data directory:
 1. `quiver serve --job-workers 0` and a separate `quiver worker --device cuda`: a TIES job;
 2. `quiver serve --job-workers 1 --device cuda` (the in-process worker): an SVD job.
-For each job: the published version's lineage must name a `cuda` device, and its B·A must equal
+For each job: the published version's lineage must name a `cuda` device (`QUIVER_CHECK_DEVICE=cpu` tries
+the script itself on a CPU build), and its B·A must equal
 what `quiver merge --device cpu` makes from the same directories (relative Frobenius difference
 ≤ 1e-5 for svd, ≤ 1e-2 for ties, as merge/tests/gpu.rs). Prints one JSON line per job; exit
 status 1 on any failure. Needs numpy and safetensors (the GPU image has both).
@@ -102,8 +103,8 @@ def job(token, name, spec, cli_args, tolerance, weights):
         time.sleep(0.2)
     if j["state"] != "succeeded":
         return {"job": name, "ok": False, "state": j["state"], "error": j.get("error")}
-    lineage = call("GET", f"/adapters/gpu/{name}/versions/main/lineage", token)
-    device = json.dumps(lineage)
+    version = call("GET", f"/adapters/gpu/{name}/versions/main", token)
+    device = str((version.get("lineage") or {}).get("device"))
     got = os.path.join(DATA, f"{name}.safetensors")
     with open(got, "wb") as f:
         f.write(call("GET", f"/adapters/gpu/{name}/versions/main/files/adapter_model.safetensors"))
@@ -113,9 +114,9 @@ def job(token, name, spec, cli_args, tolerance, weights):
                    check=True, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     g, c = products(got), products(os.path.join(cpu_out, "adapter_model.safetensors"))
     worst = max(float(np.linalg.norm(g[k] - c[k]) / np.linalg.norm(c[k])) for k in c)
-    on_gpu = f'"{DEVICE}' in device
+    on_gpu = device.startswith(DEVICE)
     return {"job": name, "ok": on_gpu and worst <= tolerance and set(g) == set(c),
-            "seconds": round(time.time() - started, 2), "lineage_device": DEVICE if on_gpu else device,
+            "seconds": round(time.time() - started, 2), "lineage_device": device,
             "modules": len(c), "max_rel_diff_vs_cpu": worst, "tolerance": tolerance}
 
 
