@@ -60,8 +60,6 @@ run svd_gpu2 cuda --method svd
 run ties_gpu cuda --method ties --density $DENSITY
 run ties_gpu2 cuda --method ties --density $DENSITY
 QUIVER_GPU_PROFILE=1 run ties_gpu_profile cuda --method ties --density $DENSITY
-QUIVER_GPU_HIST=aggregate run ties_gpu_agg cuda --method ties --density $DENSITY
-QUIVER_GPU_HIST=aggregate QUIVER_GPU_PROFILE=1 run ties_gpu_profile_agg cuda --method ties --density $DENSITY
 run dare_ties_gpu cuda --method dare_ties --density $DENSITY
 run svd_cpu cpu --method svd
 run ties_cpu cpu --method ties --density $DENSITY

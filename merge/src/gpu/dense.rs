@@ -261,16 +261,13 @@ fn thresholds(
     let mut need = gpu.upload(&vec![k; n])?;
     let mut equal = gpu.zeros::<u64>(n)?;
     let len64 = len as u64;
-    // Experiment switch (QUIVER_GPU_HIST=plain|aggregate) while the faster histogram is measured.
-    let aggregate = i32::from(std::env::var("QUIVER_GPU_HIST").is_ok_and(|v| v == "aggregate"));
     for pass in 0..3i32 {
         let mut b = gpu.stream.launch_builder(&gpu.k.radix_hist);
         b.arg(x)
             .arg(&len64)
             .arg(&pass)
             .arg(&prefix)
-            .arg(&mut counts)
-            .arg(&aggregate);
+            .arg(&mut counts);
         // SAFETY: reads n·len floats of `x` (blockIdx.y < n), n prefixes, adds into n·BINS counts.
         unsafe { b.launch(gpu.grid(len, n)) }.map_err(gpu_err("radix histogram"))?;
         let mut b = gpu.stream.launch_builder(&gpu.k.radix_select);

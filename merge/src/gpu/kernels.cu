@@ -28,7 +28,7 @@ __device__ __forceinline__ void radix_pass_bits(int pass, int *shift, int *width
 }
 
 extern "C" __global__ void radix_hist(const float *x, u64 len, int pass, const u32 *prefix,
-                                      u64 *counts, int aggregate) {
+                                      u64 *counts) {
     __shared__ u32 local[RADIX_BINS];
     int j = blockIdx.y;
     const float *xj = x + (u64)j * len;
@@ -42,16 +42,7 @@ extern "C" __global__ void radix_hist(const float *x, u64 len, int pass, const u
     u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += stride) {
         u32 key = abs_bits(xj[i]);
-        if (top >= 31 || (key >> top) == want) {
-            u32 bin = (key >> shift) & mask;
-            if (aggregate) {
-                // Lanes with the same bin add once (magnitudes crowd into few bins in pass 0).
-                u32 peers = __match_any_sync(__activemask(), bin);
-                if ((threadIdx.x & 31) == (u32)(__ffs(peers) - 1)) atomicAdd(&local[bin], __popc(peers));
-            } else {
-                atomicAdd(&local[bin], 1u);
-            }
-        }
+        if (top >= 31 || (key >> top) == want) atomicAdd(&local[(key >> shift) & mask], 1u);
     }
     __syncthreads();
     for (int b = threadIdx.x; b < RADIX_BINS; b += blockDim.x)
