@@ -10,10 +10,13 @@
 
 pub mod blob;
 pub mod error;
+pub mod held;
 pub mod meta;
 pub mod names;
+pub mod paths;
 pub mod revision;
 pub mod settings;
+pub mod staging;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod time;
@@ -22,11 +25,12 @@ use std::sync::Arc;
 
 pub use blob::{BlobStore, BlobUpload, StagedBlob, StoredFile};
 pub use error::StoreError;
+pub use held::HeldBlobs;
 pub use meta::{
-    AdapterPatch, AdapterRecord, AdapterSort, Beat, FileRecord, JobEnd, JobFilter, JobKind,
+    AdapterPatch, AdapterRecord, AdapterSort, Beat, CommitCheck, FileRecord, JobEnd, JobFilter, JobKind,
     JobRecord, JobState, JobStore, Lease, LineageGraph, ListAdapters, MetadataStore, NewAdapter,
     NewAdapterFields, NewJob, NewProfile, NewVersion, OutputTarget, Page, ParentVersion, Principal,
-    ProfileInfo, ProfileSource, ProfileStore, RoutableProfile, SAMPLES_FILE, StaleProfile,
+    NoCheck, ProfileInfo, ProfileSource, ProfileStore, RoutableProfile, SAMPLES_FILE, StaleProfile,
     VersionRecord, VersionRef, Viewer,
 };
 pub use meta::{FacetCounts, FacetFilter, VersionFacets, VersionKind};

@@ -603,7 +603,11 @@ async fn local_files_are_stored_by_content(#[case] backend: Backend) {
         let path = dir.path().join(format!("f{size}"));
         std::fs::write(&path, &data).expect("write");
         let stored = store.blobs.put_file(&path).await.expect("put");
-        assert!(stored.written);
+        // Small remote objects are written without asking and never count as `written`: the
+        // content may have been stored already, and old (a sweep could take it), so the
+        // publisher checks them again inside its commit.
+        let small_remote = !store.blobs.is_local() && size < 1024 * 1024;
+        assert_eq!(stored.written, !small_remote);
         let (sha, got) = (stored.sha256, stored.size);
         assert_eq!(
             (sha.as_str(), got),
@@ -612,14 +616,10 @@ async fn local_files_are_stored_by_content(#[case] backend: Backend) {
                 size as u64
             )
         );
-        // Again: found rather than written, except small remote objects, which are simply
-        // rewritten (one request either way); the stored bytes are the file's.
+        // Again: found rather than written (small remote objects are simply rewritten: one
+        // request either way); the stored bytes are the file's.
         let again = store.blobs.put_file(&path).await.expect("again");
-        let small_remote = !store.blobs.is_local() && size < 1024 * 1024;
-        assert_eq!(
-            (again.sha256.as_str(), again.written),
-            (sha.as_str(), small_remote)
-        );
+        assert_eq!((again.sha256.as_str(), again.written), (sha.as_str(), false));
         let body: Vec<Bytes> = store
             .blobs
             .get(&sha, None)
@@ -635,4 +635,63 @@ async fn local_files_are_stored_by_content(#[case] backend: Backend) {
         assert_eq!(store.blobs.size(&sha).await.expect("size"), size as u64);
     }
     assert_eq!(store.blobs.count_staged().await.expect("staged"), 0);
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_blob_gone_before_the_commit_is_stored_again_or_fails_the_commit(
+    #[case] backend: Backend,
+) {
+    use quiver_store::HeldBlobs;
+    let (store, _s) = store_or_skip!(backend);
+    let a = store
+        .meta
+        .create_adapter(&new_adapter("alice", "held", false))
+        .await
+        .expect("create");
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("weights");
+    std::fs::write(&path, b"the weights").expect("write");
+    let stored = store.blobs.put_file(&path).await.expect("put");
+    let new = NewVersion {
+        files: vec![FileRecord {
+            path: "w.bin".into(),
+            size: stored.size as i64,
+            sha256: stored.sha256.clone(),
+        }],
+        ..version(&[])
+    };
+    // A sweep removed it after it was found stored, before the commit.
+    store.blobs.delete(&stored.sha256).await.expect("sweep");
+    // Held by reference only (a Hub commit's LFS object): the commit fails, nothing is written.
+    let refs = [stored.sha256.clone()];
+    let mut check = HeldBlobs::new(&store.blobs);
+    check.stored = &refs;
+    let failed = store.meta.create_version_checked(&a, &new, &check).await;
+    assert!(
+        matches!(&failed, Err(StoreError::BlobMissing(sha)) if *sha == stored.sha256),
+        "{failed:?}"
+    );
+    assert_eq!(store.meta.row_counts().await.expect("counts").1, 0);
+    assert!(
+        store
+            .meta
+            .get_version(a.id, &VersionRef::Main)
+            .await
+            .expect("main")
+            .is_none()
+    );
+    // Held as a local copy (a job's output): stored again inside the commit, which succeeds.
+    let files = [(path.clone(), stored.sha256.clone())];
+    let mut check = HeldBlobs::new(&store.blobs);
+    check.files = &files;
+    let v = store
+        .meta
+        .create_version_checked(&a, &new, &check)
+        .await
+        .expect("published");
+    assert_eq!(v.number, 1);
+    assert!(store.blobs.exists(&stored.sha256).await.expect("exists"));
 }

@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{AdapterRecord, NewVersion, Page, VersionRecord};
+use super::{AdapterRecord, CommitCheck, NewVersion, NoCheck, Page, VersionRecord};
 use crate::{RepoId, StoreError};
 
 string_enum!(
@@ -202,6 +202,19 @@ pub trait JobStore: Send + Sync {
         target: &OutputTarget,
         version: &NewVersion,
         report: &Value,
+    ) -> Result<(AdapterRecord, VersionRecord), StoreError> {
+        self.publish_job_result_checked(lease, target, version, report, &NoCheck)
+            .await
+    }
+    /// [`JobStore::publish_job_result`] after `check` passed under the blob lock, in the same
+    /// transaction (see [`CommitCheck`]).
+    async fn publish_job_result_checked(
+        &self,
+        lease: &Lease,
+        target: &OutputTarget,
+        version: &NewVersion,
+        report: &Value,
+        check: &dyn CommitCheck,
     ) -> Result<(AdapterRecord, VersionRecord), StoreError>;
     async fn job_counts(&self) -> Result<JobCounts, StoreError>;
     /// A subscription to "a job became runnable" from every process (Postgres `LISTEN`); `None`

@@ -61,7 +61,7 @@ pub use profiles::{
 pub use sql::SqlMetadata;
 pub use tokens::{Principal, TokenStore};
 pub use versions::{
-    FileRecord, NewVersion, ParentVersion, VersionFacets, VersionKind, VersionRecord, VersionRef,
+    CommitCheck, FileRecord, NoCheck, NewVersion, ParentVersion, VersionFacets, VersionKind, VersionRecord, VersionRef,
     VersionState, VersionStore,
 };
 

@@ -127,14 +127,46 @@ impl VersionRef {
     }
 }
 
+/// Runs inside a version's commit, once the lock the blob sweep takes exclusively is held
+/// shared (see [`VersionStore::delete_blob_if_unreferenced`]): the publisher checks that every
+/// blob its rows will refer to is stored, storing it again from its own copy where it has one
+/// (`crate::HeldBlobs`). No sweep can delete a blob between this check and the commit, and none
+/// can once the rows have committed, so a version never commits referring to a missing blob. An
+/// error rolls the whole commit back: nothing becomes visible, the caller sees the error.
+#[async_trait]
+pub trait CommitCheck: Send + Sync {
+    async fn check(&self) -> Result<(), StoreError>;
+}
+
+/// No blob to check (versions without files, tests of the metadata alone).
+pub struct NoCheck;
+
+#[async_trait]
+impl CommitCheck for NoCheck {
+    async fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
 /// Versions with their files, refs (aliases), and which blobs they refer to.
 #[async_trait]
 pub trait VersionStore: Send + Sync {
-    /// Allocates the next number, computes the revision and commits every row at once.
+    /// [`VersionStore::create_version_checked`] without a blob check (tests of the metadata
+    /// alone; the service publishes through `quiver_api::publish`, which always checks).
     async fn create_version(
         &self,
         adapter: &AdapterRecord,
         new: &NewVersion,
+    ) -> Result<VersionRecord, StoreError> {
+        self.create_version_checked(adapter, new, &NoCheck).await
+    }
+    /// Allocates the next number, computes the revision and commits every row at once, after
+    /// `check` passed under the blob lock (see [`CommitCheck`]).
+    async fn create_version_checked(
+        &self,
+        adapter: &AdapterRecord,
+        new: &NewVersion,
+        check: &dyn CommitCheck,
     ) -> Result<VersionRecord, StoreError>;
     async fn get_version(
         &self,

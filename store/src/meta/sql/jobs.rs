@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::super::jobs::*;
 use super::super::query::Sql;
-use super::super::{AdapterRecord, NewVersion, Page, VersionRecord};
+use super::super::{AdapterRecord, CommitCheck, NewVersion, Page, VersionRecord};
 use super::{
     ADAPTER_COLUMNS, Dialect, SqlMetadata, adapter_from_row, decode_cursor, encode_cursor,
     get_bool, insert_tags, json_column,
@@ -443,16 +443,21 @@ impl JobStore for SqlMetadata {
         Ok((requeued, failed))
     }
 
-    async fn publish_job_result(
+    async fn publish_job_result_checked(
         &self,
         lease: &Lease,
         target: &OutputTarget,
         version: &NewVersion,
         report: &Value,
+        check: &dyn CommitCheck,
     ) -> Result<(AdapterRecord, VersionRecord), StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         succeed_fenced(&mut tx, lease, report).await?;
+        // After the fence (a lost lease stores nothing again), before the output adapter's row:
+        // see `create_version_checked`.
+        self.lock_blob_references(&mut tx, false).await?;
+        check.check().await?;
         let repo = &target.repo;
         if let Some(new) = &target.create {
             // Two jobs may create one output at once: the second waits for the first's commit and

@@ -7,12 +7,17 @@ use super::*;
 
 #[async_trait]
 impl VersionStore for SqlMetadata {
-    async fn create_version(
+    async fn create_version_checked(
         &self,
         adapter: &AdapterRecord,
         new: &NewVersion,
+        check: &dyn CommitCheck,
     ) -> Result<VersionRecord, StoreError> {
         let mut tx = self.begin_write().await?;
+        // Before any row is written: on Postgres only the shared blob lock is held while the
+        // publisher asks the blob store, so other publishers do not wait on it.
+        self.lock_blob_references(&mut tx, false).await?;
+        check.check().await?;
         let version = self.insert_version(&mut tx, adapter, new).await?;
         tx.commit().await?;
         Ok(version)
