@@ -1,5 +1,7 @@
 //! How a caller follows and stops a long computation: progress after each module, and a cancel
-//! flag the engine checks between modules (a module in flight finishes; nothing is written).
+//! flag the engine checks before each module and inside every loop whose length a request sets
+//! (each ZipLoRA step, LoRA-LEGO iteration, joint-compression iteration), so a stop takes effect
+//! within one step of one module; nothing is written.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -109,7 +109,8 @@ pub fn merge(
 }
 
 /// [`merge`] with a [`Control`]: progress after each module, and the cancel flag checked before
-/// each module starts.
+/// each module starts and inside the methods' long loops. A result with a NaN or infinite value
+/// is refused ([`MergeError::NonFiniteResult`], naming the module): a merge never returns one.
 pub fn merge_with(
     inputs: &[LoraAdapter],
     spec: &MergeSpec,
@@ -132,7 +133,7 @@ pub fn merge_with(
         .max()
         .unwrap_or(1);
     let global = match spec.trim_scope {
-        TrimScope::Global => Some(global_thresholds(inputs, spec, &paths)?),
+        TrimScope::Global => Some(global_thresholds(inputs, spec, &paths, ctl)?),
         TrimScope::Module => None,
     };
     let done = AtomicUsize::new(0);
@@ -157,8 +158,10 @@ pub fn merge_with(
                 device,
                 global_thresholds: global.as_deref(),
                 default_rank,
+                ctl,
             };
             let merged = merge_module(&ctx, &present)?;
+            check_result(path, &merged)?;
             let report = ModuleReport {
                 module: path.to_string(),
                 kind: merged.kind,
@@ -203,6 +206,7 @@ fn global_thresholds(
     inputs: &[LoraAdapter],
     spec: &MergeSpec,
     paths: &[&str],
+    ctl: &Control<'_>,
 ) -> Result<Vec<Threshold>, MergeError> {
     let density = spec.effective_density();
     inputs
@@ -214,6 +218,7 @@ fn global_thresholds(
                 paths
                     .par_iter()
                     .map(|p| {
+                        ctl.check()?;
                         let mut local = kth.clone();
                         local.merge_reset();
                         if let Some(m) = a.load_module(p)? {
@@ -243,6 +248,13 @@ fn global_thresholds(
             Ok(kth.finish())
         })
         .collect()
+}
+
+/// `Err(NonFiniteResult)` when a merged module's factors hold a NaN or an infinite value (huge
+/// weights or input values overflowing f32): nothing of such a merge may be written.
+pub fn check_result(path: &str, m: &MergedModule) -> Result<(), MergeError> {
+    MergeError::check_finite(path, "lora_B", &m.b.data)?;
+    MergeError::check_finite(path, "lora_A", &m.a.data)
 }
 
 /// Dense `ΔW` of a merged module (for tests and checks).

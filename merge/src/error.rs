@@ -100,6 +100,17 @@ pub enum MergeError {
         tensor: String,
         index: usize,
     },
+    /// A result tensor (merged or compressed factors, in the output dtype) would hold a NaN or
+    /// an infinite value: the weights or the inputs' values overflow f32 or the output dtype.
+    /// Nothing is written; running again cannot help.
+    #[error(
+        "{module}: the result's {tensor} would hold a NaN or infinite value (the weights or the inputs' values overflow {dtype}); nothing was written"
+    )]
+    NonFiniteResult {
+        module: String,
+        tensor: String,
+        dtype: String,
+    },
     #[error("could not read or write {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -130,6 +141,20 @@ impl MergeError {
         MergeError::Input {
             adapter: adapter.to_string(),
             source,
+        }
+    }
+
+    /// `Err(NonFiniteResult)` when `values` (the result `tensor` of `module`) holds a NaN or an
+    /// infinite value.
+    pub fn check_finite(module: &str, tensor: &str, values: &[f32]) -> Result<(), MergeError> {
+        if values.iter().all(|x| x.is_finite()) {
+            Ok(())
+        } else {
+            Err(MergeError::NonFiniteResult {
+                module: module.to_string(),
+                tensor: tensor.to_string(),
+                dtype: "f32".into(),
+            })
         }
     }
 

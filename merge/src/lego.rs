@@ -12,6 +12,8 @@ use std::cmp::Ordering;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::control::Control;
+use crate::error::MergeError;
 use crate::mat::Mat;
 use crate::methods::Present;
 
@@ -67,8 +69,13 @@ fn canonical(a: &[f32], b: &[f32]) -> Ordering {
         .cmp(b.iter().map(|x| x.to_bits()))
 }
 
-/// Merges the units of `inputs` (weights `w`) into at most `p.k` units: `(B, A, stats)`.
-pub fn lego(inputs: &[(f64, &Present)], p: LegoParams) -> (Mat, Mat, LegoStats) {
+/// Merges the units of `inputs` (weights `w`) into at most `p.k` units: `(B, A, stats)`. `ctl` is
+/// checked at every seeding pick and Lloyd iteration.
+pub fn lego(
+    inputs: &[(f64, &Present)],
+    p: LegoParams,
+    ctl: &Control<'_>,
+) -> Result<(Mat, Mat, LegoStats), MergeError> {
     let (d_out, d_in) = (inputs[0].1.module.b.rows, inputs[0].1.module.a.cols);
     let mut units = Vec::new();
     for (w, present) in inputs {
@@ -105,6 +112,7 @@ pub fn lego(inputs: &[(f64, &Present)], p: LegoParams) -> (Mat, Mat, LegoStats) 
         .map(|u| dist2(&u.feature, &centers[0]))
         .collect();
     while centers.len() < k {
+        ctl.check()?;
         let total: f64 = nearest.iter().map(|&d| f64::from(d)).sum();
         let pick = if total > 0.0 {
             let mut target = rng.random::<f64>() * total;
@@ -145,6 +153,7 @@ pub fn lego(inputs: &[(f64, &Present)], p: LegoParams) -> (Mat, Mat, LegoStats) 
     let mut labels = assign(&centers);
     let mut iterations = 0;
     for _ in 0..p.iters {
+        ctl.check()?;
         iterations += 1;
         for (c, center) in centers.iter_mut().enumerate() {
             let members = members_of(&units, &labels, c);
@@ -197,7 +206,7 @@ pub fn lego(inputs: &[(f64, &Present)], p: LegoParams) -> (Mat, Mat, LegoStats) 
             b.data[o * kept + j] = u[d_in + o] * out_scale;
         }
     }
-    (
+    Ok((
         b,
         a,
         LegoStats {
@@ -205,5 +214,5 @@ pub fn lego(inputs: &[(f64, &Present)], p: LegoParams) -> (Mat, Mat, LegoStats) 
             clusters: kept,
             iterations,
         },
-    )
+    ))
 }

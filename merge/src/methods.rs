@@ -6,13 +6,14 @@
 use candle_core::Device;
 
 use crate::adapter::{LoraModule, ModuleKind};
+use crate::control::Control;
 use crate::error::MergeError;
 use crate::lego::{LegoParams, lego};
 use crate::linalg::{self, EXACT_BELOW, Truncated};
 use crate::mat::Mat;
 use crate::sparsify::{self, Pruner, Threshold, sign, threshold_of};
-use crate::spec::{Compat, MajoritySign, MergeSpec, Method, Pruning, SvdMode};
-use crate::ziplora::{ZipParams, ziplora};
+use crate::spec::{Compat, MAX_EXACT_SVD_SIDE, MajoritySign, MergeSpec, Method, Pruning, SvdMode};
+use crate::ziplora::{ZipParams, ziplora_with};
 
 /// One input present on the module: its index among the inputs and its factors.
 pub struct Present {
@@ -53,6 +54,8 @@ pub struct ModuleContext<'a> {
     pub global_thresholds: Option<&'a [Threshold]>,
     /// Output rank when the method truncates and `--rank` is not given.
     pub default_rank: usize,
+    /// Cancellation, checked inside the methods' long loops (ZipLoRA steps, LEGO iterations).
+    pub ctl: &'a Control<'a>,
 }
 
 impl ModuleContext<'_> {
@@ -100,7 +103,7 @@ pub fn merge_module(
                 output_reweight: spec.output_reweight,
                 seed: sparsify::derive_seed(spec.seed, ctx.path, 0, "lego"),
             };
-            let (b, a, stats) = lego(&weighted, params);
+            let (b, a, stats) = lego(&weighted, params, ctx.ctl)?;
             Ok(MergedModule {
                 kind,
                 b,
@@ -119,7 +122,7 @@ pub fn merge_module(
                     steps: spec.steps.unwrap_or(200),
                     lr: spec.lr.unwrap_or(0.01),
                 };
-                let (mergers, stats) = ziplora(ctx.device, &weighted, params)?;
+                let (mergers, stats) = ziplora_with(ctx.device, &weighted, params, ctx.ctl)?;
                 // Export exactly: A = [A₁·diag(m₁); …; Aₙ·diag(mₙ)].
                 let mut row = 0;
                 for (p, m) in inputs.iter().zip(&mergers) {
@@ -168,6 +171,13 @@ pub fn merge_module(
                 SvdMode::Randomized => false,
                 SvdMode::Auto => d_out.min(d_in) <= EXACT_BELOW,
             };
+            if exact && d_out.min(d_in) > MAX_EXACT_SVD_SIDE {
+                return Err(MergeError::InvalidParam(format!(
+                    "`svd: exact` is limited to modules whose smaller side is at most {MAX_EXACT_SVD_SIDE}; \
+                     {} is {d_out}×{d_in}: use `svd: auto` or `randomized`",
+                    ctx.path
+                )));
+            }
             let sketch_seed = sparsify::derive_seed(spec.seed, ctx.path, usize::MAX, "sketch");
             #[cfg(feature = "cuda")]
             if let Some(gpu) = crate::gpu::Gpu::of(ctx.device)? {

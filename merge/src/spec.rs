@@ -166,6 +166,43 @@ pub enum OutDtype {
     Bf16,
 }
 
+// Limits on every request parameter that scales work or memory, or that can carry a result out
+// of f32's range. Generous for real use (the defaults are far below them), finite so one request
+// cannot run forever or publish inf/NaN. docs/merging.md and the API's schema state them.
+
+/// Most inputs of one merge or compression (the service's jobs allow fewer, see its API docs).
+pub const MAX_INPUTS: usize = 1024;
+/// Largest |weight| and |lambda| (TIES scale): beyond it Σ wᵢΔWᵢ leaves f32's useful range.
+pub const MAX_WEIGHT: f64 = 1e6;
+/// Largest output rank (`rank`, LoRA-LEGO's `k`, compression's `rank`).
+pub const MAX_RANK: usize = 65_536;
+/// Most LoRA-LEGO Lloyd iterations (`iters`; default 20).
+pub const MAX_LEGO_ITERS: usize = 10_000;
+/// Most ZipLoRA Adam steps (`steps`; default 200).
+pub const MAX_ZIP_STEPS: usize = 100_000;
+/// Largest ZipLoRA learning rate (`lr`; default 0.01; mergers start at 1).
+pub const MAX_LR: f64 = 10.0;
+/// Largest ZipLoRA overlap penalty weight (`lambda_sim`; default 0.01).
+pub const MAX_LAMBDA_SIM: f64 = 1e6;
+/// `svd: exact` on a dense result is refused where the smaller side of a module exceeds this (a
+/// dense f64 SVD's time and memory grow with its square); `auto` and `randomized` have no limit.
+pub const MAX_EXACT_SVD_SIDE: usize = 8192;
+
+/// `Err(InvalidParam)` naming `field` when `value` exceeds `max`.
+pub(crate) fn at_most<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    max: T,
+) -> Result<(), MergeError> {
+    if value > max {
+        Err(MergeError::InvalidParam(format!(
+            "`{field}` must be at most {max}, got {value}"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
 /// A complete merge request. Read from JSON (the service's job payload) with
 /// [`MergeSpec::from_json`]: every field but `method` has a default and unknown fields are refused.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -245,6 +282,11 @@ impl MergeSpec {
         if n_inputs == 0 {
             return bad("give at least one input adapter".into());
         }
+        if n_inputs > MAX_INPUTS {
+            return bad(format!(
+                "at most {MAX_INPUTS} inputs per merge, got {n_inputs}"
+            ));
+        }
         if let Some(w) = &self.weights {
             if w.len() != n_inputs {
                 return bad(format!(
@@ -252,9 +294,26 @@ impl MergeSpec {
                     w.len()
                 ));
             }
-            if let Some(x) = w.iter().find(|x| !x.is_finite()) {
-                return bad(format!("weight {x} is not a finite number"));
+            if let Some((i, x)) = w
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !(x.is_finite() && x.abs() <= MAX_WEIGHT))
+            {
+                return bad(format!(
+                    "`weights[{i}]` is {x}; weights must be finite numbers with |w| ≤ {MAX_WEIGHT:e}"
+                ));
             }
+        }
+        // Bounds on what scales work or memory (named in docs/merging.md "Limits").
+        if let Some(k) = self.rank {
+            at_most("rank", k, MAX_RANK)?;
+        }
+        if let Some(k) = self.k {
+            at_most("k", k, MAX_RANK)?;
+        }
+        at_most("iters", self.iters, MAX_LEGO_ITERS)?;
+        if let Some(s) = self.steps {
+            at_most("steps", s, MAX_ZIP_STEPS)?;
         }
         match (self.method.pruning(), self.density) {
             (Pruning::None, Some(_)) => {
@@ -268,7 +327,7 @@ impl MergeSpec {
                 ));
             }
             (_, Some(d)) if !(d > 0.0 && d <= 1.0) => {
-                return bad(format!("density must be in (0, 1], got {d}"));
+                return bad(format!("`density` must be in (0, 1], got {d}"));
             }
             _ => {}
         }
@@ -285,9 +344,11 @@ impl MergeSpec {
             return bad("`lambda` applies to ties and dare_ties (paper semantics); fold it into the weights otherwise".into());
         }
         if let Some(l) = self.lambda
-            && !l.is_finite()
+            && !(l.is_finite() && l.abs() <= MAX_WEIGHT)
         {
-            return bad(format!("lambda {l} is not a finite number"));
+            return bad(format!(
+                "`lambda` must be a finite number with |λ| ≤ {MAX_WEIGHT:e}, got {l}"
+            ));
         }
         if self.majority_sign != MajoritySign::Total && !self.method.consensus() {
             return bad(format!(
@@ -315,14 +376,18 @@ impl MergeSpec {
             return bad("steps must be at least 1".into());
         }
         if let Some(l) = self.lambda_sim
-            && !(l.is_finite() && l >= 0.0)
+            && !(l.is_finite() && (0.0..=MAX_LAMBDA_SIM).contains(&l))
         {
-            return bad(format!("`lambda_sim` must be a finite number ≥ 0, got {l}"));
+            return bad(format!(
+                "`lambda_sim` must be a finite number in [0, {MAX_LAMBDA_SIM:e}], got {l}"
+            ));
         }
         if let Some(lr) = self.lr
-            && !(lr.is_finite() && lr > 0.0)
+            && !(lr.is_finite() && lr > 0.0 && lr <= MAX_LR)
         {
-            return bad(format!("lr must be a finite number > 0, got {lr}"));
+            return bad(format!(
+                "`lr` must be a finite number in (0, {MAX_LR}], got {lr}"
+            ));
         }
         if self.trim_scope == TrimScope::Global
             && !(self.compat == Compat::Paper

@@ -25,20 +25,37 @@ use crate::summary::{CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME};
 pub const REPORT_NAME: &str = "merge_report.json";
 pub const CARD_NAME: &str = "README.md";
 
-fn encode(m: &Mat, dtype: Dtype) -> Vec<u8> {
-    match dtype {
-        Dtype::F16 => m
-            .data
-            .iter()
-            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-            .collect(),
-        Dtype::BF16 => m
-            .data
-            .iter()
-            .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
-            .collect(),
-        _ => m.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-    }
+/// `m` in `dtype`'s little-endian bytes; `Err(NonFiniteResult)` naming `module` and `tensor` when
+/// a value is NaN or infinite, or overflows the dtype (f16 above 65504): an output never holds one.
+fn encode(m: &Mat, dtype: Dtype, module: &str, tensor: &str) -> Result<Vec<u8>, MergeError> {
+    let overflow = || MergeError::NonFiniteResult {
+        module: module.to_string(),
+        tensor: tensor.to_string(),
+        dtype: dtype.as_str().to_ascii_lowercase(),
+    };
+    let out: Vec<u8> = match dtype {
+        Dtype::F16 => {
+            let v: Vec<half::f16> = m.data.iter().map(|&x| half::f16::from_f32(x)).collect();
+            if !v.iter().all(|x| x.is_finite()) {
+                return Err(overflow());
+            }
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        }
+        Dtype::BF16 => {
+            let v: Vec<half::bf16> = m.data.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            if !v.iter().all(|x| x.is_finite()) {
+                return Err(overflow());
+            }
+            v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        }
+        _ => {
+            if !m.data.iter().all(|x| x.is_finite()) {
+                return Err(overflow());
+            }
+            m.data.iter().flat_map(|x| x.to_le_bytes()).collect()
+        }
+    };
+    Ok(out)
 }
 
 /// The requested dtype, else the first input's half precision, else f32.
@@ -155,12 +172,12 @@ pub fn peft_files(
                 tensors.push((
                     key("lora_A.weight"),
                     vec![rank as u64, m.a.cols as u64],
-                    encode(&m.a, dtype),
+                    encode(&m.a, dtype, path, "lora_A")?,
                 ));
                 tensors.push((
                     key("lora_B.weight"),
                     vec![m.b.rows as u64, rank as u64],
-                    encode(&m.b, dtype),
+                    encode(&m.b, dtype, path, "lora_B")?,
                 ));
             }
             ModuleKind::Embedding => {
@@ -168,12 +185,12 @@ pub fn peft_files(
                 tensors.push((
                     key("lora_embedding_A"),
                     vec![rank as u64, m.b.rows as u64],
-                    encode(&m.b.t(), dtype),
+                    encode(&m.b.t(), dtype, path, "lora_embedding_A")?,
                 ));
                 tensors.push((
                     key("lora_embedding_B"),
                     vec![m.a.cols as u64, rank as u64],
-                    encode(&m.a.t(), dtype),
+                    encode(&m.a.t(), dtype, path, "lora_embedding_B")?,
                 ));
             }
         }

@@ -9,10 +9,16 @@
 //! The penalty is a mean over columns (the reference code's choice), so λ does not scale with
 //! the layer width. Nothing dense is formed: `ΔWⱼ·diag(mⱼ)·Xᵢ = sⱼBⱼ·((Aⱼ⊙mⱼ)·Xᵢ)` is d_out×rᵢ.
 //! Mergers start at 1; the run is deterministic (the seed is recorded, no randomness is drawn).
+//!
+//! Every step's gradient, Adam moments and merger update are detached from candle's op graph:
+//! otherwise each moment keeps the previous step's graph alive, memory grows with the step count
+//! and dropping the chain at the end recurses once per step (a stack overflow, issue 20). The
+//! cancel flag is checked before every step.
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Serialize;
 
+use crate::control::Control;
 use crate::error::MergeError;
 use crate::mat::Mat;
 use crate::methods::Present;
@@ -51,6 +57,16 @@ pub fn ziplora(
     device: &Device,
     inputs: &[(f64, &Present)],
     p: ZipParams,
+) -> Result<(Vec<Vec<f32>>, ZipStats), MergeError> {
+    ziplora_with(device, inputs, p, &Control::none())
+}
+
+/// [`ziplora`], stopping with [`MergeError::Cancelled`] at the first step after `ctl` is cancelled.
+pub fn ziplora_with(
+    device: &Device,
+    inputs: &[(f64, &Present)],
+    p: ZipParams,
+    ctl: &Control<'_>,
 ) -> Result<(Vec<Vec<f32>>, ZipStats), MergeError> {
     let d_in = inputs[0].1.module.a.cols;
     // sᵢwᵢBᵢ, Aᵢ, Xᵢ = Aᵢᵀ.
@@ -125,22 +141,27 @@ pub fn ziplora(
         .iter()
         .map(|m| m.zeros_like())
         .collect::<Result<_, _>>()?;
-    let mut history = Vec::with_capacity(p.steps);
+    let mut history = Vec::with_capacity(p.steps.min(crate::spec::MAX_ZIP_STEPS));
     for step in 1..=p.steps {
+        ctl.check()?;
         let current: Vec<Tensor> = mergers.iter().map(|m| m.as_tensor().clone()).collect();
         let (recon, pen) = loss_terms(&current)?;
         let loss = total(&recon, &pen)?;
         let grads = loss.backward()?;
+        let t = i32::try_from(step).unwrap_or(i32::MAX);
+        let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
         for (i, m) in mergers.iter().enumerate() {
             let Some(g) = grads.get(m.as_tensor()) else {
                 continue;
             };
-            first[i] = ((&first[i] * b1)? + (g * (1.0 - b1))?)?;
-            second[i] = ((&second[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let m_hat = (&first[i] / (1.0 - b1.powi(step as i32)))?;
-            let v_hat = (&second[i] / (1.0 - b2.powi(step as i32)))?;
+            // Detached: the moments carry values from step to step, never the graph.
+            let g = g.detach();
+            first[i] = ((&first[i] * b1)? + (&g * (1.0 - b1))?)?.detach();
+            second[i] = ((&second[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?.detach();
+            let m_hat = (&first[i] / c1)?;
+            let v_hat = (&second[i] / c2)?;
             let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
-            m.set(&(m.as_tensor() - (update * p.lr)?)?)?;
+            m.set(&(m.as_tensor().detach() - (update * p.lr)?)?.detach())?;
         }
         history.push(scalar(&loss)?);
     }

@@ -76,6 +76,7 @@ fn combined(spec: &MergeSpec, inputs: &[Present], device: &Device) -> Mat {
         device,
         global_thresholds: None,
         default_rank: 4,
+        ctl: &quiver_merge::Control::none(),
     };
     dense_combination(&ctx, inputs).expect("combination")
 }

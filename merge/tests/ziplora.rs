@@ -272,3 +272,94 @@ fn export_is_exact_and_deterministic_through_the_engine() {
     assert_eq!(t.modules[Q].a.rows, 3);
     assert_eq!(t.reports[0].route, "factored");
 }
+
+/// Two tiny rank-4 adapters of the issue's crash (2 layers, q and v, d = 64).
+fn tiny_pair(dir: &std::path::Path) -> (quiver_merge::LoraAdapter, quiver_merge::LoraAdapter) {
+    let paths = [
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.0.self_attn.v_proj",
+        "model.layers.1.self_attn.q_proj",
+        "model.layers.1.self_attn.v_proj",
+    ];
+    let make = |name: &str, seed: u64| {
+        let modules: Vec<Module<'_>> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Module {
+                path: p,
+                a: random(4, 64, seed + 10 * i as u64),
+                b: random(64, 4, seed + 10 * i as u64 + 1),
+            })
+            .collect();
+        adapter(dir, name, &modules, 8.0, false, json!({}))
+    };
+    (make("A", 1), make("B", 500))
+}
+
+/// Regression (issue 20): the Adam moments kept candle's op graph from step to step, so after
+/// the run dropping a chain of `steps` nodes recursed and overflowed the stack, aborting the
+/// process (the service with it). Run on a thread with a small stack so the old code fails fast
+/// (an abort of the test binary); now each step is detached and the depth does not grow.
+#[test]
+fn many_steps_do_not_grow_the_graph_or_overflow_the_stack() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b) = tiny_pair(dir.path());
+    let run = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let (x, y) = (
+                a.load_module(Q).expect("load").expect("q"),
+                b.load_module(Q).expect("load").expect("q"),
+            );
+            let (x, y) = (
+                Present {
+                    index: 0,
+                    module: x,
+                },
+                Present {
+                    index: 1,
+                    module: y,
+                },
+            );
+            ziplora(
+                &Device::Cpu,
+                &[(1.0, &x), (0.7, &y)],
+                ZipParams {
+                    lambda: 0.01,
+                    steps: 2_000,
+                    lr: 0.01,
+                },
+            )
+            .map(|(m, stats)| (m.len(), stats.history.len()))
+        })
+        .expect("spawn");
+    let (mergers, history) = run.join().expect("no panic").expect("ziplora");
+    assert_eq!((mergers, history), (2, 2_000));
+}
+
+/// The issue's command (`--steps 20000 --seed 1 --weights 1,0.7`, scaled down to 2,000 steps)
+/// through the engine, on rayon workers with small stacks (the issue's abort came from a rayon
+/// worker with the default 2 MiB after 20,000 steps).
+#[test]
+fn the_issue_s_ziplora_merge_completes_on_small_stacks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (a, b) = tiny_pair(dir.path());
+    let mut spec = MergeSpec::new(Method::ZipLora);
+    spec.steps = Some(2_000);
+    spec.seed = 1;
+    spec.weights = Some(vec![1.0, 0.7]);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .stack_size(256 * 1024)
+        .build()
+        .expect("pool");
+    let m = pool
+        .install(|| merge(&[a, b], &spec, &Device::Cpu, &|_, _| {}))
+        .expect("merge");
+    assert_eq!(m.modules.len(), 4);
+    assert!(
+        m.modules
+            .values()
+            .all(|x| x.a.data.iter().chain(&x.b.data).all(|v| v.is_finite()))
+    );
+}

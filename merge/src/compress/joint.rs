@@ -16,6 +16,7 @@ use ndarray::{Array1, Array2, Axis};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::control::Control;
 use crate::error::MergeError;
 use crate::linalg::{gaussian, qr, svd};
 
@@ -95,12 +96,13 @@ fn kept(core: &Array2<f64>, diag: bool) -> f64 {
     }
 }
 
-/// Fits one shared basis to `members`.
+/// Fits one shared basis to `members`; `ctl` is checked before every iteration.
 pub fn fit(
     members: &[&MemberFactors],
     p: &JointParams,
     d_out: usize,
     d_in: usize,
+    ctl: &Control<'_>,
 ) -> Result<ClusterFit, MergeError> {
     let c = p.rank.min(d_out).min(d_in);
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
@@ -123,6 +125,7 @@ pub fn fit(
     };
     let mut history = vec![objective(&u, &v)];
     for _ in 0..p.iters {
+        ctl.check()?;
         if p.diag {
             // σ exact, then U by Procrustes; σ exact again, then V by Procrustes.
             let sig = cores(members, &u, &v);
@@ -185,16 +188,28 @@ pub fn fit_module(
     d_out: usize,
     d_in: usize,
 ) -> Result<ModuleFit, MergeError> {
+    fit_module_with(members, p, d_out, d_in, &Control::none())
+}
+
+/// [`fit_module`], stopping with [`MergeError::Cancelled`] at the first iteration (of any fit)
+/// after `ctl` is cancelled.
+pub fn fit_module_with(
+    members: &[MemberFactors],
+    p: &JointParams,
+    d_out: usize,
+    d_in: usize,
+    ctl: &Control<'_>,
+) -> Result<ModuleFit, MergeError> {
     let k = p.clusters.clamp(1, members.len().max(1));
     let all: Vec<&MemberFactors> = members.iter().collect();
     let mut assignment = vec![0usize; members.len()];
     let mut fits: Vec<ClusterFit>;
     if k == 1 {
-        fits = vec![fit(&all, p, d_out, d_in)?];
+        fits = vec![fit(&all, p, d_out, d_in, ctl)?];
     } else {
         // Farthest-point seeding on single-member fits.
         let mut seeds = vec![0usize];
-        let mut seed_fits = vec![fit(&all[..1], p, d_out, d_in)?];
+        let mut seed_fits = vec![fit(&all[..1], p, d_out, d_in, ctl)?];
         while seeds.len() < k {
             let worst = (0..members.len())
                 .filter(|i| !seeds.contains(i))
@@ -208,7 +223,7 @@ pub fn fit_module(
                 .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
             let Some((i, _)) = worst else { break };
             seeds.push(i);
-            seed_fits.push(fit(&all[i..=i], p, d_out, d_in)?);
+            seed_fits.push(fit(&all[i..=i], p, d_out, d_in, ctl)?);
         }
         fits = seed_fits;
         for round in 0..20 {
@@ -239,7 +254,7 @@ pub fn fit_module(
                     continue;
                 }
                 *new_index = refit.len();
-                refit.push(fit(&group, p, d_out, d_in)?);
+                refit.push(fit(&group, p, d_out, d_in, ctl)?);
             }
             assignment.iter_mut().for_each(|a| *a = renumber[*a]);
             fits = refit;

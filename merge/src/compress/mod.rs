@@ -35,7 +35,7 @@ use crate::methods::MergedModule;
 use crate::safetensors::{Dtype, write as write_safetensors};
 use crate::sparsify::derive_seed;
 use crate::write::{ConfigTemplate, OutputFiles, input_records, peft_files, pretty};
-use joint::{JointParams, MemberFactors, fit_module, sigma_matrix};
+use joint::{JointParams, MemberFactors, fit_module_with, sigma_matrix};
 
 pub const MANIFEST_NAME: &str = "collection.json";
 pub const BASES_NAME: &str = "bases.safetensors";
@@ -94,6 +94,8 @@ pub fn individual_files(
                 .load_module(path)?
                 .ok_or_else(|| MergeError::numeric(path, "module vanished"))?;
             let t = factored_cut(&m.b.clone().scale(m.scale), &m.a, cut)?;
+            MergeError::check_finite(path, "lora_B", &t.b.data)?;
+            MergeError::check_finite(path, "lora_A", &t.a.data)?;
             let report = ModuleReport {
                 module: path.to_string(),
                 kind: m.kind,
@@ -207,8 +209,12 @@ fn to_f64(m: &Mat) -> Array2<f64> {
     m.to_f64()
 }
 
-fn f32_bytes(a: &Array2<f64>) -> Vec<u8> {
-    a.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()
+/// `a` as f32 bytes; `Err(NonFiniteResult)` naming `module` and `tensor` where a value is NaN,
+/// infinite, or beyond f32's range.
+fn f32_bytes(a: &Array2<f64>, module: &str, tensor: &str) -> Result<Vec<u8>, MergeError> {
+    let v: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+    MergeError::check_finite(module, tensor, &v)?;
+    Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
 }
 
 /// Joint compression of `inputs` into `out` (a collection directory).
@@ -244,11 +250,14 @@ pub fn joint_files(
             "give at least one adapter to compress".into(),
         ));
     }
-    if p.rank == 0 || p.clusters == 0 {
-        return Err(MergeError::InvalidParam(
-            "rank and clusters must be at least 1".into(),
-        ));
+    CompressSpec::Joint {
+        rank: p.rank,
+        diag: p.diag,
+        clusters: p.clusters,
+        iters: p.iters,
+        seed: p.seed,
     }
+    .validate(inputs.len())?;
     check_inputs(inputs)?;
     let paths: Vec<String> = inputs
         .iter()
@@ -278,7 +287,7 @@ pub fn joint_files(
                 seed: derive_seed(p.seed, path, 0, "joint"),
                 ..p
             };
-            let fit = fit_module(&members, &params, d_out, d_in)?;
+            let fit = fit_module_with(&members, &params, d_out, d_in, ctl)?;
             ctl.report(done.fetch_add(1, Ordering::Relaxed) + 1, paths.len());
             Ok((
                 path.clone(),
@@ -303,12 +312,12 @@ pub fn joint_files(
             bases.push((
                 format!("{path}.U.{k}"),
                 vec![*d_out as u64, c.u.ncols() as u64],
-                f32_bytes(&c.u),
+                f32_bytes(&c.u, path, &format!("U.{k}"))?,
             ));
             bases.push((
                 format!("{path}.V.{k}"),
                 vec![*d_in as u64, c.v.ncols() as u64],
-                f32_bytes(&c.v),
+                f32_bytes(&c.v, path, &format!("V.{k}"))?,
             ));
             bytes_after += ((d_out + d_in) * c.u.ncols() * 4) as u64;
         }
@@ -320,7 +329,11 @@ pub fn joint_files(
             } else {
                 vec![s.nrows() as u64, s.ncols() as u64]
             };
-            sigmas.push((format!("{path}.sigma.{member}"), shape, f32_bytes(s)));
+            sigmas.push((
+                format!("{path}.sigma.{member}"),
+                shape,
+                f32_bytes(s, path, &format!("sigma.{member}"))?,
+            ));
             bytes_after += (s.len() * 4) as u64;
             member_err[member].0 += fit.errors[j].0;
             member_err[member].1 += fit.errors[j].1;

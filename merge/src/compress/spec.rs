@@ -10,10 +10,15 @@ use crate::adapter::LoraAdapter;
 use crate::control::Control;
 use crate::error::MergeError;
 use crate::linalg::Cut;
+use crate::spec::{MAX_INPUTS, MAX_RANK, at_most};
 use crate::write::OutputFiles;
 
 /// Default alternating iterations of joint compression.
 pub const DEFAULT_JOINT_ITERS: usize = 50;
+/// Most alternating iterations of joint compression (`iters`).
+pub const MAX_JOINT_ITERS: usize = 10_000;
+/// Most clusters of joint compression (`clusters`; each has its own bases).
+pub const MAX_CLUSTERS: usize = 1024;
 
 /// A compression request. JSON: `{"mode": "individual", "rank": 8}`, `{"mode": "joint", "rank":
 /// 16, "diag": true}`, `{"mode": "extract", "member": "math"}`; unknown fields are refused.
@@ -69,6 +74,11 @@ impl CompressSpec {
     /// Checks the parameters and the number of inputs (for `extract`: the one collection).
     pub fn validate(&self, n_inputs: usize) -> Result<(), MergeError> {
         let bad = |m: &str| Err(MergeError::InvalidParam(m.to_string()));
+        if n_inputs > MAX_INPUTS {
+            return Err(MergeError::InvalidParam(format!(
+                "at most {MAX_INPUTS} inputs per compression, got {n_inputs}"
+            )));
+        }
         match self {
             CompressSpec::Individual { rank, energy } => {
                 match (rank, energy) {
@@ -79,6 +89,9 @@ impl CompressSpec {
                             "individual compression needs exactly one of `rank` (≥ 1) or `energy` in (0, 1]",
                         );
                     }
+                }
+                if let Some(k) = rank {
+                    at_most("rank", *k, MAX_RANK)?;
                 }
                 if n_inputs != 1 {
                     return bad("individual compression takes exactly one input");
@@ -99,6 +112,9 @@ impl CompressSpec {
                 if *iters == 0 {
                     return bad("`iters` must be at least 1");
                 }
+                at_most("rank", *rank, MAX_RANK)?;
+                at_most("clusters", *clusters, MAX_CLUSTERS)?;
+                at_most("iters", *iters, MAX_JOINT_ITERS)?;
                 if n_inputs == 0 {
                     return bad("give the adapters to compress");
                 }
