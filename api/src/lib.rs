@@ -16,6 +16,7 @@ pub mod merge_cmd;
 pub mod metrics;
 pub mod openapi;
 pub mod publish;
+pub mod redact;
 pub mod resources;
 pub mod route_cmd;
 pub mod route_table;

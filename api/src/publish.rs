@@ -1,20 +1,25 @@
-//! Publishing a version: the one path for uploads and for jobs.
+//! Publishing a version: the one path for uploads, Hub commits and jobs.
 //!
-//! The blobs are stored first, the rows commit in one transaction (a job's success with them),
-//! then every blob is checked to still be there: a blob sweep that decided before the commit may
-//! have removed identical content meanwhile (see `BlobStore::commit`), and the publisher still
-//! holds the bytes to store it again.
+//! The blobs are stored first; then the rows commit in one transaction (a job's success with
+//! them), and inside it, under the lock the blob sweep takes exclusively, every blob the version
+//! refers to is checked to be there (`quiver_store::HeldBlobs`): a sweep that decided before
+//! the commit may have removed it. Where the publisher holds a copy (a staged upload, a job's
+//! output file) the blob is stored again; where it holds none (a Hub commit's LFS object,
+//! uploaded earlier and found by its sha256) the commit fails and rolls back, so the client
+//! gets the error and nothing broken ever becomes visible. Once the rows have committed no sweep
+//! can remove the blobs, so nothing needs checking afterwards.
 
 use std::path::PathBuf;
 
 use quiver_store::{
-    AdapterRecord, Lease, NewVersion, OutputTarget, StagedBlob, Store, StoreError, VersionRecord,
+    AdapterRecord, HeldBlobs, Lease, NewVersion, OutputTarget, StagedBlob, Store, StoreError,
+    VersionRecord,
 };
 use serde_json::Value;
 
 /// Where the version goes.
 pub enum Target<'a> {
-    /// An existing adapter (uploads).
+    /// An existing adapter (uploads, Hub commits).
     Adapter(&'a AdapterRecord),
     /// A job's output: fenced by its lease, committed with the job's success.
     Job {
@@ -24,25 +29,45 @@ pub enum Target<'a> {
     },
 }
 
-/// Where the publisher holds the bytes of the version's blobs.
+/// What the publisher holds of the version's blobs (see [`HeldBlobs`]).
 pub enum Held<'a> {
     /// Staged uploads, committed before publishing (discarded afterwards by the caller).
     Staged(&'a [&'a StagedBlob]),
     /// Local files with their sha256 (a job's output in its scratch directory).
     Files(&'a [(PathBuf, String)]),
+    /// A Hub commit: its inline files, staged and committed, and the LFS objects it names by
+    /// sha256, of which it holds no copy (a missing one fails the commit).
+    Commit {
+        staged: &'a [&'a StagedBlob],
+        stored: &'a [String],
+    },
 }
 
+/// Commits the version; its blobs are checked inside the commit. A blob gone with no copy to
+/// store it from is `StoreError::BlobMissing` with its sha256, and nothing was committed.
 pub async fn publish_version(
     store: &Store,
     target: Target<'_>,
     new: &NewVersion,
     held: Held<'_>,
 ) -> Result<(AdapterRecord, VersionRecord), StoreError> {
-    let published = match target {
-        Target::Adapter(adapter) => (
+    let mut check = HeldBlobs::new(&store.blobs);
+    match held {
+        Held::Staged(staged) => check.staged = staged,
+        Held::Files(files) => check.files = files,
+        Held::Commit { staged, stored } => {
+            check.staged = staged;
+            check.stored = stored;
+        }
+    }
+    match target {
+        Target::Adapter(adapter) => Ok((
             adapter.clone(),
-            store.meta.create_version(adapter, new).await?,
-        ),
+            store
+                .meta
+                .create_version_checked(adapter, new, &check)
+                .await?,
+        )),
         Target::Job {
             lease,
             output,
@@ -50,28 +75,8 @@ pub async fn publish_version(
         } => {
             store
                 .meta
-                .publish_job_result(lease, output, new, report)
-                .await?
-        }
-    };
-    // The version is committed: a failure here is logged, not returned, so a client never
-    // retries a publish that succeeded.
-    let checked = match held {
-        Held::Staged(staged) => {
-            futures::future::try_join_all(staged.iter().map(|s| store.blobs.ensure_committed(s)))
+                .publish_job_result_checked(lease, output, new, report, &check)
                 .await
         }
-        Held::Files(files) => {
-            futures::future::try_join_all(
-                files
-                    .iter()
-                    .map(|(path, sha)| store.blobs.ensure_file(path, sha)),
-            )
-            .await
-        }
-    };
-    if let Err(e) = checked {
-        tracing::error!(error = %e, version = published.1.number, "could not check the blobs of a published version");
     }
-    Ok(published)
 }

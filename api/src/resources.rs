@@ -42,7 +42,9 @@ pub struct VersionView {
     /// alpha_pattern, n_params, dtype, size.
     #[schema(value_type = Object)]
     pub lora: Option<Value>,
-    /// Parents, method, params and seed of a merged or compressed version.
+    /// Parents (`[{adapter, version, revision}]`, in input order), method, params and seed of
+    /// a merged or compressed version. A parent the caller may not see (another user's private
+    /// adapter, or one deleted since) is `{"hidden": true}` in its place.
     #[schema(value_type = Object)]
     pub lineage: Option<Value>,
     /// Whether vLLM, LoRAX, PEFT and Quiver's merges take it, each `{"ok", "reason"}`, and the
@@ -81,8 +83,9 @@ impl From<&FileRecord> for FileView {
     }
 }
 
-impl From<VersionRecord> for VersionView {
-    fn from(v: VersionRecord) -> Self {
+impl VersionView {
+    /// The version as a caller may see it: parents it may not see hidden (`crate::redact`).
+    pub fn new(v: VersionRecord, parents: &crate::redact::Parents) -> Self {
         Self {
             number: v.number,
             revision: v.revision,
@@ -93,7 +96,7 @@ impl From<VersionRecord> for VersionView {
             compatibility: crate::facets::summary(v.lora.as_ref())
                 .map(|s| quiver_merge::compat::Compatibility::of(&s)),
             lora: v.lora,
-            lineage: v.lineage,
+            lineage: parents.redact(v.lineage),
         }
     }
 }
@@ -103,6 +106,7 @@ impl AdapterView {
         a: AdapterRecord,
         latest: Option<VersionRecord>,
         aliases: Vec<(String, i64)>,
+        parents: &crate::redact::Parents,
     ) -> Self {
         let mut refs: BTreeMap<String, i64> = aliases.into_iter().collect();
         if let Some(v) = &latest {
@@ -120,7 +124,7 @@ impl AdapterView {
             created_at: rfc3339(a.created_at),
             updated_at: rfc3339(a.updated_at),
             refs,
-            latest: latest.map(VersionView::from),
+            latest: latest.map(|v| VersionView::new(v, parents)),
         }
     }
 }

@@ -142,8 +142,10 @@ impl BlobStore {
         ))
     }
 
-    /// Stores something computed from blobs (e.g. a version's spectra), under `derived/<name>`.
-    /// Derived objects are caches: the sweeps leave them, and losing one only costs recomputing.
+    /// Stores something derived from blobs under `derived/<name>`: caches (a version's spectra),
+    /// which the sweeps leave and whose loss only costs recomputing, and the Hub's LFS upload
+    /// proofs (`derived/lfs-proof/<adapter id>/<sha256>`), which are authorisation records,
+    /// deleted with their adapter ([`BlobStore::delete_derived_prefix`]).
     pub async fn put_derived(&self, name: &str, bytes: Bytes) -> Result<(), StoreError> {
         self.inner
             .put(&self.key(&format!("derived/{name}")), bytes.into())
@@ -158,6 +160,25 @@ impl BlobStore {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Deletes every derived object under `derived/<prefix>/` (whole path segments: prefix `a/1`
+    /// does not touch `a/12`). Returns how many were deleted.
+    pub async fn delete_derived_prefix(&self, prefix: &str) -> Result<usize, StoreError> {
+        let items: Vec<_> = self
+            .inner
+            .list(Some(&self.key(&format!("derived/{prefix}"))))
+            .try_collect()
+            .await?;
+        let mut deleted = 0;
+        for item in items {
+            match self.inner.delete(&item.location).await {
+                Ok(()) => deleted += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(deleted)
     }
 
     /// Checks that the backend answers (a listing of at most one object).
@@ -218,7 +239,9 @@ impl BlobStore {
         // local files (a hard link), are looked for first.
         let written = if !self.is_local() && size < SMALL_PUT {
             self.write_file_to(path, &self.content_key(&sha256)).await?;
-            true
+            // Not `written` for the check after all: identical content may have been stored
+            // already, and a sweep that saw it old may delete it just after this write.
+            false
         } else {
             let missing = !self.exists(&sha256).await?;
             if missing {

@@ -27,11 +27,11 @@ pub use blob::{BlobStore, BlobUpload, StagedBlob, StoredFile};
 pub use error::StoreError;
 pub use held::HeldBlobs;
 pub use meta::{
-    AdapterPatch, AdapterRecord, AdapterSort, Beat, CommitCheck, FileRecord, JobEnd, JobFilter, JobKind,
-    JobRecord, JobState, JobStore, Lease, LineageGraph, ListAdapters, MetadataStore, NewAdapter,
-    NewAdapterFields, NewJob, NewProfile, NewVersion, OutputTarget, Page, ParentVersion, Principal,
-    NoCheck, ProfileInfo, ProfileSource, ProfileStore, RoutableProfile, SAMPLES_FILE, StaleProfile,
-    VersionRecord, VersionRef, Viewer,
+    AdapterPatch, AdapterRecord, AdapterSort, Beat, CommitCheck, FileRecord, JobEnd, JobFilter,
+    JobKind, JobRecord, JobState, JobStore, Lease, LineageGraph, ListAdapters, MetadataStore,
+    NewAdapter, NewAdapterFields, NewJob, NewProfile, NewVersion, NoCheck, OutputTarget, Page,
+    ParentVersion, Principal, ProfileInfo, ProfileSource, ProfileStore, RoutableProfile,
+    SAMPLES_FILE, StaleProfile, VersionRecord, VersionRef, Viewer,
 };
 pub use meta::{FacetCounts, FacetFilter, VersionFacets, VersionKind};
 pub use names::{RepoId, Scope, validate_name};

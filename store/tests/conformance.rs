@@ -619,7 +619,10 @@ async fn local_files_are_stored_by_content(#[case] backend: Backend) {
         // Again: found rather than written (small remote objects are simply rewritten: one
         // request either way); the stored bytes are the file's.
         let again = store.blobs.put_file(&path).await.expect("again");
-        assert_eq!((again.sha256.as_str(), again.written), (sha.as_str(), false));
+        assert_eq!(
+            (again.sha256.as_str(), again.written),
+            (sha.as_str(), false)
+        );
         let body: Vec<Bytes> = store
             .blobs
             .get(&sha, None)

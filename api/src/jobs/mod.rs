@@ -8,6 +8,8 @@
 
 pub mod cache;
 pub mod embed;
+pub mod exec;
+pub mod redact;
 mod run;
 pub mod scratch;
 pub mod spec;

@@ -268,6 +268,8 @@ async fn execute(
     if cancel.is_cancelled() {
         return Err(Failure::Stopped);
     }
+    // Private inputs' file hashes out of the written files and the report (`redact`).
+    let report = super::redact::written_files(&shared.store, &spec, &out, report).await?;
     lap(1);
 
     // Store the output: content-addressed, so a retry uploads nothing the store already holds.

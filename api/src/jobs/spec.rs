@@ -69,6 +69,11 @@ pub struct PinnedInput {
     pub revision: String,
     /// Directory name the worker stages it under (names the input in reports).
     pub dir: String,
+    /// The input's adapter was private when the job was queued: the output's files name it
+    /// only by `dir` (`private-input-{i}`) and leave out its files' sha256 (see
+    /// `jobs::redact`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
 }
 
 /// What a job row holds: the engine's parameters, the pinned inputs, the output.
@@ -289,12 +294,14 @@ pub async fn check(
         .map(|(a, _, _)| a.base_model.clone())
         .unwrap_or_default();
 
-    // Output: visible and writable by the caller, or creatable.
+    // Output: writable by the caller (an existing adapter, or one to create). Whether the caller
+    // may write under the owner is asked first, before anything about the name: another user's
+    // private adapter, their public one and a name that does not exist all answer 403 alike, so
+    // the answer does not tell which names exist.
     let repo = parse_repo(&output.adapter, "output.adapter")?;
+    caller.require_write(&repo.owner)?;
     match store.meta.get_adapter(&repo).await? {
         Some(existing) => {
-            let existing = caller.visible(Some(existing), &repo.to_string())?;
-            caller.require_write(&existing.owner)?;
             if existing.base_model != base_model {
                 return Err(ApiError::coded(
                     ErrorCode::IncompatibleInputs,
@@ -306,7 +313,6 @@ pub async fn check(
             }
         }
         None if output.create => {
-            caller.require_write(&repo.owner)?;
             crate::routes::adapters::check_new_fields(
                 output.description.as_deref().unwrap_or_default(),
                 output.tags.as_deref().unwrap_or_default(),
@@ -325,6 +331,7 @@ pub async fn check(
         .into_iter()
         .zip(dirs)
         .map(|((a, v, reference), dir)| PinnedInput {
+            private: a.private,
             adapter: a.repo_id(),
             reference,
             version: v.number,
@@ -379,36 +386,62 @@ fn check_shapes(inputs: &[(AdapterRecord, VersionRecord, String)]) -> Result<(),
     Ok(())
 }
 
-/// Directory names the inputs are staged under, which name them in reports and collections:
-/// the adapter's name; `owner--name` where two inputs share a name; `-v{N}` (then `-{i}`) where
-/// one adapter is given more than once. `quiver merge` on directories of these names writes the
-/// same bytes.
+/// Directory names the inputs are staged under, which name them in reports, cards and
+/// collections: the adapter's name; `owner--name` where two inputs share a name; `-v{N}` (then
+/// `-{i}`) where one adapter is given more than once. A private adapter's input is
+/// `private-input-{i}` (its position), whoever may see it: the output's files never name a
+/// private adapter (see `jobs::redact`), and are the same whether the output is public or
+/// private, now or later. `quiver merge` on directories of these names writes the same bytes
+/// (except that a job also leaves out the private inputs' sha256).
 pub fn input_dirs(inputs: &[(AdapterRecord, VersionRecord, String)]) -> Vec<String> {
-    let count = |names: &[String]| {
+    let count = |names: &[Option<String>]| {
         let mut c: BTreeMap<String, usize> = BTreeMap::new();
-        for n in names {
+        for n in names.iter().flatten() {
             *c.entry(n.clone()).or_default() += 1;
         }
         c
     };
-    let mut names: Vec<String> = inputs.iter().map(|(a, _, _)| a.name.clone()).collect();
+    // Public inputs first, among themselves (a private input's name must not shape theirs).
+    let mut names: Vec<Option<String>> = inputs
+        .iter()
+        .map(|(a, _, _)| (!a.private).then(|| a.name.clone()))
+        .collect();
     let c = count(&names);
     for (n, (a, _, _)) in names.iter_mut().zip(inputs) {
-        if c[n.as_str()] > 1 {
+        if let Some(n) = n.as_mut()
+            && c[n.as_str()] > 1
+        {
             *n = format!("{}--{}", a.owner, a.name);
         }
     }
     let c = count(&names);
     for (n, (_, v, _)) in names.iter_mut().zip(inputs) {
-        if c[n.as_str()] > 1 {
+        if let Some(n) = n.as_mut()
+            && c[n.as_str()] > 1
+        {
             *n = format!("{n}-v{}", v.number);
         }
     }
     let c = count(&names);
     for (i, n) in names.iter_mut().enumerate() {
-        if c[n.as_str()] > 1 {
+        if let Some(n) = n.as_mut()
+            && c[n.as_str()] > 1
+        {
             *n = format!("{n}-{i}");
         }
     }
     names
+        .into_iter()
+        .zip(inputs)
+        .enumerate()
+        .map(|(i, (n, (a, _, _)))| match n {
+            // A public adapter may be called `private-input-3`: `owner--name` never is.
+            Some(n) if n.starts_with(PRIVATE_INPUT) => format!("{}--{n}", a.owner),
+            Some(n) => n,
+            None => format!("{PRIVATE_INPUT}{i}"),
+        })
+        .collect()
 }
+
+/// How the output's files name a private input: `private-input-{position}`.
+pub const PRIVATE_INPUT: &str = "private-input-";

@@ -111,9 +111,12 @@ fn check_description(d: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Builds full views (refs + latest version) for a set of adapters with three queries in all.
+/// Builds full views (refs + latest version) for a set of adapters with three queries in all,
+/// and one per distinct parent adapter named in the latest versions' lineage (hidden from a
+/// viewer who may not see it: `crate::redact`).
 pub async fn views(
     store: &Store,
+    viewer: &Viewer,
     adapters: Vec<AdapterRecord>,
 ) -> Result<Vec<AdapterView>, ApiError> {
     let ids: Vec<i64> = adapters.iter().map(|a| a.id).collect();
@@ -128,6 +131,7 @@ pub async fn views(
     for (id, alias, number) in store.meta.aliases(&ids).await? {
         aliases.entry(id).or_default().push((alias, number));
     }
+    let parents = crate::redact::Parents::of(store, viewer, latest.values()).await?;
     Ok(adapters
         .into_iter()
         .map(|a| {
@@ -136,13 +140,18 @@ pub async fn views(
                 a,
                 latest.remove(&id),
                 aliases.remove(&id).unwrap_or_default(),
+                &parents,
             )
         })
         .collect())
 }
 
-async fn view(store: &Store, adapter: AdapterRecord) -> Result<AdapterView, ApiError> {
-    views(store, vec![adapter])
+async fn view(
+    store: &Store,
+    viewer: &Viewer,
+    adapter: AdapterRecord,
+) -> Result<AdapterView, ApiError> {
+    views(store, viewer, vec![adapter])
         .await?
         .pop()
         .ok_or_else(|| ApiError::internal("adapter view", "empty view list"))
@@ -192,7 +201,7 @@ pub async fn create_adapter(
             private: body.private,
         })
         .await?;
-    Ok(HttpResponse::Created().json(view(&state.store, created).await?))
+    Ok(HttpResponse::Created().json(view(&state.store, &caller.viewer(), created).await?))
 }
 
 /// List and search adapters the caller can see.
@@ -221,7 +230,7 @@ pub async fn list_adapters(
     let page = cached_page(&state, &key, async || {
         let found = state.store.meta.list_adapters(&list, &viewer).await?;
         serde_json::to_vec(&AdapterPage {
-            items: views(&state.store, found.items).await?,
+            items: views(&state.store, &viewer, found.items).await?,
             next_cursor: found.next_cursor,
         })
         .map_err(|e| ApiError::internal("listing JSON", e))
@@ -346,7 +355,7 @@ pub async fn get_adapter(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let adapter = find_adapter(&state.store, &caller, &path).await?;
-    Ok(HttpResponse::Ok().json(view(&state.store, adapter).await?))
+    Ok(HttpResponse::Ok().json(view(&state.store, &caller.viewer(), adapter).await?))
 }
 
 /// Change description, tags or visibility.
@@ -382,7 +391,7 @@ pub async fn patch_adapter(
     let updated = state.store.meta.get_adapter(&repo).await?.ok_or_else(|| {
         ApiError::not_found(ErrorCode::AdapterNotFound, format!("adapter {repo}"))
     })?;
-    Ok(HttpResponse::Ok().json(view(&state.store, updated).await?))
+    Ok(HttpResponse::Ok().json(view(&state.store, &caller.viewer(), updated).await?))
 }
 
 /// Delete an adapter with all its versions and refs.
@@ -398,6 +407,14 @@ pub async fn delete_adapter(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (adapter, _) = find_writable_adapter(&state.store, &caller, &path).await?;
-    state.store.meta.delete_adapter(adapter.id).await?;
+    delete(&state, &adapter).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Deletes an adapter (REST and Hub): its rows (versions, files, refs; lineage keeps its name),
+/// then its LFS upload proofs, which are authorisation records. Its blobs go with the sweep.
+pub async fn delete(state: &AppState, adapter: &AdapterRecord) -> Result<(), ApiError> {
+    state.store.meta.delete_adapter(adapter.id).await?;
+    crate::hub::write::delete_proofs(state, adapter.id).await;
+    Ok(())
 }

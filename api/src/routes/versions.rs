@@ -11,6 +11,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::lookup::{find_adapter, find_version, find_writable_adapter, page_limit};
 use crate::publish::{Held, Target, publish_version};
+use crate::redact::Parents;
 use crate::resources::{VersionPage, VersionView};
 use crate::state::AppState;
 use crate::upload::{Received, receive};
@@ -102,7 +103,7 @@ pub async fn create_version(
     received.discard(blobs).await;
     let (_, version) = published?;
     state.routing.version_published(&version.files);
-    Ok(HttpResponse::Created().json(VersionView::from(version)))
+    Ok(HttpResponse::Created().json(VersionView::new(version, &Default::default())))
 }
 
 /// Versions of an adapter, newest first.
@@ -125,8 +126,13 @@ pub async fn list_versions(
         .meta
         .list_versions(adapter.id, page_limit(q.limit)?, q.cursor.as_deref())
         .await?;
+    let parents = Parents::of(&state.store, &caller.viewer(), &page.items).await?;
     Ok(HttpResponse::Ok().json(VersionPage {
-        items: page.items.into_iter().map(VersionView::from).collect(),
+        items: page
+            .items
+            .into_iter()
+            .map(|v| VersionView::new(v, &parents))
+            .collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -149,5 +155,6 @@ pub async fn get_version(
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, reference) = path.into_inner();
     let (_, version) = find_version(&state, &caller, &owner, &name, &reference).await?;
-    Ok(HttpResponse::Ok().json(VersionView::from(version)))
+    let parents = Parents::of(&state.store, &caller.viewer(), [&version]).await?;
+    Ok(HttpResponse::Ok().json(VersionView::new(version, &parents)))
 }

@@ -231,7 +231,7 @@ pub async fn index(
     let page = cached_page(&state, &key, async || {
         let found = state.store.meta.list_adapters(&list, &viewer).await?;
         let counts = state.store.meta.facet_counts(&viewer, FACET_VALUES).await?;
-        let cards = views(&state.store, found.items)
+        let cards = views(&state.store, &viewer, found.items)
             .await?
             .into_iter()
             .map(Card::new)

@@ -61,8 +61,8 @@ pub use profiles::{
 pub use sql::SqlMetadata;
 pub use tokens::{Principal, TokenStore};
 pub use versions::{
-    CommitCheck, FileRecord, NoCheck, NewVersion, ParentVersion, VersionFacets, VersionKind, VersionRecord, VersionRef,
-    VersionState, VersionStore,
+    CommitCheck, FileRecord, NewVersion, NoCheck, ParentVersion, VersionFacets, VersionKind,
+    VersionRecord, VersionRef, VersionState, VersionStore,
 };
 
 /// Connects to `sqlite://…` or `postgres://…` and applies the dialect's migrations.

@@ -562,9 +562,23 @@ async fn bad_specs_are_refused_before_anything_is_queued(#[case] backend: Backen
         ),
         (
             "/api/v1/merges",
+            // Another user's private adapter answers like a name that does not exist (403
+            // both, asked before existence), not 404 (which told the two apart).
             json!({"method": "cat", "inputs": ab, "output": {"adapter": "bob/secret"}}),
-            404,
-            "adapter_not_found",
+            403,
+            "forbidden",
+        ),
+        (
+            "/api/v1/merges",
+            json!({"method": "cat", "inputs": ab, "output": {"adapter": "bob/secret", "create": true}}),
+            403,
+            "forbidden",
+        ),
+        (
+            "/api/v1/merges",
+            json!({"method": "cat", "inputs": ab, "output": {"adapter": "bob/nothing-here"}}),
+            403,
+            "forbidden",
         ),
         (
             "/api/v1/merges",
