@@ -25,15 +25,18 @@ pub struct MergeRequest {
     method: String,
     /// `paper` (default) or `peft` (PEFT add_weighted_adapter's arithmetic).
     compat: Option<String>,
-    /// One per input (default 1 each); or give `inputs[].weight`.
+    /// One per input (default 1 each); or give `inputs[].weight`. Finite, |w| ≤ 1e6.
     weights: Option<Vec<f64>>,
     /// Fraction of entries kept (ties default 0.2; dare_* and magnitude_prune need it), in (0, 1].
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     density: Option<f64>,
-    /// Output rank of truncating methods (default: the largest input rank).
+    /// Output rank of truncating methods (default: the largest input rank); at most 65536.
+    #[schema(minimum = 1, maximum = 65536)]
     rank: Option<u32>,
     /// Seed of DARE masks, randomized SVD sketches, LEGO and ZipLoRA (default 0).
     seed: Option<u64>,
-    /// Final scale of ties and dare_ties.
+    /// Final scale of ties and dare_ties; finite, |λ| ≤ 1e6.
+    #[schema(minimum = -1000000, maximum = 1000000)]
     lambda: Option<f64>,
     /// `total` (default) or `frequency`.
     majority_sign: Option<String>,
@@ -43,20 +46,27 @@ pub struct MergeRequest {
     svd: Option<String>,
     /// `f32`, `f16` or `bf16` (default: the first input's).
     dtype: Option<String>,
-    /// lora_lego: clusters (= output rank).
+    /// lora_lego: clusters (= output rank); at most 65536.
+    #[schema(minimum = 1, maximum = 65536)]
     k: Option<u32>,
-    /// lora_lego: k-means iterations at most (default 20).
+    /// lora_lego: k-means iterations at most (default 20; at most 10000).
+    #[schema(minimum = 0, maximum = 10000)]
     iters: Option<u32>,
     /// lora_lego: rescale centroids to their members' norm (default true).
     param_reweight: Option<bool>,
     /// lora_lego: scale the output by √(r/k) (default true).
     output_reweight: Option<bool>,
-    /// ziplora: weight of the column-overlap penalty (default 0.01).
+    /// ziplora: weight of the column-overlap penalty (default 0.01), in [0, 1e6].
+    #[schema(minimum = 0, maximum = 1000000)]
     lambda_sim: Option<f64>,
-    /// ziplora: Adam steps (default 200).
+    /// ziplora: Adam steps (default 200; at most 100000).
+    #[schema(minimum = 1, maximum = 100000)]
     steps: Option<u32>,
-    /// ziplora: Adam learning rate (default 0.01).
+    /// ziplora: Adam learning rate (default 0.01), in (0, 10].
+    #[schema(exclusive_minimum = 0, maximum = 10)]
     lr: Option<f64>,
+    /// At most 64 inputs per job.
+    #[schema(max_items = 64)]
     inputs: Vec<spec::InputRequest>,
     output: spec::OutputRequest,
     /// The same key and body again return the same job; another body with it is a 409.
@@ -71,18 +81,25 @@ pub struct CompressionRequest {
     /// `individual` (one input, `rank` or `energy`), `joint` (a collection: `rank`, `diag`,
     /// `clusters`, `iters`, `seed`) or `extract` (`member` of the one input, a collection).
     mode: String,
+    /// individual: the output rank; joint: the shared rank c. At most 65536.
+    #[schema(minimum = 1, maximum = 65536)]
     rank: Option<u32>,
-    /// individual: the smallest rank keeping this fraction of each module's energy.
+    /// individual: the smallest rank keeping this fraction of each module's energy, in (0, 1].
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     energy: Option<f64>,
     /// joint: diagonal per-member cores.
     diag: Option<bool>,
-    /// joint: clusters, each with its own bases (default 1).
+    /// joint: clusters, each with its own bases (default 1; at most 1024).
+    #[schema(minimum = 1, maximum = 1024)]
     clusters: Option<u32>,
-    /// joint: alternating iterations at most (default 50).
+    /// joint: alternating iterations at most (default 50; at most 10000).
+    #[schema(minimum = 1, maximum = 10000)]
     iters: Option<u32>,
     seed: Option<u64>,
     /// extract: the member's name or index.
     member: Option<String>,
+    /// At most 64 inputs per job.
+    #[schema(max_items = 64)]
     inputs: Vec<spec::InputRequest>,
     output: spec::OutputRequest,
     idempotency_key: Option<String>,
@@ -286,4 +303,42 @@ pub async fn cancel_job(
     let job = state.store.meta.cancel_job(&job.id).await?.unwrap_or(job);
     tracing::info!(job = %job.id, state = job.state.as_str(), cancel_requested = job.cancel_requested, "job cancel asked");
     Ok(HttpResponse::Ok().json(JobView::from(job)))
+}
+
+#[cfg(test)]
+mod tests {
+    use quiver_merge::compress::spec::{MAX_CLUSTERS, MAX_JOINT_ITERS};
+    use quiver_merge::spec::{
+        MAX_LAMBDA_SIM, MAX_LEGO_ITERS, MAX_LR, MAX_RANK, MAX_WEIGHT, MAX_ZIP_STEPS,
+    };
+    use serde_json::Value;
+    use utoipa::PartialSchema;
+
+    use super::{CompressionRequest, MergeRequest};
+
+    fn properties<T: PartialSchema>() -> Value {
+        serde_json::to_value(T::schema()).expect("schema")["properties"].clone()
+    }
+
+    /// The limits the API documents are the engine's (the schema attributes take literals only).
+    #[test]
+    fn documented_limits_are_the_engine_s() {
+        let merge = properties::<MergeRequest>();
+        let max = |p: &Value, f: &str| p[f]["maximum"].as_f64().unwrap_or(f64::NAN);
+        assert_eq!(max(&merge, "steps"), MAX_ZIP_STEPS as f64);
+        assert_eq!(max(&merge, "iters"), MAX_LEGO_ITERS as f64);
+        assert_eq!(max(&merge, "rank"), MAX_RANK as f64);
+        assert_eq!(max(&merge, "k"), MAX_RANK as f64);
+        assert_eq!(max(&merge, "lr"), MAX_LR);
+        assert_eq!(max(&merge, "lambda_sim"), MAX_LAMBDA_SIM);
+        assert_eq!(max(&merge, "lambda"), MAX_WEIGHT);
+        assert_eq!(
+            merge["inputs"]["maxItems"].as_u64(),
+            Some(crate::jobs::spec::MAX_INPUTS as u64)
+        );
+        let compress = properties::<CompressionRequest>();
+        assert_eq!(max(&compress, "iters"), MAX_JOINT_ITERS as f64);
+        assert_eq!(max(&compress, "clusters"), MAX_CLUSTERS as f64);
+        assert_eq!(max(&compress, "rank"), MAX_RANK as f64);
+    }
 }
