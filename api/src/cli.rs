@@ -56,6 +56,8 @@ pub enum Command {
         #[arg(long, env = "QUIVER_JOB_WORKERS", default_value_t = 1)]
         job_workers: usize,
         #[command(flatten)]
+        clients: crate::config::ClientLimits,
+        #[command(flatten)]
         jobs: JobArgs,
         #[command(flatten)]
         routing: RoutingArgs,
@@ -122,6 +124,7 @@ pub async fn run(cli: Cli) -> CliResult {
             workers,
             card_image_hosts,
             job_workers,
+            clients,
             jobs,
             routing,
             storage,
@@ -134,6 +137,7 @@ pub async fn run(cli: Cli) -> CliResult {
                     list_cache_bytes,
                     workers: workers.map(usize::from),
                     card_images: crate::web::card::ImagePolicy::new(&card_image_hosts)?,
+                    clients,
                 },
                 workers: jobs.options(job_workers, &storage),
                 routing: routing.options().map_err(StartupError::Embedder)?,

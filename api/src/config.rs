@@ -138,6 +138,66 @@ pub struct HttpOptions {
     pub workers: Option<usize>,
     /// Hosts whose https images model cards may show (none by default).
     pub card_images: crate::web::card::ImagePolicy,
+    /// Timeouts and connection caps that keep slow or many clients from exhausting the server.
+    pub clients: ClientLimits,
+}
+
+/// How long clients may take and how many connections they may hold (`serve`); see
+/// `body_guard` for the body rule and docs/architecture.md ("Timeouts and limits").
+#[derive(Args, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Time allowed to receive a request body, in ms, plus one second for every
+    /// `--body-min-rate` bytes received (only time spent waiting for the client counts).
+    /// A body that misses it gets 408 `request_timeout` and the connection is closed.
+    #[arg(long, env = "QUIVER_BODY_TIMEOUT_MS", default_value_t = DEFAULT_BODY_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_ms: u64,
+    /// Slowest accepted average rate of a request body, in bytes per second (see
+    /// `--body-timeout-ms`).
+    #[arg(long, env = "QUIVER_BODY_MIN_RATE", default_value_t = DEFAULT_BODY_MIN_RATE,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_min_rate: u64,
+    /// Longest pause between two pieces of a request body, in ms.
+    #[arg(long, env = "QUIVER_BODY_IDLE_TIMEOUT_MS", default_value_t = DEFAULT_BODY_IDLE_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_idle_timeout_ms: u64,
+    /// Time allowed to receive a request's head (line and headers), in ms (0: none).
+    #[arg(long, env = "QUIVER_HEADER_TIMEOUT_MS", default_value_t = DEFAULT_HEADER_TIMEOUT_MS)]
+    pub header_timeout_ms: u64,
+    /// How long an idle keep-alive connection stays open, in ms (0: no keep-alive).
+    #[arg(long, env = "QUIVER_KEEP_ALIVE_MS", default_value_t = DEFAULT_KEEP_ALIVE_MS)]
+    pub keep_alive_ms: u64,
+    /// Time allowed to a client to take a closing connection's last bytes, in ms (0: none).
+    #[arg(long, env = "QUIVER_DISCONNECT_TIMEOUT_MS", default_value_t = DEFAULT_DISCONNECT_TIMEOUT_MS)]
+    pub disconnect_timeout_ms: u64,
+    /// Open connections per HTTP worker thread (`--workers`); beyond it new connections wait in
+    /// the listen backlog until one closes.
+    #[arg(long, env = "QUIVER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+}
+
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
+/// 32 KiB/s (256 kbit/s): a 1 GiB upload may take up to 9 hours.
+pub const DEFAULT_BODY_MIN_RATE: u64 = 32 * 1024;
+pub const DEFAULT_BODY_IDLE_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_KEEP_ALIVE_MS: u64 = 5_000;
+pub const DEFAULT_DISCONNECT_TIMEOUT_MS: u64 = 1_000;
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            body_timeout_ms: DEFAULT_BODY_TIMEOUT_MS,
+            body_min_rate: DEFAULT_BODY_MIN_RATE,
+            body_idle_timeout_ms: DEFAULT_BODY_IDLE_TIMEOUT_MS,
+            header_timeout_ms: DEFAULT_HEADER_TIMEOUT_MS,
+            keep_alive_ms: DEFAULT_KEEP_ALIVE_MS,
+            disconnect_timeout_ms: DEFAULT_DISCONNECT_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
 }
 
 impl Default for HttpOptions {
@@ -147,6 +207,7 @@ impl Default for HttpOptions {
             list_cache_bytes: DEFAULT_LIST_CACHE_BYTES,
             workers: None,
             card_images: Default::default(),
+            clients: ClientLimits::default(),
         }
     }
 }

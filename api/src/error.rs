@@ -69,6 +69,8 @@ error_codes! {
     Conflict = "conflict" => CONFLICT,
     /// An idempotency key reused with another request.
     IdempotencyConflict = "idempotency_conflict" => CONFLICT,
+    /// The request body arrived too slowly (`--body-timeout-ms`, `--body-min-rate`, …).
+    RequestTimeout = "request_timeout" => REQUEST_TIMEOUT,
     PayloadTooLarge = "payload_too_large" => PAYLOAD_TOO_LARGE,
     UnsupportedMediaType = "unsupported_media_type" => UNSUPPORTED_MEDIA_TYPE,
     RangeNotSatisfiable = "range_not_satisfiable" => RANGE_NOT_SATISFIABLE,

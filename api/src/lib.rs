@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod background;
+pub mod body_guard;
 pub mod cli;
 pub mod compress_cmd;
 pub mod conditional;

@@ -25,6 +25,36 @@ use crate::routes;
 use crate::routing::{Routing, RoutingOptions};
 use crate::state::AppState;
 
+/// Largest body read whole into memory outside the JSON extractor (`web::Bytes`).
+pub const MAX_BUFFERED_BODY: usize = 256 * 1024;
+
+/// Raises this process's open-file soft limit to its hard limit (each connection, blob file and
+/// database connection holds a descriptor; the usual soft limit of 1024 ran out under ~1000
+/// slow clients), and says what the limit is and whether the connection cap fits in it.
+pub fn raise_fd_limit(http: &HttpOptions) -> Option<u64> {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            return None;
+        }
+    };
+    let workers = http
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let connections = http.clients.max_connections.saturating_mul(workers as u64);
+    tracing::info!(limit, connections, "open-file limit raised to the hard limit");
+    if connections.saturating_add(256) > limit {
+        tracing::warn!(
+            limit,
+            connections,
+            "--max-connections × --workers (+256 for files and storage) exceeds the open-file \
+             limit: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower --max-connections"
+        );
+    }
+    Some(limit)
+}
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -51,6 +81,7 @@ pub enum StartupError {
 impl Application {
     /// Opens the store (running migrations) and binds the listener.
     pub async fn build(settings: ServerSettings) -> Result<Self, StartupError> {
+        raise_fd_limit(&settings.http);
         let store = Store::open(&settings.store).await?;
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartupError::Bind {
             addr: settings.bind.clone(),
@@ -91,6 +122,8 @@ impl Application {
             true,
         )
         .map_err(StartupError::Workers)?;
+        let clients = options.clients;
+        let deadlines = web::Data::new(crate::body_guard::BodyDeadlines::from(&clients));
         let state = web::Data::new(AppState {
             store: store.clone(),
             max_upload_bytes: options.max_upload_bytes,
@@ -107,6 +140,10 @@ impl Application {
                 .into_utoipa_app()
                 .openapi(ApiDoc::openapi())
                 .app_data(state.clone())
+                .app_data(deadlines.clone())
+                // Bodies read whole (`web::Bytes`: the LFS batch request, profile vectors) are
+                // small; everything large is streamed.
+                .app_data(web::PayloadConfig::new(MAX_BUFFERED_BODY))
                 .app_data(
                     web::JsonConfig::default()
                         .limit(1024 * 1024)
@@ -134,9 +171,19 @@ impl Application {
                 .configure(crate::hub::configure)
                 .configure(crate::web::configure)
                 .default_service(web::to(error::not_found))
+                .wrap(from_fn(crate::body_guard::guard))
                 .wrap(ErrorHandlers::new().default_handler(error::wrap_foreign_errors))
                 .wrap(from_fn(crate::metrics::track))
         });
+        let ms = std::time::Duration::from_millis;
+        let server = server
+            .client_request_timeout(ms(clients.header_timeout_ms))
+            .keep_alive(match clients.keep_alive_ms {
+                0 => actix_web::http::KeepAlive::Disabled,
+                n => actix_web::http::KeepAlive::Timeout(ms(n)),
+            })
+            .client_disconnect_timeout(ms(clients.disconnect_timeout_ms))
+            .max_connections(usize::try_from(clients.max_connections).unwrap_or(usize::MAX));
         let server = match options.workers {
             Some(n) => server.workers(n),
             None => server,
@@ -164,5 +211,16 @@ impl Application {
         let served = self.server.await;
         self.background.shutdown().await;
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
+        let limit = super::raise_fd_limit(&crate::config::HttpOptions::default());
+        let (soft, hard) = rlimit::Resource::NOFILE.get().expect("getrlimit");
+        assert_eq!(soft, hard);
+        assert_eq!(limit, Some(soft));
     }
 }

@@ -83,7 +83,9 @@ impl BlobStore {
                 let bucket = parsed.host_str().ok_or_else(|| {
                     StoreError::Invalid(format!("store URL {url:?} names no bucket"))
                 })?;
-                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(s3_client_options());
                 if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
                     builder = builder
                         .with_endpoint(&endpoint)
@@ -774,6 +776,44 @@ fn file_stream(
         }
     })
     .boxed()
+}
+
+/// How long S3 requests may take: 5 s to connect, and 30 s without a byte (for the response
+/// head after the request was sent, then between two reads of its body): a server that accepts
+/// and never answers fails the request instead of holding it. No limit on a whole request: a
+/// download streams at its client's pace (object_store's default cap of 30 s cut large ones).
+fn s3_client_options() -> object_store::ClientOptions {
+    object_store::ClientOptions::new()
+        .with_connect_timeout(std::time::Duration::from_secs(5))
+        .with_read_timeout(std::time::Duration::from_secs(30))
+        .with_timeout_disabled()
+        .with_allow_http(std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true"))
+}
+
+/// A store on the S3-compatible server at `endpoint` (`http://host:port`), with these
+/// credentials: for tests that need a server of their own (one that never answers, say).
+pub fn s3_store_at(
+    endpoint: &str,
+    bucket: &str,
+    key_id: &str,
+    secret: &str,
+) -> Result<BlobStore, StoreError> {
+    let inner = AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_region("us-east-1")
+        .with_access_key_id(key_id)
+        .with_secret_access_key(secret)
+        .with_client_options(s3_client_options())
+        .with_endpoint(endpoint)
+        .with_allow_http(endpoint.starts_with("http://"))
+        .with_virtual_hosted_style_request(false)
+        .build()?;
+    Ok(BlobStore {
+        inner: Arc::new(inner),
+        prefix: Path::from("t"),
+        local_root: None,
+        description: format!("s3://{bucket}/t at {endpoint}"),
+    })
 }
 
 /// Drops credentials from a URL for logs.

@@ -9,6 +9,7 @@
 //! Errors are the API's one envelope, with the Hub's `X-Error-Code` added (see
 //! `ErrorCode::hub_code`) so the client raises its typed exceptions.
 
+pub mod commit_body;
 pub mod models;
 pub mod resolve;
 pub mod write;

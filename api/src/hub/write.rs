@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 use super::{git_oid, is_lfs};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
+use super::commit_body::{Lines, MAX_INLINE_TOTAL, content_length};
 use crate::lookup::find_writable_adapter;
 use crate::publish::{Held, Target, publish_version};
 use crate::state::AppState;
@@ -443,7 +444,7 @@ pub async fn commit(
     caller: Caller,
     path: web::Path<(String, String, String)>,
     query: web::Query<CommitQuery>,
-    mut payload: web::Payload,
+    payload: web::Payload,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, rev) = path.into_inner();
@@ -466,16 +467,15 @@ pub async fn commit(
             "commits go to main (the newest version); {rev:?} is not it"
         )));
     }
-    // The body: base64 of inline files makes it larger than the files, within the upload limit.
-    let limit = state.max_upload_bytes as usize;
-    let mut raw = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| invalid(format!("the commit body broke off: {e}")))?;
-        if raw.len() + chunk.len() > limit {
-            return Err(ApiError::too_large(limit as u64));
-        }
-        raw.extend_from_slice(&chunk);
+    // The body is read line by line, each line and the inline files bounded (`commit_body`):
+    // a commit never sits whole in memory. One announced larger than the upload limit is
+    // refused before any of it is read.
+    let limit = state.max_upload_bytes;
+    if content_length(&req).is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
     }
+    let mut lines = Lines::new(payload, limit);
+    let mut inline_bytes: usize = 0;
     let mut files: BTreeMap<String, FileRecord> = parent
         .as_ref()
         .map(|p| {
@@ -486,12 +486,12 @@ pub async fn commit(
         })
         .unwrap_or_default();
     let mut inline: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for (n, line) in raw.split(|&b| b == b'\n').enumerate() {
+    while let Some((n, line)) = lines.next().await? {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let line: Line = serde_json::from_slice(line)
-            .map_err(|e| invalid(format!("commit line {}: {e}", n + 1)))?;
+        let line: Line = serde_json::from_slice(&line)
+            .map_err(|e| invalid(format!("commit line {n}: {e}")))?;
         match line {
             Line::Header { parent_commit } => {
                 if let Some(pc) = parent_commit
@@ -520,6 +520,16 @@ pub async fn commit(
                         return Err(invalid(format!("{path}: unknown encoding {other:?}")));
                     }
                 };
+                inline_bytes += bytes.len();
+                if inline_bytes > MAX_INLINE_TOTAL {
+                    return Err(ApiError::coded(
+                        ErrorCode::PayloadTooLarge,
+                        format!(
+                            "the inline files of a commit hold at most {MAX_INLINE_TOTAL} bytes; \
+                             send large files through LFS"
+                        ),
+                    ));
+                }
                 files.remove(&path);
                 inline.insert(path, bytes);
             }
@@ -587,7 +597,19 @@ pub async fn commit(
     let samples = match small(samples_name) {
         Some(b) => Some(b),
         None => match files.get(samples_name) {
-            Some(f) => Some(read_blob(&state, &f.sha256, None).await?),
+            // Read whole to check it: only when it is no larger than a samples file may be.
+            Some(f) if f.size as u64 <= quiver_retrieve::MAX_SAMPLES_BYTES => {
+                Some(read_blob(&state, &f.sha256, None).await?)
+            }
+            Some(_) => {
+                return Err(ApiError::coded(
+                    ErrorCode::InvalidSamples,
+                    format!(
+                        "{samples_name} is larger than {} bytes",
+                        quiver_retrieve::MAX_SAMPLES_BYTES
+                    ),
+                ));
+            }
             None => None,
         },
     };

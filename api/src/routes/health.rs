@@ -11,32 +11,59 @@ use crate::state::AppState;
 pub struct Health {
     /// `ok` when both backends answer, else `degraded`.
     pub status: &'static str,
+    /// `ok`, or why the database is degraded (`error: …`, `timeout: …`).
     pub database: String,
+    /// `ok`, or why the blob store is degraded.
     pub store: String,
+    /// The dependencies that did not answer in time or failed: `database`, `store`.
+    pub degraded: Vec<&'static str>,
 }
 
-/// Liveness and backend reachability; 503 when a backend does not answer.
+/// How long each backend probe may take. Both run at once, so `/healthz` answers within this
+/// (plus scheduling), even while a backend accepts connections and never answers.
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+async fn probe<E: std::fmt::Display>(
+    check: impl std::future::Future<Output = Result<(), E>>,
+) -> String {
+    match tokio::time::timeout(PROBE_TIMEOUT, check).await {
+        Ok(Ok(())) => "ok".to_string(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => format!("timeout: no answer within {} ms", PROBE_TIMEOUT.as_millis()),
+    }
+}
+
+/// Liveness and backend reachability: 200, or 503 naming each backend that failed or did not
+/// answer within 1.5 s (probed concurrently).
 #[utoipa::path(tag = "service", responses((status = 200, body = Health), (status = 503, body = Health)))]
 #[get("/healthz")]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    let database = match state.store.meta.ping().await {
-        Ok(()) => "ok".to_string(),
-        Err(e) => format!("error: {e}"),
-    };
-    let store = match state.store.blobs.ping().await {
-        Ok(()) => "ok".to_string(),
-        Err(e) => format!("error: {e}"),
-    };
-    let healthy = database == "ok" && store == "ok";
-    let status = if healthy {
+    let (database, store) = tokio::join!(
+        probe(state.store.meta.ping()),
+        probe(state.store.blobs.ping())
+    );
+    let degraded: Vec<&'static str> = [("database", &database), ("store", &store)]
+        .into_iter()
+        .filter(|(_, s)| s.as_str() != "ok")
+        .map(|(name, _)| name)
+        .collect();
+    let status = if degraded.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    if !degraded.is_empty() {
+        tracing::warn!(%database, %store, "health check degraded");
+    }
     HttpResponse::build(status).json(Health {
-        status: if healthy { "ok" } else { "degraded" },
+        status: if degraded.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        },
         database,
         store,
+        degraded,
     })
 }
 

@@ -3,6 +3,7 @@
 mod adapters;
 mod downloads;
 mod jobs;
+mod limits;
 mod listing;
 mod pages;
 mod privacy;

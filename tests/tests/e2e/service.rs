@@ -12,7 +12,7 @@ async fn health_metrics_openapi_and_docs(#[case] backend: Backend) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
-        serde_json::json!({"status": "ok", "database": "ok", "store": "ok"})
+        serde_json::json!({"status": "ok", "database": "ok", "store": "ok", "degraded": []})
     );
 
     app.create_adapter("alice", "a", false, "alice").await;
