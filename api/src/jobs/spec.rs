@@ -27,7 +27,10 @@ const MAX_KEY_LEN: usize = 200;
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputRequest {
-    /// `owner/name`.
+    /// `owner/name`, visible to the caller (404 otherwise). An adapter that is private is named
+    /// `private-input-{i}` (its position) in every file the job writes — card, reports,
+    /// safetensors metadata — and its files' sha256 are withheld there, whether the output is
+    /// public or private; the version's `lineage` names it to those who may see it.
     pub adapter: String,
     /// `main` (default), `v3`, `3`, an alias or a 40-hex revision.
     #[serde(rename = "ref", default = "main_ref")]
@@ -45,7 +48,8 @@ fn main_ref() -> String {
 #[derive(Clone, Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutputRequest {
-    /// `owner/name`.
+    /// `owner/name`. The caller must be allowed to write under its owner: 403 otherwise, the
+    /// same answer whether the adapter is someone's private one, public, or does not exist.
     pub adapter: String,
     /// Create the adapter (when the job publishes) if it does not exist.
     #[serde(default)]
@@ -445,3 +449,67 @@ pub fn input_dirs(inputs: &[(AdapterRecord, VersionRecord, String)]) -> Vec<Stri
 
 /// How the output's files name a private input: `private-input-{position}`.
 pub const PRIVATE_INPUT: &str = "private-input-";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(
+        owner: &str,
+        name: &str,
+        private: bool,
+        number: i64,
+    ) -> (AdapterRecord, VersionRecord, String) {
+        let adapter = AdapterRecord {
+            id: 1,
+            owner: owner.into(),
+            name: name.into(),
+            base_model: "base".into(),
+            description: String::new(),
+            tags: Vec::new(),
+            private,
+            downloads: 0,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let version = VersionRecord {
+            id: number,
+            adapter_id: 1,
+            number,
+            revision: "0".repeat(40),
+            state: "ready".into(),
+            created_at: 0,
+            created_by: owner.into(),
+            lora: None,
+            lineage: None,
+            files: Vec::new(),
+        };
+        (adapter, version, "main".into())
+    }
+
+    #[test]
+    fn private_inputs_are_named_by_position_only() {
+        let dirs = input_dirs(&[
+            input("alice", "secret", true, 1),
+            input("bob", "secret", false, 1),
+            input("alice", "secret", true, 2),
+            input("carol", "private-input-0", false, 1),
+            input("dave", "math", false, 1),
+            input("dave", "math", false, 2),
+        ]);
+        assert_eq!(
+            dirs,
+            [
+                "private-input-0",
+                // Public names are settled among public inputs: the private `secret`s do not
+                // make bob's `bob--secret`.
+                "secret",
+                "private-input-2",
+                // A public adapter cannot pass for a private input.
+                "carol--private-input-0",
+                "math-v1",
+                "math-v2",
+            ]
+        );
+    }
+}

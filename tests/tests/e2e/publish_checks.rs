@@ -159,3 +159,61 @@ async fn an_upload_whose_blob_is_swept_before_its_commit_stores_it_again(#[case]
     );
     assert_eq!(app.store.blobs.count_staged().await.expect("staged"), 0);
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn lfs_upload_proofs_are_deleted_with_their_adapter(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    let bytes = b"an LFS object uploaded for two adapters".to_vec();
+    let mut proofs = Vec::new();
+    for name in ["gone", "stays"] {
+        assert_eq!(
+            app.create_adapter("alice", name, false, "alice").await.0,
+            201
+        );
+        let oid = lfs_upload(&app, &format!("alice/{name}"), &bytes).await;
+        let repo = quiver_store::RepoId::parse("alice", name).expect("repo");
+        let id = app
+            .store
+            .meta
+            .get_adapter(&repo)
+            .await
+            .expect("get")
+            .expect("adapter")
+            .id;
+        proofs.push(format!("lfs-proof/{id}/{oid}"));
+    }
+    let proof = |key: String| {
+        let blobs = app.store.blobs.clone();
+        async move { blobs.get_derived(&key).await.expect("get proof").is_some() }
+    };
+    assert!(proof(proofs[0].clone()).await && proof(proofs[1].clone()).await);
+    // The Hub's delete_repo: that adapter's proofs go, the other's stay.
+    let (status, body) = app
+        .send(
+            app.request(reqwest::Method::DELETE, "/api/repos/delete", "alice")
+                .json(&json!({"name": "gone", "type": "model"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !proof(proofs[0].clone()).await,
+        "proof outlived its adapter"
+    );
+    assert!(proof(proofs[1].clone()).await);
+    // The REST delete too.
+    let (status, _) = app
+        .send(app.request(
+            reqwest::Method::DELETE,
+            "/api/v1/adapters/alice/stays",
+            "alice",
+        ))
+        .await;
+    assert_eq!(status, 204);
+    assert!(
+        !proof(proofs[1].clone()).await,
+        "proof outlived its adapter"
+    );
+}
