@@ -46,7 +46,8 @@ error_codes! {
     InvalidTags = "invalid_tags" => BAD_REQUEST,
     InvalidAlias = "invalid_alias" => BAD_REQUEST,
     InvalidMultipart = "invalid_multipart" => BAD_REQUEST,
-    InvalidFilePath = "invalid_file_path" => BAD_REQUEST,
+    /// A file path the one path rule refuses (`quiver_store::paths`): `.git`, `..`, absolute …
+    InvalidFilePath = "invalid_file_path" => UNPROCESSABLE_ENTITY,
     DuplicateFile = "duplicate_file" => BAD_REQUEST,
     TooManyFiles = "too_many_files" => BAD_REQUEST,
     /// An upload without `adapter_config.json` or `adapter_model.safetensors`.

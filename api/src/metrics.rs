@@ -25,12 +25,40 @@ const REQUEST_BUCKETS: [f64; 12] = [
 /// Upper bounds of the job-duration buckets, seconds.
 const JOB_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
 
+/// Every label value comes from a closed set, whatever clients send: a label per unknown
+/// method name or raw path would grow `/metrics` (and this process's memory) without bound.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
-    /// The route pattern, never the raw path: the label set stays bounded.
+    /// One of [`METHODS`], else `other`.
+    method: &'static str,
+    /// The route pattern the request matched (`/api/v1/adapters/{owner}/{name}`), never the raw
+    /// path; `unmatched` when no route did.
     route: String,
-    status: u16,
+    /// `1xx` … `5xx`.
+    status: &'static str,
+}
+
+/// The methods counted by name.
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+
+/// A request's method label: a known method's name, or `other`.
+fn method_label(method: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// A status's class label.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,11 +164,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    fn observe(&self, method: &str, route: String, status: u16, seconds: f64) {
         let labels = RequestLabels {
-            method: method.to_string(),
-            route: route.to_string(),
-            status,
+            method: method_label(method),
+            route,
+            status: status_label(status),
         };
         self.requests.get_or_create(&labels).inc();
         self.latency.get_or_create(&labels).observe(seconds);
@@ -217,7 +245,8 @@ pub async fn track(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
-    let method = req.method().to_string();
+    let method = req.method().clone();
+    // Patterns are the routes registered at start (a closed set); anything else is one value.
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let metrics = req
         .app_data::<web::Data<AppState>>()
@@ -225,11 +254,34 @@ pub async fn track(
     let res = next.call(req).await?;
     if let Some(m) = metrics {
         m.observe(
-            &method,
-            &route,
+            method.as_str(),
+            route,
             res.status().as_u16(),
             start.elapsed().as_secs_f64(),
         );
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_from_closed_sets() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("FOO"), "other");
+        assert_eq!(method_label("get"), "other");
+        assert_eq!(status_label(201), "2xx");
+        assert_eq!(status_label(404), "4xx");
+        assert_eq!(status_label(503), "5xx");
+        let m = Metrics::default();
+        for i in 0..200 {
+            m.observe(&format!("M{i}"), "unmatched".into(), 400 + i % 100, 0.0);
+        }
+        let text = m.render(None);
+        assert!(text.contains("method=\"other\""), "{text}");
+        assert!(!text.contains("M1"), "{text}");
+        assert_eq!(text.matches("quiver_http_requests_total{").count(), 1, "{text}");
+    }
 }

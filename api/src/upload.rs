@@ -4,6 +4,7 @@
 use actix_multipart::{Multipart, MultipartError};
 use futures::TryStreamExt;
 use quiver_merge::{AdapterConfig, header_len, parse_header, summarize};
+use quiver_store::paths::check_file_path;
 use quiver_store::{BlobStore, StagedBlob};
 use serde_json::Value;
 
@@ -17,7 +18,6 @@ use quiver_merge::summary::{MAX_CONFIG_LEN, is_pickle_name};
 use quiver_retrieve::{MAX_SAMPLES_BYTES, SAMPLES_FILE};
 
 pub const MAX_CONFIG_BYTES: usize = MAX_CONFIG_LEN as usize;
-const MAX_PATH_LEN: usize = 1024;
 pub const MAX_FILES: usize = 1000;
 
 /// One received file, staged in the blob store.
@@ -83,30 +83,16 @@ pub fn validate_adapter(
     serde_json::to_value(summary).map_err(|e| ApiError::internal("summary", e))
 }
 
-/// Checks a file path from a part's filename: relative, `/`-separated, no `.`/`..` or empty
-/// components, no backslashes or control characters, no pickle files.
+/// Checks a file path of a version, for every way in (REST upload, Hub commit, LFS): the store's
+/// one path rule (`quiver_store::paths`, which says why each name is refused), then no pickle
+/// files. A 422 `invalid_file_path` naming the path.
 pub fn check_path(path: &str) -> Result<(), ApiError> {
-    let bad = |why: &str| {
+    check_file_path(path).map_err(|why| {
         ApiError::coded(
             ErrorCode::InvalidFilePath,
             format!("file path {path:?} is not allowed: {why}"),
         )
-    };
-    if path.is_empty() || path.len() > MAX_PATH_LEN {
-        return Err(bad("it must be 1 to 1024 bytes long"));
-    }
-    if path.chars().any(char::is_control) {
-        return Err(bad("it contains control characters"));
-    }
-    if path.starts_with('/') || path.contains('\\') || path.contains(':') {
-        return Err(bad("it must be a relative path with '/' separators"));
-    }
-    if path
-        .split('/')
-        .any(|c| c.is_empty() || c == "." || c == "..")
-    {
-        return Err(bad("it must not contain empty, '.' or '..' components"));
-    }
+    })?;
     if is_pickle_name(path) {
         return Err(ApiError::coded(
             ErrorCode::PickleNotAllowed,
@@ -258,6 +244,9 @@ mod tests {
             "c:x",
             "a\nb",
             "a\u{7f}",
+            ".git/config",
+            ".GIT/config",
+            "sub/.Git",
             "x.bin",
             "m.PT",
             "a.pkl",

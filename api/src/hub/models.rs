@@ -164,13 +164,19 @@ async fn tree_of(
             .parse()
             .map_err(|_| bad_query(format!("cursor must be a number, got {c:?}")))?,
     };
+    // The cursor is the client's: past the end is nonsense (cursors this server issues never
+    // are), and the next one is computed without overflow.
+    if start > all.len() {
+        return Err(bad_query(format!(
+            "cursor {start} is past the end of this tree ({} entries)",
+            all.len()
+        )));
+    }
     let page: Vec<Value> = all.iter().skip(start).take(TREE_PAGE).cloned().collect();
     let mut res = HttpResponse::Ok();
-    if start + TREE_PAGE < all.len() {
-        res.insert_header((
-            header::LINK,
-            next_link(req, &format!("{}", start + TREE_PAGE)),
-        ));
+    let next = start.saturating_add(TREE_PAGE);
+    if next < all.len() {
+        res.insert_header((header::LINK, next_link(req, &next.to_string())));
     }
     Ok(res.json(page))
 }

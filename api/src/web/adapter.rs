@@ -197,6 +197,24 @@ fn file_href(adapter: &AdapterRecord, number: i64, path: &str) -> String {
     )
 }
 
+/// Quotes `s` as one word for the POSIX shell: single quotes, each `'` written `'\''`. Nothing
+/// inside single quotes is expanded, so a file named `x$(touch y).txt` stays a name.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// One line of the "Use this adapter" snippet: `curl` of one file into `{id}/{path}`. The URL's
+/// path is percent-encoded and every name is single-quoted; only `$QUIVER_TOKEN` and `$BASE`
+/// (the snippet's own variables) are expanded by the shell.
+fn curl_line(id: &str, path: &str) -> String {
+    let url_path: Vec<String> = path.split('/').map(enc).collect();
+    format!(
+        "curl -fL -H \"Authorization: Bearer $QUIVER_TOKEN\" --create-dirs -o {} \"$BASE/\"{}",
+        sh_quote(&format!("{id}/{path}")),
+        sh_quote(&url_path.join("/"))
+    )
+}
+
 /// The page's HTML.
 async fn build(
     state: &AppState,
@@ -366,10 +384,7 @@ async fn build(
             rev = v.revision
         )];
         for f in &v.files {
-            lines.push(format!(
-                "curl -fL -H \"Authorization: Bearer $QUIVER_TOKEN\" --create-dirs -o \"{id}/{p}\" \"$BASE/{p}\"",
-                p = f.path
-            ));
+            lines.push(curl_line(&id.to_string(), &f.path));
         }
         snippet = lines.join("\n");
     }
@@ -493,4 +508,42 @@ pub async fn merge(
     Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, format!("/jobs/{}", job.id)))
         .finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{curl_line, sh_quote};
+
+    /// The quoted word, read back by a real `sh`, is the name itself, and nothing ran.
+    #[test]
+    fn shell_quoting_round_trips_through_sh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("ran");
+        for name in [
+            "plain.txt",
+            "it's.txt",
+            "''",
+            &format!("x$(touch {}).txt", marker.display()),
+            &format!("x`touch {}`.txt", marker.display()),
+            "a\"b\\c $HOME ${HOME} !x; rm -rf / & | > <",
+        ] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", sh_quote(name)))
+                .output()
+                .expect("sh");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), name);
+        }
+        assert!(!marker.exists(), "a quoted name ran a command");
+    }
+
+    #[test]
+    fn curl_lines_quote_names_and_encode_urls() {
+        let line = curl_line("alice/a", "dir/x$(id) 'q'.txt");
+        assert_eq!(
+            line,
+            "curl -fL -H \"Authorization: Bearer $QUIVER_TOKEN\" --create-dirs \
+             -o 'alice/a/dir/x$(id) '\\''q'\\''.txt' \"$BASE/\"'dir/x%24%28id%29%20%27q%27.txt'"
+        );
+    }
 }

@@ -50,24 +50,35 @@ pub fn is_page_path(path: &str) -> bool {
         || path.starts_with("/api/")
         || path.starts_with("/docs")
         || path == "/healthz"
-        || path == "/metrics")
+        || path == "/metrics"
+        || is_hub_root_path(path))
+}
+
+/// The Hub routes that share the root with the pages: `/{owner}/{name}/resolve/…` and
+/// `/{owner}/{name}.git/info/lfs/…` (their errors are JSON, as on every API route).
+fn is_hub_root_path(path: &str) -> bool {
+    let mut parts = path.trim_start_matches('/').splitn(4, '/');
+    let (_, name, third) = (parts.next(), parts.next(), parts.next());
+    third == Some("resolve") || (name.is_some_and(|n| n.ends_with(".git")) && third == Some("info"))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // `/{owner}/…` must not swallow API or docs paths that no API route matched (those keep
     // their JSON 404/405).
     let pages = || guard::fn_guard(|ctx| is_page_path(ctx.head().uri.path()));
-    cfg.route("/", web::get().to(listing::index))
-        .route("/signin", web::get().to(session::signin_form))
+    // Every page answers HEAD as it answers GET (actix sends the head without the body).
+    let read = || web::route().guard(guard::Any(guard::Get()).or(guard::Head()));
+    cfg.route("/", read().to(listing::index))
+        .route("/signin", read().to(session::signin_form))
         .route("/signin", web::post().to(session::signin))
-        .route("/signout", web::get().to(session::signout_form))
+        .route("/signout", read().to(session::signout_form))
         .route("/signout", web::post().to(session::signout))
-        .route("/jobs", web::get().to(jobs::list))
-        .route("/jobs/{id}", web::get().to(jobs::show))
-        .route("/static/{file}", web::get().to(static_file))
+        .route("/jobs", read().to(jobs::list))
+        .route("/jobs/{id}", read().to(jobs::show))
+        .route("/static/{file}", read().to(static_file))
         .route(
             "/{owner}/{name}",
-            web::get().guard(pages()).to(adapter::adapter_page),
+            read().guard(pages()).to(adapter::adapter_page),
         )
         .route(
             "/{owner}/{name}/merge",
@@ -75,7 +86,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .route(
             "/{owner}/{name}/versions/{ref}",
-            web::get().guard(pages()).to(adapter::version_page),
+            read().guard(pages()).to(adapter::version_page),
         );
 }
 
@@ -301,7 +312,15 @@ mod tests {
         for p in ["/", "/alice/x", "/jobs", "/static/style.css", "/apis"] {
             assert!(is_page_path(p), "{p}");
         }
-        for p in ["/api", "/api/v1/adapters", "/docs/", "/healthz", "/metrics"] {
+        for p in [
+            "/api",
+            "/api/v1/adapters",
+            "/docs/",
+            "/healthz",
+            "/metrics",
+            "/alice/x/resolve/main/adapter_config.json",
+            "/alice/x.git/info/lfs/objects/batch",
+        ] {
             assert!(!is_page_path(p), "{p}");
         }
     }

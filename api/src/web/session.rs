@@ -126,12 +126,23 @@ pub struct NextQuery {
     next: Option<String>,
 }
 
-/// Only a path of this site (`/…`, not `//host`), so the redirect cannot leave it.
+/// Only a path of this site, else `/`: an absolute path (`/…`, not `//host`), without
+/// backslashes or control characters (browsers drop tabs and newlines, so `/\t/evil.example`
+/// is `//evil.example` to them), that a URL parser reads back as exactly itself on this origin.
 fn local_path(next: Option<&str>) -> &str {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
-        _ => "/",
-    }
+    const ORIGIN: &str = "http://quiver.invalid/";
+    let same_site = |n: &str| {
+        n.starts_with('/')
+            && !n.starts_with("//")
+            && !n.contains('\\')
+            && !n.chars().any(char::is_control)
+            && url::Url::parse(ORIGIN)
+                .and_then(|base| base.join(n))
+                .is_ok_and(|u| {
+                    u.as_str().starts_with(ORIGIN) && &u[url::Position::BeforePath..] == n
+                })
+    };
+    next.filter(|n| same_site(n)).unwrap_or("/")
 }
 
 pub async fn signin_form(
@@ -218,8 +229,27 @@ mod tests {
 
     #[test]
     fn redirects_stay_on_this_site() {
-        assert_eq!(local_path(Some("/alice/x")), "/alice/x");
-        for bad in ["//evil.example/x", "https://evil.example", "/\\evil", "x"] {
+        for ok in ["/", "/alice/x", "/alice/x/versions/v2?tab=files#top", "/?q=a%20b"] {
+            assert_eq!(local_path(Some(ok)), ok);
+        }
+        for bad in [
+            "//evil.example/x",
+            "https://evil.example",
+            "/\\evil",
+            "x",
+            "",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r\n/evil.example",
+            "\t//evil.example",
+            "/\u{0}x",
+            "/.//evil.example",
+            "/a/../../evil.example",
+            "javascript:alert(1)",
+            "/\\/evil.example",
+            "/ /evil",
+            "/x\u{85}y",
+        ] {
             assert_eq!(local_path(Some(bad)), "/", "{bad}");
         }
         assert_eq!(local_path(None), "/");

@@ -2,6 +2,7 @@
 
 mod adapters;
 mod downloads;
+mod hostile_input;
 mod jobs;
 mod limits;
 mod listing;

@@ -159,19 +159,19 @@ async fn bad_uploads_are_refused_and_leave_nothing(#[case] backend: Backend) {
         (
             "parent path",
             [good.clone(), vec![("../escape.txt".into(), b"x".to_vec())]].concat(),
-            400,
+            422,
             "invalid_file_path",
         ),
         (
             "absolute path",
             [good.clone(), vec![("/etc/x".into(), b"x".to_vec())]].concat(),
-            400,
+            422,
             "invalid_file_path",
         ),
         (
             "control char",
             [good.clone(), vec![("a\tb".into(), b"x".to_vec())]].concat(),
-            400,
+            422,
             "invalid_file_path",
         ),
         (

@@ -163,6 +163,19 @@ impl SqlMetadata {
         adapter: &AdapterRecord,
         new: &NewVersion,
     ) -> Result<VersionRecord, StoreError> {
+        // The last line of the path rule and of sizes: whatever the way in, no version holds a
+        // file path a client would misuse, or a size that is not the blob's (callers check first).
+        for f in &new.files {
+            crate::paths::check_file_path(&f.path).map_err(|why| {
+                StoreError::Invalid(format!("file path {:?} is not allowed: {why}", f.path))
+            })?;
+            if f.size < 0 {
+                return Err(StoreError::Invalid(format!(
+                    "{}: size {} is negative",
+                    f.path, f.size
+                )));
+            }
+        }
         let now = now_ms();
         self.lock_blob_references(tx, false).await?;
         // The write comes first: it takes the adapter's row lock (Postgres) or the write lock
