@@ -16,7 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use quiver_store::{AdapterPatch, FileRecord, NewAdapter, NewVersion, RepoId, VersionRef};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use super::{git_oid, is_lfs};
 use crate::auth::Caller;
@@ -161,6 +161,7 @@ pub async fn preupload(
     for f in &body.files {
         let existing = match current
             .as_ref()
+        check_path(&f.path)?;
             .and_then(|v| v.files.iter().find(|e| e.path == f.path))
         {
             Some(e) => Some(git_oid(&state, e).await?),
@@ -198,31 +199,46 @@ fn signing_key() -> &'static [u8] {
     })
 }
 
-/// HMAC-SHA256 (RFC 2104).
-fn hmac(key: &[u8], message: &[u8]) -> String {
-    let mut k = [0u8; 64];
-    if key.len() > 64 {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let pad = |b: u8| k.iter().map(|x| x ^ b).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    hex::encode(
-        Sha256::new()
-            .chain_update(pad(0x5c))
-            .chain_update(inner)
-            .finalize(),
-    )
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+fn mac(key: &[u8], message: &[u8]) -> HmacSha256 {
+    use hmac::Mac;
+    // HMAC takes keys of any length (longer ones are hashed), so this cannot fail.
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+    mac.update(message);
+    mac
+}
+
+/// HMAC-SHA256 (RFC 2104) of `message`, hex.
+fn sign(key: &[u8], message: &[u8]) -> String {
+    use hmac::Mac;
+    hex::encode(mac(key, message).finalize().into_bytes())
+}
+
+/// Whether `sig` (hex) is the HMAC-SHA256 of `message`, compared in constant time.
+fn verify(key: &[u8], message: &[u8], sig: &str) -> bool {
+    use hmac::Mac;
+    hex::decode(sig).is_ok_and(|sig| mac(key, message).verify_slice(&sig).is_ok())
+}
+
+/// What an upload link signs: the adapter, the object's sha256 and size, and the expiry. The
+/// fields cannot run into each other: none of the signed values holds a newline.
+fn link_message(repo: &str, oid: &str, size: i64, expires: i64) -> String {
+    format!("{repo}\n{oid}\n{size}\n{expires}")
+}
+
+/// Whether an upload link for `repo`'s object `oid` is one this server signed and still valid
+/// at `now` (Unix seconds).
+fn link_valid(key: &[u8], repo: &str, oid: &str, link: &UploadLink, now: i64) -> bool {
+    let message = link_message(repo, oid, link.size, link.expires);
+    link.expires >= now && verify(key, message.as_bytes(), &link.sig)
 }
 
 fn upload_signature(repo: &str, oid: &str, size: i64, expires: i64) -> String {
-    hmac(
+    sign(
         signing_key(),
-        format!("{repo}\n{oid}\n{size}\n{expires}").as_bytes(),
+        link_message(repo, oid, size, expires).as_bytes(),
     )
 }
 
@@ -359,8 +375,7 @@ pub async fn lfs_upload(
     let (owner, name, oid) = path.into_inner();
     let repo = format!("{owner}/{name}");
     let now = quiver_store::time::now_ms() / 1000;
-    let expected = upload_signature(&repo, &oid, link.size, link.expires);
-    if link.expires < now || expected != link.sig {
+    if !link_valid(signing_key(), &repo, &oid, &link, now) {
         return Err(ApiError::forbidden(
             "this upload link is invalid or has expired; ask the batch API for a new one",
         ));
@@ -368,17 +383,26 @@ pub async fn lfs_upload(
     let blobs = &state.store.blobs;
     let mut upload = blobs.begin();
     let mut total: i64 = 0;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| invalid(format!("the upload broke off: {e}")))?;
-        total += chunk.len() as i64;
-        if total > link.size {
-            return Err(invalid(format!(
-                "more than the {} bytes announced",
-                link.size
-            )));
+    // On any error the part staged so far is removed (not left to the sweep).
+    let streamed: Result<(), ApiError> = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| invalid(format!("the upload broke off: {e}")))?;
+            total = total.saturating_add(chunk.len() as i64);
+            if total > link.size {
+                return Err(invalid(format!(
+                    "more than the {} bytes announced",
+                    link.size
+                )));
+            }
+            state.metrics.add_in(chunk.len() as u64);
+            upload.write(chunk).await?;
         }
-        state.metrics.add_in(chunk.len() as u64);
-        upload.write(chunk).await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = streamed {
+        upload.abort().await;
+        return Err(e);
     }
     let staged = upload.finish().await?;
     if staged.sha256 != oid || staged.size as i64 != link.size {
@@ -544,10 +568,18 @@ pub async fn commit(
                         ),
                     ));
                 }
-                let size = match size {
-                    Some(s) => s,
-                    None => state.store.blobs.size(&oid).await? as i64,
-                };
+                // The size recorded is always the stored blob's: a client's claim only has to
+                // agree with it (an inflated one would publish a version whose downloads end
+                // early, and would pass the weights' validation with a truncated file).
+                let stored = i64::try_from(state.store.blobs.size(&oid).await?)
+                    .map_err(|_| invalid(format!("{path}: the stored object is too large")))?;
+                if size.is_some_and(|s| s != stored) {
+                    return Err(invalid(format!(
+                        "{path}: LFS object {oid} has {stored} bytes, not the {} the commit claims",
+                        size.unwrap_or_default()
+                    )));
+                }
+                let size = stored;
                 inline.remove(&path);
                 files.insert(
                     path.clone(),
@@ -561,6 +593,20 @@ pub async fn commit(
             Line::DeletedFile { path } => {
                 files.remove(&path);
                 inline.remove(&path);
+                if oid.len() != 64 || !oid.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(format!(
+                        "{path}: LFS oid must be a sha256 (64 hex), got {oid:?}"
+                    )));
+                }
+                // A claimed size is checked for sense before anything is asked of the store.
+                if let Some(s) = size
+                    && (s <= 0 || s as u64 > state.max_upload_bytes)
+                {
+                    return Err(invalid(format!(
+                        "{path}: LFS size {s} is not a file size this server holds (1 to {} bytes)",
+                        state.max_upload_bytes
+                    )));
+                }
             }
             Line::DeletedFolder { path } => {
                 let prefix = format!("{}/", path.trim_end_matches('/'));
@@ -594,6 +640,11 @@ pub async fn commit(
         },
     };
     let samples_name = quiver_retrieve::SAMPLES_FILE;
+    // Files carried over from the parent pass the path rule too (a version published before
+    // the rule could hold one it refuses now: the commit must delete it).
+    for path in files.keys() {
+        check_path(path)?;
+    }
     let samples = match small(samples_name) {
         Some(b) => Some(b),
         None => match files.get(samples_name) {
@@ -743,4 +794,93 @@ pub async fn tag(
         .set_alias(adapter.id, &alias, version.number)
         .await?;
     Ok(HttpResponse::Ok().json(json!({"name": alias, "targetCommit": version.revision})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{UploadLink, link_message, link_valid, sign, verify};
+
+    #[test]
+    fn links_are_bound_to_repo_object_size_and_time() {
+        let key = b"test key";
+        let oid = "ab".repeat(32);
+        let sig = sign(key, link_message("alice/a", &oid, 10, 1000).as_bytes());
+        let link = |size: i64, expires: i64, sig: &str| UploadLink {
+            size,
+            expires,
+            sig: sig.to_string(),
+        };
+        assert!(link_valid(key, "alice/a", &oid, &link(10, 1000, &sig), 999));
+        assert!(link_valid(key, "alice/a", &oid, &link(10, 1000, &sig), 1000));
+        // Expired, other repo, other object, other size, later expiry, other key.
+        assert!(!link_valid(key, "alice/a", &oid, &link(10, 1000, &sig), 1001));
+        assert!(!link_valid(key, "alice/b", &oid, &link(10, 1000, &sig), 999));
+        assert!(!link_valid(key, "alice/a", &"cd".repeat(32), &link(10, 1000, &sig), 999));
+        assert!(!link_valid(key, "alice/a", &oid, &link(11, 1000, &sig), 999));
+        assert!(!link_valid(key, "alice/a", &oid, &link(10, 5000, &sig), 999));
+        assert!(!link_valid(b"other", "alice/a", &oid, &link(10, 1000, &sig), 999));
+    }
+
+    /// RFC 4231 test vectors for HMAC-SHA256 (case 5 truncates the output, which links do not).
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        let big_key = vec![0xaa; 131];
+        let key4: Vec<u8> = (1..=25).collect();
+        let cases: [(&[u8], &[u8], &str); 6] = [
+            (
+                &[0x0b; 20],
+                b"Hi There",
+                "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7",
+            ),
+            (
+                b"Jefe",
+                b"what do ya want for nothing?",
+                "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            ),
+            (
+                &[0xaa; 20],
+                &[0xdd; 50],
+                "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe",
+            ),
+            (
+                &key4,
+                &[0xcd; 50],
+                "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b",
+            ),
+            (
+                &big_key,
+                b"Test Using Larger Than Block-Size Key - Hash Key First",
+                "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54",
+            ),
+            (
+                &big_key,
+                b"This is a test using a larger than block-size key and a larger than block-size data. The key needs to be hashed before being used by the HMAC algorithm.",
+                "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2",
+            ),
+        ];
+        for (n, (key, data, want)) in cases.iter().enumerate() {
+            assert_eq!(sign(key, data), *want, "case {n}");
+            assert!(verify(key, data, want), "case {n}");
+            assert!(verify(key, data, &want.to_uppercase()), "case {n}: hex case");
+        }
+    }
+
+    #[test]
+    fn verify_refuses_anything_else() {
+        let good = sign(b"k", b"m");
+        assert!(verify(b"k", b"m", &good));
+        let mut flipped = good.clone().into_bytes();
+        flipped[10] = if flipped[10] == b'0' { b'1' } else { b'0' };
+        for bad in [
+            String::from_utf8(flipped).unwrap_or_default(),
+            good[..62].to_string(),
+            format!("{good}00"),
+            String::new(),
+            "zz".repeat(32),
+            sign(b"other key", b"m"),
+            sign(b"k", b"m2"),
+        ] {
+            assert!(!verify(b"k", b"m", &bad), "{bad:?} verified");
+        }
+    }
 }
