@@ -295,6 +295,7 @@ fn combine(
     let mut acc: Vec<f32> = Vec::new();
     let mut shape = (0, 0);
     for (j, &(w, input)) in sources.iter().enumerate() {
+        ctx.ctl.check()?;
         shape = load(j, &mut buf)?;
         if acc.is_empty() {
             acc = take_buffer(buf.len());
@@ -338,6 +339,7 @@ fn combine(
     let mut num = take_buffer(elected.len());
     let mut den = take_buffer(elected.len());
     for (j, &(w, _)) in sources.iter().enumerate() {
+        ctx.ctl.check()?;
         load(j, &mut buf)?;
         Pruner::new(kind, thresholds[j], peft, density, seed(j)).apply(&mut buf);
         let w = w as f32;

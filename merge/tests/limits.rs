@@ -400,3 +400,28 @@ fn a_joint_compression_that_overflows_f32_is_refused_and_nothing_is_written() {
     );
     assert!(!out.exists(), "nothing written");
 }
+
+/// The dense family (TIES, DARE, magnitude pruning) checks the token before each input's pass.
+#[test]
+fn a_cancelled_token_stops_a_dense_combination_between_inputs() {
+    use quiver_merge::methods::{ModuleContext, dense_combination};
+    let inputs = [present(0, 1, 16), present(1, 9, 16)];
+    let mut spec = MergeSpec::new(Method::Ties);
+    spec.weights = Some(vec![1.0, 1.0]);
+    let token = CancelToken::new();
+    let ctl = Control::new(&|_, _| {}, &token);
+    let ctx = ModuleContext {
+        path: Q,
+        spec: &spec,
+        device: &Device::Cpu,
+        global_thresholds: None,
+        default_rank: 4,
+        ctl: &ctl,
+    };
+    dense_combination(&ctx, &inputs).expect("not cancelled: runs");
+    token.cancel();
+    assert!(matches!(
+        dense_combination(&ctx, &inputs),
+        Err(MergeError::Cancelled)
+    ));
+}
