@@ -507,8 +507,8 @@ mod tests {
                 "private-input-2",
                 // A public adapter cannot pass for a private input.
                 "carol--private-input-0",
-                "math-v1",
-                "math-v2",
+                "dave--math-v1",
+                "dave--math-v2",
             ]
         );
     }
