@@ -394,8 +394,9 @@ async fn the_blob_sweep_spares_referenced_and_recommitted_blobs(#[case] backend:
     );
     assert!(!store.blobs.exists(&orphan.sha256).await.expect("exists"));
 
-    // Uploads of one content racing a sweep with no grace at all: every committed version's blob
-    // is there at the end.
+    // Uploads of one content racing a sweep with no grace at all, published the way the service
+    // does (the blob checked inside the commit, under the sweep's lock): every committed
+    // version's blob is there as soon as its commit returns, with nothing checked afterwards.
     let adapter = store
         .meta
         .create_adapter(&quiver_store::NewAdapter {
@@ -432,12 +433,14 @@ async fn the_blob_sweep_spares_referenced_and_recommitted_blobs(#[case] backend:
             parents: vec![],
             facets: Default::default(),
         };
+        let held = [&staged];
+        let mut check = quiver_store::HeldBlobs::new(&store.blobs);
+        check.staged = &held;
         store
             .meta
-            .create_version(&adapter, &new)
+            .create_version_checked(&adapter, &new, &check)
             .await
             .expect("version");
-        store.blobs.ensure_committed(&staged).await.expect("ensure");
         store.blobs.discard(&staged).await;
         assert!(store.blobs.exists(&staged.sha256).await.expect("exists"));
     }
