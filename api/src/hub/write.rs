@@ -13,7 +13,9 @@ use std::sync::OnceLock;
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use futures::{StreamExt, TryStreamExt};
-use quiver_store::{AdapterPatch, FileRecord, NewAdapter, NewVersion, RepoId, VersionRef};
+use quiver_store::{
+    AdapterPatch, FileRecord, NewAdapter, NewVersion, RepoId, StagedBlob, StoreError, VersionRef,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -122,7 +124,7 @@ pub async fn delete_repo(
         .unwrap_or_default();
     let path = repo_path(body.organization, body.name, user);
     let (adapter, _) = find_writable_adapter(&state.store, &caller, &path).await?;
-    state.store.meta.delete_adapter(adapter.id).await?;
+    crate::routes::adapters::delete(&state, &adapter).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
@@ -329,9 +331,32 @@ pub async fn lfs_batch(
     ))
 }
 
-/// The marker that this adapter's writers uploaded the bytes of `oid` (see [`owns`]).
+/// The marker that this adapter's writers uploaded the bytes of `oid` (see [`owns`]). It is an
+/// authorisation record, not a cache: it lets the adapter's commits name content by its sha256,
+/// and is deleted with the adapter ([`delete_proofs`]).
 fn proof_key(adapter_id: i64, oid: &str) -> String {
-    format!("lfs-proof/{adapter_id}/{oid}")
+    format!("{}/{oid}", proof_prefix(adapter_id))
+}
+
+fn proof_prefix(adapter_id: i64) -> String {
+    format!("lfs-proof/{adapter_id}")
+}
+
+/// Deletes every LFS upload proof of an adapter (called when it is deleted, after its rows).
+/// Adapter ids are never reused, so a proof left behind (a failure here) authorises nothing.
+pub async fn delete_proofs(state: &AppState, adapter_id: i64) {
+    match state
+        .store
+        .blobs
+        .delete_derived_prefix(&proof_prefix(adapter_id))
+        .await
+    {
+        Ok(n) if n > 0 => tracing::info!(adapter_id, proofs = n, "LFS upload proofs deleted"),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(adapter_id, error = %e, "could not delete the LFS upload proofs of a deleted adapter")
+        }
+    }
 }
 
 /// Whether a commit to this adapter may refer to LFS object `oid` without uploading it: the
@@ -682,23 +707,29 @@ pub async fn commit(
         weights.as_ref().map(|(h, s)| (h.as_slice(), *s)),
         samples.as_deref(),
     )?;
-    // Store the inline files, then publish the version atomically.
-    for (path, bytes) in inline {
-        let size = bytes.len() as i64;
-        let mut upload = state.store.blobs.begin();
-        upload.write(bytes::Bytes::from(bytes)).await?;
-        let staged = upload.finish().await?;
-        let stored = state.store.blobs.commit(&staged).await;
-        state.store.blobs.discard(&staged).await;
-        stored?;
-        files.insert(
-            path.clone(),
-            FileRecord {
-                path,
-                size,
-                sha256: staged.sha256.clone(),
-            },
-        );
+    // The LFS objects this commit adds: stored earlier, referenced by no row yet, so a sweep
+    // may remove one before the commit; the publish checks them inside it (the parent's files
+    // are referenced by its rows and cannot go).
+    let lfs: Vec<String> = files
+        .values()
+        .filter(|f| {
+            parent
+                .as_ref()
+                .is_none_or(|p| !p.files.iter().any(|pf| pf.sha256 == f.sha256))
+        })
+        .map(|f| f.sha256.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // Store the inline files, keeping their staged copies until the version is published (the
+    // publish stores a blob again from its copy if a sweep took it), then publish atomically.
+    let mut staged = Vec::new();
+    let stored = store_inline(&state, inline, &mut files, &mut staged).await;
+    if let Err(e) = stored {
+        for s in &staged {
+            state.store.blobs.discard(s).await;
+        }
+        return Err(e);
     }
     let new = NewVersion {
         created_by: principal.user.clone(),
@@ -712,9 +743,27 @@ pub async fn commit(
         &state.store,
         Target::Adapter(&adapter),
         &new,
-        Held::Staged(&[]),
+        Held::Commit {
+            staged: &held,
+            stored: &lfs,
+        },
     )
-    .await?;
+    .await;
+    for s in &staged {
+        state.store.blobs.discard(s).await;
+    }
+    let (_, version) = published.map_err(|e| match e {
+        // Nothing was committed: the client uploads the object again and retries.
+        StoreError::BlobMissing(oid) => ApiError::coded(
+            ErrorCode::MissingFile,
+            format!(
+                "LFS object {oid} is no longer stored (it was referenced by no version for longer \
+                 than the blob sweep's grace period and was removed before this commit): upload \
+                 it again (LFS batch) and retry the commit; nothing was committed"
+            ),
+        ),
+        e => e.into(),
+    })?;
     state.routing.version_published(&version.files);
     if adapter.base_model.is_empty()
         && let Some(base) = config
@@ -739,6 +788,29 @@ pub async fn commit(
         "commitOid": version.revision,
         "pullRequestUrl": null,
     })))
+}
+
+/// Stages and commits a commit's inline files to their content addresses and records them in
+/// `files`; the staged copies are left in `staged` for the publish's blob check (the caller
+/// discards them).
+async fn store_inline(
+    state: &AppState,
+    inline: BTreeMap<String, Vec<u8>>,
+    files: &mut BTreeMap<String, FileRecord>,
+    staged: &mut Vec<StagedBlob>,
+) -> Result<(), ApiError> {
+    for (path, bytes) in inline {
+        let size = bytes.len() as i64;
+        let mut upload = state.store.blobs.begin();
+        upload.write(bytes::Bytes::from(bytes)).await?;
+        let blob = upload.finish().await?;
+        let committed = state.store.blobs.commit(&blob).await;
+        let sha256 = blob.sha256.clone();
+        staged.push(blob);
+        committed?;
+        files.insert(path.clone(), FileRecord { path, size, sha256 });
+    }
+    Ok(())
 }
 
 /// The safetensors header of inline weights (its first 8 + N bytes).
