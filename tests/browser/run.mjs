@@ -4,12 +4,13 @@
 // a file from its files table and checks its sha256, signs in to see a private adapter and signs
 // out to get a 404, submits the merge form and watches the job finish, checks that nothing of an
 // adapter carrying <script>, onerror= and javascript: runs, measures page weight and checks that
-// no request leaves the server, and runs axe-core on every page. Screenshots go to
+// no request leaves the server, runs the page's curl snippet in sh (a file name with $(…) runs
+// nothing), and runs axe-core on every page. Screenshots go to
 // target/browser/. Usage: node tests/browser/run.mjs [path/to/quiver]
 
 import { spawn, execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, mkdirSync, openSync, readFileSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -193,6 +194,35 @@ try {
       `scripts ${scripts}, handlers ${handlers}, javascript links ${jsLinks}, images ${imgs}`);
     assert((await page.textContent("article.card")).includes("<script>"), "the description is shown as text");
     assert(dialogs.length === 0, `dialogs opened: ${dialogs}`);
+  });
+
+  await check("shell snippet: pasted into sh it runs no command and fetches the exact paths", async () => {
+    // A file name made to run commands if the snippet quoted it with double quotes (or not at all).
+    const name = "sub dir/x$(touch pwned)'q'`touch pwned2`.txt";
+    await adapter(bob, "bob", "snippet", { description: "shell snippet" },
+      { ...adapterFiles(4, 5), [name]: Buffer.from("hello") });
+    try {
+      await page.goto(`${base}/bob/snippet`);
+      const snippet = await page.textContent("pre.snippet code");
+      const dir = mkdtempSync(join(tmpdir(), "quiver-snippet-"));
+      try {
+        // `curl` is a shell function that records its arguments, one per line.
+        const script = `curl() { for a in "$@"; do printf '%s\\n' "$a"; done >> args; }\n` +
+          `QUIVER_URL='${base}' QUIVER_TOKEN=t\n${snippet}\n`;
+        execFileSync("sh", ["-c", script], { cwd: dir });
+        assert(!existsSync(join(dir, "pwned")) && !existsSync(join(dir, "pwned2")), "pasting the snippet ran a command");
+        const args = readFileSync(join(dir, "args"), "utf8").split("\n");
+        assert(args.includes(`bob/snippet/${name}`), `no -o of the exact path: ${args.join(" | ")}`);
+        const url = args.find((a) => a.startsWith(`${base}/api/v1/adapters/bob/snippet/versions/`) && a.includes("/files/sub%20dir/"));
+        assert(url, `no URL of the file: ${args.join(" | ")}`);
+        const res = await fetch(url);
+        assert(res.ok && (await res.text()) === "hello", `the snippet's URL does not download the file: ${url} ${res.status}`);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    } finally {
+      await api("DELETE", "/api/v1/adapters/bob/snippet", bob);
+    }
   });
 
   await check("sign in shows a private adapter; sign out hides it", async () => {
