@@ -14,6 +14,11 @@
 //! Only time spent waiting for the client counts: while the handler is busy (writing to the blob
 //! store, back-pressure), the clock stops. The request then answers 408 `request_timeout` in the
 //! JSON envelope (an HTML page on the web pages' paths) and the connection is closed.
+//!
+//! With `--max-connections-per-ip`, [`PerIp`] counts each client address's open connections
+//! (from actix's `on_connect`); a request on a connection over the cap gets 429
+//! `too_many_connections` at once and its connection is closed, so one address cannot take every
+//! connection slot.
 
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
@@ -146,6 +151,67 @@ impl Stream for TimedBody {
     }
 }
 
+/// Open connections per client address (`--max-connections-per-ip`).
+pub struct PerIp {
+    cap: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerIp`] (in the connection's data; released when it closes).
+pub struct IpSlot {
+    table: std::sync::Arc<PerIp>,
+    ip: std::net::IpAddr,
+    /// Whether this connection is beyond its address's cap.
+    over: bool,
+}
+
+impl PerIp {
+    pub fn new(cap: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            cap,
+            open: Default::default(),
+        })
+    }
+
+    /// Counts a new connection (`io`: actix's TCP stream) in its connection data.
+    pub fn on_connect(
+        self: &std::sync::Arc<Self>,
+        io: &dyn std::any::Any,
+        data: &mut actix_web::dev::Extensions,
+    ) {
+        let Some(ip) = io
+            .downcast_ref::<actix_web::rt::net::TcpStream>()
+            .and_then(|s| s.peer_addr().ok())
+            .map(|a| a.ip())
+        else {
+            return;
+        };
+        let Ok(mut open) = self.open.lock() else {
+            return;
+        };
+        let n = open.entry(ip).or_insert(0);
+        *n += 1;
+        data.insert(IpSlot {
+            table: self.clone(),
+            ip,
+            over: *n > self.cap,
+        });
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.table.open.lock()
+            && let Some(n) = open.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// The middleware: wraps the body of every request that has one, and answers 408 when its read
 /// timed out. A body left unread when the response goes out closes the connection (actix would
 /// otherwise drain a dropped chunked body without any deadline).
@@ -157,6 +223,16 @@ pub async fn guard(
         .app_data::<web::Data<BodyDeadlines>>()
         .map(|d| *d.get_ref())
         .unwrap_or_else(|| BodyDeadlines::from(&ClientLimits::default()));
+    if req.conn_data::<IpSlot>().is_some_and(|s| s.over) {
+        let mut res = envelope(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyConnections.as_str(),
+            "this address has too many connections open (--max-connections-per-ip): reuse or close one",
+        );
+        res.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return Ok(req.into_response(res).map_into_right_body());
+    }
     let payload = req.take_payload();
     if matches!(payload, Payload::None) {
         req.set_payload(payload);

@@ -175,6 +175,11 @@ pub struct ClientLimits {
     #[arg(long, env = "QUIVER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: u64,
+    /// Open connections one client address may hold (0: no cap). A request on one more gets
+    /// 429 `too_many_connections` and its connection is closed. Leave 0 behind a reverse proxy
+    /// (every client then has the proxy's address); cap there instead.
+    #[arg(long, env = "QUIVER_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u64,
 }
 
 pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 30_000;
@@ -196,6 +201,7 @@ impl Default for ClientLimits {
             keep_alive_ms: DEFAULT_KEEP_ALIVE_MS,
             disconnect_timeout_ms: DEFAULT_DISCONNECT_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: 0,
         }
     }
 }

@@ -72,6 +72,8 @@ error_codes! {
     IdempotencyConflict = "idempotency_conflict" => CONFLICT,
     /// The request body arrived too slowly (`--body-timeout-ms`, `--body-min-rate`, …).
     RequestTimeout = "request_timeout" => REQUEST_TIMEOUT,
+    /// A client address over `--max-connections-per-ip`.
+    TooManyConnections = "too_many_connections" => TOO_MANY_REQUESTS,
     PayloadTooLarge = "payload_too_large" => PAYLOAD_TOO_LARGE,
     UnsupportedMediaType = "unsupported_media_type" => UNSUPPORTED_MEDIA_TYPE,
     RangeNotSatisfiable = "range_not_satisfiable" => RANGE_NOT_SATISFIABLE,

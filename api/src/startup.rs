@@ -188,6 +188,13 @@ impl Application {
             Some(n) => server.workers(n),
             None => server,
         };
+        let server = match usize::try_from(clients.max_connections_per_ip) {
+            Ok(cap) if cap > 0 => {
+                let per_ip = crate::body_guard::PerIp::new(cap);
+                server.on_connect(move |io, data| per_ip.on_connect(io, data))
+            }
+            _ => server,
+        };
         let addr = format!("{listener:?}");
         let server = server
             .listen(listener)

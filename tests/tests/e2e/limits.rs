@@ -421,3 +421,56 @@ async fn healthz_names_a_store_that_accepts_and_never_answers() {
     );
     holder.abort();
 }
+
+#[tokio::test]
+async fn one_address_cannot_hold_more_than_its_connections() {
+    let options = HttpOptions {
+        clients: ClientLimits {
+            max_connections_per_ip: 3,
+            body_timeout_ms: 3000,
+            body_idle_timeout_ms: 3000,
+            ..ClientLimits::default()
+        },
+        ..HttpOptions::default()
+    };
+    let Some(app) = spawn_app_with(Backend::Sqlite, options).await else {
+        return;
+    };
+    // Three connections held in their bodies (headers sent, no byte of the body).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(addr(&app)).await.expect("connect");
+        let head = head("POST", "/api/v1/route", "application/json", None, 1000);
+        conn.write_all(head.as_bytes()).await.expect("head");
+        held.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A fourth from the same address is refused at once, whatever it asks.
+    let mut conn = TcpStream::connect(addr(&app)).await.expect("connect");
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    let (status, response) = read_response(&mut conn, Duration::from_secs(10)).await;
+    assert_eq!(status, Some(429), "{response}");
+    assert!(response.contains("\"too_many_connections\""), "{response}");
+    // Once the held connections end (their bodies time out), the address may connect again.
+    let start = Instant::now();
+    loop {
+        let res = reqwest::Client::new()
+            .get(app.url("/healthz"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("healthz");
+        if res.status() == 200 {
+            break;
+        }
+        assert_eq!(res.status(), 429);
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the held connections were never released"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(held);
+}
