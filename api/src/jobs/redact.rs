@@ -181,7 +181,7 @@ mod tests {
         assert!(!card.contains(&h) && card.contains(WITHHELD), "{card}");
         let report = redact_value(
             serde_json::json!({"inputs": [{"weights_sha256": h}]}),
-            &[h.clone()],
+            std::slice::from_ref(&h),
         );
         assert_eq!(report["inputs"][0]["weights_sha256"], WITHHELD);
     }
