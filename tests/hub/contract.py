@@ -382,6 +382,50 @@ def run_checks(state_path):
                 raise AssertionError(f"commit accepted: {ops}")
         assert native(f"/adapters/{repo}/versions/main")["number"] == 2
 
+    @check("paths a downloader would misuse (.GIT/config, .gitmodules, .lfsconfig) are refused: 422 naming them")
+    def _():
+        from huggingface_hub import CommitOperationAdd
+        from huggingface_hub.utils import HfHubHTTPError
+
+        # The client itself refuses `.git/` (in that case only); these it sends.
+        for path in (".GIT/config", "sub/.Git/hooks/post-checkout", ".gitmodules", ".lfsconfig", "con.txt"):
+            try:
+                alice.create_commit(
+                    repo,
+                    operations=[CommitOperationAdd(path_in_repo=path, path_or_fileobj=b"[core]\n\tfsmonitor = touch pwned\n")],
+                    commit_message="plant",
+                )
+            except HfHubHTTPError as e:
+                code = e.response.json()["error"]["code"]
+                assert (e.response.status_code, code) == (422, "invalid_file_path"), (path, str(e))
+            else:
+                raise AssertionError(f"commit of {path} accepted")
+        assert native(f"/adapters/{repo}/versions/main")["number"] == 2
+
+    @check("an LFS file's size is the stored object's: inflated, -1 and 10^15 claims are refused")
+    def _():
+        v = native(f"/adapters/{repo}/versions/main")
+        weights = next(f for f in v["files"] if f["path"] == W)
+        for claimed in (weights["size"] + 1000, -1, 10**15):
+            lines = [
+                {"key": "header", "value": {"summary": "inflate"}},
+                {"key": "lfsFile", "value": {"path": W, "algo": "sha256", "oid": weights["sha256"], "size": claimed}},
+            ]
+            req = urllib.request.Request(
+                f"{base}/api/models/{repo}/commit/main",
+                data="\n".join(json.dumps(x) for x in lines).encode(),
+                method="POST",
+                headers={"Authorization": f"Bearer {st['alice']}", "Content-Type": "application/x-ndjson"},
+            )
+            try:
+                urllib.request.urlopen(req)
+            except urllib.error.HTTPError as e:
+                body = json.loads(e.read())
+                assert 400 <= e.code < 500 and body["error"]["code"], (e.code, body)
+            else:
+                raise AssertionError(f"size {claimed} accepted")
+        assert native(f"/adapters/{repo}/versions/main")["number"] == 2
+
     @check("writes need a Quiver write token; xet token routes answer 501 naming HF_HUB_DISABLE_XET")
     def _():
         from huggingface_hub.utils import HfHubHTTPError
