@@ -4,7 +4,8 @@
 # the routing embedder's model files (scripts/embedder.sh), then runs every workspace test with
 # the Postgres + S3 and embedder cases required (not skipped), and the web pages' browser tests
 # (Debian's chromium driven by playwright-core from npm; tests/browser/run.mjs), and the Hub
-# API's contract suite with the real huggingface_hub clients (tests/hub/run.sh).
+# API's contract suite with the real huggingface_hub clients (tests/hub/run.sh). The `cuda` build
+# is type-checked, not built (scripts/check-cuda.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +60,10 @@ export QUIVER_EMBEDDER_DIR QUIVER_REQUIRE_EMBEDDER=1
 #    processes of the built binary (killed workers, scale-out), so build it first.
 cargo build --locked --bin quiver
 cargo test --workspace --locked "$@"
+
+# 4b. The `cuda` build, type-checked only (no GPU here): a stand-in nvcc for candle's kernels, the
+#     real one (PyPI wheel) for Quiver's own; its own target dir (scripts/check-cuda.sh, docs/gpu.md).
+scripts/check-cuda.sh
 
 # 5. The web pages in a real browser (playwright-core and axe-core pinned in package-lock.json).
 npm ci --prefix tests/browser --no-audit --no-fund --silent
