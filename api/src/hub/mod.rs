@@ -121,6 +121,14 @@ fn lfs_pointer(sha256: &str, size: i64) -> String {
     format!("version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n")
 }
 
+/// Whether a file is listed to Hub clients (`siblings`, the tree), which write what they list
+/// under a local directory (`snapshot_download`): only paths the path rule accepts. A version
+/// published before the rule may hold one it refuses (`.git/config`); it stays readable by its
+/// exact path, but no snapshot writes it.
+pub fn listed(path: &str) -> bool {
+    quiver_store::paths::check_file_path(path).is_ok()
+}
+
 fn git_blob_sha1(bytes: &[u8]) -> String {
     let mut h = Sha1::new();
     h.update(format!("blob {}\0", bytes.len()).as_bytes());
@@ -228,7 +236,12 @@ pub async fn model_json(
     });
     if let Some(blobs) = files {
         let mut siblings = Vec::new();
-        for f in version.map(|v| v.files.as_slice()).unwrap_or_default() {
+        for f in version
+            .map(|v| v.files.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|f| listed(&f.path))
+        {
             let mut s = json!({"rfilename": f.path});
             if blobs {
                 s["size"] = json!(f.size);

@@ -108,7 +108,7 @@ async fn tree_of(
     let under: Vec<_> = version
         .files
         .iter()
-        .filter(|f| f.path.starts_with(&prefix))
+        .filter(|f| f.path.starts_with(&prefix) && super::listed(&f.path))
         .collect();
     if under.is_empty() && !dir.is_empty() {
         return Err(ApiError::not_found(

@@ -699,3 +699,59 @@ async fn pages_answer_head_and_hub_payload_errors_are_json(#[case] backend: Back
         assert!(body["error"]["code"].is_string(), "{path}: {body}");
     }
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn hub_listings_never_offer_a_refused_path_to_snapshots(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    let mut files = synthetic_adapter(4, &["q_proj"], 8);
+    files.push(("README.md".into(), b"# card\n".to_vec()));
+    app.adapter_with("alice/old", &files).await;
+    // A version published before the path rule: its file row renamed behind the store's back.
+    let pool = sqlx::AnyPool::connect(&app.settings().database_url)
+        .await
+        .expect("connect");
+    sqlx::query("UPDATE files SET path = '.git/config' WHERE path = 'README.md'")
+        .execute(&pool)
+        .await
+        .expect("rename");
+    pool.close().await;
+    let (status, info) = app.get_json("/api/models/alice/old?blobs=true", "").await;
+    assert_eq!(status, 200, "{info}");
+    let siblings: Vec<&str> = info["siblings"]
+        .as_array()
+        .expect("siblings")
+        .iter()
+        .filter_map(|s| s["rfilename"].as_str())
+        .collect();
+    assert_eq!(
+        siblings,
+        ["adapter_config.json", "adapter_model.safetensors"],
+        "{info}"
+    );
+    let (status, tree) = app
+        .get_json("/api/models/alice/old/tree/main?recursive=true", "")
+        .await;
+    assert_eq!(status, 200, "{tree}");
+    let paths: Vec<&str> = tree
+        .as_array()
+        .expect("tree")
+        .iter()
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    assert!(!paths.iter().any(|p| p.contains(".git")), "{paths:?}");
+    // The next commit must delete it: carried over, it is refused.
+    let (status, body) = hub_commit(&app, "alice/old", "alice", &[inline("notes.txt", b"x")]).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_file_path");
+    let (status, body) = hub_commit(
+        &app,
+        "alice/old",
+        "alice",
+        &[json!({"key": "deletedFile", "value": {"path": ".git/config"}})],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
