@@ -282,6 +282,10 @@ mod tests {
         let text = m.render(None);
         assert!(text.contains("method=\"other\""), "{text}");
         assert!(!text.contains("M1"), "{text}");
-        assert_eq!(text.matches("quiver_http_requests_total{").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("quiver_http_requests_total{").count(),
+            1,
+            "{text}"
+        );
     }
 }

@@ -63,7 +63,9 @@ pub fn check_file_path(path: &str) -> Result<(), String> {
         return Err("it must be a relative path with '/' separators".into());
     }
     if let Some(c) = path.chars().find(|c| WINDOWS_FORBIDDEN.contains(c)) {
-        return Err(format!("{c:?} is not allowed in file names (Windows refuses it)"));
+        return Err(format!(
+            "{c:?} is not allowed in file names (Windows refuses it)"
+        ));
     }
     let components: Vec<&str> = path.split('/').collect();
     if components.len() > MAX_DEPTH {
@@ -74,7 +76,9 @@ pub fn check_file_path(path: &str) -> Result<(), String> {
             return Err("it must not contain empty, '.' or '..' components".into());
         }
         if c.len() > MAX_COMPONENT_LEN {
-            return Err(format!("a component is longer than {MAX_COMPONENT_LEN} bytes"));
+            return Err(format!(
+                "a component is longer than {MAX_COMPONENT_LEN} bytes"
+            ));
         }
         if c.starts_with(' ') || c.ends_with(' ') || c.ends_with('.') {
             return Err(

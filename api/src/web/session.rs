@@ -229,7 +229,12 @@ mod tests {
 
     #[test]
     fn redirects_stay_on_this_site() {
-        for ok in ["/", "/alice/x", "/alice/x/versions/v2?tab=files#top", "/?q=a%20b"] {
+        for ok in [
+            "/",
+            "/alice/x",
+            "/alice/x/versions/v2?tab=files#top",
+            "/?q=a%20b",
+        ] {
             assert_eq!(local_path(Some(ok)), ok);
         }
         for bad in [

@@ -45,9 +45,13 @@ async fn hub_commit(app: &TestApp, repo: &str, who: &str, lines: &[Value]) -> (u
         body.push_str(&l.to_string());
     }
     app.send(
-        app.request(Method::POST, &format!("/api/models/{repo}/commit/main"), who)
-            .header(CONTENT_TYPE, "application/x-ndjson")
-            .body(body),
+        app.request(
+            Method::POST,
+            &format!("/api/models/{repo}/commit/main"),
+            who,
+        )
+        .header(CONTENT_TYPE, "application/x-ndjson")
+        .body(body),
     )
     .await
 }
@@ -58,7 +62,9 @@ fn inline(path: &str, bytes: &[u8]) -> Value {
 
 fn lfs(path: &str, oid: &str, size: Option<i64>) -> Value {
     match size {
-        Some(s) => json!({"key": "lfsFile", "value": {"path": path, "algo": "sha256", "oid": oid, "size": s}}),
+        Some(s) => {
+            json!({"key": "lfsFile", "value": {"path": path, "algo": "sha256", "oid": oid, "size": s}})
+        }
         None => json!({"key": "lfsFile", "value": {"path": path, "algo": "sha256", "oid": oid}}),
     }
 }
@@ -245,7 +251,11 @@ async fn lfs_sizes_are_the_stored_blobs(#[case] backend: Backend) {
     let before = version_count(&app).await;
     let w = "adapter_model.safetensors";
     for (what, oid, size) in [
-        ("truncated, full size claimed", sha256_hex(&truncated), Some(real)),
+        (
+            "truncated, full size claimed",
+            sha256_hex(&truncated),
+            Some(real),
+        ),
         ("inflated", sha256_hex(&weights), Some(real + 1000)),
         ("smaller", sha256_hex(&weights), Some(real - 1)),
         ("negative", sha256_hex(&weights), Some(-1)),
@@ -313,7 +323,11 @@ fn with_param(href: &str, key: &str, value: &str) -> String {
     let pairs: Vec<(String, String)> = url
         .query_pairs()
         .map(|(k, v)| {
-            let v = if k == key { value.to_string() } else { v.into_owned() };
+            let v = if k == key {
+                value.to_string()
+            } else {
+                v.into_owned()
+            };
             (k.into_owned(), v)
         })
         .collect();
@@ -352,10 +366,22 @@ async fn upload_links_refuse_forgeries_and_wrong_bytes(#[case] backend: Backend)
     flipped[0] = if flipped[0] == b'a' { b'b' } else { b'a' };
     let flipped = String::from_utf8(flipped).expect("hex");
     let forged: Vec<(&str, String, Vec<u8>)> = vec![
-        ("one hex digit changed", with_param(&href, "sig", &flipped), bytes.clone()),
-        ("truncated signature", with_param(&href, "sig", &sig[..32]), bytes.clone()),
+        (
+            "one hex digit changed",
+            with_param(&href, "sig", &flipped),
+            bytes.clone(),
+        ),
+        (
+            "truncated signature",
+            with_param(&href, "sig", &sig[..32]),
+            bytes.clone(),
+        ),
         ("no signature", with_param(&href, "sig", ""), bytes.clone()),
-        ("not hex", with_param(&href, "sig", &"zz".repeat(32)), bytes.clone()),
+        (
+            "not hex",
+            with_param(&href, "sig", &"zz".repeat(32)),
+            bytes.clone(),
+        ),
         ("expired", with_param(&href, "expires", "1"), bytes.clone()),
         (
             "expiry moved later",
@@ -391,7 +417,10 @@ async fn upload_links_refuse_forgeries_and_wrong_bytes(#[case] backend: Backend)
     ] {
         let (status, answer) = put(&app, &href, &body).await;
         assert_eq!(status, 400, "{what}: {answer}");
-        assert!(!app.store.blobs.exists(&oid).await.expect("exists"), "{what}");
+        assert!(
+            !app.store.blobs.exists(&oid).await.expect("exists"),
+            "{what}"
+        );
         assert_eq!(
             app.store.blobs.count_staged().await.expect("staged"),
             0,
@@ -461,13 +490,28 @@ async fn the_curl_snippet_quotes_file_names(#[case] backend: Backend) {
         .output()
         .expect("sh");
     assert!(out.status.success(), "{out:?}");
-    assert!(!dir.path().join("pwned").exists(), "the snippet ran a command");
-    assert!(!dir.path().join("pwned2").exists(), "the snippet ran a command");
+    assert!(
+        !dir.path().join("pwned").exists(),
+        "the snippet ran a command"
+    );
+    assert!(
+        !dir.path().join("pwned2").exists(),
+        "the snippet ran a command"
+    );
     let args = std::fs::read_to_string(dir.path().join("args")).expect("args");
     let args: Vec<&str> = args.lines().collect();
-    assert!(args.contains(&format!("alice/snip/{name}").as_str()), "{args:?}");
-    assert!(args.iter().any(|a| a.starts_with("http://quiver.test/api/v1/adapters/alice/snip/versions/")
-        && a.ends_with("/files/sub%20dir/x%24%28touch%20pwned%29%27q%27%60touch%20pwned2%60.txt")), "{args:?}");
+    assert!(
+        args.contains(&format!("alice/snip/{name}").as_str()),
+        "{args:?}"
+    );
+    assert!(
+        args.iter().any(|a| a
+            .starts_with("http://quiver.test/api/v1/adapters/alice/snip/versions/")
+            && a.ends_with(
+                "/files/sub%20dir/x%24%28touch%20pwned%29%27q%27%60touch%20pwned2%60.txt"
+            )),
+        "{args:?}"
+    );
 }
 
 /// The `name=value` pairs of a response's Set-Cookie headers.
@@ -497,7 +541,10 @@ async fn sign_in_redirects_only_to_this_site(#[case] backend: Backend) {
     let csrf = html[at..at + 48].to_string();
     for (next, want) in [
         ("/jobs", "/jobs"),
-        ("/alice/x/versions/v2?tab=files", "/alice/x/versions/v2?tab=files"),
+        (
+            "/alice/x/versions/v2?tab=files",
+            "/alice/x/versions/v2?tab=files",
+        ),
         ("/\t/evil.example", "/"),
         ("/\t\t/evil.example/x", "/"),
         ("/\n/evil.example", "/"),
@@ -515,7 +562,11 @@ async fn sign_in_redirects_only_to_this_site(#[case] backend: Backend) {
         let res = app
             .request(Method::POST, "/signin", "")
             .header("Cookie", &cookies)
-            .form(&[("token", app.token("alice")), ("csrf", &csrf), ("next", next)])
+            .form(&[
+                ("token", app.token("alice")),
+                ("csrf", &csrf),
+                ("next", next),
+            ])
             .send()
             .await
             .expect("sign in");
@@ -525,7 +576,10 @@ async fn sign_in_redirects_only_to_this_site(#[case] backend: Backend) {
         let (status, _) = app
             .send(app.request(
                 Method::GET,
-                &format!("/signin?next={}", url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()),
+                &format!(
+                    "/signin?next={}",
+                    url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+                ),
                 "",
             ))
             .await;
@@ -553,7 +607,10 @@ async fn client_numbers_cannot_overflow(#[case] backend: Backend) {
         "99999999999999999999999".into(),
     ] {
         let (status, body) = app
-            .get_json(&format!("/api/models/alice/t/tree/main?cursor={cursor}"), "")
+            .get_json(
+                &format!("/api/models/alice/t/tree/main?cursor={cursor}"),
+                "",
+            )
             .await;
         assert_eq!(status, 400, "cursor {cursor}: {body}");
         assert_eq!(body["error"]["code"], "invalid_query", "cursor {cursor}");
@@ -574,9 +631,16 @@ async fn client_numbers_cannot_overflow(#[case] backend: Backend) {
         let (status, body) = app.get_json(path, "alice").await;
         assert_eq!(status, 400, "{path}: {body}");
     }
-    for reference in ["v9223372036854775807", "v99999999999999999999", "18446744073709551616"] {
+    for reference in [
+        "v9223372036854775807",
+        "v99999999999999999999",
+        "18446744073709551616",
+    ] {
         let (status, body) = app
-            .get_json(&format!("/api/v1/adapters/alice/t/versions/{reference}"), "")
+            .get_json(
+                &format!("/api/v1/adapters/alice/t/versions/{reference}"),
+                "",
+            )
             .await;
         assert_eq!(status, 404, "{reference}: {body}");
     }
@@ -631,7 +695,12 @@ async fn metric_labels_stay_a_closed_set(#[case] backend: Backend) {
     assert!(!text.contains("M1X") && !text.contains("random-"), "{text}");
     assert!(text.contains("method=\"other\""), "{text}");
     // At most: other × {unmatched, /healthz} × a few status classes, plus /metrics itself.
-    assert!(count(&text) <= before + 6, "{} → {}:\n{text}", before, count(&text));
+    assert!(
+        count(&text) <= before + 6,
+        "{} → {}:\n{text}",
+        before,
+        count(&text)
+    );
 }
 
 #[rstest]
