@@ -440,14 +440,30 @@ async fn fusion(
                 json!({"adapter": adapter, "ref": revision, "weight": if square { w * w } else { *w }})
             })
             .collect();
-        let description = format!(
-            "Route fusion ({method}) of {}",
-            parts
-                .iter()
-                .map(|(a, _, w)| format!("{a} ×{w:.6}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        // The description names the inputs, but not a private one (as the job's files do not:
+        // `jobs::spec::input_dirs`): the fusion may be made public later.
+        let mut named = Vec::new();
+        for (i, (a, _, w)) in parts.iter().enumerate() {
+            let private = match a
+                .split_once('/')
+                .and_then(|(o, n)| RepoId::parse(o, n).ok())
+            {
+                Some(r) => state
+                    .store
+                    .meta
+                    .get_adapter(&r)
+                    .await?
+                    .is_none_or(|x| x.private),
+                None => true,
+            };
+            let name = if private {
+                format!("{}{i}", crate::jobs::spec::PRIVATE_INPUT)
+            } else {
+                a.to_string()
+            };
+            named.push(format!("{name} ×{w:.6}"));
+        }
+        let description = format!("Route fusion ({method}) of {}", named.join(", "));
         let body = json!({
             "method": method_name,
             "compat": compat,

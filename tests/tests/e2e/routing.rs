@@ -228,6 +228,19 @@ async fn private_adapters_are_routed_only_to_who_may_see_them(#[case] backend: B
             if sees_private {
                 assert_eq!(got[0], "bob/legal");
             }
+            // bob's fusion of his private adapter does not name it in the description of the
+            // adapter it makes (which he may make public later), as the job's files do not.
+            if strategy == "fusion" && who == "bob" {
+                let job = response["results"][0]["fusion"]["job"]
+                    .as_str()
+                    .expect("a new fusion is queued");
+                let (_, job) = app.get_json(&format!("/api/v1/jobs/{job}"), "bob").await;
+                let description = job["spec"]["output"]["description"].as_str().expect("desc");
+                assert!(
+                    !description.contains("legal") && description.contains("private-input-"),
+                    "{description}"
+                );
+            }
         }
     }
     // A private profile does not shift the scores others see (the centred recipe's mean is
