@@ -877,10 +877,13 @@ mod tests {
         let key = b"test key";
         let oid = "ab".repeat(32);
         let sig = sign(key, link_message("alice/a", &oid, 10, 1000).as_bytes());
-        let link = |size: i64, expires: i64, sig: &str| UploadLink {
-            size,
-            expires,
-            sig: sig.to_string(),
+        let valid = |key: &[u8], repo: &str, oid: &str, size: i64, expires: i64, now: i64| {
+            let link = UploadLink {
+                size,
+                expires,
+                sig: sig.clone(),
+            };
+            link_valid(key, repo, oid, &link, now)
         };
         assert!(link_valid(key, "alice/a", &oid, &link(10, 1000, &sig), 999));
         assert!(link_valid(key, "alice/a", &oid, &link(10, 1000, &sig), 1000));
@@ -933,7 +936,8 @@ mod tests {
         for (n, (key, data, want)) in cases.iter().enumerate() {
             assert_eq!(sign(key, data), *want, "case {n}");
             assert!(verify(key, data, want), "case {n}");
-            assert!(verify(key, data, &want.to_uppercase()), "case {n}: hex case");
+            let upper = want.to_uppercase();
+            assert!(verify(key, data, &upper), "case {n}: upper-case hex");
         }
     }
 
