@@ -885,15 +885,16 @@ mod tests {
             };
             link_valid(key, repo, oid, &link, now)
         };
-        assert!(link_valid(key, "alice/a", &oid, &link(10, 1000, &sig), 999));
-        assert!(link_valid(key, "alice/a", &oid, &link(10, 1000, &sig), 1000));
+        assert!(valid(key, "alice/a", &oid, 10, 1000, 999));
+        assert!(valid(key, "alice/a", &oid, 10, 1000, 1000));
         // Expired, other repo, other object, other size, later expiry, other key.
-        assert!(!link_valid(key, "alice/a", &oid, &link(10, 1000, &sig), 1001));
-        assert!(!link_valid(key, "alice/b", &oid, &link(10, 1000, &sig), 999));
-        assert!(!link_valid(key, "alice/a", &"cd".repeat(32), &link(10, 1000, &sig), 999));
-        assert!(!link_valid(key, "alice/a", &oid, &link(11, 1000, &sig), 999));
-        assert!(!link_valid(key, "alice/a", &oid, &link(10, 5000, &sig), 999));
-        assert!(!link_valid(b"other", "alice/a", &oid, &link(10, 1000, &sig), 999));
+        let other = "cd".repeat(32);
+        assert!(!valid(key, "alice/a", &oid, 10, 1000, 1001));
+        assert!(!valid(key, "alice/b", &oid, 10, 1000, 999));
+        assert!(!valid(key, "alice/a", &other, 10, 1000, 999));
+        assert!(!valid(key, "alice/a", &oid, 11, 1000, 999));
+        assert!(!valid(key, "alice/a", &oid, 10, 5000, 999));
+        assert!(!valid(b"other", "alice/a", &oid, 10, 1000, 999));
     }
 
     /// RFC 4231 test vectors for HMAC-SHA256 (case 5 truncates the output, which links do not).
