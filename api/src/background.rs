@@ -13,8 +13,12 @@ use crate::jobs::{WorkerOptions, Workers};
 use crate::metrics::Metrics;
 use crate::routing::{Routing, reconcile};
 
-/// A staged upload untouched this long is abandoned (a live upload writes every few seconds).
+/// A staged upload of no live owner untouched this long is abandoned. Uploads of a process that
+/// claimed an owner id (`serve`, `worker`) are removed as soon as it is known dead instead
+/// (`quiver_store::staging`): at the next start on the same host.
 pub const STAGED_UPLOAD_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How often staged uploads of dead owners are looked for (and once at start).
+const STAGED_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// An unreferenced blob younger than this is left alone: an upload or a job may be about to
 /// commit a reference to it.
 pub const BLOB_GRACE: Duration = Duration::from_secs(3600);
@@ -22,6 +26,7 @@ pub const BLOB_GRACE: Duration = Duration::from_secs(3600);
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 pub struct Background {
+    store: Store,
     workers: Workers,
     sweeps: Option<JoinHandle<()>>,
     reconciler: Option<JoinHandle<()>>,
@@ -42,41 +47,54 @@ impl Background {
         let workers = Workers::start(store.clone(), workers, routing, wake, metrics)?;
         let sweeps = sweep.then(|| tokio::spawn(sweep_forever(store.clone())));
         Ok(Self {
+            store: store.clone(),
             workers,
             sweeps,
             reconciler,
         })
     }
 
-    /// Stops the sweeps and the workers (jobs in hand are handed back to the queue).
+    /// Stops the sweeps and the workers (jobs in hand are handed back to the queue), then
+    /// removes what this process still has staged (call after the HTTP server stopped).
     pub async fn shutdown(self) {
         for task in [self.sweeps, self.reconciler].into_iter().flatten() {
             task.abort();
         }
         self.workers.shutdown().await;
+        self.store.blobs.release_staging().await;
     }
 }
 
 async fn sweep_forever(store: Store) {
-    let mut every = tokio::time::interval(SWEEP_EVERY);
+    let mut every = tokio::time::interval(STAGED_SWEEP_EVERY);
+    let mut last_full: Option<std::time::Instant> = None;
     loop {
         every.tick().await;
-        sweep_once(&store, BLOB_GRACE).await;
+        if last_full.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+            last_full = Some(std::time::Instant::now());
+            sweep_once(&store, BLOB_GRACE).await;
+        } else {
+            sweep_staged(&store).await;
+        }
+    }
+}
+
+async fn sweep_staged(store: &Store) {
+    match store.blobs.sweep_staged(STAGED_UPLOAD_MAX_AGE).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed abandoned staged uploads"),
+        Err(e) => tracing::warn!(error = %e, "could not sweep staged uploads"),
     }
 }
 
 /// One pass of the sweeps (and of filling the listing facets of versions published before they
 /// existed); failures are logged.
 pub async fn sweep_once(store: &Store, blob_grace: Duration) {
+    sweep_staged(store).await;
     match crate::facets::backfill(store).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(versions = n, "filled the listing facets of older versions"),
         Err(e) => tracing::warn!(error = %e, "could not fill the listing facets"),
-    }
-    match store.blobs.sweep_staged(STAGED_UPLOAD_MAX_AGE).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "removed abandoned staged uploads"),
-        Err(e) => tracing::warn!(error = %e, "could not sweep staged uploads"),
     }
     match store.sweep_unreferenced_blobs(blob_grace).await {
         Ok(0) => {}

@@ -57,6 +57,10 @@ pub enum Command {
         job_workers: usize,
         #[command(flatten)]
         clients: crate::config::ClientLimits,
+        /// After SIGTERM or SIGINT, seconds that requests in flight (long downloads) may take to
+        /// finish before their connections are closed; new connections are refused at once.
+        #[arg(long, env = "QUIVER_SHUTDOWN_GRACE", default_value_t = crate::config::DEFAULT_SHUTDOWN_GRACE_S)]
+        shutdown_grace: u64,
         #[command(flatten)]
         jobs: JobArgs,
         #[command(flatten)]
@@ -125,6 +129,7 @@ pub async fn run(cli: Cli) -> CliResult {
             card_image_hosts,
             job_workers,
             clients,
+            shutdown_grace,
             jobs,
             routing,
             storage,
@@ -138,6 +143,7 @@ pub async fn run(cli: Cli) -> CliResult {
                     workers: workers.map(usize::from),
                     card_images: crate::web::card::ImagePolicy::new(&card_image_hosts)?,
                     clients,
+                    shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
                 },
                 workers: jobs.options(job_workers, &storage),
                 routing: routing.options().map_err(StartupError::Embedder)?,
@@ -229,6 +235,11 @@ async fn run_worker(
     storage: &StorageArgs,
 ) -> CliResult {
     let store = Store::open(&storage.resolve()?)
+        .await
+        .map_err(StartupError::Store)?;
+    store
+        .blobs
+        .claim_staging()
         .await
         .map_err(StartupError::Store)?;
     tracing::info!(

@@ -140,7 +140,13 @@ pub struct HttpOptions {
     pub card_images: crate::web::card::ImagePolicy,
     /// Timeouts and connection caps that keep slow or many clients from exhausting the server.
     pub clients: ClientLimits,
+    /// After SIGTERM/SIGINT, how long requests in flight (downloads) may take to finish before
+    /// their connections are closed; new connections are refused meanwhile.
+    pub shutdown_grace: std::time::Duration,
 }
+
+/// Default `--shutdown-grace`: 30 s.
+pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 30;
 
 /// How long clients may take and how many connections they may hold (`serve`); see
 /// `body_guard` for the body rule and docs/architecture.md ("Timeouts and limits").
@@ -214,6 +220,7 @@ impl Default for HttpOptions {
             workers: None,
             card_images: Default::default(),
             clients: ClientLimits::default(),
+            shutdown_grace: std::time::Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_S),
         }
     }
 }

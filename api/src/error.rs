@@ -189,6 +189,12 @@ impl ResponseError for ApiError {
     /// so `huggingface_hub` raises its typed exceptions on the Hub-compatible routes.
     fn error_response(&self) -> HttpResponse<BoxBody> {
         let mut res = envelope(self.status, self.code, &self.message);
+        if self.code == ErrorCode::StorageUnavailable.as_str() {
+            res.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                HeaderValue::from_static(STORAGE_RETRY_AFTER_SECS),
+            );
+        }
         if let Some(hub) = hub_code(self.code) {
             let h = res.headers_mut();
             h.insert(
@@ -202,6 +208,10 @@ impl ResponseError for ApiError {
         res
     }
 }
+
+/// What a `storage_unavailable` answer asks clients to wait before trying again (`Retry-After`):
+/// a restarting database or object store is usually back within seconds.
+pub const STORAGE_RETRY_AFTER_SECS: &str = "5";
 
 pub fn envelope(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(ErrorBody {

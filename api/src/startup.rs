@@ -83,6 +83,8 @@ impl Application {
     pub async fn build(settings: ServerSettings) -> Result<Self, StartupError> {
         raise_fd_limit(&settings.http);
         let store = Store::open(&settings.store).await?;
+        // Own this process's staged uploads, so the next start can tell they were abandoned.
+        store.blobs.claim_staging().await?;
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartupError::Bind {
             addr: settings.bind.clone(),
             source,
@@ -183,7 +185,9 @@ impl Application {
                 n => actix_web::http::KeepAlive::Timeout(ms(n)),
             })
             .client_disconnect_timeout(ms(clients.disconnect_timeout_ms))
-            .max_connections(usize::try_from(clients.max_connections).unwrap_or(usize::MAX));
+            .max_connections(usize::try_from(clients.max_connections).unwrap_or(usize::MAX))
+            // After SIGTERM, requests in flight (a long download) get this long to finish.
+            .shutdown_timeout(options.shutdown_grace.as_secs());
         let server = match options.workers {
             Some(n) => server.workers(n),
             None => server,

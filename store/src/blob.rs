@@ -20,6 +20,7 @@ use object_store::{
 use sha2::{Digest, Sha256};
 
 use crate::StoreError;
+use crate::staging::{self, Staging};
 
 /// Size of one multipart part (S3 needs ≥ 5 MiB except for the last).
 const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -35,6 +36,8 @@ pub struct BlobStore {
     /// The directory of a `file://` store: uploads are staged there with plain file writes.
     local_root: Option<Arc<std::path::PathBuf>>,
     description: String,
+    /// Whose staged uploads these are (see [`crate::staging`]).
+    staging: Arc<Staging>,
 }
 
 /// A local file stored by [`BlobStore::put_file`].
@@ -85,6 +88,7 @@ impl BlobStore {
                 })?;
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
+                    .with_retry(s3_retry())
                     .with_client_options(s3_client_options());
                 if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
                     builder = builder
@@ -106,6 +110,7 @@ impl BlobStore {
             prefix,
             local_root,
             description: redact(url),
+            staging: Arc::new(Staging::new()),
         })
     }
 
@@ -192,12 +197,89 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Starts a streaming upload.
+    /// Starts a streaming upload, staged under `uploads/<owner>/<uuid>` once this store has
+    /// claimed an owner id ([`BlobStore::claim_staging`]), else under `uploads/<uuid>`.
     pub fn begin(&self) -> BlobUpload {
-        BlobUpload::start(
-            self.clone(),
-            self.key(&format!("uploads/{}", uuid::Uuid::new_v4())),
-        )
+        let tmp = if self.staging.is_claimed() {
+            format!("uploads/{}/{}", self.staging.id, uuid::Uuid::new_v4())
+        } else {
+            format!("uploads/{}", uuid::Uuid::new_v4())
+        };
+        BlobUpload::start(self.clone(), self.key(&tmp))
+    }
+
+    fn owner_marker(&self, id: &str) -> Path {
+        self.key(&format!("owners/{id}"))
+    }
+
+    /// Claims an owner id for this process's staged uploads: writes its marker and keeps it
+    /// fresh, so that a process starting after this one dies removes what it left staged at
+    /// once (same host) or after [`staging::LEASE`] (another host), and never while it lives.
+    /// `serve` and `worker` call this at start. Idempotent.
+    pub async fn claim_staging(&self) -> Result<(), StoreError> {
+        if self.staging.is_claimed() {
+            return Ok(());
+        }
+        let marker = self.owner_marker(&self.staging.id);
+        let body = self.staging.marker_body();
+        self.inner.put(&marker, body.clone().into()).await?;
+        self.staging
+            .claimed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let inner = Arc::clone(&self.inner);
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(staging::HEARTBEAT);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if let Err(e) = inner.put(&marker, body.clone().into()).await {
+                    tracing::warn!(error = %e, "could not renew the staged-uploads lease");
+                }
+            }
+        });
+        if let Ok(mut h) = self.staging.heartbeat.lock() {
+            *h = Some(task);
+        }
+        Ok(())
+    }
+
+    /// Ends the claim at a clean shutdown (after the requests and jobs stopped): removes this
+    /// process's staged uploads, then its marker.
+    pub async fn release_staging(&self) {
+        if !self.staging.is_claimed() {
+            return;
+        }
+        self.staging.stop_heartbeat();
+        let mine = self.key(&format!("uploads/{}", self.staging.id));
+        let removed = self.delete_under(&mine).await;
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "could not remove this process's staged uploads");
+        }
+        if let Err(e) = self
+            .inner
+            .delete(&self.owner_marker(&self.staging.id))
+            .await
+            && !matches!(e, object_store::Error::NotFound { .. })
+        {
+            tracing::warn!(error = %e, "could not remove the staged-uploads marker");
+        }
+        self.staging
+            .claimed
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Deletes every object under `prefix`; returns how many.
+    async fn delete_under(&self, prefix: &Path) -> Result<usize, StoreError> {
+        let items: Vec<_> = self.inner.list(Some(prefix)).try_collect().await?;
+        let mut removed = 0;
+        for meta in items {
+            match self.inner.delete(&meta.location).await {
+                Ok(()) => removed += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(removed)
     }
 
     /// Makes a staged upload visible under its content address by copying it there (a hard link
@@ -207,8 +289,13 @@ impl BlobStore {
     /// [`BlobStore::ensure_committed`] that a sweep did not remove it meanwhile.
     pub async fn commit(&self, staged: &StagedBlob) -> Result<(), StoreError> {
         let dest = self.content_key(&staged.sha256);
-        self.inner.copy(&staged.tmp, &dest).await?;
-        Ok(())
+        match self.inner.copy(&staged.tmp, &dest).await {
+            Ok(()) => Ok(()),
+            // The staged copy is gone: this process was taken for dead (its lease went stale
+            // while the store did not answer). The client can try again.
+            Err(e @ object_store::Error::NotFound { .. }) => Err(StoreError::Blob(e)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Commits the staged copy again if its blob is missing (see [`BlobStore::commit`]).
@@ -444,25 +531,84 @@ impl BlobStore {
             .collect())
     }
 
-    /// Removes staged uploads last written more than `older_than` ago: what a client that went
-    /// away mid-upload, or a server that stopped mid-request, left behind. Returns how many.
+    /// Removes what staged uploads were abandoned: everything staged by an owner that is dead
+    /// (see [`crate::staging`]: at once for a process of this host, after
+    /// [`staging::LEASE`] for another host's), and any other staged object last written
+    /// more than `older_than` ago (what a client that went away mid-upload, or a process that
+    /// never claimed an owner id, left behind). Returns how many.
     pub async fn sweep_staged(&self, older_than: std::time::Duration) -> Result<usize, StoreError> {
-        let cutoff = chrono::Utc::now()
-            - chrono::Duration::from_std(older_than)
-                .map_err(|e| StoreError::Invalid(format!("sweep age: {e}")))?;
-        let stale: Vec<Path> = self
-            .inner
-            .list(Some(&self.key("uploads")))
-            .try_filter_map(|meta| async move {
-                Ok((meta.last_modified < cutoff).then_some(meta.location))
-            })
-            .try_collect()
-            .await?;
+        // "Now" on the store's clock: this process's own marker, rewritten just now.
+        let now = if self.staging.is_claimed() {
+            let marker = self.owner_marker(&self.staging.id);
+            self.inner
+                .put(&marker, self.staging.marker_body().into())
+                .await?;
+            self.inner.head(&marker).await?.last_modified
+        } else {
+            chrono::Utc::now()
+        };
+        let chrono_age = |d: std::time::Duration| {
+            chrono::Duration::from_std(d)
+                .map_err(|e| StoreError::Invalid(format!("sweep age: {e}")))
+        };
+        let cutoff = now - chrono_age(older_than)?;
+        let lease_cutoff = now - chrono_age(staging::LEASE)?;
+
+        // Owners with a marker: dead or alive.
+        let owners_key = self.key("owners");
+        let markers: Vec<_> = self.inner.list(Some(&owners_key)).try_collect().await?;
+        let mut dead = std::collections::BTreeSet::new();
+        for meta in markers {
+            let Some(id) = meta.location.filename().map(str::to_string) else {
+                continue;
+            };
+            if id == self.staging.id {
+                continue;
+            }
+            let record = match self.inner.get(&meta.location).await {
+                Ok(got) => got.bytes().await.ok(),
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let identity: Option<staging::Identity> =
+                record.and_then(|b| serde_json::from_slice(&b).ok());
+            let alive_here = identity
+                .as_ref()
+                .and_then(|i| i.alive_seen_from(&self.staging.identity));
+            let is_dead = alive_here == Some(false) || meta.last_modified < lease_cutoff;
+            if is_dead {
+                dead.insert(id);
+            }
+        }
+
+        let uploads_key = self.key("uploads");
+        let staged: Vec<_> = self.inner.list(Some(&uploads_key)).try_collect().await?;
         let mut removed = 0;
-        for location in stale {
-            match self.inner.delete(&location).await {
+        for meta in staged {
+            let rel: Vec<String> = meta
+                .location
+                .prefix_match(&uploads_key)
+                .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
+                .unwrap_or_default();
+            let remove = match rel.as_slice() {
+                // `uploads/<owner>/<uuid>` of a dead owner: at once.
+                [owner, _] if dead.contains(owner) => true,
+                // Anything else by age: a live owner's upload whose client went away, an owner
+                // without a marker, `uploads/<uuid>` of no owner.
+                _ => meta.last_modified < cutoff,
+            };
+            if !remove {
+                continue;
+            }
+            match self.inner.delete(&meta.location).await {
                 Ok(()) => removed += 1,
                 Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for id in dead {
+            match self.inner.delete(&self.owner_marker(&id)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -803,6 +949,7 @@ pub fn s3_store_at(
         .with_region("us-east-1")
         .with_access_key_id(key_id)
         .with_secret_access_key(secret)
+        .with_retry(s3_retry())
         .with_client_options(s3_client_options())
         .with_endpoint(endpoint)
         .with_allow_http(endpoint.starts_with("http://"))
@@ -813,7 +960,24 @@ pub fn s3_store_at(
         prefix: Path::from("t"),
         local_root: None,
         description: format!("s3://{bucket}/t at {endpoint}"),
+        staging: Arc::new(Staging::new()),
     })
+}
+
+/// How requests to S3 are retried: a few times within seconds (a dropped connection, a 503
+/// from the server), then the request fails and the client gets 503 `storage_unavailable`
+/// with `Retry-After`, instead of waiting minutes (object_store's default budget is 3 minutes)
+/// while the store is down.
+fn s3_retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 6,
+        retry_timeout: std::time::Duration::from_secs(15),
+    }
 }
 
 /// Drops credentials from a URL for logs.

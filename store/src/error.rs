@@ -52,10 +52,56 @@ impl From<object_store::Error> for StoreError {
 impl StoreError {
     /// True when the failure is the backend being unreachable rather than a bad request.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
-                | StoreError::Blob(_)
-        )
+        match self {
+            StoreError::Blob(_) => true,
+            StoreError::Database(e) => db_unavailable(e),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a database error means the server went away or refused service for now (a restart,
+/// `pg_terminate_backend`, a full connection table), rather than a bad query.
+fn db_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // A connection that died mid-exchange reads as a protocol error.
+        sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| unavailable_code(&code)),
+        _ => false,
+    }
+}
+
+/// PostgreSQL's connection-exception class (08…), operator intervention (57P01 admin shutdown,
+/// 57P02 crash shutdown, 57P03 cannot connect now), too many connections (53300); SQLite's
+/// SQLITE_BUSY and SQLITE_LOCKED (with their extended codes).
+fn unavailable_code(code: &str) -> bool {
+    if code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300") {
+        return true;
+    }
+    // SQLite's codes are numbers below 10000 (PostgreSQL's are five characters).
+    code.len() < 5 && code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unavailable_code;
+
+    #[test]
+    fn connection_loss_codes_are_unavailable_and_query_errors_are_not() {
+        for c in [
+            "57P01", "57P02", "57P03", "08006", "08003", "53300", "5", "517", "6",
+        ] {
+            assert!(unavailable_code(c), "{c}");
+        }
+        for c in [
+            "23505", "42P01", "22P02", "40001", "19", "2067", "1", "23301",
+        ] {
+            assert!(!unavailable_code(c), "{c}");
+        }
     }
 }

@@ -26,67 +26,105 @@ use sha1::{Digest, Sha1};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/models", web::get().to(models::list))
-        .route("/api/whoami-v2", web::get().to(models::whoami))
-        .route("/api/models/{owner}/{name}", web::get().to(models::info))
-        .route(
-            "/api/models/{owner}/{name}/revision/{rev}",
-            web::get().to(models::info_at),
-        )
-        .route(
-            "/api/models/{owner}/{name}/tree/{rev}",
-            web::get().to(models::tree),
-        )
-        .route(
-            "/api/models/{owner}/{name}/tree/{rev}/{path:.*}",
-            web::get().to(models::tree_under),
-        )
-        .route(
-            "/api/models/{owner}/{name}/refs",
-            web::get().to(models::refs),
-        )
-        .route(
-            "/api/models/{owner}/{name}/commits/{rev}",
-            web::get().to(models::commits),
-        )
-        .route(
-            "/api/models/{owner}/{name}/xet-read-token/{rev}",
-            web::get().to(models::no_xet),
-        )
-        .route(
-            "/api/models/{owner}/{name}/xet-write-token/{rev}",
-            web::get().to(models::no_xet),
-        )
-        .route("/api/repos/create", web::post().to(write::create_repo))
-        .route("/api/repos/delete", web::delete().to(write::delete_repo))
-        .route("/api/validate-yaml", web::post().to(write::validate_yaml))
-        .route(
-            "/api/models/{owner}/{name}/preupload/{rev}",
-            web::post().to(write::preupload),
-        )
-        .route(
-            "/api/models/{owner}/{name}/commit/{rev}",
-            web::post().to(write::commit),
-        )
-        .route(
-            "/api/models/{owner}/{name}/tag/{rev}",
-            web::post().to(write::tag),
-        )
-        .route(
-            "/{owner}/{repo_git}/info/lfs/objects/batch",
-            web::post().to(write::lfs_batch),
-        )
-        .route(
-            "/api/lfs-upload/{owner}/{name}/{oid}",
-            web::put().to(write::lfs_upload),
-        )
-        .route(
-            "/{owner}/{name}/resolve/{rev}/{path:.*}",
+/// One Hub route: its path template (actix syntax), the methods it answers and its handler.
+pub struct HubRoute {
+    pub path: &'static str,
+    pub methods: &'static [&'static str],
+    route: fn() -> actix_web::Route,
+}
+
+/// Every Hub route, in registration order: [`configure`] registers exactly these, and the
+/// privacy test enumerates them (a route added here without a case there fails it).
+pub const ROUTES: &[HubRoute] = &[
+    hub("/api/models", &["GET"], || web::get().to(models::list)),
+    hub("/api/whoami-v2", &["GET"], || web::get().to(models::whoami)),
+    hub("/api/models/{owner}/{name}", &["GET"], || {
+        web::get().to(models::info)
+    }),
+    hub(
+        "/api/models/{owner}/{name}/revision/{rev}",
+        &["GET"],
+        || web::get().to(models::info_at),
+    ),
+    hub("/api/models/{owner}/{name}/tree/{rev}", &["GET"], || {
+        web::get().to(models::tree)
+    }),
+    hub(
+        "/api/models/{owner}/{name}/tree/{rev}/{path:.*}",
+        &["GET"],
+        || web::get().to(models::tree_under),
+    ),
+    hub("/api/models/{owner}/{name}/refs", &["GET"], || {
+        web::get().to(models::refs)
+    }),
+    hub("/api/models/{owner}/{name}/commits/{rev}", &["GET"], || {
+        web::get().to(models::commits)
+    }),
+    hub(
+        "/api/models/{owner}/{name}/xet-read-token/{rev}",
+        &["GET"],
+        || web::get().to(models::no_xet),
+    ),
+    hub(
+        "/api/models/{owner}/{name}/xet-write-token/{rev}",
+        &["GET"],
+        || web::get().to(models::no_xet),
+    ),
+    hub("/api/repos/create", &["POST"], || {
+        web::post().to(write::create_repo)
+    }),
+    hub("/api/repos/delete", &["DELETE"], || {
+        web::delete().to(write::delete_repo)
+    }),
+    hub("/api/validate-yaml", &["POST"], || {
+        web::post().to(write::validate_yaml)
+    }),
+    hub(
+        "/api/models/{owner}/{name}/preupload/{rev}",
+        &["POST"],
+        || web::post().to(write::preupload),
+    ),
+    hub("/api/models/{owner}/{name}/commit/{rev}", &["POST"], || {
+        web::post().to(write::commit)
+    }),
+    hub("/api/models/{owner}/{name}/tag/{rev}", &["POST"], || {
+        web::post().to(write::tag)
+    }),
+    hub(
+        "/{owner}/{repo_git}/info/lfs/objects/batch",
+        &["POST"],
+        || web::post().to(write::lfs_batch),
+    ),
+    hub("/api/lfs-upload/{owner}/{name}/{oid}", &["PUT"], || {
+        web::put().to(write::lfs_upload)
+    }),
+    hub(
+        "/{owner}/{name}/resolve/{rev}/{path:.*}",
+        &["GET", "HEAD"],
+        || {
             web::route()
                 .guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
-                .to(resolve::resolve),
-        );
+                .to(resolve::resolve)
+        },
+    ),
+];
+
+const fn hub(
+    path: &'static str,
+    methods: &'static [&'static str],
+    route: fn() -> actix_web::Route,
+) -> HubRoute {
+    HubRoute {
+        path,
+        methods,
+        route,
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    for r in ROUTES {
+        cfg.route(r.path, (r.route)());
+    }
 }
 
 /// Whether a path is one of the Hub API's (where a token Quiver did not issue reads as
@@ -97,6 +135,14 @@ pub fn is_hub_path(path: &str) -> bool {
         let (_, _, third) = (parts.next(), parts.next(), parts.next());
         third == Some("resolve")
     }
+}
+
+/// Whether a file is listed to Hub clients (`siblings`, the tree), which write what they list
+/// under a local directory (`snapshot_download`): only paths the path rule accepts. A version
+/// published before the rule may hold one it refuses (`.git/config`); it stays readable by its
+/// exact path, but no snapshot writes it.
+pub fn listed(path: &str) -> bool {
+    quiver_store::paths::check_file_path(path).is_ok()
 }
 
 /// Above this size a file is an LFS file whatever its name.
@@ -119,14 +165,6 @@ pub fn is_lfs(path: &str, size: i64) -> bool {
 /// The git LFS pointer file of a blob (what git stores in place of an LFS file).
 fn lfs_pointer(sha256: &str, size: i64) -> String {
     format!("version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n")
-}
-
-/// Whether a file is listed to Hub clients (`siblings`, the tree), which write what they list
-/// under a local directory (`snapshot_download`): only paths the path rule accepts. A version
-/// published before the rule may hold one it refuses (`.git/config`); it stays readable by its
-/// exact path, but no snapshot writes it.
-pub fn listed(path: &str) -> bool {
-    quiver_store::paths::check_file_path(path).is_ok()
 }
 
 fn git_blob_sha1(bytes: &[u8]) -> String {

@@ -1,7 +1,9 @@
 //! One test binary; every test runs on SQLite + local files and on Postgres + S3.
 
 mod adapters;
+mod containment;
 mod downloads;
+mod faults;
 mod hostile_input;
 mod jobs;
 mod limits;

@@ -574,6 +574,12 @@ async fn a_job_survives_a_postgres_restart() {
     let cluster = match OwnCluster::create() {
         Ok(c) => c,
         Err(why) => {
+            // The test command requires every Postgres case: a skip there would hide that this
+            // fault is no longer tested.
+            assert!(
+                std::env::var("QUIVER_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+                "QUIVER_REQUIRE_POSTGRES=1 but a PostgreSQL cluster of the test's own cannot be made here: {why}"
+            );
             eprintln!("skipped: a PostgreSQL cluster of the test's own cannot be made here: {why}");
             return;
         }
