@@ -1,7 +1,7 @@
 //! Health and metrics.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpResponse, route, web};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -36,7 +36,7 @@ async fn probe<E: std::fmt::Display>(
 /// Liveness and backend reachability: 200, or 503 naming each backend that failed or did not
 /// answer within 1.5 s (probed concurrently).
 #[utoipa::path(tag = "service", responses((status = 200, body = Health), (status = 503, body = Health)))]
-#[get("/healthz")]
+#[route("/healthz", method = "GET", method = "HEAD")]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let (database, store) = tokio::join!(
         probe(state.store.meta.ping()),
@@ -69,7 +69,7 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 
 /// Prometheus text format.
 #[utoipa::path(tag = "service", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
-#[get("/metrics")]
+#[route("/metrics", method = "GET", method = "HEAD")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -722,6 +722,8 @@ async fn pages_answer_head_and_hub_payload_errors_are_json(#[case] backend: Back
         "/alice/h/versions/1",
         "/alice/missing",
         "/alice/h/versions/9",
+        "/healthz",
+        "/metrics",
     ] {
         let get = app
             .request(Method::GET, path, "")
