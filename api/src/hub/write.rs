@@ -161,9 +161,9 @@ pub async fn preupload(
         .await?;
     let mut out = Vec::new();
     for f in &body.files {
+        check_path(&f.path)?;
         let existing = match current
             .as_ref()
-        check_path(&f.path)?;
             .and_then(|v| v.files.iter().find(|e| e.path == f.path))
         {
             Some(e) => Some(git_oid(&state, e).await?),
@@ -585,6 +585,20 @@ pub async fn commit(
             Line::LfsFile { path, oid, size } => {
                 check_path(&path)?;
                 let oid = oid.to_ascii_lowercase();
+                if oid.len() != 64 || !oid.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(format!(
+                        "{path}: LFS oid must be a sha256 (64 hex), got {oid:?}"
+                    )));
+                }
+                // A claimed size is checked for sense before anything is asked of the store.
+                if let Some(s) = size
+                    && (s <= 0 || s as u64 > state.max_upload_bytes)
+                {
+                    return Err(invalid(format!(
+                        "{path}: LFS size {s} is not a file size this server holds (1 to {} bytes)",
+                        state.max_upload_bytes
+                    )));
+                }
                 if !owns(&state, adapter.id, parent.as_ref(), &oid).await? {
                     return Err(ApiError::coded(
                         ErrorCode::MissingFile,
@@ -618,20 +632,6 @@ pub async fn commit(
             Line::DeletedFile { path } => {
                 files.remove(&path);
                 inline.remove(&path);
-                if oid.len() != 64 || !oid.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(invalid(format!(
-                        "{path}: LFS oid must be a sha256 (64 hex), got {oid:?}"
-                    )));
-                }
-                // A claimed size is checked for sense before anything is asked of the store.
-                if let Some(s) = size
-                    && (s <= 0 || s as u64 > state.max_upload_bytes)
-                {
-                    return Err(invalid(format!(
-                        "{path}: LFS size {s} is not a file size this server holds (1 to {} bytes)",
-                        state.max_upload_bytes
-                    )));
-                }
             }
             Line::DeletedFolder { path } => {
                 let prefix = format!("{}/", path.trim_end_matches('/'));
@@ -639,6 +639,11 @@ pub async fn commit(
                 inline.retain(|p, _| !p.starts_with(&prefix));
             }
         }
+    }
+    // Files carried over from the parent pass the path rule too (a version published before
+    // the rule could hold one it refuses now: the commit must delete it).
+    for path in files.keys() {
+        check_path(path)?;
     }
     if files.len() + inline.len() > MAX_FILES {
         return Err(ApiError::coded(
@@ -665,11 +670,6 @@ pub async fn commit(
         },
     };
     let samples_name = quiver_retrieve::SAMPLES_FILE;
-    // Files carried over from the parent pass the path rule too (a version published before
-    // the rule could hold one it refuses now: the commit must delete it).
-    for path in files.keys() {
-        check_path(path)?;
-    }
     let samples = match small(samples_name) {
         Some(b) => Some(b),
         None => match files.get(samples_name) {
@@ -739,7 +739,8 @@ pub async fn commit(
         lineage: None,
         parents: Vec::new(),
     };
-    let (_, version) = publish_version(
+    let held: Vec<&StagedBlob> = staged.iter().collect();
+    let published = publish_version(
         &state.store,
         Target::Adapter(&adapter),
         &new,
