@@ -237,11 +237,7 @@ async fn run_worker(
     let store = Store::open(&storage.resolve()?)
         .await
         .map_err(StartupError::Store)?;
-    store
-        .blobs
-        .claim_staging()
-        .await
-        .map_err(StartupError::Store)?;
+    store.blobs.claim_staging_soon().await;
     tracing::info!(
         database = store.meta.dialect(),
         blobs = store.blobs.describe(),

@@ -84,7 +84,7 @@ impl Application {
         raise_fd_limit(&settings.http);
         let store = Store::open(&settings.store).await?;
         // Own this process's staged uploads, so the next start can tell they were abandoned.
-        store.blobs.claim_staging().await?;
+        store.blobs.claim_staging_soon().await;
         let listener = TcpListener::bind(&settings.bind).map_err(|source| StartupError::Bind {
             addr: settings.bind.clone(),
             source,

@@ -243,6 +243,26 @@ impl BlobStore {
         Ok(())
     }
 
+    /// [`BlobStore::claim_staging`], tried again every [`staging::HEARTBEAT`] in the background
+    /// while the store does not answer, so that a process can start during a store outage (its
+    /// uploads meanwhile stage under `uploads/<uuid>`, removed by the 24 h age rule).
+    pub async fn claim_staging_soon(&self) {
+        let Err(e) = self.claim_staging().await else {
+            return;
+        };
+        tracing::warn!(error = %e, "could not claim an owner id for staged uploads; trying again");
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(staging::HEARTBEAT).await;
+                if store.claim_staging().await.is_ok() {
+                    tracing::info!("claimed an owner id for staged uploads");
+                    return;
+                }
+            }
+        });
+    }
+
     /// Ends the claim at a clean shutdown (after the requests and jobs stopped): removes this
     /// process's staged uploads, then its marker.
     pub async fn release_staging(&self) {
