@@ -208,6 +208,15 @@ impl BlobStore {
         BlobUpload::start(self.clone(), self.key(&tmp))
     }
 
+    /// This store's staged uploads as another process's (tests: a dead or remote owner).
+    #[cfg(feature = "test-util")]
+    pub fn with_staging_identity(mut self, identity: staging::Identity) -> Self {
+        let mut owner = Staging::new();
+        owner.identity = identity;
+        self.staging = Arc::new(owner);
+        self
+    }
+
     fn owner_marker(&self, id: &str) -> Path {
         self.key(&format!("owners/{id}"))
     }
