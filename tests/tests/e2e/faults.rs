@@ -376,11 +376,11 @@ async fn kill_9_during_uploads_loses_no_acknowledged_version_and_the_next_start_
     let mut acknowledged: Vec<(String, i64, String)> = Vec::new();
     for task in whole {
         let (name, sha, got) = task.await.expect("upload task");
-        if let Ok((status, _, body)) = got {
-            if (200..300).contains(&status) {
-                let number = body["number"].as_i64().expect("version number");
-                acknowledged.push((name, number, sha));
-            }
+        if let Ok((status, _, body)) = got
+            && (200..300).contains(&status)
+        {
+            let number = body["number"].as_i64().expect("version number");
+            acknowledged.push((name, number, sha));
         }
     }
     for (release, task) in stalled {
