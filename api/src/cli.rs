@@ -102,6 +102,9 @@ pub enum Command {
     Route(crate::route_cmd::RouteArgs),
     /// Print embeddings of local text (JSON lines) with the routing embedder.
     Embed(crate::route_cmd::EmbedArgs),
+    /// Internal: run one job's engine over its scratch directory (started by a job worker).
+    #[command(hide = true)]
+    JobExec { dir: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -204,6 +207,12 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Compress(args) => crate::compress_cmd::run(args)?,
         Command::Route(args) => crate::route_cmd::route(args).await?,
         Command::Embed(args) => crate::route_cmd::embed(args)?,
+        // `main` runs it before starting the async runtime; kept here for completeness.
+        Command::JobExec { dir } => {
+            if crate::jobs::exec::child_main(&dir) != std::process::ExitCode::SUCCESS {
+                return Err("the job's engine failed".into());
+            }
+        }
         Command::Inspect { path } => {
             let summary = quiver_merge::inspect_path(&path)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);

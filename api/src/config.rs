@@ -66,6 +66,31 @@ pub struct JobArgs {
     #[arg(long, env = "QUIVER_JOB_LEASE_MS", default_value_t = crate::jobs::DEFAULT_LEASE_MS,
           value_parser = clap::value_parser!(i64).range(2000..))]
     pub job_lease_ms: i64,
+    /// Wall-clock limit of one job's engine run, in seconds; a job over it fails with
+    /// `job_timeout`.
+    #[arg(long, env = "QUIVER_JOB_TIMEOUT", default_value_t = DEFAULT_JOB_TIMEOUT_S,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub job_timeout: u64,
+    /// Address-space limit of each job's engine process, in bytes (0: none) [default: 3/4 of
+    /// physical memory]. Not applied with `--device cuda`.
+    #[arg(long, env = "QUIVER_JOB_MEMORY_BYTES")]
+    pub job_memory_bytes: Option<u64>,
+}
+
+/// Default wall-clock limit of one job's engine run: 6 hours.
+pub const DEFAULT_JOB_TIMEOUT_S: u64 = 6 * 3600;
+
+/// Three quarters of the machine's physical memory (`/proc/meminfo`), or 0 (no limit) where it
+/// cannot be read.
+pub fn default_job_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib.saturating_mul(1024) / 4 * 3)
 }
 
 /// Default budget of a worker process's cache of S3 inputs: 8 GiB.
@@ -86,6 +111,14 @@ impl JobArgs {
             input_cache_bytes: self.input_cache_bytes,
             lease_ms: self.job_lease_ms,
             cuda: self.device == "cuda",
+            exec: crate::jobs::exec::ExecLimits {
+                // The engine runs in a re-executed copy of this binary.
+                program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("quiver")),
+                timeout: std::time::Duration::from_secs(self.job_timeout),
+                memory_bytes: self
+                    .job_memory_bytes
+                    .unwrap_or_else(default_job_memory_bytes),
+            },
         }
     }
 }

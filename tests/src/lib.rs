@@ -61,12 +61,33 @@ async fn spawn_app_full(
     spawn_app_routing(backend, options, job_workers, RoutingOptions::default()).await
 }
 
+/// Starts a server with `job_workers` in-process workers whose engine processes run under
+/// `exec` (a short `timeout`, a small `memory_bytes`).
+pub async fn spawn_app_exec(
+    backend: Backend,
+    options: HttpOptions,
+    job_workers: usize,
+    exec: quiver_api::jobs::exec::ExecLimits,
+) -> Option<TestApp> {
+    spawn_app_inner(backend, options, job_workers, RoutingOptions::default(), exec).await
+}
+
 /// Starts a server with these routing options (an embedder: [`test_embedder`]).
 pub async fn spawn_app_routing(
     backend: Backend,
     options: HttpOptions,
     job_workers: usize,
     routing: RoutingOptions,
+) -> Option<TestApp> {
+    spawn_app_inner(backend, options, job_workers, routing, exec_limits(job_workers)).await
+}
+
+async fn spawn_app_inner(
+    backend: Backend,
+    options: HttpOptions,
+    job_workers: usize,
+    routing: RoutingOptions,
+    exec: quiver_api::jobs::exec::ExecLimits,
 ) -> Option<TestApp> {
     if std::env::var_os("QUIVER_TEST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -85,6 +106,7 @@ pub async fn spawn_app_routing(
         input_cache_bytes: quiver_api::config::DEFAULT_INPUT_CACHE_BYTES,
         lease_ms: quiver_api::jobs::DEFAULT_LEASE_MS,
         cuda: false,
+        exec,
     };
     let app = Application::with_store(store.clone(), listener, options, workers, routing)
         .expect("build app");
@@ -397,6 +419,20 @@ pub fn peft_fixtures() -> Vec<(String, Files)> {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// How in-process workers start their jobs' engine processes: the built `quiver` binary (a
+/// test binary cannot re-execute itself as `quiver job-exec`).
+pub fn exec_limits(job_workers: usize) -> quiver_api::jobs::exec::ExecLimits {
+    quiver_api::jobs::exec::ExecLimits {
+        program: if job_workers > 0 {
+            quiver_bin()
+        } else {
+            "quiver".into()
+        },
+        timeout: std::time::Duration::from_secs(quiver_api::config::DEFAULT_JOB_TIMEOUT_S),
+        memory_bytes: quiver_api::config::default_job_memory_bytes(),
+    }
 }
 
 /// The `quiver` binary next to this test binary (`scripts/test.sh` builds it first).

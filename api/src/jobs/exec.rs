@@ -15,7 +15,8 @@
 //!   kills its process (a poison job) ends failed instead of crash-looping the fleet.
 //!
 //! The worker enforces the wall-clock limit (`--job-timeout`) and cancellation by killing the
-//! child: nothing it wrote is used, and the scratch directory goes with the job.
+//! child: nothing it wrote is used, and the scratch directory goes with the job. A child whose
+//! worker dies sees its stdin (a pipe the worker never writes) close and exits.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -113,7 +114,8 @@ pub(super) async fn run_engine(
     let mut child = tokio::process::Command::new(&limits.program)
         .arg("job-exec")
         .arg(dir)
-        .stdin(Stdio::null())
+        // Never written: the child sees end-of-file when this process dies, and stops.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -124,6 +126,7 @@ pub(super) async fn run_engine(
                 limits.program.display()
             ))
         })?;
+    let _lifeline = child.stdin.take();
     let stdout = child
         .stdout
         .take()
@@ -224,6 +227,18 @@ pub fn child_main(dir: &Path) -> std::process::ExitCode {
         eprintln!("job-exec: cannot set limits: {e}");
         return std::process::ExitCode::from(2);
     }
+    // The worker holds our stdin open and never writes to it: end-of-file means it died (killed
+    // with SIGKILL, say). An orphaned engine would only burn CPU on a job another worker takes
+    // over, so stop.
+    std::thread::spawn(|| {
+        let mut buf = [0u8; 64];
+        loop {
+            match std::io::Read::read(&mut std::io::stdin(), &mut buf) {
+                Ok(0) | Err(_) => std::process::exit(4),
+                Ok(_) => {}
+            }
+        }
+    });
     match child_run(dir, &request) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,5 +1,5 @@
-//! Job workers: claim a queued job, stage its inputs, run the engine off the async runtime,
-//! store the output and publish it (see `run`). They run inside `quiver serve` (`--job-workers`)
+//! Job workers: claim a queued job, stage its inputs, run the engine in a child process
+//! (`exec`), store the output and publish it (see `run`). They run inside `quiver serve` (`--job-workers`)
 //! and in `quiver worker` processes, any number against one database and store.
 //!
 //! Idle workers wake on an in-process signal when this process queues a job, on Postgres
@@ -47,6 +47,8 @@ pub struct WorkerOptions {
     pub lease_ms: i64,
     /// `cuda` runs merges on the GPU (needs the `cuda` feature).
     pub cuda: bool,
+    /// How each job's engine process is started and limited.
+    pub exec: exec::ExecLimits,
 }
 
 /// What every worker of a process shares.

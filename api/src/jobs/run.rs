@@ -1,5 +1,5 @@
-//! One job, from claim to publish: stage the pinned inputs, run the engine (a blocking thread,
-//! rayon inside), store the output files and publish them with the job's success, while a
+//! One job, from claim to publish: stage the pinned inputs, run the engine (a child process,
+//! `exec`), store the output files and publish them with the job's success, while a
 //! heartbeat renews the lease and records progress every second.
 
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use quiver_merge::{CancelToken, Control, LoraAdapter, MergeError};
+use quiver_merge::{CancelToken, MergeError};
 use quiver_store::{Beat, JobEnd, JobKind, JobRecord, Lease, NewVersion, StoreError, VersionRef};
 use serde_json::{Value, json};
 
@@ -19,7 +19,7 @@ use crate::publish::{Held, Target, publish_version};
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Why a job stopped short of publishing.
-pub(super) enum Failure {
+pub(crate) enum Failure {
     /// Retrying cannot help (bad inputs found while running).
     Permanent(String),
     /// The database or the object store failed; retried with backoff.
@@ -67,9 +67,9 @@ struct Published {
     phases: [f64; 4],
 }
 
-struct Progress {
-    done: AtomicUsize,
-    total: AtomicUsize,
+pub(super) struct Progress {
+    pub(super) done: AtomicUsize,
+    pub(super) total: AtomicUsize,
 }
 
 pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, lease: Lease) {
@@ -230,41 +230,22 @@ async fn execute(
     lap(0);
     let out = dir.path().join("out");
 
-    // The engine, off the async runtime. Compression always runs on the host.
-    let device = shared.device.clone();
+    // The engine, in a child process (`exec`). Compression always runs on the host.
     let device_used = match &engine {
-        Engine::Merge(_) => quiver_merge::engine::device_name(&device),
+        Engine::Merge(_) => quiver_merge::engine::device_name(&shared.device),
         Engine::Compress(_) => "cpu".to_string(),
     };
-    let out_dir = out.clone();
-    let cancel_engine = cancel.clone();
-    let report = tokio::task::spawn_blocking(move || -> Result<Value, MergeError> {
-        let on_progress = |done: usize, total: usize| {
-            progress.total.store(total, Ordering::Relaxed);
-            progress.done.store(done, Ordering::Relaxed);
-        };
-        let ctl = Control::new(&on_progress, &cancel_engine);
-        match engine {
-            Engine::Merge(spec) => {
-                let adapters = inputs
-                    .iter()
-                    .map(|p| LoraAdapter::open(p))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let merged = quiver_merge::merge_with(&adapters, &spec, &device, &ctl)?;
-                ctl.check()?;
-                quiver_merge::write_adapter(&out_dir, &adapters, &spec, &merged)?;
-                read_json(&out_dir.join(quiver_merge::write::REPORT_NAME))
-            }
-            Engine::Compress(spec) => {
-                let (files, report) = spec.compute(&inputs, &ctl)?;
-                ctl.check()?;
-                files.write(&out_dir)?;
-                Ok(report.unwrap_or_else(|| json!({"mode": spec.mode()})))
-            }
-        }
-    })
-    .await
-    .map_err(|e| Failure::Permanent(format!("the engine stopped unexpectedly: {e}")))??;
+    let report = super::exec::run_engine(
+        &shared.options.exec,
+        dir.path(),
+        matches!(engine, Engine::Compress(_)),
+        &spec.params,
+        &inputs,
+        shared.options.cuda,
+        &cancel,
+        &progress,
+    )
+    .await?;
     if cancel.is_cancelled() {
         return Err(Failure::Stopped);
     }

@@ -110,6 +110,17 @@ async fn stopped_and_killed_workers_lose_no_job_and_publish_once(#[case] backend
     let mut second = worker(&app);
     running_in(&app, &id, second.pid()).await;
     second.kill();
+    // Its engine process (`quiver job-exec`) stops with it instead of running on as an orphan.
+    let scratch = app.temp_dir().join("scratch");
+    let start = std::time::Instant::now();
+    while !engines_under(&scratch).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the killed worker's engine process still runs: {:?}",
+            engines_under(&scratch)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let third = worker(&app);
     let done = app.wait_job(&id, "alice", WAIT).await;
     assert_eq!(done["state"], "succeeded", "{done}");
@@ -121,7 +132,6 @@ async fn stopped_and_killed_workers_lose_no_job_and_publish_once(#[case] backend
         "exactly one result version"
     );
     // The killed worker's scratch space was cleaned by the next process to start.
-    let scratch = app.temp_dir().join("scratch");
     let dirs: Vec<_> = std::fs::read_dir(&scratch)
         .expect("scratch")
         .filter_map(Result::ok)
@@ -702,4 +712,25 @@ async fn a_job_survives_a_postgres_restart() {
         done["state"], "succeeded",
         "the restart is transient: {done}"
     );
+}
+
+/// Pids of `quiver job-exec` processes working in a directory under `root`.
+fn engines_under(root: &std::path::Path) -> Vec<u32> {
+    let root = root.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<String> = c
+                    .split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                args.iter().any(|a| a == "job-exec") && args.iter().any(|a| a.starts_with(&root))
+            })
+        })
+        .collect()
 }
