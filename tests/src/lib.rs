@@ -575,3 +575,24 @@ pub async fn spawn_routing_app(
     )
     .await
 }
+
+/// Pids of `quiver job-exec` processes working in a directory under `root`.
+pub fn engines_under(root: &std::path::Path) -> Vec<u32> {
+    let root = root.to_string_lossy().into_owned();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<String> = c
+                    .split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                args.iter().any(|a| a == "job-exec") && args.iter().any(|a| a.starts_with(&root))
+            })
+        })
+        .collect()
+}

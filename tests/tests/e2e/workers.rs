@@ -113,11 +113,11 @@ async fn stopped_and_killed_workers_lose_no_job_and_publish_once(#[case] backend
     // Its engine process (`quiver job-exec`) stops with it instead of running on as an orphan.
     let scratch = app.temp_dir().join("scratch");
     let start = std::time::Instant::now();
-    while !engines_under(&scratch).is_empty() {
+    while !quiver_tests::engines_under(&scratch).is_empty() {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "the killed worker's engine process still runs: {:?}",
-            engines_under(&scratch)
+            quiver_tests::engines_under(&scratch)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -714,23 +714,3 @@ async fn a_job_survives_a_postgres_restart() {
     );
 }
 
-/// Pids of `quiver job-exec` processes working in a directory under `root`.
-fn engines_under(root: &std::path::Path) -> Vec<u32> {
-    let root = root.to_string_lossy().into_owned();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let args: Vec<String> = c
-                    .split(|b| *b == 0)
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect();
-                args.iter().any(|a| a == "job-exec") && args.iter().any(|a| a.starts_with(&root))
-            })
-        })
-        .collect()
-}
