@@ -14,6 +14,10 @@
 #                       from PyPI's NVIDIA wheels, installed once into $TARGET/nvcc-venv (~100 MB
 #                       download, ~280 MB on disk); `none`: the stand-in for them too (offline)
 #   QUIVER_CUDA_CHECK_TARGET  cargo target dir (default target/check-cuda)
+#   QUIVER_CUDA_CHECK_API=1   also check quiver-api with `cuda` (its only GPU code is the
+#                       `--device cuda` block of merge_cmd.rs; checking it re-checks the whole
+#                       service's dependencies, ~7 of the cold run's ~12 CPU-minutes, so the test
+#                       command leaves it out)
 # The real build, with the real nvcc for everything, is scripts/build-cuda.sh (docs/gpu.md), run on
 # a GPU by scripts/gpu-checks.sh; neither is part of the test command.
 #
@@ -26,6 +30,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=${QUIVER_CUDA_CHECK_TARGET:-target/check-cuda}
+API=""
+[ "${QUIVER_CUDA_CHECK_API:-0}" = "1" ] && API="-p quiver-api"
 STANDIN="$TARGET/stand-in-cuda"
 mkdir -p "$STANDIN/bin" "$STANDIN/include"
 cat > "$STANDIN/bin/nvcc.new" <<'NVCC'
@@ -94,4 +100,4 @@ fi
 env PATH="$ROOT/bin:$PATH" NVCC="$ROOT/bin/nvcc" QUIVER_NVCC="$REAL" CUDARC_CUDA_VERSION=13000 \
   CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" CUDA_HOME="$ROOT" CUDA_PATH="$ROOT" CUDA_ROOT="$ROOT" \
   CUDA_TOOLKIT_ROOT_DIR="$ROOT" CARGO_TARGET_DIR="$TARGET" \
-  cargo check --locked --features cuda -p quiver-merge -p quiver-api --all-targets "$@"
+  cargo check --locked --features cuda -p quiver-merge $API --all-targets "$@"
