@@ -494,6 +494,31 @@ async fn bad_specs_are_refused_before_anything_is_queued(#[case] backend: Backen
             422,
             "invalid_spec",
         ),
+        // Work and numbers are bounded before anything is queued (issue 20: a wedge and inf/NaN).
+        (
+            "/api/v1/merges",
+            json!({"method": "ziplora", "steps": 4_000_000_000u64, "inputs": ab, "output": out}),
+            422,
+            "invalid_spec",
+        ),
+        (
+            "/api/v1/merges",
+            json!({"method": "linear", "weights": [1e300, 1.0], "inputs": ab, "output": out}),
+            422,
+            "invalid_spec",
+        ),
+        (
+            "/api/v1/merges",
+            json!({"method": "lora_lego", "iters": 1_000_000_000u64, "inputs": ab, "output": out}),
+            422,
+            "invalid_spec",
+        ),
+        (
+            "/api/v1/compressions",
+            json!({"mode": "joint", "rank": 4, "iters": 1_000_000_000u64, "inputs": ab, "output": out}),
+            422,
+            "invalid_spec",
+        ),
         (
             "/api/v1/merges",
             json!({"method": "ziplora", "inputs": inputs(&["a"]), "output": out}),
