@@ -17,7 +17,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use quiver_store::{RepoId, Store, VersionRef};
+use quiver_store::VersionRecord;
 use serde_json::Value;
 
 use super::run::Failure;
@@ -27,32 +27,22 @@ use super::spec::JobSpec;
 pub const WITHHELD: &str = "withheld:private-input------------------------------------------";
 const _: () = assert!(WITHHELD.len() == 64);
 
-/// Replaces the sha256 of every file of the job's private inputs in the files under `out` and
-/// in `report`, which it returns.
+/// Replaces the sha256 of every file of the job's private inputs (`versions`: the pinned
+/// versions of `spec.inputs`, in order, as staged) in the files under `out` and in `report`,
+/// which it returns.
 pub(crate) async fn written_files(
-    store: &Store,
     spec: &JobSpec,
+    versions: &[VersionRecord],
     out: &Path,
     report: Value,
 ) -> Result<Value, Failure> {
-    let mut hashes: Vec<String> = Vec::new();
-    for input in spec.inputs.iter().filter(|i| i.private) {
-        let gone = || {
-            Failure::Permanent(format!(
-                "input {} version {} no longer exists",
-                input.adapter, input.version
-            ))
-        };
-        let (owner, name) = input.adapter.split_once('/').ok_or_else(gone)?;
-        let repo = RepoId::parse(owner, name).map_err(|_| gone())?;
-        let adapter = store.meta.get_adapter(&repo).await?.ok_or_else(gone)?;
-        let version = store
-            .meta
-            .get_version(adapter.id, &VersionRef::Revision(input.revision.clone()))
-            .await?
-            .ok_or_else(gone)?;
-        hashes.extend(version.files.into_iter().map(|f| f.sha256));
-    }
+    let mut hashes: Vec<String> = spec
+        .inputs
+        .iter()
+        .zip(versions)
+        .filter(|(input, _)| input.private)
+        .flat_map(|(_, version)| version.files.iter().map(|f| f.sha256.clone()))
+        .collect();
     hashes.sort();
     hashes.dedup();
     hashes.retain(|h| h.len() == WITHHELD.len());

@@ -226,7 +226,7 @@ async fn execute(
         .scratch
         .job_dir(&job.id)
         .map_err(|e| Failure::Transient(format!("scratch directory: {e}")))?;
-    let inputs = stage_inputs(shared, &spec, dir.path(), &cancel).await?;
+    let (inputs, versions) = stage_inputs(shared, &spec, dir.path(), &cancel).await?;
     lap(0);
     let out = dir.path().join("out");
 
@@ -250,7 +250,7 @@ async fn execute(
         return Err(Failure::Stopped);
     }
     // Private inputs' file hashes out of the written files and the report (`redact`).
-    let report = super::redact::written_files(&shared.store, &spec, &out, report).await?;
+    let report = super::redact::written_files(&spec, &versions, &out, report).await?;
     lap(1);
 
     // Store the output: content-addressed, so a retry uploads nothing the store already holds.
@@ -316,13 +316,14 @@ async fn execute(
     })
 }
 
-/// Downloads each pinned input's files into `dir/inputs/<name>/`; returns the directories.
+/// Downloads each pinned input's files into `dir/inputs/<name>/`; returns the directories and
+/// the pinned versions.
 async fn stage_inputs(
     shared: &Shared,
     spec: &JobSpec,
     dir: &Path,
     cancel: &CancelToken,
-) -> Result<Vec<PathBuf>, Failure> {
+) -> Result<(Vec<PathBuf>, Vec<quiver_store::VersionRecord>), Failure> {
     let store = &shared.store;
     let mut versions = Vec::new();
     let mut total = 0u64;
@@ -381,7 +382,7 @@ async fn stage_inputs(
         .await
         .into_iter()
         .collect::<Result<Vec<()>, _>>()?;
-    Ok(dirs)
+    Ok((dirs, versions))
 }
 
 fn list_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
