@@ -687,7 +687,8 @@ async fn a_job_survives_a_postgres_restart() {
         }
         assert!(
             start.elapsed() < WAIT,
-            "the job did not end after the restart"
+            "the job did not end after the restart; the server's log:\n{}",
+            std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
