@@ -18,10 +18,6 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = quiver_api::cli::Cli::parse();
-    // A job's engine process needs no async runtime.
-    if let quiver_api::cli::Command::JobExec { dir } = &cli.command {
-        return quiver_api::jobs::exec::child_main(dir);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -31,7 +31,7 @@ use tokio::io::AsyncBufReadExt;
 use super::run::{Failure, Progress};
 
 /// Exit status of a child whose engine returned an error (reported on its `error` line).
-const EXIT_ENGINE_ERROR: i32 = 3;
+pub const EXIT_ENGINE_ERROR: i32 = 3;
 const REQUEST_NAME: &str = "request.json";
 const REPORT_NAME: &str = "report.json";
 
@@ -211,8 +211,9 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-/// `quiver job-exec <dir>`: the child's side. Returns the process's exit code.
-pub fn child_main(dir: &Path) -> std::process::ExitCode {
+/// `quiver job-exec <dir>`: the child's side. Returns the process's exit status (0: success,
+/// [`EXIT_ENGINE_ERROR`]: the engine's error is on stdout, 2: the request could not be read).
+pub fn child_main(dir: &Path) -> i32 {
     let request: ExecRequest = match std::fs::read(dir.join(REQUEST_NAME))
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
@@ -220,12 +221,12 @@ pub fn child_main(dir: &Path) -> std::process::ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("job-exec: cannot read {}: {e}", dir.join(REQUEST_NAME).display());
-            return std::process::ExitCode::from(2);
+            return 2;
         }
     };
     if let Err(e) = apply_limits(&request) {
         eprintln!("job-exec: cannot set limits: {e}");
-        return std::process::ExitCode::from(2);
+        return 2;
     }
     // The worker holds our stdin open and never writes to it: end-of-file means it died (killed
     // with SIGKILL, say). An orphaned engine would only burn CPU on a job another worker takes
@@ -240,7 +241,7 @@ pub fn child_main(dir: &Path) -> std::process::ExitCode {
         }
     });
     match child_run(dir, &request) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             let error = ExecError {
                 permanent: e.is_permanent(),
@@ -251,7 +252,7 @@ pub fn child_main(dir: &Path) -> std::process::ExitCode {
                 "error {}",
                 serde_json::to_string(&error).unwrap_or_else(|_| "{}".into())
             );
-            std::process::ExitCode::from(EXIT_ENGINE_ERROR as u8)
+            EXIT_ENGINE_ERROR
         }
     }
 }
