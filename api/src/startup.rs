@@ -43,7 +43,11 @@ pub fn raise_fd_limit(http: &HttpOptions) -> Option<u64> {
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let connections = http.clients.max_connections.saturating_mul(workers as u64);
-    tracing::info!(limit, connections, "open-file limit raised to the hard limit");
+    tracing::info!(
+        limit,
+        connections,
+        "open-file limit raised to the hard limit"
+    );
     if connections.saturating_add(256) > limit {
         tracing::warn!(
             limit,

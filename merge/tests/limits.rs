@@ -10,9 +10,9 @@ use std::time::Duration;
 use candle_core::Device;
 use common::{Module, adapter, mat, random};
 use quiver_merge::adapter::{LoraModule, ModuleKind};
+use quiver_merge::compress::compress_joint;
 use quiver_merge::compress::joint::{JointParams, MemberFactors, fit_module_with};
 use quiver_merge::compress::spec::{MAX_CLUSTERS, MAX_JOINT_ITERS};
-use quiver_merge::compress::compress_joint;
 use quiver_merge::lego::{LegoParams, lego};
 use quiver_merge::methods::Present;
 use quiver_merge::spec::{
@@ -279,7 +279,10 @@ fn a_cancelled_token_stops_joint_compression_between_iterations() {
             seed: 1,
         };
         let r = fit_module_with(&members, &p, 12, 10, &ctl);
-        assert!(matches!(r, Err(MergeError::Cancelled)), "clusters {clusters}");
+        assert!(
+            matches!(r, Err(MergeError::Cancelled)),
+            "clusters {clusters}"
+        );
     }
 }
 

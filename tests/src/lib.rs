@@ -69,7 +69,14 @@ pub async fn spawn_app_exec(
     job_workers: usize,
     exec: quiver_api::jobs::exec::ExecLimits,
 ) -> Option<TestApp> {
-    spawn_app_inner(backend, options, job_workers, RoutingOptions::default(), exec).await
+    spawn_app_inner(
+        backend,
+        options,
+        job_workers,
+        RoutingOptions::default(),
+        exec,
+    )
+    .await
 }
 
 /// Starts a server with these routing options (an embedder: [`test_embedder`]).
@@ -79,7 +86,14 @@ pub async fn spawn_app_routing(
     job_workers: usize,
     routing: RoutingOptions,
 ) -> Option<TestApp> {
-    spawn_app_inner(backend, options, job_workers, routing, exec_limits(job_workers)).await
+    spawn_app_inner(
+        backend,
+        options,
+        job_workers,
+        routing,
+        exec_limits(job_workers),
+    )
+    .await
 }
 
 async fn spawn_app_inner(

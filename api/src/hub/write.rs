@@ -20,10 +20,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use super::commit_body::{Lines, MAX_INLINE_TOTAL, content_length};
 use super::{git_oid, is_lfs};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
-use super::commit_body::{Lines, MAX_INLINE_TOTAL, content_length};
 use crate::lookup::find_writable_adapter;
 use crate::publish::{Held, Target, publish_version};
 use crate::state::AppState;
@@ -539,8 +539,8 @@ pub async fn commit(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let line: Line = serde_json::from_slice(&line)
-            .map_err(|e| invalid(format!("commit line {n}: {e}")))?;
+        let line: Line =
+            serde_json::from_slice(&line).map_err(|e| invalid(format!("commit line {n}: {e}")))?;
         match line {
             Line::Header { parent_commit } => {
                 if let Some(pc) = parent_commit

@@ -165,7 +165,9 @@ pub(super) async fn run_engine(
             ))
         })?;
         return serde_json::from_slice(&bytes).map_err(|e| {
-            Failure::Transient(format!("worker_crashed: the engine's report does not parse: {e}"))
+            Failure::Transient(format!(
+                "worker_crashed: the engine's report does not parse: {e}"
+            ))
         });
     }
     if let (Some(EXIT_ENGINE_ERROR), Some(e)) = (status.code(), reported) {
@@ -220,7 +222,10 @@ pub fn child_main(dir: &Path) -> i32 {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("job-exec: cannot read {}: {e}", dir.join(REQUEST_NAME).display());
+            eprintln!(
+                "job-exec: cannot read {}: {e}",
+                dir.join(REQUEST_NAME).display()
+            );
             return 2;
         }
     };

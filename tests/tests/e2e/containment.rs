@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use quiver_api::config::HttpOptions;
 use quiver_api::jobs::exec::ExecLimits;
-use quiver_tests::{Backend, TestApp, quiver_bin, sized_adapter, spawn_app_exec, synthetic_adapter};
+use quiver_tests::{
+    Backend, TestApp, quiver_bin, sized_adapter, spawn_app_exec, synthetic_adapter,
+};
 use rstest::rstest;
 use serde_json::{Value, json};
 
@@ -84,7 +86,10 @@ async fn an_engine_that_dies_fails_its_job_not_the_server(#[case] backend: Backe
         error.starts_with("worker_crashed: ") && error.contains("signal 9"),
         "{job}"
     );
-    assert_eq!(job["attempts"], job["max_attempts"], "retried, then failed: {job}");
+    assert_eq!(
+        job["attempts"], job["max_attempts"],
+        "retried, then failed: {job}"
+    );
     assert!(killed >= 3, "one engine process per attempt: {killed}");
     assert_serving(&app).await;
     assert_eq!(

@@ -714,4 +714,3 @@ async fn a_job_survives_a_postgres_restart() {
         "the restart is transient: {done}"
     );
 }
-
