@@ -170,7 +170,7 @@ pub struct HttpOptions {
     /// HTTP worker threads; `None` is one per CPU.
     pub workers: Option<usize>,
     /// Hosts whose https images model cards may show (none by default).
-    pub card_images: crate::web::card::ImagePolicy,
+    pub card_images: crate::card::ImagePolicy,
     /// Timeouts and connection caps that keep slow or many clients from exhausting the server.
     pub clients: ClientLimits,
     /// After SIGTERM/SIGINT, how long requests in flight (downloads) may take to finish before

@@ -1,16 +1,13 @@
 //! The one error envelope: `{"error": {"code": "snake_case", "message": "…"}}` with the right status,
-//! for handler errors, extractor errors, unknown routes and anything actix answers by itself.
+//! and the one table of codes. The HTTP edges that turn extractor errors, unknown routes and
+//! actix's own answers into it (or into an HTML page) are `crate::http::errors`.
 
-use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::ServiceResponse;
+use actix_web::body::BoxBody;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{ALLOW, CONTENT_TYPE, HeaderName, HeaderValue};
-use actix_web::middleware::ErrorHandlerResponse;
-use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
 use quiver_merge::FormatError;
 use quiver_store::StoreError;
-
-use crate::route_table::RouteTable;
 use serde::Serialize;
 
 macro_rules! error_codes {
@@ -53,8 +50,14 @@ error_codes! {
     /// An upload without `adapter_config.json` or `adapter_model.safetensors`.
     MissingFile = "missing_file" => UNPROCESSABLE_ENTITY,
     PickleNotAllowed = "pickle_not_allowed" => UNPROCESSABLE_ENTITY,
-    /// A config too large to be one (the other upload format errors are the merge crate's codes).
+    /// The upload format's errors (`quiver_merge::FormatError`, the same codes as its `code()`).
     InvalidAdapterConfig = "invalid_adapter_config" => UNPROCESSABLE_ENTITY,
+    InvalidSafetensors = "invalid_safetensors" => UNPROCESSABLE_ENTITY,
+    UnsupportedPeftType = "unsupported_peft_type" => UNPROCESSABLE_ENTITY,
+    InvalidAdapter = "invalid_adapter" => UNPROCESSABLE_ENTITY,
+    AdapterMismatch = "adapter_mismatch" => UNPROCESSABLE_ENTITY,
+    UnsupportedFormat = "unsupported_format" => UNPROCESSABLE_ENTITY,
+    IoError = "io_error" => UNPROCESSABLE_ENTITY,
     Unauthorized = "unauthorized" => UNAUTHORIZED,
     InvalidToken = "invalid_token" => UNAUTHORIZED,
     Forbidden = "forbidden" => FORBIDDEN,
@@ -102,11 +105,11 @@ error_codes! {
 
 /// The Hugging Face Hub's `X-Error-Code` for our code, where the Hub client has a typed
 /// exception for it (`RepositoryNotFoundError`, `RevisionNotFoundError`, `EntryNotFoundError`).
-pub fn hub_code(code: &str) -> Option<&'static str> {
+pub fn hub_code(code: ErrorCode) -> Option<&'static str> {
     match code {
-        "adapter_not_found" => Some("RepoNotFound"),
-        "version_not_found" | "alias_not_found" => Some("RevisionNotFound"),
-        "file_not_found" => Some("EntryNotFound"),
+        ErrorCode::AdapterNotFound => Some("RepoNotFound"),
+        ErrorCode::VersionNotFound | ErrorCode::AliasNotFound => Some("RevisionNotFound"),
+        ErrorCode::FileNotFound => Some("EntryNotFound"),
         _ => None,
     }
 }
@@ -114,7 +117,7 @@ pub fn hub_code(code: &str) -> Option<&'static str> {
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -132,16 +135,13 @@ pub struct ErrorDetail {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error of the code table, with its status.
+    pub fn coded(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: code.status(),
             code,
             message: message.into(),
         }
-    }
-    /// An error of the code table, with its status.
-    pub fn coded(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self::new(code.status(), code.as_str(), message)
     }
     /// `code` is one of the `*NotFound` codes: which kind of thing was not found.
     pub fn not_found(code: ErrorCode, what: impl std::fmt::Display) -> Self {
@@ -175,7 +175,7 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
+        write!(f, "{}: {}", self.code.as_str(), self.message)
     }
 }
 
@@ -188,8 +188,8 @@ impl ResponseError for ApiError {
     /// The envelope; not-found errors also carry the Hub's `X-Error-Code` and `X-Error-Message`,
     /// so `huggingface_hub` raises its typed exceptions on the Hub-compatible routes.
     fn error_response(&self) -> HttpResponse<BoxBody> {
-        let mut res = envelope(self.status, self.code, &self.message);
-        if self.code == ErrorCode::StorageUnavailable.as_str() {
+        let mut res = envelope(self.status, self.code.as_str(), &self.message);
+        if self.code == ErrorCode::StorageUnavailable {
             res.headers_mut().insert(
                 actix_web::http::header::RETRY_AFTER,
                 HeaderValue::from_static(STORAGE_RETRY_AFTER_SECS),
@@ -249,131 +249,48 @@ impl From<StoreError> for ApiError {
 
 impl From<FormatError> for ApiError {
     fn from(e: FormatError) -> Self {
-        // The upload format's own codes (`invalid_safetensors`, …), all 422.
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string())
+        let code = match &e {
+            FormatError::InvalidSafetensors(_) => ErrorCode::InvalidSafetensors,
+            FormatError::InvalidAdapterConfig(_) => ErrorCode::InvalidAdapterConfig,
+            FormatError::UnsupportedPeftType { .. } => ErrorCode::UnsupportedPeftType,
+            FormatError::InvalidAdapter(_) => ErrorCode::InvalidAdapter,
+            FormatError::AdapterMismatch(_) => ErrorCode::AdapterMismatch,
+            FormatError::UnsupportedFormat(_) => ErrorCode::UnsupportedFormat,
+            FormatError::Io { .. } => ErrorCode::IoError,
+        };
+        Self::coded(code, e.to_string())
     }
-}
-
-/// Unknown routes: 405 with `Allow` when the path exists for other methods, else 404; an HTML
-/// page for the web pages' paths, the envelope elsewhere.
-pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    let allowed = req
-        .app_data::<actix_web::web::Data<RouteTable>>()
-        .and_then(|t| t.allowed(req.path()));
-    if crate::web::is_page_path(req.path()) {
-        return crate::web::not_found(&req, allowed);
-    }
-    match allowed {
-        Some(methods) => {
-            let allow = methods.join(", ");
-            let mut res = ApiError::coded(
-                ErrorCode::MethodNotAllowed,
-                format!(
-                    "{} is not allowed on {}; allowed: {allow}",
-                    req.method(),
-                    req.path()
-                ),
-            )
-            .error_response();
-            if let Ok(v) = HeaderValue::from_str(&allow) {
-                res.headers_mut().insert(ALLOW, v);
-            }
-            res
-        }
-        None => ApiError::coded(
-            ErrorCode::RouteNotFound,
-            format!(
-                "no route {} {}; the API is described at /api/openapi.json",
-                req.method(),
-                req.path()
-            ),
-        )
-        .error_response(),
-    }
-}
-
-/// JSON body errors: a wrong content type is 415, anything else 400.
-pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    use actix_web::error::JsonPayloadError as J;
-    match &err {
-        J::ContentType => ApiError::coded(
-            ErrorCode::UnsupportedMediaType,
-            "send the body as JSON with `Content-Type: application/json`",
-        ),
-        J::OverflowKnownLength { .. } | J::Overflow { .. } => ApiError::coded(
-            ErrorCode::PayloadTooLarge,
-            format!("the JSON body is too large: {err}"),
-        ),
-        _ => ApiError::coded(
-            ErrorCode::InvalidJson,
-            format!("the JSON body is not valid: {err}"),
-        ),
-    }
-    .into()
-}
-
-pub fn query_error(
-    err: actix_web::error::QueryPayloadError,
-    _req: &HttpRequest,
-) -> actix_web::Error {
-    ApiError::coded(
-        ErrorCode::InvalidQuery,
-        format!("the query string is not valid: {err}"),
-    )
-    .into()
-}
-
-pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix_web::Error {
-    ApiError::coded(
-        ErrorCode::InvalidPath,
-        format!("the URL path is not valid: {err}"),
-    )
-    .into()
-}
-
-/// Turns any error response that is not already ours (actix's own 404/405/400s, panics caught
-/// as 500) into the envelope, or into an HTML error page on the web pages' paths.
-pub fn wrap_foreign_errors<B: MessageBody + 'static>(
-    res: ServiceResponse<B>,
-) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let ours = res.response().headers().get(CONTENT_TYPE).is_some_and(|v| {
-        v == HeaderValue::from_static("application/json") || v.as_bytes().starts_with(b"text/html")
-    });
-    if ours {
-        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
-    }
-    let status = res.status();
-    let (code, message) = match status {
-        StatusCode::METHOD_NOT_ALLOWED => (
-            ErrorCode::MethodNotAllowed,
-            "this route does not accept that method",
-        ),
-        StatusCode::NOT_FOUND => (
-            ErrorCode::RouteNotFound,
-            "no such route; see /api/openapi.json",
-        ),
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            (ErrorCode::PayloadTooLarge, "the request body is too large")
-        }
-        s if s.is_server_error() => (
-            ErrorCode::Internal,
-            "the server failed to handle this request",
-        ),
-        _ => (ErrorCode::BadRequest, "the request could not be understood"),
-    };
-    let (req, _) = res.into_parts();
-    let body = if crate::web::is_page_path(req.path()) {
-        crate::web::error_page(status, code.as_str(), message)
-    } else {
-        envelope(status, code.as_str(), message)
-    };
-    let res = ServiceResponse::new(req, body).map_into_right_body();
-    Ok(ErrorHandlerResponse::Response(res))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::ErrorCode;
+    use super::{ApiError, ErrorCode};
+    use quiver_merge::FormatError;
+
+    /// The upload format's errors keep the merge crate's codes, through the one table.
+    #[test]
+    fn format_errors_keep_their_codes() {
+        let all = [
+            FormatError::InvalidSafetensors("x".into()),
+            FormatError::InvalidAdapterConfig("x".into()),
+            FormatError::UnsupportedPeftType {
+                peft_type: "x".into(),
+            },
+            FormatError::InvalidAdapter("x".into()),
+            FormatError::AdapterMismatch("x".into()),
+            FormatError::UnsupportedFormat("x".into()),
+            FormatError::Io {
+                path: "x".into(),
+                source: std::io::Error::other("x"),
+            },
+        ];
+        for e in all {
+            let code = e.code();
+            let api = ApiError::from(e);
+            assert_eq!(api.code.as_str(), code);
+            assert_eq!(api.status.as_u16(), 422);
+        }
+    }
 
     #[test]
     fn codes_are_distinct_snake_case_and_errors() {

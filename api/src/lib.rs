@@ -1,29 +1,30 @@
-//! The `quiver` service: HTTP API, auth, configuration and the CLI's commands.
+//! The `quiver` service. Layers, highest first (docs/architecture.md "Layers"; the rules are
+//! checked by `tests/tests/layers.rs`):
+//!
+//! - entry: [`cli`], [`startup`], [`background`] — the commands and the composition root;
+//! - front doors, [`http`]: `routes` (REST), `web` (pages), `hub` (the Hugging Face API), over
+//!   shared HTTP edges (error rendering, extractors, body limits, the route table, OpenAPI);
+//! - use cases, [`app`]: what the front doors share (finding what a caller may see or write,
+//!   listings, jobs, lineage, aliases, serving a file);
+//! - services: [`jobs`] (the worker), [`routing`], [`state`], [`config`], [`auth`], [`publish`],
+//!   [`upload`], [`list_cache`], [`card`];
+//! - base: [`error`] (the one envelope and code table), [`metrics`], [`facets`].
 
+pub mod app;
 pub mod auth;
 pub mod background;
-pub mod body_guard;
+pub mod card;
 pub mod cli;
-pub mod compress_cmd;
 pub mod conditional;
 pub mod config;
 pub mod error;
 pub mod facets;
-pub mod hub;
+pub mod http;
 pub mod jobs;
 pub mod list_cache;
-pub mod lookup;
-pub mod merge_cmd;
 pub mod metrics;
-pub mod openapi;
 pub mod publish;
-pub mod redact;
-pub mod resources;
-pub mod route_cmd;
-pub mod route_table;
-pub mod routes;
 pub mod routing;
 pub mod startup;
 pub mod state;
 pub mod upload;
-pub mod web;

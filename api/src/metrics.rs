@@ -16,8 +16,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use quiver_store::{JobKind, JobState};
 
-use crate::state::AppState;
-
 /// Upper bounds of the request-latency buckets, seconds.
 const REQUEST_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -239,7 +237,8 @@ impl Metrics {
     }
 }
 
-/// Middleware: times every request, labelled by its route pattern.
+/// Middleware: times every request, labelled by its route pattern, into the `Metrics` registered
+/// as app data (`web::Data<Metrics>`).
 pub async fn track(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -248,9 +247,7 @@ pub async fn track(
     let method = req.method().clone();
     // Patterns are the routes registered at start (a closed set); anything else is one value.
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let metrics = req
-        .app_data::<web::Data<AppState>>()
-        .map(|s| s.metrics.clone());
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let res = next.call(req).await?;
     if let Some(m) = metrics {
         m.observe(

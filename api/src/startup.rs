@@ -15,13 +15,12 @@ use tokio::sync::Notify;
 
 use crate::background::Background;
 use crate::config::{HttpOptions, ServerSettings};
-use crate::error;
+use crate::http::openapi::ApiDoc;
+use crate::http::route_table::RouteTable;
+use crate::http::routes;
 use crate::jobs::WorkerOptions;
 use crate::list_cache::ListCache;
 use crate::metrics::Metrics;
-use crate::openapi::ApiDoc;
-use crate::route_table::RouteTable;
-use crate::routes;
 use crate::routing::{Routing, RoutingOptions};
 use crate::state::AppState;
 
@@ -129,7 +128,8 @@ impl Application {
         )
         .map_err(StartupError::Workers)?;
         let clients = options.clients;
-        let deadlines = web::Data::new(crate::body_guard::BodyDeadlines::from(&clients));
+        let deadlines = web::Data::new(crate::http::body_guard::BodyDeadlines::from(&clients));
+        let request_metrics = web::Data::from(metrics.clone());
         let state = web::Data::new(AppState {
             store: store.clone(),
             max_upload_bytes: options.max_upload_bytes,
@@ -146,6 +146,7 @@ impl Application {
                 .into_utoipa_app()
                 .openapi(ApiDoc::openapi())
                 .app_data(state.clone())
+                .app_data(request_metrics.clone())
                 .app_data(deadlines.clone())
                 // Bodies read whole (`web::Bytes`: the LFS batch request, profile vectors) are
                 // small; everything large is streamed.
@@ -153,18 +154,23 @@ impl Application {
                 .app_data(
                     web::JsonConfig::default()
                         .limit(1024 * 1024)
-                        .error_handler(error::json_error),
+                        .error_handler(crate::http::errors::json_error),
                 )
-                .app_data(web::QueryConfig::default().error_handler(error::query_error))
-                .app_data(web::PathConfig::default().error_handler(error::path_error))
+                .app_data(
+                    web::QueryConfig::default().error_handler(crate::http::errors::query_error),
+                )
+                .app_data(web::PathConfig::default().error_handler(crate::http::errors::path_error))
                 .service(routes::health::healthz)
                 .service(routes::health::metrics)
                 .service(utoipa_actix_web::scope("/api/v1").configure(routes::configure_v1))
                 .split_for_parts();
-            let routes =
-                web::Data::new(RouteTable::from_openapi(&api).with_pages(crate::web::PAGE_ROUTES));
+            let routes = web::Data::new(RouteTable::from_openapi(&api).with_pages(
+                crate::http::web::PAGE_ROUTES,
+                crate::http::web::is_page_path,
+            ));
             // SwaggerUi also serves the document itself at /api/openapi.json.
             app.app_data(routes)
+                .app_data(crate::http::web::HTML_ERRORS)
                 .route(
                     "/docs",
                     web::get().to(|| async {
@@ -174,11 +180,13 @@ impl Application {
                     }),
                 )
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/api/openapi.json", api))
-                .configure(crate::hub::configure)
-                .configure(crate::web::configure)
-                .default_service(web::to(error::not_found))
-                .wrap(from_fn(crate::body_guard::guard))
-                .wrap(ErrorHandlers::new().default_handler(error::wrap_foreign_errors))
+                .configure(crate::http::hub::configure)
+                .configure(crate::http::web::configure)
+                .default_service(web::to(crate::http::errors::not_found))
+                .wrap(from_fn(crate::http::body_guard::guard))
+                .wrap(
+                    ErrorHandlers::new().default_handler(crate::http::errors::wrap_foreign_errors),
+                )
                 .wrap(from_fn(crate::metrics::track))
         });
         let ms = std::time::Duration::from_millis;
@@ -198,7 +206,7 @@ impl Application {
         };
         let server = match usize::try_from(clients.max_connections_per_ip) {
             Ok(cap) if cap > 0 => {
-                let per_ip = crate::body_guard::PerIp::new(cap);
+                let per_ip = crate::http::body_guard::PerIp::new(cap);
                 server.on_connect(move |io, data| per_ip.on_connect(io, data))
             }
             _ => server,

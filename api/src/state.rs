@@ -15,5 +15,5 @@ pub struct AppState {
     pub job_wake: Arc<tokio::sync::Notify>,
     pub routing: Arc<crate::routing::Routing>,
     /// Which remote images model cards may show (`--card-image-hosts`).
-    pub card_images: crate::web::card::ImagePolicy,
+    pub card_images: crate::card::ImagePolicy,
 }

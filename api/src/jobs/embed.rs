@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::Shared;
-use super::run::Failure;
+use super::outcome::Failure;
 
 /// What an embed job works on: the version, pinned with the samples it had when queued.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-use super::run::{Failure, Progress};
+use super::outcome::{Failure, Progress};
 
 /// Exit status of a child whose engine returned an error (reported on its `error` line).
 pub const EXIT_ENGINE_ERROR: i32 = 3;

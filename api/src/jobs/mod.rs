@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod embed;
 pub mod exec;
+pub mod outcome;
 pub mod redact;
 mod run;
 pub mod scratch;

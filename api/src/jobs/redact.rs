@@ -12,7 +12,7 @@
 //! This is done for every job with a private input, whatever the output's visibility: the files
 //! of a version are immutable, and an output made public later must not name its private
 //! parents either. The version's `lineage` (parents with their revisions) keeps the names; the
-//! API shows a parent only to callers who may see it (`crate::redact`).
+//! API shows a parent only to callers who may see it (`crate::app::redact`).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -20,7 +20,7 @@ use std::path::Path;
 use quiver_store::VersionRecord;
 use serde_json::Value;
 
-use super::run::Failure;
+use super::outcome::Failure;
 use super::spec::JobSpec;
 
 /// What replaces a private input's sha256 in the written files (64 characters, like the hash).

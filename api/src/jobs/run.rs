@@ -9,48 +9,15 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use quiver_merge::{CancelToken, MergeError};
-use quiver_store::{Beat, JobEnd, JobKind, JobRecord, Lease, NewVersion, StoreError, VersionRef};
+use quiver_store::{Beat, JobEnd, JobKind, JobRecord, Lease, NewVersion, VersionRef};
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::outcome::{Failure, Progress};
 use super::spec::{Engine, JobSpec};
 use crate::publish::{Held, Target, publish_version};
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// Why a job stopped short of publishing.
-pub(crate) enum Failure {
-    /// Retrying cannot help (bad inputs found while running).
-    Permanent(String),
-    /// The database or the object store failed; retried with backoff.
-    Transient(String),
-    /// The engine stopped at the cancel token (cancel request, lost lease or shutdown).
-    Stopped,
-}
-
-impl From<StoreError> for Failure {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::LeaseLost => Failure::Stopped,
-            StoreError::BlobMissing(key) => Failure::Permanent(format!(
-                "the stored content of an input is missing (blob {key}); the registry's data is inconsistent"
-            )),
-            e if e.is_unavailable() => Failure::Transient(e.to_string()),
-            StoreError::NotFound(m) => Failure::Permanent(m),
-            e => Failure::Transient(e.to_string()),
-        }
-    }
-}
-
-impl From<MergeError> for Failure {
-    fn from(e: MergeError) -> Self {
-        match e {
-            MergeError::Cancelled => Failure::Stopped,
-            e if e.is_permanent() => Failure::Permanent(e.to_string()),
-            e => Failure::Transient(e.to_string()),
-        }
-    }
-}
 
 /// Why the worker asked the engine to stop.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -65,11 +32,6 @@ struct Published {
     adapter: String,
     number: i64,
     phases: [f64; 4],
-}
-
-pub(super) struct Progress {
-    pub(super) done: AtomicUsize,
-    pub(super) total: AtomicUsize,
 }
 
 pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, lease: Lease) {

@@ -1,4 +1,6 @@
-//! Metadata: one trait, one implementation over sqlx's `Any` driver for both dialects.
+//! Metadata: one trait per capability (`TokenStore`, `AdapterStore`, `VersionStore`, `JobStore`,
+//! `ProfileStore`; `CommitCheck` inside a publishing transaction) and their union `MetadataStore`,
+//! with one implementation over sqlx's `Any` driver for both dialects.
 
 /// A string-valued enum stored in a TEXT column: `as_str` for SQL binds, `FromStr` for rows.
 macro_rules! string_enum {

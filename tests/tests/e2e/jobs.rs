@@ -48,8 +48,8 @@ async fn cli(args: Vec<String>) {
     let cli = Cli::try_parse_from(std::iter::once("quiver".to_string()).chain(args.clone()))
         .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     tokio::task::spawn_blocking(move || match cli.command {
-        Command::Merge(a) => quiver_api::merge_cmd::run(a).map_err(|e| e.to_string()),
-        Command::Compress(a) => quiver_api::compress_cmd::run(a).map_err(|e| e.to_string()),
+        Command::Merge(a) => quiver_api::cli::merge::run(a).map_err(|e| e.to_string()),
+        Command::Compress(a) => quiver_api::cli::compress::run(a).map_err(|e| e.to_string()),
         _ => Err("not a merge or compress command".into()),
     })
     .await

@@ -105,12 +105,12 @@ async fn read_routes(app: &TestApp) -> Vec<(String, Vec<Method>)> {
             add(template, method);
         }
     }
-    for (template, methods) in quiver_api::web::PAGE_ROUTES {
+    for (template, methods) in quiver_api::http::web::PAGE_ROUTES {
         for m in *methods {
             add(template, m);
         }
     }
-    for r in quiver_api::hub::ROUTES {
+    for r in quiver_api::http::hub::ROUTES {
         for m in r.methods {
             add(r.path, m);
         }

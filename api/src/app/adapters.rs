@@ -1,0 +1,235 @@
+//! Adapters as every front door sees them: the listing (its query, cache key and cached pages),
+//! full views with refs and the latest version, the checks on new fields, deletion.
+
+use std::collections::HashMap;
+
+use quiver_store::{
+    AdapterRecord, AdapterSort, FacetFilter, ListAdapters, RepoId, Store, VersionKind, Viewer,
+};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::app::lookup::page_limit;
+use crate::app::resources::AdapterView;
+use crate::error::{ApiError, ErrorCode};
+use crate::list_cache::{CachedPage, Lookup};
+use crate::state::AppState;
+
+/// Most tags an adapter may carry, and the longest tag, description and base model name.
+const MAX_TAGS: usize = 64;
+const MAX_TAG_LEN: usize = 64;
+const MAX_DESCRIPTION_LEN: usize = 16 * 1024;
+pub const MAX_BASE_MODEL_LEN: usize = 256;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListAdaptersQuery {
+    /// Case-insensitive search in `owner/name`, description and base model.
+    pub q: Option<String>,
+    pub base_model: Option<String>,
+    pub tag: Option<String>,
+    pub owner: Option<String>,
+    /// `owner/name`: only adapters with a version merged or compressed from one of its versions.
+    pub derived_from: Option<String>,
+    /// How the newest version was made: `trained`, `merged` or `compressed`.
+    #[param(value_type = Option<String>)]
+    pub kind: Option<VersionKind>,
+    /// Smallest largest-module rank of the newest version.
+    pub rank_min: Option<i64>,
+    /// Largest largest-module rank of the newest version.
+    pub rank_max: Option<i64>,
+    /// A target module (leaf name, e.g. `q_proj`) of the newest version.
+    pub target: Option<String>,
+    /// Whether vLLM loads the newest version (at some `--max-lora-rank`).
+    pub vllm: Option<bool>,
+    /// `updated` (default), `downloads`, `name` or `created`.
+    #[param(value_type = Option<String>)]
+    pub sort: Option<AdapterSort>,
+    /// 1 to 500, default 50.
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// Checks the description and tags of an adapter about to be created (also by a job).
+pub fn check_new_fields(description: &str, tags: &[String]) -> Result<(), ApiError> {
+    check_description(description)?;
+    check_tags(tags)
+}
+
+pub fn check_tags(tags: &[String]) -> Result<(), ApiError> {
+    if tags.len() > MAX_TAGS {
+        return Err(ApiError::coded(
+            ErrorCode::InvalidTags,
+            format!("at most {MAX_TAGS} tags are allowed"),
+        ));
+    }
+    for t in tags {
+        if t.is_empty() || t.len() > MAX_TAG_LEN || t.chars().any(char::is_control) {
+            return Err(ApiError::coded(
+                ErrorCode::InvalidTags,
+                format!("tag {t:?} must be 1 to {MAX_TAG_LEN} printable characters"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn check_description(d: &str) -> Result<(), ApiError> {
+    if d.len() > MAX_DESCRIPTION_LEN {
+        return Err(ApiError::coded(
+            ErrorCode::InvalidDescription,
+            format!("description is longer than {MAX_DESCRIPTION_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Builds full views (refs + latest version) for a set of adapters with three queries in all,
+/// and one per distinct parent adapter named in the latest versions' lineage (hidden from a
+/// viewer who may not see it: `crate::app::redact`).
+pub async fn views(
+    store: &Store,
+    viewer: &Viewer,
+    adapters: Vec<AdapterRecord>,
+) -> Result<Vec<AdapterView>, ApiError> {
+    let ids: Vec<i64> = adapters.iter().map(|a| a.id).collect();
+    let mut latest: HashMap<i64, _> = store
+        .meta
+        .latest_versions(&ids)
+        .await?
+        .into_iter()
+        .map(|v| (v.adapter_id, v))
+        .collect();
+    let mut aliases: HashMap<i64, Vec<(String, i64)>> = HashMap::new();
+    for (id, alias, number) in store.meta.aliases(&ids).await? {
+        aliases.entry(id).or_default().push((alias, number));
+    }
+    let parents = crate::app::redact::Parents::of(store, viewer, latest.values()).await?;
+    Ok(adapters
+        .into_iter()
+        .map(|a| {
+            let id = a.id;
+            AdapterView::new(
+                a,
+                latest.remove(&id),
+                aliases.remove(&id).unwrap_or_default(),
+                &parents,
+            )
+        })
+        .collect())
+}
+
+pub async fn view(
+    store: &Store,
+    viewer: &Viewer,
+    adapter: AdapterRecord,
+) -> Result<AdapterView, ApiError> {
+    views(store, viewer, vec![adapter])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::internal("adapter view", "empty view list"))
+}
+
+/// The store's query for the listing's parameters (also the web listing's).
+pub fn list_query(q: ListAdaptersQuery) -> Result<ListAdapters, ApiError> {
+    let rank = |name: &str, v: Option<i64>| match v {
+        Some(r) if !(0..=1 << 20).contains(&r) => Err(ApiError::coded(
+            ErrorCode::InvalidQuery,
+            format!("{name} must be between 0 and 1048576, got {r}"),
+        )),
+        v => Ok(v),
+    };
+    Ok(ListAdapters {
+        q: q.q,
+        base_model: q.base_model,
+        tag: q.tag,
+        owner: q.owner,
+        derived_from: match q.derived_from.as_deref() {
+            None => None,
+            Some(raw) => Some(
+                raw.split_once('/')
+                    .and_then(|(o, n)| RepoId::parse(o, n).ok())
+                    .ok_or_else(|| {
+                        ApiError::coded(
+                            ErrorCode::InvalidQuery,
+                            format!("derived_from must be `owner/name`, got {raw:?}"),
+                        )
+                    })?,
+            ),
+        },
+        facets: FacetFilter {
+            kind: q.kind,
+            rank_min: rank("rank_min", q.rank_min)?,
+            rank_max: rank("rank_max", q.rank_max)?,
+            target: q.target.filter(|t| !t.is_empty()),
+            vllm: q.vllm,
+        },
+        sort: q.sort.unwrap_or_default(),
+        limit: page_limit(q.limit)?,
+        cursor: q.cursor,
+    })
+}
+
+/// A listing page from the cache, or built by `build` (the body) and cached. The cache entry is
+/// valid while the registry's listing generation, read before building, is unchanged.
+pub async fn cached_page(
+    state: &AppState,
+    key: &str,
+    build: impl AsyncFn() -> Result<Vec<u8>, ApiError>,
+) -> Result<CachedPage, ApiError> {
+    let cache = &state.list_cache;
+    loop {
+        // Read before the page is built, so a change committed meanwhile makes the entry stale.
+        let generation = if cache.enabled() {
+            state.store.meta.listing_generation().await?
+        } else {
+            0
+        };
+        match cache.lookup(key, generation) {
+            Lookup::Hit(page) => return Ok(page),
+            Lookup::Wait(mut done) => {
+                let _ = done.changed().await; // built, or the build failed: look again
+            }
+            Lookup::Build(fill) => {
+                let page = CachedPage::new(build().await?);
+                fill.put(page.clone());
+                return Ok(page);
+            }
+        }
+    }
+}
+
+/// What a listing page depends on: who asks (admins all see the same; a user also sees their
+/// private adapters) and every query parameter.
+pub fn cache_key(viewer: &Viewer, q: &ListAdapters) -> String {
+    let who = match (&viewer.user, viewer.admin) {
+        (_, true) => "admin".to_string(),
+        (Some(user), false) => format!("user:{user}"),
+        (None, false) => String::new(),
+    };
+    serde_json::json!([
+        who,
+        q.q,
+        q.base_model,
+        q.tag,
+        q.owner,
+        q.derived_from.as_ref().map(ToString::to_string),
+        q.facets.kind.map(|k| k.as_str()),
+        q.facets.rank_min,
+        q.facets.rank_max,
+        q.facets.target,
+        q.facets.vllm,
+        q.sort.as_str(),
+        q.limit,
+        q.cursor
+    ])
+    .to_string()
+}
+
+/// Deletes an adapter (REST and Hub): its rows (versions, files, refs; lineage keeps its name),
+/// then its LFS upload proofs, which are authorisation records. Its blobs go with the sweep.
+pub async fn delete(state: &AppState, adapter: &AdapterRecord) -> Result<(), ApiError> {
+    state.store.meta.delete_adapter(adapter.id).await?;
+    crate::app::proofs::delete_proofs(state, adapter.id).await;
+    Ok(())
+}

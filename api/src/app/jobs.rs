@@ -1,0 +1,58 @@
+//! Jobs as every front door sees them: queuing a checked request, and a caller's own jobs.
+
+use quiver_store::meta::DEFAULT_MAX_ATTEMPTS;
+use quiver_store::{JobKind, JobRecord, NewJob, Viewer};
+use serde_json::Value;
+
+use crate::app::job_request;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+
+/// Checks a job request as `POST /merges` or `/compressions` would and queues it; returns the
+/// job and whether it is new (an idempotency key may name an existing one). Also used by route
+/// fusions.
+pub async fn queue_job(
+    state: &AppState,
+    caller: &Caller,
+    kind: JobKind,
+    body: Value,
+) -> Result<(JobRecord, bool), ApiError> {
+    let principal = caller.0.as_ref().ok_or_else(ApiError::unauthorized)?;
+    let checked = job_request::check(&state.store, caller, kind, body).await?;
+    let new = NewJob {
+        kind,
+        spec: serde_json::to_value(&checked.spec).map_err(|e| ApiError::internal("job spec", e))?,
+        spec_sha256: checked.spec_sha256,
+        created_by: principal.user.clone(),
+        idempotency_key: checked.idempotency_key,
+        max_attempts: DEFAULT_MAX_ATTEMPTS,
+    };
+    let (job, created) = state
+        .store
+        .meta
+        .enqueue_job(&new)
+        .await
+        .map_err(|e| match e {
+            quiver_store::StoreError::Conflict(m) => {
+                ApiError::coded(ErrorCode::IdempotencyConflict, m)
+            }
+            e => e.into(),
+        })?;
+    if created {
+        tracing::info!(job = %job.id, kind = kind.as_str(), state = "queued", by = %job.created_by, "job queued");
+        state.job_wake.notify_waiters();
+    }
+    Ok((job, created))
+}
+
+/// A job of the caller's (any job for an admin); others' are 404.
+pub fn own_job(viewer: &Viewer, job: Option<JobRecord>, id: &str) -> Result<JobRecord, ApiError> {
+    match job {
+        Some(j) if viewer.admin || viewer.user.as_deref() == Some(j.created_by.as_str()) => Ok(j),
+        _ => Err(ApiError::coded(
+            ErrorCode::JobNotFound,
+            format!("job {id} was not found"),
+        )),
+    }
+}

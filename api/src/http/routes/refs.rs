@@ -1,0 +1,71 @@
+//! User aliases (`prod`, `canary`) that point at a version and are moved explicitly.
+
+use actix_web::{HttpResponse, delete, put, web};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::app::lookup::find_writable_adapter;
+use crate::app::refs::check_alias;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::state::AppState;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRefRequest {
+    pub version: i64,
+}
+
+/// Point an alias at a version (creating or moving it).
+#[utoipa::path(
+    tag = "refs",
+    request_body = SetRefRequest,
+    responses((status = 200, description = "alias set"), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[put("/adapters/{owner}/{name}/refs/{alias}")]
+pub async fn set_ref(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String, String)>,
+    body: web::Json<SetRefRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let (owner, name, alias) = path.into_inner();
+    let (adapter, _) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
+    let alias = check_alias(&alias)?;
+    state
+        .store
+        .meta
+        .set_alias(adapter.id, &alias, body.version)
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "name": alias, "version": body.version })))
+}
+
+/// Remove an alias.
+#[utoipa::path(
+    tag = "refs",
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[delete("/adapters/{owner}/{name}/refs/{alias}")]
+pub async fn delete_ref(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (owner, name, alias) = path.into_inner();
+    let (adapter, _) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
+    if state
+        .store
+        .meta
+        .delete_alias(adapter.id, &alias.to_ascii_lowercase())
+        .await?
+    {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::not_found(
+            ErrorCode::AliasNotFound,
+            format!("alias {alias}"),
+        ))
+    }
+}

@@ -1,0 +1,486 @@
+//! `POST /route`: which adapters fit these prompts (LoraRetriever-style retrieval), with mixture
+//! weights, and fusions (merged adapters of the retrieved sets) made once by merge jobs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix_web::{HttpResponse, post, web};
+use quiver_retrieve::{MAX_INPUT_BYTES, Weighting, checked_vector, mixture_weights};
+use quiver_store::{JobKind, JobState, RepoId, VersionRef, Viewer};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::app::jobs::queue_job;
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::routing::index::{Built, Entry};
+use crate::state::AppState;
+
+/// Most inputs (or vectors) one request may route.
+pub const MAX_ROUTE_INPUTS: usize = 1024;
+/// Largest `top_k`.
+pub const MAX_TOP_K: usize = 50;
+/// Softmax temperature when `weights` is `softmax` and none is given. Cosines of one embedder
+/// differ by a few hundredths between close adapters, so 0.05 separates them without making
+/// the mixture one-hot.
+pub const DEFAULT_TEMPERATURE: f64 = 0.05;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The ranked adapters.
+    #[default]
+    Retrieve,
+    /// … with normalised weights.
+    Mixture,
+    /// … and a merged adapter of them (made once per set and weights, then reused).
+    Fusion,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightsKind {
+    /// `1/k` each (LoraRetriever).
+    #[default]
+    Uniform,
+    /// `softmax(score / temperature)`.
+    Softmax,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FusionMethod {
+    /// Σ wᵢ·sᵢ·BᵢAᵢ exactly (the merged adapter has rank Σ rᵢ): the mixture's update.
+    #[default]
+    Exact,
+    /// LoraRetriever's fusion: (Σ wᵢBᵢ)(Σ wᵢsᵢAᵢ), factors averaged, cross terms included
+    /// (PEFT `linear` with weights wᵢ²; inputs must share a rank).
+    FactorAverage,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFilter {
+    /// Only adapters with every one of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Only this owner's adapters.
+    pub owner: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRequest {
+    /// Prompts to route (1 to 1024). Or give `vectors`.
+    pub inputs: Option<Vec<String>>,
+    /// Query embeddings instead of `inputs` (any scale; normalised here), of the dimension of
+    /// `embedder`'s profiles.
+    pub vectors: Option<Vec<Vec<f32>>>,
+    /// Whose profiles `vectors` are compared with (default: this server's embedder).
+    pub embedder: Option<String>,
+    /// Adapters per input, 1 to 50 (default 3, the paper's).
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Only adapters of this base model (required by `fusion`).
+    pub base_model: Option<String>,
+    #[serde(default)]
+    pub filter: RouteFilter,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Mixture and fusion weights (default `uniform`).
+    #[serde(default)]
+    pub weights: WeightsKind,
+    /// Softmax temperature (default 0.05), > 0.
+    pub temperature: Option<f64>,
+    /// How a fusion merges (default `exact`).
+    #[serde(default)]
+    pub fusion: FusionMethod,
+}
+
+fn default_top_k() -> usize {
+    3
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RoutedAdapter {
+    /// `owner/name`.
+    pub adapter: String,
+    /// The adapter's newest version with a profile of this embedder.
+    pub version: i64,
+    pub revision: String,
+    /// Cosine-based similarity (per the profile recipe), in [-1, 1].
+    pub score: f32,
+    /// Mixture weight (`mixture` and `fusion`); the weights of one input sum to 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<f64>,
+}
+
+#[derive(Clone, Serialize, ToSchema)]
+pub struct FusionView {
+    /// `owner/name` of the merged adapter (the caller's, private).
+    pub adapter: String,
+    /// `ready` when the merged version exists; otherwise the state of the job making it.
+    pub state: String,
+    pub version: Option<i64>,
+    pub revision: Option<String>,
+    /// The merge job (poll `GET /api/v1/jobs/{id}`), while it is not ready.
+    pub job: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RouteResult {
+    pub adapters: Vec<RoutedAdapter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<FusionView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RouteResponse {
+    /// The embedder whose profiles were searched.
+    pub embedder: String,
+    /// How profiles were scored.
+    pub recipe: String,
+    pub strategy: Strategy,
+    /// One per input, in order.
+    pub results: Vec<RouteResult>,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::coded(ErrorCode::InvalidRoute, message)
+}
+
+impl RouteRequest {
+    fn check(&self) -> Result<usize, ApiError> {
+        let count = match (&self.inputs, &self.vectors) {
+            (Some(inputs), None) => {
+                if let Some((i, _)) = inputs.iter().enumerate().find(|(_, s)| s.trim().is_empty()) {
+                    return Err(invalid(format!("inputs[{i}] is empty")));
+                }
+                if let Some((i, s)) = inputs
+                    .iter()
+                    .enumerate()
+                    .find(|(_, s)| s.len() > MAX_INPUT_BYTES)
+                {
+                    return Err(invalid(format!(
+                        "inputs[{i}] is {} bytes; at most {MAX_INPUT_BYTES}",
+                        s.len()
+                    )));
+                }
+                inputs.len()
+            }
+            (None, Some(vectors)) => vectors.len(),
+            (Some(_), Some(_)) => {
+                return Err(invalid("give either `inputs` or `vectors`, not both"));
+            }
+            (None, None) => return Err(invalid("give `inputs` (prompts) or `vectors`")),
+        };
+        if count == 0 {
+            return Err(invalid("nothing to route: the list is empty"));
+        }
+        if count > MAX_ROUTE_INPUTS {
+            return Err(invalid(format!(
+                "{count} inputs; at most {MAX_ROUTE_INPUTS} per request"
+            )));
+        }
+        if !(1..=MAX_TOP_K).contains(&self.top_k) {
+            return Err(invalid(format!(
+                "top_k must be between 1 and {MAX_TOP_K}, got {}",
+                self.top_k
+            )));
+        }
+        if let Some(t) = self.temperature
+            && !(t.is_finite() && t > 0.0)
+        {
+            return Err(invalid(format!("temperature must be > 0, got {t}")));
+        }
+        if self.strategy == Strategy::Fusion && self.base_model.is_none() {
+            return Err(invalid(
+                "`fusion` merges adapters of one base model: give `base_model`",
+            ));
+        }
+        Ok(count)
+    }
+
+    fn weighting(&self) -> Weighting {
+        match self.weights {
+            WeightsKind::Uniform => Weighting::Uniform,
+            WeightsKind::Softmax => Weighting::Softmax {
+                temperature: self.temperature.unwrap_or(DEFAULT_TEMPERATURE),
+            },
+        }
+    }
+}
+
+/// Route prompts to the adapters whose profiles fit them best. `retrieve` ranks adapters by the
+/// similarity of each prompt's embedding to their profiles (built from each version's
+/// `samples.jsonl`); `mixture` adds weights; `fusion` also returns a merged adapter of each
+/// retrieved set, made once by a merge job and reused. Private adapters appear only to callers
+/// who may see them.
+#[utoipa::path(
+    tag = "routing",
+    request_body = RouteRequest,
+    responses(
+        (status = 200, body = RouteResponse),
+        (status = 401, body = ErrorBody, description = "fusion needs a token"),
+        (status = 403, body = ErrorBody),
+        (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "no embedder configured and no `vectors` given")
+    ),
+    security((), ("bearer" = []))
+)]
+#[post("/route")]
+pub async fn route(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let request: RouteRequest =
+        serde_json::from_value(body.into_inner()).map_err(|e| invalid(e.to_string()))?;
+    request.check()?;
+    let routing = &state.routing;
+    let own = routing.options.embedder.as_ref();
+    let embedder_id = match (&request.embedder, own) {
+        (Some(id), _) => id.clone(),
+        (None, Some(batcher)) => batcher.embedder().id().to_string(),
+        (None, None) => {
+            return Err(ApiError::coded(
+                ErrorCode::EmbedderUnavailable,
+                "this server has no embedder: start it with --embedder-dir (QUIVER_EMBEDDER_DIR), or send `vectors` with `embedder`",
+            ));
+        }
+    };
+    let built = routing
+        .indexes
+        .get(state.store.meta.as_ref(), &embedder_id)
+        .await?;
+    let queries: Vec<Vec<f32>> = match (&request.inputs, &request.vectors) {
+        (Some(inputs), _) => {
+            let batcher = own.ok_or_else(|| {
+                ApiError::coded(
+                    ErrorCode::EmbedderUnavailable,
+                    "this server has no embedder to embed `inputs`: start it with --embedder-dir (QUIVER_EMBEDDER_DIR), or send `vectors`",
+                )
+            })?;
+            if batcher.embedder().id() != embedder_id {
+                return Err(invalid(format!(
+                    "`inputs` are embedded with {}; `embedder` ({embedder_id}) applies to `vectors` only",
+                    batcher.embedder().id()
+                )));
+            }
+            batcher
+                .embed(inputs.clone())
+                .await
+                .map_err(|e| ApiError::internal("embedding route inputs", e))?
+        }
+        (None, Some(vectors)) => {
+            let dim = match own {
+                Some(b) if b.embedder().id() == embedder_id => Some(b.embedder().dim()),
+                // No profiles of this embedder: nothing to compare the length with.
+                _ if built.index.is_empty() => None,
+                _ => Some(built.index.dim()),
+            };
+            vectors
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    checked_vector(v, dim.unwrap_or(v.len())).map_err(|e| {
+                        ApiError::coded(ErrorCode::InvalidVector, format!("vectors[{i}]: {e}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+        (None, None) => Vec::new(),
+    };
+    let hits = search(built.clone(), queries, &request, caller.viewer()).await?;
+    let weighting = request.weighting();
+    let mut results = Vec::with_capacity(hits.len());
+    let mut fusions: BTreeMap<String, FusionView> = BTreeMap::new();
+    for ranked in hits {
+        let scores: Vec<f32> = ranked.iter().map(|(_, s)| *s).collect();
+        let weights = match request.strategy {
+            Strategy::Retrieve => None,
+            Strategy::Mixture | Strategy::Fusion => Some(mixture_weights(&scores, weighting)),
+        };
+        let adapters: Vec<RoutedAdapter> = ranked
+            .iter()
+            .enumerate()
+            .map(|(i, (entry, score))| RoutedAdapter {
+                adapter: entry.adapter.clone(),
+                version: entry.version,
+                revision: entry.revision.clone(),
+                score: *score,
+                weight: weights.as_ref().map(|w| round_weight(w[i])),
+            })
+            .collect();
+        let fusion = match request.strategy {
+            Strategy::Fusion if !adapters.is_empty() => {
+                Some(fusion(&state, &caller, &request, &adapters, &mut fusions).await?)
+            }
+            _ => None,
+        };
+        results.push(RouteResult { adapters, fusion });
+    }
+    Ok(HttpResponse::Ok().json(RouteResponse {
+        embedder: embedder_id,
+        recipe: built.index.recipe().name(),
+        strategy: request.strategy,
+        results,
+    }))
+}
+
+/// Searches every query off the async runtime (rayon inside for large indexes).
+async fn search(
+    built: Arc<Built>,
+    queries: Vec<Vec<f32>>,
+    request: &RouteRequest,
+    viewer: Viewer,
+) -> Result<Vec<Vec<(Entry, f32)>>, ApiError> {
+    let top_k = request.top_k;
+    let base_model = request.base_model.clone();
+    let filter = request.filter.clone();
+    tokio::task::spawn_blocking(move || {
+        let keep = |e: &Entry| {
+            (!e.private || viewer.admin || viewer.user.as_deref() == Some(e.owner.as_str()))
+                && base_model.as_ref().is_none_or(|b| *b == e.base_model)
+                && filter.owner.as_ref().is_none_or(|o| *o == e.owner)
+                && filter.tags.iter().all(|t| e.tags.contains(t))
+        };
+        queries
+            .iter()
+            .map(|q| {
+                built
+                    .index
+                    .search(q, top_k, &keep)
+                    .into_iter()
+                    .map(|hit| (built.index.meta(hit.entry).clone(), hit.score))
+                    .collect()
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::internal("route search", e))
+}
+
+/// Weights are rounded to 6 decimals: what the response shows is exactly what a fusion merges
+/// and what names it.
+fn round_weight(w: f64) -> f64 {
+    (w * 1e6).round() / 1e6
+}
+
+/// The merged adapter of one retrieved set: found if it was made before, else queued.
+async fn fusion(
+    state: &AppState,
+    caller: &Caller,
+    request: &RouteRequest,
+    adapters: &[RoutedAdapter],
+    done: &mut BTreeMap<String, FusionView>,
+) -> Result<FusionView, ApiError> {
+    let principal = caller.0.as_ref().ok_or_else(ApiError::unauthorized)?;
+    caller.require_write(&principal.user)?;
+    let mut parts: Vec<(&str, &str, f64)> = adapters
+        .iter()
+        .map(|a| {
+            (
+                a.adapter.as_str(),
+                a.revision.as_str(),
+                a.weight.unwrap_or(1.0),
+            )
+        })
+        .collect();
+    parts.sort_by(|a, b| a.0.cmp(b.0));
+    let method = match request.fusion {
+        FusionMethod::Exact => "exact",
+        FusionMethod::FactorAverage => "factor_average",
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_bytes());
+    for (adapter, revision, weight) in &parts {
+        hasher.update(format!("\n{adapter}@{revision}:{weight:.6}").as_bytes());
+    }
+    let name = format!("fusion-{}", &hex::encode(hasher.finalize())[..16]);
+    if let Some(view) = done.get(&name) {
+        return Ok(view.clone());
+    }
+    let repo =
+        RepoId::parse(&principal.user, &name).map_err(|e| ApiError::internal("fusion name", e))?;
+    let output = repo.to_string();
+    let mut view = FusionView {
+        adapter: output.clone(),
+        state: "queued".into(),
+        version: None,
+        revision: None,
+        job: None,
+        error: None,
+    };
+    let made = match state.store.meta.get_adapter(&repo).await? {
+        Some(adapter) => {
+            state
+                .store
+                .meta
+                .get_version(adapter.id, &VersionRef::Main)
+                .await?
+        }
+        None => None,
+    };
+    if let Some(version) = made {
+        view.state = "ready".into();
+        view.version = Some(version.number);
+        view.revision = Some(version.revision);
+    } else {
+        let (method_name, compat, square) = match request.fusion {
+            FusionMethod::Exact => ("linear", "paper", false),
+            FusionMethod::FactorAverage => ("linear", "peft", true),
+        };
+        let inputs: Vec<Value> = parts
+            .iter()
+            .map(|(adapter, revision, w)| {
+                json!({"adapter": adapter, "ref": revision, "weight": if square { w * w } else { *w }})
+            })
+            .collect();
+        // The description names the inputs, but not a private one (as the job's files do not:
+        // `jobs::spec::input_dirs`): the fusion may be made public later.
+        let mut named = Vec::new();
+        for (i, (a, _, w)) in parts.iter().enumerate() {
+            let private = match a
+                .split_once('/')
+                .and_then(|(o, n)| RepoId::parse(o, n).ok())
+            {
+                Some(r) => state
+                    .store
+                    .meta
+                    .get_adapter(&r)
+                    .await?
+                    .is_none_or(|x| x.private),
+                None => true,
+            };
+            let name = if private {
+                format!("{}{i}", crate::jobs::spec::PRIVATE_INPUT)
+            } else {
+                a.to_string()
+            };
+            named.push(format!("{name} ×{w:.6}"));
+        }
+        let description = format!("Route fusion ({method}) of {}", named.join(", "));
+        let body = json!({
+            "method": method_name,
+            "compat": compat,
+            "inputs": inputs,
+            "output": {"adapter": output, "create": true, "private": true,
+                       "description": description, "tags": ["fusion"]},
+            "idempotency_key": name,
+        });
+        let (job, _) = queue_job(state, caller, JobKind::Merge, body).await?;
+        view.state = job.state.as_str().into();
+        view.job = Some(job.id.clone());
+        view.error = job.error.clone();
+        if let (JobState::Succeeded, Some((_, number))) = (job.state, job.result.as_ref()) {
+            view.state = "ready".into();
+            view.version = Some(*number);
+        }
+    }
+    done.insert(name, view.clone());
+    Ok(view)
+}

@@ -1,0 +1,549 @@
+//! `/{owner}/{name}` and `/{owner}/{name}/versions/{ref}`: the model card, LoRA summary,
+//! compatibility, files, versions, lineage graph and spectra of a version; and the merge form's
+//! `POST /{owner}/{name}/merge`.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+use futures::TryStreamExt;
+use quiver_merge::LoraSummary;
+use quiver_merge::compat::Compatibility;
+use quiver_store::{AdapterRecord, FacetFilter, JobKind, ListAdapters, VersionRecord, VersionRef};
+use serde_json::{Value, json};
+
+use super::spectra::{self, Missing, RankSummary};
+use super::svg::{DagNode, dag_svg};
+use super::{Chrome, PageCaller, PageError, cached_html, enc, html, render, size, when};
+use crate::app::adapters::cached_page;
+use crate::app::jobs::queue_job;
+use crate::app::lineage::visible_lineage;
+use crate::app::lookup::find_adapter;
+use crate::card::{self, MAX_CARD_BYTES};
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
+
+/// Versions listed on a page.
+const VERSIONS_SHOWN: u32 = 100;
+/// Adapters offered as merge partners.
+const MERGE_CANDIDATES: u32 = 50;
+/// The merge methods the form offers (the API takes more parameters than the form shows).
+const METHODS: [&str; 7] = [
+    "linear",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "svd",
+    "magnitude_prune",
+    "cat",
+];
+
+pub struct FileRow {
+    pub path: String,
+    pub size: String,
+    pub sha256: String,
+    pub href: String,
+}
+
+pub struct VersionRow {
+    pub number: i64,
+    pub short: String,
+    pub created: String,
+    pub created_by: String,
+    pub refs: Vec<String>,
+    pub href: String,
+    pub current: bool,
+}
+
+pub struct Badge {
+    pub name: &'static str,
+    pub ok: bool,
+    pub reason: String,
+}
+
+pub struct SpectraView {
+    pub values_svg: String,
+    pub energy_svg: String,
+    pub summary: RankSummary,
+}
+
+pub struct MergeForm {
+    pub csrf: String,
+    pub candidates: Vec<String>,
+    pub methods: [&'static str; 7],
+    pub owner: String,
+}
+
+#[derive(Template)]
+#[template(path = "adapter.html")]
+struct AdapterPage {
+    chrome: Chrome,
+    adapter: AdapterRecord,
+    id: String,
+    version: Option<VersionRecord>,
+    summary: Option<LoraSummary>,
+    badges: Vec<Badge>,
+    vllm_max_lora_rank: Option<u64>,
+    card_html: Option<String>,
+    card_note: Option<String>,
+    files: Vec<FileRow>,
+    versions: Vec<VersionRow>,
+    lineage_svg: Option<String>,
+    lineage_method: Option<String>,
+    spectra: Option<SpectraView>,
+    spectra_note: Option<String>,
+    snippet: String,
+    merge: Option<MergeForm>,
+    created: String,
+    updated: String,
+}
+
+impl AdapterPage {
+    fn rank_pattern(&self) -> String {
+        self.summary
+            .as_ref()
+            .map_or(String::new(), |s| pattern(&s.rank_pattern))
+    }
+    fn alpha_pattern(&self) -> String {
+        self.summary
+            .as_ref()
+            .map_or(String::new(), |s| pattern(&s.alpha_pattern))
+    }
+    fn weights_size(&self) -> String {
+        self.summary
+            .as_ref()
+            .map_or(String::new(), |s| size(s.size as i64))
+    }
+    fn max_rank(&self) -> u64 {
+        self.summary
+            .as_ref()
+            .map_or(0, quiver_merge::compat::max_rank)
+    }
+}
+
+/// `key: value, …` of a rank or alpha pattern.
+fn pattern<V: std::fmt::Display>(map: &std::collections::BTreeMap<String, V>) -> String {
+    map.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn adapter_page(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    caller: PageCaller,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, PageError> {
+    page(&req, &state, &caller, path.into_inner(), None).await
+}
+
+pub async fn version_page(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    caller: PageCaller,
+    path: web::Path<(String, String, String)>,
+) -> Result<HttpResponse, PageError> {
+    let (owner, name, reference) = path.into_inner();
+    page(&req, &state, &caller, (owner, name), Some(reference)).await
+}
+
+/// An adapter or version page. Without a signed-in user the page has no form and is the same
+/// for every anonymous reader, so it comes from the listing cache, validated by the listing
+/// generation (every change to adapters, versions, files, refs and tags bumps it; download
+/// counts are as fresh as the JSON listing's), with an ETag. A signed-in user's page carries
+/// their merge form and CSRF token and is rendered for each request.
+async fn page(
+    req: &HttpRequest,
+    state: &AppState,
+    caller: &PageCaller,
+    path: (String, String),
+    reference: Option<String>,
+) -> Result<HttpResponse, PageError> {
+    if caller.user().is_some() {
+        let body = build(state, caller, &path, reference.as_deref()).await?;
+        return Ok(caller.finish(with_card_csp(state, html(StatusCode::OK, body))));
+    }
+    let key = json!(["adapter-page", path.0, path.1, reference]).to_string();
+    let cached = cached_page(state, &key, async || {
+        build(state, caller, &path, reference.as_deref())
+            .await
+            .map(String::into_bytes)
+            .map_err(|e| e.0)
+    })
+    .await?;
+    Ok(caller.finish(with_card_csp(state, cached_html(req, cached))))
+}
+
+/// The adapter pages' CSP allows the card image hosts, when there are any.
+fn with_card_csp(state: &AppState, mut res: HttpResponse) -> HttpResponse {
+    if state.card_images.allows_any()
+        && let Ok(csp) = header::HeaderValue::from_str(&state.card_images.csp(super::CSP))
+    {
+        res.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
+    res
+}
+
+/// A file's download URL on the API (path segments percent-encoded, `/` kept).
+fn file_href(adapter: &AdapterRecord, number: i64, path: &str) -> String {
+    let segments: Vec<String> = path.split('/').map(enc).collect();
+    format!(
+        "/api/v1/adapters/{}/{}/versions/{number}/files/{}",
+        adapter.owner,
+        adapter.name,
+        segments.join("/")
+    )
+}
+
+/// Quotes `s` as one word for the POSIX shell: single quotes, each `'` written `'\''`. Nothing
+/// inside single quotes is expanded, so a file named `x$(touch y).txt` stays a name.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// One line of the "Use this adapter" snippet: `curl` of one file into `{id}/{path}`. The URL's
+/// path is percent-encoded and every name is single-quoted; only `$QUIVER_TOKEN` and `$BASE`
+/// (the snippet's own variables) are expanded by the shell.
+fn curl_line(id: &str, path: &str) -> String {
+    let url_path: Vec<String> = path.split('/').map(enc).collect();
+    format!(
+        "curl -fL -H \"Authorization: Bearer $QUIVER_TOKEN\" --create-dirs -o {} \"$BASE/\"{}",
+        sh_quote(&format!("{id}/{path}")),
+        sh_quote(&url_path.join("/"))
+    )
+}
+
+/// The page's HTML.
+async fn build(
+    state: &AppState,
+    caller: &PageCaller,
+    path: &(String, String),
+    reference: Option<&str>,
+) -> Result<String, PageError> {
+    let adapter = find_adapter(&state.store, &caller.caller, path).await?;
+    let id = adapter.repo_id();
+    let version = state
+        .store
+        .meta
+        .get_version(
+            adapter.id,
+            &reference.map_or(VersionRef::Main, VersionRef::parse),
+        )
+        .await?;
+    if version.is_none()
+        && let Some(r) = &reference
+    {
+        return Err(PageError(ApiError::not_found(
+            ErrorCode::VersionNotFound,
+            format!("version {r} of {id}"),
+        )));
+    }
+    let aliases = state.store.meta.aliases(&[adapter.id]).await?;
+    let versions_page = state
+        .store
+        .meta
+        .list_versions(adapter.id, VERSIONS_SHOWN, None)
+        .await?;
+    let newest = versions_page.items.first().map(|v| v.number);
+    let versions = versions_page
+        .items
+        .iter()
+        .map(|v| {
+            let mut refs: Vec<String> = aliases
+                .iter()
+                .filter(|(_, _, n)| *n == v.number)
+                .map(|(_, a, _)| a.clone())
+                .collect();
+            if Some(v.number) == newest {
+                refs.insert(0, "main".into());
+            }
+            VersionRow {
+                number: v.number,
+                short: v.revision.chars().take(10).collect(),
+                created: when(v.created_at),
+                created_by: v.created_by.clone(),
+                refs,
+                href: format!("/{id}/versions/{}", v.number),
+                current: version.as_ref().is_some_and(|c| c.number == v.number),
+            }
+        })
+        .collect();
+
+    let summary = version
+        .as_ref()
+        .and_then(|v| crate::facets::summary(v.lora.as_ref()));
+    let compat = summary.as_ref().map(Compatibility::of);
+    let badges = compat
+        .as_ref()
+        .map(|c| {
+            vec![
+                Badge {
+                    name: "vLLM",
+                    ok: c.vllm.ok,
+                    reason: c.vllm.reason.clone(),
+                },
+                Badge {
+                    name: "LoRAX",
+                    ok: c.lorax.ok,
+                    reason: c.lorax.reason.clone(),
+                },
+                Badge {
+                    name: "PEFT",
+                    ok: c.peft.ok,
+                    reason: c.peft.reason.clone(),
+                },
+                Badge {
+                    name: "Merge",
+                    ok: c.merge.ok,
+                    reason: c.merge.reason.clone(),
+                },
+            ]
+        })
+        .unwrap_or_default();
+
+    let (mut card_html, mut card_note) = (None, None);
+    let mut files = Vec::new();
+    let mut lineage_svg = None;
+    let mut spectra_view = None;
+    let mut spectra_note = None;
+    let mut snippet = String::new();
+    if let Some(v) = &version {
+        files = v
+            .files
+            .iter()
+            .map(|f| FileRow {
+                path: f.path.clone(),
+                size: size(f.size),
+                sha256: f.sha256.clone(),
+                href: file_href(&adapter, v.number, &f.path),
+            })
+            .collect();
+        if let Some(readme) = v
+            .files
+            .iter()
+            .find(|f| f.path.eq_ignore_ascii_case("README.md"))
+        {
+            if readme.size as usize > MAX_CARD_BYTES {
+                card_note = Some(format!(
+                    "The card is {}; open README.md from the files below.",
+                    size(readme.size)
+                ));
+            } else {
+                let bytes: Vec<bytes::Bytes> = state
+                    .store
+                    .blobs
+                    .get(&readme.sha256, None)
+                    .await?
+                    .try_collect()
+                    .await?;
+                let text = String::from_utf8_lossy(&bytes.concat()).into_owned();
+                card_html = Some(card::render(&text, &state.card_images));
+            }
+        }
+        let lineage = visible_lineage(state, &caller.viewer(), &adapter, v).await?;
+        if lineage.nodes.len() > 1 {
+            let nodes: Vec<DagNode> = lineage
+                .nodes
+                .iter()
+                .map(|n| DagNode {
+                    id: n.id.clone(),
+                    label: n.id.clone(),
+                    sublabel: n.method.clone().unwrap_or_else(|| "uploaded".into()),
+                    href: format!("/{}/versions/{}", n.adapter, n.version),
+                    current: n.id == lineage.root,
+                })
+                .collect();
+            let edges: Vec<(String, String)> = lineage
+                .edges
+                .iter()
+                .map(|e| (e.from.clone(), e.to.clone()))
+                .collect();
+            lineage_svg = Some(dag_svg(&nodes, &edges));
+        }
+        match spectra::spectra(state, v).await? {
+            Ok(s) => {
+                spectra_view = Some(SpectraView {
+                    values_svg: s.values_plot(),
+                    energy_svg: s.energy_plot(),
+                    summary: s.summary(),
+                })
+            }
+            Err(Missing::NoWeights) => {}
+            Err(Missing::TooLarge) => {
+                spectra_note = Some("The weights are too large to analyse on a page view.".into())
+            }
+            Err(Missing::Unsupported(why)) => {
+                spectra_note = Some(format!("No spectra for this version: {why}"))
+            }
+        }
+        let mut lines = vec![format!(
+            "# every file of {id} v{n} (revision {rev})\nBASE=\"$QUIVER_URL/api/v1/adapters/{id}/versions/{rev}/files\"",
+            n = v.number,
+            rev = v.revision
+        )];
+        for f in &v.files {
+            lines.push(curl_line(&id.to_string(), &f.path));
+        }
+        snippet = lines.join("\n");
+    }
+
+    let merge = match (caller.user(), &version) {
+        (Some(user), Some(_)) => {
+            let list = ListAdapters {
+                base_model: Some(adapter.base_model.clone()),
+                facets: FacetFilter::default(),
+                limit: MERGE_CANDIDATES,
+                ..ListAdapters::default()
+            };
+            let found = state
+                .store
+                .meta
+                .list_adapters(&list, &caller.viewer())
+                .await?;
+            Some(MergeForm {
+                csrf: caller.csrf.clone(),
+                candidates: found
+                    .items
+                    .iter()
+                    .map(AdapterRecord::repo_id)
+                    .filter(|r| *r != id)
+                    .collect(),
+                methods: METHODS,
+                owner: user.to_string(),
+            })
+        }
+        _ => None,
+    };
+
+    let page = AdapterPage {
+        chrome: Chrome::new(id.clone(), caller),
+        created: when(adapter.created_at),
+        updated: when(adapter.updated_at),
+        lineage_method: version
+            .as_ref()
+            .and_then(|v| v.lineage.as_ref())
+            .and_then(|l| l.get("method"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        vllm_max_lora_rank: compat.as_ref().and_then(|c| c.vllm_max_lora_rank),
+        adapter,
+        id,
+        version,
+        summary,
+        badges,
+        card_html,
+        card_note,
+        files,
+        versions,
+        lineage_svg,
+        spectra: spectra_view,
+        spectra_note,
+        snippet,
+        merge,
+    };
+    render(&page)
+}
+
+/// `POST /{owner}/{name}/merge`: the merge form. Queues the job through the same checks as
+/// `POST /api/v1/merges` and redirects to its page.
+pub async fn merge(
+    state: web::Data<AppState>,
+    caller: PageCaller,
+    path: web::Path<(String, String)>,
+    form: web::Form<Vec<(String, String)>>,
+) -> Result<HttpResponse, PageError> {
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    caller.check_csrf(&field("csrf"))?;
+    if caller.user().is_none() {
+        return Err(PageError(ApiError::unauthorized()));
+    }
+    let adapter = find_adapter(&state.store, &caller.caller, &path).await?;
+    let this = adapter.repo_id();
+    let reference = match field("ref") {
+        r if r.is_empty() => "main".to_string(),
+        r => r,
+    };
+    let mut inputs = vec![json!({"adapter": this, "ref": reference})];
+    for (k, v) in form.iter() {
+        if k == "inputs" && !v.is_empty() && *v != this {
+            inputs.push(json!({"adapter": v.trim()}));
+        }
+    }
+    let output = field("output");
+    let output = if output.contains('/') {
+        output
+    } else {
+        format!("{}/{}", caller.user().unwrap_or_default(), output)
+    };
+    let mut body = json!({
+        "method": field("method"),
+        "inputs": inputs,
+        "output": {"adapter": output, "create": true},
+    });
+    for (name, what) in [("density", "a number"), ("rank", "a whole number")] {
+        let raw = field(name);
+        if raw.is_empty() {
+            continue;
+        }
+        let value: Value = match name {
+            "rank" => raw.parse::<u64>().ok().map(Value::from),
+            _ => raw.parse::<f64>().ok().map(Value::from),
+        }
+        .ok_or_else(|| {
+            PageError(ApiError::coded(
+                ErrorCode::InvalidSpec,
+                format!("{name} must be {what}, got {raw:?}"),
+            ))
+        })?;
+        body[name] = value;
+    }
+    let (job, _) = queue_job(&state, &caller.caller, JobKind::Merge, body).await?;
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, format!("/jobs/{}", job.id)))
+        .finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{curl_line, sh_quote};
+
+    /// The quoted word, read back by a real `sh`, is the name itself, and nothing ran.
+    #[test]
+    fn shell_quoting_round_trips_through_sh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("ran");
+        for name in [
+            "plain.txt",
+            "it's.txt",
+            "''",
+            &format!("x$(touch {}).txt", marker.display()),
+            &format!("x`touch {}`.txt", marker.display()),
+            "a\"b\\c $HOME ${HOME} !x; rm -rf / & | > <",
+        ] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", sh_quote(name)))
+                .output()
+                .expect("sh");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), name);
+        }
+        assert!(!marker.exists(), "a quoted name ran a command");
+    }
+
+    #[test]
+    fn curl_lines_quote_names_and_encode_urls() {
+        let line = curl_line("alice/a", "dir/x$(id) 'q'.txt");
+        assert_eq!(
+            line,
+            "curl -fL -H \"Authorization: Bearer $QUIVER_TOKEN\" --create-dirs \
+             -o 'alice/a/dir/x$(id) '\\''q'\\''.txt' \"$BASE/\"'dir/x%24%28id%29%20%27q%27.txt'"
+        );
+    }
+}
