@@ -2,6 +2,7 @@
 //! across modules on rayon's pool, with a progress callback.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -10,10 +11,14 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::adapter::{LoraAdapter, ModuleKind};
+use crate::context::{Backend, ModuleContext, Present, Truncation};
 use crate::control::Control;
 use crate::error::MergeError;
+use crate::gpu::Gpu;
+use crate::host::{Host, delta_into};
+use crate::linalg::{FactorProducts, Truncated};
 use crate::mat::Mat;
-use crate::methods::{MergedModule, ModuleContext, Present, delta_into, merge_module};
+use crate::methods::{MergedModule, merge_module};
 use crate::sparsify::{KthLargest, Threshold};
 use crate::spec::{Compat, MergeSpec, TrimScope};
 
@@ -50,13 +55,63 @@ pub struct Merged {
 pub fn device_name(device: &Device) -> String {
     match device {
         Device::Cpu => "cpu".into(),
-        #[cfg(feature = "cuda")]
-        Device::Cuda(d) => match crate::gpu::Gpu::of(device) {
-            Ok(Some(g)) => format!("cuda:{} ({})", d.cuda_stream().context().ordinal(), g.name),
+        Device::Cuda(_) => match Gpu::of(device) {
+            Ok(Some(g)) => format!("cuda:{} ({})", g.ordinal, g.name),
             _ => "cuda".into(),
         },
-        #[allow(unreachable_patterns)]
         other => format!("{:?}", other.location()),
+    }
+}
+
+/// The backend of a merge on `device`: the one place where a `Device` becomes host or GPU work,
+/// once per merge. A GPU that cannot be set up (its kernels do not load, or this build has no
+/// GPU support) is no error here: the steps that need it fail with the reason, the others run.
+pub fn backend(device: &Device) -> Arc<dyn Backend> {
+    match Gpu::of(device) {
+        Ok(Some(gpu)) => gpu,
+        Ok(None) => Arc::new(Host),
+        Err(MergeError::Device(reason)) => Arc::new(Unavailable(reason)),
+        Err(other) => Arc::new(Unavailable(other.to_string())),
+    }
+}
+
+/// The backend of a GPU that could not be set up: every step fails with why.
+struct Unavailable(String);
+
+impl Unavailable {
+    fn fail<T>(&self) -> Result<T, MergeError> {
+        Err(MergeError::Device(self.0.clone()))
+    }
+}
+
+impl Backend for Unavailable {
+    fn dense_combined(
+        &self,
+        _: &ModuleContext<'_>,
+        _: &[Present],
+        _: &[(f64, usize)],
+        _: &str,
+    ) -> Result<Mat, MergeError> {
+        self.fail()
+    }
+
+    fn dense_truncated(
+        &self,
+        _: &ModuleContext<'_>,
+        _: &[Present],
+        _: &[(f64, usize)],
+        _: &str,
+        _: Truncation,
+    ) -> Result<Truncated, MergeError> {
+        self.fail()
+    }
+
+    fn factor_products<'s>(
+        &'s self,
+        _: &Mat,
+        _: &Mat,
+    ) -> Result<Box<dyn FactorProducts + 's>, MergeError> {
+        self.fail()
     }
 }
 
@@ -136,6 +191,7 @@ pub fn merge_with(
         TrimScope::Global => Some(global_thresholds(inputs, spec, &paths, ctl)?),
         TrimScope::Module => None,
     };
+    let compute = backend(device);
     let done = AtomicUsize::new(0);
     let results: Vec<(String, MergedModule, ModuleReport)> = paths
         .par_iter()
@@ -156,6 +212,7 @@ pub fn merge_with(
                 path,
                 spec,
                 device,
+                compute: &*compute,
                 global_thresholds: global.as_deref(),
                 default_rank,
                 ctl,

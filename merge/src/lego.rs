@@ -12,10 +12,10 @@ use std::cmp::Ordering;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::context::Present;
 use crate::control::Control;
 use crate::error::MergeError;
 use crate::mat::Mat;
-use crate::methods::Present;
 
 /// Knobs of one LEGO merge.
 #[derive(Clone, Copy, Debug)]

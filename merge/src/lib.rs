@@ -13,11 +13,14 @@
 pub mod adapter;
 pub mod compat;
 pub mod compress;
+pub mod context;
 pub mod control;
 pub mod engine;
 pub mod error;
-#[cfg(feature = "cuda")]
+// Without `cuda`, a stand-in with the same API and no GPU, so the callers carry no `cfg`.
+#[cfg_attr(not(feature = "cuda"), path = "gpu/stand_in.rs")]
 pub mod gpu;
+pub mod host;
 pub mod keys;
 pub mod lego;
 pub mod linalg;

@@ -1,6 +1,6 @@
 //! Truncations to a rank. Large products on the host (ndarray/OpenBLAS, or candle's CPU matmul for
-//! the randomized sketch) or, with the `cuda` feature, on the GPU (`crate::gpu`); the small
-//! decompositions (QR, eigen, SVD) always on the host with LAPACK in f64.
+//! the randomized sketch) or through [`FactorProducts`] (the GPU's is `crate::gpu::factored`); the
+//! small decompositions (QR, eigen, SVD) always on the host with LAPACK in f64.
 //!
 //! Three ways to a rank-k factorisation, each reporting its exact retained energy:
 //! * [`factored_truncate`]: for a delta given as `B·A` with inner size R (any sum of LoRAs):
@@ -169,25 +169,9 @@ pub fn factored_truncate(b: &Mat, a: &Mat, k: usize) -> Result<Truncated, MergeE
     factored_cut(b, a, Cut::Rank(k))
 }
 
-/// [`factored_truncate`] with the large products on `device` (cuBLAS in f64 with the `cuda`
-/// feature and a CUDA device; the host otherwise).
-pub fn factored_truncate_on(
-    device: &Device,
-    b: &Mat,
-    a: &Mat,
-    k: usize,
-) -> Result<Truncated, MergeError> {
-    #[cfg(feature = "cuda")]
-    if let Some(gpu) = crate::gpu::Gpu::of(device)? {
-        let mut p = crate::gpu::factored::GpuProducts::new(&gpu, b, a)?;
-        return factored_cut_with(&mut p, Cut::Rank(k));
-    }
-    let _ = device;
-    factored_cut(b, a, Cut::Rank(k))
-}
-
 /// The large products of the factored route, for `b` (d_out×R) and `a` (R×d_in): everything else
-/// is R×R work on the host. Implemented for the host ([`HostProducts`]) and the GPU.
+/// is R×R work on the host. Implemented for the host ([`HostProducts`]) and the GPU; a
+/// [`crate::context::Backend`] hands out its own.
 pub trait FactorProducts {
     /// `(bᵀ·b, a·aᵀ)`, both R×R, in f64.
     fn grams(&mut self) -> Result<(Array2<f64>, Array2<f64>), MergeError>;

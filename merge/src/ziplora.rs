@@ -18,10 +18,10 @@
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Serialize;
 
+use crate::context::Present;
 use crate::control::Control;
 use crate::error::MergeError;
 use crate::mat::Mat;
-use crate::methods::Present;
 
 #[derive(Clone, Copy, Debug)]
 pub struct ZipParams {

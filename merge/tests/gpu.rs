@@ -8,8 +8,9 @@ mod common;
 
 use candle_core::Device;
 use quiver_merge::adapter::{LoraModule, ModuleKind};
+use quiver_merge::context::{ModuleContext, Present};
 use quiver_merge::mat::Mat;
-use quiver_merge::methods::{ModuleContext, Present, dense_combination};
+use quiver_merge::methods::dense_combination;
 use quiver_merge::{Compat, MajoritySign, MergeSpec, Method, merge};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -70,10 +71,12 @@ fn spec(method: &str, compat: Compat, density: f64) -> MergeSpec {
 }
 
 fn combined(spec: &MergeSpec, inputs: &[Present], device: &Device) -> Mat {
+    let compute = quiver_merge::engine::backend(device);
     let ctx = ModuleContext {
         path: "model.layers.0.self_attn.q_proj",
         spec,
         device,
+        compute: &*compute,
         global_thresholds: None,
         default_rank: 4,
         ctl: &quiver_merge::Control::none(),

@@ -13,8 +13,8 @@ use quiver_merge::adapter::{LoraModule, ModuleKind};
 use quiver_merge::compress::compress_joint;
 use quiver_merge::compress::joint::{JointParams, MemberFactors, fit_module_with};
 use quiver_merge::compress::spec::{MAX_CLUSTERS, MAX_JOINT_ITERS};
+use quiver_merge::context::Present;
 use quiver_merge::lego::{LegoParams, lego};
-use quiver_merge::methods::Present;
 use quiver_merge::spec::{
     MAX_INPUTS, MAX_LAMBDA_SIM, MAX_LEGO_ITERS, MAX_LR, MAX_RANK, MAX_WEIGHT, MAX_ZIP_STEPS,
 };
@@ -407,7 +407,8 @@ fn a_joint_compression_that_overflows_f32_is_refused_and_nothing_is_written() {
 /// The dense family (TIES, DARE, magnitude pruning) checks the token before each input's pass.
 #[test]
 fn a_cancelled_token_stops_a_dense_combination_between_inputs() {
-    use quiver_merge::methods::{ModuleContext, dense_combination};
+    use quiver_merge::context::ModuleContext;
+    use quiver_merge::methods::dense_combination;
     let inputs = [present(0, 1, 16), present(1, 9, 16)];
     let mut spec = MergeSpec::new(Method::Ties);
     spec.weights = Some(vec![1.0, 1.0]);
@@ -417,6 +418,7 @@ fn a_cancelled_token_stops_a_dense_combination_between_inputs() {
         path: Q,
         spec: &spec,
         device: &Device::Cpu,
+        compute: &quiver_merge::host::Host,
         global_thresholds: None,
         default_rank: 4,
         ctl: &ctl,

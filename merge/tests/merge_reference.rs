@@ -12,8 +12,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use quiver_merge::host::delta_into;
 use quiver_merge::mat::Mat;
-use quiver_merge::methods::delta_into;
 use quiver_merge::sparsify::{Pruner, derive_seed, threshold_of};
 use quiver_merge::spec::Pruning;
 use quiver_merge::{Compat, Dtype, LoraAdapter, MergeSpec, merge, read_header};

@@ -611,3 +611,30 @@ fn bad_inputs_are_refused_before_any_work() {
         Err(MergeError::Incompatible(_))
     ));
 }
+
+/// Without the `cuda` feature, `gpu` is a stand-in: a CUDA device (candle's stand-in one) makes the
+/// steps that need Quiver's GPU code fail with a clear error instead of running on the host, the
+/// host-only steps (concatenation) still run, and the report names the device `cuda`.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn without_the_cuda_feature_a_cuda_device_fails_the_gpu_steps_clearly() {
+    use quiver_merge::gpu::Gpu;
+    assert!(matches!(Gpu::of(&Device::Cpu), Ok(None)));
+    let cuda = Device::Cuda(candle_core::CudaDevice);
+    let dir = tempfile::tempdir().expect("tmp");
+    let inputs = [
+        row(dir.path(), "t1", &[1.0, -2.0, 0.5, 0.0]),
+        row(dir.path(), "t2", &[3.0, 1.0, -0.5, 0.0]),
+    ];
+    for method in [Method::Ties, Method::Svd] {
+        let r = merge(&inputs, &spec(method, &[1.0, 1.0]), &cuda, &|_, _| {});
+        assert!(
+            matches!(&r, Err(MergeError::Device(m)) if m.contains("`cuda` feature")),
+            "{method:?}: {:?}",
+            r.err()
+        );
+    }
+    let cat = merge(&inputs, &spec(Method::Cat, &[1.0, 1.0]), &cuda, &|_, _| {}).expect("cat");
+    assert_eq!(cat.device, "cuda");
+    assert!(close(&delta_of(&cat, Q), &[4.0, -1.0, 0.0, 0.0]));
+}

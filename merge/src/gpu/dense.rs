@@ -1,4 +1,4 @@
-//! The dense family on the GPU: the same arithmetic as `methods::combine` and
+//! The dense family on the GPU: the same arithmetic as `host::combine` and
 //! `linalg::randomized_truncate`, with every pass over a dense tensor on the device.
 //!
 //! Passes over one module (n inputs of len = d_out·d_in entries each):
@@ -15,20 +15,12 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use ndarray::Array2;
 
 use super::{Gpu, gpu_err};
+use crate::context::{ModuleContext, Present, Truncation};
 use crate::error::MergeError;
 use crate::linalg::{self, POWER_ITERS, Truncated};
 use crate::mat::Mat;
-use crate::methods::{ModuleContext, Present};
 use crate::sparsify::{self, Pruner, Threshold};
 use crate::spec::{Compat, MajoritySign, Pruning};
-
-/// How the dense result is truncated.
-pub enum Truncation {
-    /// A full SVD on the host (small matrices).
-    Exact(usize),
-    /// A randomized SVD to this rank with this sketch seed.
-    Randomized(usize, u64),
-}
 
 /// Combines the inputs' dense deltas per `ctx.spec` (`sources[j] = (weight, input index)`, one
 /// per entry of `inputs`) and truncates the result.

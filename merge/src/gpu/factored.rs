@@ -2,8 +2,6 @@
 //! stacked factors and the two final thin products. The R×R work stays on the host
 //! ([`crate::linalg::factored_cut_with`]).
 
-use std::sync::Arc;
-
 use cudarc::driver::CudaSlice;
 use ndarray::Array2;
 
@@ -13,8 +11,8 @@ use crate::linalg::FactorProducts;
 use crate::mat::Mat;
 
 /// `b` (d_out×R) and `a` (R×d_in) resident on the device in f64.
-pub struct GpuProducts {
-    gpu: Arc<Gpu>,
+pub struct GpuProducts<'g> {
+    gpu: &'g Gpu,
     b: CudaSlice<f64>,
     a: CudaSlice<f64>,
     d_out: usize,
@@ -22,8 +20,8 @@ pub struct GpuProducts {
     d_in: usize,
 }
 
-impl GpuProducts {
-    pub fn new(gpu: &Arc<Gpu>, b: &Mat, a: &Mat) -> Result<Self, MergeError> {
+impl<'g> GpuProducts<'g> {
+    pub fn new(gpu: &'g Gpu, b: &Mat, a: &Mat) -> Result<Self, MergeError> {
         if b.cols != a.rows {
             return Err(MergeError::numeric(
                 "factored route",
@@ -34,7 +32,7 @@ impl GpuProducts {
         let b_dev = gpu.widen(&gpu.upload(&b.data)?)?;
         let a_dev = gpu.widen(&gpu.upload(&a.data)?)?;
         Ok(Self {
-            gpu: gpu.clone(),
+            gpu,
             b: b_dev,
             a: a_dev,
             d_out: b.rows,
@@ -48,9 +46,9 @@ fn array(rows: usize, cols: usize, v: Vec<f64>) -> Result<Array2<f64>, MergeErro
     Array2::from_shape_vec((rows, cols), v).map_err(|e| MergeError::numeric("GPU result", e))
 }
 
-impl FactorProducts for GpuProducts {
+impl FactorProducts for GpuProducts<'_> {
     fn grams(&mut self) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
-        let (g, r) = (&self.gpu, self.r);
+        let (g, r) = (self.gpu, self.r);
         let _held = g.lock();
         let mut gb = g.zeros::<f64>(r * r)?;
         g.gemm(
@@ -82,7 +80,7 @@ impl FactorProducts for GpuProducts {
         left: &Array2<f64>,
         right: &Array2<f64>,
     ) -> Result<(Mat, Mat), MergeError> {
-        let (g, r) = (&self.gpu, self.r);
+        let (g, r) = (self.gpu, self.r);
         let k = left.ncols();
         let standard = |m: &Array2<f64>| m.as_standard_layout().iter().copied().collect::<Vec<_>>();
         let _held = g.lock();

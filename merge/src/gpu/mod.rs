@@ -1,7 +1,8 @@
-//! The engine's GPU paths (feature `cuda`): cuBLAS products and Quiver's own kernels
-//! (`kernels.cu`, compiled to PTX at build time) on the stream of candle's CUDA device.
+//! The engine's GPU paths (feature `cuda`; without it, `stand_in.rs` takes this module's place):
+//! cuBLAS products and Quiver's own kernels (`kernels.cu`, compiled to PTX at build time) on the
+//! stream of candle's CUDA device.
 //!
-//! What runs here, chosen by `--device cuda`:
+//! What runs here, chosen by `--device cuda` ([`Gpu`] is a [`Backend`]):
 //! * [`dense`]: the dense family (TIES, DARE, magnitude pruning and their PEFT `_svd` variants):
 //!   ΔWᵢ = sᵢBᵢAᵢ by cuBLAS, exact top-k thresholds by a three-pass radix select, DARE masks from
 //!   the same ChaCha8 stream as the CPU, sign election and the disjoint mean in one fused pass,
@@ -34,7 +35,10 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
+use crate::context::{Backend, ModuleContext, Present, Truncation};
 use crate::error::MergeError;
+use crate::linalg::{FactorProducts, Truncated};
+use crate::mat::Mat;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.ptx"));
 
@@ -61,6 +65,8 @@ pub struct Gpu {
     /// Streaming multiprocessors, to size grid-stride launches.
     sms: u32,
     pub name: String,
+    /// The device's CUDA ordinal.
+    pub ordinal: usize,
 }
 
 pub(crate) fn gpu_err(
@@ -119,6 +125,7 @@ impl Gpu {
             lock: Mutex::new(()),
             sms: sms.max(1),
             name: ctx.name().unwrap_or_else(|_| "CUDA device".into()),
+            ordinal,
         });
         gpus.insert(ordinal, gpu.clone());
         Ok(Some(gpu))
@@ -270,5 +277,36 @@ impl Gpu {
         // SAFETY: as in `widen`.
         unsafe { b.launch(self.grid(x.len(), 1)) }.map_err(gpu_err("narrow"))?;
         Ok(out)
+    }
+}
+
+impl Backend for Gpu {
+    fn dense_combined(
+        &self,
+        ctx: &ModuleContext<'_>,
+        inputs: &[Present],
+        sources: &[(f64, usize)],
+        tag: &str,
+    ) -> Result<Mat, MergeError> {
+        dense::combined(self, ctx, inputs, sources, tag)
+    }
+
+    fn dense_truncated(
+        &self,
+        ctx: &ModuleContext<'_>,
+        inputs: &[Present],
+        sources: &[(f64, usize)],
+        tag: &str,
+        truncation: Truncation,
+    ) -> Result<Truncated, MergeError> {
+        dense::merge_dense(self, ctx, inputs, sources, tag, truncation)
+    }
+
+    fn factor_products<'s>(
+        &'s self,
+        b: &Mat,
+        a: &Mat,
+    ) -> Result<Box<dyn FactorProducts + 's>, MergeError> {
+        Ok(Box::new(factored::GpuProducts::new(self, b, a)?))
     }
 }
