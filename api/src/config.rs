@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 use quiver_store::StoreSettings;
 
+use crate::device::DeviceKind;
+
 /// Default upper bound of one upload: 4 GiB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
@@ -60,8 +62,8 @@ pub struct JobArgs {
     #[arg(long, env = "QUIVER_INPUT_CACHE_BYTES", default_value_t = DEFAULT_INPUT_CACHE_BYTES)]
     pub input_cache_bytes: u64,
     /// Where merges run: `cpu`, or `cuda` (a build with the `cuda` feature and an NVIDIA GPU).
-    #[arg(long, env = "QUIVER_DEVICE", default_value = "cpu", value_parser = ["cpu", "cuda"])]
-    pub device: String,
+    #[arg(long, env = "QUIVER_DEVICE", value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
     /// How long a job's claim lasts without a heartbeat (heartbeats come every second), in ms.
     #[arg(long, env = "QUIVER_JOB_LEASE_MS", default_value_t = crate::jobs::DEFAULT_LEASE_MS,
           value_parser = clap::value_parser!(i64).range(2000..))]
@@ -110,7 +112,7 @@ impl JobArgs {
             scratch_max_bytes: self.scratch_max_bytes,
             input_cache_bytes: self.input_cache_bytes,
             lease_ms: self.job_lease_ms,
-            cuda: self.device == "cuda",
+            cuda: self.device == DeviceKind::Cuda,
             exec: crate::jobs::exec::ExecLimits {
                 // The engine runs in a re-executed copy of this binary.
                 program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("quiver")),

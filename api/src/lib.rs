@@ -8,7 +8,8 @@
 //!   listings, jobs, lineage, aliases, serving a file);
 //! - services: [`jobs`] (the worker), [`routing`], [`state`], [`config`], [`auth`], [`publish`],
 //!   [`upload`], [`list_cache`], [`card`];
-//! - base: [`error`] (the one envelope and code table), [`metrics`], [`facets`].
+//! - base: [`error`] (the one envelope and code table), [`metrics`], [`facets`],
+//!   [`conditional`], [`device`].
 
 pub mod app;
 pub mod auth;
@@ -17,6 +18,7 @@ pub mod card;
 pub mod cli;
 pub mod conditional;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod facets;
 pub mod http;

@@ -82,6 +82,7 @@ const API_LAYERS: &[(&str, Layer)] = &[
     ("metrics", Layer::Base),
     ("facets", Layer::Base),
     ("conditional", Layer::Base),
+    ("device", Layer::Base),
 ];
 
 impl Layer {

@@ -3,19 +3,14 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
+use crate::device::DeviceKind;
 use candle_core::Device;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use quiver_merge::spec::{DEFAULT_LEGO_ITERS, parse_choice};
 use quiver_merge::{
     Compat, LoraAdapter, MajoritySign, MergeError, MergeSpec, Method, OutDtype, SvdMode, TrimScope,
 };
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DeviceArg {
-    Cpu,
-    Cuda,
-}
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
@@ -50,8 +45,9 @@ pub struct MergeArgs {
     /// `peft` reproduces PEFT add_weighted_adapter's arithmetic (for parity checks); default `paper`.
     #[arg(long, default_value = "paper", value_parser = parse_choice::<Compat>)]
     pub compat: Compat,
+    /// Where the merge runs: `cpu`, or `cuda` (a build with the `cuda` feature and an NVIDIA GPU).
     #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    pub device: DeviceKind,
     /// lora_lego: number of clusters = output rank (default: the largest input rank).
     #[arg(long)]
     pub k: Option<usize>,
@@ -109,15 +105,8 @@ impl MergeArgs {
     }
 }
 
-pub fn device(arg: DeviceArg) -> Result<Device, MergeError> {
-    match arg {
-        DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Cuda => Device::new_cuda(0).map_err(|e| {
-            MergeError::InvalidParam(format!(
-                "--device cuda is not available ({e}); this binary needs the `cuda` feature and an NVIDIA GPU"
-            ))
-        }),
-    }
+pub fn device(kind: DeviceKind) -> Result<Device, MergeError> {
+    kind.open().map_err(MergeError::InvalidParam)
 }
 
 pub fn run(args: MergeArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -159,11 +148,11 @@ pub fn run(args: MergeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|r| r.relative_error)
         .fold(0.0f64, f64::max);
-    #[cfg(feature = "cuda")]
-    if let Some(gpu) = quiver_merge::gpu::Gpu::of(&device)? {
-        if let Some(profile) = quiver_merge::gpu::profile::summary(&gpu)? {
-            eprint!("{profile}");
-        }
+    // The GPU's pass times, when `QUIVER_GPU_PROFILE=1` (none on the CPU or without `cuda`).
+    if let Some(gpu) = quiver_merge::gpu::Gpu::of(&device)?
+        && let Some(profile) = quiver_merge::gpu::profile::summary(&gpu)?
+    {
+        eprint!("{profile}");
     }
     eprintln!(
         "merged {} module(s) on {} in {:.2} s; largest relative truncation error {:.3e}; report in {}",

@@ -26,6 +26,7 @@ use quiver_store::{JobKind, Store};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::device::DeviceKind;
 use crate::metrics::Metrics;
 use scratch::Scratch;
 
@@ -90,15 +91,12 @@ impl Workers {
         let (stop, shutdown) = watch::channel(false);
         let mut handles = Vec::new();
         if options.count > 0 {
-            let device = if options.cuda {
-                Device::new_cuda(0).map_err(|e| {
-                    std::io::Error::other(format!(
-                        "--device cuda is not available ({e}); the binary needs the `cuda` feature and an NVIDIA GPU"
-                    ))
-                })?
-            } else {
-                Device::Cpu
-            };
+            let device = match options.cuda {
+                true => DeviceKind::Cuda,
+                false => DeviceKind::Cpu,
+            }
+            .open()
+            .map_err(std::io::Error::other)?;
             let scratch = Scratch::open(&options.scratch_dir)?;
             let cache = match (store.blobs.is_local(), options.input_cache_bytes) {
                 (true, _) | (_, 0) => None,
