@@ -20,7 +20,7 @@ THREADS="${THREADS:-2}"
 SEED_THREADS="${SEED_THREADS:-8}"
 BACKEND="${BACKEND:-sqlite}"
 PG_URL="${PG_URL:-postgres://postgres@127.0.0.1:5432}"
-# The listing page shows 30 adapters (api/src/web/listing.rs); the JSON listing is asked for as many.
+# The listing page shows 30 adapters (api/src/http/web/listing.rs); the JSON listing is asked for as many.
 PAGE=30
 
 need wrk curl python3

@@ -14,8 +14,8 @@
 #                       from PyPI's NVIDIA wheels, installed once into $TARGET/nvcc-venv (~100 MB
 #                       download, ~280 MB on disk); `none`: the stand-in for them too (offline)
 #   QUIVER_CUDA_CHECK_TARGET  cargo target dir (default target/check-cuda)
-#   QUIVER_CUDA_CHECK_API=1   also check quiver-api with `cuda` (its only GPU code is the
-#                       `--device cuda` block of merge_cmd.rs; checking it re-checks the whole
+#   QUIVER_CUDA_CHECK_API=1   also check quiver-api with `cuda` (it reaches the GPU only through
+#                       `quiver_merge::gpu`, the same calls in both builds; checking it re-checks the whole
 #                       service's dependencies, ~7 of the cold run's ~12 CPU-minutes, so the test
 #                       command leaves it out)
 # The real build, with the real nvcc for everything, is scripts/build-cuda.sh (docs/gpu.md), run on
