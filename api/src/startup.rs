@@ -164,10 +164,15 @@ impl Application {
                 .service(routes::health::metrics)
                 .service(utoipa_actix_web::scope("/api/v1").configure(routes::configure_v1))
                 .split_for_parts();
-            let routes = web::Data::new(RouteTable::from_openapi(&api).with_pages(
-                crate::http::web::PAGE_ROUTES,
-                crate::http::web::is_page_path,
-            ));
+            let routes = web::Data::new(
+                RouteTable::from_openapi(&api)
+                    .with_routes(crate::http::docs::ROUTES.iter().copied())
+                    .with_routes(crate::http::hub::ROUTES.iter().map(|r| (r.path, r.methods)))
+                    .with_pages(
+                        crate::http::web::PAGE_ROUTES,
+                        crate::http::web::is_page_path,
+                    ),
+            );
             // SwaggerUi also serves the document itself at /api/openapi.json.
             app.app_data(routes)
                 .app_data(crate::http::web::HTML_ERRORS)
@@ -183,6 +188,7 @@ impl Application {
                 .configure(crate::http::hub::configure)
                 .configure(crate::http::web::configure)
                 .default_service(web::to(crate::http::errors::not_found))
+                .wrap(from_fn(crate::http::docs::head_as_get))
                 .wrap(from_fn(crate::http::body_guard::guard))
                 .wrap(
                     ErrorHandlers::new().default_handler(crate::http::errors::wrap_foreign_errors),

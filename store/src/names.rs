@@ -84,6 +84,32 @@ impl fmt::Display for RepoId {
     }
 }
 
+/// `owner/name`, checked as [`RepoId::parse`] checks the two parts.
+impl std::str::FromStr for RepoId {
+    type Err = StoreError;
+    fn from_str(raw: &str) -> Result<Self, StoreError> {
+        let (owner, name) = raw
+            .split_once('/')
+            .ok_or_else(|| StoreError::Invalid(format!("{raw:?} is not `owner/name`")))?;
+        Self::parse(owner, name)
+    }
+}
+
+/// As the string `owner/name`.
+impl serde::Serialize for RepoId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// From the string `owner/name` ([`FromStr`](std::str::FromStr)).
+impl<'de> serde::Deserialize<'de> for RepoId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// What a token may do. Ordered: each scope includes the ones before it.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -133,6 +159,32 @@ mod tests {
             RepoId::parse("alice", "jobs").is_ok(),
             "adapter names are not reserved"
         );
+    }
+
+    #[test]
+    fn repo_ids_parse_from_owner_slash_name() {
+        let repo: RepoId = "Alice/Math-v2".parse().expect("parses");
+        assert_eq!(
+            (repo.owner.as_str(), repo.name.as_str()),
+            ("alice", "math-v2")
+        );
+        for bad in [
+            "alice",
+            "alice/",
+            "/math",
+            "alice/math/x",
+            "jobs/x",
+            "a b/c",
+        ] {
+            assert!(bad.parse::<RepoId>().is_err(), "{bad:?} accepted");
+        }
+        let json: RepoId = serde_json::from_str("\"bob/b\"").expect("deserializes");
+        assert_eq!(
+            serde_json::to_string(&json).expect("serializes"),
+            "\"bob/b\""
+        );
+        let e = serde_json::from_str::<RepoId>("\"bob\"").expect_err("refused");
+        assert!(e.to_string().contains("is not `owner/name`"), "{e}");
     }
 
     #[test]

@@ -146,16 +146,12 @@ pub fn list_query(q: ListAdaptersQuery) -> Result<ListAdapters, ApiError> {
         owner: q.owner,
         derived_from: match q.derived_from.as_deref() {
             None => None,
-            Some(raw) => Some(
-                raw.split_once('/')
-                    .and_then(|(o, n)| RepoId::parse(o, n).ok())
-                    .ok_or_else(|| {
-                        ApiError::coded(
-                            ErrorCode::InvalidQuery,
-                            format!("derived_from must be `owner/name`, got {raw:?}"),
-                        )
-                    })?,
-            ),
+            Some(raw) => Some(raw.parse::<RepoId>().map_err(|_| {
+                ApiError::coded(
+                    ErrorCode::InvalidQuery,
+                    format!("derived_from must be `owner/name`, got {raw:?}"),
+                )
+            })?),
         },
         facets: FacetFilter {
             kind: q.kind,

@@ -40,10 +40,7 @@ impl Parents {
                 if visible.contains_key(name) {
                     continue;
                 }
-                let seen = match name
-                    .split_once('/')
-                    .and_then(|(o, n)| RepoId::parse(o, n).ok())
-                {
+                let seen = match name.parse::<RepoId>().ok() {
                     Some(repo) => store
                         .meta
                         .get_adapter(&repo)

@@ -3,6 +3,7 @@
 //! (`crate::app`) and these edges, never another front door.
 
 pub mod body_guard;
+pub mod docs;
 pub mod errors;
 pub mod extract;
 pub mod hub;

@@ -11,6 +11,8 @@ enum Segment {
     Param,
     /// A trailing `{path}`: one or more segments (file paths contain `/`).
     Rest,
+    /// A trailing `{name:.*}` (actix's syntax): the rest of the path after its `/`, maybe empty.
+    AnyRest,
 }
 
 pub struct RouteTable {
@@ -33,6 +35,18 @@ impl RouteTable {
             pages: Vec::new(),
             is_page: |_| false,
         }
+    }
+
+    /// Adds routes the OpenAPI document does not hold (the Hub's): `(path template, methods)`,
+    /// templates in actix's syntax (a trailing `{name:.*}` takes the rest of the path).
+    pub fn with_routes<'a>(
+        mut self,
+        routes: impl IntoIterator<Item = (&'a str, &'static [&'static str])>,
+    ) -> Self {
+        for (template, methods) in routes {
+            self.routes.push((segments(template), methods.to_vec()));
+        }
+        self
     }
 
     /// Adds the web pages' routes (not in the OpenAPI document), which answer only the paths
@@ -80,6 +94,7 @@ fn segments(template: &str) -> Vec<Segment> {
         .map(
             |(i, p)| match p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
                 Some("path") if i == last => Segment::Rest,
+                Some(p) if i == last && p.ends_with(":.*") => Segment::AnyRest,
                 Some(_) => Segment::Param,
                 None => Segment::Literal((*p).to_string()),
             },
@@ -106,6 +121,7 @@ fn matches(template: &[Segment], parts: &[&str]) -> bool {
     for seg in template {
         match seg {
             Segment::Rest => return parts.len() > i && parts[i..].iter().all(|p| !p.is_empty()),
+            Segment::AnyRest => return parts.len() > i,
             Segment::Param if parts.get(i).is_some_and(|p| !p.is_empty()) => {}
             Segment::Literal(l) if parts.get(i) == Some(&l.as_str()) => {}
             _ => return false,
@@ -154,6 +170,26 @@ mod tests {
             t.allowed("/api/v1/adapters/a/b/versions/main/files/sub/dir/x.json"),
             Some(vec!["GET", "HEAD"])
         );
+    }
+
+    /// Routes outside the OpenAPI document, in actix's template syntax (the Hub's, the docs').
+    #[test]
+    fn added_routes_take_actix_tails() {
+        let t = table().with_routes([
+            (
+                "/{owner}/{name}/resolve/{rev}/{path:.*}",
+                &["GET", "HEAD"][..],
+            ),
+            ("/docs/{path:.*}", &["GET"][..]),
+        ]);
+        assert_eq!(
+            t.allowed("/a/b/resolve/main/x/y.json"),
+            Some(vec!["GET", "HEAD"])
+        );
+        assert_eq!(t.allowed("/docs/"), Some(vec!["GET"]));
+        assert_eq!(t.allowed("/docs/index.css"), Some(vec!["GET"]));
+        // Without the `/` before the tail, actix's route does not match either.
+        assert_eq!(t.allowed("/a/b/resolve/main"), None);
     }
 
     #[test]

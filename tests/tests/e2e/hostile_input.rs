@@ -724,6 +724,9 @@ async fn pages_answer_head_and_hub_payload_errors_are_json(#[case] backend: Back
         "/alice/h/versions/9",
         "/healthz",
         "/metrics",
+        "/docs",
+        "/docs/",
+        "/api/openapi.json",
     ] {
         let get = app
             .request(Method::GET, path, "")

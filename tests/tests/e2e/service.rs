@@ -119,6 +119,22 @@ async fn every_error_is_the_json_envelope(#[case] backend: Backend) {
             404,
             "route_not_found",
         ),
+        // The Hub's routes and the docs know their methods too.
+        (
+            app.request(Method::POST, "/api/models/alice/x", "alice"),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            app.request(Method::DELETE, "/alice/x/resolve/main/a.json", "alice"),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            app.request(Method::PUT, "/docs/", "alice"),
+            405,
+            "method_not_allowed",
+        ),
         (
             app.request(Method::POST, "/api/v1/adapters", "alice")
                 .header("content-type", "application/json")

@@ -444,10 +444,7 @@ async fn fusion(
         // `jobs::spec::input_dirs`): the fusion may be made public later.
         let mut named = Vec::new();
         for (i, (a, _, w)) in parts.iter().enumerate() {
-            let private = match a
-                .split_once('/')
-                .and_then(|(o, n)| RepoId::parse(o, n).ok())
-            {
+            let private = match a.parse::<RepoId>().ok() {
                 Some(r) => state
                     .store
                     .meta
