@@ -117,6 +117,7 @@ pub enum Pruning {
 
 /// Whose arithmetic to follow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Compat {
     /// The papers' definitions on dense ΔW (exact where exactness is possible).
@@ -128,6 +129,7 @@ pub enum Compat {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MajoritySign {
     /// Sign of the (weighted) sum of the trimmed values.
@@ -138,6 +140,7 @@ pub enum MajoritySign {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TrimScope {
     /// One magnitude threshold per adapter and module (what PEFT and mergekit do).
@@ -148,6 +151,7 @@ pub enum TrimScope {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SvdMode {
     /// Exact SVD for small matrices, randomized for large dense ones.
@@ -159,6 +163,7 @@ pub enum SvdMode {
 
 /// Output dtype of the written factors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum OutDtype {
     F32,
@@ -402,44 +407,95 @@ impl MergeSpec {
 }
 
 /// The JSON form of a [`MergeSpec`]: what a job or a client sends.
+// With the `openapi` feature, also the API's schema of a merge's parameters: the limits there are
+// the consts above as literals (the service's tests compare).
 #[derive(Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 struct SpecFields {
+    /// cat, linear (task_arithmetic), svd, ties, dare_linear, dare_ties, magnitude_prune,
+    /// lora_lego, ziplora; with `compat: peft` also ties_svd, dare_linear_svd, dare_ties_svd,
+    /// magnitude_prune_svd.
     method: String,
+    /// `paper` (default) or `peft` (PEFT add_weighted_adapter's arithmetic).
     #[serde(default)]
     compat: Compat,
+    /// One per input (default 1 each). Finite, |w| ≤ 1e6.
     #[serde(default)]
     weights: Option<Vec<f64>>,
+    /// Fraction of entries kept (ties default 0.2; dare_* and magnitude_prune need it), in (0, 1].
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, maximum = 1))]
     density: Option<f64>,
+    /// Output rank of truncating methods (default: the largest input rank); at most 65536.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65536))]
     rank: Option<usize>,
+    /// Seed of DARE masks, randomized SVD sketches, LEGO and ZipLoRA (default 0).
     #[serde(default)]
     seed: u64,
+    /// Final scale of ties and dare_ties; finite, |λ| ≤ 1e6.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = -1000000, maximum = 1000000))]
     lambda: Option<f64>,
+    /// `total` (default) or `frequency`.
     #[serde(default)]
     majority_sign: MajoritySign,
+    /// `module` (default) or `global`.
     #[serde(default)]
     trim_scope: TrimScope,
+    /// `auto` (default), `exact` or `randomized`.
     #[serde(default)]
     svd: SvdMode,
+    /// `f32`, `f16` or `bf16` (default: the first input's).
     #[serde(default)]
     dtype: Option<OutDtype>,
+    /// lora_lego: clusters (= output rank); at most 65536.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65536))]
     k: Option<usize>,
+    /// lora_lego: k-means iterations at most (default 20; at most 10000).
     #[serde(default = "default_iters")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 10000))]
     iters: usize,
+    /// lora_lego: rescale centroids to their members' norm (default true).
     #[serde(default = "yes")]
     param_reweight: bool,
+    /// lora_lego: scale the output by √(r/k) (default true).
     #[serde(default = "yes")]
     output_reweight: bool,
+    /// ziplora: weight of the column-overlap penalty (default 0.01), in [0, 1e6].
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1000000))]
     lambda_sim: Option<f64>,
+    /// ziplora: Adam steps (default 200; at most 100000).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100000))]
     steps: Option<usize>,
+    /// ziplora: Adam learning rate (default 0.01), in (0, 10].
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, maximum = 10))]
     lr: Option<f64>,
+}
+
+/// A merge's parameters in the API's schema: their JSON form's.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for MergeSpec {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <SpecFields as utoipa::PartialSchema>::schema()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for MergeSpec {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <SpecFields as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 /// LoRA-LEGO's default iteration cap (also the CLI's `--iters` default).

@@ -21,8 +21,11 @@ pub async fn queue_job(
     let principal = caller.0.as_ref().ok_or_else(ApiError::unauthorized)?;
     let checked = job_request::check(&state.store, caller, kind, body).await?;
     let new = NewJob {
-        kind,
-        spec: serde_json::to_value(&checked.spec).map_err(|e| ApiError::internal("job spec", e))?,
+        kind: checked.payload.kind(),
+        spec: checked
+            .payload
+            .to_json()
+            .map_err(|e| ApiError::internal("job spec", e))?,
         spec_sha256: checked.spec_sha256,
         created_by: principal.user.clone(),
         idempotency_key: checked.idempotency_key,

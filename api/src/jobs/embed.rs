@@ -2,34 +2,22 @@
 
 use futures::TryStreamExt;
 use quiver_retrieve::{Batcher, encode_vectors, parse_samples};
-use quiver_store::{JobRecord, Lease, NewProfile, ParentVersion, ProfileSource};
-use serde::{Deserialize, Serialize};
+use quiver_store::{Lease, NewProfile, ProfileSource};
 use serde_json::json;
 
 use super::Shared;
 use super::outcome::Failure;
-
-/// What an embed job works on: the version, pinned with the samples it had when queued.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EmbedSpec {
-    pub version_id: i64,
-    pub version: ParentVersion,
-    pub samples_sha256: String,
-    /// The embedder of the process that queued it (the worker uses its own, and records it).
-    pub embedder: String,
-}
+pub use super::spec::EmbedSpec;
 
 /// Embeds the samples and stores the profile with the job's success; returns
 /// (adapter, version number, seconds reading, seconds embedding).
 pub(super) async fn execute(
     shared: &Shared,
     embedder: &Batcher,
-    job: &JobRecord,
+    spec: EmbedSpec,
     lease: &Lease,
 ) -> Result<(String, i64, [f64; 2]), Failure> {
     let started = std::time::Instant::now();
-    let spec: EmbedSpec = serde_json::from_value(job.spec.clone())
-        .map_err(|e| Failure::Permanent(format!("the job's spec does not parse: {e}")))?;
     let chunks: Vec<bytes::Bytes> = shared
         .store
         .blobs

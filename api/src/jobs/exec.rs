@@ -4,10 +4,11 @@
 //! cannot take the HTTP server or the other workers with it: the worker sees a process end.
 //!
 //! The protocol is files plus one line per event on the child's stdout:
-//! - the worker writes `<dir>/request.json` ([`ExecRequest`]: the job kind, its engine spec, the
+//! - the worker writes `<dir>/request.json` ([`ExecRequest`]: the engine's work, typed, the
 //!   staged input directories, the device) and starts the child with its limits;
 //! - the child sets its own limits (address space, CPU seconds) before any work, runs the engine,
-//!   writes the outputs to `<dir>/out/` and the report to `<dir>/report.json`, and prints
+//!   writes the outputs to `<dir>/out/` and its report to `<dir>/report.json` ([`ExecReport`]),
+//!   and prints
 //!   `progress <done> <total>` lines and, on an engine error, one `error <json>` line
 //!   ([`ExecError`]), then exits 0 (success) or 3 (engine error);
 //! - anything else — a signal, another exit code, a missing report — is a crash:
@@ -29,6 +30,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
 use super::outcome::{Failure, Progress};
+use super::spec::Engine;
 
 /// Exit status of a child whose engine returned an error (reported on its `error` line).
 pub const EXIT_ENGINE_ERROR: i32 = 3;
@@ -50,13 +52,21 @@ pub struct ExecLimits {
 /// What the worker hands its child.
 #[derive(Serialize, Deserialize)]
 struct ExecRequest {
-    /// `merge` or `compress`.
-    kind: String,
-    params: Value,
+    engine: Engine,
     inputs: Vec<PathBuf>,
     cuda: bool,
     memory_bytes: u64,
     cpu_seconds: u64,
+}
+
+/// What the child reports when the engine succeeded.
+#[derive(Serialize, Deserialize)]
+pub(super) struct ExecReport {
+    /// The engine's name of what it ran ([`Engine::method`]).
+    pub method: String,
+    /// The engine's report (a merge's `merge_report.json`, a compression's report), kept with
+    /// the job.
+    pub report: Value,
 }
 
 /// An engine error, as the child reports it.
@@ -77,27 +87,24 @@ impl From<ExecError> for Failure {
     }
 }
 
-/// Runs the engine for one job in a child process and waits for it; returns the report.
+/// Runs the engine for one job in a child process and waits for it; returns its report.
 ///
 /// `dir` is the job's scratch directory (inputs staged under it); outputs land in `out`.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn run_engine(
     limits: &ExecLimits,
     dir: &Path,
-    compress: bool,
-    params: &Value,
+    engine: &Engine,
     inputs: &[PathBuf],
     cuda: bool,
     cancel: &CancelToken,
     progress: &Progress,
-) -> Result<Value, Failure> {
+) -> Result<ExecReport, Failure> {
     let scratch = |e: std::io::Error| Failure::Transient(format!("scratch: {e}"));
     // A CPU-time ceiling as a backstop to the wall-clock limit: every core busy for the whole
     // timeout, plus a minute.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let request = ExecRequest {
-        kind: if compress { "compress" } else { "merge" }.into(),
-        params: params.clone(),
+        engine: engine.clone(),
         inputs: inputs.to_vec(),
         cuda,
         memory_bytes: if cuda { 0 } else { limits.memory_bytes },
@@ -279,30 +286,44 @@ fn child_run(dir: &Path, r: &ExecRequest) -> Result<(), MergeError> {
     let on_progress = |done: usize, total: usize| println!("progress {done} {total}");
     let cancel = CancelToken::new();
     let ctl = Control::new(&on_progress, &cancel);
-    let report = if r.kind == "compress" {
-        let spec = quiver_merge::CompressSpec::from_json(r.params.clone())?;
-        let (files, report) = spec.compute(&r.inputs, &ctl)?;
-        files.write(&out)?;
-        report.unwrap_or_else(|| json!({"mode": spec.mode()}))
-    } else {
-        let spec = quiver_merge::MergeSpec::from_json(r.params.clone())?;
-        let device = if r.cuda {
-            candle_core::Device::new_cuda(0).map_err(|e| MergeError::Device(e.to_string()))?
-        } else {
-            candle_core::Device::Cpu
-        };
-        let adapters = r
-            .inputs
-            .iter()
-            .map(|p| LoraAdapter::open(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        let merged = quiver_merge::merge_with(&adapters, &spec, &device, &ctl)?;
-        quiver_merge::write_adapter(&out, &adapters, &spec, &merged)?;
-        let path = out.join(quiver_merge::write::REPORT_NAME);
-        let bytes = std::fs::read(&path).map_err(|source| MergeError::Io { path, source })?;
-        serde_json::from_slice(&bytes).map_err(|e| MergeError::numeric("reading the report", e))?
+    let report = match &r.engine {
+        Engine::Compress(params) => {
+            let spec = params.spec();
+            let (files, report) = spec.compute(&r.inputs, &ctl)?;
+            files.write(&out)?;
+            report.unwrap_or_else(|| json!({"mode": spec.mode()}))
+        }
+        Engine::Merge(params) => merge(&r.inputs, &out, params.spec(), r.cuda, &ctl)?,
+    };
+    let report = ExecReport {
+        method: r.engine.method(),
+        report,
     };
     let bytes = serde_json::to_vec(&report).map_err(|e| MergeError::numeric("the report", e))?;
     let path = dir.join(REPORT_NAME);
     std::fs::write(&path, bytes).map_err(|source| MergeError::Io { path, source })
+}
+
+/// Merges the adapters in `inputs` into `out`; returns the report written there.
+fn merge(
+    inputs: &[PathBuf],
+    out: &Path,
+    spec: &quiver_merge::MergeSpec,
+    cuda: bool,
+    ctl: &Control<'_>,
+) -> Result<Value, MergeError> {
+    let device = if cuda {
+        candle_core::Device::new_cuda(0).map_err(|e| MergeError::Device(e.to_string()))?
+    } else {
+        candle_core::Device::Cpu
+    };
+    let adapters = inputs
+        .iter()
+        .map(|p| LoraAdapter::open(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let merged = quiver_merge::merge_with(&adapters, spec, &device, ctl)?;
+    quiver_merge::write_adapter(out, &adapters, spec, &merged)?;
+    let path = out.join(quiver_merge::write::REPORT_NAME);
+    let bytes = std::fs::read(&path).map_err(|source| MergeError::Io { path, source })?;
+    serde_json::from_slice(&bytes).map_err(|e| MergeError::numeric("reading the report", e))
 }

@@ -21,23 +21,22 @@ use quiver_store::VersionRecord;
 use serde_json::Value;
 
 use super::outcome::Failure;
-use super::spec::JobSpec;
+use super::spec::PinnedInput;
 
 /// What replaces a private input's sha256 in the written files (64 characters, like the hash).
 pub const WITHHELD: &str = "withheld:private-input------------------------------------------";
 const _: () = assert!(WITHHELD.len() == 64);
 
 /// Replaces the sha256 of every file of the job's private inputs (`versions`: the pinned
-/// versions of `spec.inputs`, in order, as staged) in the files under `out` and in `report`,
-/// which it returns.
+/// versions of `inputs`, in order, as staged) in the files under `out` and in `report`, which it
+/// returns.
 pub(crate) async fn written_files(
-    spec: &JobSpec,
+    inputs: &[PinnedInput],
     versions: &[VersionRecord],
     out: &Path,
     report: Value,
 ) -> Result<Value, Failure> {
-    let mut hashes: Vec<String> = spec
-        .inputs
+    let mut hashes: Vec<String> = inputs
         .iter()
         .zip(versions)
         .filter(|(input, _)| input.private)

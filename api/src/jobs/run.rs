@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use quiver_merge::{CancelToken, MergeError};
-use quiver_store::{Beat, JobEnd, JobKind, JobRecord, Lease, NewVersion, VersionRef};
+use quiver_store::{Beat, JobEnd, JobRecord, Lease, NewVersion, VersionRef};
 use serde_json::{Value, json};
 
 use super::Shared;
 use super::outcome::{Failure, Progress};
-use super::spec::{Engine, JobSpec};
+use super::spec::{Engine, JobPayload, Pinned};
 use crate::publish::{Held, Target, publish_version};
 
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -152,7 +152,8 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
     shared.metrics.job_finished(kind, outcome, seconds);
 }
 
-/// Stages, runs and publishes; returns the published version and where the time went.
+/// Decodes the job's payload, then stages, runs and publishes; returns the published version and
+/// where the time went.
 async fn execute(
     shared: &Arc<Shared>,
     job: &JobRecord,
@@ -160,48 +161,61 @@ async fn execute(
     cancel: CancelToken,
     progress: Arc<Progress>,
 ) -> Result<Published, Failure> {
-    if job.kind == JobKind::Embed {
-        let embedder = shared.embedder.as_ref().ok_or_else(|| {
-            Failure::Transient("this worker has no embedder (--embedder-dir)".into())
-        })?;
-        let (adapter, number, [read, embed]) =
-            super::embed::execute(shared, embedder, job, lease).await?;
-        return Ok(Published {
-            adapter,
-            number,
-            phases: [read, embed, 0.0, 0.0],
-        });
-    }
+    let payload = JobPayload::decode(job.kind, &job.spec)
+        .map_err(|e| Failure::Permanent(format!("the job's spec does not parse: {e}")))?;
+    let (engine, io) = match payload {
+        JobPayload::Merge(j) => (Engine::Merge(j.params), j.io),
+        JobPayload::Compress(j) => (Engine::Compress(j.params), j.io),
+        JobPayload::Embed(spec) => {
+            let embedder = shared.embedder.as_ref().ok_or_else(|| {
+                Failure::Transient("this worker has no embedder (--embedder-dir)".into())
+            })?;
+            let (adapter, number, [read, embed]) =
+                super::embed::execute(shared, embedder, spec, lease).await?;
+            return Ok(Published {
+                adapter,
+                number,
+                phases: [read, embed, 0.0, 0.0],
+            });
+        }
+    };
+    run_engine_job(shared, job, lease, &engine, &io, cancel, progress).await
+}
+
+/// A merge or compression: stage the inputs, run the engine, store and publish the output.
+async fn run_engine_job(
+    shared: &Arc<Shared>,
+    job: &JobRecord,
+    lease: &Lease,
+    engine: &Engine,
+    io: &Pinned,
+    cancel: CancelToken,
+    progress: Arc<Progress>,
+) -> Result<Published, Failure> {
     let mut phases = [0.0; 4];
     let mut clock = Instant::now();
     let mut lap = |i: usize| {
         phases[i] = clock.elapsed().as_secs_f64();
         clock = Instant::now();
     };
-    let spec: JobSpec = serde_json::from_value(job.spec.clone())
-        .map_err(|e| Failure::Permanent(format!("the job's spec does not parse: {e}")))?;
-    let engine = spec.engine(job.kind)?;
-    let target = spec
-        .output_target()
-        .map_err(|e| Failure::Permanent(e.message))?;
+    let target = io.output_target();
     let dir = shared
         .scratch
         .job_dir(&job.id)
         .map_err(|e| Failure::Transient(format!("scratch directory: {e}")))?;
-    let (inputs, versions) = stage_inputs(shared, &spec, dir.path(), &cancel).await?;
+    let (inputs, versions) = stage_inputs(shared, io, dir.path(), &cancel).await?;
     lap(0);
     let out = dir.path().join("out");
 
     // The engine, in a child process (`exec`). Compression always runs on the host.
-    let device_used = match &engine {
+    let device_used = match engine {
         Engine::Merge(_) => quiver_merge::engine::device_name(&shared.device),
         Engine::Compress(_) => "cpu".to_string(),
     };
-    let report = super::exec::run_engine(
+    let ran = super::exec::run_engine(
         &shared.options.exec,
         dir.path(),
-        matches!(engine, Engine::Compress(_)),
-        &spec.params,
+        engine,
         &inputs,
         shared.options.cuda,
         &cancel,
@@ -212,7 +226,7 @@ async fn execute(
         return Err(Failure::Stopped);
     }
     // Private inputs' file hashes out of the written files and the report (`redact`).
-    let report = super::redact::written_files(&spec, &versions, &out, report).await?;
+    let report = super::redact::written_files(&io.inputs, &versions, &out, ran.report).await?;
     lap(1);
 
     // Store the output: content-addressed, so a retry uploads nothing the store already holds.
@@ -241,10 +255,10 @@ async fn execute(
     }
     let summary = output_summary(&out, &files)?;
     let lineage = json!({
-        "parents": spec.parents(),
-        "method": method_name(job.kind, &spec.params),
-        "params": spec.params,
-        "seed": spec.params.get("seed").cloned().unwrap_or(Value::from(0)),
+        "parents": io.parents(),
+        "method": ran.method,
+        "params": engine.json(),
+        "seed": engine.seed(),
         "engine_version": env!("CARGO_PKG_VERSION"),
         "device": device_used,
         "job": job.id,
@@ -256,7 +270,7 @@ async fn execute(
         facets: crate::facets::of(Some(&summary), Some(&lineage)),
         lora: Some(summary),
         lineage: Some(lineage),
-        parents: spec.parents(),
+        parents: io.parents(),
     };
     let (adapter, version) = publish_version(
         &shared.store,
@@ -282,23 +296,25 @@ async fn execute(
 /// the pinned versions.
 async fn stage_inputs(
     shared: &Shared,
-    spec: &JobSpec,
+    io: &Pinned,
     dir: &Path,
     cancel: &CancelToken,
 ) -> Result<(Vec<PathBuf>, Vec<quiver_store::VersionRecord>), Failure> {
     let store = &shared.store;
     let mut versions = Vec::new();
     let mut total = 0u64;
-    for input in &spec.inputs {
+    for input in &io.inputs {
         let gone = || {
             Failure::Permanent(format!(
                 "input {} version {} (revision {}) no longer exists",
                 input.adapter, input.version, input.revision
             ))
         };
-        let (owner, name) = input.adapter.split_once('/').ok_or_else(gone)?;
-        let repo = quiver_store::RepoId::parse(owner, name).map_err(|_| gone())?;
-        let adapter = store.meta.get_adapter(&repo).await?.ok_or_else(gone)?;
+        let adapter = store
+            .meta
+            .get_adapter(&input.adapter)
+            .await?
+            .ok_or_else(gone)?;
         let version = store
             .meta
             .get_version(adapter.id, &VersionRef::Revision(input.revision.clone()))
@@ -315,7 +331,7 @@ async fn stage_inputs(
     }
     let mut dirs = Vec::new();
     let mut fetches = Vec::new();
-    for (input, version) in spec.inputs.iter().zip(&versions) {
+    for (input, version) in io.inputs.iter().zip(&versions) {
         let input_dir = dir.join("inputs").join(&input.dir);
         for f in &version.files {
             let path = input_dir.join(&f.path);
@@ -390,15 +406,4 @@ fn output_summary(out: &Path, files: &[quiver_store::FileRecord]) -> Result<Valu
     let summary = quiver_merge::inspect_path(out)
         .map_err(|e| Failure::Permanent(format!("the output is not a valid adapter: {e}")))?;
     serde_json::to_value(summary).map_err(|e| Failure::Permanent(e.to_string()))
-}
-
-/// The method recorded in lineage: the merge method (`peft:` prefix for PEFT arithmetic), or
-/// `compress:<mode>`.
-fn method_name(kind: JobKind, params: &Value) -> String {
-    let s = |k: &str| params.get(k).and_then(Value::as_str).unwrap_or_default();
-    match kind {
-        JobKind::Compress => format!("compress:{}", s("mode")),
-        _ if s("compat") == "peft" => format!("peft:{}", s("method")),
-        _ => s("method").to_string(),
-    }
 }

@@ -22,30 +22,47 @@ pub const MAX_CLUSTERS: usize = 1024;
 
 /// A compression request. JSON: `{"mode": "individual", "rank": 8}`, `{"mode": "joint", "rank":
 /// 16, "diag": true}`, `{"mode": "extract", "member": "math"}`; unknown fields are refused.
+// With the `openapi` feature, also the API's schema of a compression's parameters: the limits
+// there are MAX_RANK, MAX_CLUSTERS and MAX_JOINT_ITERS as literals (the service's tests compare).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CompressSpec {
     /// One adapter to a lower rank, or to the smallest rank keeping a fraction of the energy.
     Individual {
+        /// The output rank; at most 65536.
         #[serde(default)]
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65536))]
         rank: Option<usize>,
+        /// The smallest rank keeping this fraction of each module's energy, in (0, 1].
         #[serde(default)]
+        #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, maximum = 1))]
         energy: Option<f64>,
     },
     /// Shared per-module bases for a collection (Compress then Serve).
     Joint {
+        /// The shared rank c; at most 65536.
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65536))]
         rank: usize,
+        /// Diagonal per-member cores.
         #[serde(default)]
         diag: bool,
+        /// Clusters, each with its own bases (default 1; at most 1024).
         #[serde(default = "one")]
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1024))]
         clusters: usize,
+        /// Alternating iterations at most (default 50; at most 10000).
         #[serde(default = "joint_iters")]
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
         iters: usize,
         #[serde(default)]
         seed: u64,
     },
     /// One member of a joint collection back as a plain PEFT adapter (its name or index).
-    Extract { member: String },
+    Extract {
+        /// The member's name or index.
+        member: String,
+    },
 }
 
 fn one() -> usize {

@@ -701,6 +701,87 @@ async fn bad_specs_are_refused_before_anything_is_queued(#[case] backend: Backen
     );
 }
 
+/// Inputs may also be `"owner/name@ref"` strings, next to objects in one request, each pinned to
+/// the version its ref names; a bad string is a 422 naming the entry.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inputs_may_be_owner_name_at_ref_strings(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    seed(&app).await;
+    // alice/a v2 is its main now: `alice/a@v1` must still pin v1.
+    let (s, body) = app
+        .upload("alice/a", "alice", &synthetic_adapter(4, &MODULES, 11))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let body = json!({"method": "linear",
+        "inputs": ["alice/a@v1", {"adapter": "alice/b", "weight": 0.5}, "alice/a"],
+        "output": {"adapter": "alice/strings", "create": true}});
+    let job = run_job(&app, "/api/v1/merges", &body).await;
+    let pinned: Vec<(&str, &str, i64)> = job["spec"]["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .map(|i| {
+            (
+                i["adapter"].as_str().expect("adapter"),
+                i["ref"].as_str().expect("ref"),
+                i["version"].as_i64().expect("version"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pinned,
+        [
+            ("alice/a", "v1", 1),
+            ("alice/b", "main", 1),
+            ("alice/a", "main", 2)
+        ],
+        "{job}"
+    );
+    assert_eq!(job["spec"]["params"]["weights"], json!([1.0, 0.5, 1.0]));
+    let (_, v) = app
+        .get_json("/api/v1/adapters/alice/strings/versions/1", "alice")
+        .await;
+    let parents: Vec<(&str, i64)> = v["lineage"]["parents"]
+        .as_array()
+        .expect("parents")
+        .iter()
+        .map(|p| {
+            (
+                p["adapter"].as_str().expect("adapter"),
+                p["version"].as_i64().expect("version"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        parents,
+        [("alice/a", 1), ("alice/b", 1), ("alice/a", 2)],
+        "{v}"
+    );
+    assert_eq!(v["lineage"]["method"], "linear", "{v}");
+
+    for bad in [
+        json!("alice"),
+        json!("alice/a@"),
+        json!("no such/name@v1"),
+        json!(7),
+    ] {
+        let body = json!({"method": "cat", "inputs": ["alice/a@v1", bad],
+            "output": {"adapter": "alice/bad", "create": true}});
+        let (s, e) = app.post_json("/api/v1/merges", "alice", &body).await;
+        assert_error(s, &e, (422, "invalid_spec"), &body.to_string());
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("inputs[1]"), "{body} → {message}");
+    }
+    // A well-formed string whose ref names no version: the version's 404, as with an object.
+    let body = json!({"method": "cat", "inputs": ["alice/a@v9"],
+        "output": {"adapter": "alice/bad", "create": true}});
+    let (s, e) = app.post_json("/api/v1/merges", "alice", &body).await;
+    assert_error(s, &e, (404, "version_not_found"), &body.to_string());
+}
+
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]

@@ -4,107 +4,16 @@ use actix_web::{HttpResponse, get, post, web};
 use quiver_store::{JobFilter, JobKind, JobState};
 use serde::Deserialize;
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
+use crate::app::job_request::{CompressionRequest, MergeRequest};
 use crate::app::jobs::{own_job, queue_job};
 use crate::app::lookup::page_limit;
 use crate::app::resources::{JobPage, JobView};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::extract::Authenticated;
-use crate::jobs::spec;
 use crate::state::AppState;
-
-/// The body of `POST /merges`, for the API docs (the handler reads the JSON itself: the method's
-/// parameters are the engine's `MergeSpec`, and unknown fields are refused).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct MergeRequest {
-    /// cat, linear (task_arithmetic), svd, ties, dare_linear, dare_ties, magnitude_prune,
-    /// lora_lego, ziplora; with `compat: peft` also ties_svd, dare_linear_svd, dare_ties_svd,
-    /// magnitude_prune_svd.
-    method: String,
-    /// `paper` (default) or `peft` (PEFT add_weighted_adapter's arithmetic).
-    compat: Option<String>,
-    /// One per input (default 1 each); or give `inputs[].weight`. Finite, |w| ≤ 1e6.
-    weights: Option<Vec<f64>>,
-    /// Fraction of entries kept (ties default 0.2; dare_* and magnitude_prune need it), in (0, 1].
-    #[schema(exclusive_minimum = 0, maximum = 1)]
-    density: Option<f64>,
-    /// Output rank of truncating methods (default: the largest input rank); at most 65536.
-    #[schema(minimum = 1, maximum = 65536)]
-    rank: Option<u32>,
-    /// Seed of DARE masks, randomized SVD sketches, LEGO and ZipLoRA (default 0).
-    seed: Option<u64>,
-    /// Final scale of ties and dare_ties; finite, |λ| ≤ 1e6.
-    #[schema(minimum = -1000000, maximum = 1000000)]
-    lambda: Option<f64>,
-    /// `total` (default) or `frequency`.
-    majority_sign: Option<String>,
-    /// `module` (default) or `global`.
-    trim_scope: Option<String>,
-    /// `auto` (default), `exact` or `randomized`.
-    svd: Option<String>,
-    /// `f32`, `f16` or `bf16` (default: the first input's).
-    dtype: Option<String>,
-    /// lora_lego: clusters (= output rank); at most 65536.
-    #[schema(minimum = 1, maximum = 65536)]
-    k: Option<u32>,
-    /// lora_lego: k-means iterations at most (default 20; at most 10000).
-    #[schema(minimum = 0, maximum = 10000)]
-    iters: Option<u32>,
-    /// lora_lego: rescale centroids to their members' norm (default true).
-    param_reweight: Option<bool>,
-    /// lora_lego: scale the output by √(r/k) (default true).
-    output_reweight: Option<bool>,
-    /// ziplora: weight of the column-overlap penalty (default 0.01), in [0, 1e6].
-    #[schema(minimum = 0, maximum = 1000000)]
-    lambda_sim: Option<f64>,
-    /// ziplora: Adam steps (default 200; at most 100000).
-    #[schema(minimum = 1, maximum = 100000)]
-    steps: Option<u32>,
-    /// ziplora: Adam learning rate (default 0.01), in (0, 10].
-    #[schema(exclusive_minimum = 0, maximum = 10)]
-    lr: Option<f64>,
-    /// At most 64 inputs per job.
-    #[schema(max_items = 64)]
-    inputs: Vec<crate::app::job_request::InputRequest>,
-    output: spec::OutputRequest,
-    /// The same key and body again return the same job; another body with it is a 409.
-    idempotency_key: Option<String>,
-}
-
-/// The body of `POST /compressions`, for the API docs (the parameters are the engine's
-/// `CompressSpec`).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct CompressionRequest {
-    /// `individual` (one input, `rank` or `energy`), `joint` (a collection: `rank`, `diag`,
-    /// `clusters`, `iters`, `seed`) or `extract` (`member` of the one input, a collection).
-    mode: String,
-    /// individual: the output rank; joint: the shared rank c. At most 65536.
-    #[schema(minimum = 1, maximum = 65536)]
-    rank: Option<u32>,
-    /// individual: the smallest rank keeping this fraction of each module's energy, in (0, 1].
-    #[schema(exclusive_minimum = 0, maximum = 1)]
-    energy: Option<f64>,
-    /// joint: diagonal per-member cores.
-    diag: Option<bool>,
-    /// joint: clusters, each with its own bases (default 1; at most 1024).
-    #[schema(minimum = 1, maximum = 1024)]
-    clusters: Option<u32>,
-    /// joint: alternating iterations at most (default 50; at most 10000).
-    #[schema(minimum = 1, maximum = 10000)]
-    iters: Option<u32>,
-    seed: Option<u64>,
-    /// extract: the member's name or index.
-    member: Option<String>,
-    /// At most 64 inputs per job.
-    #[schema(max_items = 64)]
-    inputs: Vec<crate::app::job_request::InputRequest>,
-    output: spec::OutputRequest,
-    idempotency_key: Option<String>,
-}
 
 async fn submit(
     state: &AppState,
@@ -121,7 +30,8 @@ async fn submit(
 }
 
 /// Queue a merge of stored adapters into a new version: `method` and its parameters (as
-/// `quiver merge` takes them), `inputs` by reference, `output`, `idempotency_key`.
+/// `quiver merge` takes them), `inputs` by reference (objects, or `"owner/name@ref"` strings),
+/// `output`, `idempotency_key`.
 #[utoipa::path(
     tag = "jobs",
     request_body = MergeRequest,
@@ -260,17 +170,17 @@ mod tests {
     use serde_json::Value;
     use utoipa::PartialSchema;
 
-    use super::{CompressionRequest, MergeRequest};
+    use crate::app::job_request::{CompressionRequest, MergeRequest};
 
-    fn properties<T: PartialSchema>() -> Value {
-        serde_json::to_value(T::schema()).expect("schema")["properties"].clone()
+    fn schema<T: PartialSchema>() -> Value {
+        serde_json::to_value(T::schema()).expect("schema")
     }
 
     /// The limits the API documents are the engine's (the schema attributes take literals only).
     #[test]
     fn documented_limits_are_the_engine_s() {
-        let merge = properties::<MergeRequest>();
         let max = |p: &Value, f: &str| p[f]["maximum"].as_f64().unwrap_or(f64::NAN);
+        let merge = schema::<MergeRequest>()["properties"].clone();
         assert_eq!(max(&merge, "steps"), MAX_ZIP_STEPS as f64);
         assert_eq!(max(&merge, "iters"), MAX_LEGO_ITERS as f64);
         assert_eq!(max(&merge, "rank"), MAX_RANK as f64);
@@ -282,9 +192,25 @@ mod tests {
             merge["inputs"]["maxItems"].as_u64(),
             Some(crate::jobs::spec::MAX_INPUTS as u64)
         );
-        let compress = properties::<CompressionRequest>();
-        assert_eq!(max(&compress, "iters"), MAX_JOINT_ITERS as f64);
-        assert_eq!(max(&compress, "clusters"), MAX_CLUSTERS as f64);
-        assert_eq!(max(&compress, "rank"), MAX_RANK as f64);
+        // A compression's schema: its modes' (one object each), and the job's fields.
+        let compress = schema::<CompressionRequest>();
+        let parts = compress["allOf"].as_array().expect("allOf");
+        let mode = |m: &str| {
+            parts[0]["oneOf"]
+                .as_array()
+                .expect("oneOf")
+                .iter()
+                .find(|v| v["properties"]["mode"]["enum"][0] == m)
+                .unwrap_or_else(|| panic!("mode {m}: {compress}"))["properties"]
+                .clone()
+        };
+        assert_eq!(max(&mode("joint"), "iters"), MAX_JOINT_ITERS as f64);
+        assert_eq!(max(&mode("joint"), "clusters"), MAX_CLUSTERS as f64);
+        assert_eq!(max(&mode("joint"), "rank"), MAX_RANK as f64);
+        assert_eq!(max(&mode("individual"), "rank"), MAX_RANK as f64);
+        assert_eq!(
+            parts[1]["properties"]["inputs"]["maxItems"].as_u64(),
+            Some(crate::jobs::spec::MAX_INPUTS as u64)
+        );
     }
 }
