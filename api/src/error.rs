@@ -97,6 +97,8 @@ error_codes! {
     /// Stored data is inconsistent (a blob a row refers to is missing).
     Corrupt = "corrupt" => INTERNAL_SERVER_ERROR,
     StorageUnavailable = "storage_unavailable" => SERVICE_UNAVAILABLE,
+    /// The server's disk is full: nothing was stored.
+    InsufficientStorage = "insufficient_storage" => INSUFFICIENT_STORAGE,
     /// Routing needs an embedder (`--embedder-dir`) unless the request brings its vectors.
     EmbedderUnavailable = "embedder_unavailable" => SERVICE_UNAVAILABLE,
     /// A protocol feature this server does not offer (the Hub's Xet storage).
@@ -235,6 +237,13 @@ impl From<StoreError> for ApiError {
                     "stored data is inconsistent (a file's content is missing); the cause is in the server's log",
                 )
             }
+            StoreError::NoSpace(m) => {
+                tracing::error!(error = %m, "out of disk space");
+                Self::coded(
+                    ErrorCode::InsufficientStorage,
+                    "the server's disk is full: nothing was stored; try again later or tell its operator",
+                )
+            }
             e if e.is_unavailable() => {
                 tracing::error!(error = %e, "storage unavailable");
                 Self::coded(
@@ -266,6 +275,14 @@ impl From<FormatError> for ApiError {
 mod tests {
     use super::{ApiError, ErrorCode};
     use quiver_merge::FormatError;
+
+    /// A full disk is 507 `insufficient_storage`, not 500 `internal`.
+    #[test]
+    fn a_full_disk_is_insufficient_storage() {
+        let e = ApiError::from(quiver_store::StoreError::NoSpace("staging".into()));
+        assert_eq!(e.code, ErrorCode::InsufficientStorage);
+        assert_eq!(e.status.as_u16(), 507);
+    }
 
     /// The upload format's errors keep the merge crate's codes, through the one table.
     #[test]

@@ -797,6 +797,16 @@ impl BlobUpload {
 /// Bytes written to a staged file between two background flushes.
 const FLUSH_EVERY: u64 = 32 * 1024 * 1024;
 
+/// A failure to write a staged upload: out of space is the disk's state, not corrupt data.
+fn staging_error(what: &str, e: std::io::Error) -> StoreError {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            StoreError::NoSpace(format!("staging upload ({what}): {e}"))
+        }
+        _ => StoreError::Corrupt(format!("staging upload ({what}): {e}")),
+    }
+}
+
 /// Hashes every batch and, for local stores, writes it to `file_path`. The file is synced before
 /// the hash is returned; a helper thread flushes what was written every [`FLUSH_EVERY`] bytes
 /// meanwhile, so the disk writes while the body is still arriving instead of all at the end.
@@ -805,9 +815,7 @@ fn digest_worker(
     file_path: Option<std::path::PathBuf>,
 ) -> Result<String, StoreError> {
     use std::io::Write;
-    let io_err = |what: &str, e: std::io::Error| {
-        StoreError::Corrupt(format!("staging upload ({what}): {e}"))
-    };
+    let io_err = |what: &str, e: std::io::Error| staging_error(what, e);
     let mut hasher = Sha256::new();
     let Some(path) = file_path else {
         while let Some(batch) = rx.blocking_recv() {
@@ -1045,4 +1053,23 @@ async fn hash_file(path: &std::path::Path) -> Result<(String, u64), StoreError> 
     })
     .await
     .map_err(|e| StoreError::Corrupt(format!("hashing task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full disk while staging is the disk's state (the API answers 507), not corrupt data.
+    #[test]
+    fn a_full_disk_is_no_space_not_corruption() {
+        for kind in [
+            std::io::ErrorKind::StorageFull,
+            std::io::ErrorKind::QuotaExceeded,
+        ] {
+            let e = staging_error("write", std::io::Error::from(kind));
+            assert!(matches!(e, StoreError::NoSpace(_)), "{e:?}");
+        }
+        let e = staging_error("write", std::io::Error::other("bad sector"));
+        assert!(matches!(e, StoreError::Corrupt(_)), "{e:?}");
+    }
 }

@@ -21,6 +21,9 @@ pub enum StoreError {
     /// A blob is missing from the object store: rows refer to content that is not there.
     #[error("blob {0} is missing")]
     BlobMissing(String),
+    /// The disk the store stages or keeps files on is full (or over its quota).
+    #[error("no space left: {0}")]
+    NoSpace(String),
     /// A worker's write was fenced off: its lease on the job expired or was taken over, or a
     /// cancel was requested.
     #[error("the job's lease is no longer held by this worker")]
