@@ -1029,7 +1029,12 @@ fn redact(url: &str) -> String {
 }
 
 fn io_error(path: &std::path::Path, e: std::io::Error) -> StoreError {
-    StoreError::Invalid(format!("cannot read {}: {e}", path.display()))
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            StoreError::NoSpace(format!("{}: {e}", path.display()))
+        }
+        _ => StoreError::Invalid(format!("cannot read {}: {e}", path.display())),
+    }
 }
 
 /// sha256 and size of a local file, read in 1 MiB chunks off the async runtime.
@@ -1067,6 +1072,8 @@ mod tests {
             std::io::ErrorKind::QuotaExceeded,
         ] {
             let e = staging_error("write", std::io::Error::from(kind));
+            assert!(matches!(e, StoreError::NoSpace(_)), "{e:?}");
+            let e = io_error(std::path::Path::new("x"), std::io::Error::from(kind));
             assert!(matches!(e, StoreError::NoSpace(_)), "{e:?}");
         }
         let e = staging_error("write", std::io::Error::other("bad sector"));
