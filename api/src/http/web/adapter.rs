@@ -224,6 +224,56 @@ async fn build(
 ) -> Result<String, PageError> {
     let adapter = find_adapter(&state.store, &caller.caller, path).await?;
     let id = adapter.repo_id();
+    let version = shown_version(state, &adapter, reference).await?;
+    let versions = version_rows(state, &adapter, version.as_ref()).await?;
+    let summary = version
+        .as_ref()
+        .and_then(|v| crate::facets::summary(v.lora.as_ref()));
+    let compat = summary.as_ref().map(Compatibility::of);
+    let sections = match &version {
+        Some(v) => VersionSections::load(state, caller, &adapter, v).await?,
+        None => VersionSections::default(),
+    };
+    let merge = match &version {
+        Some(_) => merge_form(state, caller, &adapter).await?,
+        None => None,
+    };
+    let page = AdapterPage {
+        chrome: Chrome::new(id.clone(), caller),
+        created: when(adapter.created_at),
+        updated: when(adapter.updated_at),
+        lineage_method: version
+            .as_ref()
+            .and_then(|v| v.lineage.as_ref())
+            .and_then(|l| l.get("method"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        vllm_max_lora_rank: compat.as_ref().and_then(|c| c.vllm_max_lora_rank),
+        badges: compat.as_ref().map(badges).unwrap_or_default(),
+        adapter,
+        id,
+        version,
+        summary,
+        card_html: sections.card_html,
+        card_note: sections.card_note,
+        files: sections.files,
+        versions,
+        lineage_svg: sections.lineage_svg,
+        spectra: sections.spectra,
+        spectra_note: sections.spectra_note,
+        snippet: sections.snippet,
+        merge,
+    };
+    render(&page)
+}
+
+/// The version the page shows: the one `reference` names (404 if none does), else the newest,
+/// if the adapter has any.
+async fn shown_version(
+    state: &AppState,
+    adapter: &AdapterRecord,
+    reference: Option<&str>,
+) -> Result<Option<VersionRecord>, PageError> {
     let version = state
         .store
         .meta
@@ -233,13 +283,24 @@ async fn build(
         )
         .await?;
     if version.is_none()
-        && let Some(r) = &reference
+        && let Some(r) = reference
     {
         return Err(PageError(ApiError::not_found(
             ErrorCode::VersionNotFound,
-            format!("version {r} of {id}"),
+            format!("version {r} of {}", adapter.repo_id()),
         )));
     }
+    Ok(version)
+}
+
+/// The versions table, newest first: each version's aliases, `main` on the newest, and the one
+/// shown marked current.
+async fn version_rows(
+    state: &AppState,
+    adapter: &AdapterRecord,
+    shown: Option<&VersionRecord>,
+) -> Result<Vec<VersionRow>, PageError> {
+    let id = adapter.repo_id();
     let aliases = state.store.meta.aliases(&[adapter.id]).await?;
     let versions_page = state
         .store
@@ -247,7 +308,7 @@ async fn build(
         .list_versions(adapter.id, VERSIONS_SHOWN, None)
         .await?;
     let newest = versions_page.items.first().map(|v| v.number);
-    let versions = versions_page
+    let rows = versions_page
         .items
         .iter()
         .map(|v| {
@@ -266,184 +327,212 @@ async fn build(
                 created_by: v.created_by.clone(),
                 refs,
                 href: format!("/{id}/versions/{}", v.number),
-                current: version.as_ref().is_some_and(|c| c.number == v.number),
+                current: shown.is_some_and(|c| c.number == v.number),
             }
         })
         .collect();
+    Ok(rows)
+}
 
-    let summary = version
-        .as_ref()
-        .and_then(|v| crate::facets::summary(v.lora.as_ref()));
-    let compat = summary.as_ref().map(Compatibility::of);
-    let badges = compat
-        .as_ref()
-        .map(|c| {
-            vec![
-                Badge {
-                    name: "vLLM",
-                    ok: c.vllm.ok,
-                    reason: c.vllm.reason.clone(),
-                },
-                Badge {
-                    name: "LoRAX",
-                    ok: c.lorax.ok,
-                    reason: c.lorax.reason.clone(),
-                },
-                Badge {
-                    name: "PEFT",
-                    ok: c.peft.ok,
-                    reason: c.peft.reason.clone(),
-                },
-                Badge {
-                    name: "Merge",
-                    ok: c.merge.ok,
-                    reason: c.merge.reason.clone(),
-                },
-            ]
+/// The compatibility badges, in the page's order.
+fn badges(compat: &Compatibility) -> Vec<Badge> {
+    [
+        ("vLLM", &compat.vllm),
+        ("LoRAX", &compat.lorax),
+        ("PEFT", &compat.peft),
+        ("Merge", &compat.merge),
+    ]
+    .into_iter()
+    .map(|(name, verdict)| Badge {
+        name,
+        ok: verdict.ok,
+        reason: verdict.reason.clone(),
+    })
+    .collect()
+}
+
+/// The sections only a version has (an adapter without versions shows none of them).
+#[derive(Default)]
+struct VersionSections {
+    files: Vec<FileRow>,
+    card_html: Option<String>,
+    card_note: Option<String>,
+    lineage_svg: Option<String>,
+    spectra: Option<SpectraView>,
+    spectra_note: Option<String>,
+    snippet: String,
+}
+
+impl VersionSections {
+    /// Reads the card, then the lineage, then the spectra: the first error is the page's.
+    async fn load(
+        state: &AppState,
+        caller: &PageCaller,
+        adapter: &AdapterRecord,
+        version: &VersionRecord,
+    ) -> Result<Self, PageError> {
+        let files = file_rows(adapter, version);
+        let (card_html, card_note) = card_section(state, version).await?;
+        let lineage_svg = lineage_svg(state, caller, adapter, version).await?;
+        let (spectra, spectra_note) = spectra_section(state, version).await?;
+        Ok(Self {
+            files,
+            card_html,
+            card_note,
+            lineage_svg,
+            spectra,
+            spectra_note,
+            snippet: download_snippet(&adapter.repo_id(), version),
         })
-        .unwrap_or_default();
-
-    let (mut card_html, mut card_note) = (None, None);
-    let mut files = Vec::new();
-    let mut lineage_svg = None;
-    let mut spectra_view = None;
-    let mut spectra_note = None;
-    let mut snippet = String::new();
-    if let Some(v) = &version {
-        files = v
-            .files
-            .iter()
-            .map(|f| FileRow {
-                path: f.path.clone(),
-                size: size(f.size),
-                sha256: f.sha256.clone(),
-                href: file_href(&adapter, v.number, &f.path),
-            })
-            .collect();
-        if let Some(readme) = v
-            .files
-            .iter()
-            .find(|f| f.path.eq_ignore_ascii_case("README.md"))
-        {
-            if readme.size as usize > MAX_CARD_BYTES {
-                card_note = Some(format!(
-                    "The card is {}; open README.md from the files below.",
-                    size(readme.size)
-                ));
-            } else {
-                let bytes: Vec<bytes::Bytes> = state
-                    .store
-                    .blobs
-                    .get(&readme.sha256, None)
-                    .await?
-                    .try_collect()
-                    .await?;
-                let text = String::from_utf8_lossy(&bytes.concat()).into_owned();
-                card_html = Some(card::render(&text, &state.card_images));
-            }
-        }
-        let lineage = visible_lineage(state, &caller.viewer(), &adapter, v).await?;
-        if lineage.nodes.len() > 1 {
-            let nodes: Vec<DagNode> = lineage
-                .nodes
-                .iter()
-                .map(|n| DagNode {
-                    id: n.id.clone(),
-                    label: n.id.clone(),
-                    sublabel: n.method.clone().unwrap_or_else(|| "uploaded".into()),
-                    href: format!("/{}/versions/{}", n.adapter, n.version),
-                    current: n.id == lineage.root,
-                })
-                .collect();
-            let edges: Vec<(String, String)> = lineage
-                .edges
-                .iter()
-                .map(|e| (e.from.clone(), e.to.clone()))
-                .collect();
-            lineage_svg = Some(dag_svg(&nodes, &edges));
-        }
-        match spectra::spectra(state, v).await? {
-            Ok(s) => {
-                spectra_view = Some(SpectraView {
-                    values_svg: s.values_plot(),
-                    energy_svg: s.energy_plot(),
-                    summary: s.summary(),
-                })
-            }
-            Err(Missing::NoWeights) => {}
-            Err(Missing::TooLarge) => {
-                spectra_note = Some("The weights are too large to analyse on a page view.".into())
-            }
-            Err(Missing::Unsupported(why)) => {
-                spectra_note = Some(format!("No spectra for this version: {why}"))
-            }
-        }
-        let mut lines = vec![format!(
-            "# every file of {id} v{n} (revision {rev})\nBASE=\"$QUIVER_URL/api/v1/adapters/{id}/versions/{rev}/files\"",
-            n = v.number,
-            rev = v.revision
-        )];
-        for f in &v.files {
-            lines.push(curl_line(&id.to_string(), &f.path));
-        }
-        snippet = lines.join("\n");
     }
+}
 
-    let merge = match (caller.user(), &version) {
-        (Some(user), Some(_)) => {
-            let list = ListAdapters {
-                base_model: Some(adapter.base_model.clone()),
-                facets: FacetFilter::default(),
-                limit: MERGE_CANDIDATES,
-                ..ListAdapters::default()
+fn file_rows(adapter: &AdapterRecord, version: &VersionRecord) -> Vec<FileRow> {
+    version
+        .files
+        .iter()
+        .map(|f| FileRow {
+            path: f.path.clone(),
+            size: size(f.size),
+            sha256: f.sha256.clone(),
+            href: file_href(adapter, version.number, &f.path),
+        })
+        .collect()
+}
+
+/// The model card (`README.md`, any case) as `(html, note)`: rendered, or a note pointing to the
+/// file when it is over [`MAX_CARD_BYTES`]; neither without a README.
+async fn card_section(
+    state: &AppState,
+    version: &VersionRecord,
+) -> Result<(Option<String>, Option<String>), PageError> {
+    let Some(readme) = version
+        .files
+        .iter()
+        .find(|f| f.path.eq_ignore_ascii_case("README.md"))
+    else {
+        return Ok((None, None));
+    };
+    if readme.size as usize > MAX_CARD_BYTES {
+        let note = format!(
+            "The card is {}; open README.md from the files below.",
+            size(readme.size)
+        );
+        return Ok((None, Some(note)));
+    }
+    let bytes: Vec<bytes::Bytes> = state
+        .store
+        .blobs
+        .get(&readme.sha256, None)
+        .await?
+        .try_collect()
+        .await?;
+    let text = String::from_utf8_lossy(&bytes.concat()).into_owned();
+    Ok((Some(card::render(&text, &state.card_images)), None))
+}
+
+/// The lineage DAG the caller may see, as SVG; none when it is this version alone.
+async fn lineage_svg(
+    state: &AppState,
+    caller: &PageCaller,
+    adapter: &AdapterRecord,
+    version: &VersionRecord,
+) -> Result<Option<String>, PageError> {
+    let lineage = visible_lineage(state, &caller.viewer(), adapter, version).await?;
+    if lineage.nodes.len() <= 1 {
+        return Ok(None);
+    }
+    let nodes: Vec<DagNode> = lineage
+        .nodes
+        .iter()
+        .map(|n| DagNode {
+            id: n.id.clone(),
+            label: n.id.clone(),
+            sublabel: n.method.clone().unwrap_or_else(|| "uploaded".into()),
+            href: format!("/{}/versions/{}", n.adapter, n.version),
+            current: n.id == lineage.root,
+        })
+        .collect();
+    let edges: Vec<(String, String)> = lineage
+        .edges
+        .iter()
+        .map(|e| (e.from.clone(), e.to.clone()))
+        .collect();
+    Ok(Some(dag_svg(&nodes, &edges)))
+}
+
+/// The spectra plots as `(view, note)`: the plots, or a note saying why there are none (no note
+/// when the version has no weights).
+async fn spectra_section(
+    state: &AppState,
+    version: &VersionRecord,
+) -> Result<(Option<SpectraView>, Option<String>), PageError> {
+    Ok(match spectra::spectra(state, version).await? {
+        Ok(s) => {
+            let view = SpectraView {
+                values_svg: s.values_plot(),
+                energy_svg: s.energy_plot(),
+                summary: s.summary(),
             };
-            let found = state
-                .store
-                .meta
-                .list_adapters(&list, &caller.viewer())
-                .await?;
-            Some(MergeForm {
-                csrf: caller.csrf.clone(),
-                candidates: found
-                    .items
-                    .iter()
-                    .map(AdapterRecord::repo_id)
-                    .filter(|r| *r != id)
-                    .collect(),
-                methods: METHODS,
-                owner: user.to_string(),
-            })
+            (Some(view), None)
         }
-        _ => None,
-    };
+        Err(Missing::NoWeights) => (None, None),
+        Err(Missing::TooLarge) => (
+            None,
+            Some("The weights are too large to analyse on a page view.".into()),
+        ),
+        Err(Missing::Unsupported(why)) => {
+            (None, Some(format!("No spectra for this version: {why}")))
+        }
+    })
+}
 
-    let page = AdapterPage {
-        chrome: Chrome::new(id.clone(), caller),
-        created: when(adapter.created_at),
-        updated: when(adapter.updated_at),
-        lineage_method: version
-            .as_ref()
-            .and_then(|v| v.lineage.as_ref())
-            .and_then(|l| l.get("method"))
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        vllm_max_lora_rank: compat.as_ref().and_then(|c| c.vllm_max_lora_rank),
-        adapter,
-        id,
-        version,
-        summary,
-        badges,
-        card_html,
-        card_note,
-        files,
-        versions,
-        lineage_svg,
-        spectra: spectra_view,
-        spectra_note,
-        snippet,
-        merge,
+/// The "Use this adapter" snippet: `BASE` for the version's files, then a `curl` line a file.
+fn download_snippet(id: &str, version: &VersionRecord) -> String {
+    let mut lines = vec![format!(
+        "# every file of {id} v{n} (revision {rev})\nBASE=\"$QUIVER_URL/api/v1/adapters/{id}/versions/{rev}/files\"",
+        n = version.number,
+        rev = version.revision
+    )];
+    for f in &version.files {
+        lines.push(curl_line(id, &f.path));
+    }
+    lines.join("\n")
+}
+
+/// A signed-in user's merge form; its partners are the adapters on this base model that the user
+/// may see (at most [`MERGE_CANDIDATES`], this one left out).
+async fn merge_form(
+    state: &AppState,
+    caller: &PageCaller,
+    adapter: &AdapterRecord,
+) -> Result<Option<MergeForm>, PageError> {
+    let Some(user) = caller.user() else {
+        return Ok(None);
     };
-    render(&page)
+    let id = adapter.repo_id();
+    let list = ListAdapters {
+        base_model: Some(adapter.base_model.clone()),
+        facets: FacetFilter::default(),
+        limit: MERGE_CANDIDATES,
+        ..ListAdapters::default()
+    };
+    let found = state
+        .store
+        .meta
+        .list_adapters(&list, &caller.viewer())
+        .await?;
+    Ok(Some(MergeForm {
+        csrf: caller.csrf.clone(),
+        candidates: found
+            .items
+            .iter()
+            .map(AdapterRecord::repo_id)
+            .filter(|r| *r != id)
+            .collect(),
+        methods: METHODS,
+        owner: user.to_string(),
+    }))
 }
 
 /// `POST /{owner}/{name}/merge`: the merge form. Queues the job through the same checks as
