@@ -24,7 +24,7 @@ pub async fn delete_proofs(state: &AppState, adapter_id: i64) {
     }
 }
 
-/// The marker that this adapter's writers uploaded the bytes of `oid` (see the Hub's `write::owns`). It is an
+/// The marker that this adapter's writers uploaded the bytes of `oid` (see the Hub's `lfs::owns`). It is an
 /// authorisation record, not a cache: it lets the adapter's commits name content by its sha256,
 /// and is deleted with the adapter ([`delete_proofs`]).
 pub fn proof_key(adapter_id: i64, oid: &str) -> String {

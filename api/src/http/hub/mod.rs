@@ -9,7 +9,9 @@
 //! Errors are the API's one envelope, with the Hub's `X-Error-Code` added (see
 //! `ErrorCode::hub_code`) so the client raises its typed exceptions.
 
+pub mod commit;
 pub mod commit_body;
+pub mod lfs;
 pub mod models;
 pub mod resolve;
 pub mod write;
@@ -27,9 +29,20 @@ use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::http::extract::{self, ForeignTokens};
 use crate::state::AppState;
+
+/// A 400 `invalid_request` of the write path.
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::coded(ErrorCode::InvalidRequest, message)
+}
+
+/// `http(s)://host` of the request, for the URLs the client parses or follows.
+fn origin(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}", info.scheme(), info.host())
+}
 
 /// One Hub route: its path template (actix syntax), the methods it answers and its handler.
 pub struct HubRoute {
@@ -90,7 +103,7 @@ pub const ROUTES: &[HubRoute] = &[
         || web::post().to(write::preupload),
     ),
     hub("/api/models/{owner}/{name}/commit/{rev}", &["POST"], || {
-        web::post().to(write::commit)
+        web::post().to(commit::commit)
     }),
     hub("/api/models/{owner}/{name}/tag/{rev}", &["POST"], || {
         web::post().to(write::tag)
@@ -98,10 +111,10 @@ pub const ROUTES: &[HubRoute] = &[
     hub(
         "/{owner}/{repo_git}/info/lfs/objects/batch",
         &["POST"],
-        || web::post().to(write::lfs_batch),
+        || web::post().to(lfs::lfs_batch),
     ),
     hub("/api/lfs-upload/{owner}/{name}/{oid}", &["PUT"], || {
-        web::put().to(write::lfs_upload)
+        web::put().to(lfs::lfs_upload)
     }),
     hub(
         "/{owner}/{name}/resolve/{rev}/{path:.*}",
