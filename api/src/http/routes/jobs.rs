@@ -96,11 +96,11 @@ pub struct ListJobsQuery {
 #[get("/jobs")]
 pub async fn list_jobs(
     state: web::Data<AppState>,
-    caller: Caller,
+    caller: Authenticated,
     query: web::Query<ListJobsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let viewer = caller.viewer();
-    let user = viewer.user.clone().ok_or_else(ApiError::unauthorized)?;
+    let user = caller.0.user.clone();
     let q = query.into_inner();
     let page = state
         .store
