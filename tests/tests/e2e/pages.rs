@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use quiver_api::config::HttpOptions;
 use quiver_api::card::ImagePolicy;
+use quiver_api::config::HttpOptions;
 use quiver_tests::{Backend, TestApp, app_or_skip, spawn_app_with, synthetic_adapter};
 use reqwest::Method;
 use reqwest::header::{CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, SET_COOKIE};
