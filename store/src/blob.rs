@@ -51,12 +51,40 @@ pub struct StoredFile {
     pub written: bool,
 }
 
-/// A finished upload, not yet visible under its content address.
+/// A finished upload, not yet visible under its content address. Dropped without
+/// [`BlobStore::discard`] (a request whose client went away, say), it removes its staged copy in
+/// the background: nothing staged outlives its owner in a live process.
 #[derive(Debug)]
 pub struct StagedBlob {
     pub sha256: String,
     pub size: u64,
     tmp: Path,
+    store: Arc<dyn ObjectStore>,
+    discarded: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for StagedBlob {
+    fn drop(&mut self) {
+        if self.discarded.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let (store, tmp) = (self.store.clone(), std::mem::take(&mut self.tmp));
+        spawn_cleanup(async move {
+            if let Err(e) = store.delete(&tmp).await
+                && !matches!(e, object_store::Error::NotFound { .. })
+            {
+                tracing::warn!(key = %tmp, error = %e, "could not remove a dropped staged upload");
+            }
+        });
+    }
+}
+
+/// Runs a cleanup on the current async runtime, if there is one (without one, the staged-upload
+/// sweep removes what was left when its owner is gone).
+fn spawn_cleanup(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(cleanup);
+    }
 }
 
 impl BlobStore {
@@ -512,6 +540,9 @@ impl BlobStore {
 
     /// Removes a staged upload that will not be committed. Best effort.
     pub async fn discard(&self, staged: &StagedBlob) {
+        staged
+            .discarded
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = self.inner.delete(&staged.tmp).await {
             tracing::warn!(key = %staged.tmp, error = %e, "could not remove staged upload");
         }
@@ -675,9 +706,42 @@ pub struct BlobUpload {
     batch: Vec<Bytes>,
     batch_len: usize,
     tx: Option<tokio::sync::mpsc::Sender<Vec<Bytes>>>,
-    worker: tokio::task::JoinHandle<Result<String, StoreError>>,
+    /// The digest worker, until joined.
+    worker: Option<tokio::task::JoinHandle<Result<String, StoreError>>>,
     /// Not used for local stores.
     remote: RemoteSink,
+    /// `finish` or `abort` ran: nothing is left for `Drop` to clean up.
+    settled: bool,
+}
+
+impl Drop for BlobUpload {
+    /// An upload dropped half way (its request's client went away mid-body) removes what it
+    /// staged, once its digest worker has let go of the file.
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        self.tx = None;
+        let worker = self.worker.take();
+        let multipart = self.remote.multipart.take();
+        let store = self.store.clone();
+        let tmp = std::mem::take(&mut self.tmp);
+        spawn_cleanup(async move {
+            if let Some(worker) = worker {
+                let _ = worker.await;
+            }
+            if let Some(mp) = multipart {
+                if let Err(e) = mp.abort().await {
+                    tracing::warn!(error = %e, "could not abort a dropped multipart upload");
+                }
+            } else if store.is_local()
+                && let Err(e) = store.inner.delete(&tmp).await
+                && !matches!(e, object_store::Error::NotFound { .. })
+            {
+                tracing::warn!(key = %tmp, error = %e, "could not remove a dropped upload");
+            }
+        });
+    }
 }
 
 /// Object-store side of an upload: small bodies go out in one `put`, larger ones as parts.
@@ -699,8 +763,9 @@ impl BlobUpload {
             batch: Vec::new(),
             batch_len: 0,
             tx: Some(tx),
-            worker,
+            worker: Some(worker),
             remote: RemoteSink::default(),
+            settled: false,
         }
     }
 
@@ -733,13 +798,22 @@ impl BlobUpload {
         if tx.send(batch).await.is_err() {
             // The worker stopped early: its result says why.
             self.tx = None;
-            return Err(match (&mut self.worker).await {
-                Ok(Err(e)) => e,
-                Ok(Ok(_)) => StoreError::Corrupt("digest worker ended early".into()),
-                Err(e) => StoreError::Corrupt(format!("digest worker failed: {e}")),
+            return Err(match self.join_worker().await {
+                Err(e) => e,
+                Ok(_) => StoreError::Corrupt("digest worker ended early".into()),
             });
         }
         Ok(())
+    }
+
+    /// The digest worker's result (once; later calls are an error).
+    async fn join_worker(&mut self) -> Result<String, StoreError> {
+        match self.worker.take() {
+            Some(worker) => worker
+                .await
+                .map_err(|e| StoreError::Corrupt(format!("digest worker failed: {e}")))?,
+            None => Err(StoreError::Corrupt("digest worker already joined".into())),
+        }
     }
 
     /// Completes the upload; the blob is staged, not yet visible.
@@ -748,16 +822,20 @@ impl BlobUpload {
             Ok(sha) => sha,
             Err(e) => {
                 self.remove_staged().await;
+                self.settled = true;
                 return Err(e);
             }
         };
         if !self.store.is_local() {
             self.remote.finish(&self.store, &self.tmp).await?;
         }
+        self.settled = true;
         Ok(StagedBlob {
             sha256,
             size: self.size,
-            tmp: self.tmp,
+            tmp: std::mem::take(&mut self.tmp),
+            store: self.store.inner.clone(),
+            discarded: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -767,17 +845,16 @@ impl BlobUpload {
             self.flush().await?;
         }
         self.tx = None;
-        (&mut self.worker)
-            .await
-            .map_err(|e| StoreError::Corrupt(format!("digest worker failed: {e}")))?
+        self.join_worker().await
     }
 
     /// Abandons the upload and whatever was staged.
     pub async fn abort(mut self) {
         self.batch.clear();
         self.tx = None;
-        let _ = (&mut self.worker).await;
+        let _ = self.join_worker().await;
         self.remove_staged().await;
+        self.settled = true;
     }
 
     async fn remove_staged(&mut self) {

@@ -401,6 +401,69 @@ async fn tokens_authenticate_by_hash_only(#[case] backend: Backend) {
     );
 }
 
+/// An upload dropped half way (its client went away mid-body) and a finished one dropped
+/// without `discard` remove what they staged, without waiting for a sweep.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_uploads_remove_what_they_staged(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    let chunk = Bytes::from(vec![7u8; 3 * 1024 * 1024]);
+    let staged_gone = |what: &'static str| {
+        let blobs = store.blobs.clone();
+        async move {
+            for _ in 0..100 {
+                if blobs.count_staged().await.expect("staged") == 0 {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("{what}: the staged upload is still there after 5 s");
+        }
+    };
+
+    // Half way: 9 MiB written (a file locally, a multipart upload on S3), then dropped.
+    let mut up = store.blobs.begin();
+    for _ in 0..3 {
+        up.write(chunk.clone()).await.expect("write");
+    }
+    if store.blobs.is_local() {
+        // The digest worker writes behind; wait until the staged file exists.
+        for _ in 0..100 {
+            if store.blobs.count_staged().await.expect("staged") > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(store.blobs.count_staged().await.expect("staged"), 1);
+    }
+    drop(up);
+    staged_gone("dropped mid-body").await;
+
+    // Finished and dropped without being committed or discarded.
+    let mut up = store.blobs.begin();
+    up.write(chunk.clone()).await.expect("write");
+    let staged = up.finish().await.expect("finish");
+    assert_eq!(store.blobs.count_staged().await.expect("staged"), 1);
+    drop(staged);
+    staged_gone("finished, then dropped").await;
+
+    // Discarded, then dropped: nothing more to do, and nothing committed is touched.
+    let mut up = store.blobs.begin();
+    up.write(chunk.clone()).await.expect("write");
+    let staged = up.finish().await.expect("finish");
+    store.blobs.commit(&staged).await.expect("commit");
+    store.blobs.discard(&staged).await;
+    let sha = staged.sha256.clone();
+    drop(staged);
+    staged_gone("discarded").await;
+    assert_eq!(
+        store.blobs.size(&sha).await.expect("size"),
+        chunk.len() as u64
+    );
+}
+
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]

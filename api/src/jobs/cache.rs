@@ -125,7 +125,7 @@ mod tests {
         let staged = up.finish().await.expect("finish");
         blobs.commit(&staged).await.expect("commit");
         blobs.discard(&staged).await;
-        staged.sha256
+        staged.sha256.clone()
     }
 
     #[tokio::test]
