@@ -10,10 +10,12 @@ use quiver_store::testing::Backend;
 use quiver_store::{BlobStore, Store};
 use rstest::rstest;
 
+/// Stages an upload and leaves it as a killed process would: a `StagedBlob` dropped in a live
+/// process removes its staged copy, but a killed process runs no destructors.
 async fn stage(blobs: &BlobStore, body: &'static [u8]) {
     let mut up = blobs.begin();
     up.write(Bytes::from_static(body)).await.expect("write");
-    up.finish().await.expect("finish");
+    std::mem::forget(up.finish().await.expect("finish"));
 }
 
 /// This host's identity with the pid of a process that has exited.
