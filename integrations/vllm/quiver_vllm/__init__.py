@@ -1,0 +1,36 @@
+"""Quiver for vLLM: a LoRA resolver plugin and ``quiver-vllm sync``.
+
+``register()`` is the ``vllm.general_plugins`` entry point (``VLLM_PLUGINS=quiver``). It is called
+in every vLLM process, possibly more than once, so it is cheap and idempotent; vLLM is imported
+only inside it, so the rest of the package works without vLLM.
+"""
+
+from __future__ import annotations
+
+import logging
+
+__version__ = "0.1.0"
+RESOLVER_NAME = "quiver"
+
+log = logging.getLogger("quiver_vllm")
+
+
+def register() -> None:
+    from vllm.lora.resolver import LoRAResolverRegistry
+
+    if RESOLVER_NAME in LoRAResolverRegistry.get_supported_resolvers():
+        return
+    from .config import Settings
+    from .core import Core
+    from .plugin import QuiverResolver
+
+    try:
+        settings = Settings.from_env()
+        core = Core(settings)
+    except (ValueError, OSError) as e:
+        log.error("quiver: resolver not registered: %s", e)
+        return
+    LoRAResolverRegistry.register_resolver(RESOLVER_NAME, QuiverResolver(core))
+    log.info("quiver: LoRA resolver registered (registry %s, default ref %s, cache %s, "
+             "max rank %s)", settings.url, settings.default_ref, settings.cache_dir,
+             settings.max_lora_rank)
