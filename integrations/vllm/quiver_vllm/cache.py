@@ -79,6 +79,8 @@ class AdapterCache:
         # revision -> (files key, last touch time) of directories seen complete by this process
         self._known: Dict[str, tuple] = {}
         self.downloads = 0  # revisions this instance downloaded (tests, logs)
+        # A hit records its recency at most this often (seconds): keeps warm hits cheap.
+        self.touch_every = TOUCH_EVERY_S
         self._clean_tmp()
 
     # -- paths and locks --------------------------------------------------------------------
@@ -130,7 +132,7 @@ class AdapterCache:
             # Seen complete by this process: re-verify it still exists (another process may have
             # evicted it) with one stat per file.
             if self._files_present(entry, key):
-                if now - known[1] >= TOUCH_EVERY_S:
+                if now - known[1] >= self.touch_every:
                     self._touch(entry)
                     self._known[revision] = (key, now)
                 return os.path.join(entry, "adapter")
