@@ -82,3 +82,9 @@ hf_venv latest "$HF_HUB_LATEST"
 hf_venv 0x "$HF_HUB_0X"
 tests/hub/run.sh target/debug/quiver sqlite
 tests/hub/run.sh target/debug/quiver postgres-s3
+
+# 7. The vLLM integration (integrations/vllm: resolver plugin core, cache, `quiver-vllm sync`
+#    against fake vLLM/SGLang replicas) on both backends, in .venv-vllm (tests/vllm/run.sh). The
+#    check against the real vllm package is outside this script: tests/vllm/vllm_check.sh.
+tests/vllm/run.sh target/debug/quiver sqlite
+tests/vllm/run.sh target/debug/quiver postgres-s3

@@ -101,8 +101,7 @@ class Client:
         if res.status == 200:
             return
         body = res.read(4096)
-        if res.will_close:
-            self.close()
+        self.close()  # the rest of an error body is not read: never reuse this connection
         cls = NotFound if res.status == 404 else HttpError
         raise cls(res.status, body, self.url + path)
 
