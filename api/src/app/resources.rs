@@ -30,6 +30,11 @@ pub struct AdapterView {
 
 #[derive(Serialize, ToSchema)]
 pub struct VersionView {
+    /// The adapter's `owner/name`.
+    pub adapter: String,
+    /// The adapter's base model (what `adapter_config.json`'s `base_model_name_or_path` should
+    /// name), so one call resolves a ref to revision, files, base model and compatibility.
+    pub base_model: String,
     pub number: i64,
     /// 40 lowercase hex: sha1 of the version's canonical manifest.
     pub revision: String,
@@ -85,8 +90,14 @@ impl From<&FileRecord> for FileView {
 
 impl VersionView {
     /// The version as a caller may see it: parents it may not see hidden (`crate::app::redact`).
-    pub fn new(v: VersionRecord, parents: &crate::app::redact::Parents) -> Self {
+    pub fn new(
+        v: VersionRecord,
+        adapter: &AdapterRecord,
+        parents: &crate::app::redact::Parents,
+    ) -> Self {
         Self {
+            adapter: adapter.repo_id(),
+            base_model: adapter.base_model.clone(),
             number: v.number,
             revision: v.revision,
             state: v.state,
@@ -112,6 +123,7 @@ impl AdapterView {
         if let Some(v) = &latest {
             refs.insert("main".into(), v.number);
         }
+        let latest = latest.map(|v| VersionView::new(v, &a, parents));
         Self {
             id: a.repo_id(),
             owner: a.owner,
@@ -124,7 +136,7 @@ impl AdapterView {
             created_at: rfc3339(a.created_at),
             updated_at: rfc3339(a.updated_at),
             refs,
-            latest: latest.map(|v| VersionView::new(v, parents)),
+            latest,
         }
     }
 }

@@ -207,7 +207,12 @@ async fn versions_refs_and_aliases(#[case] backend: Backend) {
             .await;
         assert_eq!(status, 200, "{r}: {body}");
         assert_eq!(body["number"], n, "{r}");
+        // One call resolves a ref to everything a client needs to load it.
+        assert_eq!(body["adapter"], "alice/a", "{r}");
+        assert_eq!(body["base_model"], "quiver-test/tiny-llama", "{r}");
     }
+    assert_eq!(v1["adapter"], "alice/a");
+    assert_eq!(v1["base_model"], "quiver-test/tiny-llama");
     let (status, body) = app
         .send(
             app.request(
@@ -226,6 +231,7 @@ async fn versions_refs_and_aliases(#[case] backend: Backend) {
     let (_, adapter) = app.get_json("/api/v1/adapters/alice/a", "").await;
     assert_eq!(adapter["refs"], json!({"main": 2, "prod": 1}));
     assert_eq!(adapter["latest"]["number"], 2);
+    assert_eq!(adapter["latest"]["adapter"], "alice/a");
 
     // Moving the alias, reserved names, missing versions.
     app.send(
@@ -283,6 +289,8 @@ async fn versions_refs_and_aliases(#[case] backend: Backend) {
         .await;
     assert_eq!(status, 200);
     assert_eq!(body["items"][0]["number"], 2);
+    assert_eq!(body["items"][0]["adapter"], "alice/a");
+    assert_eq!(body["items"][0]["base_model"], "quiver-test/tiny-llama");
     let c = body["next_cursor"].as_str().expect("cursor");
     let (_, body) = app
         .get_json(

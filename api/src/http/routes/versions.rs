@@ -103,7 +103,7 @@ pub async fn create_version(
     received.discard(blobs).await;
     let (_, version) = published?;
     state.routing.version_published(&version.files);
-    Ok(HttpResponse::Created().json(VersionView::new(version, &Default::default())))
+    Ok(HttpResponse::Created().json(VersionView::new(version, &adapter, &Default::default())))
 }
 
 /// Versions of an adapter, newest first.
@@ -131,7 +131,7 @@ pub async fn list_versions(
         items: page
             .items
             .into_iter()
-            .map(|v| VersionView::new(v, &parents))
+            .map(|v| VersionView::new(v, &adapter, &parents))
             .collect(),
         next_cursor: page.next_cursor,
     }))
@@ -154,7 +154,7 @@ pub async fn get_version(
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, reference) = path.into_inner();
-    let (_, version) = find_version(&state, &caller, &owner, &name, &reference).await?;
+    let (adapter, version) = find_version(&state, &caller, &owner, &name, &reference).await?;
     let parents = Parents::of(&state.store, &caller.viewer(), [&version]).await?;
-    Ok(HttpResponse::Ok().json(VersionView::new(version, &parents)))
+    Ok(HttpResponse::Ok().json(VersionView::new(version, &adapter, &parents)))
 }
