@@ -168,6 +168,7 @@ impl Application {
                 RouteTable::from_openapi(&api)
                     .with_routes(crate::http::docs::ROUTES.iter().copied())
                     .with_routes(crate::http::hub::ROUTES.iter().map(|r| (r.path, r.methods)))
+                    .with_routes(crate::http::lorax::ROUTES.iter().copied())
                     .with_pages(
                         crate::http::web::PAGE_ROUTES,
                         crate::http::web::is_page_path,
@@ -185,6 +186,7 @@ impl Application {
                     }),
                 )
                 .service(SwaggerUi::new("/docs/{_:.*}").url("/api/openapi.json", api))
+                .configure(crate::http::lorax::configure)
                 .configure(crate::http::hub::configure)
                 .configure(crate::http::web::configure)
                 .default_service(web::to(crate::http::errors::not_found))

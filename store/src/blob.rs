@@ -33,6 +33,8 @@ const PARTS_IN_FLIGHT: usize = 4;
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     prefix: Path,
+    /// The bucket of an `s3://` store (for the `s3://` URLs of exports).
+    bucket: Option<String>,
     /// The directory of a `file://` store: uploads are staged there with plain file writes.
     local_root: Option<Arc<std::path::PathBuf>>,
     description: String,
@@ -93,6 +95,7 @@ impl BlobStore {
         let parsed = url::Url::parse(url)
             .map_err(|e| StoreError::Invalid(format!("store URL {url:?} does not parse: {e}")))?;
         let mut local_root = None;
+        let mut bucket_name = None;
         let (inner, prefix): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
             "file" => {
                 let dir = parsed.to_file_path().map_err(|()| {
@@ -125,6 +128,7 @@ impl BlobStore {
                         .with_virtual_hosted_style_request(false);
                 }
                 let prefix = Path::from(parsed.path().trim_matches('/'));
+                bucket_name = Some(bucket.to_string());
                 (Arc::new(builder.build()?), prefix)
             }
             other => {
@@ -136,6 +140,7 @@ impl BlobStore {
         Ok(Self {
             inner,
             prefix,
+            bucket: bucket_name,
             local_root,
             description: redact(url),
             staging: Arc::new(Staging::new()),
@@ -1038,6 +1043,62 @@ fn file_stream(
     .boxed()
 }
 
+/// Exports: plain copies of a version's files under a fixed key prefix, for servers that read a
+/// directory of an object store rather than an API (LoRAX's `s3` source, docs/serving.md). They
+/// live under `exports/`, which the sweeps never list (only `sha256/` and `uploads/`): an export
+/// stays while its version lives and is left behind when it is deleted.
+impl BlobStore {
+    /// The `s3://bucket/<prefix>/<rel>` URL of a key of an `s3://` store; `None` for `file://`.
+    pub fn s3_url(&self, rel: &str) -> Option<String> {
+        let bucket = self.bucket.as_ref()?;
+        Some(format!("s3://{bucket}/{}", self.key(rel)))
+    }
+
+    /// The bucket of an `s3://` store and the full key of `rel` in it; `None` for `file://`.
+    pub fn s3_location(&self, rel: &str) -> Option<(String, String)> {
+        Some((self.bucket.clone()?, self.key(rel).to_string()))
+    }
+
+    /// Makes `<dir>/<name>` a copy of blob `sha256` (`size` bytes) for each `(name, sha256,
+    /// size)`, in order, copying only what is missing or of another size. Each object appears
+    /// whole (a server-side copy on S3, a hard link renamed into place for `file://`), so
+    /// concurrent calls for one export only copy identical bytes over each other. An export is
+    /// complete once this returns; callers hand its location out only then.
+    pub async fn ensure_export(
+        &self,
+        dir: &str,
+        files: &[(&str, &str, u64)],
+    ) -> Result<(), StoreError> {
+        for (name, sha256, size) in files {
+            let dest = self.key(&format!("{dir}/{name}"));
+            match self.inner.head(&dest).await {
+                Ok(meta) if meta.size == *size => continue,
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.inner.copy(&self.content_key(sha256), &dest).await?;
+        }
+        Ok(())
+    }
+
+    /// The objects under `<dir>/` with their sizes (tests, checks).
+    pub async fn list_export(&self, dir: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let base = self.key(dir);
+        let items: Vec<_> = self.inner.list(Some(&base)).try_collect().await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|m| {
+                let rel: Vec<String> = m
+                    .location
+                    .prefix_match(&base)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                Some((rel.join("/"), m.size))
+            })
+            .collect())
+    }
+}
+
 /// How long S3 requests may take: 5 s to connect, and 30 s without a byte (for the response
 /// head after the request was sent, then between two reads of its body): a server that accepts
 /// and never answers fails the request instead of holding it. No limit on a whole request: a
@@ -1072,6 +1133,7 @@ pub fn s3_store_at(
     Ok(BlobStore {
         inner: Arc::new(inner),
         prefix: Path::from("t"),
+        bucket: Some(bucket.to_string()),
         local_root: None,
         description: format!("s3://{bucket}/t at {endpoint}"),
         staging: Arc::new(Staging::new()),

@@ -44,7 +44,8 @@ enum Layer {
     /// HTTP plumbing shared by the front doors: error rendering, extractors, body limits, the
     /// route table, openapi.
     HttpEdge,
-    /// The JSON API, the web pages and the Hub API: three groups that never import each other.
+    /// The JSON API, the web pages, the Hub API and LoRAX's pbase API: four groups that never
+    /// import each other.
     FrontDoor,
     /// The crate root, the command line, startup and the background tasks.
     Entry,
@@ -59,10 +60,11 @@ const API_LAYERS: &[(&str, Layer)] = &[
     ("cli", Layer::Entry),
     ("startup", Layer::Entry),
     ("background", Layer::Entry),
-    // Front doors (three groups).
+    // Front doors (four groups).
     ("http::routes", Layer::FrontDoor),
     ("http::web", Layer::FrontDoor),
     ("http::hub", Layer::FrontDoor),
+    ("http::lorax", Layer::FrontDoor),
     // Shared HTTP edges: everything else under `http`.
     ("http", Layer::HttpEdge),
     // Use cases.

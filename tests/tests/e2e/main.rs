@@ -8,6 +8,7 @@ mod hostile_input;
 mod jobs;
 mod limits;
 mod listing;
+mod lorax;
 mod pages;
 mod privacy;
 mod privacy_matrix;

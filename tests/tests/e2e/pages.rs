@@ -547,3 +547,120 @@ async fn the_merge_form_runs_a_job_whose_page_shows_progress_and_lineage(#[case]
         "kind facet counts"
     );
 }
+
+/// The "Serve it" section (docs/serving.md): snippets filled in with the adapter, the ref the page
+/// pins and the server's address as the client reached it; the badges link to them.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn version_pages_say_how_to_serve_the_adapter(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    app.create_adapter("alice", "serve", false, "alice").await;
+    let (status, v1) = app
+        .upload(
+            "alice/serve",
+            "alice",
+            &synthetic_adapter(8, &["q_proj", "v_proj"], 5),
+        )
+        .await;
+    assert_eq!(status, 201, "{v1}");
+    let rev = v1["revision"].as_str().expect("revision");
+    let (status, body) = app
+        .send(
+            app.request(
+                Method::PUT,
+                "/api/v1/adapters/alice/serve/refs/prod",
+                "alice",
+            )
+            .json(&json!({"version": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, _, html) = page(&app, "/alice/serve/versions/prod", "").await;
+    assert_eq!(status, 200);
+    // The snippets as a reader copies them (askama escapes quotes, `<` and `>`).
+    let serve = html[html.find("id=\"serve-h\"").expect("a Serve it section")..]
+        .replace("&#34;", "\"")
+        .replace("&#39;", "'")
+        .replace("&#60;", "<")
+        .replace("&#62;", ">")
+        .replace("&amp;", "&");
+    for part in [
+        // The address the client used (the test server's), in every way in.
+        format!("QUIVER_URL={}", app.base),
+        format!("HF_ENDPOINT={}", app.base),
+        format!("PREDIBASE_GATEWAY_ENDPOINT={}", app.base),
+        // vLLM with the plugin, pinned to the page's ref.
+        "VLLM_PLUGINS=quiver VLLM_ALLOW_RUNTIME_LORA_UPDATING=1".to_string(),
+        r#"-d '{"model": "alice/serve@prod", "prompt": "Hello"}'"#.to_string(),
+        "--enable-lora --max-lora-rank 8".to_string(),
+        "--lora-modules alice/serve=alice/serve".to_string(),
+        // LoRAX: pbase id (owner--name/ref), s3 lookup, hub.
+        r#""adapter_id": "alice--serve/prod", "adapter_source": "pbase""#.to_string(),
+        format!("{}/v2/repos/alice--serve/version/{rev}", app.base),
+        r#""adapter_id": "alice/serve", "adapter_source": "hub""#.to_string(),
+        // SGLang and PEFT.
+        "--lora-paths alice/serve=alice/serve".to_string(),
+        "--lora-target-modules q_proj v_proj".to_string(),
+        r#"PeftModel.from_pretrained(base, "alice/serve", revision="prod")"#.to_string(),
+    ] {
+        assert!(
+            serve.contains(&part),
+            "the serving snippets lack {part}: {serve}"
+        );
+    }
+    // On S3 the LoRAX s3 snippet names the version's export prefix itself.
+    if let Some(url) = app.store.blobs.s3_url(&format!("exports/{rev}")) {
+        assert!(serve.contains(&url), "the s3 snippet lacks {url}");
+    }
+    // The adapter's own page pins the shown version's revision.
+    let (_, _, html) = page(&app, "/alice/serve", "").await;
+    assert!(
+        html.contains(&format!("alice/serve@{rev}")),
+        "pinned to the revision"
+    );
+    // Badges link to the snippets and name the flags.
+    assert!(
+        html.contains("<a href=\"#serve-vllm\">vLLM ✓</a>"),
+        "vLLM badge links"
+    );
+    assert!(
+        html.contains("<a href=\"#serve-lorax\">LoRAX ✓</a>"),
+        "LoRAX badge links"
+    );
+    assert!(
+        html.contains("<a href=\"#serve-peft\">PEFT ✓</a>"),
+        "PEFT badge links"
+    );
+    for anchor in ["serve-vllm", "serve-lorax", "serve-sglang", "serve-peft"] {
+        assert!(html.contains(&format!("id=\"{anchor}\"")), "{anchor}");
+    }
+    assert!(html.contains("<code class=\"flags\">--enable-lora --max-lora-rank 8</code>"));
+    // A Host the client sent is the address (cached pages are kept per address).
+    let res = app
+        .request(Method::GET, "/alice/serve/versions/prod", "")
+        .header("Host", "quiver.example:9000")
+        .send()
+        .await
+        .expect("page");
+    let other = res.text().await.expect("body");
+    assert!(
+        other.contains("QUIVER_URL=http://quiver.example:9000"),
+        "the Host names the server"
+    );
+    assert!(!other.contains(&app.base), "another address's cached page");
+    // A Host no address has is not pasted into shells.
+    let res = app
+        .request(Method::GET, "/alice/serve/versions/prod", "")
+        .header("Host", "x$(touch y)")
+        .send()
+        .await
+        .expect("page");
+    let odd = res.text().await.expect("body");
+    assert!(
+        !odd.contains("touch"),
+        "a hostile Host reaches the snippets"
+    );
+}

@@ -16,6 +16,7 @@ use super::spectra::{self, Missing, RankSummary};
 use super::svg::{DagNode, dag_svg};
 use super::{Chrome, PageCaller, PageError, cached_html, enc, html, render, size, when};
 use crate::app::adapters::cached_page;
+use crate::app::exports::Layout;
 use crate::app::jobs::queue_job;
 use crate::app::lineage::visible_lineage;
 use crate::app::lookup::find_adapter;
@@ -59,6 +60,20 @@ pub struct Badge {
     pub name: &'static str,
     pub ok: bool,
     pub reason: String,
+    /// Where the page says how to serve it that way (an anchor of the "Serve it" section).
+    pub href: Option<&'static str>,
+    /// The flags or call it needs there (`--enable-lora --max-lora-rank 16`).
+    pub flags: String,
+}
+
+/// One way to serve the shown version ("Serve it"), filled in with the adapter's id, the ref the
+/// page pins and this server's address.
+pub struct ServeSnippet {
+    /// The element id (`serve-vllm`, …), the badges' link targets.
+    pub anchor: &'static str,
+    pub title: &'static str,
+    pub note: String,
+    pub code: String,
 }
 
 pub struct SpectraView {
@@ -93,6 +108,9 @@ struct AdapterPage {
     spectra: Option<SpectraView>,
     spectra_note: Option<String>,
     snippet: String,
+    serve: Vec<ServeSnippet>,
+    /// What the snippets follow, in words (`prod`, `v3`, `revision 1a2b…`).
+    serve_pin: String,
     merge: Option<MergeForm>,
     created: String,
     updated: String,
@@ -160,19 +178,38 @@ async fn page(
     path: (String, String),
     reference: Option<String>,
 ) -> Result<HttpResponse, PageError> {
+    let origin = origin(req);
     if caller.user().is_some() {
-        let body = build(state, caller, &path, reference.as_deref()).await?;
+        let body = build(state, caller, &path, reference.as_deref(), &origin).await?;
         return Ok(caller.finish(with_card_csp(state, html(StatusCode::OK, body))));
     }
-    let key = json!(["adapter-page", path.0, path.1, reference]).to_string();
+    // The serving snippets name this server's address as the client reached it.
+    let key = json!(["adapter-page", path.0, path.1, reference, origin]).to_string();
     let cached = cached_page(state, &key, async || {
-        build(state, caller, &path, reference.as_deref())
+        build(state, caller, &path, reference.as_deref(), &origin)
             .await
             .map(String::into_bytes)
             .map_err(|e| e.0)
     })
     .await?;
     Ok(caller.finish(with_card_csp(state, cached_html(req, cached))))
+}
+
+/// `scheme://host[:port]` of the request (the `Host` header, or the `Forwarded` /
+/// `X-Forwarded-*` ones a proxy sets), for the serving snippets. A host with characters no
+/// address has is replaced by `http://localhost:8080` (snippets are pasted into shells).
+fn origin(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    let origin = format!("{}://{}", info.scheme(), info.host());
+    let plain = origin.len() <= 300
+        && origin
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":/.-_[]".contains(&b));
+    if plain {
+        origin
+    } else {
+        "http://localhost:8080".into()
+    }
 }
 
 /// The adapter pages' CSP allows the card image hosts, when there are any.
@@ -221,6 +258,7 @@ async fn build(
     caller: &PageCaller,
     path: &(String, String),
     reference: Option<&str>,
+    origin: &str,
 ) -> Result<String, PageError> {
     let adapter = find_adapter(&state.store, &caller.caller, path).await?;
     let id = adapter.repo_id();
@@ -238,6 +276,34 @@ async fn build(
         Some(_) => merge_form(state, caller, &adapter).await?,
         None => None,
     };
+    let serve = match (&version, &summary) {
+        (Some(v), Some(s)) => {
+            let place = ServePlace {
+                origin,
+                pin: reference.unwrap_or(v.revision.as_str()),
+                rank: compat
+                    .as_ref()
+                    .and_then(|c| c.vllm_max_lora_rank)
+                    .unwrap_or_else(|| quiver_merge::compat::max_rank(s)),
+                targets: s.target_modules.join(" "),
+                s3_export: state
+                    .store
+                    .blobs
+                    .s3_url(&crate::app::exports::export_dir(Layout::Flat, &v.revision)),
+            };
+            serve_snippets(&adapter, v, &place)
+        }
+        _ => Vec::new(),
+    };
+    let badges = compat
+        .as_ref()
+        .map(|c| badges(c, merge.is_some()))
+        .unwrap_or_default();
+    let serve_pin = match (reference, &version) {
+        (Some(r), _) => format!("ref {r}"),
+        (None, Some(v)) => format!("revision {}", v.revision),
+        (None, None) => String::new(),
+    };
     let page = AdapterPage {
         chrome: Chrome::new(id.clone(), caller),
         created: when(adapter.created_at),
@@ -249,7 +315,7 @@ async fn build(
             .and_then(Value::as_str)
             .map(str::to_owned),
         vllm_max_lora_rank: compat.as_ref().and_then(|c| c.vllm_max_lora_rank),
-        badges: compat.as_ref().map(badges).unwrap_or_default(),
+        badges,
         adapter,
         id,
         version,
@@ -262,6 +328,8 @@ async fn build(
         spectra: sections.spectra,
         spectra_note: sections.spectra_note,
         snippet: sections.snippet,
+        serve_pin,
+        serve,
         merge,
     };
     render(&page)
@@ -334,21 +402,178 @@ async fn version_rows(
     Ok(rows)
 }
 
-/// The compatibility badges, in the page's order.
-fn badges(compat: &Compatibility) -> Vec<Badge> {
+/// The compatibility badges, in the page's order, each linked to the snippet that serves it that
+/// way and naming what that needs.
+fn badges(compat: &Compatibility, merge_form: bool) -> Vec<Badge> {
+    let vllm_flags = match compat.vllm_max_lora_rank {
+        Some(r) => format!("--enable-lora --max-lora-rank {r}"),
+        None => "--enable-lora".into(),
+    };
     [
-        ("vLLM", &compat.vllm),
-        ("LoRAX", &compat.lorax),
-        ("PEFT", &compat.peft),
-        ("Merge", &compat.merge),
+        ("vLLM", &compat.vllm, Some("#serve-vllm"), vllm_flags),
+        (
+            "LoRAX",
+            &compat.lorax,
+            Some("#serve-lorax"),
+            "adapter_source: pbase, s3 or hub".into(),
+        ),
+        (
+            "PEFT",
+            &compat.peft,
+            Some("#serve-peft"),
+            "PeftModel.from_pretrained(base, id, revision=…)".into(),
+        ),
+        (
+            "Merge",
+            &compat.merge,
+            merge_form.then_some("#merge-h"),
+            "POST /api/v1/merges".into(),
+        ),
     ]
     .into_iter()
-    .map(|(name, verdict)| Badge {
+    .map(|(name, verdict, href, flags)| Badge {
         name,
         ok: verdict.ok,
         reason: verdict.reason.clone(),
+        href,
+        flags,
     })
     .collect()
+}
+
+/// What the serving snippets are filled in with, besides the adapter and version.
+struct ServePlace<'a> {
+    /// This server's address as the client reached it.
+    origin: &'a str,
+    /// The ref the snippets follow: the page's (`prod`, `3`, a revision), else the revision shown.
+    pin: &'a str,
+    /// The `--max-lora-rank` it needs.
+    rank: u64,
+    /// Its target modules, space-separated.
+    targets: String,
+    /// `s3://…/exports/<revision>` on an `s3://` store.
+    s3_export: Option<String>,
+}
+
+/// "Serve it": vLLM (the quiver-vllm plugin; `HF_ENDPOINT` + `--lora-modules`), LoRAX (`pbase`,
+/// `s3`, `hub`), SGLang and PEFT, as docs/serving.md explains them. Every value comes from the
+/// store's checked names (owner, name, aliases: `[a-z0-9._-]`), a revision (hex), a number or
+/// the sanitised origin; askama escapes the HTML.
+fn serve_snippets(
+    adapter: &AdapterRecord,
+    v: &VersionRecord,
+    at: &ServePlace,
+) -> Vec<ServeSnippet> {
+    let id = adapter.repo_id();
+    let dash = format!("{}--{}", adapter.owner, adapter.name);
+    let (origin, pin, rank, base) = (at.origin, at.pin, at.rank, &adapter.base_model);
+    let rev = &v.revision;
+    let local_base = format!(
+        "# {base}: a local directory of the base model (HF_ENDPOINT sends every Hub read to \
+         Quiver, which holds adapters only)"
+    );
+    let vllm = format!(
+        "# quiver-vllm resolves {id}@<ref> on first use (pip install ./integrations/vllm)\n\
+         export VLLM_PLUGINS=quiver VLLM_ALLOW_RUNTIME_LORA_UPDATING=1\n\
+         export QUIVER_URL={origin} QUIVER_TOKEN=qvt_...   # a read token; private adapters need it\n\
+         vllm serve {base} --enable-lora --max-lora-rank {rank}\n\
+         curl http://localhost:8000/v1/completions -H 'Content-Type: application/json' \\\n  \
+         -d '{{\"model\": \"{id}@{pin}\", \"prompt\": \"Hello\"}}'\n\
+         \n\
+         # or through the Hub API: --lora-modules fetches the adapter's main (its newest version) at start\n\
+         {local_base}\n\
+         HF_ENDPOINT={origin} HF_TOKEN=$QUIVER_TOKEN vllm serve /models/{base} \\\n  \
+         --enable-lora --max-lora-rank {rank} --lora-modules {id}={id}"
+    );
+    let export = at
+        .s3_export
+        .clone()
+        .unwrap_or_else(|| format!("s3://<bucket>/<prefix>/exports/{rev}"));
+    let lorax_note = if at.s3_export.is_some() {
+        format!(
+            "pbase: LoRAX asks Quiver (as its Predibase gateway) for {dash}/{pin} and reads the \
+             immutable export of the revision from S3. s3: the export directly. hub: the Hub API, \
+             at main."
+        )
+    } else {
+        "This server stores blobs in a local directory: LoRAX's pbase and s3 sources read S3 \
+         only, so they need a server with an s3:// store (--store-url). The hub source works."
+            .into()
+    };
+    let generate = |adapter_id: &str, source: &str| {
+        format!(
+            "curl http://localhost:8080/generate -H 'Content-Type: application/json' \\\n  \
+             -H \"Authorization: Bearer $QUIVER_TOKEN\" \\\n  \
+             -d '{{\"inputs\": \"Hello\", \"parameters\": {{\"adapter_id\": \"{adapter_id}\", \
+             \"adapter_source\": \"{source}\"}}}}'"
+        )
+    };
+    let lorax = format!(
+        "# pbase: Quiver answers LoRAX's Predibase lookups (repo owner--name, version = any ref)\n\
+         PREDIBASE_GATEWAY_ENDPOINT={origin} PREDIBASE_API_TOKEN=$QUIVER_TOKEN \\\n  \
+         S3_ENDPOINT_URL=$AWS_ENDPOINT_URL lorax-launcher --model-id {base}\n\
+         {pbase}\n\
+         \n\
+         # s3: the version's export (written by the first pbase lookup of it)\n\
+         curl -H \"Authorization: Bearer $QUIVER_TOKEN\" {origin}/v2/repos/{dash}/version/{rev}\n\
+         {s3}\n\
+         \n\
+         # hub: through the Hub API, at the adapter's main\n\
+         {local_base}\n\
+         HF_ENDPOINT={origin} HUGGING_FACE_HUB_TOKEN=$QUIVER_TOKEN lorax-launcher --model-id /models/{base}\n\
+         {hub}",
+        pbase = generate(&format!("{dash}/{pin}"), "pbase"),
+        s3 = generate(&export, "s3"),
+        hub = generate(&id, "hub"),
+    );
+    let sglang = format!(
+        "{local_base}\n\
+         HF_ENDPOINT={origin} HF_TOKEN=$QUIVER_TOKEN python -m sglang.launch_server \\\n  \
+         --model-path /models/{base} --enable-lora --max-lora-rank {rank} \\\n  \
+         --lora-target-modules {targets} --lora-paths {id}={id}\n\
+         # or at run time:\n\
+         curl http://localhost:30000/load_lora_adapter -H 'Content-Type: application/json' \\\n  \
+         -d '{{\"lora_name\": \"{id}\", \"lora_path\": \"{id}\"}}'",
+        targets = at.targets,
+    );
+    let peft = format!(
+        "{local_base}\n\
+         HF_ENDPOINT={origin} HF_TOKEN=$QUIVER_TOKEN python - <<'PY'\n\
+         from transformers import AutoModelForCausalLM\n\
+         from peft import PeftModel\n\
+         base = AutoModelForCausalLM.from_pretrained(\"/models/{base}\")\n\
+         model = PeftModel.from_pretrained(base, \"{id}\", revision=\"{pin}\")\n\
+         PY"
+    );
+    vec![
+        ServeSnippet {
+            anchor: "serve-vllm",
+            title: "vLLM",
+            note: format!(
+                "With the quiver-vllm plugin, a request for {id}@{pin} loads that version without a \
+                 restart; --max-lora-rank {rank} is the smallest that fits."
+            ),
+            code: vllm,
+        },
+        ServeSnippet {
+            anchor: "serve-lorax",
+            title: "LoRAX",
+            note: lorax_note,
+            code: lorax,
+        },
+        ServeSnippet {
+            anchor: "serve-sglang",
+            title: "SGLang",
+            note: "Through the Hub API (HF_ENDPOINT), at the adapter's main.".into(),
+            code: sglang,
+        },
+        ServeSnippet {
+            anchor: "serve-peft",
+            title: "PEFT",
+            note: format!("Through the Hub API, at {pin}."),
+            code: peft,
+        },
+    ]
 }
 
 /// The sections only a version has (an adapter without versions shows none of them).

@@ -59,7 +59,16 @@ pub fn is_page_path(path: &str) -> bool {
         || path.starts_with("/docs")
         || path == "/healthz"
         || path == "/metrics"
-        || is_hub_root_path(path))
+        || is_hub_root_path(path)
+        || is_lorax_path(path))
+}
+
+/// LoRAX's `pbase` routes (`crate::http::lorax`), which share the root with the pages:
+/// `/v2/repos/{repo}/version/{version}` and `/v1/models/version/name/{repo}`.
+fn is_lorax_path(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(parts.as_slice(), ["v2", "repos", _, "version", _])
+        || matches!(parts.as_slice(), ["v1", "models", "version", "name", _])
 }
 
 /// The Hub routes that share the root with the pages: `/{owner}/{name}/resolve/…` and
