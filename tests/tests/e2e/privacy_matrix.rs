@@ -1,6 +1,7 @@
 //! A private adapter answers every read route like a missing one, for everyone but its owner:
 //! the routes come from the route tables themselves (the OpenAPI document the server serves,
-//! `web::PAGE_ROUTES`, `hub::ROUTES`), so a new GET/HEAD route without a case here fails.
+//! `web::PAGE_ROUTES`, `hub::ROUTES`, `lorax::ROUTES`), so a new GET/HEAD route without a case
+//! here fails.
 
 use std::collections::BTreeMap;
 
@@ -82,9 +83,12 @@ const CASES: &[(&str, Case)] = &[
         Case::Adapter,
     ),
     ("/{owner}/{name}/resolve/{rev}/{path:.*}", Case::Adapter),
+    // LoRAX's pbase lookups (`{repo}` = `owner--name`)
+    ("/v2/repos/{repo}/version/{version}", Case::Adapter),
+    ("/v1/models/version/name/{repo}", Case::Adapter),
 ];
 
-/// Every GET/HEAD route of the three tables: (template, methods).
+/// Every GET/HEAD route of the route tables: (template, methods).
 async fn read_routes(app: &TestApp) -> Vec<(String, Vec<Method>)> {
     let (status, doc) = app.get_json("/api/openapi.json", "").await;
     assert_eq!(status, 200);
@@ -113,6 +117,11 @@ async fn read_routes(app: &TestApp) -> Vec<(String, Vec<Method>)> {
     for r in quiver_api::http::hub::ROUTES {
         for m in r.methods {
             add(r.path, m);
+        }
+    }
+    for (template, methods) in quiver_api::http::lorax::ROUTES {
+        for m in *methods {
+            add(template, m);
         }
     }
     routes.into_iter().collect()
@@ -269,6 +278,7 @@ async fn every_read_route_answers_for_a_private_adapter_as_for_a_missing_one(
             ("owner", "alice".to_string()),
             ("ref", reference.to_string()),
             ("rev", reference.to_string()),
+            ("version", reference.to_string()),
             ("path", "adapter_config.json".to_string()),
             ("file", "style.css".to_string()),
             ("id", job_id.clone()),
@@ -287,8 +297,10 @@ async fn every_read_route_answers_for_a_private_adapter_as_for_a_missing_one(
                         for values in &variants {
                             let mut private = values.clone();
                             private.insert("name", PRIVATE.to_string());
+                            private.insert("repo", format!("alice--{PRIVATE}"));
                             let mut missing = values.clone();
                             missing.insert("name", MISSING.to_string());
+                            missing.insert("repo", format!("alice--{MISSING}"));
                             let p = fill(template, &private);
                             let m = fill(template, &missing);
                             let got = ask(&app, method, &p, token).await;
@@ -349,5 +361,14 @@ async fn every_read_route_answers_for_a_private_adapter_as_for_a_missing_one(
     ] {
         let got = ask(&app, &Method::GET, &path, Some(&alice)).await;
         assert_eq!(got.status, 200, "{path} as alice: {}", got.body);
+    }
+    // LoRAX's lookups export to S3 only (501 on a file:// store, docs/serving.md).
+    let pbase_ok = if app.store.blobs.is_local() { 501 } else { 200 };
+    for path in [
+        format!("/v2/repos/alice--{PRIVATE}/version/prod"),
+        format!("/v1/models/version/name/alice--{PRIVATE}"),
+    ] {
+        let got = ask(&app, &Method::GET, &path, Some(&alice)).await;
+        assert_eq!(got.status, pbase_ok, "{path} as alice: {}", got.body);
     }
 }
