@@ -185,3 +185,23 @@ async fn version_legacy(
         "revision": version.revision,
     })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::split_repo;
+
+    #[test]
+    fn repos_are_owner_dash_dash_name_or_an_encoded_slash() {
+        let ok = |r: &str| split_repo(r).ok();
+        let pair = |o: &str, n: &str| Some((o.to_string(), n.to_string()));
+        assert_eq!(ok("alice--chat-lora"), pair("alice", "chat-lora"));
+        // Split at the first `--`: the name may hold more.
+        assert_eq!(ok("alice--chat--v2"), pair("alice", "chat--v2"));
+        assert_eq!(ok("alice%2Fchat--v2"), pair("alice", "chat--v2"));
+        assert_eq!(ok("alice%2fchat"), pair("alice", "chat"));
+        assert_eq!(ok("alice/chat"), pair("alice", "chat"));
+        for bad in ["alice", "--chat", "alice--", "alice/", "/chat", "a/b/c", ""] {
+            assert_eq!(ok(bad), None, "{bad:?}");
+        }
+    }
+}
