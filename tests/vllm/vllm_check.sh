@@ -23,9 +23,10 @@ if [ -z "$PY" ]; then
     if ! "$VENV/bin/pip" install -q "vllm==$VLLM_VERSION"; then
       echo "full install failed; installing vllm without dependencies plus what the check imports"
       "$VENV/bin/pip" install -q --no-deps "vllm==$VLLM_VERSION"
-      "$VENV/bin/pip" install -q torch msgspec regex pydantic cachetools psutil "transformers<5.23" \
+      "$VENV/bin/pip" install -q torch==2.14.0 msgspec regex pydantic cachetools psutil "transformers<5.23" \
         huggingface_hub safetensors numpy filelock pyyaml typing_extensions cloudpickle pyzmq \
-        urllib3 aiohttp requests
+        urllib3 aiohttp requests pillow pybase64 cbor2 uvloop py-cpuinfo prometheus_client \
+        llguidance xgrammar einops
     fi
   fi
 fi
