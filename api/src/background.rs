@@ -28,27 +28,33 @@ const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 pub struct Background {
     store: Store,
     workers: Workers,
+    deliverers: crate::events::deliver::Deliverers,
     sweeps: Option<JoinHandle<()>>,
     reconciler: Option<JoinHandle<()>>,
 }
 
 impl Background {
-    /// Starts the workers, the profile reconciler (with an embedder) and, when `sweep` is set,
-    /// the sweeps.
+    /// Starts the workers, the webhook workers, the profile reconciler (with an embedder) and,
+    /// when `sweep` is set, the sweeps.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         store: &Store,
         workers: WorkerOptions,
+        webhooks: crate::events::WebhookOptions,
         routing: Arc<Routing>,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
         sweep: bool,
     ) -> std::io::Result<Self> {
         let reconciler = reconcile::start(store.clone(), routing.clone(), wake.clone());
+        let deliverers =
+            crate::events::deliver::Deliverers::start(store.clone(), webhooks, metrics.clone());
         let workers = Workers::start(store.clone(), workers, routing, wake, metrics)?;
         let sweeps = sweep.then(|| tokio::spawn(sweep_forever(store.clone())));
         Ok(Self {
             store: store.clone(),
             workers,
+            deliverers,
             sweeps,
             reconciler,
         })
@@ -61,6 +67,7 @@ impl Background {
             task.abort();
         }
         self.workers.shutdown().await;
+        self.deliverers.shutdown().await;
         self.store.blobs.release_staging().await;
     }
 }

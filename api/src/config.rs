@@ -125,6 +125,41 @@ impl JobArgs {
     }
 }
 
+/// Webhook delivery (`serve` and `worker`).
+#[derive(Args, Clone, Debug)]
+pub struct WebhookArgs {
+    /// Webhook delivery workers in this process (0: none); they claim only deliveries, so a
+    /// long merge never delays them.
+    #[arg(long, env = "QUIVER_WEBHOOK_WORKERS", default_value_t = crate::events::DEFAULT_WEBHOOK_WORKERS as u16,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub webhook_workers: u16,
+    /// Allow webhook targets on loopback, private, link-local and CGNAT addresses (SSRF
+    /// protection off; for trusted networks and tests).
+    #[arg(long, env = "QUIVER_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// The first retry's delay in ms (then doubling, up to 120 times it). For tests.
+    #[arg(long, env = "QUIVER_WEBHOOK_RETRY_BASE_MS", hide = true,
+          default_value_t = crate::events::DEFAULT_RETRY_BASE_MS,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub webhook_retry_base_ms: u64,
+    /// Time limit of one delivery attempt in ms. For tests.
+    #[arg(long, env = "QUIVER_WEBHOOK_TIMEOUT_MS", hide = true,
+          default_value_t = crate::events::DEFAULT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub webhook_timeout_ms: u64,
+}
+
+impl WebhookArgs {
+    pub fn options(&self) -> crate::events::WebhookOptions {
+        crate::events::WebhookOptions {
+            workers: usize::from(self.webhook_workers),
+            allow_private: self.webhook_allow_private,
+            retry_base_ms: self.webhook_retry_base_ms,
+            timeout_ms: self.webhook_timeout_ms,
+        }
+    }
+}
+
 /// Routing: the embedder and how profiles are scored (`serve` and `worker`).
 #[derive(Args, Clone, Debug)]
 pub struct RoutingArgs {
@@ -178,6 +213,8 @@ pub struct HttpOptions {
     /// After SIGTERM/SIGINT, how long requests in flight (downloads) may take to finish before
     /// their connections are closed; new connections are refused meanwhile.
     pub shutdown_grace: std::time::Duration,
+    /// Webhook delivery: workers, private targets, retry base.
+    pub webhooks: crate::events::WebhookOptions,
 }
 
 /// Default `--shutdown-grace`: 30 s.
@@ -256,6 +293,7 @@ impl Default for HttpOptions {
             card_images: Default::default(),
             clients: ClientLimits::default(),
             shutdown_grace: std::time::Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_S),
+            webhooks: crate::events::WebhookOptions::default(),
         }
     }
 }

@@ -93,6 +93,16 @@ error_codes! {
     /// The version has no `samples.jsonl` to compute a profile from.
     NoSamples = "no_samples" => UNPROCESSABLE_ENTITY,
     ProfileNotFound = "profile_not_found" => NOT_FOUND,
+    /// A webhook URL that is malformed, too long, not http(s), or whose host resolves to an
+    /// address deliveries may not reach (loopback, private, link-local … without
+    /// `--webhook-allow-private`); the message says which.
+    InvalidWebhookUrl = "invalid_webhook_url" => BAD_REQUEST,
+    /// A subscription's other fields: an unknown event type, no or two scopes, a bad secret.
+    InvalidWebhook = "invalid_webhook" => BAD_REQUEST,
+    /// A user over the subscriptions limit (50).
+    TooManyWebhooks = "too_many_webhooks" => BAD_REQUEST,
+    WebhookNotFound = "webhook_not_found" => NOT_FOUND,
+    DeliveryNotFound = "delivery_not_found" => NOT_FOUND,
     Internal = "internal" => INTERNAL_SERVER_ERROR,
     /// Stored data is inconsistent (a blob a row refers to is missing).
     Corrupt = "corrupt" => INTERNAL_SERVER_ERROR,

@@ -6,7 +6,7 @@
 //!   shared HTTP edges (error rendering, extractors, body limits, the route table, OpenAPI);
 //! - use cases, [`app`]: what the front doors share (finding what a caller may see or write,
 //!   listings, jobs, lineage, aliases, serving a file);
-//! - services: [`jobs`] (the worker), [`routing`], [`state`], [`config`], [`auth`], [`publish`],
+//! - services: [`jobs`] (the worker), [`events`] (events and webhook delivery), [`routing`], [`state`], [`config`], [`auth`], [`publish`],
 //!   [`upload`], [`list_cache`], [`card`];
 //! - base: [`error`] (the one envelope and code table), [`metrics`], [`facets`],
 //!   [`conditional`], [`device`].
@@ -20,6 +20,7 @@ pub mod conditional;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod events;
 pub mod facets;
 pub mod http;
 pub mod jobs;

@@ -76,6 +76,23 @@ struct StateLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    /// One of [`DELIVERY_OUTCOMES`].
+    outcome: &'static str,
+}
+
+/// How a webhook delivery attempt ended: a 2xx; a non-2xx answer; no answer (connection refused,
+/// timeout, TLS); refused before any connection (the target's address is not allowed); not sent
+/// (the subscriber may no longer see the adapter, or the subscription is gone).
+pub const DELIVERY_OUTCOMES: [&str; 5] = [
+    "delivered",
+    "http_error",
+    "no_response",
+    "refused",
+    "skipped",
+];
+
 #[derive(Clone)]
 struct Buckets(&'static [f64]);
 
@@ -95,6 +112,7 @@ pub struct Metrics {
     job_durations: Family<OutcomeLabels, Histogram, Buckets>,
     jobs: Family<StateLabels, Gauge>,
     queue_depth: Gauge,
+    deliveries: Family<DeliveryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -107,6 +125,12 @@ impl Default for Metrics {
         let job_durations = Family::new_with_constructor(Buckets(&JOB_BUCKETS));
         let jobs = Family::<StateLabels, Gauge>::default();
         let queue_depth = Gauge::default();
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "quiver_webhook_deliveries",
+            "Webhook delivery attempts of this process by outcome",
+            deliveries.clone(),
+        );
         registry.register(
             "quiver_http_requests",
             "HTTP requests handled",
@@ -157,6 +181,7 @@ impl Default for Metrics {
             job_durations,
             jobs,
             queue_depth,
+            deliveries,
         }
     }
 }
@@ -170,6 +195,19 @@ impl Metrics {
         };
         self.requests.get_or_create(&labels).inc();
         self.latency.get_or_create(&labels).observe(seconds);
+    }
+
+    /// A webhook delivery attempt ended; an outcome outside [`DELIVERY_OUTCOMES`] counts as
+    /// `no_response`.
+    pub fn delivery(&self, outcome: &str) {
+        let outcome = DELIVERY_OUTCOMES
+            .iter()
+            .find(|o| **o == outcome)
+            .copied()
+            .unwrap_or("no_response");
+        self.deliveries
+            .get_or_create(&DeliveryLabels { outcome })
+            .inc();
     }
 
     pub fn add_in(&self, n: u64) {

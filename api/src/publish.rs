@@ -7,7 +7,8 @@
 //! output file) the blob is stored again; where it holds none (a Hub commit's LFS object,
 //! uploaded earlier and found by its sha256) the commit fails and rolls back, so the client
 //! gets the error and nothing broken ever becomes visible. Once the rows have committed no sweep
-//! can remove the blobs, so nothing needs checking afterwards.
+//! can remove the blobs, so nothing needs checking afterwards. After the commit the
+//! `version.published` event is recorded (`crate::events`).
 
 use std::path::PathBuf;
 
@@ -60,14 +61,14 @@ pub async fn publish_version(
             check.stored = stored;
         }
     }
-    match target {
-        Target::Adapter(adapter) => Ok((
+    let (adapter, version) = match target {
+        Target::Adapter(adapter) => (
             adapter.clone(),
             store
                 .meta
                 .create_version_checked(adapter, new, &check)
                 .await?,
-        )),
+        ),
         Target::Job {
             lease,
             output,
@@ -76,7 +77,9 @@ pub async fn publish_version(
             store
                 .meta
                 .publish_job_result_checked(lease, output, new, report, &check)
-                .await
+                .await?
         }
-    }
+    };
+    crate::events::version_published(store, &adapter, &version).await;
+    Ok((adapter, version))
 }

@@ -121,6 +121,7 @@ impl Application {
         let background = Background::start(
             &store,
             workers,
+            options.webhooks.clone(),
             routing.clone(),
             job_wake.clone(),
             metrics.clone(),
@@ -140,6 +141,7 @@ impl Application {
             job_wake,
             routing,
             card_images: options.card_images.clone(),
+            webhooks: options.webhooks.clone(),
         });
         let server = HttpServer::new(move || {
             let (app, api) = App::new()

@@ -16,4 +16,6 @@ pub struct AppState {
     pub routing: Arc<crate::routing::Routing>,
     /// Which remote images model cards may show (`--card-image-hosts`).
     pub card_images: crate::card::ImagePolicy,
+    /// Webhook settings (`--webhook-allow-private` is checked when subscriptions are made).
+    pub webhooks: crate::events::WebhookOptions,
 }

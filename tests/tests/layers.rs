@@ -71,6 +71,7 @@ const API_LAYERS: &[(&str, Layer)] = &[
     ("app", Layer::UseCase),
     // Services.
     ("jobs", Layer::Service),
+    ("events", Layer::Service),
     ("routing", Layer::Service),
     ("state", Layer::Service),
     ("config", Layer::Service),

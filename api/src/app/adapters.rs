@@ -224,8 +224,10 @@ pub fn cache_key(viewer: &Viewer, q: &ListAdapters) -> String {
 
 /// Deletes an adapter (REST and Hub): its rows (versions, files, refs; lineage keeps its name),
 /// then its LFS upload proofs, which are authorisation records. Its blobs go with the sweep.
+/// Records `adapter.deleted` for those who could see it.
 pub async fn delete(state: &AppState, adapter: &AdapterRecord) -> Result<(), ApiError> {
     state.store.meta.delete_adapter(adapter.id).await?;
     crate::app::proofs::delete_proofs(state, adapter.id).await;
+    crate::events::adapter_deleted(&state.store, adapter).await;
     Ok(())
 }

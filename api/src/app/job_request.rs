@@ -308,9 +308,9 @@ pub async fn check(
             let r = CompressionRequest::read(body)?;
             (Engine::Compress(r.params), r.job)
         }
-        JobKind::Embed => {
+        JobKind::Embed | JobKind::Webhook => {
             return Err(invalid(
-                "embed jobs are queued by the service (version profiles), not by a request",
+                "embed and webhook jobs are queued by the service, not by a request",
             ));
         }
     };

@@ -52,7 +52,13 @@ pub async fn queue_job(
 /// A job of the caller's (any job for an admin); others' are 404.
 pub fn own_job(viewer: &Viewer, job: Option<JobRecord>, id: &str) -> Result<JobRecord, ApiError> {
     match job {
-        Some(j) if viewer.admin || viewer.user.as_deref() == Some(j.created_by.as_str()) => Ok(j),
+        // Webhook deliveries are the service's own jobs, not the user's.
+        Some(j)
+            if j.kind != JobKind::Webhook
+                && (viewer.admin || viewer.user.as_deref() == Some(j.created_by.as_str())) =>
+        {
+            Ok(j)
+        }
         _ => Err(ApiError::coded(
             ErrorCode::JobNotFound,
             format!("job {id} was not found"),

@@ -13,3 +13,4 @@ pub mod proofs;
 pub mod redact;
 pub mod refs;
 pub mod resources;
+pub mod webhooks;

@@ -1,4 +1,7 @@
-//! The rule for user aliases (`prod`, `canary`): which names may point at a version.
+//! User aliases (`prod`, `canary`): which names may point at a version, and moving them (with
+//! their `alias.moved` event).
+
+use quiver_store::{AdapterRecord, Store, VersionRef};
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -21,4 +24,48 @@ pub fn check_alias(alias: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(alias)
+}
+
+/// The `(version, revision)` an alias points at now, if any.
+async fn alias_target(
+    store: &Store,
+    adapter: &AdapterRecord,
+    alias: &str,
+) -> Result<Option<(i64, String)>, ApiError> {
+    Ok(store
+        .meta
+        .get_version(adapter.id, &VersionRef::Alias(alias.to_string()))
+        .await?
+        .map(|v| (v.number, v.revision)))
+}
+
+/// Points a checked alias at version `number` (REST and the Hub's tags) and records
+/// `alias.moved` when it moved.
+pub async fn set_alias(
+    store: &Store,
+    adapter: &AdapterRecord,
+    alias: &str,
+    number: i64,
+) -> Result<(), ApiError> {
+    let from = alias_target(store, adapter, alias).await?;
+    store.meta.set_alias(adapter.id, alias, number).await?;
+    let to = alias_target(store, adapter, alias).await?;
+    if from != to {
+        crate::events::alias_moved(store, adapter, alias, from, to).await;
+    }
+    Ok(())
+}
+
+/// Removes an alias (`false`: there was none) and records `alias.moved` with `to: null`.
+pub async fn delete_alias(
+    store: &Store,
+    adapter: &AdapterRecord,
+    alias: &str,
+) -> Result<bool, ApiError> {
+    let from = alias_target(store, adapter, alias).await?;
+    let deleted = store.meta.delete_alias(adapter.id, alias).await?;
+    if deleted {
+        crate::events::alias_moved(store, adapter, alias, from, None).await;
+    }
+    Ok(deleted)
 }

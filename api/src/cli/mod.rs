@@ -4,6 +4,7 @@
 pub mod compress;
 pub mod merge;
 pub mod route;
+pub mod webhook;
 
 use std::path::PathBuf;
 
@@ -68,6 +69,8 @@ pub enum Command {
         #[command(flatten)]
         jobs: JobArgs,
         #[command(flatten)]
+        webhooks: crate::config::WebhookArgs,
+        #[command(flatten)]
         routing: RoutingArgs,
         #[command(flatten)]
         storage: StorageArgs,
@@ -81,6 +84,8 @@ pub enum Command {
         job_workers: u16,
         #[command(flatten)]
         jobs: JobArgs,
+        #[command(flatten)]
+        webhooks: crate::config::WebhookArgs,
         #[command(flatten)]
         routing: RoutingArgs,
         #[command(flatten)]
@@ -104,6 +109,8 @@ pub enum Command {
     Compress(crate::cli::compress::CompressArgs),
     /// Ask a server which adapters fit prompts (`POST /api/v1/route`).
     Route(crate::cli::route::RouteArgs),
+    /// Manage webhook subscriptions on a server (create, list, deliveries, redeliver, delete).
+    Webhook(crate::cli::webhook::WebhookArgs),
     /// Print embeddings of local text (JSON lines) with the routing embedder.
     Embed(crate::cli::route::EmbedArgs),
     /// Internal: run one job's engine over its scratch directory (started by a job worker).
@@ -138,6 +145,7 @@ pub async fn run(cli: Cli) -> CliResult {
             clients,
             shutdown_grace,
             jobs,
+            webhooks,
             routing,
             storage,
         } => {
@@ -151,6 +159,7 @@ pub async fn run(cli: Cli) -> CliResult {
                     card_images: crate::card::ImagePolicy::new(&card_image_hosts)?,
                     clients,
                     shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
+                    webhooks: webhooks.options(),
                 },
                 workers: jobs.options(job_workers, &storage),
                 routing: routing.options().map_err(StartupError::Embedder)?,
@@ -174,12 +183,14 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Worker {
             job_workers,
             jobs,
+            webhooks,
             routing,
             storage,
         } => {
             let routing = routing.options().map_err(StartupError::Embedder)?;
             run_worker(
                 jobs.options(usize::from(job_workers), &storage),
+                webhooks.options(),
                 routing,
                 &storage,
             )
@@ -210,6 +221,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Merge(args) => crate::cli::merge::run(args)?,
         Command::Compress(args) => crate::cli::compress::run(args)?,
         Command::Route(args) => crate::cli::route::route(args).await?,
+        Command::Webhook(args) => crate::cli::webhook::run(args).await?,
         Command::Embed(args) => crate::cli::route::embed(args)?,
         // Like `merge`, on the runtime's main thread (rayon inside): measured, the engine ran
         // ~10 % slower in a process without the runtime (ties, 8 × 160 MB: 151 s vs 133-135 s).
@@ -244,6 +256,7 @@ fn storage_hint(s: &StorageArgs) -> String {
 /// go back to the queue.
 async fn run_worker(
     options: WorkerOptions,
+    webhooks: crate::events::WebhookOptions,
     routing: RoutingOptions,
     storage: &StorageArgs,
 ) -> CliResult {
@@ -262,6 +275,7 @@ async fn run_worker(
     let background = Background::start(
         &store,
         options,
+        webhooks,
         Arc::new(Routing::new(routing)),
         Arc::new(Notify::new()),
         Arc::new(Metrics::default()),

@@ -211,8 +211,9 @@ async fn worker_loop(shared: Arc<Shared>, worker_id: String) {
                 Err(e) => tracing::warn!(error = %e, "could not reap expired leases"),
             }
         }
+        // Webhook deliveries have their own workers (`events::deliver`).
         let kinds: &[JobKind] = if shared.embedder.is_some() {
-            JobKind::ALL
+            &[JobKind::Merge, JobKind::Compress, JobKind::Embed]
         } else {
             &[JobKind::Merge, JobKind::Compress]
         };

@@ -91,6 +91,7 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
                 "job succeeded"
             );
             shared.metrics.job_finished(kind, "succeeded", seconds);
+            job_finished(shared, &job.id).await;
             return;
         }
         // Stopped on request (or failed while stopping): the request decides.
@@ -150,6 +151,18 @@ pub(super) async fn run_job(shared: &Arc<Shared>, worker: &str, job: JobRecord, 
         (_, s) => s,
     };
     shared.metrics.job_finished(kind, outcome, seconds);
+    if matches!(ended, Ok(Some(s)) if s.is_terminal()) {
+        job_finished(shared, &job.id).await;
+    }
+}
+
+/// Records `job.finished` for a job this worker ended (read back: its state, result, error).
+async fn job_finished(shared: &Shared, id: &str) {
+    match shared.store.meta.get_job(id).await {
+        Ok(Some(job)) => crate::events::job_finished(&shared.store, &job).await,
+        Ok(None) => {}
+        Err(e) => tracing::warn!(job = %id, error = %e, "could not read the job for its event"),
+    }
 }
 
 /// Decodes the job's payload, then stages, runs and publishes; returns the published version and

@@ -45,6 +45,11 @@ impl JobPayload {
             JobKind::Merge => JobPayload::Merge(JobSpec::deserialize(spec)?),
             JobKind::Compress => JobPayload::Compress(JobSpec::deserialize(spec)?),
             JobKind::Embed => JobPayload::Embed(EmbedSpec::deserialize(spec)?),
+            JobKind::Webhook => {
+                return Err(serde::de::Error::custom(
+                    "webhook deliveries are run by the webhook workers (events::deliver)",
+                ));
+            }
         })
     }
 

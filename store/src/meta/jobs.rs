@@ -14,8 +14,9 @@ use super::{AdapterRecord, CommitCheck, NewVersion, NoCheck, Page, VersionRecord
 use crate::{RepoId, StoreError};
 
 string_enum!(
-    /// What a job computes.
-    JobKind { Merge = "merge", Compress = "compress", Embed = "embed" }
+    /// What a job computes (`webhook`: one delivery of an event to one subscription, claimed
+    /// only by the webhook workers and never listed with users' jobs).
+    JobKind { Merge = "merge", Compress = "compress", Embed = "embed", Webhook = "webhook" }
 );
 string_enum!(
     /// Where a job is in its life.
@@ -99,6 +100,8 @@ pub enum Beat {
 /// How a running job ended, short of publishing.
 #[derive(Clone, Debug)]
 pub enum JobEnd {
+    /// Done without publishing anything (a webhook delivery).
+    Succeeded,
     /// Failed for good (bad inputs found while running), or out of attempts.
     Failed(String),
     /// A transient failure: queued again after `backoff_ms` unless the attempts are used up.
@@ -162,7 +165,7 @@ pub trait JobStore: Send + Sync {
     /// `spec_sha256` matches (`created = false`), `Conflict` otherwise.
     async fn enqueue_job(&self, job: &NewJob) -> Result<(JobRecord, bool), StoreError>;
     async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
-    /// Newest first.
+    /// Newest first. `webhook` jobs are left out unless `filter.kind` asks for them.
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Page<JobRecord>, StoreError>;
     /// A queued job is cancelled at once; a running one gets `cancel_requested` (its worker stops
     /// at the next module); an ended one is left as it is. Returns the job after the change.

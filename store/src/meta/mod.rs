@@ -41,6 +41,7 @@ mod query;
 mod sql;
 pub mod tokens;
 pub mod versions;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -65,6 +66,10 @@ pub use tokens::{Principal, TokenStore};
 pub use versions::{
     CommitCheck, FileRecord, NewVersion, NoCheck, ParentVersion, VersionFacets, VersionKind,
     VersionRecord, VersionRef, VersionState, VersionStore,
+};
+pub use webhooks::{
+    DeliveryRecord, DeliveryStatus, EventRecord, NewDelivery, NewEvent, NewWebhook, QueuedDelivery,
+    WebhookRecord, WebhookStore, delivery_spec,
 };
 
 /// Connects to `sqlite://…` or `postgres://…` and applies the dialect's migrations.
@@ -96,7 +101,7 @@ pub struct Page<T> {
 /// (one method per use case); the dialect and the cross-cutting reads are here.
 #[async_trait]
 pub trait MetadataStore:
-    TokenStore + AdapterStore + VersionStore + JobStore + ProfileStore + Send + Sync
+    TokenStore + AdapterStore + VersionStore + JobStore + ProfileStore + WebhookStore + Send + Sync
 {
     /// `"sqlite"` or `"postgres"`.
     fn dialect(&self) -> &'static str;

@@ -17,4 +17,5 @@ mod publish_checks;
 mod routing;
 mod service;
 mod uploads;
+mod webhooks;
 mod workers;

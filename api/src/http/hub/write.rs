@@ -175,10 +175,6 @@ pub async fn tag(
             )
         })?;
     let alias = crate::app::refs::check_alias(&body.tag)?;
-    state
-        .store
-        .meta
-        .set_alias(adapter.id, &alias, version.number)
-        .await?;
+    crate::app::refs::set_alias(&state.store, &adapter, &alias, version.number).await?;
     Ok(HttpResponse::Ok().json(json!({"name": alias, "targetCommit": version.revision})))
 }

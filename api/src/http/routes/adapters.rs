@@ -178,6 +178,7 @@ pub async fn patch_adapter(
     let updated = state.store.meta.get_adapter(&repo).await?.ok_or_else(|| {
         ApiError::not_found(ErrorCode::AdapterNotFound, format!("adapter {repo}"))
     })?;
+    crate::events::adapter_updated(&state.store, &adapter, &updated).await;
     Ok(HttpResponse::Ok().json(view(&state.store, &caller.viewer(), updated).await?))
 }
 

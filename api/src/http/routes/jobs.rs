@@ -156,7 +156,12 @@ pub async fn cancel_job(
             "this token has the read scope; cancelling needs a write token",
         ));
     }
+    let was_queued = job.state == JobState::Queued;
     let job = state.store.meta.cancel_job(&job.id).await?.unwrap_or(job);
+    if was_queued && job.state == JobState::Cancelled {
+        // A running job's cancel ends in its worker, which records the event.
+        crate::events::job_finished(&state.store, &job).await;
+    }
     tracing::info!(job = %job.id, state = job.state.as_str(), cancel_requested = job.cancel_requested, "job cancel asked");
     Ok(HttpResponse::Ok().json(JobView::from(job)))
 }

@@ -9,6 +9,7 @@ pub mod profiles;
 pub mod refs;
 pub mod route;
 pub mod versions;
+pub mod webhooks;
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -33,5 +34,11 @@ pub fn configure_v1(cfg: &mut ServiceConfig) {
         .service(jobs::cancel_job)
         .service(profiles::get_profile)
         .service(profiles::post_profile)
-        .service(route::route);
+        .service(route::route)
+        .service(webhooks::create_webhook)
+        .service(webhooks::list_webhooks)
+        .service(webhooks::get_webhook)
+        .service(webhooks::delete_webhook)
+        .service(webhooks::list_deliveries)
+        .service(webhooks::redeliver);
 }

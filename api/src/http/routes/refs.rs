@@ -33,11 +33,7 @@ pub async fn set_ref(
     let (owner, name, alias) = path.into_inner();
     let (adapter, _) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
     let alias = check_alias(&alias)?;
-    state
-        .store
-        .meta
-        .set_alias(adapter.id, &alias, body.version)
-        .await?;
+    crate::app::refs::set_alias(&state.store, &adapter, &alias, body.version).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "name": alias, "version": body.version })))
 }
 
@@ -55,12 +51,7 @@ pub async fn delete_ref(
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, alias) = path.into_inner();
     let (adapter, _) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
-    if state
-        .store
-        .meta
-        .delete_alias(adapter.id, &alias.to_ascii_lowercase())
-        .await?
-    {
+    if crate::app::refs::delete_alias(&state.store, &adapter, &alias.to_ascii_lowercase()).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::not_found(

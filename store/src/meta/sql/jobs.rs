@@ -105,7 +105,7 @@ impl SqlMetadata {
     }
 
     /// Wakes idle workers of every process (Postgres, delivered on commit).
-    async fn notify_workers(&self, tx: &mut Tx) -> Result<(), StoreError> {
+    pub(super) async fn notify_workers(&self, tx: &mut Tx) -> Result<(), StoreError> {
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT pg_notify($1, '') AS sent")
                 .bind(JOBS_CHANNEL)
@@ -196,9 +196,11 @@ impl JobStore for SqlMetadata {
         if let Some(state) = f.state {
             sql.push(" AND state = ").bind(state.as_str());
         }
-        if let Some(kind) = f.kind {
-            sql.push(" AND kind = ").bind(kind.as_str());
-        }
+        match f.kind {
+            Some(kind) => sql.push(" AND kind = ").bind(kind.as_str()),
+            // Deliveries are the service's own work, not the user's jobs.
+            None => sql.push(" AND kind <> ").bind(JobKind::Webhook.as_str()),
+        };
         if let Some(raw) = &f.cursor {
             let c: JobCursor = decode_cursor(raw)?;
             sql.push(" AND (created_at < ")
@@ -350,6 +352,12 @@ impl JobStore for SqlMetadata {
         let clear = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL";
         let mut sql = Sql::new("UPDATE jobs SET ");
         match end {
+            JobEnd::Succeeded => {
+                sql.push("state = ")
+                    .bind(JobState::Succeeded.as_str())
+                    .push(", error = NULL, progress_done = progress_total, finished_at = ")
+                    .bind(now);
+            }
             JobEnd::Failed(error) => {
                 sql.push("state = ")
                     .bind(f)

@@ -14,6 +14,7 @@ mod jobs;
 mod profiles;
 mod tokens;
 mod versions;
+mod webhooks;
 
 use super::VersionState;
 use super::query::Sql;

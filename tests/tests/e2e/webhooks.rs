@@ -1,0 +1,1072 @@
+//! Events and webhooks end to end: a real receiver on 127.0.0.1 (a small HTTP server in the
+//! test) that records what it gets and answers as told (200, 500, too late, or not at all).
+//! Targets outside the loopback range are only ever refused by validation: no test sends
+//! traffic anywhere but 127.0.0.1.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quiver_api::config::HttpOptions;
+use quiver_api::events::WebhookOptions;
+use quiver_tests::{Backend, TestApp, app_or_skip, spawn_app_with, synthetic_adapter};
+use rstest::rstest;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// How the receiver answers one request.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    Status(u16),
+    /// Waits this long before answering 200 (past the sender's timeout).
+    Sleep(Duration),
+}
+
+#[derive(Clone, Debug)]
+struct Got {
+    path: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+    at: Instant,
+}
+
+impl Got {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Default)]
+struct RecvState {
+    script: VecDeque<Reply>,
+    got: Vec<Got>,
+}
+
+/// A webhook receiver on 127.0.0.1.
+struct Receiver {
+    addr: SocketAddr,
+    state: Arc<Mutex<RecvState>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let r = Self {
+            addr,
+            state: Arc::default(),
+            task: Mutex::new(None),
+        };
+        r.serve(listener);
+        r
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let state = self.state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(handle(conn, state.clone()));
+            }
+        });
+        *self.task.lock().expect("lock") = Some(task);
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops listening: connections are refused until `up`.
+    async fn down(&self) {
+        let task = self.task.lock().expect("lock").take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await; // the listener is dropped once the task is
+        }
+    }
+
+    async fn up(&self) {
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("rebind {}: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
+    }
+
+    fn script(&self, replies: &[Reply]) {
+        self.state
+            .lock()
+            .expect("lock")
+            .script
+            .extend(replies.iter().copied());
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.state.lock().expect("lock").got.clone()
+    }
+
+    /// Waits until `pred` holds of what was received.
+    async fn wait_for(&self, what: &str, pred: impl Fn(&[Got]) -> bool) -> Vec<Got> {
+        let start = Instant::now();
+        loop {
+            let got = self.got();
+            if pred(&got) {
+                return got;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{what}: still waiting after {WAIT:?}; got {:#?}",
+                got.iter().map(Got::json).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.lock().expect("lock").take() {
+            t.abort();
+        }
+    }
+}
+
+async fn handle(mut conn: tokio::net::TcpStream, state: Arc<Mutex<RecvState>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let path = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or_default()
+        .to_string();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < len {
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let reply = {
+        let mut s = state.lock().expect("lock");
+        s.got.push(Got {
+            path,
+            headers,
+            body,
+            at: Instant::now(),
+        });
+        s.script.pop_front().unwrap_or(Reply::Status(200))
+    };
+    let code = match reply {
+        Reply::Status(c) => c,
+        Reply::Sleep(d) => {
+            tokio::time::sleep(d).await;
+            200
+        }
+    };
+    let text = format!("receiver says {code}");
+    // A redirect names a place; a sender that followed it would show up as a request there.
+    let location = if (300..400).contains(&code) {
+        "location: /redirected\r\n"
+    } else {
+        ""
+    };
+    let response = format!(
+        "HTTP/1.1 {code} X\r\ncontent-length: {}\r\n{location}connection: close\r\n\r\n{text}",
+        text.len()
+    );
+    let _ = conn.write_all(response.as_bytes()).await;
+    let _ = conn.shutdown().await;
+}
+
+/// HMAC-SHA256, as a receiver computes it (RFC 2104 over sha2).
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> String {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(msg)
+        .finalize();
+    hex::encode(
+        Sha256::new()
+            .chain_update(&opad)
+            .chain_update(inner)
+            .finalize(),
+    )
+}
+
+/// Checks `Quiver-Signature` against the raw body with the secret, and its timestamp is fresh.
+fn assert_signed(got: &Got, secret: &str) {
+    let sig = got.header("quiver-signature");
+    let (t, v1) = sig
+        .split_once(',')
+        .and_then(|(t, v)| Some((t.strip_prefix("t=")?, v.strip_prefix("v1=")?)))
+        .unwrap_or_else(|| panic!("malformed Quiver-Signature {sig:?}"));
+    let mut msg = format!("{t}.").into_bytes();
+    msg.extend_from_slice(&got.body);
+    assert_eq!(
+        v1,
+        hmac_sha256(secret.as_bytes(), &msg),
+        "signature of {sig:?}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let t: i64 = t.parse().expect("t");
+    assert!((now - t).abs() <= 300, "stale timestamp {t} (now {now})");
+    assert_eq!(got.header("content-type"), "application/json");
+    assert_eq!(got.header("quiver-event"), got.json()["type"]);
+    assert!(!got.header("quiver-delivery").is_empty());
+    assert!(!got.header("quiver-webhook-id").is_empty());
+}
+
+/// A server that delivers to loopback receivers, with short retries and timeouts.
+async fn webhook_app(backend: Backend, retry_base_ms: u64, timeout_ms: u64) -> Option<TestApp> {
+    spawn_app_with(
+        backend,
+        HttpOptions {
+            webhooks: WebhookOptions {
+                workers: 2,
+                allow_private: true,
+                retry_base_ms,
+                timeout_ms,
+            },
+            ..HttpOptions::default()
+        },
+    )
+    .await
+}
+
+macro_rules! webhook_app_or_skip {
+    ($backend:expr, $base:expr, $timeout:expr) => {
+        match webhook_app($backend, $base, $timeout).await {
+            Some(app) => app,
+            None => return,
+        }
+    };
+}
+
+async fn subscribe(app: &TestApp, who: &str, body: Value) -> Value {
+    let (status, hook) = app.post_json("/api/v1/webhooks", who, &body).await;
+    assert_eq!(status, 201, "{body} → {hook}");
+    hook
+}
+
+fn types(got: &[Got]) -> Vec<String> {
+    got.iter()
+        .map(|g| g.json()["type"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+async fn upload_version(app: &TestApp, repo: &str, who: &str, seed: u32) -> Value {
+    let (status, v) = app
+        .upload(
+            repo,
+            who,
+            &synthetic_adapter(4, &["q_proj", "v_proj"], seed),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn every_event_type_arrives_signed_in_sequence_and_filtered(#[case] backend: Backend) {
+    let app = webhook_app_or_skip!(backend, 200, 5_000);
+    let rx = Receiver::start().await;
+    let (status, _) = app.create_adapter("alice", "a", false, "alice").await;
+    assert_eq!(status, 201);
+    let secret = "a-secret-of-at-least-16";
+    let hook = subscribe(
+        &app,
+        "alice",
+        json!({"url": rx.url("/adapter"), "adapter": "alice/a", "secret": secret}),
+    )
+    .await;
+    assert_eq!(hook["secret"], secret, "{hook}");
+    assert_eq!(hook["events"].as_array().map(Vec::len), Some(5), "{hook}");
+    // Every adapter of alice, but only two event types.
+    let owner_hook = subscribe(
+        &app,
+        "alice",
+        json!({"url": rx.url("/owner"), "owner": "alice", "events": ["job.finished", "adapter.deleted"]}),
+    )
+    .await;
+    let owner_secret = owner_hook["secret"]
+        .as_str()
+        .expect("generated secret")
+        .to_string();
+    assert!(owner_secret.len() >= 32, "{owner_hook}");
+    let (status, listed) = app.get_json("/api/v1/webhooks", "alice").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    assert!(
+        listed["items"][0].get("secret").is_none(),
+        "secret shown again: {listed}"
+    );
+
+    let v1 = upload_version(&app, "alice/a", "alice", 1).await;
+    let v2 = upload_version(&app, "alice/a", "alice", 2).await;
+    let put_prod = |v: i64| {
+        app.send(
+            app.request(
+                reqwest::Method::PUT,
+                "/api/v1/adapters/alice/a/refs/prod",
+                "alice",
+            )
+            .json(&json!({"version": v})),
+        )
+    };
+    assert_eq!(put_prod(1).await.0, 200);
+    assert_eq!(put_prod(2).await.0, 200);
+    assert_eq!(put_prod(2).await.0, 200, "not moved: no event");
+    let (status, _) = app
+        .send(app.request(
+            reqwest::Method::DELETE,
+            "/api/v1/adapters/alice/a/refs/prod",
+            "alice",
+        ))
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = app
+        .send(
+            app.request(reqwest::Method::PATCH, "/api/v1/adapters/alice/a", "alice")
+                .json(&json!({"description": "changed", "private": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A merge whose output is another adapter of alice: its job.finished reaches the owner hook.
+    let (status, _) = app.create_adapter("alice", "b", false, "alice").await;
+    assert_eq!(status, 201);
+    upload_version(&app, "alice/b", "alice", 3).await;
+    let (status, job) = app
+        .post_json(
+            "/api/v1/merges",
+            "alice",
+            &json!({"method": "cat", "inputs": ["alice/b", "alice/b"],
+                    "output": {"adapter": "alice/merged", "create": true}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let job = app
+        .wait_job(job["id"].as_str().expect("id"), "alice", WAIT)
+        .await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let (status, _) = app
+        .send(app.request(reqwest::Method::DELETE, "/api/v1/adapters/alice/a", "alice"))
+        .await;
+    assert_eq!(status, 204);
+
+    let expected = [
+        "version.published",
+        "version.published",
+        "alias.moved",
+        "alias.moved",
+        "alias.moved",
+        "adapter.updated",
+        "adapter.deleted",
+    ];
+    let got = rx
+        .wait_for("adapter hook events and the owner hook's two", |g| {
+            g.iter().filter(|x| x.path == "/adapter").count() >= expected.len()
+                && g.iter().filter(|x| x.path == "/owner").count() >= 2
+        })
+        .await;
+    let mut adapter: Vec<Got> = got
+        .iter()
+        .filter(|g| g.path == "/adapter")
+        .cloned()
+        .collect();
+    // Delivered in any order (at-least-once, several workers); the ids say the order.
+    adapter.sort_by_key(|g| g.json()["id"].as_i64());
+    assert_eq!(types(&adapter), expected);
+    for g in &adapter {
+        assert_signed(g, secret);
+        assert_eq!(g.header("quiver-webhook-id"), hook["id"]);
+        let b = g.json();
+        assert_eq!(b["adapter"], "alice/a");
+        assert_eq!(b["owner"], "alice");
+        assert!(b["created_at"].as_i64().is_some(), "{b}");
+    }
+    let ids: Vec<i64> = adapter
+        .iter()
+        .map(|g| g.json()["id"].as_i64().expect("id"))
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids increase per adapter: {ids:?}"
+    );
+    let data: Vec<Value> = adapter.iter().map(|g| g.json()["data"].clone()).collect();
+    assert_eq!(data[0]["version"], 1);
+    assert_eq!(data[0]["revision"], v1["revision"]);
+    assert_eq!(data[1]["revision"], v2["revision"]);
+    assert_eq!(
+        data[2],
+        json!({"alias": "prod", "from": null, "to": {"version": 1, "revision": v1["revision"]}})
+    );
+    assert_eq!(data[3]["from"]["version"], 1);
+    assert_eq!(data[3]["to"]["version"], 2);
+    assert_eq!(data[4]["to"], Value::Null);
+    assert_eq!(
+        data[5]["changed"]["private"],
+        json!({"from": false, "to": true})
+    );
+    assert_eq!(data[5]["changed"]["description"]["to"], "changed");
+    assert!(data[5]["changed"].get("tags").is_none(), "{}", data[5]);
+
+    let owner: Vec<Got> = got.iter().filter(|g| g.path == "/owner").cloned().collect();
+    let mut owner_types = types(&owner);
+    owner_types.sort();
+    assert_eq!(
+        owner_types,
+        ["adapter.deleted", "job.finished"],
+        "the filter holds"
+    );
+    for g in &owner {
+        assert_signed(g, &owner_secret);
+    }
+    let finished = owner
+        .iter()
+        .find(|g| g.json()["type"] == "job.finished")
+        .expect("job.finished");
+    let f = finished.json();
+    assert_eq!(f["adapter"], "alice/merged");
+    assert_eq!(f["data"]["job"], job["id"]);
+    assert_eq!(f["data"]["state"], "succeeded");
+    assert_eq!(
+        f["data"]["result"],
+        json!({"adapter": "alice/merged", "version": 1})
+    );
+
+    // Deliveries are not the user's jobs.
+    let (status, jobs) = app.get_json("/api/v1/jobs", "alice").await;
+    assert_eq!(status, 200);
+    let kinds: Vec<&str> = jobs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|j| j["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["merge"], "{jobs}");
+    let delivery = adapter[0].header("quiver-delivery").to_string();
+    let (status, _) = app
+        .get_json(&format!("/api/v1/jobs/{delivery}"), "alice")
+        .await;
+    assert_eq!(status, 404, "a delivery is not a job to its user");
+
+    // The delivery log: every attempt, newest first, with code and latency.
+    let hook_id = hook["id"].as_str().expect("id");
+    wait_log(&app, "alice", hook_id, expected.len()).await;
+    let (status, log) = app
+        .get_json(
+            &format!("/api/v1/webhooks/{hook_id}/deliveries?limit=3"),
+            "alice",
+        )
+        .await;
+    assert_eq!(status, 200, "{log}");
+    let items = log["items"].as_array().expect("items");
+    assert_eq!(items.len(), 3, "{log}");
+    assert!(items[0]["id"].as_i64() > items[1]["id"].as_i64(), "{log}");
+    for d in items {
+        assert_eq!(d["status"], "delivered", "{d}");
+        assert_eq!(d["response_code"], 200, "{d}");
+        assert!(d["latency_ms"].as_i64().is_some_and(|l| l >= 0), "{d}");
+        assert_eq!(d["response_excerpt"], "receiver says 200", "{d}");
+    }
+    let cursor = log["next_cursor"].as_str().expect("more pages");
+    let (status, page2) = app
+        .get_json(
+            &format!("/api/v1/webhooks/{hook_id}/deliveries?limit=50&cursor={cursor}"),
+            "alice",
+        )
+        .await;
+    assert_eq!(status, 200, "{page2}");
+    assert_eq!(
+        page2["items"].as_array().map(Vec::len),
+        Some(expected.len() - 3),
+        "{page2}"
+    );
+    // Another user sees none of it.
+    let (status, _) = app
+        .get_json(&format!("/api/v1/webhooks/{hook_id}/deliveries"), "bob")
+        .await;
+    assert_eq!(status, 404);
+
+    // Redelivery: the same event again, as a new delivery.
+    let (status, re) = app
+        .post_json(
+            &format!("/api/v1/webhooks/{hook_id}/deliveries/{delivery}/redeliver"),
+            "alice",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 202, "{re}");
+    assert_eq!(re["event_id"], ids[0]);
+    let got = rx
+        .wait_for("the redelivery", |g| {
+            g.iter()
+                .any(|x| x.header("quiver-delivery") == re["delivery_id"])
+        })
+        .await;
+    let again = got
+        .iter()
+        .find(|x| x.header("quiver-delivery") == re["delivery_id"])
+        .expect("redelivered");
+    assert_eq!(again.json()["id"], ids[0]);
+    assert_eq!(again.json()["data"], adapter[0].json()["data"]);
+    assert_signed(again, secret);
+    let (status, _) = app
+        .post_json(
+            &format!("/api/v1/webhooks/{hook_id}/deliveries/not-a-delivery/redeliver"),
+            "alice",
+            &json!({}),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Deleting the subscription stops it.
+    let (status, _) = app
+        .send(app.request(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/webhooks/{hook_id}"),
+            "alice",
+        ))
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = app
+        .get_json(&format!("/api/v1/webhooks/{hook_id}"), "alice")
+        .await;
+    assert_eq!(status, 404);
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains("quiver_webhook_deliveries_total{outcome=\"delivered\"}"),
+        "{text}"
+    );
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_private_adapter_s_events_never_reach_a_subscriber_who_cannot_see_it(
+    #[case] backend: Backend,
+) {
+    let app = webhook_app_or_skip!(backend, 200, 5_000);
+    let alice_rx = Receiver::start().await;
+    let bob_rx = Receiver::start().await;
+    assert_eq!(
+        app.create_adapter("alice", "pub", false, "alice").await.0,
+        201
+    );
+    assert_eq!(
+        app.create_adapter("alice", "secret", true, "alice").await.0,
+        201
+    );
+    // Bob may follow alice (he sees one of her adapters), not her private adapter.
+    let (status, body) = app
+        .post_json(
+            "/api/v1/webhooks",
+            "bob",
+            &json!({"url": bob_rx.url("/"), "adapter": "alice/secret"}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "adapter_not_found");
+    let bob_hook = subscribe(
+        &app,
+        "bob",
+        json!({"url": bob_rx.url("/"), "owner": "alice"}),
+    )
+    .await;
+    subscribe(
+        &app,
+        "alice",
+        json!({"url": alice_rx.url("/"), "owner": "alice"}),
+    )
+    .await;
+    bob_rx.down().await;
+
+    upload_version(&app, "alice/secret", "alice", 1).await;
+    upload_version(&app, "alice/pub", "alice", 2).await;
+    // Made private, then a new version: bob may see neither.
+    let patch = |private: bool| {
+        app.send(
+            app.request(
+                reqwest::Method::PATCH,
+                "/api/v1/adapters/alice/pub",
+                "alice",
+            )
+            .json(&json!({"private": private})),
+        )
+    };
+    assert_eq!(patch(true).await.0, 200);
+    upload_version(&app, "alice/pub", "alice", 3).await;
+    let (status, _) = app
+        .send(app.request(
+            reqwest::Method::DELETE,
+            "/api/v1/adapters/alice/secret",
+            "alice",
+        ))
+        .await;
+    assert_eq!(status, 204);
+    // Alice gets all five.
+    let got = alice_rx
+        .wait_for("alice's five events", |g| g.len() >= 5)
+        .await;
+    let mut all: Vec<(String, String)> = got
+        .iter()
+        .map(|g| {
+            let b = g.json();
+            (
+                b["adapter"].as_str().unwrap_or("").to_string(),
+                b["type"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    all.sort();
+    assert_eq!(
+        all,
+        [
+            ("alice/pub", "adapter.updated"),
+            ("alice/pub", "version.published"),
+            ("alice/pub", "version.published"),
+            ("alice/secret", "adapter.deleted"),
+            ("alice/secret", "version.published"),
+        ]
+        .map(|(a, t)| (a.to_string(), t.to_string()))
+    );
+    // Checked when the events were recorded: one delivery was queued for bob (alice/pub's first
+    // version, while it was public), none for the others.
+    let bob_jobs = app
+        .store
+        .meta
+        .list_jobs(&quiver_store::JobFilter {
+            created_by: Some("bob".into()),
+            kind: Some(quiver_store::JobKind::Webhook),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("jobs");
+    assert_eq!(bob_jobs.items.len(), 1, "{:?}", bob_jobs.items);
+    // … and checked again when it is sent: alice/pub is private now, so it is skipped.
+    rx_up_and_wait_skipped(&app, &bob_rx, bob_hook["id"].as_str().expect("id")).await;
+    assert!(
+        bob_rx.got().is_empty(),
+        "bob got {:?}",
+        bob_rx.got().iter().map(Got::json).collect::<Vec<_>>()
+    );
+    // Public again: bob is told.
+    assert_eq!(patch(false).await.0, 200);
+    let got = bob_rx
+        .wait_for("bob's adapter.updated", |g| !g.is_empty())
+        .await;
+    let b = got[0].json();
+    assert_eq!(b["type"], "adapter.updated");
+    assert_eq!(
+        b["data"]["changed"]["private"],
+        json!({"from": true, "to": false})
+    );
+}
+
+/// The delivery log once it holds at least `n` attempts.
+async fn wait_log(app: &TestApp, who: &str, hook_id: &str, n: usize) -> Value {
+    let start = Instant::now();
+    loop {
+        let (status, log) = app
+            .get_json(
+                &format!("/api/v1/webhooks/{hook_id}/deliveries?limit=100"),
+                who,
+            )
+            .await;
+        assert_eq!(status, 200, "{log}");
+        if log["items"].as_array().is_some_and(|i| i.len() >= n) {
+            return log;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "fewer than {n} attempts logged: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn rx_up_and_wait_skipped(app: &TestApp, rx: &Receiver, hook_id: &str) {
+    rx.up().await;
+    let start = Instant::now();
+    loop {
+        let (status, log) = app
+            .get_json(&format!("/api/v1/webhooks/{hook_id}/deliveries"), "bob")
+            .await;
+        assert_eq!(status, 200, "{log}");
+        if let Some(skip) = log["items"]
+            .as_array()
+            .and_then(|i| i.iter().find(|d| d["status"] == "skipped"))
+        {
+            assert!(
+                skip["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("not visible"),
+                "{skip}"
+            );
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "no skipped delivery: {log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn failures_and_timeouts_are_retried_with_growing_gaps_and_logged(#[case] backend: Backend) {
+    let base = 200u64;
+    let app = webhook_app_or_skip!(backend, base, 1_000);
+    let rx = Receiver::start().await;
+    rx.script(&[
+        Reply::Status(500),
+        Reply::Status(503),
+        Reply::Sleep(Duration::from_millis(2_500)),
+        Reply::Status(302),
+    ]);
+    assert_eq!(
+        app.create_adapter("alice", "a", false, "alice").await.0,
+        201
+    );
+    let hook = subscribe(
+        &app,
+        "alice",
+        json!({"url": rx.url("/h"), "adapter": "alice/a"}),
+    )
+    .await;
+    upload_version(&app, "alice/a", "alice", 1).await;
+    let got = rx.wait_for("five attempts", |g| g.len() >= 5).await;
+    // One event, one delivery, five attempts.
+    let ids: Vec<&str> = got.iter().map(|g| g.header("quiver-delivery")).collect();
+    assert!(ids.iter().all(|d| *d == ids[0]), "{ids:?}");
+    assert!(got.iter().all(|g| g.json()["id"] == got[0].json()["id"]));
+    // Each gap is at least the backoff: base, 2·base, 4·base (+ the 1 s timeout), 8·base.
+    for (i, w) in got.windows(2).enumerate() {
+        let gap = w[1].at.duration_since(w[0].at);
+        let min = Duration::from_millis(base << i);
+        assert!(gap >= min, "gap {i} was {gap:?}, less than {min:?}");
+    }
+    let hook_id = hook["id"].as_str().expect("id");
+    let log = wait_log(&app, "alice", hook_id, 5).await;
+    let mut items: Vec<Value> = log["items"].as_array().expect("items").clone();
+    items.reverse();
+    let codes: Vec<Value> = items.iter().map(|d| d["response_code"].clone()).collect();
+    assert_eq!(
+        codes,
+        [json!(500), json!(503), Value::Null, json!(302), json!(200)],
+        "{log}"
+    );
+    let attempts: Vec<i64> = items.iter().filter_map(|d| d["attempt"].as_i64()).collect();
+    assert_eq!(attempts, [1, 2, 3, 4, 5]);
+    let statuses: Vec<&str> = items.iter().filter_map(|d| d["status"].as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["failed", "failed", "failed", "failed", "delivered"]
+    );
+    let timeout_error = items[2]["error"].as_str().unwrap_or_default();
+    assert!(timeout_error.contains("timed out"), "{}", items[2]);
+    assert!(
+        items[2]["latency_ms"].as_i64().is_some_and(|l| l >= 1_000),
+        "{}",
+        items[2]
+    );
+    assert_eq!(items[0]["response_excerpt"], "receiver says 500");
+    let all: Vec<String> = rx.got().iter().map(|g| g.path.clone()).collect();
+    assert_eq!(all, ["/h"; 5], "a 302 is not followed");
+    let text = app.metrics_text().await;
+    for outcome in ["delivered", "http_error", "no_response"] {
+        assert!(
+            text.contains(&format!(
+                "quiver_webhook_deliveries_total{{outcome=\"{outcome}\"}}"
+            )),
+            "{outcome}: {text}"
+        );
+    }
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_receiver_down_for_a_while_gets_every_event_once_it_is_up(#[case] backend: Backend) {
+    let app = webhook_app_or_skip!(backend, 100, 2_000);
+    let rx = Receiver::start().await;
+    assert_eq!(
+        app.create_adapter("alice", "a", false, "alice").await.0,
+        201
+    );
+    subscribe(
+        &app,
+        "alice",
+        json!({"url": rx.url("/h"), "owner": "alice"}),
+    )
+    .await;
+    rx.down().await;
+    for seed in 1..=4 {
+        upload_version(&app, "alice/a", "alice", seed).await;
+    }
+    for v in [1, 3, 2] {
+        let (status, _) = app
+            .send(
+                app.request(
+                    reqwest::Method::PUT,
+                    "/api/v1/adapters/alice/a/refs/prod",
+                    "alice",
+                )
+                .json(&json!({"version": v})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(rx.got().is_empty());
+    rx.up().await;
+    let got = rx
+        .wait_for("all seven events", |g| {
+            let mut ids: Vec<i64> = g.iter().filter_map(|x| x.json()["id"].as_i64()).collect();
+            ids.sort();
+            ids.dedup();
+            ids.len() >= 7
+        })
+        .await;
+    let mut bodies: Vec<Value> = got.iter().map(Got::json).collect();
+    bodies.sort_by_key(|b| b["id"].as_i64());
+    bodies.dedup_by_key(|b| b["id"].as_i64());
+    let published: Vec<i64> = bodies
+        .iter()
+        .filter(|b| b["type"] == "version.published")
+        .filter_map(|b| b["data"]["version"].as_i64())
+        .collect();
+    assert_eq!(
+        published,
+        [1, 2, 3, 4],
+        "in id order, the versions in the order published"
+    );
+    let moved: Vec<i64> = bodies
+        .iter()
+        .filter(|b| b["type"] == "alias.moved")
+        .filter_map(|b| b["data"]["to"]["version"].as_i64())
+        .collect();
+    assert_eq!(moved, [1, 3, 2], "in id order, the moves in the order made");
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn bad_subscriptions_are_refused_before_any_connection(#[case] backend: Backend) {
+    // The default server: private targets refused.
+    let app = app_or_skip!(backend);
+    assert_eq!(
+        app.create_adapter("alice", "a", false, "alice").await.0,
+        201
+    );
+    let refused = [
+        "http://10.0.0.1/",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/",
+        "http://localhost/",
+        "http://127.0.0.1:9/",
+        "http://192.168.1.1/",
+        "http://100.64.0.1/",
+        "http://[fe80::1]/",
+        "http://[fd00::1]/",
+        "http://[::ffff:10.0.0.1]/",
+        "http://0.0.0.0/",
+        "ftp://127.0.0.1/",
+        "file:///etc/passwd",
+        "not a url",
+        "http://user:pw@127.0.0.1/",
+    ];
+    for url in refused {
+        let (status, body) = app
+            .post_json(
+                "/api/v1/webhooks",
+                "alice",
+                &json!({"url": url, "adapter": "alice/a"}),
+            )
+            .await;
+        assert_eq!(status, 400, "{url}: {body}");
+        assert_eq!(
+            body["error"]["code"], "invalid_webhook_url",
+            "{url}: {body}"
+        );
+    }
+    let (_, body) = app
+        .post_json(
+            "/api/v1/webhooks",
+            "alice",
+            &json!({"url": "http://169.254.169.254/", "adapter": "alice/a"}),
+        )
+        .await;
+    let msg = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("link-local") && msg.contains("--webhook-allow-private"),
+        "{msg}"
+    );
+    let long = format!("http://127.0.0.1/{}", "a".repeat(2048));
+    let (status, body) = app
+        .post_json(
+            "/api/v1/webhooks",
+            "alice",
+            &json!({"url": long, "adapter": "alice/a"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (400, json!("invalid_webhook_url"))
+    );
+    let (status, _) = app.get_json("/api/v1/webhooks", "alice").await;
+    assert_eq!(status, 200);
+
+    // The other fields, on a server that allows loopback targets (nothing is sent: no events).
+    let app = webhook_app_or_skip!(backend, 200, 1_000);
+    assert_eq!(
+        app.create_adapter("alice", "a", false, "alice").await.0,
+        201
+    );
+    let url = "http://127.0.0.1:9/";
+    let cases = [
+        (
+            json!({"url": url, "adapter": "alice/a", "events": ["version.published", "version.deleted"]}),
+            "invalid_webhook",
+            "version.deleted",
+        ),
+        (
+            json!({"url": url, "adapter": "alice/a", "events": []}),
+            "invalid_webhook",
+            "events",
+        ),
+        (
+            json!({"url": url, "adapter": "alice/a", "owner": "alice"}),
+            "invalid_webhook",
+            "exactly one",
+        ),
+        (json!({"url": url}), "invalid_webhook", "exactly one"),
+        (
+            json!({"url": url, "adapter": "alice/a", "secret": "short"}),
+            "invalid_webhook",
+            "secret",
+        ),
+        (
+            json!({"url": url, "adapter": "not-a-repo"}),
+            "invalid_webhook",
+            "owner/name",
+        ),
+        (
+            json!({"url": url, "adapter": "alice/a", "extra": 1}),
+            "invalid_json",
+            "extra",
+        ),
+    ];
+    for (body, code, says) in cases {
+        let (status, e) = app.post_json("/api/v1/webhooks", "alice", &body).await;
+        assert_eq!(status, 400, "{body}: {e}");
+        assert_eq!(e["error"]["code"], code, "{body}: {e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(says),
+            "{body}: {e}"
+        );
+    }
+    let (status, e) = app
+        .post_json(
+            "/api/v1/webhooks",
+            "alice",
+            &json!({"url": url, "adapter": "alice/nope"}),
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].clone()),
+        (404, json!("adapter_not_found"))
+    );
+    let (status, _) = app
+        .post_json(
+            "/api/v1/webhooks",
+            "",
+            &json!({"url": url, "adapter": "alice/a"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = app
+        .post_json(
+            "/api/v1/webhooks",
+            "alice_read",
+            &json!({"url": url, "adapter": "alice/a"}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    for i in 0..50 {
+        subscribe(&app, "alice", json!({"url": format!("{url}{i}"), "adapter": "alice/a", "events": ["adapter.deleted"]})).await;
+    }
+    let (status, e) = app
+        .post_json(
+            "/api/v1/webhooks",
+            "alice",
+            &json!({"url": url, "adapter": "alice/a"}),
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["code"].clone()),
+        (400, json!("too_many_webhooks")),
+        "{e}"
+    );
+}
