@@ -38,6 +38,7 @@ def start_server(binary, data):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
+    os.makedirs(data, exist_ok=True)
     log = open(os.path.join(data, "serve.log"), "w")
     p = subprocess.Popen([binary, "serve", "--bind", f"127.0.0.1:{port}", "--job-workers", "0",
                           "--data-dir", data], stdout=log, stderr=subprocess.STDOUT)
