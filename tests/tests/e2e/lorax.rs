@@ -218,6 +218,20 @@ async fn pbase_lookups_point_at_immutable_exports(#[case] backend: Backend) {
     assert_eq!(body["adapterPath"], path2.as_str());
     assert_eq!(read_prefix(&bucket, &key1).await, want1);
 
+    // The blob sweeps never touch exports (they list `sha256/` and `uploads/` only): after a
+    // sweep with no grace period and one of staged uploads, both exports are whole.
+    app.store
+        .sweep_unreferenced_blobs(std::time::Duration::ZERO)
+        .await
+        .expect("sweep");
+    app.store
+        .blobs
+        .sweep_staged(std::time::Duration::ZERO)
+        .await
+        .expect("sweep staged");
+    assert_eq!(read_prefix(&bucket, &key1).await, want1);
+    assert_eq!(read_prefix(&bucket, &key2).await, export_files(&v2));
+
     // Unknown versions and malformed repos are 404.
     for path in [
         "/v2/repos/alice--chat/version/9",
