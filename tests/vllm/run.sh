@@ -2,7 +2,8 @@
 # The vLLM integration's tests (integrations/vllm/tests): starts `quiver serve` on a backend, makes
 # two write tokens, then runs pytest in .venv-vllm (quiver-vllm installed editable, plus pytest;
 # no vLLM: the tests stub its two modules when it is absent). The tests seed their own adapters
-# through the native API and run fake vLLM/SGLang replicas on 127.0.0.1.
+# through the native API and run fake vLLM/SGLang replicas on 127.0.0.1; the server allows
+# loopback webhook targets (--webhook-allow-private) so that its deliveries reach `sync`.
 #
 # Usage: tests/vllm/run.sh QUIVER_BIN [sqlite|postgres-s3] [pytest args...]
 #   postgres-s3 needs QUIVER_TEST_POSTGRES_URL and the S3 variables scripts/test.sh exports.
@@ -26,7 +27,7 @@ if [ "$BACKEND" = postgres-s3 ]; then
   psql "${QUIVER_TEST_POSTGRES_URL}" -qc "CREATE DATABASE $DB" >/dev/null
   ARGS+=(--database-url "${QUIVER_TEST_POSTGRES_URL%/*}/$DB" --store-url "s3://${QUIVER_TEST_S3_BUCKET}/vllm-$$")
 fi
-"$BIN" serve --bind "127.0.0.1:$PORT" --job-workers 0 "${ARGS[@]}" >"$DATA/serve.log" 2>&1 &
+"$BIN" serve --bind "127.0.0.1:$PORT" --job-workers 0 --webhook-allow-private "${ARGS[@]}" >"$DATA/serve.log" 2>&1 &
 PID=$!
 cleanup() {
   kill "$PID" 2>/dev/null || true

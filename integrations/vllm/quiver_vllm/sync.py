@@ -309,10 +309,13 @@ def webhook_server(bind: str, secret: Optional[str], syncer: Syncer) -> http.ser
                 self.send_error(401)
                 return
             try:
-                event = json.loads(body or b"{}").get("event") or json.loads(body).get("type")
-            except (ValueError, AttributeError):
-                event = None
-            log.info("webhook: %s received; syncing now", event or "event")
+                doc = json.loads(body or b"{}")
+            except ValueError:
+                doc = {}
+            doc = doc if isinstance(doc, dict) else {}
+            event = self.headers.get("Quiver-Event") or doc.get("type") or "event"
+            log.info("webhook: %s of %s received (delivery %s); syncing now", event,
+                     doc.get("adapter") or "?", self.headers.get("Quiver-Delivery") or "-")
             syncer.wake.set()
             self.send_response(204)
             self.end_headers()

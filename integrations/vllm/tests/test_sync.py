@@ -171,8 +171,9 @@ def test_daemon_syncs_at_once_on_a_signed_webhook(chat, live, tmp_path):
         set_alias(live.url, live.alice, "alice", chat["name"], "prod", 3)
 
         def post(sig):
-            body = json.dumps({"event": "alias.moved", "adapter": f"alice/{chat['name']}",
-                               "alias": "prod", "version": 3}).encode()
+            body = json.dumps({"id": 1, "type": "alias.moved", "created_at": 0,
+                               "adapter": f"alice/{chat['name']}", "owner": "alice",
+                               "data": {"alias": "prod", "version": 3}}).encode()
             req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body, method="POST",
                                          headers={"Quiver-Signature": sig(body)})
             for _ in range(50):
@@ -196,3 +197,39 @@ def test_daemon_syncs_at_once_on_a_signed_webhook(chat, live, tmp_path):
         out = p.communicate(timeout=10)[0]
         rep.close()
     assert re.search(r"unloaded and loaded v3", out), out
+
+
+def test_daemon_follows_quivers_own_webhooks(chat, live, tmp_path):
+    """A real subscription (POST /api/v1/webhooks): Quiver signs and delivers alias.moved to the
+    daemon's listener (the server runs with --webhook-allow-private for this loopback target),
+    which syncs at once although it polls only every 10 minutes."""
+    rep = FakeReplica("vllm")
+    served = f"alice/{chat['name']}@prod"
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    secret = "quiver-vllm-test-secret-0123"
+    p = _daemon(["--replica", rep.url, "--adapter", served, "--interval", "600",
+                 "--listen", f"127.0.0.1:{port}", "--webhook-secret", secret], live, tmp_path)
+    try:
+        assert rep.wait_for(lambda: served in rep.adapters, 20), "first sync"
+        try:
+            from quiver_seed import api
+            api(live.url, "POST", "/api/v1/webhooks", live.alice,
+                {"url": f"http://127.0.0.1:{port}/", "adapter": f"alice/{chat['name']}",
+                 "events": ["alias.moved"], "secret": secret})
+        except urllib.error.HTTPError as e:
+            pytest.skip(f"this server has no webhooks for loopback targets: {e.code} {e.read()[:200]}")
+        rev2 = chat["v"][1]["revision"]
+        t0 = time.monotonic()
+        set_alias(live.url, live.alice, "alice", chat["name"], "prod", 2)
+        assert rep.wait_for(lambda: rev2 in rep.adapters.get(served, ""), 10), "webhook sync"
+        print(f"alias move -> Quiver webhook -> replica loaded: "
+              f"{(time.monotonic() - t0) * 1000:.0f} ms")
+    finally:
+        p.terminate()
+        out = p.communicate(timeout=10)[0]
+        rep.close()
+    assert "webhook: alias.moved of alice/" in out, out
