@@ -8,7 +8,10 @@ Without --url it starts its own `quiver serve` (target/release/quiver if present
 target/debug/quiver; say which when reporting) on SQLite in a fresh /tmp directory, and seeds a
 small adapter (with a `prod` alias) and one of ~100 MiB. Needs huggingface_hub in the running
 Python (scripts/test.sh makes .venv-hf-latest with 2.4.0). Targets (issue 22): warm p50 <= 5 ms
-including the revision check (one API call); cold resolve <= 1.1x hf_hub_download.
+including the revision check (one API call); cold resolve <= 1.1x hf_hub_download. Last, the
+rollout latency: `quiver-vllm sync` (in-process, polling every --interval s) in front of a fake
+vLLM replica (integrations/vllm/tests/fake_replica.py); --moves alias moves at varied points of
+the poll cycle, each timed from the PUT to the replica's load call (target p50 <= 2 s).
 """
 
 import argparse
@@ -67,6 +70,8 @@ def main():
     ap.add_argument("--warm", type=int, default=500)
     ap.add_argument("--cold", type=int, default=3)
     ap.add_argument("--mib", type=int, default=100)
+    ap.add_argument("--moves", type=int, default=10, help="alias moves for the rollout figure")
+    ap.add_argument("--interval", type=float, default=1.0, help="sync's polling interval")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="quiver-bench-vllm-")
     proc = None
@@ -145,6 +150,37 @@ def main():
               f"{len(files)} files, median of {a.cold}: {mt:.3f}s; runs "
               + ", ".join(f"{x:.3f}" for x in theirs))
         print(f"ratio quiver-vllm / hf_hub_download: {mo / mt:.2f}x (target <= 1.1x)")
+
+        # -- rollout: alias move -> the replica's load endpoint called (quiver-vllm sync) -----
+        if a.moves:
+            import threading
+
+            from fake_replica import FakeReplica
+            from quiver_vllm.sync import Replica, Syncer, parse_spec
+
+            upload(url, token, owner, small, r=8, seed=3)  # v2
+            rep = FakeReplica("vllm")
+            served = f"{owner}/{small}@prod"
+            sy = Syncer(Core(Settings(url=url, token=token, cache_dir=os.path.join(tmp, "sync"),
+                                      max_lora_rank=512)),
+                        Replica(rep.url, "vllm"), [parse_spec(served)])
+            th = threading.Thread(target=sy.run, args=(a.interval,), daemon=True)
+            th.start()
+            assert rep.wait_for(lambda: served in rep.adapters, 30)
+            lat = []
+            for i in range(a.moves):
+                target = 2 if i % 2 == 0 else 1
+                n = len(rep.calls)
+                time.sleep(a.interval * ((i * 0.37) % 1))  # moves land anywhere in the poll cycle
+                t = time.monotonic()
+                set_alias(url, token, owner, small, "prod", target)
+                assert rep.wait_for(lambda: len(rep.calls) > n, 30)
+                lat.append(rep.calls[n][0] - t)
+            sy.stop()
+            rep.close()
+            print(f"alias move -> replica load call (sync polling every {a.interval}s, "
+                  f"{a.moves} moves): p50 {statistics.median(lat) * 1000:.0f} ms, max "
+                  f"{max(lat) * 1000:.0f} ms (target p50 <= 2 s)")
     finally:
         if proc is not None:
             proc.terminate()

@@ -78,6 +78,8 @@ class Core:
         """Raise Refused when vLLM must not load this version."""
         if version.get("state", "ready") != "ready":
             raise Refused(f"version {version.get('number')} is {version.get('state')}, not ready")
+        if not any(f.get("path") == "adapter_config.json" for f in version.get("files") or []):
+            raise Refused("the version has no adapter_config.json")
         lora = version.get("lora") or {}
         peft_type = lora.get("peft_type", "LORA")
         if peft_type != "LORA":

@@ -164,15 +164,18 @@ def test_dora_and_unservable_versions_are_refused(make_core):
 
     core = make_core(skip_base_model_check=True)
     ref = parse("a/b")
-    ok = {"state": "ready", "lora": {"peft_type": "LORA", "r": 8}, "base_model": "m"}
+    cfg = [{"path": "adapter_config.json", "size": 1, "sha256": "0" * 64}]
+    ok = {"state": "ready", "lora": {"peft_type": "LORA", "r": 8}, "base_model": "m",
+          "files": cfg}
     core.check(ref, ok, "m")
     for bad in ({"lora": {"peft_type": "LORA", "r": 8, "use_dora": True}},
+                {"lora": {"peft_type": "LORA", "r": 8}, "files": []},
                 {"lora": {"peft_type": "LOHA", "r": 8}},
                 {"lora": {"peft_type": "LORA", "r": 8},
                  "compatibility": {"vllm": {"ok": False, "reason": "modules_to_save (lm_head)"}}},
                 {"state": "pending", "lora": {"r": 8}}):
         with pytest.raises(Refused):
-            core.check(ref, dict(bad, base_model="m"), "m")
+            core.check(ref, dict({"files": cfg}, **bad, base_model="m"), "m")
 
 
 def test_corrupted_download_is_refused_and_not_cached(chat, proxy, make_core, base_model):
@@ -286,3 +289,21 @@ def test_vllm_plugin_registers_and_returns_a_lora_request(chat, live, tmp_path, 
     assert os.path.isfile(os.path.join(req.lora_path, "adapter_model.safetensors"))
     assert run(resolver.resolve_lora(base_model, "some/hf-name@x y")) is None
     LoRAResolverRegistry.resolvers.pop("quiver", None)
+
+
+def test_older_server_without_base_model_in_the_version(chat, make_core, base_model):
+    """A server whose version resource lacks `base_model`: the adapter's is asked for (one more
+    call), so the base-model check still holds."""
+    core = make_core()
+    real = core.client.version
+
+    def old_shape(*a):
+        v = real(*a)
+        v.pop("base_model", None)
+        v.pop("adapter", None)
+        return v
+
+    core.client.version = old_shape
+    lora = f"alice/{chat['name']}@v1"
+    assert run(core.resolve(base_model, lora)) is not None
+    assert run(core.resolve("another/model", lora)) is None
