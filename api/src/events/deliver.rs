@@ -24,6 +24,38 @@ use crate::metrics::Metrics;
 const POLL: Duration = Duration::from_millis(250);
 /// Longest response body kept in the delivery log.
 pub const EXCERPT_BYTES: usize = 1024;
+/// HTTP clients a worker keeps (one per vetted host and address, so connections are reused).
+const CLIENTS_KEPT: usize = 32;
+
+/// A worker's HTTP clients, each pinned to one vetted address of one host.
+#[derive(Default)]
+struct Clients(std::collections::HashMap<(String, std::net::SocketAddr), reqwest::Client>);
+
+impl Clients {
+    fn get(
+        &mut self,
+        vetted: &target::Vetted,
+        timeout: Duration,
+    ) -> reqwest::Result<reqwest::Client> {
+        let key = (vetted.host.clone(), vetted.addr);
+        if let Some(c) = self.0.get(&key) {
+            return Ok(c.clone());
+        }
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(super::CONNECT_TIMEOUT.min(timeout))
+            .timeout(timeout)
+            .resolve(&vetted.host, vetted.addr)
+            .user_agent(concat!("Quiver-Webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        if self.0.len() >= CLIENTS_KEPT {
+            self.0.clear();
+        }
+        self.0.insert(key, client.clone());
+        Ok(client)
+    }
+}
 
 #[derive(Deserialize)]
 struct Spec {
@@ -80,6 +112,7 @@ async fn worker_loop(shared: Arc<Shared>, worker: String, mut shutdown: watch::R
     let reap_every = Duration::from_secs(10);
     let mut last_reap = Instant::now();
     let mut failures = 0u32;
+    let mut clients = Clients::default();
     loop {
         if *shutdown.borrow() {
             return;
@@ -108,7 +141,7 @@ async fn worker_loop(shared: Arc<Shared>, worker: String, mut shutdown: watch::R
         match claimed {
             Ok(Some((job, lease))) => {
                 failures = 0;
-                attempt(&shared, &job, &lease).await;
+                attempt(&shared, &mut clients, &job, &lease).await;
                 continue;
             }
             Ok(None) => failures = 0,
@@ -153,7 +186,7 @@ impl Attempt {
 }
 
 /// One attempt of one delivery job, logged and ended.
-async fn attempt(shared: &Shared, job: &JobRecord, lease: &Lease) {
+async fn attempt(shared: &Shared, clients: &mut Clients, job: &JobRecord, lease: &Lease) {
     let spec: Spec = match serde_json::from_value(job.spec.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -179,30 +212,23 @@ async fn attempt(shared: &Shared, job: &JobRecord, lease: &Lease) {
     };
     let started = Instant::now();
     let result = match prepare(shared, &hook, spec.event_id).await {
-        Ok(Ok((vetted, event))) => send(shared, &hook, &job.id, vetted, &event).await,
+        Ok(Ok((vetted, event))) => send(shared, clients, &hook, &job.id, vetted, &event).await,
         Ok(Err(skip)) => skip,
         Err(e) => return retry_store_error(shared, job, lease, e).await,
     };
     let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
     shared.metrics.delivery(result.outcome);
-    let logged = shared
-        .store
-        .meta
-        .record_delivery(&NewDelivery {
-            delivery_id: job.id.clone(),
-            webhook_id: hook.id.clone(),
-            event_id: spec.event_id,
-            attempt: lease.attempt,
-            status: result.status,
-            response_code: result.code.map(i64::from),
-            latency_ms,
-            response_excerpt: result.excerpt.clone(),
-            error: result.error.clone(),
-        })
-        .await;
-    if let Err(e) = logged {
-        tracing::warn!(delivery = %job.id, error = %e, "could not log a delivery attempt");
-    }
+    let delivery = NewDelivery {
+        delivery_id: job.id.clone(),
+        webhook_id: hook.id.clone(),
+        event_id: spec.event_id,
+        attempt: lease.attempt,
+        status: result.status,
+        response_code: result.code.map(i64::from),
+        latency_ms,
+        response_excerpt: result.excerpt.clone(),
+        error: result.error.clone(),
+    };
     let how = match (result.status, result.code) {
         (DeliveryStatus::Delivered, _) => JobEnd::Succeeded,
         (DeliveryStatus::Skipped, _) => {
@@ -225,7 +251,21 @@ async fn attempt(shared: &Shared, job: &JobRecord, lease: &Lease) {
             backoff_ms: retry_delay_ms(shared.options.retry_base_ms, lease.attempt),
         },
     };
-    end(shared, job, lease, how).await;
+    // The attempt's log row and the job's end commit together.
+    match shared
+        .store
+        .meta
+        .finish_delivery(lease, &how, &delivery)
+        .await
+    {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            tracing::warn!(delivery = %job.id, "lease lost before the delivery's end was recorded")
+        }
+        Err(e) => {
+            tracing::warn!(delivery = %job.id, error = %e, "could not record a delivery attempt; its lease will expire and it is retried")
+        }
+    }
 }
 
 /// The event and the vetted target, or why the attempt is not sent (`Ok(Err)`).
@@ -271,6 +311,7 @@ async fn prepare(
 /// POSTs the signed body to the vetted address.
 async fn send(
     shared: &Shared,
+    clients: &mut Clients,
     hook: &WebhookRecord,
     delivery_id: &str,
     vetted: target::Vetted,
@@ -283,15 +324,7 @@ async fn send(
         }
     };
     let timeout = Duration::from_millis(shared.options.timeout_ms.max(1));
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .connect_timeout(super::CONNECT_TIMEOUT.min(timeout))
-        .timeout(timeout)
-        .resolve(&vetted.host, vetted.addr)
-        .user_agent(concat!("Quiver-Webhooks/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let client = match client {
+    let client = match clients.get(&vetted, timeout) {
         Ok(c) => c,
         Err(e) => {
             return Attempt::not_sent(DeliveryStatus::Failed, "no_response", chain(&e));

@@ -128,6 +128,14 @@ pub trait WebhookStore: Send + Sync {
     ) -> Result<EventRecord, StoreError>;
     async fn get_event(&self, id: i64) -> Result<Option<EventRecord>, StoreError>;
     async fn record_delivery(&self, d: &NewDelivery) -> Result<(), StoreError>;
+    /// Logs an attempt and ends its job (as `JobStore::end_job`) in one transaction; `None`
+    /// when the lease was lost (the attempt is logged all the same).
+    async fn finish_delivery(
+        &self,
+        lease: &super::Lease,
+        end: &super::JobEnd,
+        d: &NewDelivery,
+    ) -> Result<Option<super::JobState>, StoreError>;
     /// A subscription's delivery attempts, newest first; `before`: an attempt id from the
     /// previous page.
     async fn list_deliveries(

@@ -1070,3 +1070,97 @@ async fn bad_subscriptions_are_refused_before_any_connection(#[case] backend: Ba
         "{e}"
     );
 }
+
+/// Figures, not a pass/fail test (`cargo test -p quiver-tests --test e2e webhook_figures --
+/// --ignored --nocapture`): event → delivered latency (one subscription, events one at a time)
+/// and delivery throughput (100 subscriptions × 10 events queued at once), against a receiver
+/// on 127.0.0.1 answering 200 at once, with the default 4 webhook workers.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn webhook_figures(#[case] backend: Backend) {
+    let app = match spawn_app_with(
+        backend,
+        HttpOptions {
+            webhooks: WebhookOptions {
+                allow_private: true,
+                ..WebhookOptions::default()
+            },
+            ..HttpOptions::default()
+        },
+    )
+    .await
+    {
+        Some(app) => app,
+        None => return,
+    };
+    let rx = Receiver::start().await;
+    assert_eq!(
+        app.create_adapter("alice", "a", false, "alice").await.0,
+        201
+    );
+    upload_version(&app, "alice/a", "alice", 1).await;
+    upload_version(&app, "alice/a", "alice", 2).await;
+    subscribe(
+        &app,
+        "alice",
+        json!({"url": rx.url("/lat"), "adapter": "alice/a", "events": ["alias.moved"]}),
+    )
+    .await;
+    let put = |v: i64| {
+        app.send(
+            app.request(
+                reqwest::Method::PUT,
+                "/api/v1/adapters/alice/a/refs/prod",
+                "alice",
+            )
+            .json(&json!({"version": v})),
+        )
+    };
+    // Latency: 100 moves, each waited for.
+    let n = 100;
+    let mut lat_ms = Vec::new();
+    for i in 0..n {
+        let before = rx.got().len();
+        let sent = Instant::now();
+        assert_eq!(put(1 + (i % 2)).await.0, 200);
+        let got = rx.wait_for("one more", |g| g.len() > before).await;
+        lat_ms.push(got[before].at.duration_since(sent).as_secs_f64() * 1000.0);
+    }
+    lat_ms.sort_by(f64::total_cmp);
+    let p = |q: f64| lat_ms[((lat_ms.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "{backend:?}: alias move (PUT sent) → delivered: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({n} moves)",
+        p(0.5),
+        p(0.9),
+        p(0.99),
+        p(1.0)
+    );
+    // Throughput: 100 subscriptions (alice 50, bob 50) × 10 events.
+    for (who, count) in [("alice", 49), ("bob", 50)] {
+        for i in 0..count {
+            subscribe(&app, who, json!({"url": rx.url(&format!("/t{i}")), "adapter": "alice/a", "events": ["alias.moved"]})).await;
+        }
+    }
+    let before = rx.got().len();
+    let start = Instant::now();
+    for i in 0..10 {
+        assert_eq!(put(1 + (i % 2)).await.0, 200);
+    }
+    let queued = start.elapsed();
+    let total = 10 * 100;
+    let got = rx
+        .wait_for("1000 deliveries", |g| g.len() >= before + total)
+        .await;
+    let first = got[before].at;
+    let last = got[got.len() - 1].at;
+    let secs = last.duration_since(first).as_secs_f64();
+    println!(
+        "{backend:?}: {total} deliveries in {:.2} s from the first to the last = {:.0} deliveries/s (10 events emitted in {:.2} s)",
+        secs,
+        (total - 1) as f64 / secs,
+        queued.as_secs_f64()
+    );
+}

@@ -115,6 +115,78 @@ impl SqlMetadata {
         Ok(())
     }
 
+    /// [`JobStore::end_job`] in `tx` (a webhook delivery's end commits with its log row).
+    pub(super) async fn end_job_in(
+        &self,
+        tx: &mut Tx,
+        lease: &Lease,
+        end: &JobEnd,
+    ) -> Result<Option<JobState>, StoreError> {
+        let now = now_ms();
+        let (q, r, f, c) = (
+            JobState::Queued.as_str(),
+            JobState::Running.as_str(),
+            JobState::Failed.as_str(),
+            JobState::Cancelled.as_str(),
+        );
+        let clear = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL";
+        let mut sql = Sql::new("UPDATE jobs SET ");
+        match end {
+            JobEnd::Succeeded => {
+                sql.push("state = ")
+                    .bind(JobState::Succeeded.as_str())
+                    .push(", error = NULL, progress_done = progress_total, finished_at = ")
+                    .bind(now);
+            }
+            JobEnd::Failed(error) => {
+                sql.push("state = ")
+                    .bind(f)
+                    .push(", error = ")
+                    .bind(error.as_str());
+                sql.push(", finished_at = ").bind(now);
+            }
+            JobEnd::Retry { error, backoff_ms } => {
+                sql.push("state = CASE WHEN attempts >= max_attempts THEN ")
+                    .bind(f)
+                    .push(" ELSE ")
+                    .bind(q)
+                    .push(" END, finished_at = CASE WHEN attempts >= max_attempts THEN ")
+                    .bind(now)
+                    .push(" ELSE NULL END, error = ")
+                    .bind(error.as_str())
+                    .push(", run_after = ")
+                    .bind(now + backoff_ms);
+            }
+            JobEnd::Cancelled => {
+                sql.push("state = ")
+                    .bind(c)
+                    .push(", finished_at = ")
+                    .bind(now);
+            }
+            JobEnd::Released => {
+                sql.push("state = ")
+                    .bind(q)
+                    .push(", attempts = attempts - 1, run_after = ")
+                    .bind(now);
+            }
+        }
+        sql.push(&format!(", {clear} WHERE id = "))
+            .bind(lease.job_id.as_str())
+            .push(" AND lease_token = ")
+            .bind(lease.token.as_str())
+            .push(" AND state = ")
+            .bind(r)
+            .push(" RETURNING state");
+        let state: Option<JobState> = match sql.query().fetch_optional(&mut **tx).await? {
+            Some(row) => Some(row.try_get::<String, _>("state")?.parse()?),
+            None => None,
+        };
+        if state == Some(JobState::Queued) {
+            self.notify_workers(tx).await?;
+        }
+        Ok(state)
+    }
+
     async fn job_in(&self, tx: &mut Tx, id: &str) -> Result<Option<JobRecord>, StoreError> {
         sqlx::query(AssertSqlSafe(format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
@@ -342,69 +414,8 @@ impl JobStore for SqlMetadata {
     }
 
     async fn end_job(&self, lease: &Lease, end: &JobEnd) -> Result<Option<JobState>, StoreError> {
-        let now = now_ms();
-        let (q, r, f, c) = (
-            JobState::Queued.as_str(),
-            JobState::Running.as_str(),
-            JobState::Failed.as_str(),
-            JobState::Cancelled.as_str(),
-        );
-        let clear = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL";
-        let mut sql = Sql::new("UPDATE jobs SET ");
-        match end {
-            JobEnd::Succeeded => {
-                sql.push("state = ")
-                    .bind(JobState::Succeeded.as_str())
-                    .push(", error = NULL, progress_done = progress_total, finished_at = ")
-                    .bind(now);
-            }
-            JobEnd::Failed(error) => {
-                sql.push("state = ")
-                    .bind(f)
-                    .push(", error = ")
-                    .bind(error.as_str());
-                sql.push(", finished_at = ").bind(now);
-            }
-            JobEnd::Retry { error, backoff_ms } => {
-                sql.push("state = CASE WHEN attempts >= max_attempts THEN ")
-                    .bind(f)
-                    .push(" ELSE ")
-                    .bind(q)
-                    .push(" END, finished_at = CASE WHEN attempts >= max_attempts THEN ")
-                    .bind(now)
-                    .push(" ELSE NULL END, error = ")
-                    .bind(error.as_str())
-                    .push(", run_after = ")
-                    .bind(now + backoff_ms);
-            }
-            JobEnd::Cancelled => {
-                sql.push("state = ")
-                    .bind(c)
-                    .push(", finished_at = ")
-                    .bind(now);
-            }
-            JobEnd::Released => {
-                sql.push("state = ")
-                    .bind(q)
-                    .push(", attempts = attempts - 1, run_after = ")
-                    .bind(now);
-            }
-        }
-        sql.push(&format!(", {clear} WHERE id = "))
-            .bind(lease.job_id.as_str())
-            .push(" AND lease_token = ")
-            .bind(lease.token.as_str())
-            .push(" AND state = ")
-            .bind(r)
-            .push(" RETURNING state");
         let mut tx = self.begin_write().await?;
-        let state: Option<JobState> = match sql.query().fetch_optional(&mut *tx).await? {
-            Some(row) => Some(row.try_get::<String, _>("state")?.parse()?),
-            None => None,
-        };
-        if state == Some(JobState::Queued) {
-            self.notify_workers(&mut tx).await?;
-        }
+        let state = self.end_job_in(&mut tx, lease, end).await?;
         tx.commit().await?;
         Ok(state)
     }

@@ -6,8 +6,9 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::super::Page;
-use super::super::jobs::{JobKind, JobState};
+use super::super::jobs::{JobEnd, JobKind, JobState, Lease};
 use super::super::webhooks::*;
+use super::jobs::Tx;
 use super::{SqlMetadata, get_bool, json_column};
 use crate::StoreError;
 use crate::time::now_ms;
@@ -60,6 +61,28 @@ fn delivery_from_row(row: &AnyRow) -> Result<DeliveryRecord, StoreError> {
         error: row.try_get("error")?,
         at: row.try_get("at")?,
     })
+}
+
+/// Logs an attempt, unless its subscription was deleted meanwhile.
+async fn insert_delivery(tx: &mut Tx, d: &NewDelivery) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (delivery_id, webhook_id, event_id, attempt, status, \
+         response_code, latency_ms, response_excerpt, error, at) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = $2)",
+    )
+    .bind(d.delivery_id.as_str())
+    .bind(d.webhook_id.as_str())
+    .bind(d.event_id)
+    .bind(d.attempt)
+    .bind(d.status.as_str())
+    .bind(d.response_code)
+    .bind(d.latency_ms)
+    .bind(d.response_excerpt.as_deref())
+    .bind(d.error.as_deref())
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -222,24 +245,23 @@ impl WebhookStore for SqlMetadata {
     }
 
     async fn record_delivery(&self, d: &NewDelivery) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO webhook_deliveries (delivery_id, webhook_id, event_id, attempt, status, \
-             response_code, latency_ms, response_excerpt, error, at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = $2)",
-        )
-        .bind(d.delivery_id.as_str())
-        .bind(d.webhook_id.as_str())
-        .bind(d.event_id)
-        .bind(d.attempt)
-        .bind(d.status.as_str())
-        .bind(d.response_code)
-        .bind(d.latency_ms)
-        .bind(d.response_excerpt.as_deref())
-        .bind(d.error.as_deref())
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.begin_write().await?;
+        insert_delivery(&mut tx, d).await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    async fn finish_delivery(
+        &self,
+        lease: &Lease,
+        end: &JobEnd,
+        d: &NewDelivery,
+    ) -> Result<Option<JobState>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        insert_delivery(&mut tx, d).await?;
+        let state = self.end_job_in(&mut tx, lease, end).await?;
+        tx.commit().await?;
+        Ok(state)
     }
 
     async fn list_deliveries(
