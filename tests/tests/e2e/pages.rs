@@ -615,6 +615,10 @@ async fn version_pages_say_how_to_serve_the_adapter(#[case] backend: Backend) {
     if let Some(url) = app.store.blobs.s3_url(&format!("exports/{rev}")) {
         assert!(serve.contains(&url), "the s3 snippet lacks {url}");
     }
+    // A page opened at a bare number pins `vN` (every client's ref grammar takes it).
+    let (_, _, html) = page(&app, "/alice/serve/versions/1", "").await;
+    assert!(html.contains("alice/serve@v1"), "pinned to v1");
+    assert!(html.contains("alice--serve/v1"), "pbase id pinned to v1");
     // The adapter's own page pins the shown version's revision.
     let (_, _, html) = page(&app, "/alice/serve", "").await;
     assert!(

@@ -278,9 +278,17 @@ async fn build(
     };
     let serve = match (&version, &summary) {
         (Some(v), Some(s)) => {
+            // A bare number is written `vN`, the spelling every client's ref grammar takes.
+            let pin = match reference {
+                Some(r) if !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) => {
+                    format!("v{r}")
+                }
+                Some(r) => r.to_string(),
+                None => v.revision.clone(),
+            };
             let place = ServePlace {
                 origin,
-                pin: reference.unwrap_or(v.revision.as_str()),
+                pin: &pin,
                 rank: compat
                     .as_ref()
                     .and_then(|c| c.vllm_max_lora_rank)
