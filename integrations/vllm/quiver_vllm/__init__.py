@@ -24,6 +24,7 @@ def register() -> None:
     from .core import Core
     from .plugin import QuiverResolver
 
+    _log_like_vllm()
     try:
         settings = Settings.from_env()
         core = Core(settings)
@@ -34,3 +35,21 @@ def register() -> None:
     log.info("quiver: LoRA resolver registered (registry %s, default ref %s, cache %s, "
              "max rank %s)", settings.url, settings.default_ref, settings.cache_dir,
              settings.max_lora_rank)
+
+
+class _ToVllm(logging.Handler):
+    """Hands each record to the `vllm.quiver_vllm` logger, i.e. to whatever handlers vLLM sets
+    on `vllm` (it configures logging after loading plugins, and only for `vllm.*`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger("vllm.quiver_vllm").handle(record)
+
+
+def _log_like_vllm() -> None:
+    ours = logging.getLogger("quiver_vllm")
+    if any(isinstance(h, _ToVllm) for h in ours.handlers):
+        return
+    ours.addHandler(_ToVllm())
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.INFO)
+    ours.propagate = False
