@@ -163,6 +163,7 @@ class Served:
     revision: Optional[str] = None
     number: Optional[int] = None
     path: Optional[str] = None
+    refused: Optional[str] = None  # the revision last refused (logged once, not retried)
 
 
 class Syncer:
@@ -217,11 +218,16 @@ class Syncer:
         current = on_replica.get(spec.served)
         if current is not None and rev == st.revision and current == st.path:
             return  # up to date
+        if rev == st.refused and (current is not None or st.path is None):
+            return  # refused already (logged then); the replica keeps what it serves
         try:
             self.core.check(spec.ref, version, served_model)
             path = self.core.fetch(spec.ref, version)
         except Refused as e:
-            log.warning("%s: not loading v%s (%s): %s", spec.served, version.get("number"), rev, e)
+            st.refused = rev
+            log.warning("%s: not loading v%s (%s): %s; the replica keeps %s", spec.served,
+                        version.get("number"), rev, e,
+                        f"revision {st.revision}" if current is not None else "nothing")
             return
         except IntegrityError as e:
             log.error("%s: download of %s failed verification: %s", spec.served, rev, e)

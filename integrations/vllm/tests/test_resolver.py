@@ -289,6 +289,12 @@ def test_vllm_plugin_registers_and_returns_a_lora_request(chat, live, tmp_path, 
     assert os.path.isfile(os.path.join(req.lora_path, "adapter_model.safetensors"))
     assert run(resolver.resolve_lora(base_model, "some/hf-name@x y")) is None
     LoRAResolverRegistry.resolvers.pop("quiver", None)
+    # register() routed the package's logger to vLLM's; undo it for the other tests
+    import logging
+    ours = logging.getLogger("quiver_vllm")
+    for h in [h for h in ours.handlers if type(h).__name__ == "_ToVllm"]:
+        ours.removeHandler(h)
+    ours.propagate = True
 
 
 def test_older_server_without_base_model_in_the_version(chat, make_core, base_model):

@@ -97,8 +97,9 @@ def test_old_vllm_without_load_inplace_gets_unload_then_load(chat, make_core, li
         rep.close()
 
 
-def test_refused_version_leaves_the_served_one(chat, make_core, live):
-    """prod moves to a version above the rank limit: logged, the replica keeps v1."""
+def test_refused_version_leaves_the_served_one(chat, make_core, live, caplog):
+    """prod moves to a version above the rank limit: logged once, the replica keeps v1; when
+    prod moves on to an acceptable version, that one is loaded."""
     rep = FakeReplica("vllm")
     try:
         core = make_core(max_lora_rank=4)
@@ -106,8 +107,15 @@ def test_refused_version_leaves_the_served_one(chat, make_core, live):
         syncer = Syncer(core, Replica(rep.url, "vllm"), [parse_spec(served)])
         syncer.tick()
         set_alias(live.url, live.alice, "alice", chat["name"], "prod", 2)  # r=8
-        syncer.tick()
+        with caplog.at_level("WARNING", logger="quiver_vllm.sync"):
+            syncer.tick()
+            syncer.tick()
+        refusals = [r for r in caplog.records if "not loading v2" in r.getMessage()]
+        assert len(refusals) == 1 and "rank 8" in refusals[0].getMessage(), [r.getMessage() for r in caplog.records]
         assert rep.adapters[served] == core.cache.adapter_dir(chat["v"][0]["revision"])
+        set_alias(live.url, live.alice, "alice", chat["name"], "prod", 3)  # r=4
+        syncer.tick()
+        assert rep.adapters[served] == core.cache.adapter_dir(chat["v"][2]["revision"])
     finally:
         rep.close()
 
