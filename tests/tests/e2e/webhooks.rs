@@ -1164,3 +1164,109 @@ async fn webhook_figures(#[case] backend: Backend) {
         queued.as_secs_f64()
     );
 }
+
+/// `quiver webhook create|list|deliveries|redeliver|delete` against the server, and the Hub's
+/// `create_tag` moving an alias.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn the_cli_manages_webhooks_and_hub_tags_move_aliases(#[case] backend: Backend) {
+    use clap::Parser;
+    use quiver_api::cli::{Cli, Command};
+    let app = webhook_app_or_skip!(backend, 200, 5_000);
+    let rx = Receiver::start().await;
+    assert_eq!(
+        app.create_adapter("alice", "a", false, "alice").await.0,
+        201
+    );
+    let v1 = upload_version(&app, "alice/a", "alice", 1).await;
+    let cli = |args: &[&str]| {
+        let mut all = vec![
+            "quiver",
+            "webhook",
+            "--server",
+            &app.base,
+            "--token",
+            app.token("alice"),
+        ];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all.iter().copied())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+        {
+            Command::Webhook(a) => a,
+            other => panic!("{other:?}"),
+        }
+    };
+    let url = rx.url("/cli");
+    quiver_api::cli::webhook::run(cli(&[
+        "create",
+        "--url",
+        &url,
+        "--adapter",
+        "alice/a",
+        "--events",
+        "alias.moved",
+        "--secret",
+        "a-secret-of-at-least-16",
+    ]))
+    .await
+    .expect("create");
+    let (_, listed) = app.get_json("/api/v1/webhooks", "alice").await;
+    let id = listed["items"][0]["id"]
+        .as_str()
+        .expect("created")
+        .to_string();
+    assert_eq!(listed["items"][0]["events"], json!(["alias.moved"]));
+    quiver_api::cli::webhook::run(cli(&["list"]))
+        .await
+        .expect("list");
+    // A bad request is the CLI's error, with the server's message.
+    let err = quiver_api::cli::webhook::run(cli(&[
+        "create",
+        "--url",
+        "http://127.0.0.1:9/",
+        "--owner",
+        "alice",
+        "--events",
+        "nope",
+    ]))
+    .await
+    .expect_err("bad event");
+    assert!(err.to_string().contains("invalid_webhook"), "{err}");
+
+    // The Hub's create_tag is an alias move.
+    let (status, body) = app
+        .post_json(
+            "/api/models/alice/a/tag/v1",
+            "alice",
+            &json!({"tag": "prod"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let got = rx
+        .wait_for("the tag's alias.moved", |g| !g.is_empty())
+        .await;
+    assert_signed(&got[0], "a-secret-of-at-least-16");
+    let b = got[0].json();
+    assert_eq!(b["type"], "alias.moved");
+    assert_eq!(
+        b["data"]["to"],
+        json!({"version": 1, "revision": v1["revision"]})
+    );
+    let delivery = got[0].header("quiver-delivery").to_string();
+    wait_log(&app, "alice", &id, 1).await;
+    quiver_api::cli::webhook::run(cli(&["deliveries", &id, "--limit", "5"]))
+        .await
+        .expect("deliveries");
+    quiver_api::cli::webhook::run(cli(&["redeliver", &id, &delivery]))
+        .await
+        .expect("redeliver");
+    rx.wait_for("the redelivery", |g| g.len() >= 2).await;
+    quiver_api::cli::webhook::run(cli(&["delete", &id]))
+        .await
+        .expect("delete");
+    let (_, listed) = app.get_json("/api/v1/webhooks", "alice").await;
+    assert_eq!(listed["items"], json!([]));
+}
