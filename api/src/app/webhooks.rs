@@ -228,3 +228,35 @@ pub async fn own(
         )),
     }
 }
+
+/// Queues a delivery's event again for its subscription (a new delivery); returns the new
+/// delivery's id and the event's. A delivery of another subscription, or none, is 404.
+pub async fn redeliver(
+    store: &Store,
+    hook: &WebhookRecord,
+    delivery_id: &str,
+) -> Result<(String, i64), ApiError> {
+    let job = if delivery_id.len() <= 64 {
+        store.meta.get_job(delivery_id).await?
+    } else {
+        None
+    };
+    let event_id = job
+        .filter(|j| {
+            j.kind == quiver_store::JobKind::Webhook
+                && j.spec.get("webhook_id").and_then(|v| v.as_str()) == Some(hook.id.as_str())
+        })
+        .and_then(|j| j.spec.get("event_id").and_then(serde_json::Value::as_i64))
+        .ok_or_else(|| {
+            ApiError::coded(
+                ErrorCode::DeliveryNotFound,
+                format!(
+                    "delivery {} of webhook {} was not found",
+                    delivery_id.chars().take(64).collect::<String>(),
+                    hook.id
+                ),
+            )
+        })?;
+    let job = crate::events::deliver::redeliver(store, hook, event_id).await?;
+    Ok((job.id, event_id))
+}

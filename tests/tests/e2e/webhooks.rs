@@ -1270,3 +1270,109 @@ async fn the_cli_manages_webhooks_and_hub_tags_move_aliases(#[case] backend: Bac
     let (_, listed) = app.get_json("/api/v1/webhooks", "alice").await;
     assert_eq!(listed["items"], json!([]));
 }
+
+/// The `/webhooks` page: subscribe with the form (the secret shown once), see the delivery log,
+/// redeliver and delete with buttons; every form needs the CSRF token.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn the_webhooks_page_subscribes_shows_the_log_and_redelivers(#[case] backend: Backend) {
+    let app = webhook_app_or_skip!(backend, 200, 5_000);
+    let rx = Receiver::start().await;
+    assert_eq!(
+        app.create_adapter("alice", "a", false, "alice").await.0,
+        201
+    );
+    let csrf = "ab".repeat(24);
+    let cookies = format!("quiver_session={}; quiver_csrf={csrf}", app.token("alice"));
+    let get = |path: &str, cookies: &str| {
+        let rb = app.client.get(app.url(path));
+        let rb = if cookies.is_empty() {
+            rb
+        } else {
+            rb.header("Cookie", cookies)
+        };
+        async move {
+            let res = rb.send().await.expect("page");
+            (res.status().as_u16(), res.text().await.expect("html"))
+        }
+    };
+    let post = |path: &str, form: Vec<(&str, String)>| {
+        app.client
+            .post(app.url(path))
+            .header("Cookie", cookies.clone())
+            .form(&form)
+            .send()
+    };
+    let (status, _) = get("/webhooks", "").await;
+    assert_eq!(status, 303, "anonymous: to the sign-in page");
+    let (status, html) = get("/webhooks?adapter=alice/a", &cookies).await;
+    assert_eq!(status, 200);
+    assert!(html.contains(r#"value="alice/a""#), "prefilled");
+
+    let url = rx.url("/page");
+    let form = |csrf: &str| {
+        vec![
+            ("csrf", csrf.to_string()),
+            ("url", url.clone()),
+            ("adapter", "alice/a".to_string()),
+            ("events", "version.published".to_string()),
+        ]
+    };
+    let res = post("/webhooks", form("0".repeat(48).as_str()))
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 403, "a stale CSRF token");
+    let res = post("/webhooks", form(&csrf)).await.expect("post");
+    assert_eq!(res.status(), 201);
+    let html = res.text().await.expect("html");
+    assert!(html.contains("whsec_"), "the generated secret, once");
+    let (_, listed) = app.get_json("/api/v1/webhooks", "alice").await;
+    let id = listed["items"][0]["id"]
+        .as_str()
+        .expect("created")
+        .to_string();
+    assert_eq!(listed["items"][0]["events"], json!(["version.published"]));
+    let (_, html) = get("/webhooks", &cookies).await;
+    assert!(!html.contains("whsec_"), "not shown again");
+    assert!(html.contains(&url));
+
+    upload_version(&app, "alice/a", "alice", 1).await;
+    let got = rx.wait_for("the version", |g| !g.is_empty()).await;
+    wait_log(&app, "alice", &id, 1).await;
+    let (_, html) = get("/webhooks", &cookies).await;
+    assert!(
+        html.contains("delivered") && html.contains("Redeliver"),
+        "{html}"
+    );
+    let delivery = got[0].header("quiver-delivery").to_string();
+    let res = post(
+        &format!("/webhooks/{id}/redeliver"),
+        vec![("csrf", csrf.clone()), ("delivery_id", delivery)],
+    )
+    .await
+    .expect("redeliver");
+    assert_eq!(res.status(), 303);
+    rx.wait_for("the redelivery", |g| g.len() >= 2).await;
+    let res = post(
+        &format!("/webhooks/{id}/delete"),
+        vec![("csrf", csrf.clone())],
+    )
+    .await
+    .expect("delete");
+    assert_eq!(res.status(), 303);
+    let (_, listed) = app.get_json("/api/v1/webhooks", "alice").await;
+    assert_eq!(listed["items"], json!([]));
+    // Bob cannot touch alice's (it is gone anyway: 404 either way).
+    let bob = format!("quiver_session={}; quiver_csrf={csrf}", app.token("bob"));
+    let res = app
+        .client
+        .post(app.url(&format!("/webhooks/{id}/delete")))
+        .header("Cookie", bob)
+        .form(&[("csrf", csrf.clone())])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 404);
+}

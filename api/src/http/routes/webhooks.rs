@@ -2,12 +2,14 @@
 //! (docs/webhooks.md).
 
 use actix_web::{HttpResponse, delete, get, post, web};
-use quiver_store::{DeliveryRecord, JobKind, Principal, Scope};
+use quiver_store::{DeliveryRecord, Principal, Scope};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::lookup::page_limit;
-use crate::app::webhooks::{CreateWebhookRequest, WebhookView, create, own};
+use crate::app::webhooks::{
+    CreateWebhookRequest, WebhookView, create, own, redeliver as redeliver_event,
+};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::extract::Authenticated;
 use crate::state::AppState;
@@ -224,30 +226,9 @@ pub async fn redeliver(
     let (id, delivery_id) = path.into_inner();
     let hook = own(&state.store, &caller.0, &id).await?;
     require_write_scope(&caller.0)?;
-    let job = if delivery_id.len() <= 64 {
-        state.store.meta.get_job(&delivery_id).await?
-    } else {
-        None
-    };
-    let event_id = job
-        .filter(|j| {
-            j.kind == JobKind::Webhook
-                && j.spec.get("webhook_id").and_then(|v| v.as_str()) == Some(hook.id.as_str())
-        })
-        .and_then(|j| j.spec.get("event_id").and_then(serde_json::Value::as_i64))
-        .ok_or_else(|| {
-            ApiError::coded(
-                ErrorCode::DeliveryNotFound,
-                format!(
-                    "delivery {} of webhook {} was not found",
-                    delivery_id.chars().take(64).collect::<String>(),
-                    hook.id
-                ),
-            )
-        })?;
-    let job = crate::events::deliver::redeliver(&state.store, &hook, event_id).await?;
+    let (delivery_id, event_id) = redeliver_event(&state.store, &hook, &delivery_id).await?;
     Ok(HttpResponse::Accepted().json(Redelivery {
-        delivery_id: job.id,
+        delivery_id,
         event_id,
     }))
 }

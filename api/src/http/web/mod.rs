@@ -14,6 +14,7 @@ mod listing;
 mod session;
 mod spectra;
 pub mod svg;
+mod webhooks;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -38,6 +39,9 @@ pub const PAGE_ROUTES: &[(&str, &[&str])] = &[
     ("/signout", &["GET", "HEAD", "POST"]),
     ("/jobs", &["GET", "HEAD"]),
     ("/jobs/{id}", &["GET", "HEAD"]),
+    ("/webhooks", &["GET", "HEAD", "POST"]),
+    ("/webhooks/{id}/redeliver", &["POST"]),
+    ("/webhooks/{id}/delete", &["POST"]),
     ("/static/{file}", &["GET", "HEAD"]),
     ("/{owner}/{name}", &["GET", "HEAD"]),
     ("/{owner}/{name}/merge", &["POST"]),
@@ -92,6 +96,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/signout", web::post().to(session::signout))
         .route("/jobs", read().to(jobs::list))
         .route("/jobs/{id}", read().to(jobs::show))
+        .route("/webhooks", read().to(webhooks::show))
+        .route("/webhooks", web::post().to(webhooks::create_hook))
+        .route("/webhooks/{id}/redeliver", web::post().to(webhooks::redeliver))
+        .route("/webhooks/{id}/delete", web::post().to(webhooks::delete))
         .route("/static/{file}", read().to(static_file))
         .route(
             "/{owner}/{name}",
