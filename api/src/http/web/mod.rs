@@ -98,7 +98,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/jobs/{id}", read().to(jobs::show))
         .route("/webhooks", read().to(webhooks::show))
         .route("/webhooks", web::post().to(webhooks::create_hook))
-        .route("/webhooks/{id}/redeliver", web::post().to(webhooks::redeliver))
+        .route(
+            "/webhooks/{id}/redeliver",
+            web::post().to(webhooks::redeliver),
+        )
         .route("/webhooks/{id}/delete", web::post().to(webhooks::delete))
         .route("/static/{file}", read().to(static_file))
         .route(
