@@ -1376,3 +1376,55 @@ async fn the_webhooks_page_subscribes_shows_the_log_and_redelivers(#[case] backe
         .expect("post");
     assert_eq!(res.status(), 404);
 }
+
+/// A receiver that answers 410 Gone is not sent to again: the subscription is deactivated.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_410_gone_deactivates_the_subscription(#[case] backend: Backend) {
+    let app = webhook_app_or_skip!(backend, 100, 5_000);
+    let rx = Receiver::start().await;
+    rx.script(&[Reply::Status(410)]);
+    assert_eq!(
+        app.create_adapter("alice", "a", false, "alice").await.0,
+        201
+    );
+    let hook = subscribe(
+        &app,
+        "alice",
+        json!({"url": rx.url("/gone"), "adapter": "alice/a"}),
+    )
+    .await;
+    let id = hook["id"].as_str().expect("id");
+    upload_version(&app, "alice/a", "alice", 1).await;
+    rx.wait_for("the first delivery", |g| !g.is_empty()).await;
+    let log = wait_log(&app, "alice", id, 1).await;
+    assert_eq!(log["items"][0]["response_code"], 410, "{log}");
+    let start = Instant::now();
+    loop {
+        let (_, h) = app
+            .get_json(&format!("/api/v1/webhooks/{id}"), "alice")
+            .await;
+        if h["active"] == false {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "still active: {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing more is queued for it, and the 410 was not retried.
+    upload_version(&app, "alice/a", "alice", 2).await;
+    let jobs = app
+        .store
+        .meta
+        .list_jobs(&quiver_store::JobFilter {
+            kind: Some(quiver_store::JobKind::Webhook),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("jobs");
+    assert_eq!(jobs.items.len(), 1, "{:?}", jobs.items);
+    assert_eq!(jobs.items[0].state, quiver_store::JobState::Failed);
+    assert_eq!(rx.got().len(), 1);
+}
