@@ -113,6 +113,8 @@ async fn worker_loop(shared: Arc<Shared>, worker: String, mut shutdown: watch::R
     let mut last_reap = Instant::now();
     let mut failures = 0u32;
     let mut clients = Clients::default();
+    // Right after a delivery there is likely another: claim without looking first.
+    let mut busy = false;
     loop {
         if *shutdown.borrow() {
             return;
@@ -127,7 +129,11 @@ async fn worker_loop(shared: Arc<Shared>, worker: String, mut shutdown: watch::R
             }
         }
         let kinds = [JobKind::Webhook];
-        let claimed = match shared.store.meta.has_runnable_job(&kinds).await {
+        let waiting = match busy {
+            true => Ok(true),
+            false => shared.store.meta.has_runnable_job(&kinds).await,
+        };
+        let claimed = match waiting {
             Ok(false) => Ok(None),
             Ok(true) => {
                 shared
@@ -141,12 +147,17 @@ async fn worker_loop(shared: Arc<Shared>, worker: String, mut shutdown: watch::R
         match claimed {
             Ok(Some((job, lease))) => {
                 failures = 0;
+                busy = true;
                 attempt(&shared, &mut clients, &job, &lease).await;
                 continue;
             }
-            Ok(None) => failures = 0,
+            Ok(None) => {
+                failures = 0;
+                busy = false;
+            }
             Err(e) => {
                 failures += 1;
+                busy = false;
                 tracing::warn!(error = %e, worker = %worker, "cannot claim webhook deliveries");
             }
         }

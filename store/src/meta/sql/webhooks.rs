@@ -9,7 +9,7 @@ use super::super::Page;
 use super::super::jobs::{JobEnd, JobKind, JobState, Lease};
 use super::super::webhooks::*;
 use super::jobs::Tx;
-use super::{SqlMetadata, get_bool, json_column};
+use super::{Dialect, SqlMetadata, get_bool, json_column};
 use crate::StoreError;
 use crate::time::now_ms;
 
@@ -258,6 +258,13 @@ impl WebhookStore for SqlMetadata {
         d: &NewDelivery,
     ) -> Result<Option<JobState>, StoreError> {
         let mut tx = self.begin_write().await?;
+        if self.dialect == Dialect::Postgres {
+            // Not waiting for the WAL flush: a crash may lose this commit, and then the attempt
+            // is made again, which at-least-once delivery allows (its log row is lost too).
+            sqlx::query("SET LOCAL synchronous_commit TO OFF")
+                .execute(&mut *tx)
+                .await?;
+        }
         insert_delivery(&mut tx, d).await?;
         let state = self.end_job_in(&mut tx, lease, end).await?;
         tx.commit().await?;
