@@ -23,6 +23,9 @@ enum Case {
     Adapter,
     /// Names a job: the job of the private adapter must answer as an unknown job.
     Job,
+    /// Names a webhook subscription: alice's (to the private adapter) must answer others as an
+    /// unknown one.
+    Webhook,
     /// Names no adapter (listings, static files, the session pages): the body must not name
     /// the private adapter.
     Other,
@@ -51,6 +54,10 @@ const CASES: &[(&str, Case)] = &[
     ),
     ("/api/v1/jobs", Case::Other),
     ("/api/v1/jobs/{id}", Case::Job),
+    ("/api/v1/webhooks", Case::Other),
+    ("/api/v1/webhooks/{id}", Case::Webhook),
+    ("/api/v1/webhooks/{id}/deliveries", Case::Webhook),
+    ("/webhooks", Case::Other),
     ("/healthz", Case::Other),
     ("/metrics", Case::Other),
     // Pages
@@ -240,6 +247,25 @@ async fn every_read_route_answers_for_a_private_adapter_as_for_a_missing_one(
         "could not queue a job on the private adapter: {job}"
     );
     let job_id = job["id"].as_str().expect("job id").to_string();
+    // A webhook subscription to the private adapter, made in the store (its loopback URL would
+    // be refused by the API here, and no event it takes happens in this test).
+    let hook = app
+        .store
+        .meta
+        .create_webhook(
+            &quiver_store::NewWebhook {
+                created_by: "alice".into(),
+                owner: "alice".into(),
+                adapter: Some(format!("alice/{PRIVATE}")),
+                url: "http://127.0.0.1:9/".into(),
+                secret: "s".repeat(16),
+                events: vec!["adapter.deleted".into()],
+            },
+            50,
+        )
+        .await
+        .expect("webhook")
+        .expect("under the limit");
     let routes = read_routes(&app).await;
     let cases: BTreeMap<&str, Case> = CASES.iter().copied().collect();
 
@@ -324,6 +350,20 @@ async fn every_read_route_answers_for_a_private_adapter_as_for_a_missing_one(
                             );
                         }
                     }
+                    Case::Webhook => {
+                        let mut values = variants[0].clone();
+                        values.insert("id", hook.id.clone());
+                        let p = fill(template, &values);
+                        values.insert("id", unknown_job.clone());
+                        let m = fill(template, &values);
+                        let got = ask(&app, method, &p, token).await;
+                        let want = ask(&app, method, &m, token).await;
+                        asked += 1;
+                        assert_eq!(got.status, want.status, "{}", context(&p));
+                        assert_eq!(got.error_code, want.error_code, "{}", context(&p));
+                        assert!(got.status >= 400, "{}", context(&p));
+                        assert!(!got.body.contains(PRIVATE), "{} names it", context(&p));
+                    }
                     Case::Job => {
                         let mut values = variants[0].clone();
                         let p = fill(template, &values);
@@ -358,6 +398,8 @@ async fn every_read_route_answers_for_a_private_adapter_as_for_a_missing_one(
         format!("/alice/{PRIVATE}/resolve/main/adapter_config.json"),
         format!("/alice/{PRIVATE}/versions/1"),
         format!("/api/v1/jobs/{job_id}"),
+        format!("/api/v1/webhooks/{}", hook.id),
+        format!("/api/v1/webhooks/{}/deliveries", hook.id),
     ] {
         let got = ask(&app, &Method::GET, &path, Some(&alice)).await;
         assert_eq!(got.status, 200, "{path} as alice: {}", got.body);
