@@ -611,6 +611,11 @@ async fn version_pages_say_how_to_serve_the_adapter(#[case] backend: Backend) {
             "the serving snippets lack {part}: {serve}"
         );
     }
+    // The way to follow it live: a webhook on this adapter, prefilled.
+    assert!(
+        html.contains("href=\"/webhooks?adapter=alice/serve\""),
+        "a link to a webhook on this adapter"
+    );
     // On S3 the LoRAX s3 snippet names the version's export prefix itself.
     if let Some(url) = app.store.blobs.s3_url(&format!("exports/{rev}")) {
         assert!(serve.contains(&url), "the s3 snippet lacks {url}");
