@@ -4,8 +4,9 @@
 # the routing embedder's model files (scripts/embedder.sh), then runs every workspace test with
 # the Postgres + S3 and embedder cases required (not skipped), and the web pages' browser tests
 # (Debian's chromium driven by playwright-core from npm; tests/browser/run.mjs), and the Hub
-# API's contract suite with the real huggingface_hub clients (tests/hub/run.sh). The `cuda` build
-# is type-checked, not built (scripts/check-cuda.sh).
+# API's contract suite with the real huggingface_hub clients (tests/hub/run.sh), and the vLLM
+# integration's tests (integrations/vllm, against a live server; tests/vllm/run.sh). The `cuda`
+# build is type-checked, not built (scripts/check-cuda.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -15,7 +15,7 @@ shift $(( $# >= 2 ? 2 : 1 ))
 VENV=.venv-vllm
 if [ ! -x "$VENV/bin/pytest" ] || ! "$VENV/bin/python" -c "import quiver_vllm" 2>/dev/null; then
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q pytest
+  "$VENV/bin/pip" install -q pytest==9.2.0
   "$VENV/bin/pip" install -q -e integrations/vllm
 fi
 DATA=$(mktemp -d /tmp/quiver-vllm-XXXXXX)
