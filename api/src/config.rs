@@ -68,6 +68,11 @@ pub struct JobArgs {
     #[arg(long, env = "QUIVER_JOB_LEASE_MS", default_value_t = crate::jobs::DEFAULT_LEASE_MS,
           value_parser = clap::value_parser!(i64).range(2000..))]
     pub job_lease_ms: i64,
+    /// Fair share: a submitter with this many running jobs gets no more claimed (their queued
+    /// jobs wait, even with idle workers) while other submitters' jobs run (0: no cap).
+    #[arg(long, env = "QUIVER_JOBS_PER_USER", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub jobs_per_user: u32,
     /// Wall-clock limit of one job's engine run, in seconds; a job over it fails with
     /// `job_timeout`.
     #[arg(long, env = "QUIVER_JOB_TIMEOUT", default_value_t = DEFAULT_JOB_TIMEOUT_S,
@@ -112,6 +117,7 @@ impl JobArgs {
             scratch_max_bytes: self.scratch_max_bytes,
             input_cache_bytes: self.input_cache_bytes,
             lease_ms: self.job_lease_ms,
+            jobs_per_user: self.jobs_per_user,
             cuda: self.device == DeviceKind::Cuda,
             exec: crate::jobs::exec::ExecLimits {
                 // The engine runs in a re-executed copy of this binary.

@@ -119,6 +119,7 @@ async fn spawn_app_inner(
         scratch_max_bytes: quiver_api::config::DEFAULT_SCRATCH_MAX_BYTES,
         input_cache_bytes: quiver_api::config::DEFAULT_INPUT_CACHE_BYTES,
         lease_ms: quiver_api::jobs::DEFAULT_LEASE_MS,
+        jobs_per_user: 0,
         cuda: false,
         exec,
     };

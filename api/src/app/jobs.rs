@@ -1,10 +1,11 @@
 //! Jobs as every front door sees them: queuing a checked request, and a caller's own jobs.
 
 use quiver_store::meta::DEFAULT_MAX_ATTEMPTS;
-use quiver_store::{JobKind, JobRecord, NewJob, Viewer};
+use quiver_store::{JobKind, JobRecord, JobState, NewJob, Store, Viewer};
 use serde_json::Value;
 
 use crate::app::job_request;
+use crate::app::resources::JobView;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -64,4 +65,33 @@ pub fn own_job(viewer: &Viewer, job: Option<JobRecord>, id: &str) -> Result<JobR
             format!("job {id} was not found"),
         )),
     }
+}
+
+/// Jobs as the API shows them, queued ones with their place in the fair order (one read of the
+/// queue for all of them).
+pub async fn job_views(store: &Store, jobs: Vec<JobRecord>) -> Result<Vec<JobView>, ApiError> {
+    let queued: Vec<String> = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Queued)
+        .map(|j| j.id.clone())
+        .collect();
+    let positions = store.meta.queue_positions(&queued).await?;
+    Ok(jobs
+        .into_iter()
+        .map(|j| {
+            let position = positions.get(&j.id).copied();
+            JobView {
+                queue_position: position,
+                ..JobView::from(j)
+            }
+        })
+        .collect())
+}
+
+/// [`job_views`] of one job.
+pub async fn job_view(store: &Store, job: JobRecord) -> Result<JobView, ApiError> {
+    let mut views = job_views(store, vec![job]).await?;
+    views
+        .pop()
+        .ok_or_else(|| ApiError::internal("job view", "no view"))
 }

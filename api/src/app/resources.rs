@@ -181,6 +181,11 @@ pub struct JobView {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// For a queued job: how many queued jobs are expected to be claimed before it under fair
+    /// share (its submitter's older queued jobs, plus from every other submitter the jobs that
+    /// round-robin gives a turn first). Exact for one worker and jobs of equal length; retry
+    /// backoff and `--jobs-per-user` are not modelled. Null when the job is not queued.
+    pub queue_position: Option<i64>,
 }
 
 impl From<quiver_store::JobRecord> for JobView {
@@ -207,6 +212,7 @@ impl From<quiver_store::JobRecord> for JobView {
             created_at: rfc3339(j.created_at),
             started_at: j.started_at.map(rfc3339),
             finished_at: j.finished_at.map(rfc3339),
+            queue_position: None,
         }
     }
 }

@@ -2,6 +2,9 @@
 //! (`exec`), store the output and publish it (see `run`). They run inside `quiver serve` (`--job-workers`)
 //! and in `quiver worker` processes, any number against one database and store.
 //!
+//! Claims share workers fairly between submitters (the store's `claim_job_capped`: the fewest
+//! running jobs first, then round-robin; `--jobs-per-user` caps one submitter's running jobs).
+//!
 //! Idle workers wake on an in-process signal when this process queues a job, on Postgres
 //! `NOTIFY` when another does, and otherwise poll (a cheap indexed read): every 50 ms where no
 //! notification can come (SQLite), every 500 ms as a fallback on Postgres.
@@ -47,6 +50,8 @@ pub struct WorkerOptions {
     /// Bytes of input blobs fetched from a remote store kept for later jobs (0: none).
     pub input_cache_bytes: u64,
     pub lease_ms: i64,
+    /// Running jobs one submitter may have before others' jobs are claimed instead (0: no cap).
+    pub jobs_per_user: u32,
     /// `cuda` runs merges on the GPU (needs the `cuda` feature).
     pub cuda: bool,
     /// How each job's engine process is started and limited.
@@ -223,7 +228,12 @@ async fn worker_loop(shared: Arc<Shared>, worker_id: String) {
                 shared
                     .store
                     .meta
-                    .claim_job(&worker_id, shared.options.lease_ms, kinds)
+                    .claim_job_capped(
+                        &worker_id,
+                        shared.options.lease_ms,
+                        kinds,
+                        i64::from(shared.options.jobs_per_user),
+                    )
                     .await
             }
             Err(e) => Err(e),

@@ -173,14 +173,38 @@ pub trait JobStore: Send + Sync {
 
     /// Whether a job of one of `kinds` is waiting to be claimed (a cheap read before claiming).
     async fn has_runnable_job(&self, kinds: &[JobKind]) -> Result<bool, StoreError>;
-    /// Claims the oldest runnable job of one of `kinds` for `worker`, with a lease of `lease_ms`
-    /// (a worker without an embedder does not take `embed` jobs).
+    /// Claims a runnable job of one of `kinds` for `worker`, with a lease of `lease_ms` (a worker
+    /// without an embedder does not take `embed` jobs), in fair order with no cap: see
+    /// [`JobStore::claim_job_capped`].
     async fn claim_job(
         &self,
         worker: &str,
         lease_ms: i64,
         kinds: &[JobKind],
+    ) -> Result<Option<(JobRecord, Lease)>, StoreError> {
+        self.claim_job_capped(worker, lease_ms, kinds, 0).await
+    }
+    /// Claims a runnable job in one statement, sharing workers fairly between submitters: the
+    /// oldest runnable job of the submitter with the fewest running jobs, ties going to the
+    /// submitter whose latest job started longest ago (round-robin), then to the oldest job. A
+    /// submitter with `per_submitter_cap` running jobs (when above 0) gets none claimed.
+    /// Webhook deliveries (`kinds` naming `webhook`) are claimed oldest first, outside fair
+    /// share, and never count as anyone's running jobs.
+    async fn claim_job_capped(
+        &self,
+        worker: &str,
+        lease_ms: i64,
+        kinds: &[JobKind],
+        per_submitter_cap: i64,
     ) -> Result<Option<(JobRecord, Lease)>, StoreError>;
+    /// How many queued jobs would be claimed before each of `ids` that is queued (others are
+    /// left out), in the fair order: the submitter's older queued jobs, plus from each other
+    /// submitter as many as round-robin gives it first. Exact for one worker and jobs of equal
+    /// length; backoff, the per-submitter cap and embed-only workers are not modelled.
+    async fn queue_positions(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::BTreeMap<String, i64>, StoreError>;
     /// Extends the lease and records progress.
     async fn heartbeat(
         &self,

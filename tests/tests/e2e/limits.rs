@@ -382,6 +382,7 @@ async fn healthz_names_a_store_that_accepts_and_never_answers() {
         scratch_max_bytes: quiver_api::config::DEFAULT_SCRATCH_MAX_BYTES,
         input_cache_bytes: quiver_api::config::DEFAULT_INPUT_CACHE_BYTES,
         lease_ms: quiver_api::jobs::DEFAULT_LEASE_MS,
+        jobs_per_user: 0,
         cuda: false,
         exec: quiver_tests::exec_limits(0),
     };

@@ -7,7 +7,7 @@ use serde_json::Value;
 use utoipa::IntoParams;
 
 use crate::app::job_request::{CompressionRequest, MergeRequest};
-use crate::app::jobs::{own_job, queue_job};
+use crate::app::jobs::{job_view, job_views, own_job, queue_job};
 use crate::app::lookup::page_limit;
 use crate::app::resources::{JobPage, JobView};
 use crate::auth::Caller;
@@ -22,10 +22,11 @@ async fn submit(
     body: Value,
 ) -> Result<HttpResponse, ApiError> {
     let (job, created) = queue_job(state, caller, kind, body).await?;
+    let view = job_view(&state.store, job).await?;
     if created {
-        Ok(HttpResponse::Accepted().json(JobView::from(job)))
+        Ok(HttpResponse::Accepted().json(view))
     } else {
-        Ok(HttpResponse::Ok().json(JobView::from(job)))
+        Ok(HttpResponse::Ok().json(view))
     }
 }
 
@@ -114,7 +115,7 @@ pub async fn list_jobs(
         })
         .await?;
     Ok(HttpResponse::Ok().json(JobPage {
-        items: page.items.into_iter().map(JobView::from).collect(),
+        items: job_views(&state.store, page.items).await?,
         next_cursor: page.next_cursor,
     }))
 }
@@ -133,7 +134,7 @@ pub async fn get_job(
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     let job = own_job(&caller.viewer(), state.store.meta.get_job(&id).await?, &id)?;
-    Ok(HttpResponse::Ok().json(JobView::from(job)))
+    Ok(HttpResponse::Ok().json(job_view(&state.store, job).await?))
 }
 
 /// Cancel a job: a queued one never starts; a running one stops at its next module and

@@ -83,7 +83,7 @@ pub async fn post_profile(
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, reference) = path.into_inner();
     let (adapter, version) = find_version(&state, &caller, &owner, &name, &reference).await?;
-    let principal = caller.require_write(&adapter.owner)?;
+    let principal = caller.require_write(&adapter.owner, &adapter.name)?;
     let request: ProfileRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ProfileRequest::default()
     } else {
@@ -171,7 +171,7 @@ pub async fn post_profile(
             };
             let (job, _) = enqueue_embed(&state.store, &spec, &principal.user, None).await?;
             state.job_wake.notify_waiters();
-            Ok(HttpResponse::Accepted().json(JobView::from(job)))
+            Ok(HttpResponse::Accepted().json(crate::app::jobs::job_view(&state.store, job).await?))
         }
     }
 }

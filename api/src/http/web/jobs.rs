@@ -24,6 +24,8 @@ pub struct JobRow {
     pub created: String,
     pub error: Option<String>,
     pub result: Option<(String, String)>,
+    /// Queued jobs to be claimed before this one (fair share); `None` unless queued.
+    pub queue_position: Option<i64>,
 }
 
 impl JobRow {
@@ -52,12 +54,33 @@ impl JobRow {
                 .result
                 .as_ref()
                 .map(|(a, n)| (format!("{a} v{n}"), format!("/{a}/versions/{n}"))),
+            queue_position: None,
         }
     }
 
     pub fn finished(&self) -> bool {
         !matches!(self.state, "queued" | "running")
     }
+}
+
+/// Rows of `jobs`, queued ones with their place in the fair order.
+async fn rows_with_positions(
+    state: &AppState,
+    jobs: &[JobRecord],
+) -> Result<Vec<JobRow>, PageError> {
+    let queued: Vec<String> = jobs
+        .iter()
+        .filter(|j| j.state == quiver_store::JobState::Queued)
+        .map(|j| j.id.clone())
+        .collect();
+    let positions = state.store.meta.queue_positions(&queued).await?;
+    Ok(jobs
+        .iter()
+        .map(|j| JobRow {
+            queue_position: positions.get(&j.id).copied(),
+            ..JobRow::new(j)
+        })
+        .collect())
 }
 
 #[derive(Template)]
@@ -112,7 +135,7 @@ pub async fn list(
             cursor: query.into_inner().cursor.filter(|c| !c.is_empty()),
         })
         .await?;
-    let rows: Vec<JobRow> = page.items.iter().map(JobRow::new).collect();
+    let rows = rows_with_positions(&state, &page.items).await?;
     let page = JobsPage {
         chrome: Chrome::new("Jobs", &caller),
         any_running: rows.iter().any(|r| !r.finished()),
@@ -170,7 +193,10 @@ pub async fn show(
         report_json: job.report.as_ref().map(pretty),
         attempts: job.attempts,
         max_attempts: job.max_attempts,
-        job: JobRow::new(&job),
+        job: rows_with_positions(&state, std::slice::from_ref(&job))
+            .await?
+            .pop()
+            .unwrap_or_else(|| JobRow::new(&job)),
     };
     Ok(caller.finish(html(StatusCode::OK, render(&page)?)))
 }

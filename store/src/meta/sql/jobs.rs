@@ -18,6 +18,32 @@ use super::{
 use crate::StoreError;
 use crate::time::now_ms;
 
+/// What fair share divides workers by: the column naming a job's submitter. One place to change
+/// (with the indexes of migration 0008) to share by namespace instead.
+pub const SHARE_KEY: &str = "created_by";
+
+/// Where a queued job stands in the fair order: the submitter's `ahead` older queued jobs, plus,
+/// from every other submitter with `n` queued jobs, the `min(n, ahead)` it gets in as many rounds
+/// of round-robin, and one more when that submitter comes before this one in the order now (its
+/// `(running, last start, oldest)` is smaller). Exact for one worker and jobs that take equal
+/// time; it leaves out backoff, the per-submitter cap, and kinds a worker does not take.
+fn queue_position(
+    ahead: i64,
+    share: &str,
+    own: (i64, i64, i64),
+    subs: &[(String, i64, (i64, i64, i64))],
+) -> i64 {
+    ahead
+        + subs
+            .iter()
+            .filter(|(s, ..)| s != share)
+            .map(|(s, n, rank)| {
+                let first = (*rank, s.as_str()) < (own, share);
+                (*n).min(ahead + i64::from(first))
+            })
+            .sum::<i64>()
+}
+
 /// The channel `pg_notify` wakes idle workers on (Postgres).
 pub const JOBS_CHANNEL: &str = "quiver_jobs";
 
@@ -340,20 +366,27 @@ impl JobStore for SqlMetadata {
         Ok(sql.query().fetch_optional(&self.pool).await?.is_some())
     }
 
-    async fn claim_job(
+    async fn claim_job_capped(
         &self,
         worker: &str,
         lease_ms: i64,
         kinds: &[JobKind],
+        per_submitter_cap: i64,
     ) -> Result<Option<(JobRecord, Lease)>, StoreError> {
         if kinds.is_empty() {
             return Ok(None);
         }
         let now = now_ms();
         let token = uuid::Uuid::new_v4().to_string();
+        let names = kind_names(kinds);
+        let (q, r, w) = (
+            JobState::Queued.as_str(),
+            JobState::Running.as_str(),
+            JobKind::Webhook.as_str(),
+        );
         let mut tx = self.begin_write().await?;
         let mut sql = Sql::new("UPDATE jobs SET state = ");
-        sql.bind(JobState::Running.as_str())
+        sql.bind(r)
             .push(", attempts = attempts + 1, lease_owner = ")
             .bind(worker)
             .push(", lease_token = ")
@@ -362,14 +395,59 @@ impl JobStore for SqlMetadata {
             .bind(now + lease_ms)
             .push(", started_at = COALESCE(started_at, ")
             .bind(now)
-            .push(") WHERE id = (SELECT id FROM jobs WHERE state = ")
-            .bind(JobState::Queued.as_str())
+            .push(") WHERE id = (");
+        if kinds.contains(&JobKind::Webhook) {
+            // Deliveries stay out of fair share: oldest first.
+            sql.push("SELECT id FROM jobs WHERE state = ")
+                .bind(q)
+                .push(" AND run_after <= ")
+                .bind(now)
+                .push(" AND kind IN ")
+                .bind_list(&names)
+                .push(" ORDER BY created_at, id LIMIT 1");
+        } else {
+            // Fair share (see [`SHARE_KEY`]): the submitter with the fewest running jobs, then
+            // the one whose latest job started longest ago (round-robin), then the one whose
+            // oldest runnable job is oldest; then that submitter's oldest runnable job. The
+            // per-submitter reads are index ranges (`jobs_fair`, `jobs_started_by`), once per
+            // submitter with runnable jobs, not once per queued job.
+            let k = SHARE_KEY;
+            sql.push(&format!(
+                "WITH subs AS (SELECT {k} AS share, MIN(created_at) AS oldest FROM jobs WHERE state = "
+            ))
+            .bind(q)
             .push(" AND run_after <= ")
             .bind(now)
-            .push(" AND kind IN ");
-        sql.bind_list(&kind_names(kinds))
-            .push(" ORDER BY created_at, id LIMIT 1")
-            .push(self.skip_locked())
+            .push(" AND kind IN ")
+            .bind_list(&names)
+            .push(&format!(
+                " GROUP BY {k}), stats AS (SELECT share, oldest, \
+                 (SELECT COUNT(*) FROM jobs r WHERE r.{k} = subs.share AND r.state = "
+            ))
+            .bind(r)
+            .push(" AND r.kind <> ")
+            .bind(w)
+            .push(&format!(
+                ") AS running, (SELECT COALESCE(MAX(s.started_at), 0) FROM jobs s \
+                 WHERE s.{k} = subs.share AND s.kind <> "
+            ))
+            .bind(w)
+            .push(") AS last_start FROM subs), pick AS (SELECT share FROM stats WHERE ")
+            .bind(per_submitter_cap)
+            .push(" <= 0 OR running < ")
+            .bind(per_submitter_cap)
+            .push(" ORDER BY running, last_start, oldest, share LIMIT 1) ")
+            .push("SELECT id FROM jobs WHERE state = ")
+            .bind(q)
+            .push(" AND run_after <= ")
+            .bind(now)
+            .push(" AND kind IN ")
+            .bind_list(&names)
+            .push(&format!(
+                " AND {k} = (SELECT share FROM pick) ORDER BY created_at, id LIMIT 1"
+            ));
+        }
+        sql.push(self.skip_locked())
             .push(") RETURNING ")
             .push(JOB_COLUMNS);
         let row = sql.query().fetch_optional(&mut *tx).await?;
@@ -384,6 +462,93 @@ impl JobStore for SqlMetadata {
             attempt: job.attempts,
         };
         Ok(Some((job, lease)))
+    }
+
+    async fn queue_positions(&self, ids: &[String]) -> Result<BTreeMap<String, i64>, StoreError> {
+        let mut out = BTreeMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let (q, r, w) = (
+            JobState::Queued.as_str(),
+            JobState::Running.as_str(),
+            JobKind::Webhook.as_str(),
+        );
+        let k = SHARE_KEY;
+        // Each asked-for queued job's submitter and its rank among that submitter's queued jobs.
+        let mut sql = Sql::new(&format!(
+            "SELECT id, share, ahead FROM (SELECT id, {k} AS share, \
+             ROW_NUMBER() OVER (PARTITION BY {k} ORDER BY created_at, id) - 1 AS ahead \
+             FROM jobs WHERE state = "
+        ));
+        sql.bind(q)
+            .push(" AND kind <> ")
+            .bind(w)
+            .push(") ranked WHERE id IN ")
+            .bind_list(ids);
+        let mine: Vec<(String, String, i64)> = sql
+            .query()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("id")?,
+                    row.try_get("share")?,
+                    row.try_get("ahead")?,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        if mine.is_empty() {
+            return Ok(out);
+        }
+        // Every submitter with queued jobs: how many, and its place in the fair order now.
+        let mut sql = Sql::new(&format!(
+            "SELECT share, queued, \
+             (SELECT COUNT(*) FROM jobs r WHERE r.{k} = subs.share AND r.state = "
+        ));
+        sql.bind(r)
+            .push(" AND r.kind <> ")
+            .bind(w)
+            .push(&format!(
+                ") AS running, (SELECT COALESCE(MAX(s.started_at), 0) FROM jobs s \
+                 WHERE s.{k} = subs.share AND s.kind <> "
+            ))
+            .bind(w)
+            .push(&format!(
+                ") AS last_start, oldest FROM (SELECT {k} AS share, COUNT(*) AS queued, \
+                 MIN(created_at) AS oldest FROM jobs WHERE state = "
+            ))
+            .bind(q)
+            .push(" AND kind <> ")
+            .bind(w)
+            .push(&format!(" GROUP BY {k}) subs"));
+        let subs: Vec<(String, i64, (i64, i64, i64))> = sql
+            .query()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("share")?,
+                    row.try_get("queued")?,
+                    (
+                        row.try_get("running")?,
+                        row.try_get("last_start")?,
+                        row.try_get("oldest")?,
+                    ),
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        for (id, share, ahead) in mine {
+            let own = subs
+                .iter()
+                .find(|(s, ..)| *s == share)
+                .map(|(_, _, rank)| *rank)
+                .unwrap_or_default();
+            out.insert(id, queue_position(ahead, &share, own, &subs));
+        }
+        Ok(out)
     }
 
     async fn heartbeat(

@@ -1,0 +1,62 @@
+//! Claim time with a long queue (not a test of behaviour; run by hand, see docs/benchmarks.md):
+//! `cargo test -p quiver-store --test claim_bench -- --ignored --nocapture`.
+//! 10,000 queued jobs from 10 submitters (one with 9,000), then 200 claims, each ended at once
+//! (one worker); prints the median and p95 claim time per backend. No assertion on timings.
+
+use std::time::Instant;
+
+use quiver_store::meta::DEFAULT_MAX_ATTEMPTS;
+use quiver_store::store_or_skip;
+use quiver_store::testing::Backend;
+use quiver_store::{JobEnd, JobKind, NewJob};
+use rstest::rstest;
+use serde_json::json;
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+#[ignore = "a benchmark: run by hand with --ignored --nocapture"]
+async fn claim_time_with_10000_queued_jobs(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    for i in 0..10_000 {
+        let user = if i % 10 == 0 {
+            format!("user{}", (i / 10) % 9)
+        } else {
+            "heavy".to_string()
+        };
+        store
+            .meta
+            .enqueue_job(&NewJob {
+                kind: JobKind::Merge,
+                spec: json!({"n": i}),
+                spec_sha256: format!("{i}"),
+                created_by: user,
+                idempotency_key: None,
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+            })
+            .await
+            .expect("enqueue");
+    }
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let (_, lease) = store
+            .meta
+            .claim_job("bench", 30_000, &[JobKind::Merge])
+            .await
+            .expect("claim")
+            .expect("a job");
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        store
+            .meta
+            .end_job(&lease, &JobEnd::Succeeded)
+            .await
+            .expect("end");
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "claim_bench {backend:?}: 10000 queued, 200 claims: median {:.3} ms, p95 {:.3} ms",
+        times[100], times[190]
+    );
+}
