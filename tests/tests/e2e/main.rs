@@ -3,6 +3,7 @@
 mod adapters;
 mod containment;
 mod downloads;
+mod fair_share;
 mod faults;
 mod hostile_input;
 mod jobs;
