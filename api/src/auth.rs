@@ -1,6 +1,6 @@
 //! Bearer tokens. Secrets are `qvt_` + 64 hex characters; only their sha256 is stored.
 
-use quiver_store::{AdapterRecord, Principal, Scope, Viewer};
+use quiver_store::{AdapterRecord, Principal, Scope, TokenCheck, Viewer};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -33,6 +33,7 @@ pub fn viewer_of(principal: Option<&Principal>) -> Viewer {
         Some(p) => Viewer {
             user: Some(p.user.clone()),
             admin: p.scope == Scope::Admin,
+            restrict: p.restrict.clone(),
         },
         None => Viewer::default(),
     }
@@ -58,36 +59,78 @@ impl Caller {
         }
     }
 
-    /// Checks the caller may write under `owner`: a write token of that user, or an admin token.
-    pub fn require_write(&self, owner: &str) -> Result<&Principal, ApiError> {
+    /// Checks the caller may write the adapter `owner/name`: a write token of that user, or an
+    /// admin token, either unrestricted or restricted to a list that names it.
+    pub fn require_write(&self, owner: &str, name: &str) -> Result<&Principal, ApiError> {
         let p = self.0.as_ref().ok_or_else(ApiError::unauthorized)?;
-        require_write(p, owner)?;
+        require_write(p, owner, Some(name))?;
+        Ok(p)
+    }
+
+    /// Checks the caller may write something new under `owner` that no adapter name covers (a
+    /// fused adapter): a restricted token needs the whole namespace in its list.
+    pub fn require_write_namespace(&self, owner: &str) -> Result<&Principal, ApiError> {
+        let p = self.0.as_ref().ok_or_else(ApiError::unauthorized)?;
+        require_write(p, owner, None)?;
         Ok(p)
     }
 }
 
-/// Checks a principal may write under `owner`: a write token of that user, or an admin token.
-pub fn require_write(p: &Principal, owner: &str) -> Result<(), ApiError> {
+/// Checks a principal may write under `owner` (the adapter `name`, or with `None` anything in
+/// the namespace): a write token of that user, or an admin token; a restricted token only
+/// inside its list.
+pub fn require_write(p: &Principal, owner: &str, name: Option<&str>) -> Result<(), ApiError> {
     match p.scope {
-        Scope::Admin => Ok(()),
-        Scope::Write if p.user == owner => Ok(()),
-        Scope::Write => Err(ApiError::forbidden(format!(
-            "user {} may not write to {owner}'s adapters",
-            p.user
-        ))),
-        Scope::Read => Err(ApiError::forbidden(
-            "this token has the read scope; writing needs a write token",
-        )),
+        Scope::Admin => {}
+        Scope::Write if p.user == owner => {}
+        Scope::Write => {
+            return Err(ApiError::forbidden(format!(
+                "user {} may not write to {owner}'s adapters",
+                p.user
+            )));
+        }
+        Scope::Read => {
+            return Err(ApiError::forbidden(
+                "this token has the read scope; writing needs a write token",
+            ));
+        }
     }
+    if let Some(r) = &p.restrict {
+        let allowed = match name {
+            Some(name) => r.allows(owner, name),
+            None => r.namespaces.iter().any(|n| n == owner),
+        };
+        if !allowed {
+            let what = match name {
+                Some(name) => format!("{owner}/{name}"),
+                None => format!("the namespace {owner}"),
+            };
+            return Err(ApiError::forbidden(format!(
+                "this token is restricted to {}; it may not write to {what}",
+                r.entries().join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The session cookie the web pages' sign-in sets: the token itself, HttpOnly and SameSite=Strict.
 pub const SESSION_COOKIE: &str = "quiver_session";
 
+/// What a token secret is: one this server issued and still honours, an expired or revoked
+/// one, or unknown (also any secret without the `qvt_` prefix). Nothing caches the answer, so a
+/// revocation or expiry holds from the next request on, on every surface.
+pub async fn check(state: &AppState, secret: &str) -> Result<TokenCheck, ApiError> {
+    if !secret.starts_with(TOKEN_PREFIX) {
+        return Ok(TokenCheck::Unknown);
+    }
+    Ok(state.store.meta.check_token(&hash_token(secret)).await?)
+}
+
 /// The principal of a token secret this server issued, if it is valid.
 pub async fn principal(state: &AppState, secret: &str) -> Result<Option<Principal>, ApiError> {
-    if !secret.starts_with(TOKEN_PREFIX) {
-        return Ok(None);
-    }
-    Ok(state.store.meta.authenticate(&hash_token(secret)).await?)
+    Ok(match check(state, secret).await? {
+        TokenCheck::Valid(p) => Some(p),
+        _ => None,
+    })
 }

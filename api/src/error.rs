@@ -60,6 +60,14 @@ error_codes! {
     IoError = "io_error" => UNPROCESSABLE_ENTITY,
     Unauthorized = "unauthorized" => UNAUTHORIZED,
     InvalidToken = "invalid_token" => UNAUTHORIZED,
+    /// A token past its expiry (docs/tokens.md).
+    TokenExpired = "token_expired" => UNAUTHORIZED,
+    /// A revoked token.
+    TokenRevoked = "token_revoked" => UNAUTHORIZED,
+    /// A token request that cannot be granted or stored: a bad name, scope, expiry or
+    /// restriction, a scope or reach wider than the requesting token's, too many tokens.
+    InvalidTokenRequest = "invalid_token_request" => BAD_REQUEST,
+    TokenNotFound = "token_not_found" => NOT_FOUND,
     Forbidden = "forbidden" => FORBIDDEN,
     /// Something other than the resources below (kept for older clients).
     NotFound = "not_found" => NOT_FOUND,

@@ -173,6 +173,7 @@ async fn listing_respects_visibility_filters_and_cursors(#[case] backend: Backen
         Viewer {
             user: Some("bob".into()),
             admin: false,
+            ..Default::default()
         },
         all.clone(),
     )
@@ -182,6 +183,7 @@ async fn listing_respects_visibility_filters_and_cursors(#[case] backend: Backen
         Viewer {
             user: Some("alice".into()),
             admin: false,
+            ..Default::default()
         },
         all.clone(),
     )
@@ -191,6 +193,7 @@ async fn listing_respects_visibility_filters_and_cursors(#[case] backend: Backen
         Viewer {
             user: None,
             admin: true,
+            ..Default::default()
         },
         all.clone(),
     )

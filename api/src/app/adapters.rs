@@ -198,11 +198,15 @@ pub async fn cached_page(
 /// What a listing page depends on: who asks (admins all see the same; a user also sees their
 /// private adapters) and every query parameter.
 pub fn cache_key(viewer: &Viewer, q: &ListAdapters) -> String {
-    let who = match (&viewer.user, viewer.admin) {
+    let mut who = match (&viewer.user, viewer.admin) {
         (_, true) => "admin".to_string(),
         (Some(user), false) => format!("user:{user}"),
         (None, false) => String::new(),
     };
+    // A restricted token sees fewer private adapters than its user: its own entry.
+    if let Some(r) = &viewer.restrict {
+        who = format!("{who}|restrict:{}", r.entries().join(","));
+    }
     serde_json::json!([
         who,
         q.q,

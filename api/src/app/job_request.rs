@@ -452,7 +452,7 @@ async fn check_output(
     base_model: &str,
 ) -> Result<(), ApiError> {
     let repo = &output.adapter;
-    caller.require_write(&repo.owner)?;
+    caller.require_write(&repo.owner, &repo.name)?;
     match store.meta.get_adapter(repo).await? {
         Some(existing) => {
             if existing.base_model != base_model {

@@ -36,7 +36,7 @@ pub async fn find_writable_adapter<'c>(
     path: &(String, String),
 ) -> Result<(AdapterRecord, &'c quiver_store::Principal), ApiError> {
     let adapter = find_adapter(store, caller, path).await?;
-    let principal = caller.require_write(&adapter.owner)?;
+    let principal = caller.require_write(&adapter.owner, &adapter.name)?;
     Ok((adapter, principal))
 }
 

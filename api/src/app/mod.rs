@@ -13,4 +13,5 @@ pub mod proofs;
 pub mod redact;
 pub mod refs;
 pub mod resources;
+pub mod tokens;
 pub mod webhooks;

@@ -125,6 +125,7 @@ pub async fn create(
     let viewer = quiver_store::Viewer {
         user: Some(principal.user.clone()),
         admin: false,
+        restrict: principal.restrict.clone(),
     };
     let (owner, adapter) = match (req.adapter, req.owner) {
         (Some(a), None) => {

@@ -134,6 +134,7 @@ pub fn subscriber(hook: &WebhookRecord) -> Viewer {
     Viewer {
         user: Some(hook.created_by.clone()),
         admin: false,
+        restrict: None,
     }
 }
 

@@ -9,7 +9,7 @@ use actix_web::dev::Payload;
 use actix_web::http::Method;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest, web};
-use quiver_store::Principal;
+use quiver_store::{Principal, TokenCheck};
 
 use crate::auth::{self, Caller, SESSION_COOKIE, TOKEN_PREFIX};
 use crate::error::{ApiError, ErrorCode};
@@ -44,8 +44,8 @@ impl Authenticated {
     }
 
     /// As `Caller::require_write`.
-    pub fn require_write(&self, owner: &str) -> Result<(), ApiError> {
-        auth::require_write(&self.0, owner)
+    pub fn require_write(&self, owner: &str, name: &str) -> Result<(), ApiError> {
+        auth::require_write(&self.0, owner, Some(name))
     }
 }
 
@@ -104,9 +104,19 @@ pub fn caller(req: &HttpRequest, foreign: ForeignTokens) -> CallerFuture {
         if !secret.starts_with(TOKEN_PREFIX) && foreign_reads_anonymous {
             return Ok(Caller(None));
         }
-        match auth::principal(&state, secret).await? {
-            Some(p) => Ok(Caller(Some(p))),
-            None => Err(bad()),
+        // An expired or revoked token says so (its holder knew the secret, so this tells
+        // nobody anything new); an unknown one is `invalid_token`.
+        match auth::check(&state, secret).await? {
+            TokenCheck::Valid(p) => Ok(Caller(Some(p))),
+            TokenCheck::Expired => Err(ApiError::coded(
+                ErrorCode::TokenExpired,
+                "this token has expired; make a new one",
+            )),
+            TokenCheck::Revoked => Err(ApiError::coded(
+                ErrorCode::TokenRevoked,
+                "this token was revoked; make a new one",
+            )),
+            TokenCheck::Unknown => Err(bad()),
         }
     })
 }

@@ -62,7 +62,9 @@ pub use profiles::{
     StaleProfile,
 };
 pub use sql::SqlMetadata;
-pub use tokens::{Principal, TokenStore};
+pub use tokens::{
+    MAX_RESTRICTIONS, NewToken, Principal, Restriction, TokenCheck, TokenRecord, TokenStore,
+};
 pub use versions::{
     CommitCheck, FileRecord, NewVersion, NoCheck, ParentVersion, VersionFacets, VersionKind,
     VersionRecord, VersionRef, VersionState, VersionStore,
@@ -82,11 +84,21 @@ pub async fn connect(database_url: &str) -> Result<Arc<dyn MetadataStore>, Store
 pub struct Viewer {
     pub user: Option<String>,
     pub admin: bool,
+    /// A restricted token's list: private adapters outside it are hidden even from their owner
+    /// or an admin (public ones stay visible, as to anyone). `None`: unrestricted.
+    pub restrict: Option<Restriction>,
 }
 
 impl Viewer {
     pub fn can_see(&self, adapter: &AdapterRecord) -> bool {
-        !adapter.private || self.admin || self.user.as_deref() == Some(adapter.owner.as_str())
+        !adapter.private
+            || ((self.admin || self.user.as_deref() == Some(adapter.owner.as_str()))
+                && self.allows(&adapter.owner, &adapter.name))
+    }
+
+    /// Whether the viewer's token restriction (if any) lets it act on `owner/name`.
+    pub fn allows(&self, owner: &str, name: &str) -> bool {
+        self.restrict.as_ref().is_none_or(|r| r.allows(owner, name))
     }
 }
 

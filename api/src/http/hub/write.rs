@@ -49,7 +49,7 @@ pub async fn create_repo(
     let (owner, name) = repo_path(body.organization, body.name, user);
     let repo = RepoId::parse(&owner, &name)
         .map_err(|e| ApiError::coded(ErrorCode::InvalidName, e.to_string()))?;
-    caller.require_write(&repo.owner)?;
+    caller.require_write(&repo.owner, &repo.name)?;
     let private = body.private.unwrap_or(false) || body.visibility.as_deref() == Some("private");
     let url = format!("{}/{repo}", origin(&req));
     if state.store.meta.get_adapter(&repo).await?.is_some() {

@@ -60,7 +60,7 @@ pub async fn create_adapter(
     let body = body.into_inner();
     let repo = RepoId::parse(&body.owner, &body.name)
         .map_err(|e| ApiError::coded(ErrorCode::InvalidName, e.to_string()))?;
-    caller.require_write(&repo.owner)?;
+    caller.require_write(&repo.owner, &repo.name)?;
     let base_model = body.base_model.trim().to_string();
     if base_model.is_empty()
         || base_model.len() > MAX_BASE_MODEL_LEN

@@ -8,6 +8,7 @@ pub mod lineage;
 pub mod profiles;
 pub mod refs;
 pub mod route;
+pub mod tokens;
 pub mod versions;
 pub mod webhooks;
 
@@ -40,5 +41,8 @@ pub fn configure_v1(cfg: &mut ServiceConfig) {
         .service(webhooks::get_webhook)
         .service(webhooks::delete_webhook)
         .service(webhooks::list_deliveries)
-        .service(webhooks::redeliver);
+        .service(webhooks::redeliver)
+        .service(tokens::create_token)
+        .service(tokens::list_tokens)
+        .service(tokens::revoke_token);
 }

@@ -379,7 +379,7 @@ async fn fusion(
     done: &mut BTreeMap<String, FusionView>,
 ) -> Result<FusionView, ApiError> {
     let principal = caller.0.as_ref().ok_or_else(ApiError::unauthorized)?;
-    caller.require_write(&principal.user)?;
+    caller.require_write_namespace(&principal.user)?;
     let mut parts: Vec<(&str, &str, f64)> = adapters
         .iter()
         .map(|a| {

@@ -292,21 +292,37 @@ fn push_latest_ready(sql: &mut Sql) {
 
 /// Keeps the rows of adapters `viewer` may see; `prefix` qualifies the adapters table (`a.`).
 fn push_visible(sql: &mut Sql, viewer: &Viewer, prefix: &str) {
-    if viewer.admin {
+    if viewer.admin && viewer.restrict.is_none() {
         return;
     }
-    match &viewer.user {
-        Some(user) => {
-            sql.push(&format!(
-                " AND ({prefix}private = FALSE OR {prefix}owner = "
-            ))
-            .bind(user.as_str())
-            .push(")");
-        }
-        None => {
+    let user = match (&viewer.user, viewer.admin) {
+        (_, true) => None,
+        (Some(user), false) => Some(user),
+        (None, false) => {
             sql.push(&format!(" AND {prefix}private = FALSE"));
+            return;
         }
+    };
+    sql.push(&format!(" AND ({prefix}private = FALSE OR (1 = 1"));
+    if let Some(user) = user {
+        sql.push(&format!(" AND {prefix}owner = ")).bind(user.as_str());
     }
+    if let Some(r) = &viewer.restrict {
+        // A restricted token's private reads: only inside its namespaces and adapters.
+        sql.push(" AND (1 = 0");
+        for ns in &r.namespaces {
+            sql.push(&format!(" OR {prefix}owner = ")).bind(ns.as_str());
+        }
+        for a in &r.adapters {
+            sql.push(&format!(" OR ({prefix}owner = "))
+                .bind(a.owner.as_str())
+                .push(&format!(" AND {prefix}name = "))
+                .bind(a.name.as_str())
+                .push(")");
+        }
+        sql.push(")");
+    }
+    sql.push("))");
 }
 
 /// Keeps adapters whose newest ready version matches every facet of `f`.

@@ -2,9 +2,50 @@
 
 use async_trait::async_trait;
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::*;
-use crate::Scope;
+use crate::meta::tokens::{NewToken, Restriction, TokenCheck, TokenRecord};
+
+/// `SELECT <every column but the hash> FROM tokens` and the rest of the query.
+macro_rules! select_tokens {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, user_name, name, prefix, scope, restrict_to, created_at, created_by, \
+             last_used_at, expires_at, revoked_at FROM tokens ",
+            $rest
+        )
+    };
+}
+
+fn restrict_to_json(r: &Option<Restriction>) -> Option<String> {
+    r.as_ref()
+        .map(|r| serde_json::Value::from(r.entries()).to_string())
+}
+
+fn restrict_from_json(raw: Option<String>) -> Result<Option<Restriction>, StoreError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let entries: Vec<String> = serde_json::from_str(&raw)
+        .map_err(|e| StoreError::Invalid(format!("stored token restriction: {e}")))?;
+    Ok(Some(Restriction::parse(&entries)?))
+}
+
+fn token_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
+    let scope: String = row.try_get("scope")?;
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        user: row.try_get("user_name")?,
+        name: row.try_get("name")?,
+        prefix: row.try_get("prefix")?,
+        scope: scope.parse()?,
+        restrict: restrict_from_json(row.try_get("restrict_to")?)?,
+        created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        last_used_at: row.try_get("last_used_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
 
 #[async_trait]
 impl TokenStore for SqlMetadata {
@@ -15,13 +56,8 @@ impl TokenStore for SqlMetadata {
             .try_get("n")?)
     }
 
-    async fn create_token(
-        &self,
-        user: &str,
-        scope: Scope,
-        secret_sha256: &str,
-    ) -> Result<String, StoreError> {
-        let user = crate::names::validate_owner("user name", user)?;
+    async fn insert_token(&self, t: &NewToken) -> Result<TokenRecord, StoreError> {
+        let user = crate::names::validate_owner("user name", &t.user)?;
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let mut tx = self.begin_write().await?;
@@ -32,46 +68,145 @@ impl TokenStore for SqlMetadata {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        if t.max_active < i64::MAX {
+            // Locks the user's row (Postgres), so two creations cannot both pass the count.
+            sqlx::query("UPDATE users SET created_at = created_at WHERE name = $1")
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let active: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM tokens WHERE user_name = $1 AND revoked_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > $2)",
+            )
+            .bind(user.as_str())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+            if active >= t.max_active {
+                return Err(StoreError::Conflict(format!(
+                    "user {user} already holds {active} active tokens, the most allowed; revoke one first"
+                )));
+            }
+        }
         sqlx::query(
-            "INSERT INTO tokens (id, user_name, secret_sha256, scope, created_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO tokens (id, user_name, secret_sha256, scope, created_at, name, prefix, \
+             expires_at, restrict_to, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(id.as_str())
         .bind(user.as_str())
-        .bind(secret_sha256)
-        .bind(scope.as_str())
+        .bind(t.secret_sha256.as_str())
+        .bind(t.scope.as_str())
         .bind(now)
+        .bind(t.name.clone())
+        .bind(t.prefix.clone())
+        .bind(t.expires_at)
+        .bind(restrict_to_json(&t.restrict))
+        .bind(t.created_by.clone())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(id)
+        Ok(TokenRecord {
+            id,
+            user,
+            name: t.name.clone(),
+            prefix: t.prefix.clone(),
+            scope: t.scope,
+            restrict: t.restrict.clone(),
+            created_at: now,
+            created_by: t.created_by.clone(),
+            last_used_at: None,
+            expires_at: t.expires_at,
+            revoked_at: None,
+        })
     }
 
-    async fn authenticate(&self, secret_sha256: &str) -> Result<Option<Principal>, StoreError> {
-        let Some(row) = sqlx::query(
-            "SELECT id, user_name, scope, last_used_at FROM tokens WHERE secret_sha256 = $1",
-        )
-        .bind(secret_sha256)
-        .fetch_optional(&self.pool)
-        .await?
+    async fn check_token(&self, secret_sha256: &str) -> Result<TokenCheck, StoreError> {
+        let Some(row) = sqlx::query(select_tokens!("WHERE secret_sha256 = $1"))
+            .bind(secret_sha256)
+            .fetch_optional(&self.pool)
+            .await?
         else {
-            return Ok(None);
+            return Ok(TokenCheck::Unknown);
         };
-        let id: String = row.try_get("id")?;
-        let scope: String = row.try_get("scope")?;
-        let last_used: Option<i64> = row.try_get("last_used_at")?;
+        let t = token_row(&row)?;
         let now = now_ms();
+        if t.revoked_at.is_some() {
+            return Ok(TokenCheck::Revoked);
+        }
+        if t.expires_at.is_some_and(|e| e <= now) {
+            return Ok(TokenCheck::Expired);
+        }
         // Record use at most once a minute so reads do not turn into writes.
-        if last_used.is_none_or(|t| now - t > 60_000) {
+        if t.last_used_at.is_none_or(|u| now - u > 60_000) {
             sqlx::query("UPDATE tokens SET last_used_at = $1 WHERE id = $2")
                 .bind(now)
-                .bind(id.as_str())
+                .bind(t.id.as_str())
                 .execute(&self.pool)
                 .await?;
         }
-        Ok(Some(Principal {
-            user: row.try_get("user_name")?,
-            scope: scope.parse()?,
-            token_id: id,
+        Ok(TokenCheck::Valid(Principal {
+            user: t.user,
+            scope: t.scope,
+            token_id: t.id,
+            restrict: t.restrict,
         }))
+    }
+
+    async fn get_token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        sqlx::query(select_tokens!("WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(token_row)
+            .transpose()
+    }
+
+    async fn list_tokens(
+        &self,
+        user: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows =
+            match user {
+                Some(user) => sqlx::query(select_tokens!(
+                    "WHERE user_name = $1 AND revoked_at IS NULL ORDER BY created_at, id LIMIT $2"
+                ))
+                .bind(user)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?,
+                None => {
+                    sqlx::query(select_tokens!(
+                        "WHERE revoked_at IS NULL ORDER BY user_name, created_at, id LIMIT $1"
+                    ))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+            };
+        rows.iter().map(token_row).collect()
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let found = sqlx::query("SELECT revoked_at FROM tokens WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = found else {
+            return Ok(false);
+        };
+        let revoked: Option<i64> = row.try_get("revoked_at")?;
+        if revoked.is_none() {
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2")
+                .bind(now_ms())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 }
