@@ -4,6 +4,7 @@
 pub mod compress;
 pub mod merge;
 pub mod route;
+pub mod token;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -120,14 +121,51 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
-    /// Create a token (and its user, if new); prints the token alone on the last line.
+    /// Create a token; prints the token alone on the last line. Without `--server`: the local
+    /// bootstrap with database access (creates the user if new; `--user` required). With
+    /// `--server`: through the API as `--token` (docs/tokens.md).
     Create {
+        /// Whose token (local: required; server: another user's needs an admin token).
         #[arg(long, env = "QUIVER_TOKEN_USER")]
-        user: String,
+        user: Option<String>,
         #[arg(long, env = "QUIVER_TOKEN_SCOPE", default_value = "write", value_parser = ["read", "write", "admin"])]
         scope: String,
+        /// The server to ask (no environment default, so the local form stays local).
+        #[arg(long)]
+        server: Option<String>,
+        /// The token to ask with (server form).
+        #[arg(long, env = "QUIVER_TOKEN", requires = "server")]
+        token: Option<String>,
+        /// The new token's name (server form; default `cli`).
+        #[arg(long, requires = "server")]
+        name: Option<String>,
+        /// Days until it expires (server form; 1 to 3650; default: never).
+        #[arg(long, requires = "server")]
+        expires_in_days: Option<i64>,
+        /// Namespaces or adapters it is restricted to, comma-separated (server form).
+        #[arg(long, value_delimiter = ',', requires = "server")]
+        restrict: Vec<String>,
         #[command(flatten)]
         storage: StorageArgs,
+    },
+    /// A server's tokens: yours, `--user`'s or `--all` (admin), never a secret.
+    List {
+        #[arg(long, env = "QUIVER_URL", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        #[arg(long, env = "QUIVER_TOKEN")]
+        token: Option<String>,
+        #[arg(long, conflicts_with = "all")]
+        user: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a token by id (yours, or anyone's with an admin token).
+    Revoke {
+        id: String,
+        #[arg(long, env = "QUIVER_URL", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        #[arg(long, env = "QUIVER_TOKEN")]
+        token: Option<String>,
     },
 }
 
@@ -205,9 +243,50 @@ pub async fn run(cli: Cli) -> CliResult {
                 TokenCommand::Create {
                     user,
                     scope,
-                    storage,
+                    server: Some(server),
+                    token,
+                    name,
+                    expires_in_days,
+                    restrict,
+                    storage: _,
                 },
         } => {
+            crate::cli::token::create(crate::cli::token::RemoteCreate {
+                server,
+                token,
+                name: name.unwrap_or_else(|| "cli".to_string()),
+                scope,
+                user,
+                expires_in_days,
+                restrict,
+            })
+            .await?
+        }
+        Command::Token {
+            command:
+                TokenCommand::List {
+                    server,
+                    token,
+                    user,
+                    all,
+                },
+        } => crate::cli::token::list(&server, token.as_deref(), user.as_deref(), all).await?,
+        Command::Token {
+            command: TokenCommand::Revoke { id, server, token },
+        } => crate::cli::token::revoke(&server, token.as_deref(), &id).await?,
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    user,
+                    scope,
+                    server: None,
+                    storage,
+                    ..
+                },
+        } => {
+            let user = user.ok_or(
+                "--user is required to create a token locally (or give --server and --token)",
+            )?;
             let scope: Scope = scope.parse()?;
             let store = Store::open(&storage.resolve()?).await?;
             let (secret, hash) = new_token();

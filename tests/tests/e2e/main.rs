@@ -17,6 +17,7 @@ mod private_parents;
 mod publish_checks;
 mod routing;
 mod service;
+mod tokens;
 mod uploads;
 mod webhooks;
 mod workers;

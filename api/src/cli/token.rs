@@ -1,0 +1,99 @@
+//! `quiver token create|list|revoke --server URL --token T`: manage tokens on a server through
+//! its API (docs/tokens.md). `create` without `--server` is the local bootstrap (database
+//! access, `crate::cli`). `create` prints the new token's JSON to stderr and the secret alone on
+//! the last line of stdout, as the bootstrap does; `list` and `revoke` print the server's JSON.
+
+use serde_json::{Value, json};
+
+type CmdResult = Result<(), Box<dyn std::error::Error>>;
+
+/// What `create` asks of a server.
+pub struct RemoteCreate {
+    pub server: String,
+    pub token: Option<String>,
+    pub name: String,
+    pub scope: String,
+    pub user: Option<String>,
+    pub expires_in_days: Option<i64>,
+    pub restrict: Vec<String>,
+}
+
+async fn call(
+    server: &str,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let url = format!("{}/api/v1{path}", server.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().request(method, &url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        return Err(format!("{status}: {text}").into());
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+pub async fn create(c: RemoteCreate) -> CmdResult {
+    let mut body = json!({ "name": c.name, "scope": c.scope });
+    if let Some(u) = c.user {
+        body["user"] = u.into();
+    }
+    if let Some(d) = c.expires_in_days {
+        body["expires_in_days"] = d.into();
+    }
+    if !c.restrict.is_empty() {
+        body["restrict"] = c.restrict.into();
+    }
+    let mut made = call(
+        &c.server,
+        c.token.as_deref(),
+        reqwest::Method::POST,
+        "/tokens",
+        Some(body),
+    )
+    .await?;
+    let secret = made
+        .as_object_mut()
+        .and_then(|o| o.remove("token"))
+        .and_then(|t| t.as_str().map(str::to_owned))
+        .ok_or("the server's answer holds no token")?;
+    eprintln!("{}", serde_json::to_string_pretty(&made)?);
+    eprintln!("token — shown once, store it now:");
+    println!("{secret}");
+    Ok(())
+}
+
+pub async fn list(server: &str, token: Option<&str>, user: Option<&str>, all: bool) -> CmdResult {
+    let mut path = "/tokens".to_string();
+    if let Some(u) = user {
+        path.push_str(&format!("?user={}", urlencode(u)));
+    } else if all {
+        path.push_str("?all=true");
+    }
+    let v = call(server, token, reqwest::Method::GET, &path, None).await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+pub async fn revoke(server: &str, token: Option<&str>, id: &str) -> CmdResult {
+    let path = format!("/tokens/{}", urlencode(id));
+    let v = call(server, token, reqwest::Method::DELETE, &path, None).await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
