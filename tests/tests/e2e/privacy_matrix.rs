@@ -59,6 +59,7 @@ const CASES: &[(&str, Case)] = &[
     ("/api/v1/webhooks/{id}", Case::Webhook),
     ("/api/v1/webhooks/{id}/deliveries", Case::Webhook),
     ("/webhooks", Case::Other),
+    ("/settings/tokens", Case::Other),
     ("/healthz", Case::Other),
     ("/metrics", Case::Other),
     // Pages

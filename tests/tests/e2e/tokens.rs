@@ -554,3 +554,132 @@ async fn cli_against_a_server(#[case] backend: Backend) {
         .unwrap();
     assert_eq!(res.status().as_u16(), 401);
 }
+
+/// The tokens page: list, create (CSRF), revoke; a read session cannot make a write token.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn tokens_page(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    let csrf = "ab".repeat(24);
+    let cookies = |secret: &str| format!("quiver_session={secret}; quiver_csrf={csrf}");
+    let post = |path: &str, secret: &str, form: Vec<(&str, String)>| {
+        app.request(Method::POST, path, "")
+            .header("Cookie", cookies(secret))
+            .form(&form)
+    };
+    let alice = app.token("alice").to_string();
+    let (status, html) = page(&app, "/settings/tokens", "").await;
+    assert_eq!(status, 303, "anonymous: to sign in {html}");
+    let res = app
+        .request(Method::GET, "/settings/tokens", "")
+        .header("Cookie", cookies(&alice))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("(this session)"), "{html}");
+    assert!(!html.contains(&alice[8..]), "no secret on the page");
+
+    // Without the CSRF token: refused.
+    let res = post(
+        "/settings/tokens",
+        &alice,
+        vec![("name", "x".into()), ("csrf", String::new())],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+    let res = post(
+        "/settings/tokens",
+        &alice,
+        vec![
+            ("csrf", csrf.clone()),
+            ("name", "from the page".into()),
+            ("scope", "write".into()),
+            ("expires_in_days", "30".into()),
+            ("restrict", "alice/open, alice/secret".into()),
+        ],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let html = res.text().await.unwrap();
+    let start = html.find("qvt_").expect("secret shown once");
+    let secret = html[start..start + 68].to_string();
+    let (_, list) = app.get_json("/api/v1/tokens", "alice").await;
+    let made = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "from the page")
+        .expect("made")
+        .clone();
+    assert_eq!(made["restrict"], json!(["alice/open", "alice/secret"]));
+    assert_eq!(made["scope"], "write");
+    let (status, html) = page(&app, "/settings/tokens", &alice).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("from the page") && !html.contains(&secret[8..]));
+
+    // A bad expiry: the error page, 400.
+    let res = post(
+        "/settings/tokens",
+        &alice,
+        vec![
+            ("csrf", csrf.clone()),
+            ("name", "x".into()),
+            ("expires_in_days", "99999".into()),
+        ],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    // A read session cannot make a write token.
+    let res = post(
+        "/settings/tokens",
+        app.token("alice_read"),
+        vec![
+            ("csrf", csrf.clone()),
+            ("name", "x".into()),
+            ("scope", "write".into()),
+        ],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+
+    // Revoke from the page: the token stops at once; bob cannot revoke alice's (404).
+    let id = made["id"].as_str().unwrap();
+    let res = post(
+        &format!("/settings/tokens/{id}/revoke"),
+        app.token("bob"),
+        vec![("csrf", csrf.clone())],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+    let res = post(
+        &format!("/settings/tokens/{id}/revoke"),
+        &alice,
+        vec![("csrf", csrf.clone())],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status().as_u16(), 303);
+    let res = app
+        .client
+        .get(app.url("/api/v1/adapters"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+}

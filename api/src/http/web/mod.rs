@@ -14,6 +14,7 @@ mod listing;
 mod session;
 mod spectra;
 pub mod svg;
+mod tokens;
 mod webhooks;
 
 use actix_web::http::StatusCode;
@@ -42,6 +43,8 @@ pub const PAGE_ROUTES: &[(&str, &[&str])] = &[
     ("/webhooks", &["GET", "HEAD", "POST"]),
     ("/webhooks/{id}/redeliver", &["POST"]),
     ("/webhooks/{id}/delete", &["POST"]),
+    ("/settings/tokens", &["GET", "HEAD", "POST"]),
+    ("/settings/tokens/{id}/revoke", &["POST"]),
     ("/static/{file}", &["GET", "HEAD"]),
     ("/{owner}/{name}", &["GET", "HEAD"]),
     ("/{owner}/{name}/merge", &["POST"]),
@@ -103,6 +106,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::post().to(webhooks::redeliver),
         )
         .route("/webhooks/{id}/delete", web::post().to(webhooks::delete))
+        .route("/settings/tokens", read().to(tokens::show))
+        .route("/settings/tokens", web::post().to(tokens::create))
+        .route(
+            "/settings/tokens/{id}/revoke",
+            web::post().to(tokens::revoke),
+        )
         .route("/static/{file}", read().to(static_file))
         .route(
             "/{owner}/{name}",
