@@ -343,7 +343,10 @@ async fn search(
     let filter = request.filter.clone();
     tokio::task::spawn_blocking(move || {
         let keep = |e: &Entry| {
-            (!e.private || viewer.admin || viewer.user.as_deref() == Some(e.owner.as_str()))
+            // `Viewer::can_see` over an index entry (a restricted token's list included).
+            (!e.private
+                || ((viewer.admin || viewer.user.as_deref() == Some(e.owner.as_str()))
+                    && viewer.allows(&e.owner, e.adapter.split_once('/').map_or("", |(_, n)| n))))
                 && base_model.as_ref().is_none_or(|b| *b == e.base_model)
                 && filter.owner.as_ref().is_none_or(|o| *o == e.owner)
                 && filter.tags.iter().all(|t| e.tags.contains(t))
