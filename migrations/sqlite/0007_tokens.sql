@@ -11,3 +11,16 @@ ALTER TABLE tokens ADD COLUMN restrict_to TEXT;
 ALTER TABLE tokens ADD COLUMN created_by TEXT;
 
 CREATE INDEX tokens_by_user ON tokens (user_name, created_at);
+
+-- Invites: an admin names a user and a scope; the one-time link (`qvi_` + 64 hex, only its
+-- sha256 stored) lets that user make their first token on the sign-in page.
+CREATE TABLE invites (
+    id            TEXT PRIMARY KEY NOT NULL,
+    secret_sha256 TEXT NOT NULL UNIQUE,
+    user_name     TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    scope         TEXT NOT NULL CHECK (scope IN ('read', 'write', 'admin')),
+    created_by    TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    expires_at    BIGINT NOT NULL,
+    used_at       BIGINT
+);

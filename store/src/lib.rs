@@ -33,12 +33,14 @@ pub use meta::{
     ParentVersion, Principal, ProfileInfo, ProfileSource, ProfileStore, RoutableProfile,
     SAMPLES_FILE, StaleProfile, VersionRecord, VersionRef, Viewer,
 };
-pub use meta::{MAX_RESTRICTIONS, NewToken, Restriction, TokenCheck, TokenRecord, TokenStore};
 pub use meta::{
     DeliveryRecord, DeliveryStatus, EventRecord, NewDelivery, NewEvent, NewWebhook, QueuedDelivery,
     WebhookRecord, WebhookStore,
 };
 pub use meta::{FacetCounts, FacetFilter, VersionFacets, VersionKind};
+pub use meta::{
+    InviteRecord, MAX_RESTRICTIONS, NewToken, Restriction, TokenCheck, TokenRecord, TokenStore,
+};
 pub use names::{RepoId, Scope, validate_name};
 pub use settings::StoreSettings;
 

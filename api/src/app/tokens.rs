@@ -274,3 +274,123 @@ pub async fn revoke(store: &Store, p: &Principal, id: &str) -> Result<TokenView,
         .ok_or_else(not_found)?;
     Ok(TokenView::new(token, None))
 }
+
+/// The prefix of invite secrets.
+pub const INVITE_PREFIX: &str = "qvi_";
+/// An invite's default and longest life.
+pub const INVITE_DEFAULT_DAYS: i64 = 7;
+pub const INVITE_MAX_DAYS: i64 = 30;
+
+/// An invitation for a user (created if new) to make their first token on the sign-in page.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInviteRequest {
+    pub user: String,
+    /// The scope of the token the invite makes; default `write`.
+    #[schema(value_type = Option<String>, example = "write")]
+    pub scope: Option<Scope>,
+    /// 1 to 30, default 7.
+    pub expires_in_days: Option<i64>,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct InviteView {
+    pub id: String,
+    pub user: String,
+    #[schema(value_type = String, example = "write")]
+    pub scope: Scope,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// The one-time link's path on this server (`/signin?invite=qvi_…`): shown only here.
+    pub link: String,
+}
+
+/// Makes an invite (an unrestricted admin token only).
+pub async fn invite(
+    store: &Store,
+    p: &Principal,
+    req: CreateInviteRequest,
+) -> Result<InviteView, ApiError> {
+    if !manages_all(p) {
+        return Err(ApiError::forbidden(
+            "only an unrestricted admin token may invite users",
+        ));
+    }
+    let user = quiver_store::names::validate_owner("user", req.user.trim())
+        .map_err(|e| invalid(format!("user: {e}")))?;
+    let days = req.expires_in_days.unwrap_or(INVITE_DEFAULT_DAYS);
+    if !(1..=INVITE_MAX_DAYS).contains(&days) {
+        return Err(invalid(format!(
+            "expires_in_days must be between 1 and {INVITE_MAX_DAYS}, got {days}"
+        )));
+    }
+    let scope = req.scope.unwrap_or(Scope::Write);
+    let (token_secret, _) = new_token();
+    let secret = format!(
+        "{INVITE_PREFIX}{}",
+        &token_secret[crate::auth::TOKEN_PREFIX.len()..]
+    );
+    let hash = crate::auth::hash_token(&secret);
+    let inv = store
+        .meta
+        .insert_invite(&user, scope, &p.user, now_ms() + days * DAY_MS, &hash)
+        .await?;
+    tracing::info!(invite = %inv.id, user = %inv.user, by = %p.user, "invite created");
+    Ok(InviteView {
+        id: inv.id,
+        user: inv.user,
+        scope: inv.scope,
+        created_by: inv.created_by,
+        created_at: inv.created_at,
+        expires_at: inv.expires_at,
+        link: format!("/signin?invite={secret}"),
+    })
+}
+
+/// Uses an invite: its user's first token, named `name`; `None` for an unknown, used or
+/// expired invite. The view holds the secret.
+pub async fn redeem(
+    store: &Store,
+    invite_secret: &str,
+    name: &str,
+) -> Result<Option<TokenView>, ApiError> {
+    let name = name.trim();
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        return Err(invalid(format!(
+            "name must be 1 to {MAX_NAME_CHARS} characters without control characters"
+        )));
+    }
+    if !invite_secret.starts_with(INVITE_PREFIX) {
+        return Ok(None);
+    }
+    let (secret, hash) = new_token();
+    let made = store
+        .meta
+        .redeem_invite(
+            &crate::auth::hash_token(invite_secret),
+            &NewToken {
+                user: String::new(),
+                name: Some(name.to_string()),
+                prefix: Some(secret.chars().take(PREFIX_CHARS).collect()),
+                scope: Scope::Read,
+                restrict: None,
+                expires_at: None,
+                created_by: None,
+                secret_sha256: hash,
+                max_active: MAX_ACTIVE_TOKENS,
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(m) => invalid(m),
+            other => other.into(),
+        })?;
+    Ok(made.map(|t| {
+        tracing::info!(token = %t.id, user = %t.user, "invite used");
+        TokenView::new(t, Some(secret))
+    }))
+}

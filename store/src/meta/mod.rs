@@ -63,7 +63,8 @@ pub use profiles::{
 };
 pub use sql::SqlMetadata;
 pub use tokens::{
-    MAX_RESTRICTIONS, NewToken, Principal, Restriction, TokenCheck, TokenRecord, TokenStore,
+    InviteRecord, MAX_RESTRICTIONS, NewToken, Principal, Restriction, TokenCheck, TokenRecord,
+    TokenStore,
 };
 pub use versions::{
     CommitCheck, FileRecord, NewVersion, NoCheck, ParentVersion, VersionFacets, VersionKind,

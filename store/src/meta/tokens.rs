@@ -130,6 +130,18 @@ pub struct NewToken {
     pub max_active: i64,
 }
 
+/// A one-time invitation for a user to make their first token (docs/tokens.md).
+#[derive(Clone, Debug)]
+pub struct InviteRecord {
+    pub id: String,
+    pub user: String,
+    pub scope: Scope,
+    pub created_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub used_at: Option<i64>,
+}
+
 /// What a presented secret is.
 #[derive(Clone, Debug)]
 pub enum TokenCheck {
@@ -187,4 +199,21 @@ pub trait TokenStore: Send + Sync {
     ) -> Result<Vec<TokenRecord>, StoreError>;
     /// Marks the token revoked (if it was not); `false` if there is no such token.
     async fn revoke_token(&self, id: &str) -> Result<bool, StoreError>;
+    /// Creates the user if needed and a one-time invite for them (`secret_sha256` hashed).
+    async fn insert_invite(
+        &self,
+        user: &str,
+        scope: Scope,
+        created_by: &str,
+        expires_at: i64,
+        secret_sha256: &str,
+    ) -> Result<InviteRecord, StoreError>;
+    /// Uses the invite (unused and unexpired) and makes `token` for its user and scope in one
+    /// transaction; `None` if the invite is unknown, used or expired. `token.user` and
+    /// `token.scope` are replaced by the invite's.
+    async fn redeem_invite(
+        &self,
+        invite_sha256: &str,
+        token: &NewToken,
+    ) -> Result<Option<TokenRecord>, StoreError>;
 }

@@ -683,3 +683,97 @@ async fn tokens_page(#[case] backend: Backend) {
         .unwrap();
     assert_eq!(res.status().as_u16(), 401);
 }
+
+/// An admin invites a user; the one-time link makes their first token on the sign-in page.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn invites_make_a_first_token_once(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    let invite = json!({"user": "carol", "scope": "write"});
+    let (status, body) = app.post_json("/api/v1/invites", "alice", &invite).await;
+    assert_error(status, &body, (403, "forbidden"), "not an admin");
+    let (status, body) = app
+        .post_json(
+            "/api/v1/invites",
+            "admin",
+            &json!({"user": "carol", "expires_in_days": 31}),
+        )
+        .await;
+    assert_error(status, &body, (400, "invalid_token_request"), "too long");
+    let (status, made) = app.post_json("/api/v1/invites", "admin", &invite).await;
+    assert_eq!(status, 201, "{made}");
+    let link = made["link"].as_str().unwrap().to_string();
+    let secret = link
+        .strip_prefix("/signin?invite=")
+        .expect("link")
+        .to_string();
+
+    let (status, html) = page(&app, &link, "").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("/signin/invite") && html.contains(&secret));
+    let csrf = "cd".repeat(24);
+    let redeem = || {
+        app.request(Method::POST, "/signin/invite", "")
+            .header("Cookie", format!("quiver_csrf={csrf}"))
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("invite", secret.as_str()),
+                ("name", "first"),
+            ])
+    };
+    let res = redeem().send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 201);
+    let session = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|c| c.strip_prefix("quiver_session="))
+        .map(|c| c.split(';').next().unwrap().to_string())
+        .expect("signed in");
+    let html = res.text().await.unwrap();
+    assert!(html.contains(&session), "the secret shown once");
+    let res = app
+        .client
+        .post(app.url("/api/v1/adapters"))
+        .bearer_auth(&session)
+        .json(&json!({"owner": "carol", "name": "x", "base_model": "quiver-test/tiny-llama"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 201, "carol writes with it");
+    // Once only.
+    let res = redeem().send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    let (_, list) = app.get_json("/api/v1/tokens?user=carol", "admin").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"][0]["created_by"], "root");
+
+    // An expired invite (made in the store: the API refuses a past expiry).
+    let old = format!("qvi_{}", "e".repeat(64));
+    app.store
+        .meta
+        .insert_invite(
+            "dave",
+            Scope::Read,
+            "root",
+            now_ms() - 1,
+            &quiver_api::auth::hash_token(&old),
+        )
+        .await
+        .expect("invite");
+    let res = app
+        .request(Method::POST, "/signin/invite", "")
+        .header("Cookie", format!("quiver_csrf={csrf}"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("invite", old.as_str()),
+            ("name", "x"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401, "expired invite");
+}

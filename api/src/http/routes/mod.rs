@@ -44,5 +44,6 @@ pub fn configure_v1(cfg: &mut ServiceConfig) {
         .service(webhooks::redeliver)
         .service(tokens::create_token)
         .service(tokens::list_tokens)
-        .service(tokens::revoke_token);
+        .service(tokens::revoke_token)
+        .service(tokens::create_invite);
 }

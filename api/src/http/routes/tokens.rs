@@ -4,7 +4,9 @@ use actix_web::{HttpResponse, delete, get, post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::tokens::{self, CreateTokenRequest, TokenView, Whose};
+use crate::app::tokens::{
+    self, CreateInviteRequest, CreateTokenRequest, InviteView, TokenView, Whose,
+};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::extract::Authenticated;
 use crate::state::AppState;
@@ -96,4 +98,26 @@ pub async fn revoke_token(
 ) -> Result<HttpResponse, ApiError> {
     let view = tokens::revoke(&state.store, &caller.0, &path).await?;
     Ok(HttpResponse::Ok().json(view))
+}
+
+/// Invite a user (created if new): the answer's `link` (shown only here) lets them make their
+/// first token on the sign-in page, once, before it expires. An unrestricted admin token only.
+#[utoipa::path(
+    tag = "tokens",
+    request_body = CreateInviteRequest,
+    responses(
+        (status = 201, body = InviteView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+#[post("/invites")]
+pub async fn create_invite(
+    state: web::Data<AppState>,
+    caller: Authenticated,
+    body: web::Json<CreateInviteRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let view = tokens::invite(&state.store, &caller.0, body.into_inner()).await?;
+    Ok(HttpResponse::Created().json(view))
 }

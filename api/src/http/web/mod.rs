@@ -37,6 +37,7 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data
 pub const PAGE_ROUTES: &[(&str, &[&str])] = &[
     ("/", &["GET", "HEAD"]),
     ("/signin", &["GET", "HEAD", "POST"]),
+    ("/signin/invite", &["POST"]),
     ("/signout", &["GET", "HEAD", "POST"]),
     ("/jobs", &["GET", "HEAD"]),
     ("/jobs/{id}", &["GET", "HEAD"]),
@@ -95,6 +96,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", read().to(listing::index))
         .route("/signin", read().to(session::signin_form))
         .route("/signin", web::post().to(session::signin))
+        .route("/signin/invite", web::post().to(session::redeem_invite))
         .route("/signout", read().to(session::signout_form))
         .route("/signout", web::post().to(session::signout))
         .route("/jobs", read().to(jobs::list))

@@ -14,6 +14,7 @@ use rand::RngCore;
 use serde::Deserialize;
 
 use super::{Chrome, PageError, html, render};
+use crate::app::tokens::{self, INVITE_PREFIX};
 use crate::auth::{Caller, SESSION_COOKIE, principal};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -112,6 +113,10 @@ struct SigninPage<'a> {
     csrf: &'a str,
     next: &'a str,
     error: Option<&'a str>,
+    /// An invite link's secret: the page offers to make a first token with it.
+    invite: Option<&'a str>,
+    /// After an invite was used: (user, the new token's secret), shown once.
+    made: Option<(String, String)>,
 }
 
 #[derive(Template)]
@@ -124,6 +129,7 @@ struct SignoutPage<'a> {
 #[derive(Deserialize)]
 pub struct NextQuery {
     next: Option<String>,
+    invite: Option<String>,
 }
 
 /// Only a path of this site, else `/`: an absolute path (`/…`, not `//host`), without
@@ -149,11 +155,19 @@ pub async fn signin_form(
     caller: PageCaller,
     query: web::Query<NextQuery>,
 ) -> Result<HttpResponse, PageError> {
+    // Only an invite's shape is echoed back into the form.
+    let invite = query.invite.as_deref().filter(|i| {
+        i.len() == 68
+            && i.starts_with(INVITE_PREFIX)
+            && i[4..].bytes().all(|b| b.is_ascii_hexdigit())
+    });
     let page = SigninPage {
         chrome: Chrome::new("Sign in", &caller),
         csrf: &caller.csrf,
         next: local_path(query.next.as_deref()),
         error: None,
+        invite,
+        made: None,
     };
     Ok(caller.finish(html(StatusCode::OK, render(&page)?)))
 }
@@ -190,6 +204,52 @@ pub async fn signin(
                 csrf: &caller.csrf,
                 next,
                 error: Some("That token is not valid on this server."),
+                invite: None,
+                made: None,
+            };
+            Ok(html(StatusCode::UNAUTHORIZED, render(&page)?))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct InviteForm {
+    invite: String,
+    name: String,
+    csrf: String,
+}
+
+/// `POST /signin/invite`: uses an invite link to make the user's first token, signs them in with
+/// it and shows its secret once.
+pub async fn redeem_invite(
+    state: web::Data<AppState>,
+    caller: PageCaller,
+    form: web::Form<InviteForm>,
+) -> Result<HttpResponse, PageError> {
+    caller.check_csrf(&form.csrf)?;
+    match tokens::redeem(&state.store, form.invite.trim(), &form.name).await? {
+        Some(made) => {
+            let secret = made.token.clone().unwrap_or_default();
+            let page = SigninPage {
+                chrome: Chrome::new("Welcome", &caller),
+                csrf: &caller.csrf,
+                next: "/",
+                error: None,
+                invite: None,
+                made: Some((made.user.clone(), secret.clone())),
+            };
+            let mut res = html(StatusCode::CREATED, render(&page)?);
+            let _ = res.add_cookie(&cookie(SESSION_COOKIE, secret, caller.secure));
+            Ok(res)
+        }
+        None => {
+            let page = SigninPage {
+                chrome: Chrome::new("Sign in", &caller),
+                csrf: &caller.csrf,
+                next: "/",
+                error: Some("That invite is not valid: unknown, already used or expired."),
+                invite: None,
+                made: None,
             };
             Ok(html(StatusCode::UNAUTHORIZED, render(&page)?))
         }

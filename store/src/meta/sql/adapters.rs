@@ -305,7 +305,8 @@ fn push_visible(sql: &mut Sql, viewer: &Viewer, prefix: &str) {
     };
     sql.push(&format!(" AND ({prefix}private = FALSE OR (1 = 1"));
     if let Some(user) = user {
-        sql.push(&format!(" AND {prefix}owner = ")).bind(user.as_str());
+        sql.push(&format!(" AND {prefix}owner = "))
+            .bind(user.as_str());
     }
     if let Some(r) = &viewer.restrict {
         // A restricted token's private reads: only inside its namespaces and adapters.

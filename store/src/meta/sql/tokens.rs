@@ -5,7 +5,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::*;
-use crate::meta::tokens::{NewToken, Restriction, TokenCheck, TokenRecord};
+use crate::Scope;
+use crate::meta::tokens::{InviteRecord, NewToken, Restriction, TokenCheck, TokenRecord};
 
 /// `SELECT <every column but the hash> FROM tokens` and the rest of the query.
 macro_rules! select_tokens {
@@ -47,6 +48,73 @@ fn token_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
     })
 }
 
+/// Creates the user if needed and the token, in `tx` (see `TokenStore::insert_token`).
+async fn insert_token_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    t: &NewToken,
+) -> Result<TokenRecord, StoreError> {
+    let user = crate::names::validate_owner("user name", &t.user)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO users (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(user.as_str())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if t.max_active < i64::MAX {
+        // Locks the user's row (Postgres), so two creations cannot both pass the count.
+        sqlx::query("UPDATE users SET created_at = created_at WHERE name = $1")
+            .bind(user.as_str())
+            .execute(&mut **tx)
+            .await?;
+        let active: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM tokens WHERE user_name = $1 AND revoked_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(user.as_str())
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("n")?;
+        if active >= t.max_active {
+            return Err(StoreError::Conflict(format!(
+                "user {user} already holds {active} active tokens, the most allowed; revoke one first"
+            )));
+        }
+    }
+    sqlx::query(
+        "INSERT INTO tokens (id, user_name, secret_sha256, scope, created_at, name, prefix, \
+             expires_at, restrict_to, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(id.as_str())
+    .bind(user.as_str())
+    .bind(t.secret_sha256.as_str())
+    .bind(t.scope.as_str())
+    .bind(now)
+    .bind(t.name.clone())
+    .bind(t.prefix.clone())
+    .bind(t.expires_at)
+    .bind(restrict_to_json(&t.restrict))
+    .bind(t.created_by.clone())
+    .execute(&mut **tx)
+    .await?;
+    Ok(TokenRecord {
+        id,
+        user,
+        name: t.name.clone(),
+        prefix: t.prefix.clone(),
+        scope: t.scope,
+        restrict: t.restrict.clone(),
+        created_at: now,
+        created_by: t.created_by.clone(),
+        last_used_at: None,
+        expires_at: t.expires_at,
+        revoked_at: None,
+    })
+}
+
 #[async_trait]
 impl TokenStore for SqlMetadata {
     async fn count_users(&self) -> Result<i64, StoreError> {
@@ -57,68 +125,10 @@ impl TokenStore for SqlMetadata {
     }
 
     async fn insert_token(&self, t: &NewToken) -> Result<TokenRecord, StoreError> {
-        let user = crate::names::validate_owner("user name", &t.user)?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let now = now_ms();
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO users (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(user.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if t.max_active < i64::MAX {
-            // Locks the user's row (Postgres), so two creations cannot both pass the count.
-            sqlx::query("UPDATE users SET created_at = created_at WHERE name = $1")
-                .bind(user.as_str())
-                .execute(&mut *tx)
-                .await?;
-            let active: i64 = sqlx::query(
-                "SELECT COUNT(*) AS n FROM tokens WHERE user_name = $1 AND revoked_at IS NULL \
-                 AND (expires_at IS NULL OR expires_at > $2)",
-            )
-            .bind(user.as_str())
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("n")?;
-            if active >= t.max_active {
-                return Err(StoreError::Conflict(format!(
-                    "user {user} already holds {active} active tokens, the most allowed; revoke one first"
-                )));
-            }
-        }
-        sqlx::query(
-            "INSERT INTO tokens (id, user_name, secret_sha256, scope, created_at, name, prefix, \
-             expires_at, restrict_to, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(id.as_str())
-        .bind(user.as_str())
-        .bind(t.secret_sha256.as_str())
-        .bind(t.scope.as_str())
-        .bind(now)
-        .bind(t.name.clone())
-        .bind(t.prefix.clone())
-        .bind(t.expires_at)
-        .bind(restrict_to_json(&t.restrict))
-        .bind(t.created_by.clone())
-        .execute(&mut *tx)
-        .await?;
+        let record = insert_token_in(&mut tx, t).await?;
         tx.commit().await?;
-        Ok(TokenRecord {
-            id,
-            user,
-            name: t.name.clone(),
-            prefix: t.prefix.clone(),
-            scope: t.scope,
-            restrict: t.restrict.clone(),
-            created_at: now,
-            created_by: t.created_by.clone(),
-            last_used_at: None,
-            expires_at: t.expires_at,
-            revoked_at: None,
-        })
+        Ok(record)
     }
 
     async fn check_token(&self, secret_sha256: &str) -> Result<TokenCheck, StoreError> {
@@ -208,5 +218,88 @@ impl TokenStore for SqlMetadata {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn insert_invite(
+        &self,
+        user: &str,
+        scope: Scope,
+        created_by: &str,
+        expires_at: i64,
+        secret_sha256: &str,
+    ) -> Result<InviteRecord, StoreError> {
+        let user = crate::names::validate_owner("user name", user)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO users (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(user.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO invites (id, secret_sha256, user_name, scope, created_by, created_at, \
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id.as_str())
+        .bind(secret_sha256)
+        .bind(user.as_str())
+        .bind(scope.as_str())
+        .bind(created_by)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(InviteRecord {
+            id,
+            user,
+            scope,
+            created_by: created_by.to_string(),
+            created_at: now,
+            expires_at,
+            used_at: None,
+        })
+    }
+
+    async fn redeem_invite(
+        &self,
+        invite_sha256: &str,
+        token: &NewToken,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin_write().await?;
+        let Some(row) = sqlx::query(
+            "SELECT id, user_name, scope, created_by FROM invites WHERE secret_sha256 = $1 \
+             AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(invite_sha256)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let id: String = row.try_get("id")?;
+        // Only one redemption wins, whatever the isolation level.
+        let used = sqlx::query("UPDATE invites SET used_at = $1 WHERE id = $2 AND used_at IS NULL")
+            .bind(now)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if used != 1 {
+            return Ok(None);
+        }
+        let scope: String = row.try_get("scope")?;
+        let mut t = token.clone();
+        t.user = row.try_get("user_name")?;
+        t.scope = scope.parse()?;
+        t.created_by = Some(row.try_get("created_by")?);
+        let record = insert_token_in(&mut tx, &t).await?;
+        tx.commit().await?;
+        Ok(Some(record))
     }
 }
