@@ -159,6 +159,20 @@ pub enum TokenCommand {
         #[arg(long)]
         all: bool,
     },
+    /// Invite a user (admin token): prints the one-time sign-in link's path on the last line.
+    Invite {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value = "write", value_parser = ["read", "write", "admin"])]
+        scope: String,
+        /// 1 to 30 (default 7).
+        #[arg(long)]
+        expires_in_days: Option<i64>,
+        #[arg(long, env = "QUIVER_URL", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        #[arg(long, env = "QUIVER_TOKEN")]
+        token: Option<String>,
+    },
     /// Revoke a token by id (yours, or anyone's with an admin token).
     Revoke {
         id: String,
@@ -274,6 +288,19 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Token {
             command: TokenCommand::Revoke { id, server, token },
         } => crate::cli::token::revoke(&server, token.as_deref(), &id).await?,
+        Command::Token {
+            command:
+                TokenCommand::Invite {
+                    user,
+                    scope,
+                    expires_in_days,
+                    server,
+                    token,
+                },
+        } => {
+            crate::cli::token::invite(&server, token.as_deref(), &user, &scope, expires_in_days)
+                .await?
+        }
         Command::Token {
             command:
                 TokenCommand::Create {

@@ -1,4 +1,4 @@
-//! `quiver token create|list|revoke --server URL --token T`: manage tokens on a server through
+//! `quiver token create|list|revoke|invite --server URL --token T`: manage tokens on a server through
 //! its API (docs/tokens.md). `create` without `--server` is the local bootstrap (database
 //! access, `crate::cli`). `create` prints the new token's JSON to stderr and the secret alone on
 //! the last line of stdout, as the bootstrap does; `list` and `revoke` print the server's JSON.
@@ -96,4 +96,22 @@ pub async fn revoke(server: &str, token: Option<&str>, id: &str) -> CmdResult {
 
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub async fn invite(
+    server: &str,
+    token: Option<&str>,
+    user: &str,
+    scope: &str,
+    expires_in_days: Option<i64>,
+) -> CmdResult {
+    let mut body = json!({ "user": user, "scope": scope });
+    if let Some(d) = expires_in_days {
+        body["expires_in_days"] = d.into();
+    }
+    let v = call(server, token, reqwest::Method::POST, "/invites", Some(body)).await?;
+    eprintln!("{}", serde_json::to_string_pretty(&v)?);
+    eprintln!("one-time sign-in link (prefix it with the server's address), shown once:");
+    println!("{}", v["link"].as_str().unwrap_or_default());
+    Ok(())
 }

@@ -398,6 +398,23 @@ async fn restricted_tokens_stay_inside_their_list(#[case] backend: Backend) {
         404
     );
     assert_eq!(app.get_json("/api/v1/tokens?all=true", "ops").await.0, 403);
+    let (_, list) = app.get_json("/api/v1/adapters?limit=100", "ops").await;
+    let names: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{}/{}",
+                a["owner"].as_str().unwrap(),
+                a["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(names.contains(&"bob/bobs".to_string()), "{names:?}");
+    assert!(names.contains(&"alice/open".to_string()), "{names:?}");
+    assert!(!names.contains(&"alice/secret".to_string()), "{names:?}");
+    assert!(!names.contains(&"alice/other".to_string()), "{names:?}");
 }
 
 #[rstest]
@@ -542,6 +559,17 @@ async fn cli_against_a_server(#[case] backend: Backend) {
         .clone();
     assert_eq!(t["restrict"], json!(["alice", "bob/x"]));
     assert!(!listed.contains(&secret[8..]));
+    let mut args = base("invite");
+    args.extend(["--user", "erin"].map(String::from));
+    args[5] = app.token("admin").into();
+    let out = tokio::task::block_in_place(|| run(args));
+    assert!(
+        out.lines()
+            .last()
+            .unwrap()
+            .starts_with("/signin?invite=qvi_"),
+        "{out}"
+    );
     let mut args = base("revoke");
     args.push(t["id"].as_str().unwrap().to_string());
     tokio::task::block_in_place(|| run(args));
