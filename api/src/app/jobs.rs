@@ -50,13 +50,13 @@ pub async fn queue_job(
     Ok((job, created))
 }
 
-/// A job of the caller's (any job for an admin); others' are 404.
+/// A job of the caller's (any job for an unrestricted admin); others' are 404.
 pub fn own_job(viewer: &Viewer, job: Option<JobRecord>, id: &str) -> Result<JobRecord, ApiError> {
     match job {
         // Webhook deliveries are the service's own jobs, not the user's.
         Some(j)
             if j.kind != JobKind::Webhook
-                && (viewer.admin || viewer.user.as_deref() == Some(j.created_by.as_str())) =>
+                && (viewer.sees_all() || viewer.user.as_deref() == Some(j.created_by.as_str())) =>
         {
             Ok(j)
         }

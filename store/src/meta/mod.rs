@@ -97,6 +97,11 @@ impl Viewer {
                 && self.allows(&adapter.owner, &adapter.name))
     }
 
+    /// An admin without a restriction: sees every user's jobs and private adapters.
+    pub fn sees_all(&self) -> bool {
+        self.admin && self.restrict.is_none()
+    }
+
     /// Whether the viewer's token restriction (if any) lets it act on `owner/name`.
     pub fn allows(&self, owner: &str, name: &str) -> bool {
         self.restrict.as_ref().is_none_or(|r| r.allows(owner, name))

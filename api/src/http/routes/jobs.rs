@@ -107,7 +107,7 @@ pub async fn list_jobs(
         .store
         .meta
         .list_jobs(&JobFilter {
-            created_by: (!viewer.admin).then_some(user),
+            created_by: (!viewer.sees_all()).then_some(user),
             state: q.state,
             kind: q.kind,
             limit: page_limit(q.limit)?,

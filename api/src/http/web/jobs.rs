@@ -128,7 +128,7 @@ pub async fn list(
         .store
         .meta
         .list_jobs(&JobFilter {
-            created_by: (!viewer.admin).then_some(user),
+            created_by: (!viewer.sees_all()).then_some(user),
             state: None,
             kind: None,
             limit: 50,
