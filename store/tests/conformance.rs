@@ -404,6 +404,107 @@ async fn tokens_authenticate_by_hash_only(#[case] backend: Backend) {
     );
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn token_lifecycle_expiry_revocation_limit_and_invites(#[case] backend: Backend) {
+    use quiver_store::{NewToken, Restriction, TokenCheck, time::now_ms};
+    let (store, _s) = store_or_skip!(backend);
+    let new = |hash: &str, expires_at: Option<i64>| NewToken {
+        user: "alice".into(),
+        name: Some(hash.into()),
+        prefix: Some("qvt_abcd".into()),
+        scope: Scope::Write,
+        restrict: Some(Restriction::parse(&["alice/x".into(), "bob".into()]).unwrap()),
+        expires_at,
+        created_by: Some("root".into()),
+        secret_sha256: hash.into(),
+        max_active: 2,
+    };
+    let live = store
+        .meta
+        .insert_token(&new("h-live", None))
+        .await
+        .expect("live");
+    store
+        .meta
+        .insert_token(&new("h-old", Some(now_ms() - 1)))
+        .await
+        .expect("expired");
+    match store.meta.check_token("h-live").await.expect("check") {
+        TokenCheck::Valid(p) => {
+            assert_eq!(p.restrict.unwrap().entries(), vec!["bob", "alice/x"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        store.meta.check_token("h-old").await.unwrap(),
+        TokenCheck::Expired
+    ));
+    assert!(matches!(
+        store.meta.check_token("h-none").await.unwrap(),
+        TokenCheck::Unknown
+    ));
+    // The expired one does not count: a second active token fits, a third does not.
+    store
+        .meta
+        .insert_token(&new("h-2", None))
+        .await
+        .expect("second");
+    assert!(store.meta.insert_token(&new("h-3", None)).await.is_err());
+    assert_eq!(
+        store
+            .meta
+            .list_tokens(Some("alice"), 100)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(store.meta.revoke_token(&live.id).await.unwrap());
+    assert!(!store.meta.revoke_token("no-such").await.unwrap());
+    assert!(matches!(
+        store.meta.check_token("h-live").await.unwrap(),
+        TokenCheck::Revoked
+    ));
+    assert_eq!(store.meta.list_tokens(None, 100).await.unwrap().len(), 2);
+    let got = store.meta.get_token(&live.id).await.unwrap().expect("kept");
+    assert!(got.revoked_at.is_some() && got.prefix.as_deref() == Some("qvt_abcd"));
+
+    // Invites: once, before they expire.
+    store
+        .meta
+        .insert_invite("carol", Scope::Read, "root", now_ms() + 60_000, "i-1")
+        .await
+        .expect("invite");
+    store
+        .meta
+        .insert_invite("dave", Scope::Read, "root", now_ms() - 1, "i-old")
+        .await
+        .expect("invite");
+    let mut t = new("h-carol", None);
+    t.restrict = None;
+    let made = store
+        .meta
+        .redeem_invite("i-1", &t)
+        .await
+        .unwrap()
+        .expect("used");
+    assert_eq!((made.user.as_str(), made.scope), ("carol", Scope::Read));
+    assert_eq!(made.created_by.as_deref(), Some("root"));
+    t.secret_sha256 = "h-carol-2".into();
+    assert!(store.meta.redeem_invite("i-1", &t).await.unwrap().is_none());
+    assert!(
+        store
+            .meta
+            .redeem_invite("i-old", &t)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 /// An upload dropped half way (its client went away mid-body) and a finished one dropped
 /// without `discard` remove what they staged, without waiting for a sweep.
 #[rstest]
