@@ -1,6 +1,6 @@
 //! Claim time with a long queue (not a test of behaviour; run by hand, see docs/benchmarks.md):
 //! `cargo test -p quiver-store --test claim_bench -- --ignored --nocapture`.
-//! 10,000 queued jobs from 10 submitters (one with 9,000), then 200 claims, each ended at once
+//! 10,000 queued jobs from 10 submitters (one with 9,000) or from 1,000, then 200 claims, each ended at once
 //! (one worker); prints the median and p95 claim time per backend, and of one job's queue
 //! position. No assertion on timings.
 
@@ -18,13 +18,17 @@ use serde_json::json;
 #[case::postgres(Backend::Postgres)]
 #[tokio::test]
 #[ignore = "a benchmark: run by hand with --ignored --nocapture"]
-async fn claim_time_with_10000_queued_jobs(#[case] backend: Backend) {
+async fn claim_time_with_10000_queued_jobs(
+    #[case] backend: Backend,
+    #[values(10, 1000)] submitters: usize,
+) {
     let (store, _s) = store_or_skip!(backend);
     for i in 0..10_000 {
-        let user = if i % 10 == 0 {
-            format!("user{}", (i / 10) % 9)
-        } else {
-            "heavy".to_string()
+        // 10: one heavy submitter with 9,000 jobs and 9 with 111 each; 1000: 10 jobs each.
+        let user = match submitters {
+            10 if i % 10 != 0 => "heavy".to_string(),
+            10 => format!("user{}", (i / 10) % 9),
+            n => format!("user{}", i % n),
         };
         store
             .meta
@@ -57,7 +61,7 @@ async fn claim_time_with_10000_queued_jobs(#[case] backend: Backend) {
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "claim_bench {backend:?}: 10000 queued, 200 claims: median {:.3} ms, p95 {:.3} ms",
+        "claim_bench {backend:?}, {submitters} submitters: 10000 queued, 200 claims: median {:.3} ms, p95 {:.3} ms",
         times[100], times[190]
     );
     // The queue position of the newest job (what GET /jobs/{id} adds), 50 times.
@@ -85,7 +89,7 @@ async fn claim_time_with_10000_queued_jobs(#[case] backend: Backend) {
     }
     times.sort_by(f64::total_cmp);
     println!(
-        "claim_bench {backend:?}: queue_position with 9800 queued: median {:.3} ms, p95 {:.3} ms",
+        "claim_bench {backend:?}, {submitters} submitters: queue_position with 9800 queued: median {:.3} ms, p95 {:.3} ms",
         times[25], times[47]
     );
 }

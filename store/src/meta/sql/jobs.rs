@@ -475,16 +475,19 @@ impl JobStore for SqlMetadata {
             JobKind::Webhook.as_str(),
         );
         let k = SHARE_KEY;
-        // Each asked-for queued job's submitter and its rank among that submitter's queued jobs.
+        // Each asked-for queued job's submitter and how many of its queued jobs are older (an
+        // index range count on `jobs_fair`).
         let mut sql = Sql::new(&format!(
-            "SELECT id, share, ahead FROM (SELECT id, {k} AS share, \
-             ROW_NUMBER() OVER (PARTITION BY {k} ORDER BY created_at, id) - 1 AS ahead \
-             FROM jobs WHERE state = "
+            "SELECT j.id, j.{k} AS share, (SELECT COUNT(*) FROM jobs o WHERE o.state = j.state \
+             AND o.{k} = j.{k} AND (o.created_at < j.created_at OR (o.created_at = j.created_at \
+             AND o.id < j.id)) AND o.kind <> "
         ));
-        sql.bind(q)
-            .push(" AND kind <> ")
+        sql.bind(w)
+            .push(") AS ahead FROM jobs j WHERE j.state = ")
+            .bind(q)
+            .push(" AND j.kind <> ")
             .bind(w)
-            .push(") ranked WHERE id IN ")
+            .push(" AND j.id IN ")
             .bind_list(ids);
         let mine: Vec<(String, String, i64)> = sql
             .query()
