@@ -156,6 +156,11 @@ async fn one_users_200_jobs_do_not_starve_anothers_single_job(#[case] backend: B
         position = now;
     }
     assert_eq!(position, 193);
+    // The OpenAPI schema describes it.
+    let (status, api) = app.get_json("/api/openapi.json", "alice").await;
+    assert_eq!(status, 200);
+    let field = &api["components"]["schemas"]["JobView"]["properties"]["queue_position"];
+    assert!(field.is_object(), "{field}");
     // Listings carry it too.
     let (_, page) = app
         .get_json("/api/v1/jobs?state=queued&limit=5", "alice")
