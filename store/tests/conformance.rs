@@ -416,7 +416,7 @@ async fn token_lifecycle_expiry_revocation_limit_and_invites(#[case] backend: Ba
         name: Some(hash.into()),
         prefix: Some("qvt_abcd".into()),
         scope: Scope::Write,
-        restrict: Some(Restriction::parse(&["alice/x".into(), "bob".into()]).unwrap()),
+        restrict: Some(Restriction::parse(&["alice/x".into(), "bob".into()]).expect("ok")),
         expires_at,
         created_by: Some("root".into()),
         secret_sha256: hash.into(),
@@ -434,16 +434,16 @@ async fn token_lifecycle_expiry_revocation_limit_and_invites(#[case] backend: Ba
         .expect("expired");
     match store.meta.check_token("h-live").await.expect("check") {
         TokenCheck::Valid(p) => {
-            assert_eq!(p.restrict.unwrap().entries(), vec!["bob", "alice/x"]);
+            assert_eq!(p.restrict.expect("ok").entries(), vec!["bob", "alice/x"]);
         }
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        store.meta.check_token("h-old").await.unwrap(),
+        store.meta.check_token("h-old").await.expect("ok"),
         TokenCheck::Expired
     ));
     assert!(matches!(
-        store.meta.check_token("h-none").await.unwrap(),
+        store.meta.check_token("h-none").await.expect("ok"),
         TokenCheck::Unknown
     ));
     // The expired one does not count: a second active token fits, a third does not.
@@ -458,18 +458,26 @@ async fn token_lifecycle_expiry_revocation_limit_and_invites(#[case] backend: Ba
             .meta
             .list_tokens(Some("alice"), 100)
             .await
-            .unwrap()
+            .expect("ok")
             .len(),
         3
     );
-    assert!(store.meta.revoke_token(&live.id).await.unwrap());
-    assert!(!store.meta.revoke_token("no-such").await.unwrap());
+    assert!(store.meta.revoke_token(&live.id).await.expect("ok"));
+    assert!(!store.meta.revoke_token("no-such").await.expect("ok"));
     assert!(matches!(
-        store.meta.check_token("h-live").await.unwrap(),
+        store.meta.check_token("h-live").await.expect("ok"),
         TokenCheck::Revoked
     ));
-    assert_eq!(store.meta.list_tokens(None, 100).await.unwrap().len(), 2);
-    let got = store.meta.get_token(&live.id).await.unwrap().expect("kept");
+    assert_eq!(
+        store.meta.list_tokens(None, 100).await.expect("ok").len(),
+        2
+    );
+    let got = store
+        .meta
+        .get_token(&live.id)
+        .await
+        .expect("ok")
+        .expect("kept");
     assert!(got.revoked_at.is_some() && got.prefix.as_deref() == Some("qvt_abcd"));
 
     // Invites: once, before they expire.
@@ -489,18 +497,25 @@ async fn token_lifecycle_expiry_revocation_limit_and_invites(#[case] backend: Ba
         .meta
         .redeem_invite("i-1", &t)
         .await
-        .unwrap()
+        .expect("ok")
         .expect("used");
     assert_eq!((made.user.as_str(), made.scope), ("carol", Scope::Read));
     assert_eq!(made.created_by.as_deref(), Some("root"));
     t.secret_sha256 = "h-carol-2".into();
-    assert!(store.meta.redeem_invite("i-1", &t).await.unwrap().is_none());
+    assert!(
+        store
+            .meta
+            .redeem_invite("i-1", &t)
+            .await
+            .expect("ok")
+            .is_none()
+    );
     assert!(
         store
             .meta
             .redeem_invite("i-old", &t)
             .await
-            .unwrap()
+            .expect("ok")
             .is_none()
     );
 }
