@@ -65,7 +65,7 @@ async fn create_list_and_no_widening(#[case] backend: Backend) {
     assert_eq!(made["scope"], "write");
     assert_eq!(made["user"], "alice");
     assert_eq!(made["created_by"], "alice");
-    assert!(made["expires_at"].as_i64().unwrap() > now_ms());
+    assert!(made["expires_at"].as_i64().expect("ok") > now_ms());
     app.tokens.insert("laptop", secret.clone());
     let (status, me) = app.get_json("/api/whoami-v2", "laptop").await;
     assert_eq!(status, 200, "{me}");
@@ -76,7 +76,7 @@ async fn create_list_and_no_widening(#[case] backend: Backend) {
     assert!(!text.contains(&secret[8..]), "the secret is never listed");
     let hash = quiver_api::auth::hash_token(&secret);
     assert!(!text.contains(&hash), "nor its hash");
-    let mine: Vec<&Value> = list["items"].as_array().unwrap().iter().collect();
+    let mine: Vec<&Value> = list["items"].as_array().expect("ok").iter().collect();
     assert!(mine.iter().all(|t| t["user"] == "alice"));
     let laptop = mine.iter().find(|t| t["name"] == "laptop").expect("listed");
     assert!(laptop.get("token").is_none());
@@ -98,7 +98,7 @@ async fn create_list_and_no_widening(#[case] backend: Backend) {
     .await;
     assert_eq!(status, 201, "{r}");
     app.tokens
-        .insert("r", r["token"].as_str().unwrap().to_string());
+        .insert("r", r["token"].as_str().expect("ok").to_string());
     let (status, body) = make(&app, "r", json!({"name": "r2", "scope": "write"})).await;
     assert_error(
         status,
@@ -161,7 +161,7 @@ async fn create_list_and_no_widening(#[case] backend: Backend) {
             &body.to_string(),
         );
         assert!(
-            err["error"]["message"].as_str().unwrap().contains(what),
+            err["error"]["message"].as_str().expect("ok").contains(what),
             "{err}"
         );
     }
@@ -182,7 +182,12 @@ async fn at_most_100_active_tokens(#[case] backend: Backend) {
         let (status, body) = make(&app, "alice", json!({"name": format!("t{made}")})).await;
         if status != 201 {
             assert_error(status, &body, (400, "invalid_token_request"), "the 101st");
-            assert!(body["error"]["message"].as_str().unwrap().contains("100"));
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .expect("ok")
+                    .contains("100")
+            );
             break;
         }
         made += 1;
@@ -191,7 +196,7 @@ async fn at_most_100_active_tokens(#[case] backend: Backend) {
     assert_eq!(made, 98);
     // Revoking one frees a place.
     let (_, list) = app.get_json("/api/v1/tokens", "alice").await;
-    let id = list["items"][5]["id"].as_str().unwrap().to_string();
+    let id = list["items"][5]["id"].as_str().expect("ok").to_string();
     let (status, _) = app
         .send(app.request(Method::DELETE, &format!("/api/v1/tokens/{id}"), "alice"))
         .await;
@@ -232,7 +237,7 @@ async fn expired_and_revoked_tokens_are_refused_at_once(#[case] backend: Backend
     // A fresh token, signed in, on the cached listing and a private page.
     let (status, made) = make(&app, "alice", json!({"name": "browser", "scope": "write"})).await;
     assert_eq!(status, 201);
-    let secret = made["token"].as_str().unwrap().to_string();
+    let secret = made["token"].as_str().expect("ok").to_string();
     app.tokens.insert("browser", secret.clone());
     for _ in 0..2 {
         // Twice: the second answer comes from the listing cache.
@@ -246,15 +251,13 @@ async fn expired_and_revoked_tokens_are_refused_at_once(#[case] backend: Backend
         assert!(html.contains("alice/secret"));
     }
     assert_eq!(page(&app, "/alice/secret", &secret).await.0, 200);
-    assert_eq!(
-        app.download("alice/secret", "1", "adapter_config.json", "browser")
+    assert!(
+        !app.download("alice/secret", "1", "adapter_config.json", "browser")
             .await
-            .len()
-            > 0,
-        true
+            .is_empty()
     );
 
-    let id = made["id"].as_str().unwrap();
+    let id = made["id"].as_str().expect("ok");
     let (status, revoked) = app
         .send(app.request(Method::DELETE, &format!("/api/v1/tokens/{id}"), "browser"))
         .await;
@@ -314,7 +317,7 @@ async fn restricted_tokens_stay_inside_their_list(#[case] backend: Backend) {
     .await;
     assert_eq!(status, 201, "{made}");
     assert_eq!(made["restrict"], json!(["alice/secret"]));
-    let secret = made["token"].as_str().unwrap().to_string();
+    let secret = made["token"].as_str().expect("ok").to_string();
     app.tokens.insert("ci", secret.clone());
     let (status, admin) = make(
         &app,
@@ -324,7 +327,7 @@ async fn restricted_tokens_stay_inside_their_list(#[case] backend: Backend) {
     .await;
     assert_eq!(status, 201, "{admin}");
     app.tokens
-        .insert("ops", admin["token"].as_str().unwrap().to_string());
+        .insert("ops", admin["token"].as_str().expect("ok").to_string());
 
     // Inside: private reads and writes work (REST, Hub, page).
     assert_eq!(
@@ -353,9 +356,9 @@ async fn restricted_tokens_stay_inside_their_list(#[case] backend: Backend) {
     let (_, list) = app.get_json("/api/v1/adapters?owner=alice", "ci").await;
     let names: Vec<&str> = list["items"]
         .as_array()
-        .unwrap()
+        .expect("ok")
         .iter()
-        .map(|a| a["name"].as_str().unwrap())
+        .map(|a| a["name"].as_str().expect("ok"))
         .collect();
     assert!(
         names.contains(&"secret") && names.contains(&"open"),
@@ -374,7 +377,7 @@ async fn restricted_tokens_stay_inside_their_list(#[case] backend: Backend) {
     assert!(
         body["error"]["message"]
             .as_str()
-            .unwrap()
+            .expect("ok")
             .contains("restricted")
     );
     let (status, body) = app
@@ -401,13 +404,13 @@ async fn restricted_tokens_stay_inside_their_list(#[case] backend: Backend) {
     let (_, list) = app.get_json("/api/v1/adapters?limit=100", "ops").await;
     let names: Vec<String> = list["items"]
         .as_array()
-        .unwrap()
+        .expect("ok")
         .iter()
         .map(|a| {
             format!(
                 "{}/{}",
-                a["owner"].as_str().unwrap(),
-                a["name"].as_str().unwrap()
+                a["owner"].as_str().expect("ok"),
+                a["name"].as_str().expect("ok")
             )
         })
         .collect();
@@ -430,9 +433,9 @@ async fn admins_list_and_revoke_everyones(#[case] backend: Backend) {
     )
     .await;
     assert_eq!(status, 201);
-    let id = made["id"].as_str().unwrap().to_string();
+    let id = made["id"].as_str().expect("ok").to_string();
     app.tokens
-        .insert("bobs", made["token"].as_str().unwrap().to_string());
+        .insert("bobs", made["token"].as_str().expect("ok").to_string());
 
     // Others cannot see or revoke it: an unknown id.
     let (status, body) = app.get_json("/api/v1/tokens?user=bob", "alice").await;
@@ -456,7 +459,7 @@ async fn admins_list_and_revoke_everyones(#[case] backend: Backend) {
     assert!(
         list["items"]
             .as_array()
-            .unwrap()
+            .expect("ok")
             .iter()
             .any(|t| t["id"] == json!(id))
     );
@@ -464,9 +467,9 @@ async fn admins_list_and_revoke_everyones(#[case] backend: Backend) {
     assert_eq!(status, 200);
     let users: std::collections::BTreeSet<&str> = all["items"]
         .as_array()
-        .unwrap()
+        .expect("ok")
         .iter()
-        .map(|t| t["user"].as_str().unwrap())
+        .map(|t| t["user"].as_str().expect("ok"))
         .collect();
     assert!(users.contains("alice") && users.contains("bob") && users.contains("root"));
     let (status, body) = app
@@ -494,10 +497,10 @@ async fn admins_list_and_revoke_everyones(#[case] backend: Backend) {
 
 #[test]
 fn restrictions_parse_and_nest() {
-    let r = Restriction::parse(&["alice".into(), "bob/x".into(), "alice".into()]).unwrap();
+    let r = Restriction::parse(&["alice".into(), "bob/x".into(), "alice".into()]).expect("ok");
     assert_eq!(r.entries(), vec!["alice", "bob/x"]);
     assert!(r.allows("alice", "any") && r.allows("bob", "x") && !r.allows("bob", "y"));
-    let inner = Restriction::parse(&["alice/y".into(), "bob/x".into()]).unwrap();
+    let inner = Restriction::parse(&["alice/y".into(), "bob/x".into()]).expect("ok");
     assert!(inner.within(&r) && !r.within(&inner));
 }
 
@@ -552,7 +555,7 @@ async fn cli_against_a_server(#[case] backend: Backend) {
     let v: Value = serde_json::from_str(&listed).expect("JSON");
     let t = v["items"]
         .as_array()
-        .unwrap()
+        .expect("ok")
         .iter()
         .find(|t| t["name"] == "from-cli")
         .expect("listed")
@@ -566,12 +569,12 @@ async fn cli_against_a_server(#[case] backend: Backend) {
     assert!(
         out.lines()
             .last()
-            .unwrap()
+            .expect("ok")
             .starts_with("/signin?invite=qvi_"),
         "{out}"
     );
     let mut args = base("revoke");
-    args.push(t["id"].as_str().unwrap().to_string());
+    args.push(t["id"].as_str().expect("ok").to_string());
     tokio::task::block_in_place(|| run(args));
     let res = app
         .client
@@ -579,7 +582,7 @@ async fn cli_against_a_server(#[case] backend: Backend) {
         .bearer_auth(&secret)
         .send()
         .await
-        .unwrap();
+        .expect("ok");
     assert_eq!(res.status().as_u16(), 401);
 }
 
@@ -605,9 +608,9 @@ async fn tokens_page(#[case] backend: Backend) {
         .header("Cookie", cookies(&alice))
         .send()
         .await
-        .unwrap();
+        .expect("ok");
     assert_eq!(res.status().as_u16(), 200);
-    let html = res.text().await.unwrap();
+    let html = res.text().await.expect("ok");
     assert!(html.contains("(this session)"), "{html}");
     assert!(!html.contains(&alice[8..]), "no secret on the page");
 
@@ -619,7 +622,7 @@ async fn tokens_page(#[case] backend: Backend) {
     )
     .send()
     .await
-    .unwrap();
+    .expect("ok");
     assert_eq!(res.status().as_u16(), 403);
     let res = post(
         "/settings/tokens",
@@ -634,15 +637,15 @@ async fn tokens_page(#[case] backend: Backend) {
     )
     .send()
     .await
-    .unwrap();
+    .expect("ok");
     assert_eq!(res.status().as_u16(), 201);
-    let html = res.text().await.unwrap();
+    let html = res.text().await.expect("ok");
     let start = html.find("qvt_").expect("secret shown once");
     let secret = html[start..start + 68].to_string();
     let (_, list) = app.get_json("/api/v1/tokens", "alice").await;
     let made = list["items"]
         .as_array()
-        .unwrap()
+        .expect("ok")
         .iter()
         .find(|t| t["name"] == "from the page")
         .expect("made")
@@ -665,7 +668,7 @@ async fn tokens_page(#[case] backend: Backend) {
     )
     .send()
     .await
-    .unwrap();
+    .expect("ok");
     assert_eq!(res.status().as_u16(), 400);
     // A read session cannot make a write token.
     let res = post(
@@ -679,11 +682,11 @@ async fn tokens_page(#[case] backend: Backend) {
     )
     .send()
     .await
-    .unwrap();
+    .expect("ok");
     assert_eq!(res.status().as_u16(), 403);
 
     // Revoke from the page: the token stops at once; bob cannot revoke alice's (404).
-    let id = made["id"].as_str().unwrap();
+    let id = made["id"].as_str().expect("ok");
     let res = post(
         &format!("/settings/tokens/{id}/revoke"),
         app.token("bob"),
@@ -691,7 +694,7 @@ async fn tokens_page(#[case] backend: Backend) {
     )
     .send()
     .await
-    .unwrap();
+    .expect("ok");
     assert_eq!(res.status().as_u16(), 404);
     let res = post(
         &format!("/settings/tokens/{id}/revoke"),
@@ -700,7 +703,7 @@ async fn tokens_page(#[case] backend: Backend) {
     )
     .send()
     .await
-    .unwrap();
+    .expect("ok");
     assert_eq!(res.status().as_u16(), 303);
     let res = app
         .client
@@ -708,7 +711,7 @@ async fn tokens_page(#[case] backend: Backend) {
         .bearer_auth(&secret)
         .send()
         .await
-        .unwrap();
+        .expect("ok");
     assert_eq!(res.status().as_u16(), 401);
 }
 
@@ -732,7 +735,7 @@ async fn invites_make_a_first_token_once(#[case] backend: Backend) {
     assert_error(status, &body, (400, "invalid_token_request"), "too long");
     let (status, made) = app.post_json("/api/v1/invites", "admin", &invite).await;
     assert_eq!(status, 201, "{made}");
-    let link = made["link"].as_str().unwrap().to_string();
+    let link = made["link"].as_str().expect("ok").to_string();
     let secret = link
         .strip_prefix("/signin?invite=")
         .expect("link")
@@ -751,7 +754,7 @@ async fn invites_make_a_first_token_once(#[case] backend: Backend) {
                 ("name", "first"),
             ])
     };
-    let res = redeem().send().await.unwrap();
+    let res = redeem().send().await.expect("ok");
     assert_eq!(res.status().as_u16(), 201);
     let session = res
         .headers()
@@ -759,9 +762,9 @@ async fn invites_make_a_first_token_once(#[case] backend: Backend) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(|c| c.strip_prefix("quiver_session="))
-        .map(|c| c.split(';').next().unwrap().to_string())
+        .map(|c| c.split(';').next().expect("ok").to_string())
         .expect("signed in");
-    let html = res.text().await.unwrap();
+    let html = res.text().await.expect("ok");
     assert!(html.contains(&session), "the secret shown once");
     let res = app
         .client
@@ -770,13 +773,13 @@ async fn invites_make_a_first_token_once(#[case] backend: Backend) {
         .json(&json!({"owner": "carol", "name": "x", "base_model": "quiver-test/tiny-llama"}))
         .send()
         .await
-        .unwrap();
+        .expect("ok");
     assert_eq!(res.status().as_u16(), 201, "carol writes with it");
     // Once only.
-    let res = redeem().send().await.unwrap();
+    let res = redeem().send().await.expect("ok");
     assert_eq!(res.status().as_u16(), 401);
     let (_, list) = app.get_json("/api/v1/tokens?user=carol", "admin").await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(list["items"].as_array().expect("ok").len(), 1);
     assert_eq!(list["items"][0]["created_by"], "root");
 
     // An expired invite (made in the store: the API refuses a past expiry).
@@ -802,6 +805,6 @@ async fn invites_make_a_first_token_once(#[case] backend: Backend) {
         ])
         .send()
         .await
-        .unwrap();
+        .expect("ok");
     assert_eq!(res.status().as_u16(), 401, "expired invite");
 }
