@@ -124,8 +124,14 @@ async fn worker_loop(shared: Arc<Shared>, worker: String, mut shutdown: watch::R
         woken.as_mut().enable();
         if last_reap.elapsed() >= reap_every {
             last_reap = Instant::now();
-            if let Err(e) = shared.store.meta.reap_expired_leases().await {
-                tracing::warn!(error = %e, "could not reap expired leases");
+            match shared.store.meta.reap_expired_leases().await {
+                // Jobs of any kind (a merge whose worker died): announce those it ended.
+                Ok((_, ended)) => {
+                    for job in &ended {
+                        super::job_finished(&shared.store, job).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not reap expired leases"),
             }
         }
         let kinds = [JobKind::Webhook];

@@ -285,16 +285,23 @@ pub async fn adapter_deleted(store: &Store, adapter: &AdapterRecord) {
     .await;
 }
 
-/// `job.finished` for a merge or compression that reached `succeeded`, `failed` or `cancelled`,
-/// about its output adapter. An output that does not exist (yet) counts as private to its owner.
+/// `job.finished` for a merge, compression or embed job that reached `succeeded`, `failed` or
+/// `cancelled` — however it got there: its worker's end, a cancel, or the lease reaper (a worker
+/// killed for good). About the job's output adapter (an embed job: the adapter it profiled). An
+/// output that does not exist (yet) counts as private to its owner.
 pub async fn job_finished(store: &Store, job: &quiver_store::JobRecord) {
     use quiver_store::JobKind;
-    if !matches!(job.kind, JobKind::Merge | JobKind::Compress) || !job.state.is_terminal() {
+    let pointer = match job.kind {
+        JobKind::Merge | JobKind::Compress => "/output/adapter",
+        JobKind::Embed => "/version/adapter",
+        _ => return,
+    };
+    if !job.state.is_terminal() {
         return;
     }
     let Some(output) = job
         .spec
-        .pointer("/output/adapter")
+        .pointer(pointer)
         .and_then(Value::as_str)
         .and_then(|s| s.parse::<quiver_store::RepoId>().ok())
     else {

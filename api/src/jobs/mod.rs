@@ -205,13 +205,16 @@ async fn worker_loop(shared: Arc<Shared>, worker_id: String) {
         if last_reap.elapsed() >= reap_every {
             last_reap = tokio::time::Instant::now();
             match shared.store.meta.reap_expired_leases().await {
-                Ok((0, 0)) => {}
-                Ok((requeued, failed)) => {
+                Ok((0, ended)) if ended.is_empty() => {}
+                Ok((requeued, ended)) => {
                     tracing::warn!(
                         requeued,
-                        failed,
+                        ended = ended.len(),
                         "jobs whose worker stopped renewing its lease"
-                    )
+                    );
+                    for job in &ended {
+                        crate::events::job_finished(&shared.store, job).await;
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "could not reap expired leases"),
             }

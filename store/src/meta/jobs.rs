@@ -218,8 +218,10 @@ pub trait JobStore: Send + Sync {
     /// (nothing changed).
     async fn end_job(&self, lease: &Lease, end: &JobEnd) -> Result<Option<JobState>, StoreError>;
     /// Requeues running jobs whose lease expired (the claim counts as an attempt), or fails them
-    /// when their attempts are used up. Returns how many jobs were requeued and failed.
-    async fn reap_expired_leases(&self) -> Result<(u64, u64), StoreError>;
+    /// when their attempts are used up, or cancels them when a cancel was requested. Returns how
+    /// many jobs were requeued and the jobs it ended (failed or cancelled, as they are now), so
+    /// the caller can announce them (`job.finished`).
+    async fn reap_expired_leases(&self) -> Result<(u64, Vec<JobRecord>), StoreError>;
     /// Publishes the result version and marks the job succeeded, in one transaction. Fails with
     /// `StoreError::LeaseLost` (and changes nothing) when the lease is no longer held or a cancel
     /// was requested.

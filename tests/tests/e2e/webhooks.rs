@@ -1428,3 +1428,78 @@ async fn a_410_gone_deactivates_the_subscription(#[case] backend: Backend) {
     assert_eq!(jobs.items[0].state, quiver_store::JobState::Failed);
     assert_eq!(rx.got().len(), 1);
 }
+
+/// A job whose worker died with its last attempt: the lease reaper fails it, and `job.finished`
+/// goes out as for a job its worker ended. The job is an embed job (this server has no embedder,
+/// so only the test claims it, as a worker that then vanishes); its adapter is the profiled one.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_job_failed_by_the_lease_reaper_is_announced(#[case] backend: Backend) {
+    use quiver_store::{JobKind, JobState, NewJob};
+    let app = webhook_app_or_skip!(backend, 200, 5_000);
+    let rx = Receiver::start().await;
+    let (status, _) = app.create_adapter("alice", "a", false, "alice").await;
+    assert_eq!(status, 201);
+    let version = upload_version(&app, "alice/a", "alice", 1).await;
+    let secret = "a-secret-of-at-least-16";
+    subscribe(
+        &app,
+        "alice",
+        json!({"url": rx.url("/jobs"), "adapter": "alice/a", "events": ["job.finished"], "secret": secret}),
+    )
+    .await;
+    let spec = json!({
+        "version_id": 1,
+        "version": {"adapter": "alice/a", "version": version["version"], "revision": version["revision"]},
+        "samples_sha256": "0".repeat(64),
+        "embedder": "none",
+    });
+    let (queued, _) = app
+        .store
+        .meta
+        .enqueue_job(&NewJob {
+            kind: JobKind::Embed,
+            spec,
+            spec_sha256: "1".repeat(64),
+            created_by: "alice".into(),
+            idempotency_key: None,
+            max_attempts: 1,
+        })
+        .await
+        .expect("enqueue");
+    // A worker claims it with a 1 ms lease and is never heard of again.
+    let (claimed, _lease) = app
+        .store
+        .meta
+        .claim_job("vanished-worker", 1, &[JobKind::Embed])
+        .await
+        .expect("claim")
+        .expect("the embed job");
+    assert_eq!(claimed.id, queued.id);
+    let got = rx
+        .wait_for("job.finished of the reaped job", |g| !g.is_empty())
+        .await;
+    assert_eq!(types(&got), ["job.finished"]);
+    assert_signed(&got[0], secret);
+    let body = got[0].json();
+    assert_eq!(body["adapter"], "alice/a", "{body}");
+    assert_eq!(body["data"]["job"], queued.id.as_str(), "{body}");
+    assert_eq!(body["data"]["kind"], "embed", "{body}");
+    assert_eq!(body["data"]["state"], "failed", "{body}");
+    assert!(
+        body["data"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no attempts left")),
+        "{body}"
+    );
+    let job = app
+        .store
+        .meta
+        .get_job(&queued.id)
+        .await
+        .expect("get")
+        .expect("job");
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+}

@@ -588,31 +588,38 @@ impl JobStore for SqlMetadata {
         Ok(state)
     }
 
-    async fn reap_expired_leases(&self) -> Result<(u64, u64), StoreError> {
+    async fn reap_expired_leases(&self) -> Result<(u64, Vec<JobRecord>), StoreError> {
         let now = now_ms();
         let clear = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL";
         let expired = "state = $2 AND lease_expires_at < $1";
         let lost = "the worker stopped renewing its lease (killed or cut off)";
         let mut tx = self.begin_write().await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE jobs SET state = $3, finished_at = $1, {clear} WHERE {expired} AND cancel_requested = TRUE"
+        let mut ended: Vec<String> = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE jobs SET state = $3, finished_at = $1, {clear} WHERE {expired} AND cancel_requested = TRUE \
+             RETURNING id"
         )))
         .bind(now)
         .bind(JobState::Running.as_str())
         .bind(JobState::Cancelled.as_str())
-        .execute(&mut *tx)
-        .await?;
-        let failed = sqlx::query(AssertSqlSafe(format!(
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String, _>("id"))
+        .collect::<Result<_, _>>()?;
+        let failed: Vec<String> = sqlx::query(AssertSqlSafe(format!(
             "UPDATE jobs SET state = $3, finished_at = $1, error = $4, {clear} \
-             WHERE {expired} AND attempts >= max_attempts"
+             WHERE {expired} AND attempts >= max_attempts RETURNING id"
         )))
         .bind(now)
         .bind(JobState::Running.as_str())
         .bind(JobState::Failed.as_str())
         .bind(format!("{lost}; no attempts left"))
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?
-        .rows_affected();
+        .iter()
+        .map(|row| row.try_get::<String, _>("id"))
+        .collect::<Result<_, _>>()?;
+        ended.extend(failed);
         let requeued = sqlx::query(AssertSqlSafe(format!(
             "UPDATE jobs SET state = $3, run_after = $1, error = $4, {clear} WHERE {expired}"
         )))
@@ -626,8 +633,14 @@ impl JobStore for SqlMetadata {
         if requeued > 0 {
             self.notify_workers(&mut tx).await?;
         }
+        let mut jobs = Vec::with_capacity(ended.len());
+        for id in &ended {
+            if let Some(job) = self.job_in(&mut tx, id).await? {
+                jobs.push(job);
+            }
+        }
         tx.commit().await?;
-        Ok((requeued, failed))
+        Ok((requeued, jobs))
     }
 
     async fn publish_job_result_checked(
