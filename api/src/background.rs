@@ -22,6 +22,8 @@ const STAGED_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// An unreferenced blob younger than this is left alone: an upload or a job may be about to
 /// commit a reference to it.
 pub const BLOB_GRACE: Duration = Duration::from_secs(3600);
+/// Batches of webhook history one sweep deletes at most (see [`prune_webhook_history`]).
+const PRUNE_BATCHES: usize = 10;
 /// How often the sweeps run (and once at start).
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
@@ -47,10 +49,11 @@ impl Background {
         sweep: bool,
     ) -> std::io::Result<Self> {
         let reconciler = reconcile::start(store.clone(), routing.clone(), wake.clone());
+        let retention_days = webhooks.retention_days;
         let deliverers =
             crate::events::deliver::Deliverers::start(store.clone(), webhooks, metrics.clone());
         let workers = Workers::start(store.clone(), workers, routing, wake, metrics)?;
-        let sweeps = sweep.then(|| tokio::spawn(sweep_forever(store.clone())));
+        let sweeps = sweep.then(|| tokio::spawn(sweep_forever(store.clone(), retention_days)));
         Ok(Self {
             store: store.clone(),
             workers,
@@ -72,7 +75,7 @@ impl Background {
     }
 }
 
-async fn sweep_forever(store: Store) {
+async fn sweep_forever(store: Store, webhook_retention_days: u32) {
     let mut every = tokio::time::interval(STAGED_SWEEP_EVERY);
     let mut last_full: Option<std::time::Instant> = None;
     loop {
@@ -80,6 +83,8 @@ async fn sweep_forever(store: Store) {
         if last_full.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
             last_full = Some(std::time::Instant::now());
             sweep_once(&store, BLOB_GRACE).await;
+            prune_webhook_history(&store, webhook_retention_days, quiver_store::time::now_ms())
+                .await;
         } else {
             sweep_staged(&store).await;
         }
@@ -108,4 +113,40 @@ pub async fn sweep_once(store: &Store, blob_grace: Duration) {
         Ok(n) => tracing::info!(removed = n, "removed unreferenced blobs"),
         Err(e) => tracing::warn!(error = %e, "could not sweep unreferenced blobs"),
     }
+}
+
+/// Deletes events, delivery attempts and finished deliveries older than `retention_days`
+/// (0: none) as of `now_ms`, in batches of at most [`crate::events::PRUNE_BATCH`] rows of each
+/// (each batch its own short transaction), at most [`PRUNE_BATCHES`] batches per sweep: a
+/// backlog is worked off over the following sweeps. Returns the rows deleted; failures are
+/// logged.
+pub async fn prune_webhook_history(store: &Store, retention_days: u32, now_ms: i64) -> u64 {
+    if retention_days == 0 {
+        return 0;
+    }
+    let before = now_ms.saturating_sub(i64::from(retention_days) * 86_400_000);
+    let mut total = 0;
+    for _ in 0..PRUNE_BATCHES {
+        match store
+            .meta
+            .prune_webhook_history(before, crate::events::PRUNE_BATCH)
+            .await
+        {
+            Ok(pruned) => {
+                total += pruned.total();
+                let full = u64::from(crate::events::PRUNE_BATCH);
+                if pruned.events < full && pruned.deliveries < full && pruned.jobs < full {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not prune the webhook history");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(rows = total, retention_days, "pruned the webhook history");
+    }
+    total
 }

@@ -153,6 +153,12 @@ pub struct WebhookArgs {
           default_value_t = crate::events::DEFAULT_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub webhook_timeout_ms: u64,
+    /// Days to keep events, delivery attempts and finished deliveries (pruned hourly by the
+    /// sweep of `serve`; 0: keep forever).
+    #[arg(long, env = "QUIVER_WEBHOOK_RETENTION_DAYS",
+          default_value_t = crate::events::DEFAULT_RETENTION_DAYS,
+          value_parser = clap::value_parser!(u32).range(0..=crate::events::MAX_RETENTION_DAYS as i64))]
+    pub webhook_retention_days: u32,
 }
 
 impl WebhookArgs {
@@ -162,6 +168,7 @@ impl WebhookArgs {
             allow_private: self.webhook_allow_private,
             retry_base_ms: self.webhook_retry_base_ms,
             timeout_ms: self.webhook_timeout_ms,
+            retention_days: self.webhook_retention_days,
         }
     }
 }

@@ -212,3 +212,130 @@ async fn events_queue_deliveries_that_only_webhook_workers_see(#[case] backend: 
     );
     assert_eq!(meta.list_webhooks("alice").await.expect("list").len(), 1);
 }
+
+/// The retention sweep's store half: old attempts, finished deliveries and events go, in
+/// batches of at most `limit` rows each; an event a queued or running delivery still needs
+/// stays. The clock is the caller's (`before_ms`).
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn old_webhook_history_is_pruned_in_batches_but_pending_events_stay(
+    #[case] backend: Backend,
+) {
+    let (store, _scratch) = store_or_skip!(backend);
+    let meta = &store.meta;
+    let a = meta
+        .create_webhook(&hook("alice", "alice", Some("alice/a")), 5)
+        .await
+        .expect("create")
+        .expect("under the limit");
+    let event = |queued: bool| {
+        let a = a.id.clone();
+        async move {
+            let deliveries = if queued {
+                vec![QueuedDelivery {
+                    webhook_id: a,
+                    created_by: "alice".into(),
+                }]
+            } else {
+                vec![]
+            };
+            meta.record_event(
+                &NewEvent {
+                    kind: "alias.moved".into(),
+                    adapter: "alice/a".into(),
+                    owner: "alice".into(),
+                    payload: json!({}),
+                },
+                &deliveries,
+                15,
+            )
+            .await
+            .expect("event")
+        }
+    };
+    let e1 = event(true).await;
+    let e2 = event(false).await;
+    let e3 = event(true).await;
+    let attempt = |job: &str, event_id: i64, status| NewDelivery {
+        delivery_id: job.into(),
+        webhook_id: a.id.clone(),
+        event_id,
+        attempt: 1,
+        status,
+        response_code: Some(200),
+        latency_ms: 1,
+        response_excerpt: None,
+        error: None,
+    };
+    // e1's delivery is done; e3's stays queued.
+    let (job, lease) = meta
+        .claim_job("w", 30_000, &[JobKind::Webhook])
+        .await
+        .expect("claim")
+        .expect("e1's delivery");
+    assert_eq!(job.spec["event_id"], e1.id);
+    meta.finish_delivery(
+        &lease,
+        &JobEnd::Succeeded,
+        &attempt(&job.id, e1.id, DeliveryStatus::Delivered),
+    )
+    .await
+    .expect("finish");
+
+    let counts =
+        |p: quiver_store::meta::webhooks::PrunedWebhookHistory| (p.deliveries, p.jobs, p.events);
+    let now = quiver_store::time::now_ms();
+    // Nothing is older than a day ago.
+    let pruned = meta
+        .prune_webhook_history(now - 86_400_000, 10)
+        .await
+        .expect("prune");
+    assert_eq!(counts(pruned), (0, 0, 0));
+    // As of a day later, everything is old: one row of each per batch of 1.
+    let later = now + 86_400_000;
+    let pruned = meta.prune_webhook_history(later, 1).await.expect("prune");
+    assert_eq!(counts(pruned), (1, 1, 1));
+    assert!(meta.get_event(e1.id).await.expect("get").is_none());
+    let pruned = meta.prune_webhook_history(later, 10).await.expect("prune");
+    assert_eq!(
+        counts(pruned),
+        (0, 0, 1),
+        "e2 goes; e3 has a queued delivery"
+    );
+    assert!(meta.get_event(e2.id).await.expect("get").is_none());
+    let pruned = meta.prune_webhook_history(later, 10).await.expect("prune");
+    assert_eq!(counts(pruned), (0, 0, 0));
+    assert!(meta.get_event(e3.id).await.expect("get").is_some());
+    // Running, e3 still stays; once its delivery has failed for good, it goes with it.
+    let (job, lease) = meta
+        .claim_job("w", 30_000, &[JobKind::Webhook])
+        .await
+        .expect("claim")
+        .expect("e3's delivery");
+    assert_eq!(job.spec["event_id"], e3.id);
+    let pruned = meta.prune_webhook_history(later, 10).await.expect("prune");
+    assert_eq!(counts(pruned), (0, 0, 0));
+    meta.finish_delivery(
+        &lease,
+        &JobEnd::Failed("HTTP 500".into()),
+        &attempt(&job.id, e3.id, DeliveryStatus::Failed),
+    )
+    .await
+    .expect("finish");
+    let pruned = meta.prune_webhook_history(later, 10).await.expect("prune");
+    assert_eq!(counts(pruned), (1, 1, 1));
+    assert!(meta.get_event(e3.id).await.expect("get").is_none());
+    assert!(
+        meta.get_job(&job.id).await.expect("get").is_none(),
+        "the finished delivery job is gone"
+    );
+    assert!(
+        meta.list_deliveries(&a.id, 10, None)
+            .await
+            .expect("log")
+            .items
+            .is_empty()
+    );
+}

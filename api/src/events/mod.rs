@@ -64,6 +64,12 @@ pub const RETRY_CAP_FACTOR: u64 = 120;
 /// Default time to connect and to get a whole answer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Default `--webhook-retention-days`.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+/// The longest `--webhook-retention-days` (about 100 years).
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+/// Rows of each kind (events, attempts, finished deliveries) one prune deletes at most.
+pub const PRUNE_BATCH: u32 = 10_000;
 /// Default webhook workers per process.
 pub const DEFAULT_WEBHOOK_WORKERS: usize = 4;
 
@@ -89,6 +95,9 @@ pub struct WebhookOptions {
     pub retry_base_ms: u64,
     /// The whole attempt's time limit (connecting: at most 5 s of it).
     pub timeout_ms: u64,
+    /// Events, delivery attempts and finished deliveries older than this many days are pruned
+    /// by the sweep (0: kept forever).
+    pub retention_days: u32,
 }
 
 impl Default for WebhookOptions {
@@ -98,6 +107,7 @@ impl Default for WebhookOptions {
             allow_private: false,
             retry_base_ms: DEFAULT_RETRY_BASE_MS,
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            retention_days: DEFAULT_RETENTION_DAYS,
         }
     }
 }

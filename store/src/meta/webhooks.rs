@@ -144,6 +144,29 @@ pub trait WebhookStore: Send + Sync {
         limit: u32,
         before: Option<i64>,
     ) -> Result<Page<DeliveryRecord>, StoreError>;
+    /// Deletes, at most `limit` rows of each, delivery attempts logged before `before_ms`,
+    /// finished `webhook` jobs that finished before it, and events recorded before it that no
+    /// queued or running delivery still needs (an event at or after the oldest one a pending
+    /// delivery names is kept). The clock is the caller's.
+    async fn prune_webhook_history(
+        &self,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<PrunedWebhookHistory, StoreError>;
+}
+
+/// What [`WebhookStore::prune_webhook_history`] deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrunedWebhookHistory {
+    pub events: u64,
+    pub deliveries: u64,
+    pub jobs: u64,
+}
+
+impl PrunedWebhookHistory {
+    pub fn total(&self) -> u64 {
+        self.events + self.deliveries + self.jobs
+    }
 }
 
 /// The spec of a `webhook` job.

@@ -272,6 +272,7 @@ async fn webhook_app(backend: Backend, retry_base_ms: u64, timeout_ms: u64) -> O
                 allow_private: true,
                 retry_base_ms,
                 timeout_ms,
+                ..WebhookOptions::default()
             },
             ..HttpOptions::default()
         },

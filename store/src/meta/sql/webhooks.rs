@@ -299,4 +299,69 @@ impl WebhookStore for SqlMetadata {
         };
         Ok(Page { items, next_cursor })
     }
+
+    async fn prune_webhook_history(
+        &self,
+        before_ms: i64,
+        limit: u32,
+    ) -> Result<PrunedWebhookHistory, StoreError> {
+        let limit = i64::from(limit.max(1));
+        let webhook = JobKind::Webhook.as_str();
+        let mut tx = self.begin_write().await?;
+        let deliveries = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE id IN \
+             (SELECT id FROM webhook_deliveries WHERE at < $1 ORDER BY id LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let jobs = sqlx::query(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE kind = $1 \
+             AND state IN ($2, $3, $4) AND finished_at < $5 ORDER BY finished_at LIMIT $6)",
+        )
+        .bind(webhook)
+        .bind(JobState::Succeeded.as_str())
+        .bind(JobState::Failed.as_str())
+        .bind(JobState::Cancelled.as_str())
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // The oldest event a queued or running delivery still needs: it and every later one stay.
+        let pending = sqlx::query("SELECT spec FROM jobs WHERE kind = $1 AND state IN ($2, $3)")
+            .bind(webhook)
+            .bind(JobState::Queued.as_str())
+            .bind(JobState::Running.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut keep_from = i64::MAX;
+        for row in &pending {
+            let event = json_column(row, "spec")?
+                .and_then(|spec| spec.get("event_id").and_then(Value::as_i64));
+            match event {
+                Some(id) => keep_from = keep_from.min(id),
+                // A delivery whose event cannot be read: keep every event.
+                None => keep_from = i64::MIN,
+            }
+        }
+        let events = sqlx::query(
+            "DELETE FROM events WHERE id IN \
+             (SELECT id FROM events WHERE created_at < $1 AND id < $2 ORDER BY id LIMIT $3)",
+        )
+        .bind(before_ms)
+        .bind(keep_from)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(PrunedWebhookHistory {
+            events,
+            deliveries,
+            jobs,
+        })
+    }
 }
