@@ -33,6 +33,7 @@ pub use meta::{
     ParentVersion, Principal, ProfileInfo, ProfileSource, ProfileStore, RoutableProfile,
     SAMPLES_FILE, StaleProfile, VersionRecord, VersionRef, Viewer,
 };
+pub use meta::{Audit, AuditAction, AuditContext, AuditFilter, AuditRecord, AuditStore};
 pub use meta::{
     DeliveryRecord, DeliveryStatus, EventRecord, NewDelivery, NewEvent, NewWebhook, QueuedDelivery,
     WebhookRecord, WebhookStore,

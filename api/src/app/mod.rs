@@ -3,6 +3,7 @@
 //! checks, serving a file. Nothing here knows which front door asked.
 
 pub mod adapters;
+pub mod audit;
 pub mod exports;
 pub mod files;
 pub mod job_request;

@@ -1,7 +1,7 @@
 //! User aliases (`prod`, `canary`): which names may point at a version, and moving them (with
 //! their `alias.moved` event).
 
-use quiver_store::{AdapterRecord, Store, VersionRef};
+use quiver_store::{AdapterRecord, Audit, AuditAction, AuditContext, Store, VersionRef};
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -46,9 +46,21 @@ pub async fn set_alias(
     adapter: &AdapterRecord,
     alias: &str,
     number: i64,
+    ctx: &AuditContext,
 ) -> Result<(), ApiError> {
     let from = alias_target(store, adapter, alias).await?;
-    store.meta.set_alias(adapter.id, alias, number).await?;
+    let entry = alias_audit(
+        ctx,
+        AuditAction::AliasSet,
+        adapter,
+        alias,
+        from.as_ref().map(|f| f.0),
+        Some(number),
+    );
+    store
+        .meta
+        .set_alias_audited(adapter.id, alias, number, Some(&entry))
+        .await?;
     let to = alias_target(store, adapter, alias).await?;
     if from != to {
         crate::events::alias_moved(store, adapter, alias, from, to).await;
@@ -61,11 +73,44 @@ pub async fn delete_alias(
     store: &Store,
     adapter: &AdapterRecord,
     alias: &str,
+    ctx: &AuditContext,
 ) -> Result<bool, ApiError> {
     let from = alias_target(store, adapter, alias).await?;
-    let deleted = store.meta.delete_alias(adapter.id, alias).await?;
+    let entry = alias_audit(
+        ctx,
+        AuditAction::AliasDelete,
+        adapter,
+        alias,
+        from.as_ref().map(|f| f.0),
+        None,
+    );
+    let deleted = store
+        .meta
+        .delete_alias_audited(adapter.id, alias, Some(&entry))
+        .await?;
     if deleted {
         crate::events::alias_moved(store, adapter, alias, from, None).await;
     }
     Ok(deleted)
+}
+
+/// The audit entry of an alias change: target `owner/name@alias`, before/after `{"version": N}`
+/// (`null` where there was or is none). `before` is read just ahead of the change's transaction.
+fn alias_audit(
+    ctx: &AuditContext,
+    action: AuditAction,
+    adapter: &AdapterRecord,
+    alias: &str,
+    before: Option<i64>,
+    after: Option<i64>,
+) -> Audit {
+    let version = |n: Option<i64>| n.map(|n| serde_json::json!({ "version": n }));
+    Audit {
+        context: ctx.clone(),
+        action,
+        target: format!("{}/{}@{alias}", adapter.owner, adapter.name),
+        owner: Some(adapter.owner.clone()),
+        before: version(before),
+        after: version(after),
+    }
 }

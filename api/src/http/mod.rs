@@ -10,6 +10,7 @@ pub mod extract;
 pub mod hub;
 pub mod lorax;
 pub mod openapi;
+pub mod request_info;
 pub mod route_table;
 pub mod routes;
 pub mod web;

@@ -35,6 +35,7 @@ macro_rules! string_enum {
 }
 
 pub mod adapters;
+pub mod audit;
 pub mod jobs;
 pub mod profiles;
 mod query;
@@ -53,6 +54,7 @@ pub use adapters::{
     AdapterPatch, AdapterRecord, AdapterSort, AdapterStore, FacetCounts, FacetFilter, ListAdapters,
     NewAdapter,
 };
+pub use audit::{Audit, AuditAction, AuditContext, AuditFilter, AuditRecord, AuditStore};
 pub use jobs::{
     Beat, DEFAULT_MAX_ATTEMPTS, JobCounts, JobEnd, JobFilter, JobKind, JobRecord, JobState,
     JobStore, JobWakeups, Lease, LineageGraph, LineageNode, NewAdapterFields, NewJob, OutputTarget,
@@ -119,7 +121,15 @@ pub struct Page<T> {
 /// (one method per use case); the dialect and the cross-cutting reads are here.
 #[async_trait]
 pub trait MetadataStore:
-    TokenStore + AdapterStore + VersionStore + JobStore + ProfileStore + WebhookStore + Send + Sync
+    TokenStore
+    + AdapterStore
+    + VersionStore
+    + JobStore
+    + ProfileStore
+    + WebhookStore
+    + AuditStore
+    + Send
+    + Sync
 {
     /// `"sqlite"` or `"postgres"`.
     fn dialect(&self) -> &'static str;

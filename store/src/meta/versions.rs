@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{AdapterRecord, Page};
+use super::{AdapterRecord, Audit, Page};
 use crate::StoreError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,7 +203,29 @@ pub trait VersionStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Aliases of each adapter: (adapter id, alias, version number).
     async fn aliases(&self, adapter_ids: &[i64]) -> Result<Vec<(i64, String, i64)>, StoreError>;
-    async fn set_alias(&self, adapter_id: i64, alias: &str, number: i64) -> Result<(), StoreError>;
+    async fn set_alias(&self, adapter_id: i64, alias: &str, number: i64) -> Result<(), StoreError> {
+        self.set_alias_audited(adapter_id, alias, number, None)
+            .await
+    }
     /// Returns whether the alias existed.
-    async fn delete_alias(&self, adapter_id: i64, alias: &str) -> Result<bool, StoreError>;
+    async fn delete_alias(&self, adapter_id: i64, alias: &str) -> Result<bool, StoreError> {
+        self.delete_alias_audited(adapter_id, alias, None).await
+    }
+    /// [`VersionStore::set_alias`], appending `audit` in the same transaction (nothing is
+    /// appended when the version does not exist).
+    async fn set_alias_audited(
+        &self,
+        adapter_id: i64,
+        alias: &str,
+        number: i64,
+        audit: Option<&Audit>,
+    ) -> Result<(), StoreError>;
+    /// [`VersionStore::delete_alias`], appending `audit` in the same transaction when the alias
+    /// existed.
+    async fn delete_alias_audited(
+        &self,
+        adapter_id: i64,
+        alias: &str,
+        audit: Option<&Audit>,
+    ) -> Result<bool, StoreError>;
 }

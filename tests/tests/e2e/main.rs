@@ -1,6 +1,7 @@
 //! One test binary; every test runs on SQLite + local files and on Postgres + S3.
 
 mod adapters;
+mod audit;
 mod containment;
 mod downloads;
 mod fair_share;

@@ -55,6 +55,7 @@ const CASES: &[(&str, Case)] = &[
     ("/api/v1/jobs", Case::Other),
     ("/api/v1/jobs/{id}", Case::Job),
     ("/api/v1/tokens", Case::Other),
+    ("/api/v1/audit", Case::Other),
     ("/api/v1/webhooks", Case::Other),
     ("/api/v1/webhooks/{id}", Case::Webhook),
     ("/api/v1/webhooks/{id}/deliveries", Case::Webhook),

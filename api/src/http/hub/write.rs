@@ -158,11 +158,13 @@ pub struct TagBody {
 pub async fn tag(
     state: web::Data<AppState>,
     caller: Caller,
+    info: crate::http::request_info::RequestInfo,
     path: web::Path<(String, String, String)>,
     body: web::Json<TagBody>,
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, rev) = path.into_inner();
-    let (adapter, _) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
+    let (adapter, who) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
+    let ctx = info.audit(Some(who));
     let version = state
         .store
         .meta
@@ -175,6 +177,6 @@ pub async fn tag(
             )
         })?;
     let alias = crate::app::refs::check_alias(&body.tag)?;
-    crate::app::refs::set_alias(&state.store, &adapter, &alias, version.number).await?;
+    crate::app::refs::set_alias(&state.store, &adapter, &alias, version.number, &ctx).await?;
     Ok(HttpResponse::Ok().json(json!({"name": alias, "targetCommit": version.revision})))
 }

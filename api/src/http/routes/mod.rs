@@ -1,6 +1,7 @@
 //! One module per resource; each owns its handlers, request types and OpenAPI annotations.
 
 pub mod adapters;
+pub mod audit;
 pub mod files;
 pub mod health;
 pub mod jobs;
@@ -45,5 +46,6 @@ pub fn configure_v1(cfg: &mut ServiceConfig) {
         .service(tokens::create_token)
         .service(tokens::list_tokens)
         .service(tokens::revoke_token)
-        .service(tokens::create_invite);
+        .service(tokens::create_invite)
+        .service(audit::list_audit);
 }

@@ -8,6 +8,7 @@ use crate::app::lookup::find_writable_adapter;
 use crate::app::refs::check_alias;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::http::request_info::RequestInfo;
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -27,13 +28,15 @@ pub struct SetRefRequest {
 pub async fn set_ref(
     state: web::Data<AppState>,
     caller: Caller,
+    info: RequestInfo,
     path: web::Path<(String, String, String)>,
     body: web::Json<SetRefRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, alias) = path.into_inner();
-    let (adapter, _) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
+    let (adapter, who) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
     let alias = check_alias(&alias)?;
-    crate::app::refs::set_alias(&state.store, &adapter, &alias, body.version).await?;
+    let ctx = info.audit(Some(who));
+    crate::app::refs::set_alias(&state.store, &adapter, &alias, body.version, &ctx).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "name": alias, "version": body.version })))
 }
 
@@ -47,11 +50,14 @@ pub async fn set_ref(
 pub async fn delete_ref(
     state: web::Data<AppState>,
     caller: Caller,
+    info: RequestInfo,
     path: web::Path<(String, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (owner, name, alias) = path.into_inner();
-    let (adapter, _) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
-    if crate::app::refs::delete_alias(&state.store, &adapter, &alias.to_ascii_lowercase()).await? {
+    let (adapter, who) = find_writable_adapter(&state.store, &caller, &(owner, name)).await?;
+    let ctx = info.audit(Some(who));
+    let alias = alias.to_ascii_lowercase();
+    if crate::app::refs::delete_alias(&state.store, &adapter, &alias, &ctx).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::not_found(

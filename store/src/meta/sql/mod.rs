@@ -10,6 +10,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 
 mod adapters;
+mod audit;
 mod jobs;
 mod profiles;
 mod tokens;

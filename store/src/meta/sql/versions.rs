@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
+use super::audit;
 use super::*;
 
 #[async_trait]
@@ -194,7 +195,14 @@ impl VersionStore for SqlMetadata {
             .collect()
     }
 
-    async fn set_alias(&self, adapter_id: i64, alias: &str, number: i64) -> Result<(), StoreError> {
+    async fn set_alias_audited(
+        &self,
+        adapter_id: i64,
+        alias: &str,
+        number: i64,
+        audit: Option<&Audit>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "INSERT INTO refs (adapter_id, name, version_id, updated_at) \
              SELECT $1, $2, id, $3 FROM versions WHERE adapter_id = $1 AND number = $4 AND state = $5 \
@@ -205,22 +213,35 @@ impl VersionStore for SqlMetadata {
         .bind(now_ms())
         .bind(number)
         .bind(VersionState::Ready.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!(
                 "version {number} does not exist"
             )));
         }
+        audit::append_audit_opt(&mut tx, audit).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn delete_alias(&self, adapter_id: i64, alias: &str) -> Result<bool, StoreError> {
+    async fn delete_alias_audited(
+        &self,
+        adapter_id: i64,
+        alias: &str,
+        audit: Option<&Audit>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query("DELETE FROM refs WHERE adapter_id = $1 AND name = $2")
             .bind(adapter_id)
             .bind(alias)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        audit::append_audit_opt(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }

@@ -1,0 +1,90 @@
+//! Reading the audit log (docs/audit.md): instance admins (an unrestricted admin token) see every
+//! entry; everyone else is refused. Entries are written by the store's write methods, in the
+//! transaction of the change they record; nothing here deletes them.
+
+use quiver_store::{AuditAction, AuditFilter, AuditRecord, Page, Principal, Store};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// The most entries one page holds.
+pub const MAX_AUDIT_LIMIT: u32 = 200;
+/// Entries per page when the client names no limit.
+pub const DEFAULT_AUDIT_LIMIT: u32 = 50;
+/// The longest actor or target filter accepted.
+const MAX_FILTER_LEN: usize = 300;
+
+/// What a client asks for, unchecked.
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub action: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// One page of entries, newest first, for `p`.
+pub async fn list(
+    store: &Store,
+    p: &Principal,
+    q: AuditQuery,
+) -> Result<Page<AuditRecord>, ApiError> {
+    if !crate::app::tokens::manages_all(p) {
+        return Err(ApiError::coded(
+            ErrorCode::Forbidden,
+            "only an unrestricted admin token may read the audit log",
+        ));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
+    if limit == 0 || limit > MAX_AUDIT_LIMIT {
+        return Err(ApiError::coded(
+            ErrorCode::InvalidQuery,
+            format!("limit must be 1 to {MAX_AUDIT_LIMIT}, got {limit}"),
+        ));
+    }
+    for (what, v) in [("actor", &q.actor), ("target", &q.target)] {
+        if v.as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > MAX_FILTER_LEN)
+        {
+            return Err(ApiError::coded(
+                ErrorCode::InvalidQuery,
+                format!("{what} must be 1 to {MAX_FILTER_LEN} characters"),
+            ));
+        }
+    }
+    let action = match q.action.as_deref() {
+        None => None,
+        Some(a) => Some(
+            a.parse::<AuditAction>()
+                .map_err(|e| ApiError::coded(ErrorCode::InvalidQuery, e.to_string()))?,
+        ),
+    };
+    if let (Some(s), Some(u)) = (q.since, q.until)
+        && s > u
+    {
+        return Err(ApiError::coded(
+            ErrorCode::InvalidQuery,
+            "since must not be after until",
+        ));
+    }
+    if q.cursor.as_ref().is_some_and(|c| c.len() > 100) {
+        return Err(ApiError::coded(ErrorCode::InvalidQuery, "cursor too long"));
+    }
+    let filter = AuditFilter {
+        actor: q.actor,
+        target: q.target,
+        action,
+        since: q.since,
+        until: q.until,
+    };
+    store
+        .meta
+        .list_audit(&filter, limit, q.cursor.as_deref())
+        .await
+        .map_err(|e| match e {
+            quiver_store::StoreError::Invalid(m) => ApiError::coded(ErrorCode::InvalidQuery, m),
+            other => other.into(),
+        })
+}

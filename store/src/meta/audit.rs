@@ -1,0 +1,91 @@
+//! The audit log (docs/audit.md): entries appended by the write methods inside the transaction of
+//! the change they record, and read back by instance admins.
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::Page;
+use crate::StoreError;
+
+string_enum!(
+    /// What was done (a closed set).
+    AuditAction {
+        AdapterCreate = "adapter.create",
+        AdapterUpdate = "adapter.update",
+        AdapterDelete = "adapter.delete",
+        VersionPublish = "version.publish",
+        AliasSet = "alias.set",
+        AliasDelete = "alias.delete",
+        JobSubmit = "job.submit",
+        JobCancel = "job.cancel",
+        TokenCreate = "token.create",
+        TokenRevoke = "token.revoke",
+        InviteCreate = "invite.create",
+        Signin = "signin",
+    }
+);
+
+/// Who did it and from where: built by the service from the caller and the request, then
+/// completed by the write method (action, target, before/after) before it is appended.
+#[derive(Clone, Debug, Default)]
+pub struct AuditContext {
+    pub actor: Option<String>,
+    /// The token's public id, never its secret.
+    pub token_id: Option<String>,
+    pub request_id: Option<String>,
+    pub client_addr: Option<String>,
+}
+
+/// One entry to append.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    pub context: AuditContext,
+    pub action: AuditAction,
+    /// `owner/name`, `owner/name@alias`, a job id or a token id.
+    pub target: String,
+    /// The owner namespace the target lives in (for scoping), if any.
+    pub owner: Option<String>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+/// A stored entry.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: i64,
+    pub actor: Option<String>,
+    pub token_id: Option<String>,
+    pub action: String,
+    pub target: String,
+    pub owner: Option<String>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub request_id: Option<String>,
+    pub client_addr: Option<String>,
+}
+
+/// Filters of a listing; entries come newest first (by id).
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    /// Exact target, or a prefix when it ends in `/` (`alice/` matches `alice/x` and `alice/x@prod`).
+    pub target: Option<String>,
+    pub action: Option<AuditAction>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends one entry on its own (for changes that have no transaction of their own).
+    async fn append_audit(&self, entry: &Audit) -> Result<(), StoreError>;
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page<AuditRecord>, StoreError>;
+    /// Deletes entries older than `before_ms` (retention); the number deleted.
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
