@@ -261,3 +261,10 @@ pub async fn redeliver(
     let job = crate::events::deliver::redeliver(store, hook, event_id).await?;
     Ok((job.id, event_id))
 }
+
+/// Queues a `ping` event to the subscription (a new delivery); returns the delivery's id and
+/// the event's.
+pub async fn ping(store: &Store, hook: &WebhookRecord) -> Result<(String, i64), ApiError> {
+    let (job, event_id) = crate::events::ping(store, hook).await?;
+    Ok((job.id, event_id))
+}

@@ -302,6 +302,7 @@ async fn prepare(
     // adapter's events were checked when they were recorded (its deletion event goes to those
     // who could see it then).
     if event.kind != super::EventKind::AdapterDeleted.as_str()
+        && event.kind != super::PING
         && let Ok(repo) = event.adapter.parse::<RepoId>()
         && let Some(adapter) = shared.store.meta.get_adapter(&repo).await?
         && !may_see(hook, &adapter.owner, adapter.private)

@@ -55,6 +55,10 @@ impl EventKind {
     }
 }
 
+/// The type of the test event `POST /webhooks/{id}/ping` sends: not a filterable type, every
+/// subscription takes it.
+pub const PING: &str = "ping";
+
 /// Attempts of one delivery before it fails for good.
 pub const MAX_ATTEMPTS: i64 = 15;
 /// The first retry's delay; each later one doubles, up to [`RETRY_CAP_FACTOR`] times it.
@@ -202,13 +206,42 @@ async fn try_emit(
     Ok(())
 }
 
+/// Records a `ping` event for one subscription and queues its delivery to it alone (no filter
+/// or visibility applies: it carries nothing about an adapter). Returns the delivery's job and
+/// the event's id. `adapter` is the subscription's adapter, or empty (`null` in the body) for an
+/// owner's subscription.
+pub async fn ping(
+    store: &Store,
+    hook: &WebhookRecord,
+) -> Result<(quiver_store::JobRecord, i64), quiver_store::StoreError> {
+    let event = store
+        .meta
+        .record_event(
+            &NewEvent {
+                kind: PING.to_string(),
+                adapter: hook.adapter.clone().unwrap_or_default(),
+                owner: hook.owner.clone(),
+                payload: serde_json::json!({ "webhook_id": hook.id }),
+            },
+            &[],
+            MAX_ATTEMPTS,
+        )
+        .await?;
+    let job = deliver::redeliver(store, hook, event.id).await?;
+    Ok((job, event.id))
+}
+
 /// The JSON body sent for an event.
 pub fn body(event: &quiver_store::EventRecord) -> Value {
+    let adapter = match event.adapter.as_str() {
+        "" => Value::Null,
+        a => Value::from(a),
+    };
     serde_json::json!({
         "id": event.id,
         "type": event.kind,
         "created_at": event.created_at,
-        "adapter": event.adapter,
+        "adapter": adapter,
         "owner": event.owner,
         "data": event.payload,
     })

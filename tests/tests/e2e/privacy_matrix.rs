@@ -391,6 +391,18 @@ async fn every_read_route_answers_for_a_private_adapter_as_for_a_missing_one(
             }
         }
     }
+    // The ping (a POST, so not in the route tables read above) answers everyone but its owner
+    // as an unknown subscription does, and queues nothing for them.
+    for (who, token) in &callers {
+        let p = format!("/api/v1/webhooks/{}/ping", hook.id);
+        let m = format!("/api/v1/webhooks/{unknown_job}/ping");
+        let got = ask(&app, &Method::POST, &p, token.as_deref()).await;
+        let want = ask(&app, &Method::POST, &m, token.as_deref()).await;
+        assert_eq!(got.status, want.status, "POST {p} as {who}: {}", got.body);
+        assert_eq!(got.error_code, want.error_code, "POST {p} as {who}");
+        assert!(got.status >= 400, "POST {p} as {who}: {}", got.body);
+        assert!(!got.body.contains(PRIVATE), "POST {p} as {who} names it");
+    }
     assert!(asked > 300, "{asked}");
 
     // The owner does see it (the fillers reach real things).

@@ -1504,3 +1504,70 @@ async fn a_job_failed_by_the_lease_reaper_is_announced(#[case] backend: Backend)
         .expect("job");
     assert_eq!(job.state, JobState::Failed, "{job:?}");
 }
+
+/// `POST …/ping` sends a signed `ping` to that one subscription, whatever its filter; someone
+/// else's subscription is 404.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn a_ping_reaches_only_its_subscription_signed(#[case] backend: Backend) {
+    let app = webhook_app_or_skip!(backend, 200, 5_000);
+    let rx = Receiver::start().await;
+    let (status, _) = app.create_adapter("alice", "a", false, "alice").await;
+    assert_eq!(status, 201);
+    let secret = "a-secret-of-at-least-16";
+    let hook = subscribe(
+        &app,
+        "alice",
+        json!({"url": rx.url("/adapter"), "adapter": "alice/a", "events": ["adapter.deleted"], "secret": secret}),
+    )
+    .await;
+    let owner_hook = subscribe(
+        &app,
+        "alice",
+        json!({"url": rx.url("/owner"), "owner": "alice", "secret": secret}),
+    )
+    .await;
+    let id = hook["id"].as_str().expect("id");
+    let (status, body) = app
+        .post_json(&format!("/api/v1/webhooks/{id}/ping"), "bob", &json!({}))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, ping) = app
+        .post_json(&format!("/api/v1/webhooks/{id}/ping"), "alice", &json!({}))
+        .await;
+    assert_eq!(status, 202, "{ping}");
+    rx.wait_for("the ping", |g| !g.is_empty()).await;
+    // Time for a stray delivery to the other subscription to show (none must).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = rx.got();
+    assert_eq!(types(&got), ["ping"], "only the pinged subscription");
+    assert_eq!(got[0].path, "/adapter");
+    assert_signed(&got[0], secret);
+    assert_eq!(got[0].header("quiver-delivery"), ping["delivery_id"]);
+    assert_eq!(got[0].header("quiver-webhook-id"), id);
+    let b = got[0].json();
+    assert_eq!(b["id"], ping["event_id"], "{b}");
+    assert_eq!(b["adapter"], "alice/a", "{b}");
+    assert_eq!(b["data"], json!({"webhook_id": id}), "{b}");
+    // An owner's subscription: no adapter.
+    let oid = owner_hook["id"].as_str().expect("id");
+    let (status, ping) = app
+        .post_json(&format!("/api/v1/webhooks/{oid}/ping"), "alice", &json!({}))
+        .await;
+    assert_eq!(status, 202, "{ping}");
+    let got = rx.wait_for("the owner's ping", |g| g.len() >= 2).await;
+    assert_eq!(got[1].path, "/owner");
+    assert_signed(&got[1], secret);
+    let b = got[1].json();
+    assert_eq!(
+        (b["type"].clone(), b["adapter"].clone()),
+        (json!("ping"), Value::Null),
+        "{b}"
+    );
+    assert_eq!(b["owner"], "alice", "{b}");
+    // Logged like any delivery.
+    let log = wait_log(&app, "alice", id, 1).await;
+    assert_eq!(log["items"][0]["status"], "delivered", "{log}");
+}

@@ -43,6 +43,7 @@ pub fn configure_v1(cfg: &mut ServiceConfig) {
         .service(webhooks::delete_webhook)
         .service(webhooks::list_deliveries)
         .service(webhooks::redeliver)
+        .service(webhooks::ping)
         .service(tokens::create_token)
         .service(tokens::list_tokens)
         .service(tokens::revoke_token)

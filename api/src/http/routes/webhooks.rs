@@ -8,7 +8,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::app::lookup::page_limit;
 use crate::app::webhooks::{
-    CreateWebhookRequest, WebhookView, create, own, redeliver as redeliver_event,
+    CreateWebhookRequest, WebhookView, create, own, ping as ping_event,
+    redeliver as redeliver_event,
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::extract::Authenticated;
@@ -227,6 +228,28 @@ pub async fn redeliver(
     let hook = own(&state.store, &caller.0, &id).await?;
     require_write_scope(&caller.0)?;
     let (delivery_id, event_id) = redeliver_event(&state.store, &hook, &delivery_id).await?;
+    Ok(HttpResponse::Accepted().json(Redelivery {
+        delivery_id,
+        event_id,
+    }))
+}
+
+/// Send a `ping` event to this subscription alone (whatever its `events` filter), signed and
+/// logged like any delivery: a test of the receiver. Answers the new delivery's id.
+#[utoipa::path(
+    tag = "webhooks",
+    responses((status = 202, body = Redelivery), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+#[post("/webhooks/{id}/ping")]
+pub async fn ping(
+    state: web::Data<AppState>,
+    caller: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let hook = own(&state.store, &caller.0, &path).await?;
+    require_write_scope(&caller.0)?;
+    let (delivery_id, event_id) = ping_event(&state.store, &hook).await?;
     Ok(HttpResponse::Accepted().json(Redelivery {
         delivery_id,
         event_id,
