@@ -229,8 +229,24 @@ pub fn cache_key(viewer: &Viewer, q: &ListAdapters) -> String {
 /// Deletes an adapter (REST and Hub): its rows (versions, files, refs; lineage keeps its name),
 /// then its LFS upload proofs, which are authorisation records. Its blobs go with the sweep.
 /// Records `adapter.deleted` for those who could see it.
-pub async fn delete(state: &AppState, adapter: &AdapterRecord) -> Result<(), ApiError> {
-    state.store.meta.delete_adapter(adapter.id).await?;
+pub async fn delete(
+    state: &AppState,
+    adapter: &AdapterRecord,
+    ctx: &quiver_store::AuditContext,
+) -> Result<(), ApiError> {
+    let entry = crate::app::audit::adapter_audit(
+        ctx,
+        quiver_store::AuditAction::AdapterDelete,
+        &adapter.owner,
+        &adapter.name,
+        Some(crate::app::audit::adapter_record_state(adapter)),
+        None,
+    );
+    state
+        .store
+        .meta
+        .delete_adapter_audited(adapter.id, Some(&entry))
+        .await?;
     crate::app::proofs::delete_proofs(state, adapter.id).await;
     crate::events::adapter_deleted(&state.store, adapter).await;
     Ok(())

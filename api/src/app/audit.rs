@@ -2,7 +2,10 @@
 //! entry; everyone else is refused. Entries are written by the store's write methods, in the
 //! transaction of the change they record; nothing here deletes them.
 
-use quiver_store::{AuditAction, AuditFilter, AuditRecord, Page, Principal, Store};
+use quiver_store::{
+    AdapterRecord, Audit, AuditAction, AuditContext, AuditFilter, AuditRecord, Page, Principal,
+    Store,
+};
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -87,4 +90,43 @@ pub async fn list(
             quiver_store::StoreError::Invalid(m) => ApiError::coded(ErrorCode::InvalidQuery, m),
             other => other.into(),
         })
+}
+
+/// What an adapter entry's before/after shows: the fields a change can touch.
+pub fn adapter_state(
+    description: &str,
+    private: bool,
+    base_model: &str,
+    tags: &[String],
+) -> serde_json::Value {
+    serde_json::json!({
+        "description": description,
+        "private": private,
+        "base_model": base_model,
+        "tags": tags,
+    })
+}
+
+/// An adapter entry (target `owner/name`, scoped to `owner`).
+pub fn adapter_audit(
+    ctx: &AuditContext,
+    action: AuditAction,
+    owner: &str,
+    name: &str,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> Audit {
+    Audit {
+        context: ctx.clone(),
+        action,
+        target: format!("{owner}/{name}"),
+        owner: Some(owner.to_string()),
+        before,
+        after,
+    }
+}
+
+/// The adapter entry of a record as it stands.
+pub fn adapter_record_state(a: &AdapterRecord) -> serde_json::Value {
+    adapter_state(&a.description, a.private, &a.base_model, &a.tags)
 }

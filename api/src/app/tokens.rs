@@ -108,6 +108,7 @@ pub async fn create(
     store: &Store,
     p: &Principal,
     req: CreateTokenRequest,
+    ctx: &quiver_store::AuditContext,
 ) -> Result<TokenView, ApiError> {
     let name = req.name.trim();
     if name.is_empty()
@@ -196,17 +197,20 @@ pub async fn create(
     let (secret, hash) = new_token();
     let record = store
         .meta
-        .insert_token(&NewToken {
-            user,
-            name: Some(name.to_string()),
-            prefix: Some(secret.chars().take(PREFIX_CHARS).collect()),
-            scope,
-            restrict,
-            expires_at,
-            created_by: Some(p.user.clone()),
-            secret_sha256: hash,
-            max_active: MAX_ACTIVE_TOKENS,
-        })
+        .insert_token_audited(
+            &NewToken {
+                user,
+                name: Some(name.to_string()),
+                prefix: Some(secret.chars().take(PREFIX_CHARS).collect()),
+                scope,
+                restrict,
+                expires_at,
+                created_by: Some(p.user.clone()),
+                secret_sha256: hash,
+                max_active: MAX_ACTIVE_TOKENS,
+            },
+            Some(ctx),
+        )
         .await
         .map_err(|e| match e {
             StoreError::Conflict(m) => invalid(m),
@@ -254,7 +258,12 @@ pub async fn list(
 /// Revokes a token of `p`'s user (any scope may revoke its user's tokens, itself included), or
 /// anyone's for an unrestricted admin token. Another user's token is `token_not_found`, as an
 /// unknown id is. Takes effect on the next request: nothing caches a token's check.
-pub async fn revoke(store: &Store, p: &Principal, id: &str) -> Result<TokenView, ApiError> {
+pub async fn revoke(
+    store: &Store,
+    p: &Principal,
+    id: &str,
+    ctx: &quiver_store::AuditContext,
+) -> Result<TokenView, ApiError> {
     let not_found = || {
         ApiError::not_found(
             ErrorCode::TokenNotFound,
@@ -265,7 +274,10 @@ pub async fn revoke(store: &Store, p: &Principal, id: &str) -> Result<TokenView,
     if token.user != p.user && !manages_all(p) {
         return Err(not_found());
     }
-    store.meta.revoke_token(&token.id).await?;
+    store
+        .meta
+        .revoke_token_audited(&token.id, Some(ctx))
+        .await?;
     tracing::info!(token = %token.id, user = %token.user, by = %p.user, "token revoked");
     let token = store
         .meta

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{Page, Viewer};
+use super::{Audit, Page, Viewer};
 use crate::{RepoId, StoreError};
 
 #[derive(Clone, Debug)]
@@ -110,18 +110,47 @@ pub struct FacetCounts {
 /// Adapters: create, find, list and search, update, delete.
 #[async_trait]
 pub trait AdapterStore: Send + Sync {
-    async fn create_adapter(&self, new: &NewAdapter) -> Result<AdapterRecord, StoreError>;
+    async fn create_adapter(&self, new: &NewAdapter) -> Result<AdapterRecord, StoreError> {
+        self.create_adapter_audited(new, None).await
+    }
+    /// [`AdapterStore::create_adapter`], appending `audit` in the same transaction.
+    async fn create_adapter_audited(
+        &self,
+        new: &NewAdapter,
+        audit: Option<&Audit>,
+    ) -> Result<AdapterRecord, StoreError>;
     async fn get_adapter(&self, repo: &RepoId) -> Result<Option<AdapterRecord>, StoreError>;
     async fn list_adapters(
         &self,
         query: &ListAdapters,
         viewer: &Viewer,
     ) -> Result<Page<AdapterRecord>, StoreError>;
-    async fn update_adapter(&self, adapter_id: i64, patch: &AdapterPatch)
-    -> Result<(), StoreError>;
+    async fn update_adapter(
+        &self,
+        adapter_id: i64,
+        patch: &AdapterPatch,
+    ) -> Result<(), StoreError> {
+        self.update_adapter_audited(adapter_id, patch, None).await
+    }
+    /// [`AdapterStore::update_adapter`], appending `audit` in the same transaction.
+    async fn update_adapter_audited(
+        &self,
+        adapter_id: i64,
+        patch: &AdapterPatch,
+        audit: Option<&Audit>,
+    ) -> Result<(), StoreError>;
     /// Deletes the adapter with its versions, files and refs. Its blobs stay: another version may
     /// share them, or an upload may be about to; a sweep removes unreferenced blobs.
-    async fn delete_adapter(&self, adapter_id: i64) -> Result<(), StoreError>;
+    async fn delete_adapter(&self, adapter_id: i64) -> Result<(), StoreError> {
+        self.delete_adapter_audited(adapter_id, None).await
+    }
+    /// [`AdapterStore::delete_adapter`], appending `audit` in the same transaction when the
+    /// adapter existed.
+    async fn delete_adapter_audited(
+        &self,
+        adapter_id: i64,
+        audit: Option<&Audit>,
+    ) -> Result<(), StoreError>;
     async fn record_download(&self, adapter_id: i64) -> Result<(), StoreError>;
     /// Value counts of the listing's facets over the adapters `viewer` can see, at most `limit`
     /// values each.

@@ -3,6 +3,7 @@
 
 use async_trait::async_trait;
 
+use super::AuditContext;
 use crate::{RepoId, Scope, StoreError};
 
 /// The most entries a token's restriction list may hold.
@@ -180,7 +181,16 @@ pub trait TokenStore: Send + Sync {
     }
     /// Creates the user if needed and the token; refused when the user already holds
     /// `max_active` tokens that are neither revoked nor expired.
-    async fn insert_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError>;
+    async fn insert_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError> {
+        self.insert_token_audited(token, None).await
+    }
+    /// [`TokenStore::insert_token`], appending a `token.create` entry by `audit` in the same
+    /// transaction (target: the new token's id; after: its user, name, scope, expiry).
+    async fn insert_token_audited(
+        &self,
+        token: &NewToken,
+        audit: Option<&AuditContext>,
+    ) -> Result<TokenRecord, StoreError>;
     /// What the hashed secret is; a valid token's use is recorded at most once a minute.
     async fn check_token(&self, secret_sha256: &str) -> Result<TokenCheck, StoreError>;
     /// The token's owner, if the hashed secret is a valid token. Records the use.
@@ -198,7 +208,16 @@ pub trait TokenStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<TokenRecord>, StoreError>;
     /// Marks the token revoked (if it was not); `false` if there is no such token.
-    async fn revoke_token(&self, id: &str) -> Result<bool, StoreError>;
+    async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        self.revoke_token_audited(id, None).await
+    }
+    /// [`TokenStore::revoke_token`], appending a `token.revoke` entry by `audit` in the same
+    /// transaction when the token was live until now.
+    async fn revoke_token_audited(
+        &self,
+        id: &str,
+        audit: Option<&AuditContext>,
+    ) -> Result<bool, StoreError>;
     /// Creates the user if needed and a one-time invite for them (`secret_sha256` hashed).
     async fn insert_invite(
         &self,

@@ -158,10 +158,12 @@ async fn filters_paging_and_who_may_read(#[case] backend: Backend) {
         entries(&app, "?actor=alice&action=alias.set").await.len(),
         5
     );
-    assert_eq!(entries(&app, "?target=alice/").await.len(), 5);
+    // alice/x (adapter.create) and its five aliases.
+    assert_eq!(entries(&app, "?target=alice/").await.len(), 6);
     assert_eq!(entries(&app, "?target=bob/x@prod").await.len(), 1);
-    assert!(
-        entries(&app, "?target=alice/x").await.is_empty(),
+    assert_eq!(
+        entries(&app, "?target=alice/x").await.len(),
+        1,
         "exact unless it ends in /"
     );
     assert!(entries(&app, "?action=alias.delete").await.is_empty());
@@ -220,4 +222,113 @@ async fn filters_paging_and_who_may_read(#[case] backend: Backend) {
         .send(app.request(Method::DELETE, "/api/v1/audit", "admin"))
         .await;
     assert!(status == 404 || status == 405, "{status}");
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn adapter_and_token_changes_are_audited(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    // Adapter create (REST and Hub), a refused duplicate, update, delete (REST and Hub).
+    assert_eq!(
+        app.create_adapter("alice", "ad", false, "alice").await.0,
+        201
+    );
+    assert_eq!(
+        app.create_adapter("alice", "ad", true, "alice").await.0,
+        409
+    );
+    let (status, body) = app
+        .send(
+            app.request(Method::PATCH, "/api/v1/adapters/alice/ad", "alice")
+                .json(&json!({"private": true, "description": "new"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = app
+        .send(app.request(Method::DELETE, "/api/v1/adapters/alice/ad", "alice"))
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = app
+        .post_json("/api/repos/create", "alice", &json!({"name": "hubbed"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .send(
+            app.request(Method::DELETE, "/api/repos/delete", "alice")
+                .json(&json!({"name": "hubbed"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let got = entries(&app, "?target=alice/ad").await;
+    let actions: Vec<&str> = got
+        .iter()
+        .map(|e| e["action"].as_str().expect("a"))
+        .collect();
+    assert_eq!(
+        actions,
+        ["adapter.delete", "adapter.update", "adapter.create"],
+        "the refused duplicate wrote none"
+    );
+    assert_eq!(got[2]["before"], Value::Null);
+    assert_eq!(got[2]["after"]["private"], false);
+    assert_eq!(got[1]["before"]["private"], false);
+    assert_eq!(got[1]["after"]["private"], true);
+    assert_eq!(got[1]["after"]["description"], "new");
+    assert_eq!(got[0]["before"]["private"], true);
+    assert_eq!(got[0]["after"], Value::Null);
+    assert!(
+        got.iter()
+            .all(|e| e["actor"] == "alice" && e["token_id"].is_string())
+    );
+    let hub: Vec<String> = entries(&app, "?target=alice/hubbed")
+        .await
+        .iter()
+        .map(|e| e["action"].as_str().expect("a").to_string())
+        .collect();
+    assert_eq!(hub, ["adapter.delete", "adapter.create"]);
+
+    // Tokens: create, revoke, a second revoke (no change: no entry), a refused create.
+    let (status, made) = app
+        .post_json(
+            "/api/v1/tokens",
+            "alice",
+            &json!({"name": "ci", "scope": "read"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let id = made["id"].as_str().expect("id").to_string();
+    let secret = made["token"].as_str().expect("secret").to_string();
+    for expected in [200, 200] {
+        let (status, _) = app
+            .send(app.request(Method::DELETE, &format!("/api/v1/tokens/{id}"), "alice"))
+            .await;
+        assert_eq!(status, expected);
+    }
+    let (status, _) = app
+        .post_json(
+            "/api/v1/tokens",
+            "alice_read",
+            &json!({"name": "wider", "scope": "admin"}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let got = entries(&app, &format!("?target={id}")).await;
+    let actions: Vec<&str> = got
+        .iter()
+        .map(|e| e["action"].as_str().expect("a"))
+        .collect();
+    assert_eq!(actions, ["token.revoke", "token.create"]);
+    assert_eq!(got[1]["after"]["name"], "ci");
+    assert_eq!(got[1]["after"]["scope"], "read");
+    assert_eq!(got[0]["after"]["revoked_at"].as_i64().is_some(), true);
+    assert_eq!(entries(&app, "?action=token.create").await.len(), 1);
+    let all = entries(&app, "?limit=200").await;
+    assert!(
+        !serde_json::to_string(&all)
+            .expect("json")
+            .contains(&secret[4..])
+    );
 }

@@ -58,16 +58,27 @@ pub async fn create_repo(
             "url": url,
         })));
     }
+    let entry = crate::app::audit::adapter_audit(
+        &crate::http::request_info::RequestInfo::of(&req).audit(Some(&caller.0)),
+        quiver_store::AuditAction::AdapterCreate,
+        &repo.owner,
+        &repo.name,
+        None,
+        Some(crate::app::audit::adapter_state("", private, "", &[])),
+    );
     state
         .store
         .meta
-        .create_adapter(&NewAdapter {
-            repo,
-            base_model: String::new(),
-            description: String::new(),
-            tags: Vec::new(),
-            private,
-        })
+        .create_adapter_audited(
+            &NewAdapter {
+                repo,
+                base_model: String::new(),
+                description: String::new(),
+                tags: Vec::new(),
+                private,
+            },
+            Some(&entry),
+        )
         .await?;
     Ok(HttpResponse::Ok().json(json!({"url": url})))
 }
@@ -82,6 +93,7 @@ pub struct DeleteRepo {
 pub async fn delete_repo(
     state: web::Data<AppState>,
     caller: Caller,
+    info: crate::http::request_info::RequestInfo,
     body: web::Json<DeleteRepo>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -91,8 +103,8 @@ pub async fn delete_repo(
         .map(|p| p.user.clone())
         .unwrap_or_default();
     let path = repo_path(body.organization, body.name, user);
-    let (adapter, _) = find_writable_adapter(&state.store, &caller, &path).await?;
-    crate::app::adapters::delete(&state, &adapter).await?;
+    let (adapter, who) = find_writable_adapter(&state.store, &caller, &path).await?;
+    crate::app::adapters::delete(&state, &adapter, &info.audit(Some(who))).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 

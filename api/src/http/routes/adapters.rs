@@ -15,6 +15,7 @@ use crate::app::resources::{AdapterPage, AdapterView};
 use crate::auth::Caller;
 use crate::conditional::etag_matches;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::http::request_info::RequestInfo;
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -55,6 +56,7 @@ pub struct PatchAdapterRequest {
 pub async fn create_adapter(
     state: web::Data<AppState>,
     caller: Caller,
+    info: RequestInfo,
     body: web::Json<CreateAdapterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -73,16 +75,32 @@ pub async fn create_adapter(
     }
     check_tags(&body.tags)?;
     check_description(&body.description)?;
+    let entry = crate::app::audit::adapter_audit(
+        &info.audit(caller.0.as_ref()),
+        quiver_store::AuditAction::AdapterCreate,
+        &repo.owner,
+        &repo.name,
+        None,
+        Some(crate::app::audit::adapter_state(
+            &body.description,
+            body.private,
+            &base_model,
+            &body.tags,
+        )),
+    );
     let created = state
         .store
         .meta
-        .create_adapter(&NewAdapter {
-            repo,
-            base_model,
-            description: body.description,
-            tags: body.tags,
-            private: body.private,
-        })
+        .create_adapter_audited(
+            &NewAdapter {
+                repo,
+                base_model,
+                description: body.description,
+                tags: body.tags,
+                private: body.private,
+            },
+            Some(&entry),
+        )
         .await?;
     Ok(HttpResponse::Created().json(view(&state.store, &caller.viewer(), created).await?))
 }
@@ -156,10 +174,12 @@ pub async fn get_adapter(
 pub async fn patch_adapter(
     state: web::Data<AppState>,
     caller: Caller,
+    info: RequestInfo,
     path: web::Path<(String, String)>,
     body: web::Json<PatchAdapterRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let (adapter, _) = find_writable_adapter(&state.store, &caller, &path).await?;
+    let (adapter, who) = find_writable_adapter(&state.store, &caller, &path).await?;
+    let ctx = info.audit(Some(who));
     let body = body.into_inner();
     if let Some(tags) = &body.tags {
         check_tags(tags)?;
@@ -173,7 +193,25 @@ pub async fn patch_adapter(
         private: body.private,
         base_model: None,
     };
-    state.store.meta.update_adapter(adapter.id, &patch).await?;
+    let after = crate::app::audit::adapter_state(
+        patch.description.as_deref().unwrap_or(&adapter.description),
+        patch.private.unwrap_or(adapter.private),
+        &adapter.base_model,
+        patch.tags.as_deref().unwrap_or(&adapter.tags),
+    );
+    let entry = crate::app::audit::adapter_audit(
+        &ctx,
+        quiver_store::AuditAction::AdapterUpdate,
+        &adapter.owner,
+        &adapter.name,
+        Some(crate::app::audit::adapter_record_state(&adapter)),
+        Some(after),
+    );
+    state
+        .store
+        .meta
+        .update_adapter_audited(adapter.id, &patch, Some(&entry))
+        .await?;
     let repo = repo_from_path(&path)?;
     let updated = state.store.meta.get_adapter(&repo).await?.ok_or_else(|| {
         ApiError::not_found(ErrorCode::AdapterNotFound, format!("adapter {repo}"))
@@ -192,9 +230,10 @@ pub async fn patch_adapter(
 pub async fn delete_adapter(
     state: web::Data<AppState>,
     caller: Caller,
+    info: RequestInfo,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (adapter, _) = find_writable_adapter(&state.store, &caller, &path).await?;
-    delete(&state, &adapter).await?;
+    let (adapter, who) = find_writable_adapter(&state.store, &caller, &path).await?;
+    delete(&state, &adapter, &info.audit(Some(who))).await?;
     Ok(HttpResponse::NoContent().finish())
 }

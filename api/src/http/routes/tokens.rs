@@ -9,6 +9,7 @@ use crate::app::tokens::{
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::extract::Authenticated;
+use crate::http::request_info::RequestInfo;
 use crate::state::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -41,9 +42,11 @@ pub struct TokensQuery {
 pub async fn create_token(
     state: web::Data<AppState>,
     caller: Authenticated,
+    info: RequestInfo,
     body: web::Json<CreateTokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = tokens::create(&state.store, &caller.0, body.into_inner()).await?;
+    let ctx = info.audit(Some(&caller.0));
+    let view = tokens::create(&state.store, &caller.0, body.into_inner(), &ctx).await?;
     Ok(HttpResponse::Created().json(view))
 }
 
@@ -94,9 +97,11 @@ pub async fn list_tokens(
 pub async fn revoke_token(
     state: web::Data<AppState>,
     caller: Authenticated,
+    info: RequestInfo,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = tokens::revoke(&state.store, &caller.0, &path).await?;
+    let ctx = info.audit(Some(&caller.0));
+    let view = tokens::revoke(&state.store, &caller.0, &path, &ctx).await?;
     Ok(HttpResponse::Ok().json(view))
 }
 

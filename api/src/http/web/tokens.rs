@@ -121,6 +121,7 @@ fn bad(message: impl Into<String>) -> PageError {
 pub async fn create(
     state: web::Data<AppState>,
     caller: PageCaller,
+    info: crate::http::request_info::RequestInfo,
     form: web::Form<Vec<(String, String)>>,
 ) -> Result<HttpResponse, PageError> {
     caller.check_csrf(&field(&form, "csrf"))?;
@@ -156,7 +157,7 @@ pub async fn create(
         restrict: (!restrict.is_empty()).then_some(restrict),
         user: None,
     };
-    let made = tokens::create(&state.store, &p, req).await?;
+    let made = tokens::create(&state.store, &p, req, &info.audit(Some(&p))).await?;
     let secret = made.token.clone().unwrap_or_default();
     let name = made.name.clone().unwrap_or_default();
     page(
@@ -173,12 +174,13 @@ pub async fn create(
 pub async fn revoke(
     state: web::Data<AppState>,
     caller: PageCaller,
+    info: crate::http::request_info::RequestInfo,
     path: web::Path<String>,
     form: web::Form<Vec<(String, String)>>,
 ) -> Result<HttpResponse, PageError> {
     caller.check_csrf(&field(&form, "csrf"))?;
     let p = principal(&caller)?;
-    tokens::revoke(&state.store, p, &path).await?;
+    tokens::revoke(&state.store, p, &path, &info.audit(Some(p))).await?;
     Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, PAGE))
         .finish())

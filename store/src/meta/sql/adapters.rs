@@ -8,7 +8,11 @@ use crate::RepoId;
 
 #[async_trait]
 impl AdapterStore for SqlMetadata {
-    async fn create_adapter(&self, new: &NewAdapter) -> Result<AdapterRecord, StoreError> {
+    async fn create_adapter_audited(
+        &self,
+        new: &NewAdapter,
+        audit: Option<&Audit>,
+    ) -> Result<AdapterRecord, StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(AssertSqlSafe(format!(
@@ -29,6 +33,7 @@ impl AdapterStore for SqlMetadata {
         })?;
         let mut adapter = adapter_from_row(&row)?;
         insert_tags(&mut tx, adapter.id, &new.tags).await?;
+        super::audit::append_audit_opt(&mut tx, audit).await?;
         tx.commit().await?;
         adapter.tags = new.tags.clone();
         Ok(adapter)
@@ -156,10 +161,11 @@ impl AdapterStore for SqlMetadata {
         Ok(Page { items, next_cursor })
     }
 
-    async fn update_adapter(
+    async fn update_adapter_audited(
         &self,
         adapter_id: i64,
         patch: &AdapterPatch,
+        audit: Option<&Audit>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let mut sql = Sql::new("UPDATE adapters SET updated_at = ");
@@ -185,15 +191,25 @@ impl AdapterStore for SqlMetadata {
                 .await?;
             insert_tags(&mut tx, adapter_id, tags).await?;
         }
+        super::audit::append_audit_opt(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn delete_adapter(&self, adapter_id: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM adapters WHERE id = $1")
+    async fn delete_adapter_audited(
+        &self,
+        adapter_id: i64,
+        audit: Option<&Audit>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("DELETE FROM adapters WHERE id = $1")
             .bind(adapter_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if done.rows_affected() > 0 {
+            super::audit::append_audit_opt(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

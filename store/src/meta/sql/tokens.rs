@@ -124,9 +124,29 @@ impl TokenStore for SqlMetadata {
             .try_get("n")?)
     }
 
-    async fn insert_token(&self, t: &NewToken) -> Result<TokenRecord, StoreError> {
+    async fn insert_token_audited(
+        &self,
+        t: &NewToken,
+        audit: Option<&AuditContext>,
+    ) -> Result<TokenRecord, StoreError> {
         let mut tx = self.begin_write().await?;
         let record = insert_token_in(&mut tx, t).await?;
+        if let Some(ctx) = audit {
+            let entry = Audit {
+                context: ctx.clone(),
+                action: AuditAction::TokenCreate,
+                target: record.id.clone(),
+                owner: Some(record.user.clone()),
+                before: None,
+                after: Some(serde_json::json!({
+                    "user": record.user,
+                    "name": record.name,
+                    "scope": record.scope.as_str(),
+                    "expires_at": record.expires_at,
+                })),
+            };
+            super::audit::append_audit(&mut tx, &entry).await?;
+        }
         tx.commit().await?;
         Ok(record)
     }
@@ -199,9 +219,13 @@ impl TokenStore for SqlMetadata {
         rows.iter().map(token_row).collect()
     }
 
-    async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+    async fn revoke_token_audited(
+        &self,
+        id: &str,
+        audit: Option<&AuditContext>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
-        let found = sqlx::query("SELECT revoked_at FROM tokens WHERE id = $1")
+        let found = sqlx::query("SELECT revoked_at, user_name FROM tokens WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
@@ -210,11 +234,23 @@ impl TokenStore for SqlMetadata {
         };
         let revoked: Option<i64> = row.try_get("revoked_at")?;
         if revoked.is_none() {
+            let at = now_ms();
             sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2")
-                .bind(now_ms())
+                .bind(at)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            if let Some(ctx) = audit {
+                let entry = Audit {
+                    context: ctx.clone(),
+                    action: AuditAction::TokenRevoke,
+                    target: id.to_string(),
+                    owner: Some(row.try_get("user_name")?),
+                    before: Some(serde_json::json!({ "revoked_at": null })),
+                    after: Some(serde_json::json!({ "revoked_at": at })),
+                };
+                super::audit::append_audit(&mut tx, &entry).await?;
+            }
         }
         tx.commit().await?;
         Ok(true)
