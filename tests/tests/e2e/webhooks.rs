@@ -1571,3 +1571,80 @@ async fn a_ping_reaches_only_its_subscription_signed(#[case] backend: Backend) {
     let log = wait_log(&app, "alice", id, 1).await;
     assert_eq!(log["items"][0]["status"], "delivered", "{log}");
 }
+
+/// The sweep's retention step (`background::prune_webhook_history`, the clock given): nothing
+/// with retention 0 or within the window; past it, the event, its delivered job and its attempt
+/// are gone.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn the_sweep_prunes_webhook_history_past_its_retention(#[case] backend: Backend) {
+    use quiver_api::background::prune_webhook_history;
+    let app = webhook_app_or_skip!(backend, 200, 5_000);
+    let rx = Receiver::start().await;
+    let (status, _) = app.create_adapter("alice", "a", false, "alice").await;
+    assert_eq!(status, 201);
+    let hook = subscribe(
+        &app,
+        "alice",
+        json!({"url": rx.url("/a"), "adapter": "alice/a"}),
+    )
+    .await;
+    let id = hook["id"].as_str().expect("id");
+    let (status, ping) = app
+        .post_json(&format!("/api/v1/webhooks/{id}/ping"), "alice", &json!({}))
+        .await;
+    assert_eq!(status, 202, "{ping}");
+    wait_log(&app, "alice", id, 1).await;
+    let event_id = ping["event_id"].as_i64().expect("event id");
+    let delivery = ping["delivery_id"].as_str().expect("delivery id");
+    // The delivery job's end commits with its log row; wait for it to be finished.
+    let start = Instant::now();
+    while !app
+        .store
+        .meta
+        .get_job(delivery)
+        .await
+        .expect("get")
+        .is_some_and(|j| j.state.is_terminal())
+    {
+        assert!(start.elapsed() < WAIT, "the delivery job never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let now = quiver_store::time::now_ms();
+    let day = 86_400_000;
+    assert_eq!(
+        prune_webhook_history(&app.store, 0, now + 400 * day).await,
+        0
+    );
+    assert_eq!(
+        prune_webhook_history(&app.store, 30, now + 29 * day).await,
+        0
+    );
+    assert_eq!(
+        prune_webhook_history(&app.store, 30, now + 31 * day).await,
+        3
+    );
+    assert!(
+        app.store
+            .meta
+            .get_event(event_id)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        app.store
+            .meta
+            .get_job(delivery)
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let (status, log) = app
+        .get_json(&format!("/api/v1/webhooks/{id}/deliveries"), "alice")
+        .await;
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(log["items"], json!([]), "{log}");
+}
