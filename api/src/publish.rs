@@ -13,8 +13,8 @@
 use std::path::PathBuf;
 
 use quiver_store::{
-    AdapterRecord, HeldBlobs, Lease, NewVersion, OutputTarget, StagedBlob, Store, StoreError,
-    VersionRecord,
+    AdapterRecord, AuditContext, HeldBlobs, Lease, NewVersion, OutputTarget, StagedBlob, Store,
+    StoreError, VersionRecord,
 };
 use serde_json::Value;
 
@@ -52,6 +52,18 @@ pub async fn publish_version(
     new: &NewVersion,
     held: Held<'_>,
 ) -> Result<(AdapterRecord, VersionRecord), StoreError> {
+    publish_version_audited(store, target, new, held, None).await
+}
+
+/// [`publish_version`] to an adapter that appends a `version.publish` audit entry by `audit` in
+/// the commit's transaction (a job's output is not audited yet).
+pub async fn publish_version_audited(
+    store: &Store,
+    target: Target<'_>,
+    new: &NewVersion,
+    held: Held<'_>,
+    audit: Option<&AuditContext>,
+) -> Result<(AdapterRecord, VersionRecord), StoreError> {
     let mut check = HeldBlobs::new(&store.blobs);
     match held {
         Held::Staged(staged) => check.staged = staged,
@@ -66,7 +78,7 @@ pub async fn publish_version(
             adapter.clone(),
             store
                 .meta
-                .create_version_checked(adapter, new, &check)
+                .create_version_audited(adapter, new, &check, audit)
                 .await?,
         ),
         Target::Job {

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{AdapterRecord, Audit, Page};
+use super::{AdapterRecord, Audit, AuditContext, Page};
 use crate::StoreError;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,6 +167,17 @@ pub trait VersionStore: Send + Sync {
         adapter: &AdapterRecord,
         new: &NewVersion,
         check: &dyn CommitCheck,
+    ) -> Result<VersionRecord, StoreError> {
+        self.create_version_audited(adapter, new, check, None).await
+    }
+    /// [`VersionStore::create_version_checked`], appending a `version.publish` entry by `audit`
+    /// in the same transaction (target `owner/name`; after: number, revision, file count).
+    async fn create_version_audited(
+        &self,
+        adapter: &AdapterRecord,
+        new: &NewVersion,
+        check: &dyn CommitCheck,
+        audit: Option<&AuditContext>,
     ) -> Result<VersionRecord, StoreError>;
     async fn get_version(
         &self,

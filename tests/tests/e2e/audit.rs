@@ -110,6 +110,26 @@ async fn alias_changes_are_audited_once_and_aborted_ones_not(#[case] backend: Ba
         "an aborted delete writes none"
     );
 
+    // Each upload wrote one version.publish entry; a refused upload writes none.
+    let (status, body) = app
+        .upload(
+            "alice/one",
+            "alice",
+            &[("adapter_config.json".to_string(), b"not json".to_vec())],
+        )
+        .await;
+    assert!((400..500).contains(&status), "{status} {body}");
+    let got = entries(&app, "?action=version.publish&target=alice/one").await;
+    let numbers: Vec<i64> = got
+        .iter()
+        .map(|e| e["after"]["version"].as_i64().expect("version"))
+        .collect();
+    assert_eq!(numbers, [2, 1], "{got:?}");
+    assert!(
+        got.iter()
+            .all(|e| e["actor"] == "alice" && e["token_id"].is_string())
+    );
+
     // The Hub's tag route is audited too.
     let (status, body) = app
         .post_json(
@@ -158,12 +178,12 @@ async fn filters_paging_and_who_may_read(#[case] backend: Backend) {
         entries(&app, "?actor=alice&action=alias.set").await.len(),
         5
     );
-    // alice/x (adapter.create) and its five aliases.
-    assert_eq!(entries(&app, "?target=alice/").await.len(), 6);
+    // alice/x (adapter.create, version.publish) and its five aliases.
+    assert_eq!(entries(&app, "?target=alice/").await.len(), 7);
     assert_eq!(entries(&app, "?target=bob/x@prod").await.len(), 1);
     assert_eq!(
         entries(&app, "?target=alice/x").await.len(),
-        1,
+        2,
         "exact unless it ends in /"
     );
     assert!(entries(&app, "?action=alias.delete").await.is_empty());

@@ -24,7 +24,7 @@ use super::{invalid, origin};
 use crate::app::lookup::find_writable_adapter;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
-use crate::publish::{Held, Target, publish_version};
+use crate::publish::{Held, Target, publish_version_audited};
 use crate::state::AppState;
 use crate::upload::{
     CONFIG_FILE, MAX_CONFIG_BYTES, MAX_FILES, WEIGHTS_FILE, check_path, validate_adapter,
@@ -86,6 +86,7 @@ pub async fn commit(
     tree.check_paths_and_count()?;
     let (config, lora) = check_version(&state, &tree).await?;
     let added_lfs = added_objects(&tree.files, parent.as_ref());
+    let ctx = crate::http::request_info::RequestInfo::of(&req).audit(Some(principal));
     let version = store_and_publish(
         &state,
         &adapter,
@@ -93,6 +94,7 @@ pub async fn commit(
         tree,
         lora,
         &added_lfs,
+        &ctx,
     )
     .await?;
     state.routing.version_published(&version.files);
@@ -431,6 +433,7 @@ async fn store_and_publish(
     tree: CommitTree,
     lora: Value,
     added_lfs: &[String],
+    ctx: &quiver_store::AuditContext,
 ) -> Result<VersionRecord, ApiError> {
     let CommitTree {
         mut files, inline, ..
@@ -452,7 +455,7 @@ async fn store_and_publish(
         parents: Vec::new(),
     };
     let held: Vec<&StagedBlob> = staged.iter().collect();
-    let published = publish_version(
+    let published = publish_version_audited(
         &state.store,
         Target::Adapter(adapter),
         &new,
@@ -460,6 +463,7 @@ async fn store_and_publish(
             staged: &held,
             stored: added_lfs,
         },
+        Some(ctx),
     )
     .await;
     for s in &staged {

@@ -12,7 +12,7 @@ use crate::app::redact::Parents;
 use crate::app::resources::{VersionPage, VersionView};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::publish::{Held, Target, publish_version};
+use crate::publish::{Held, Target, publish_version_audited};
 use crate::state::AppState;
 use crate::upload::{Received, receive};
 
@@ -93,11 +93,13 @@ pub async fn create_version(
     let staged: Vec<_> = received.files.iter().map(|f| &f.staged).collect();
     // If this fails, blobs already committed stay until the sweep: deleting them here could race
     // with a concurrent upload of identical content that is about to refer to them.
-    let published = publish_version(
+    let ctx = crate::http::request_info::RequestInfo::of(&req).audit(Some(principal));
+    let published = publish_version_audited(
         &state.store,
         Target::Adapter(&adapter),
         &new,
         Held::Staged(&staged),
+        Some(&ctx),
     )
     .await;
     received.discard(blobs).await;

@@ -8,11 +8,12 @@ use super::*;
 
 #[async_trait]
 impl VersionStore for SqlMetadata {
-    async fn create_version_checked(
+    async fn create_version_audited(
         &self,
         adapter: &AdapterRecord,
         new: &NewVersion,
         check: &dyn CommitCheck,
+        audit: Option<&AuditContext>,
     ) -> Result<VersionRecord, StoreError> {
         let mut tx = self.begin_write().await?;
         // Before any row is written: on Postgres only the shared blob lock is held while the
@@ -20,6 +21,21 @@ impl VersionStore for SqlMetadata {
         self.lock_blob_references(&mut tx, false).await?;
         check.check().await?;
         let version = self.insert_version(&mut tx, adapter, new).await?;
+        if let Some(ctx) = audit {
+            let entry = Audit {
+                context: ctx.clone(),
+                action: AuditAction::VersionPublish,
+                target: format!("{}/{}", adapter.owner, adapter.name),
+                owner: Some(adapter.owner.clone()),
+                before: None,
+                after: Some(serde_json::json!({
+                    "version": version.number,
+                    "revision": version.revision,
+                    "files": version.files.len(),
+                })),
+            };
+            audit::append_audit(&mut tx, &entry).await?;
+        }
         tx.commit().await?;
         Ok(version)
     }
