@@ -83,3 +83,76 @@ async fn entries_commit_and_roll_back_with_their_change(#[case] backend: Backend
     assert_eq!(store.meta.prune_audit(e.at).await.expect("prune"), 0);
     assert_eq!(store.meta.prune_audit(e.at + 1).await.expect("prune"), 1);
 }
+
+/// Alias-move latency with and without its audit entry, interleaved in one run (debug or release
+/// build as invoked); prints p50s, asserts nothing about time. Run:
+/// `cargo test -p quiver-store --test audit -- --ignored --nocapture alias_latency`.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+#[ignore]
+async fn alias_latency_with_and_without_audit(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    let a = store
+        .meta
+        .create_adapter(&NewAdapter {
+            repo: RepoId::parse("alice", "bench").expect("name"),
+            base_model: "base".into(),
+            description: String::new(),
+            tags: Vec::new(),
+            private: false,
+        })
+        .await
+        .expect("create");
+    let new = NewVersion {
+        created_by: "alice".into(),
+        files: Vec::new(),
+        lora: None,
+        lineage: None,
+        parents: Vec::new(),
+        facets: Default::default(),
+    };
+    for _ in 0..2 {
+        store.meta.create_version(&a, &new).await.expect("version");
+    }
+    let ctx = AuditContext {
+        actor: Some("alice".into()),
+        token_id: Some("tok-1".into()),
+        request_id: Some("0123456789abcdef0123456789abcdef".into()),
+        client_addr: Some("127.0.0.1".into()),
+    };
+    let (mut plain, mut audited) = (Vec::new(), Vec::new());
+    for i in 0..400_i64 {
+        let number = 1 + i % 2;
+        let entry = quiver_store::Audit {
+            context: ctx.clone(),
+            action: AuditAction::AliasSet,
+            target: "alice/bench@prod".into(),
+            owner: Some("alice".into()),
+            before: Some(serde_json::json!({ "version": 3 - number })),
+            after: Some(serde_json::json!({ "version": number })),
+        };
+        let t = std::time::Instant::now();
+        store
+            .meta
+            .set_alias_audited(a.id, "prod", number, None)
+            .await
+            .expect("plain");
+        plain.push(t.elapsed());
+        let t = std::time::Instant::now();
+        store
+            .meta
+            .set_alias_audited(a.id, "prod", 3 - number, Some(&entry))
+            .await
+            .expect("audited");
+        audited.push(t.elapsed());
+    }
+    plain.sort();
+    audited.sort();
+    let (p, q) = (plain[plain.len() / 2], audited[audited.len() / 2]);
+    println!(
+        "{backend:?}: alias set p50 without audit {p:?}, with audit {q:?} ({:+.1} %)",
+        (q.as_secs_f64() / p.as_secs_f64() - 1.0) * 100.0
+    );
+}
