@@ -323,6 +323,7 @@ pub async fn invite(
     store: &Store,
     p: &Principal,
     req: CreateInviteRequest,
+    ctx: &quiver_store::AuditContext,
 ) -> Result<InviteView, ApiError> {
     if !manages_all(p) {
         return Err(ApiError::forbidden(
@@ -346,7 +347,14 @@ pub async fn invite(
     let hash = crate::auth::hash_token(&secret);
     let inv = store
         .meta
-        .insert_invite(&user, scope, &p.user, now_ms() + days * DAY_MS, &hash)
+        .insert_invite_audited(
+            &user,
+            scope,
+            &p.user,
+            now_ms() + days * DAY_MS,
+            &hash,
+            Some(ctx),
+        )
         .await?;
     tracing::info!(invite = %inv.id, user = %inv.user, by = %p.user, "invite created");
     Ok(InviteView {

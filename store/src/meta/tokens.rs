@@ -226,6 +226,20 @@ pub trait TokenStore: Send + Sync {
         created_by: &str,
         expires_at: i64,
         secret_sha256: &str,
+    ) -> Result<InviteRecord, StoreError> {
+        self.insert_invite_audited(user, scope, created_by, expires_at, secret_sha256, None)
+            .await
+    }
+    /// [`TokenStore::insert_invite`], appending an `invite.create` entry by `audit` in the same
+    /// transaction (target: the invited user; after: invite id, scope, expiry).
+    async fn insert_invite_audited(
+        &self,
+        user: &str,
+        scope: Scope,
+        created_by: &str,
+        expires_at: i64,
+        secret_sha256: &str,
+        audit: Option<&AuditContext>,
     ) -> Result<InviteRecord, StoreError>;
     /// Uses the invite (unused and unexpired) and makes `token` for its user and scope in one
     /// transaction; `None` if the invite is unknown, used or expired. `token.user` and

@@ -345,7 +345,31 @@ async fn adapter_and_token_changes_are_audited(#[case] backend: Backend) {
     assert_eq!(got[1]["after"]["scope"], "read");
     assert_eq!(got[0]["after"]["revoked_at"].as_i64().is_some(), true);
     assert_eq!(entries(&app, "?action=token.create").await.len(), 1);
+    // Invites: an admin's writes one entry; a refused one (not an admin) none.
+    let (status, inv) = app
+        .post_json(
+            "/api/v1/invites",
+            "admin",
+            &json!({"user": "carol", "scope": "read"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{inv}");
+    let (status, _) = app
+        .post_json("/api/v1/invites", "alice", &json!({"user": "dave"}))
+        .await;
+    assert_eq!(status, 403);
+    let got = entries(&app, "?action=invite.create").await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["target"], "carol");
+    assert_eq!(got[0]["actor"], "root");
+    assert_eq!(got[0]["after"]["invite"], inv["id"]);
+    let link = inv["link"].as_str().expect("link");
     let all = entries(&app, "?limit=200").await;
+    assert!(
+        !serde_json::to_string(&all)
+            .expect("json")
+            .contains(&link[link.len() - 20..])
+    );
     assert!(
         !serde_json::to_string(&all)
             .expect("json")

@@ -121,8 +121,10 @@ pub async fn revoke_token(
 pub async fn create_invite(
     state: web::Data<AppState>,
     caller: Authenticated,
+    info: RequestInfo,
     body: web::Json<CreateInviteRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = tokens::invite(&state.store, &caller.0, body.into_inner()).await?;
+    let ctx = info.audit(Some(&caller.0));
+    let view = tokens::invite(&state.store, &caller.0, body.into_inner(), &ctx).await?;
     Ok(HttpResponse::Created().json(view))
 }

@@ -256,13 +256,14 @@ impl TokenStore for SqlMetadata {
         Ok(true)
     }
 
-    async fn insert_invite(
+    async fn insert_invite_audited(
         &self,
         user: &str,
         scope: Scope,
         created_by: &str,
         expires_at: i64,
         secret_sha256: &str,
+        audit: Option<&AuditContext>,
     ) -> Result<InviteRecord, StoreError> {
         let user = crate::names::validate_owner("user name", user)?;
         let id = uuid::Uuid::new_v4().to_string();
@@ -288,6 +289,21 @@ impl TokenStore for SqlMetadata {
         .bind(expires_at)
         .execute(&mut *tx)
         .await?;
+        if let Some(ctx) = audit {
+            let entry = Audit {
+                context: ctx.clone(),
+                action: AuditAction::InviteCreate,
+                target: user.clone(),
+                owner: Some(user.clone()),
+                before: None,
+                after: Some(serde_json::json!({
+                    "invite": id,
+                    "scope": scope.as_str(),
+                    "expires_at": expires_at,
+                })),
+            };
+            super::audit::append_audit(&mut tx, &entry).await?;
+        }
         tx.commit().await?;
         Ok(InviteRecord {
             id,
