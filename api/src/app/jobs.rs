@@ -19,6 +19,17 @@ pub async fn queue_job(
     kind: JobKind,
     body: Value,
 ) -> Result<(JobRecord, bool), ApiError> {
+    queue_job_audited(state, caller, kind, body, None).await
+}
+
+/// [`queue_job`], appending a `job.submit` audit entry by `audit` with the new job.
+pub async fn queue_job_audited(
+    state: &AppState,
+    caller: &Caller,
+    kind: JobKind,
+    body: Value,
+    audit: Option<&quiver_store::AuditContext>,
+) -> Result<(JobRecord, bool), ApiError> {
     let principal = caller.0.as_ref().ok_or_else(ApiError::unauthorized)?;
     let checked = job_request::check(&state.store, caller, kind, body).await?;
     let new = NewJob {
@@ -35,7 +46,7 @@ pub async fn queue_job(
     let (job, created) = state
         .store
         .meta
-        .enqueue_job(&new)
+        .enqueue_job_audited(&new, audit)
         .await
         .map_err(|e| match e {
             quiver_store::StoreError::Conflict(m) => {

@@ -163,13 +163,31 @@ pub type JobCounts = Vec<(JobKind, JobState, i64)>;
 pub trait JobStore: Send + Sync {
     /// Queues a job. With an idempotency key already used by this user: the existing job when
     /// `spec_sha256` matches (`created = false`), `Conflict` otherwise.
-    async fn enqueue_job(&self, job: &NewJob) -> Result<(JobRecord, bool), StoreError>;
+    async fn enqueue_job(&self, job: &NewJob) -> Result<(JobRecord, bool), StoreError> {
+        self.enqueue_job_audited(job, None).await
+    }
+    /// [`JobStore::enqueue_job`], appending a `job.submit` entry by `audit` in the same
+    /// transaction when a job was created (not for an idempotent repeat).
+    async fn enqueue_job_audited(
+        &self,
+        job: &NewJob,
+        audit: Option<&super::AuditContext>,
+    ) -> Result<(JobRecord, bool), StoreError>;
     async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
     /// Newest first. `webhook` jobs are left out unless `filter.kind` asks for them.
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Page<JobRecord>, StoreError>;
     /// A queued job is cancelled at once; a running one gets `cancel_requested` (its worker stops
     /// at the next module); an ended one is left as it is. Returns the job after the change.
-    async fn cancel_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+    async fn cancel_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.cancel_job_audited(id, None).await
+    }
+    /// [`JobStore::cancel_job`], appending a `job.cancel` entry by `audit` in the same
+    /// transaction when the job changed (an ended job: none).
+    async fn cancel_job_audited(
+        &self,
+        id: &str,
+        audit: Option<&super::AuditContext>,
+    ) -> Result<Option<JobRecord>, StoreError>;
 
     /// Whether a job of one of `kinds` is waiting to be claimed (a cheap read before claiming).
     async fn has_runnable_job(&self, kinds: &[JobKind]) -> Result<bool, StoreError>;

@@ -376,3 +376,48 @@ async fn adapter_and_token_changes_are_audited(#[case] backend: Backend) {
             .contains(&secret[4..])
     );
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn job_submit_and_cancel_are_audited(#[case] backend: Backend) {
+    // No workers: jobs stay queued.
+    let Some(app) = quiver_tests::spawn_app_with_workers(backend, 0).await else {
+        return;
+    };
+    for (i, name) in ["a", "b"].into_iter().enumerate() {
+        app.adapter_with(
+            &format!("alice/{name}"),
+            &synthetic_adapter(4, &["q_proj"], i as u32 + 1),
+        )
+        .await;
+    }
+    let body = json!({"method": "linear",
+        "inputs": [{"adapter": "alice/a"}, {"adapter": "alice/b"}],
+        "output": {"adapter": "alice/m", "create": true}, "idempotency_key": "k1"});
+    let (status, job) = app.post_json("/api/v1/merges", "alice", &body).await;
+    assert_eq!(status, 202, "{job}");
+    // The idempotent repeat creates nothing and writes nothing.
+    assert_eq!(app.post_json("/api/v1/merges", "alice", &body).await.0, 200);
+    let id = job["id"].as_str().expect("id");
+    for _ in 0..2 {
+        let (status, c) = app
+            .post_json(&format!("/api/v1/jobs/{id}/cancel"), "alice", &json!({}))
+            .await;
+        assert_eq!(status, 200, "{c}");
+    }
+    let got = entries(&app, &format!("?target={id}")).await;
+    let actions: Vec<&str> = got
+        .iter()
+        .map(|e| e["action"].as_str().expect("a"))
+        .collect();
+    assert_eq!(actions, ["job.cancel", "job.submit"], "{got:?}");
+    assert_eq!(got[1]["after"]["kind"], "merge");
+    assert_eq!(got[0]["before"]["state"], "queued");
+    assert_eq!(got[0]["after"]["state"], "cancelled");
+    assert!(
+        got.iter()
+            .all(|e| e["actor"] == "alice" && e["owner"] == "alice")
+    );
+}

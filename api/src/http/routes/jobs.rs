@@ -7,21 +7,24 @@ use serde_json::Value;
 use utoipa::IntoParams;
 
 use crate::app::job_request::{CompressionRequest, MergeRequest};
-use crate::app::jobs::{job_view, job_views, own_job, queue_job};
+use crate::app::jobs::{job_view, job_views, own_job, queue_job_audited};
 use crate::app::lookup::page_limit;
 use crate::app::resources::{JobPage, JobView};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::extract::Authenticated;
+use crate::http::request_info::RequestInfo;
 use crate::state::AppState;
 
 async fn submit(
     state: &AppState,
     caller: &Caller,
+    info: &RequestInfo,
     kind: JobKind,
     body: Value,
 ) -> Result<HttpResponse, ApiError> {
-    let (job, created) = queue_job(state, caller, kind, body).await?;
+    let ctx = info.audit(caller.0.as_ref());
+    let (job, created) = queue_job_audited(state, caller, kind, body, Some(&ctx)).await?;
     let view = job_view(&state.store, job).await?;
     if created {
         Ok(HttpResponse::Accepted().json(view))
@@ -48,9 +51,10 @@ async fn submit(
 pub async fn create_merge(
     state: web::Data<AppState>,
     caller: Caller,
+    info: RequestInfo,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    submit(&state, &caller, JobKind::Merge, body.into_inner()).await
+    submit(&state, &caller, &info, JobKind::Merge, body.into_inner()).await
 }
 
 /// Queue a compression: `mode` (`individual`, `joint`, `extract`) and its parameters, `inputs`,
@@ -69,9 +73,10 @@ pub async fn create_merge(
 pub async fn create_compression(
     state: web::Data<AppState>,
     caller: Caller,
+    info: RequestInfo,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    submit(&state, &caller, JobKind::Compress, body.into_inner()).await
+    submit(&state, &caller, &info, JobKind::Compress, body.into_inner()).await
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -148,6 +153,7 @@ pub async fn get_job(
 pub async fn cancel_job(
     state: web::Data<AppState>,
     caller: Authenticated,
+    info: RequestInfo,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
@@ -158,7 +164,13 @@ pub async fn cancel_job(
         ));
     }
     let was_queued = job.state == JobState::Queued;
-    let job = state.store.meta.cancel_job(&job.id).await?.unwrap_or(job);
+    let ctx = info.audit(Some(&caller.0));
+    let job = state
+        .store
+        .meta
+        .cancel_job_audited(&job.id, Some(&ctx))
+        .await?
+        .unwrap_or(job);
     if was_queued && job.state == JobState::Cancelled {
         // A running job's cancel ends in its worker, which records the event.
         crate::events::job_finished(&state.store, &job).await;

@@ -8,6 +8,8 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::{Audit, AuditAction, AuditContext};
+
 use super::super::jobs::*;
 use super::super::query::Sql;
 use super::super::{AdapterRecord, CommitCheck, NewVersion, Page, VersionRecord};
@@ -228,7 +230,11 @@ impl SqlMetadata {
 
 #[async_trait]
 impl JobStore for SqlMetadata {
-    async fn enqueue_job(&self, job: &NewJob) -> Result<(JobRecord, bool), StoreError> {
+    async fn enqueue_job_audited(
+        &self,
+        job: &NewJob,
+        audit: Option<&AuditContext>,
+    ) -> Result<(JobRecord, bool), StoreError> {
         let now = now_ms();
         let id = uuid::Uuid::new_v4().to_string();
         let mut tx = self.begin_write().await?;
@@ -250,6 +256,20 @@ impl JobStore for SqlMetadata {
         .await?;
         if let Some(row) = inserted {
             let record = job_from_row(&row)?;
+            if let Some(ctx) = audit {
+                let entry = Audit {
+                    context: ctx.clone(),
+                    action: AuditAction::JobSubmit,
+                    target: record.id.clone(),
+                    owner: Some(record.created_by.clone()),
+                    before: None,
+                    after: Some(serde_json::json!({
+                        "kind": record.kind.as_str(),
+                        "state": record.state.as_str(),
+                    })),
+                };
+                super::audit::append_audit(&mut tx, &entry).await?;
+            }
             self.notify_workers(&mut tx).await?;
             tx.commit().await?;
             return Ok((record, true));
@@ -333,22 +353,48 @@ impl JobStore for SqlMetadata {
         Ok(Page { items, next_cursor })
     }
 
-    async fn cancel_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+    async fn cancel_job_audited(
+        &self,
+        id: &str,
+        audit: Option<&AuditContext>,
+    ) -> Result<Option<JobRecord>, StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        sqlx::query("UPDATE jobs SET state = $1, finished_at = $2 WHERE id = $3 AND state = $4")
-            .bind(JobState::Cancelled.as_str())
-            .bind(now)
-            .bind(id)
-            .bind(JobState::Queued.as_str())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND state = $2")
-            .bind(id)
-            .bind(JobState::Running.as_str())
-            .execute(&mut *tx)
-            .await?;
+        let before = self.job_in(&mut tx, id).await?;
+        let cancelled = sqlx::query(
+            "UPDATE jobs SET state = $1, finished_at = $2 WHERE id = $3 AND state = $4",
+        )
+        .bind(JobState::Cancelled.as_str())
+        .bind(now)
+        .bind(id)
+        .bind(JobState::Queued.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let requested = sqlx::query(
+            "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1 AND state = $2 \
+             AND NOT cancel_requested",
+        )
+        .bind(id)
+        .bind(JobState::Running.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let job = self.job_in(&mut tx, id).await?;
+        if let (Some(ctx), Some(before), Some(after)) = (audit, &before, &job)
+            && cancelled + requested > 0
+        {
+            let state = |j: &JobRecord| serde_json::json!({ "state": j.state.as_str(), "cancel_requested": j.cancel_requested });
+            let entry = Audit {
+                context: ctx.clone(),
+                action: AuditAction::JobCancel,
+                target: id.to_string(),
+                owner: Some(after.created_by.clone()),
+                before: Some(state(before)),
+                after: Some(state(after)),
+            };
+            super::audit::append_audit(&mut tx, &entry).await?;
+        }
         tx.commit().await?;
         Ok(job)
     }
