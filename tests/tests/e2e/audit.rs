@@ -343,7 +343,10 @@ async fn adapter_and_token_changes_are_audited(#[case] backend: Backend) {
     assert_eq!(actions, ["token.revoke", "token.create"]);
     assert_eq!(got[1]["after"]["name"], "ci");
     assert_eq!(got[1]["after"]["scope"], "read");
-    assert_eq!(got[0]["after"]["revoked_at"].as_i64().is_some(), true);
+    assert!(
+        got[0]["after"]["revoked_at"].as_i64().is_some(),
+        "revoked_at is set"
+    );
     assert_eq!(entries(&app, "?action=token.create").await.len(), 1);
     // Invites: an admin's writes one entry; a refused one (not an admin) none.
     let (status, inv) = app
