@@ -114,6 +114,23 @@ pub fn require_write(p: &Principal, owner: &str, name: Option<&str>) -> Result<(
     Ok(())
 }
 
+/// Whether `p` administers the namespace `owner` (moves its protected aliases, manages an
+/// organisation's members): an unrestricted-or-listing instance admin token, or a write token of
+/// the namespace's own user or of an admin of the organisation it names. A read token
+/// administers nothing; a restricted token only namespaces its list names.
+pub fn administers(p: &Principal, owner: &str) -> bool {
+    let role_ok = match p.scope {
+        Scope::Admin => true,
+        Scope::Write => p.user == owner,
+        Scope::Read => false,
+    };
+    role_ok
+        && p
+            .restrict
+            .as_ref()
+            .is_none_or(|r| r.namespaces.iter().any(|n| n == owner))
+}
+
 /// The session cookie the web pages' sign-in sets: the token itself, HttpOnly and SameSite=Strict.
 pub const SESSION_COOKIE: &str = "quiver_session";
 

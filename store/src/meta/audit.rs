@@ -21,7 +21,16 @@ string_enum!(
         TokenCreate = "token.create",
         TokenRevoke = "token.revoke",
         InviteCreate = "invite.create",
+        InviteRedeem = "invite.redeem",
         Signin = "signin",
+        AdapterTransfer = "adapter.transfer",
+        AliasProtect = "alias.protect",
+        OrgCreate = "org.create",
+        MemberSet = "member.set",
+        MemberRemove = "member.remove",
+        WebhookCreate = "webhook.create",
+        WebhookUpdate = "webhook.update",
+        WebhookDelete = "webhook.delete",
     }
 );
 
