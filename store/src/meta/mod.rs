@@ -37,6 +37,7 @@ macro_rules! string_enum {
 pub mod adapters;
 pub mod audit;
 pub mod jobs;
+pub mod orgs;
 pub mod profiles;
 mod query;
 mod sql;
@@ -58,6 +59,10 @@ pub use audit::{Audit, AuditAction, AuditContext, AuditFilter, AuditRecord, Audi
 pub use jobs::{
     Beat, DEFAULT_MAX_ATTEMPTS, JobCounts, JobEnd, JobFilter, JobKind, JobRecord, JobState,
     JobStore, JobWakeups, Lease, LineageGraph, LineageNode, NewAdapterFields, NewJob, OutputTarget,
+};
+pub use orgs::{
+    MAX_MEMBERS, MAX_ORGS_PER_USER, MemberRecord, Membership, NamespaceKind, OrgRecord, OrgRole,
+    OrgStore,
 };
 pub use profiles::{
     NewProfile, ProfileInfo, ProfileSource, ProfileStore, RoutableProfile, SAMPLES_FILE,
@@ -90,13 +95,20 @@ pub struct Viewer {
     /// A restricted token's list: private adapters outside it are hidden even from their owner
     /// or an admin (public ones stay visible, as to anyone). `None`: unrestricted.
     pub restrict: Option<Restriction>,
+    /// The organisations the viewer belongs to (any role sees their private adapters).
+    pub orgs: Vec<String>,
 }
 
 impl Viewer {
     pub fn can_see(&self, adapter: &AdapterRecord) -> bool {
         !adapter.private
-            || ((self.admin || self.user.as_deref() == Some(adapter.owner.as_str()))
-                && self.allows(&adapter.owner, &adapter.name))
+            || (self.reads_namespace(&adapter.owner) && self.allows(&adapter.owner, &adapter.name))
+    }
+
+    /// Whether the viewer's identity (before any token restriction) reaches the private
+    /// adapters of `owner`: an admin, the user itself, or a member of the organisation.
+    pub fn reads_namespace(&self, owner: &str) -> bool {
+        self.admin || self.user.as_deref() == Some(owner) || self.orgs.iter().any(|o| o == owner)
     }
 
     /// An admin without a restriction: sees every user's jobs and private adapters.
@@ -128,6 +140,7 @@ pub trait MetadataStore:
     + ProfileStore
     + WebhookStore
     + AuditStore
+    + OrgStore
     + Send
     + Sync
 {

@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 
 use super::AuditContext;
+use super::orgs::{Membership, OrgRole};
 use crate::{RepoId, Scope, StoreError};
 
 /// The most entries a token's restriction list may hold.
@@ -96,6 +97,16 @@ pub struct Principal {
     pub token_id: String,
     /// `None`: unrestricted.
     pub restrict: Option<Restriction>,
+    /// The organisations the user belongs to, read with the token on every request (so a
+    /// removal holds from the next request on).
+    pub orgs: Vec<Membership>,
+}
+
+impl Principal {
+    /// The role the user holds in the organisation `org`, if a member.
+    pub fn role_in(&self, org: &str) -> Option<OrgRole> {
+        self.orgs.iter().find(|m| m.org == org).map(|m| m.role)
+    }
 }
 
 /// A stored token, without its secret or hash.
@@ -248,5 +259,17 @@ pub trait TokenStore: Send + Sync {
         &self,
         invite_sha256: &str,
         token: &NewToken,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.redeem_invite_audited(invite_sha256, token, None).await
+    }
+    /// [`TokenStore::redeem_invite`], appending in the same transaction, when the invite was
+    /// used, an `invite.redeem` entry (target: the invited user; after: invite id, new token id,
+    /// scope) and the new token's `token.create` entry. `audit` gives the request; its actor,
+    /// when empty, is the invited user (the redeemer holds no token yet).
+    async fn redeem_invite_audited(
+        &self,
+        invite_sha256: &str,
+        token: &NewToken,
+        audit: Option<&AuditContext>,
     ) -> Result<Option<TokenRecord>, StoreError>;
 }

@@ -12,6 +12,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
 mod adapters;
 mod audit;
 mod jobs;
+mod orgs;
 mod profiles;
 mod tokens;
 mod versions;
