@@ -56,13 +56,7 @@ async fn insert_token_in(
     let user = crate::names::validate_owner("user name", &t.user)?;
     let id = uuid::Uuid::new_v4().to_string();
     let now = now_ms();
-    sqlx::query(
-        "INSERT INTO users (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(user.as_str())
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    super::orgs::ensure_user_in(tx, &user).await?;
     if t.max_active < i64::MAX {
         // Locks the user's row (Postgres), so two creations cannot both pass the count.
         sqlx::query("UPDATE users SET created_at = created_at WHERE name = $1")
@@ -115,6 +109,23 @@ async fn insert_token_in(
     })
 }
 
+/// The `token.create` entry of a new token (target: its id; never the secret or its hash).
+fn token_created(ctx: &AuditContext, record: &TokenRecord) -> Audit {
+    Audit {
+        context: ctx.clone(),
+        action: AuditAction::TokenCreate,
+        target: record.id.clone(),
+        owner: Some(record.user.clone()),
+        before: None,
+        after: Some(serde_json::json!({
+            "user": record.user,
+            "name": record.name,
+            "scope": record.scope.as_str(),
+            "expires_at": record.expires_at,
+        })),
+    }
+}
+
 #[async_trait]
 impl TokenStore for SqlMetadata {
     async fn count_users(&self) -> Result<i64, StoreError> {
@@ -132,34 +143,33 @@ impl TokenStore for SqlMetadata {
         let mut tx = self.begin_write().await?;
         let record = insert_token_in(&mut tx, t).await?;
         if let Some(ctx) = audit {
-            let entry = Audit {
-                context: ctx.clone(),
-                action: AuditAction::TokenCreate,
-                target: record.id.clone(),
-                owner: Some(record.user.clone()),
-                before: None,
-                after: Some(serde_json::json!({
-                    "user": record.user,
-                    "name": record.name,
-                    "scope": record.scope.as_str(),
-                    "expires_at": record.expires_at,
-                })),
-            };
-            super::audit::append_audit(&mut tx, &entry).await?;
+            super::audit::append_audit(&mut tx, &token_created(ctx, &record)).await?;
         }
         tx.commit().await?;
         Ok(record)
     }
 
     async fn check_token(&self, secret_sha256: &str) -> Result<TokenCheck, StoreError> {
-        let Some(row) = sqlx::query(select_tokens!("WHERE secret_sha256 = $1"))
-            .bind(secret_sha256)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
+        // One round trip: the token and its user's organisations (one row per membership).
+        let rows = sqlx::query(
+            "SELECT t.id, t.user_name, t.name, t.prefix, t.scope, t.restrict_to, t.created_at, \
+             t.created_by, t.last_used_at, t.expires_at, t.revoked_at, m.org, m.role \
+             FROM tokens t LEFT JOIN org_members m ON m.user_name = t.user_name \
+             WHERE t.secret_sha256 = $1",
+        )
+        .bind(secret_sha256)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(row) = rows.first() else {
             return Ok(TokenCheck::Unknown);
         };
-        let t = token_row(&row)?;
+        let t = token_row(row)?;
+        let mut orgs = Vec::new();
+        for r in &rows {
+            if r.try_get::<Option<String>, _>("org")?.is_some() {
+                orgs.push(super::orgs::membership_row(r)?);
+            }
+        }
         let now = now_ms();
         if t.revoked_at.is_some() {
             return Ok(TokenCheck::Revoked);
@@ -180,6 +190,7 @@ impl TokenStore for SqlMetadata {
             scope: t.scope,
             token_id: t.id,
             restrict: t.restrict,
+            orgs,
         }))
     }
 
@@ -269,13 +280,7 @@ impl TokenStore for SqlMetadata {
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO users (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(user.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        super::orgs::ensure_user_in(&mut tx, &user).await?;
         sqlx::query(
             "INSERT INTO invites (id, secret_sha256, user_name, scope, created_by, created_at, \
              expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -316,10 +321,11 @@ impl TokenStore for SqlMetadata {
         })
     }
 
-    async fn redeem_invite(
+    async fn redeem_invite_audited(
         &self,
         invite_sha256: &str,
         token: &NewToken,
+        audit: Option<&AuditContext>,
     ) -> Result<Option<TokenRecord>, StoreError> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
@@ -351,6 +357,27 @@ impl TokenStore for SqlMetadata {
         t.scope = scope.parse()?;
         t.created_by = Some(row.try_get("created_by")?);
         let record = insert_token_in(&mut tx, &t).await?;
+        if let Some(ctx) = audit {
+            let mut context = ctx.clone();
+            if context.actor.is_none() {
+                context.actor = Some(record.user.clone());
+            }
+            let redeemed = Audit {
+                context: context.clone(),
+                action: AuditAction::InviteRedeem,
+                target: record.user.clone(),
+                owner: Some(record.user.clone()),
+                before: Some(serde_json::json!({ "invite": id, "used_at": null })),
+                after: Some(serde_json::json!({
+                    "invite": id,
+                    "used_at": now,
+                    "token": record.id,
+                    "scope": record.scope.as_str(),
+                })),
+            };
+            super::audit::append_audit(&mut tx, &redeemed).await?;
+            super::audit::append_audit(&mut tx, &token_created(&context, &record)).await?;
+        }
         tx.commit().await?;
         Ok(Some(record))
     }
