@@ -81,9 +81,16 @@ pub struct AuditFilter {
     /// Exact target, or a prefix when it ends in `/` (`alice/` matches `alice/x` and `alice/x@prod`).
     pub target: Option<String>,
     pub action: Option<AuditAction>,
+    /// Only entries of this owner namespace (the `owner` column: the adapter's owner, a token's
+    /// or an invite's user, a job's submitter).
+    pub owner: Option<String>,
     pub since: Option<i64>,
     pub until: Option<i64>,
 }
+
+/// Entries one retention statement deletes at most ([`AuditStore::prune_audit_batch`]): each
+/// batch is its own short statement, so a large prune never holds a long lock.
+pub const AUDIT_PRUNE_BATCH: u32 = 5_000;
 
 #[async_trait]
 pub trait AuditStore: Send + Sync {
@@ -95,6 +102,21 @@ pub trait AuditStore: Send + Sync {
         limit: u32,
         cursor: Option<&str>,
     ) -> Result<Page<AuditRecord>, StoreError>;
-    /// Deletes entries older than `before_ms` (retention); the number deleted.
-    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Deletes, in one statement, those of the `limit` oldest entries (by id) that are older
+    /// than `before_ms`; the number deleted. Fewer than `limit` deleted: nothing older is left
+    /// (as far as `at` grows with `id`; an entry appended out of clock order may wait for a
+    /// later prune).
+    async fn prune_audit_batch(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError>;
+    /// Deletes entries older than `before_ms` (retention) in batches of [`AUDIT_PRUNE_BATCH`],
+    /// each its own statement; the number deleted.
+    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self.prune_audit_batch(before_ms, AUDIT_PRUNE_BATCH).await?;
+            total += n;
+            if n < u64::from(AUDIT_PRUNE_BATCH) {
+                return Ok(total);
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::Page;
+use super::{AuditContext, Page};
 use crate::StoreError;
 
 /// A stored event. `id` is one global, increasing sequence.
@@ -105,13 +105,46 @@ pub trait WebhookStore: Send + Sync {
         &self,
         new: &NewWebhook,
         max_per_user: i64,
+    ) -> Result<Option<WebhookRecord>, StoreError> {
+        self.create_webhook_audited(new, max_per_user, None).await
+    }
+    /// [`WebhookStore::create_webhook`], appending a `webhook.create` entry by `audit` in the
+    /// same transaction when it was created (see [`webhook_audit_state`]; never the secret).
+    async fn create_webhook_audited(
+        &self,
+        new: &NewWebhook,
+        max_per_user: i64,
+        audit: Option<&AuditContext>,
     ) -> Result<Option<WebhookRecord>, StoreError>;
     async fn get_webhook(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError>;
     /// A user's subscriptions, oldest first.
     async fn list_webhooks(&self, created_by: &str) -> Result<Vec<WebhookRecord>, StoreError>;
     /// Deletes it with its delivery log; `false` when there was none.
-    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
-    async fn set_webhook_active(&self, id: &str, active: bool) -> Result<(), StoreError>;
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+        self.delete_webhook_audited(id, None).await
+    }
+    /// [`WebhookStore::delete_webhook`], appending a `webhook.delete` entry by `audit` in the
+    /// same transaction when there was one to delete.
+    async fn delete_webhook_audited(
+        &self,
+        id: &str,
+        audit: Option<&AuditContext>,
+    ) -> Result<bool, StoreError>;
+    async fn set_webhook_active(&self, id: &str, active: bool) -> Result<(), StoreError> {
+        self.set_webhook_active_audited(id, active, None, None)
+            .await
+            .map(|_| ())
+    }
+    /// [`WebhookStore::set_webhook_active`], appending a `webhook.update` entry by `audit` (a
+    /// context without actor for the service's own change) in the same transaction when the
+    /// flag changed, with `reason` in its `after`; whether it changed.
+    async fn set_webhook_active_audited(
+        &self,
+        id: &str,
+        active: bool,
+        reason: Option<&str>,
+        audit: Option<&AuditContext>,
+    ) -> Result<bool, StoreError>;
     /// Active subscriptions to this adapter or to its whole owner.
     async fn subscriptions_for(
         &self,
@@ -153,6 +186,27 @@ pub trait WebhookStore: Send + Sync {
         before_ms: i64,
         limit: u32,
     ) -> Result<PrunedWebhookHistory, StoreError>;
+}
+
+/// What a webhook audit entry shows of a subscription: its scope, events, state and the URL's
+/// origin only (`https://host:port`: webhook URLs often carry a credential in their path or
+/// query), never the signing secret.
+pub fn webhook_audit_state(h: &WebhookRecord) -> Value {
+    serde_json::json!({
+        "owner": h.owner,
+        "adapter": h.adapter,
+        "url": url_origin(&h.url),
+        "events": h.events,
+        "active": h.active,
+    })
+}
+
+/// `scheme://host[:port]` of a URL (nothing after the authority, no user info).
+fn url_origin(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}")
 }
 
 /// What [`WebhookStore::prune_webhook_history`] deleted.

@@ -97,6 +97,9 @@ impl AuditStore for SqlMetadata {
         if let Some(action) = filter.action {
             sql.push(" AND action = ").bind(action.as_str());
         }
+        if let Some(owner) = &filter.owner {
+            sql.push(" AND owner = ").bind(owner.as_str());
+        }
         if let Some(since) = filter.since {
             sql.push(" AND at >= ").bind(since);
         }
@@ -123,11 +126,17 @@ impl AuditStore for SqlMetadata {
         Ok(Page { items, next_cursor })
     }
 
-    async fn prune_audit(&self, before_ms: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM audit_log WHERE at < $1")
-            .bind(before_ms)
-            .execute(&self.pool)
-            .await?;
+    async fn prune_audit_batch(&self, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        // The `limit` oldest rows by the primary key (a bounded range read, no index on `at`
+        // needed), of which those older than the cut go.
+        let done = sqlx::query(
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM \
+             (SELECT id, at FROM audit_log ORDER BY id LIMIT $2) oldest WHERE at < $1)",
+        )
+        .bind(before_ms)
+        .bind(i64::from(limit.max(1)))
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 }

@@ -55,6 +55,15 @@ const JOB_COLUMNS: &str = "id, kind, spec, spec_sha256, state, cancel_requested,
 
 pub(super) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
+/// Who a job's output is audited as: its submitter (no token, request or address: the worker
+/// acts on the job's behalf; the entry's `after` names the job).
+fn job_context(submitter: &str) -> AuditContext {
+    AuditContext {
+        actor: Some(submitter.to_string()),
+        ..AuditContext::default()
+    }
+}
+
 /// Marks the leased job succeeded in `tx`: the fence every job result passes first. Only the
 /// lease holder of a running, uncancelled job gets past it (`LeaseLost` otherwise).
 pub(super) async fn succeed_fenced(
@@ -722,6 +731,21 @@ impl JobStore for SqlMetadata {
             .await?;
             if let Some(row) = created {
                 insert_tags(&mut tx, row.try_get("id")?, &new.tags).await?;
+                let entry = Audit {
+                    context: job_context(&version.created_by),
+                    action: AuditAction::AdapterCreate,
+                    target: repo.to_string(),
+                    owner: Some(repo.owner.clone()),
+                    before: None,
+                    after: Some(serde_json::json!({
+                        "description": new.description,
+                        "private": new.private,
+                        "base_model": new.base_model,
+                        "tags": new.tags,
+                        "job": lease.job_id,
+                    })),
+                };
+                super::audit::append_audit(&mut tx, &entry).await?;
             }
         }
         let adapter = sqlx::query(AssertSqlSafe(format!(
@@ -735,6 +759,20 @@ impl JobStore for SqlMetadata {
         .transpose()?
         .ok_or_else(|| StoreError::NotFound(format!("output adapter {repo} no longer exists")))?;
         let published = self.insert_version(&mut tx, &adapter, version).await?;
+        let entry = Audit {
+            context: job_context(&version.created_by),
+            action: AuditAction::VersionPublish,
+            target: adapter.repo_id(),
+            owner: Some(adapter.owner.clone()),
+            before: None,
+            after: Some(serde_json::json!({
+                "version": published.number,
+                "revision": published.revision,
+                "files": published.files.len(),
+                "job": lease.job_id,
+            })),
+        };
+        super::audit::append_audit(&mut tx, &entry).await?;
         sqlx::query(
             "UPDATE jobs SET result_version_id = $1, result_adapter = $2, result_number = $3 WHERE id = $4",
         )

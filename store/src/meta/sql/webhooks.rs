@@ -6,8 +6,10 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::super::Page;
+use super::super::audit::{Audit, AuditAction, AuditContext};
 use super::super::jobs::{JobEnd, JobKind, JobState, Lease};
 use super::super::webhooks::*;
+use super::audit::append_audit;
 use super::jobs::Tx;
 use super::{Dialect, SqlMetadata, get_bool, json_column};
 use crate::StoreError;
@@ -63,6 +65,53 @@ fn delivery_from_row(row: &AnyRow) -> Result<DeliveryRecord, StoreError> {
     })
 }
 
+/// A subscription, read inside `tx`.
+async fn webhook_in(tx: &mut Tx, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .as_ref()
+    .map(webhook_from_row)
+    .transpose()
+}
+
+/// A subscription's entry: target its id, scoped to its creator's namespace (whose resource it
+/// is). `hook` is the subscription after the change (before it, for a delete); an update's
+/// `before` is the `active` flag it changed.
+fn hook_entry(
+    ctx: &AuditContext,
+    action: AuditAction,
+    hook: &WebhookRecord,
+    reason: Option<&str>,
+) -> Audit {
+    let state = webhook_audit_state(hook);
+    let (before, after) = match action {
+        AuditAction::WebhookCreate => (None, Some(state)),
+        AuditAction::WebhookDelete => (Some(state), None),
+        _ => {
+            let mut after = state;
+            if let Some(r) = reason {
+                after["reason"] = r.into();
+            }
+            (
+                Some(serde_json::json!({ "active": !hook.active })),
+                Some(after),
+            )
+        }
+    };
+    Audit {
+        context: ctx.clone(),
+        action,
+        target: hook.id.clone(),
+        owner: Some(hook.created_by.clone()),
+        before,
+        after,
+    }
+}
+
 /// Logs an attempt, unless its subscription was deleted meanwhile.
 async fn insert_delivery(tx: &mut Tx, d: &NewDelivery) -> Result<(), StoreError> {
     sqlx::query(
@@ -87,10 +136,11 @@ async fn insert_delivery(tx: &mut Tx, d: &NewDelivery) -> Result<(), StoreError>
 
 #[async_trait]
 impl WebhookStore for SqlMetadata {
-    async fn create_webhook(
+    async fn create_webhook_audited(
         &self,
         new: &NewWebhook,
         max_per_user: i64,
+        audit: Option<&AuditContext>,
     ) -> Result<Option<WebhookRecord>, StoreError> {
         let mut tx = self.begin_write().await?;
         let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM webhooks WHERE created_by = $1")
@@ -117,6 +167,10 @@ impl WebhookStore for SqlMetadata {
         .fetch_one(&mut *tx)
         .await?;
         let record = webhook_from_row(&row)?;
+        if let Some(ctx) = audit {
+            let entry = hook_entry(ctx, AuditAction::WebhookCreate, &record, None);
+            append_audit(&mut tx, &entry).await?;
+        }
         tx.commit().await?;
         Ok(Some(record))
     }
@@ -145,8 +199,16 @@ impl WebhookStore for SqlMetadata {
         .collect()
     }
 
-    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
+    async fn delete_webhook_audited(
+        &self,
+        id: &str,
+        audit: Option<&AuditContext>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
+        let before = match audit {
+            Some(_) => webhook_in(&mut tx, id).await?,
+            None => None,
+        };
         sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -156,17 +218,38 @@ impl WebhookStore for SqlMetadata {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        if let (Some(ctx), Some(hook), true) = (audit, &before, n > 0) {
+            let entry = hook_entry(ctx, AuditAction::WebhookDelete, hook, None);
+            append_audit(&mut tx, &entry).await?;
+        }
         tx.commit().await?;
         Ok(n > 0)
     }
 
-    async fn set_webhook_active(&self, id: &str, active: bool) -> Result<(), StoreError> {
-        sqlx::query("UPDATE webhooks SET active = $1 WHERE id = $2")
+    async fn set_webhook_active_audited(
+        &self,
+        id: &str,
+        active: bool,
+        reason: Option<&str>,
+        audit: Option<&AuditContext>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let changed = sqlx::query("UPDATE webhooks SET active = $1 WHERE id = $2 AND active = $3")
             .bind(active)
             .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+            .bind(!active)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        if let (Some(ctx), true) = (audit, changed)
+            && let Some(hook) = webhook_in(&mut tx, id).await?
+        {
+            let entry = hook_entry(ctx, AuditAction::WebhookUpdate, &hook, reason);
+            append_audit(&mut tx, &entry).await?;
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     async fn subscriptions_for(
