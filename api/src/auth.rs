@@ -1,6 +1,6 @@
 //! Bearer tokens. Secrets are `qvt_` + 64 hex characters; only their sha256 is stored.
 
-use quiver_store::{AdapterRecord, Principal, Scope, TokenCheck, Viewer};
+use quiver_store::{AdapterRecord, OrgRole, Principal, Scope, TokenCheck, Viewer};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -34,6 +34,7 @@ pub fn viewer_of(principal: Option<&Principal>) -> Viewer {
             user: Some(p.user.clone()),
             admin: p.scope == Scope::Admin,
             restrict: p.restrict.clone(),
+            orgs: p.orgs.iter().map(|m| m.org.clone()).collect(),
         },
         None => Viewer::default(),
     }
@@ -77,12 +78,19 @@ impl Caller {
 }
 
 /// Checks a principal may write under `owner` (the adapter `name`, or with `None` anything in
-/// the namespace): a write token of that user, or an admin token; a restricted token only
-/// inside its list.
+/// the namespace): a write token of that user or of a `write` or `admin` member of the
+/// organisation `owner`, or an admin token; a restricted token only inside its list.
 pub fn require_write(p: &Principal, owner: &str, name: Option<&str>) -> Result<(), ApiError> {
     match p.scope {
         Scope::Admin => {}
         Scope::Write if p.user == owner => {}
+        Scope::Write if p.role_in(owner).is_some_and(|r| r.at_least(OrgRole::Write)) => {}
+        Scope::Write if p.role_in(owner).is_some() => {
+            return Err(ApiError::forbidden(format!(
+                "user {} has the read role in the organisation {owner}; writing needs write or admin",
+                p.user
+            )));
+        }
         Scope::Write => {
             return Err(ApiError::forbidden(format!(
                 "user {} may not write to {owner}'s adapters",
@@ -115,18 +123,18 @@ pub fn require_write(p: &Principal, owner: &str, name: Option<&str>) -> Result<(
 }
 
 /// Whether `p` administers the namespace `owner` (moves its protected aliases, manages an
-/// organisation's members): an unrestricted-or-listing instance admin token, or a write token of
-/// the namespace's own user or of an admin of the organisation it names. A read token
-/// administers nothing; a restricted token only namespaces its list names.
+/// organisation's members, transfers its adapters, reads its audit log): an instance admin
+/// token, or a write token of the namespace's own user or of an `admin` member of the
+/// organisation it names. A read token administers nothing; a restricted token only the
+/// namespaces its list names.
 pub fn administers(p: &Principal, owner: &str) -> bool {
     let role_ok = match p.scope {
         Scope::Admin => true,
-        Scope::Write => p.user == owner,
+        Scope::Write => p.user == owner || p.role_in(owner) == Some(OrgRole::Admin),
         Scope::Read => false,
     };
     role_ok
-        && p
-            .restrict
+        && p.restrict
             .as_ref()
             .is_none_or(|r| r.namespaces.iter().any(|n| n == owner))
 }

@@ -84,9 +84,9 @@ pub fn check_description(d: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Builds full views (refs + latest version) for a set of adapters with three queries in all,
-/// and one per distinct parent adapter named in the latest versions' lineage (hidden from a
-/// viewer who may not see it: `crate::app::redact`).
+/// Builds full views (refs, protected alias names, latest version) for a set of adapters with
+/// four queries in all, and one per distinct parent adapter named in the latest versions'
+/// lineage (hidden from a viewer who may not see it: `crate::app::redact`).
 pub async fn views(
     store: &Store,
     viewer: &Viewer,
@@ -104,6 +104,10 @@ pub async fn views(
     for (id, alias, number) in store.meta.aliases(&ids).await? {
         aliases.entry(id).or_default().push((alias, number));
     }
+    let mut protected: HashMap<i64, Vec<String>> = HashMap::new();
+    for (id, name) in store.meta.protected_aliases(&ids).await? {
+        protected.entry(id).or_default().push(name);
+    }
     let parents = crate::app::redact::Parents::of(store, viewer, latest.values()).await?;
     Ok(adapters
         .into_iter()
@@ -113,6 +117,7 @@ pub async fn views(
                 a,
                 latest.remove(&id),
                 aliases.remove(&id).unwrap_or_default(),
+                protected.remove(&id).unwrap_or_default(),
                 &parents,
             )
         })
@@ -196,13 +201,17 @@ pub async fn cached_page(
 }
 
 /// What a listing page depends on: who asks (admins all see the same; a user also sees their
-/// private adapters) and every query parameter.
+/// and their organisations' private adapters) and every query parameter.
 pub fn cache_key(viewer: &Viewer, q: &ListAdapters) -> String {
     let mut who = match (&viewer.user, viewer.admin) {
         (_, true) => "admin".to_string(),
         (Some(user), false) => format!("user:{user}"),
         (None, false) => String::new(),
     };
+    // Members also see their organisations' private adapters.
+    if !viewer.admin && !viewer.orgs.is_empty() {
+        who = format!("{who}|orgs:{}", viewer.orgs.join(","));
+    }
     // A restricted token sees fewer private adapters than its user: its own entry.
     if let Some(r) = &viewer.restrict {
         who = format!("{who}|restrict:{}", r.entries().join(","));

@@ -10,6 +10,7 @@ pub mod job_request;
 pub mod jobs;
 pub mod lineage;
 pub mod lookup;
+pub mod orgs;
 pub mod proofs;
 pub mod redact;
 pub mod refs;

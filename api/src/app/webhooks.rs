@@ -76,12 +76,14 @@ fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::coded(ErrorCode::InvalidWebhook, msg)
 }
 
-/// Checks and stores a new subscription for `principal`.
+/// Checks and stores a new subscription for `principal`, with its `webhook.create` audit entry
+/// by `audit` in the same transaction (never the secret).
 pub async fn create(
     store: &Store,
     principal: &Principal,
     allow_private: bool,
     req: CreateWebhookRequest,
+    audit: &quiver_store::AuditContext,
 ) -> Result<WebhookRecord, ApiError> {
     let events = match req.events {
         None => Vec::new(),
@@ -122,10 +124,11 @@ pub async fn create(
             s
         }
     };
+    // What the subscriber's user sees, without the instance admin's reach (the subscription
+    // outlives the token that made it).
     let viewer = quiver_store::Viewer {
-        user: Some(principal.user.clone()),
         admin: false,
-        restrict: principal.restrict.clone(),
+        ..crate::auth::viewer_of(Some(principal))
     };
     let (owner, adapter) = match (req.adapter, req.owner) {
         (Some(a), None) => {
@@ -183,7 +186,7 @@ pub async fn create(
         .map_err(|why| ApiError::coded(ErrorCode::InvalidWebhookUrl, why))?;
     let created = store
         .meta
-        .create_webhook(
+        .create_webhook_audited(
             &NewWebhook {
                 created_by: principal.user.clone(),
                 owner,
@@ -193,6 +196,7 @@ pub async fn create(
                 events,
             },
             MAX_WEBHOOKS_PER_USER,
+            Some(audit),
         )
         .await?;
     created.ok_or_else(|| {

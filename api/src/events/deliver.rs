@@ -26,6 +26,8 @@ const POLL: Duration = Duration::from_millis(250);
 pub const EXCERPT_BYTES: usize = 1024;
 /// HTTP clients a worker keeps (one per vetted host and address, so connections are reused).
 const CLIENTS_KEPT: usize = 32;
+/// The `reason` of the audit entry of a subscription deactivated by a 410 answer.
+const GONE_REASON: &str = "the receiver answered 410 Gone";
 
 /// A worker's HTTP clients, each pinned to one vetted address of one host.
 #[derive(Default)]
@@ -253,7 +255,14 @@ async fn attempt(shared: &Shared, clients: &mut Clients, job: &JobRecord, lease:
         }
         (_, Some(410)) => {
             // The receiver says it is gone for good: stop sending to it.
-            if let Err(e) = shared.store.meta.set_webhook_active(&hook.id, false).await {
+            // Audited as the service's own change (`webhook.update`, no actor).
+            let service = quiver_store::AuditContext::default();
+            if let Err(e) = shared
+                .store
+                .meta
+                .set_webhook_active_audited(&hook.id, false, Some(GONE_REASON), Some(&service))
+                .await
+            {
                 tracing::warn!(webhook = %hook.id, error = %e, "could not deactivate a webhook");
             }
             tracing::info!(webhook = %hook.id, "receiver answered 410 Gone; subscription deactivated");
@@ -305,7 +314,7 @@ async fn prepare(
         && event.kind != super::PING
         && let Ok(repo) = event.adapter.parse::<RepoId>()
         && let Some(adapter) = shared.store.meta.get_adapter(&repo).await?
-        && !may_see(hook, &adapter.owner, adapter.private)
+        && !may_see(&*shared.store.meta, hook, &adapter.owner, adapter.private).await?
     {
         return Ok(Err(Attempt::not_sent(
             DeliveryStatus::Skipped,

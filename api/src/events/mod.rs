@@ -18,7 +18,7 @@ pub mod target;
 
 use std::time::Duration;
 
-use quiver_store::{AdapterRecord, NewEvent, QueuedDelivery, Store, Viewer, WebhookRecord};
+use quiver_store::{AdapterRecord, NewEvent, QueuedDelivery, Store, WebhookRecord};
 use serde_json::Value;
 
 /// The event types (a closed set: a subscription's filter names only these).
@@ -142,19 +142,24 @@ impl Subject {
     }
 }
 
-/// What a subscription's creator may see: their own adapters and public ones. An admin's
-/// subscription sees no more than its user (the token that made it may be revoked).
-pub fn subscriber(hook: &WebhookRecord) -> Viewer {
-    Viewer {
-        user: Some(hook.created_by.clone()),
-        admin: false,
-        restrict: None,
+/// Whether the subscription's creator may see an adapter of `owner` with this visibility: public
+/// ones, their own, and their organisations' (read now, so a member removed from an
+/// organisation stops receiving its private events). An admin's subscription sees no more than
+/// its user (the token that made it may be revoked).
+pub async fn may_see(
+    meta: &dyn quiver_store::MetadataStore,
+    hook: &WebhookRecord,
+    owner: &str,
+    private: bool,
+) -> Result<bool, quiver_store::StoreError> {
+    if !private || hook.created_by == owner {
+        return Ok(true);
     }
-}
-
-/// Whether the subscription's creator may see an adapter of `owner` with this visibility.
-pub fn may_see(hook: &WebhookRecord, owner: &str, private: bool) -> bool {
-    !private || subscriber(hook).user.as_deref() == Some(owner)
+    Ok(meta
+        .memberships(&hook.created_by)
+        .await?
+        .iter()
+        .any(|m| m.org == owner))
 }
 
 /// Whether the subscription's filter takes this event type.
@@ -178,14 +183,15 @@ async fn try_emit(
 ) -> Result<(), quiver_store::StoreError> {
     let repo = subject.repo();
     let hooks = store.meta.subscriptions_for(&subject.owner, &repo).await?;
-    let deliveries: Vec<QueuedDelivery> = hooks
-        .iter()
-        .filter(|h| wants(h, kind) && may_see(h, &subject.owner, subject.private))
-        .map(|h| QueuedDelivery {
-            webhook_id: h.id.clone(),
-            created_by: h.created_by.clone(),
-        })
-        .collect();
+    let mut deliveries = Vec::new();
+    for h in &hooks {
+        if wants(h, kind) && may_see(&*store.meta, h, &subject.owner, subject.private).await? {
+            deliveries.push(QueuedDelivery {
+                webhook_id: h.id.clone(),
+                created_by: h.created_by.clone(),
+            });
+        }
+    }
     let event = store
         .meta
         .record_event(

@@ -14,6 +14,7 @@ use utoipa::{Modify, OpenApi};
         (name = "refs", description = "Aliases that point at versions"),
         (name = "jobs", description = "Merge, compression and embed jobs: submit, follow, cancel"),
         (name = "webhooks", description = "Events of adapters delivered to your URLs: subscriptions, delivery log, redelivery"),
+        (name = "orgs", description = "Organisations: namespaces shared by members with read, write or admin roles"),
         (name = "tokens", description = "API tokens: create (scoped, restricted, expiring), list, revoke"),
         (name = "routing", description = "Route prompts to adapters (LoraRetriever-style); routing profiles"),
         (name = "service", description = "Health and metrics")

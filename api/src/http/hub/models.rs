@@ -306,7 +306,12 @@ pub async fn whoami(Authenticated(p): Authenticated) -> Result<HttpResponse, Api
         "type": "user",
         "name": p.user,
         "fullname": p.user,
-        "orgs": [],
+        "orgs": p.orgs.iter().map(|m| json!({
+            "type": "org",
+            "name": m.org,
+            "fullname": m.org,
+            "roleInOrg": m.role.as_str(),
+        })).collect::<Vec<_>>(),
         "auth": {"type": "access_token", "accessToken": {"displayName": p.token_id, "role": role}},
     })))
 }

@@ -237,3 +237,34 @@ pub async fn delete_adapter(
     delete(&state, &adapter, &info.audit(Some(who))).await?;
     Ok(HttpResponse::NoContent().finish())
 }
+
+/// Move an adapter to another namespace (a user or an organisation), keeping its versions,
+/// revisions (so Hub clients pinned to one keep resolving it), aliases and lineage. The caller
+/// must administer both namespaces. Links to the old name stop working.
+#[utoipa::path(
+    tag = "adapters",
+    request_body = crate::app::orgs::TransferRequest,
+    responses(
+        (status = 200, body = AdapterView), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+#[post("/adapters/{owner}/{name}/transfer")]
+pub async fn transfer_adapter(
+    state: web::Data<AppState>,
+    caller: Caller,
+    info: RequestInfo,
+    path: web::Path<(String, String)>,
+    body: web::Json<crate::app::orgs::TransferRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let (adapter, who) = find_writable_adapter(&state.store, &caller, &path).await?;
+    let ctx = info.audit(Some(who));
+    let to = crate::app::orgs::transfer(&state, who, &adapter, &body.to, &ctx).await?;
+    let moved =
+        state.store.meta.get_adapter(&to).await?.ok_or_else(|| {
+            ApiError::not_found(ErrorCode::AdapterNotFound, format!("adapter {to}"))
+        })?;
+    Ok(HttpResponse::Ok().json(view(&state.store, &caller.viewer(), moved).await?))
+}

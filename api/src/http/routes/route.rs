@@ -6,15 +6,16 @@ use std::sync::Arc;
 
 use actix_web::{HttpResponse, post, web};
 use quiver_retrieve::{MAX_INPUT_BYTES, Weighting, checked_vector, mixture_weights};
-use quiver_store::{JobKind, JobState, RepoId, VersionRef, Viewer};
+use quiver_store::{AuditContext, JobKind, JobState, RepoId, VersionRef, Viewer};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::app::jobs::queue_job;
+use crate::app::jobs::queue_job_audited;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::http::request_info::RequestInfo;
 use crate::routing::index::{Built, Entry};
 use crate::state::AppState;
 
@@ -235,6 +236,7 @@ impl RouteRequest {
 pub async fn route(
     state: web::Data<AppState>,
     caller: Caller,
+    info: RequestInfo,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let request: RouteRequest =
@@ -317,7 +319,8 @@ pub async fn route(
             .collect();
         let fusion = match request.strategy {
             Strategy::Fusion if !adapters.is_empty() => {
-                Some(fusion(&state, &caller, &request, &adapters, &mut fusions).await?)
+                let audit = info.audit(caller.0.as_ref());
+                Some(fusion(&state, &caller, &audit, &request, &adapters, &mut fusions).await?)
             }
             _ => None,
         };
@@ -345,7 +348,7 @@ async fn search(
         let keep = |e: &Entry| {
             // `Viewer::can_see` over an index entry (a restricted token's list included).
             (!e.private
-                || ((viewer.admin || viewer.user.as_deref() == Some(e.owner.as_str()))
+                || (viewer.reads_namespace(&e.owner)
                     && viewer.allows(&e.owner, e.adapter.split_once('/').map_or("", |(_, n)| n))))
                 && base_model.as_ref().is_none_or(|b| *b == e.base_model)
                 && filter.owner.as_ref().is_none_or(|o| *o == e.owner)
@@ -377,6 +380,7 @@ fn round_weight(w: f64) -> f64 {
 async fn fusion(
     state: &AppState,
     caller: &Caller,
+    audit: &AuditContext,
     request: &RouteRequest,
     adapters: &[RoutedAdapter],
     done: &mut BTreeMap<String, FusionView>,
@@ -472,7 +476,8 @@ async fn fusion(
                        "description": description, "tags": ["fusion"]},
             "idempotency_key": name,
         });
-        let (job, _) = queue_job(state, caller, JobKind::Merge, body).await?;
+        // Audited as `POST /api/v1/merges` is (`job.submit`; a fusion queued before: none).
+        let (job, _) = queue_job_audited(state, caller, JobKind::Merge, body, Some(audit)).await?;
         view.state = job.state.as_str().into();
         view.job = Some(job.id.clone());
         view.error = job.error.clone();
