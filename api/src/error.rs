@@ -69,6 +69,9 @@ error_codes! {
     InvalidTokenRequest = "invalid_token_request" => BAD_REQUEST,
     TokenNotFound = "token_not_found" => NOT_FOUND,
     Forbidden = "forbidden" => FORBIDDEN,
+    /// A protected alias created, moved or deleted by a caller who does not administer the
+    /// adapter's namespace (docs/protected-aliases.md); the message names the rule.
+    AliasProtected = "alias_protected" => FORBIDDEN,
     /// Something other than the resources below (kept for older clients).
     NotFound = "not_found" => NOT_FOUND,
     AdapterNotFound = "adapter_not_found" => NOT_FOUND,
@@ -110,6 +113,8 @@ error_codes! {
     /// A user over the subscriptions limit (50).
     TooManyWebhooks = "too_many_webhooks" => BAD_REQUEST,
     WebhookNotFound = "webhook_not_found" => NOT_FOUND,
+    /// No such organisation, or the caller is not a member (the same answer).
+    OrgNotFound = "org_not_found" => NOT_FOUND,
     DeliveryNotFound = "delivery_not_found" => NOT_FOUND,
     Internal = "internal" => INTERNAL_SERVER_ERROR,
     /// Stored data is inconsistent (a blob a row refers to is missing).
@@ -248,6 +253,12 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => Self::coded(ErrorCode::NotFound, m),
             StoreError::Conflict(m) => Self::coded(ErrorCode::Conflict, m),
             StoreError::Invalid(m) => Self::coded(ErrorCode::InvalidRequest, m),
+            StoreError::AliasProtected(alias) => Self::coded(
+                ErrorCode::AliasProtected,
+                format!(
+                    "alias {alias} is protected: only admins of the namespace may move or delete it"
+                ),
+            ),
             StoreError::BlobMissing(key) => {
                 tracing::error!(blob = %key, "a blob that rows refer to is missing");
                 Self::coded(

@@ -6,6 +6,7 @@ pub mod files;
 pub mod health;
 pub mod jobs;
 pub mod lineage;
+pub mod orgs;
 pub mod profiles;
 pub mod refs;
 pub mod route;
@@ -26,8 +27,11 @@ pub fn configure_v1(cfg: &mut ServiceConfig) {
         .service(versions::list_versions)
         .service(versions::get_version)
         .service(files::download_file)
+        .service(refs::list_refs)
         .service(refs::set_ref)
         .service(refs::delete_ref)
+        .service(refs::protect_ref)
+        .service(refs::unprotect_ref)
         .service(lineage::get_lineage)
         .service(jobs::create_merge)
         .service(jobs::create_compression)
@@ -48,5 +52,11 @@ pub fn configure_v1(cfg: &mut ServiceConfig) {
         .service(tokens::list_tokens)
         .service(tokens::revoke_token)
         .service(tokens::create_invite)
-        .service(audit::list_audit);
+        .service(audit::list_audit)
+        .service(orgs::create_org)
+        .service(orgs::list_orgs)
+        .service(orgs::get_org)
+        .service(orgs::set_member)
+        .service(orgs::remove_member)
+        .service(adapters::transfer_adapter);
 }
