@@ -321,8 +321,13 @@ fn push_visible(sql: &mut Sql, viewer: &Viewer, prefix: &str) {
     };
     sql.push(&format!(" AND ({prefix}private = FALSE OR (1 = 1"));
     if let Some(user) = user {
-        sql.push(&format!(" AND {prefix}owner = "))
+        // The user's own namespace and its organisations' (at most MAX_ORGS_PER_USER binds).
+        sql.push(&format!(" AND {prefix}owner IN ("))
             .bind(user.as_str());
+        for org in &viewer.orgs {
+            sql.push(", ").bind(org.as_str());
+        }
+        sql.push(")");
     }
     if let Some(r) = &viewer.restrict {
         // A restricted token's private reads: only inside its namespaces and adapters.
