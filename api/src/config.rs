@@ -173,6 +173,51 @@ impl WebhookArgs {
     }
 }
 
+/// Sign-in through an authenticating proxy (`serve`; docs/sso.md).
+#[derive(Args, Clone, Debug, Default)]
+pub struct AuthProxyArgs {
+    /// The request header in which the authenticating proxy names the signed-in user (e.g.
+    /// X-Forwarded-User); honoured on the web pages only, and only from --auth-proxy-trusted.
+    #[arg(long, env = "QUIVER_AUTH_PROXY_HEADER")]
+    pub auth_proxy_header: Option<String>,
+    /// The proxy's addresses, comma-separated IPs and CIDRs (e.g. 127.0.0.1,10.1.0.0/16); the
+    /// header is ignored from every other address. Required with --auth-proxy-header.
+    #[arg(long, env = "QUIVER_AUTH_PROXY_TRUSTED", value_delimiter = ',')]
+    pub auth_proxy_trusted: Vec<String>,
+    /// The header carrying the user's email (e.g. X-Forwarded-Email); recorded in the sign-in
+    /// audit entry and the log only.
+    #[arg(long, env = "QUIVER_AUTH_PROXY_EMAIL_HEADER")]
+    pub auth_proxy_email_header: Option<String>,
+    /// The header carrying the user's groups, comma-separated or repeated (e.g.
+    /// X-Forwarded-Groups); read for --auth-proxy-group-map.
+    #[arg(long, env = "QUIVER_AUTH_PROXY_GROUPS_HEADER")]
+    pub auth_proxy_groups_header: Option<String>,
+    /// Proxy groups to organisation roles, comma-separated GROUP=ORG:ROLE (e.g.
+    /// ml-team=acme:write,ml-leads=acme:admin); the organisations named here are kept in step
+    /// with the groups on each page visit.
+    #[arg(long, env = "QUIVER_AUTH_PROXY_GROUP_MAP")]
+    pub auth_proxy_group_map: Option<String>,
+}
+
+impl AuthProxyArgs {
+    /// The checked settings, or `None` when proxy sign-in is off.
+    pub fn resolve(
+        &self,
+    ) -> Result<
+        Option<std::sync::Arc<crate::http::web::proxy_auth::ProxyAuth>>,
+        crate::http::web::proxy_auth::ProxyAuthError,
+    > {
+        crate::http::web::proxy_auth::ProxyAuth::from_flags(
+            self.auth_proxy_header.as_deref(),
+            &self.auth_proxy_trusted,
+            self.auth_proxy_email_header.as_deref(),
+            self.auth_proxy_groups_header.as_deref(),
+            self.auth_proxy_group_map.as_deref(),
+        )
+        .map(|p| p.map(std::sync::Arc::new))
+    }
+}
+
 /// Routing: the embedder and how profiles are scored (`serve` and `worker`).
 #[derive(Args, Clone, Debug)]
 pub struct RoutingArgs {
@@ -228,6 +273,8 @@ pub struct HttpOptions {
     pub shutdown_grace: std::time::Duration,
     /// Webhook delivery: workers, private targets, retry base.
     pub webhooks: crate::events::WebhookOptions,
+    /// Sign-in through an authenticating proxy (`--auth-proxy-*`); `None`: off.
+    pub auth_proxy: Option<std::sync::Arc<crate::http::web::proxy_auth::ProxyAuth>>,
 }
 
 /// Default `--shutdown-grace`: 30 s.
@@ -307,6 +354,7 @@ impl Default for HttpOptions {
             clients: ClientLimits::default(),
             shutdown_grace: std::time::Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_S),
             webhooks: crate::events::WebhookOptions::default(),
+            auth_proxy: None,
         }
     }
 }

@@ -142,6 +142,7 @@ impl Application {
             routing,
             card_images: options.card_images.clone(),
             webhooks: options.webhooks.clone(),
+            auth_proxy: options.auth_proxy.clone(),
         });
         let server = HttpServer::new(move || {
             let (app, api) = App::new()

@@ -18,4 +18,6 @@ pub struct AppState {
     pub card_images: crate::card::ImagePolicy,
     /// Webhook settings (`--webhook-allow-private` is checked when subscriptions are made).
     pub webhooks: crate::events::WebhookOptions,
+    /// Sign-in through an authenticating proxy on the web pages (`--auth-proxy-*`); `None`: off.
+    pub auth_proxy: Option<Arc<crate::http::web::proxy_auth::ProxyAuth>>,
 }

@@ -28,6 +28,10 @@ pub enum StoreError {
     /// cancel was requested.
     #[error("the job's lease is no longer held by this worker")]
     LeaseLost,
+    /// An alias name that is protected, moved or deleted by a caller who does not administer
+    /// the namespace (the alias name); nothing changed.
+    #[error("alias {0} is protected")]
+    AliasProtected(String),
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -140,14 +140,14 @@ async fn alias_latency_with_and_without_audit(#[case] backend: Backend) {
         let t = std::time::Instant::now();
         store
             .meta
-            .set_alias_audited(a.id, "prod", number, None)
+            .set_alias_audited(a.id, "prod", number, true, None)
             .await
             .expect("plain");
         plain.push(t.elapsed());
         let t = std::time::Instant::now();
         store
             .meta
-            .set_alias_audited(a.id, "prod", 3 - number, Some(&entry))
+            .set_alias_audited(a.id, "prod", 3 - number, true, Some(&entry))
             .await
             .expect("audited");
         audited.push(t.elapsed());

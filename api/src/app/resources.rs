@@ -24,6 +24,9 @@ pub struct AdapterView {
     pub updated_at: String,
     /// `main` (the newest ready version) and user aliases → version number.
     pub refs: BTreeMap<String, i64>,
+    /// Protected alias names (docs/protected-aliases.md), by name: only admins of the namespace
+    /// may create, move or delete them. A name may be protected with no alias of it now.
+    pub protected_aliases: Vec<String>,
     /// The newest ready version, if any.
     pub latest: Option<VersionView>,
 }
@@ -117,6 +120,7 @@ impl AdapterView {
         a: AdapterRecord,
         latest: Option<VersionRecord>,
         aliases: Vec<(String, i64)>,
+        protected_aliases: Vec<String>,
         parents: &crate::app::redact::Parents,
     ) -> Self {
         let mut refs: BTreeMap<String, i64> = aliases.into_iter().collect();
@@ -136,6 +140,7 @@ impl AdapterView {
             created_at: rfc3339(a.created_at),
             updated_at: rfc3339(a.updated_at),
             refs,
+            protected_aliases,
             latest,
         }
     }

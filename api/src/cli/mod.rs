@@ -72,6 +72,8 @@ pub enum Command {
         #[command(flatten)]
         webhooks: crate::config::WebhookArgs,
         #[command(flatten)]
+        auth_proxy: crate::config::AuthProxyArgs,
+        #[command(flatten)]
         routing: RoutingArgs,
         #[command(flatten)]
         storage: StorageArgs,
@@ -198,9 +200,11 @@ pub async fn run(cli: Cli) -> CliResult {
             shutdown_grace,
             jobs,
             webhooks,
+            auth_proxy,
             routing,
             storage,
         } => {
+            let auth_proxy = auth_proxy.resolve()?;
             let settings = ServerSettings {
                 bind,
                 store: storage.resolve()?,
@@ -212,6 +216,7 @@ pub async fn run(cli: Cli) -> CliResult {
                     clients,
                     shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
                     webhooks: webhooks.options(),
+                    auth_proxy,
                 },
                 workers: jobs.options(job_workers, &storage),
                 routing: routing.options().map_err(StartupError::Embedder)?,

@@ -214,29 +214,56 @@ pub trait VersionStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Aliases of each adapter: (adapter id, alias, version number).
     async fn aliases(&self, adapter_ids: &[i64]) -> Result<Vec<(i64, String, i64)>, StoreError>;
+    /// Protected alias names of each adapter: (adapter id, name), whether or not an alias of that
+    /// name exists now (migration 0011).
+    async fn protected_aliases(
+        &self,
+        adapter_ids: &[i64],
+    ) -> Result<Vec<(i64, String)>, StoreError>;
+    /// [`VersionStore::set_alias_audited`] by a caller who does not administer the namespace
+    /// (a protected name is refused).
     async fn set_alias(&self, adapter_id: i64, alias: &str, number: i64) -> Result<(), StoreError> {
-        self.set_alias_audited(adapter_id, alias, number, None)
+        self.set_alias_audited(adapter_id, alias, number, false, None)
             .await
     }
-    /// Returns whether the alias existed.
+    /// Returns whether the alias existed. As [`VersionStore::set_alias`], refuses a protected
+    /// name.
     async fn delete_alias(&self, adapter_id: i64, alias: &str) -> Result<bool, StoreError> {
-        self.delete_alias_audited(adapter_id, alias, None).await
+        self.delete_alias_audited(adapter_id, alias, false, None)
+            .await
     }
-    /// [`VersionStore::set_alias`], appending `audit` in the same transaction (nothing is
-    /// appended when the version does not exist).
+    /// Points `alias` at version `number`, appending `audit` in the same transaction (nothing is
+    /// appended when the version does not exist). Unless `allow_protected` (the caller
+    /// administers the adapter's namespace), a protected name is refused with
+    /// [`StoreError::AliasProtected`] and nothing changes; the check is made in the same
+    /// transaction as the move, ordered against [`VersionStore::set_alias_protection`].
     async fn set_alias_audited(
         &self,
         adapter_id: i64,
         alias: &str,
         number: i64,
+        allow_protected: bool,
         audit: Option<&Audit>,
     ) -> Result<(), StoreError>;
     /// [`VersionStore::delete_alias`], appending `audit` in the same transaction when the alias
-    /// existed.
+    /// existed; a protected name as in [`VersionStore::set_alias_audited`] (refused whether or not
+    /// the alias exists). Deleting an alias keeps its name's protection.
     async fn delete_alias_audited(
         &self,
         adapter_id: i64,
         alias: &str,
+        allow_protected: bool,
         audit: Option<&Audit>,
+    ) -> Result<bool, StoreError>;
+    /// Protects (`true`) or unprotects the alias name `alias` of `adapter`; the caller checked
+    /// that the actor administers its namespace. Returns whether it changed; when it did and
+    /// `audit` is given, appends `alias.protect` (target `owner/name@alias`, before/after
+    /// `{"protected": bool}`) in the same transaction. The alias need not exist.
+    async fn set_alias_protection(
+        &self,
+        adapter: &AdapterRecord,
+        alias: &str,
+        protected: bool,
+        audit: Option<&AuditContext>,
     ) -> Result<bool, StoreError>;
 }

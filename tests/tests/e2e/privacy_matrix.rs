@@ -36,6 +36,7 @@ const CASES: &[(&str, Case)] = &[
     ("/api/v1/adapters", Case::Other),
     ("/api/v1/adapters/{owner}/{name}", Case::Adapter),
     ("/api/v1/adapters/{owner}/{name}/versions", Case::Adapter),
+    ("/api/v1/adapters/{owner}/{name}/refs", Case::Adapter),
     (
         "/api/v1/adapters/{owner}/{name}/versions/{ref}",
         Case::Adapter,

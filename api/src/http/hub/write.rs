@@ -189,6 +189,8 @@ pub async fn tag(
             )
         })?;
     let alias = crate::app::refs::check_alias(&body.tag)?;
-    crate::app::refs::set_alias(&state.store, &adapter, &alias, version.number, &ctx).await?;
+    // A protected alias needs an admin of the namespace: 403 `alias_protected`, which the Hub
+    // client raises as an HTTP error with the message.
+    crate::app::refs::set_alias(&state.store, &adapter, &alias, version.number, who, &ctx).await?;
     Ok(HttpResponse::Ok().json(json!({"name": alias, "targetCommit": version.revision})))
 }

@@ -369,8 +369,8 @@ async fn shown_version(
     Ok(version)
 }
 
-/// The versions table, newest first: each version's aliases, `main` on the newest, and the one
-/// shown marked current.
+/// The versions table, newest first: each version's aliases (a protected one marked
+/// `(protected)`), `main` on the newest, and the one shown marked current.
 async fn version_rows(
     state: &AppState,
     adapter: &AdapterRecord,
@@ -378,6 +378,7 @@ async fn version_rows(
 ) -> Result<Vec<VersionRow>, PageError> {
     let id = adapter.repo_id();
     let aliases = state.store.meta.aliases(&[adapter.id]).await?;
+    let protected = state.store.meta.protected_aliases(&[adapter.id]).await?;
     let versions_page = state
         .store
         .meta
@@ -391,7 +392,13 @@ async fn version_rows(
             let mut refs: Vec<String> = aliases
                 .iter()
                 .filter(|(_, _, n)| *n == v.number)
-                .map(|(_, a, _)| a.clone())
+                .map(|(_, a, _)| {
+                    if protected.iter().any(|(_, p)| p == a) {
+                        format!("{a} (protected)")
+                    } else {
+                        a.clone()
+                    }
+                })
                 .collect();
             if Some(v.number) == newest {
                 refs.insert(0, "main".into());

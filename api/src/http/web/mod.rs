@@ -11,6 +11,7 @@
 mod adapter;
 mod jobs;
 mod listing;
+pub mod proxy_auth;
 mod session;
 mod spectra;
 pub mod svg;
@@ -134,6 +135,8 @@ pub struct Chrome {
     pub title: String,
     /// The signed-in user.
     pub user: Option<String>,
+    /// Signed in through the authenticating proxy (docs/sso.md).
+    pub sso: bool,
     pub css: &'static str,
 }
 
@@ -142,6 +145,7 @@ impl Chrome {
         Self {
             title: title.into(),
             user: caller.user().map(str::to_owned),
+            sso: caller.sso,
             css: css_href(),
         }
     }
@@ -264,6 +268,7 @@ pub fn error_page(status: StatusCode, code: &str, message: &str) -> HttpResponse
                 status.canonical_reason().unwrap_or("")
             ),
             user: None,
+            sso: false,
             css: css_href(),
         },
         status: status.as_u16(),

@@ -29,6 +29,8 @@ pub struct PageCaller {
     pub csrf: String,
     new_csrf: bool,
     secure: bool,
+    /// Signed in by the authenticating proxy's header (docs/sso.md), not by a session cookie.
+    pub sso: bool,
 }
 
 impl PageCaller {
@@ -88,15 +90,20 @@ impl FromRequest for PageCaller {
             .filter(|v| v.len() == 48 && v.bytes().all(|b| b.is_ascii_hexdigit()));
         let secure = req.connection_info().scheme() == "https";
         let state = req.app_data::<web::Data<AppState>>().cloned();
+        // A trusted proxy's user header decides over any session cookie (docs/sso.md).
+        let proxied = super::proxy_auth::claim(req);
         Box::pin(async move {
             let state = state.ok_or_else(|| {
                 PageError(ApiError::internal("pages", "application state missing"))
             })?;
-            let principal = match session {
-                Some(secret) => principal(&state, &secret).await?,
-                None => None,
+            let sso = proxied.is_some();
+            let principal = match (proxied, session) {
+                (Some(claim), _) => claim.principal(&state).await?,
+                (None, Some(secret)) => principal(&state, &secret).await?,
+                (None, None) => None,
             };
             Ok(PageCaller {
+                sso: sso && principal.is_some(),
                 caller: Caller(principal),
                 new_csrf: csrf.is_none(),
                 csrf: csrf.unwrap_or_else(random_hex),

@@ -211,14 +211,37 @@ impl VersionStore for SqlMetadata {
             .collect()
     }
 
+    async fn protected_aliases(
+        &self,
+        adapter_ids: &[i64],
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        if adapter_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql =
+            Sql::new("SELECT adapter_id, name FROM protected_aliases WHERE adapter_id IN ");
+        sql.bind_list(adapter_ids)
+            .push(" ORDER BY adapter_id, name");
+        sql.query()
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("adapter_id")?, r.try_get("name")?)))
+            .collect()
+    }
+
     async fn set_alias_audited(
         &self,
         adapter_id: i64,
         alias: &str,
         number: i64,
+        allow_protected: bool,
         audit: Option<&Audit>,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        if !allow_protected {
+            self.refuse_protected(&mut tx, adapter_id, alias).await?;
+        }
         let done = sqlx::query(
             "INSERT INTO refs (adapter_id, name, version_id, updated_at) \
              SELECT $1, $2, id, $3 FROM versions WHERE adapter_id = $1 AND number = $4 AND state = $5 \
@@ -245,9 +268,13 @@ impl VersionStore for SqlMetadata {
         &self,
         adapter_id: i64,
         alias: &str,
+        allow_protected: bool,
         audit: Option<&Audit>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
+        if !allow_protected {
+            self.refuse_protected(&mut tx, adapter_id, alias).await?;
+        }
         let done = sqlx::query("DELETE FROM refs WHERE adapter_id = $1 AND name = $2")
             .bind(adapter_id)
             .bind(alias)
@@ -259,5 +286,99 @@ impl VersionStore for SqlMetadata {
         audit::append_audit_opt(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn set_alias_protection(
+        &self,
+        adapter: &AdapterRecord,
+        alias: &str,
+        protected: bool,
+        audit: Option<&AuditContext>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        self.lock_alias_names(&mut tx, adapter.id).await?;
+        let done = if protected {
+            sqlx::query(
+                "INSERT INTO protected_aliases (adapter_id, name, created_at, created_by) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (adapter_id, name) DO NOTHING",
+            )
+            .bind(adapter.id)
+            .bind(alias)
+            .bind(now_ms())
+            .bind(audit.and_then(|a| a.actor.as_deref()))
+            .execute(&mut *tx)
+            .await?
+        } else {
+            sqlx::query("DELETE FROM protected_aliases WHERE adapter_id = $1 AND name = $2")
+                .bind(adapter.id)
+                .bind(alias)
+                .execute(&mut *tx)
+                .await?
+        };
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let Some(ctx) = audit {
+            let state = |p: bool| Some(serde_json::json!({ "protected": p }));
+            let entry = Audit {
+                context: ctx.clone(),
+                action: AuditAction::AliasProtect,
+                target: format!("{}/{}@{alias}", adapter.owner, adapter.name),
+                owner: Some(adapter.owner.clone()),
+                before: state(!protected),
+                after: state(protected),
+            };
+            audit::append_audit(&mut tx, &entry).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+impl SqlMetadata {
+    /// Orders the changes of one adapter's alias names against each other: on Postgres it
+    /// takes the adapter's row lock (`FOR NO KEY UPDATE`, the lock a version commit's
+    /// `UPDATE adapters` takes too), so a protection change and a non-admin's move of the same
+    /// adapter never interleave between the move's check and its commit. On SQLite the write
+    /// transaction already holds the database's one write lock. `NotFound` when the adapter is
+    /// gone.
+    async fn lock_alias_names(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        adapter_id: i64,
+    ) -> Result<(), StoreError> {
+        let sql = match self.dialect {
+            Dialect::Postgres => "SELECT id FROM adapters WHERE id = $1 FOR NO KEY UPDATE",
+            Dialect::Sqlite => "SELECT id FROM adapters WHERE id = $1",
+        };
+        sqlx::query(sql)
+            .bind(adapter_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("adapter {adapter_id} was deleted")))?;
+        Ok(())
+    }
+
+    /// In a move's transaction: [`StoreError::AliasProtected`] when `alias` is a protected
+    /// name of the adapter (after [`SqlMetadata::lock_alias_names`]).
+    async fn refuse_protected(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        adapter_id: i64,
+        alias: &str,
+    ) -> Result<(), StoreError> {
+        self.lock_alias_names(tx, adapter_id).await?;
+        let protected = sqlx::query(
+            "SELECT 1 AS one FROM protected_aliases WHERE adapter_id = $1 AND name = $2",
+        )
+        .bind(adapter_id)
+        .bind(alias)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some();
+        if protected {
+            return Err(StoreError::AliasProtected(alias.to_string()));
+        }
+        Ok(())
     }
 }
