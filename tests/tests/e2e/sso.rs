@@ -103,7 +103,7 @@ async fn the_header_is_honoured_from_a_trusted_address_on_pages_only(#[case] bac
         "canonical name"
     );
     assert_eq!(kind(&app, "carol").await, Some(NamespaceKind::User));
-    let (_, _, _) = page(&app, "/jobs", &carol).await;
+    assert_eq!(page(&app, "/jobs", &carol).await.0, 200);
     let signins = audit(&app, "action=signin&actor=carol").await;
     assert_eq!(
         signins.len(),
