@@ -112,6 +112,8 @@ struct AdapterPage {
     /// What the snippets follow, in words (`prod`, `v3`, `revision 1a2b…`).
     serve_pin: String,
     merge: Option<MergeForm>,
+    /// For a caller who administers the adapter's namespace.
+    transfer: Option<super::orgs::TransferForm>,
     created: String,
     updated: String,
 }
@@ -312,6 +314,7 @@ async fn build(
         (None, Some(v)) => format!("revision {}", v.revision),
         (None, None) => String::new(),
     };
+    let transfer = super::orgs::transfer_form(caller, &adapter.owner);
     let page = AdapterPage {
         chrome: Chrome::new(id.clone(), caller),
         created: when(adapter.created_at),
@@ -339,6 +342,7 @@ async fn build(
         serve_pin,
         serve,
         merge,
+        transfer,
     };
     render(&page)
 }

@@ -11,6 +11,7 @@
 mod adapter;
 mod jobs;
 mod listing;
+mod orgs;
 pub mod proxy_auth;
 mod session;
 mod spectra;
@@ -47,9 +48,14 @@ pub const PAGE_ROUTES: &[(&str, &[&str])] = &[
     ("/webhooks/{id}/delete", &["POST"]),
     ("/settings/tokens", &["GET", "HEAD", "POST"]),
     ("/settings/tokens/{id}/revoke", &["POST"]),
+    ("/settings/orgs", &["GET", "HEAD", "POST"]),
+    ("/settings/orgs/{org}", &["GET", "HEAD"]),
+    ("/settings/orgs/{org}/members", &["POST"]),
+    ("/settings/orgs/{org}/members/{user}/remove", &["POST"]),
     ("/static/{file}", &["GET", "HEAD"]),
     ("/{owner}/{name}", &["GET", "HEAD"]),
     ("/{owner}/{name}/merge", &["POST"]),
+    ("/{owner}/{name}/transfer", &["POST"]),
     ("/{owner}/{name}/versions/{ref}", &["GET", "HEAD"]),
 ];
 
@@ -115,6 +121,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/settings/tokens/{id}/revoke",
             web::post().to(tokens::revoke),
         )
+        .route("/settings/orgs", read().to(orgs::list))
+        .route("/settings/orgs", web::post().to(orgs::create))
+        .route("/settings/orgs/{org}", read().to(orgs::show))
+        .route(
+            "/settings/orgs/{org}/members",
+            web::post().to(orgs::set_member),
+        )
+        .route(
+            "/settings/orgs/{org}/members/{user}/remove",
+            web::post().to(orgs::remove_member),
+        )
         .route("/static/{file}", read().to(static_file))
         .route(
             "/{owner}/{name}",
@@ -123,6 +140,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/{owner}/{name}/merge",
             web::post().guard(pages()).to(adapter::merge),
+        )
+        .route(
+            "/{owner}/{name}/transfer",
+            web::post().guard(pages()).to(orgs::transfer),
         )
         .route(
             "/{owner}/{name}/versions/{ref}",
