@@ -1,8 +1,9 @@
 //! The command line: `serve`, `worker`, `migrate`, `token create`, `inspect`, `merge`, `compress`,
-//! `route`, `embed`.
+//! `route`, `embed`, `webhook`, `org`, `adapter transfer`.
 
 pub mod compress;
 pub mod merge;
+pub mod org;
 pub mod route;
 pub mod token;
 pub mod webhook;
@@ -114,6 +115,10 @@ pub enum Command {
     Route(crate::cli::route::RouteArgs),
     /// Manage webhook subscriptions on a server (create, list, deliveries, redeliver, delete).
     Webhook(crate::cli::webhook::WebhookArgs),
+    /// Manage organisations on a server (create, show, list, member set, member remove).
+    Org(crate::cli::org::OrgArgs),
+    /// Act on an adapter on a server (transfer it to another namespace).
+    Adapter(crate::cli::org::AdapterArgs),
     /// Print embeddings of local text (JSON lines) with the routing embedder.
     Embed(crate::cli::route::EmbedArgs),
     /// Internal: run one job's engine over its scratch directory (started by a job worker).
@@ -333,6 +338,8 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Compress(args) => crate::cli::compress::run(args)?,
         Command::Route(args) => crate::cli::route::route(args).await?,
         Command::Webhook(args) => crate::cli::webhook::run(args).await?,
+        Command::Org(args) => crate::cli::org::run(args).await?,
+        Command::Adapter(args) => crate::cli::org::run_adapter(args).await?,
         Command::Embed(args) => crate::cli::route::embed(args)?,
         // Like `merge`, on the runtime's main thread (rayon inside): measured, the engine ran
         // ~10 % slower in a process without the runtime (ties, 8 × 160 MB: 151 s vs 133-135 s).
