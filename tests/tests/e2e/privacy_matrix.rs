@@ -14,6 +14,9 @@ use serde_json::{Value, json};
 const PRIVATE: &str = "hidden-xq7";
 /// A name no adapter has: the answers to compare with.
 const MISSING: &str = "absent-xq7";
+/// Alice's organisation, and a name no organisation has.
+const ORG: &str = "crew-xq7";
+const NO_ORG: &str = "gone-xq7";
 
 /// How a route's path is filled, per route template (every GET/HEAD route must be listed).
 #[derive(Clone, Copy, Debug)]
@@ -26,6 +29,9 @@ enum Case {
     /// Names a webhook subscription: alice's (to the private adapter) must answer others as an
     /// unknown one.
     Webhook,
+    /// Names an organisation: alice's (whose member list names her) must answer everyone who is
+    /// not a member as a missing one does (status, code, body with the name swapped).
+    Org,
     /// Names no adapter (listings, static files, the session pages): the body must not name
     /// the private adapter.
     Other,
@@ -62,6 +68,10 @@ const CASES: &[(&str, Case)] = &[
     ("/api/v1/webhooks/{id}/deliveries", Case::Webhook),
     ("/webhooks", Case::Other),
     ("/settings/tokens", Case::Other),
+    ("/api/v1/orgs", Case::Other),
+    ("/api/v1/orgs/{org}", Case::Org),
+    ("/settings/orgs", Case::Other),
+    ("/settings/orgs/{org}", Case::Org),
     ("/healthz", Case::Other),
     ("/metrics", Case::Other),
     // Pages
@@ -270,6 +280,11 @@ async fn every_read_route_answers_for_a_private_adapter_as_for_a_missing_one(
         .await
         .expect("webhook")
         .expect("under the limit");
+    // An organisation alice administers (so its page names her and its members).
+    let (status, body) = app
+        .post_json("/api/v1/orgs", "alice", &json!({"name": ORG}))
+        .await;
+    assert_eq!(status, 201, "{body}");
     let routes = read_routes(&app).await;
     let cases: BTreeMap<&str, Case> = CASES.iter().copied().collect();
 
@@ -368,6 +383,25 @@ async fn every_read_route_answers_for_a_private_adapter_as_for_a_missing_one(
                         assert!(got.status >= 400, "{}", context(&p));
                         assert!(!got.body.contains(PRIVATE), "{} names it", context(&p));
                     }
+                    Case::Org => {
+                        let mut values = variants[0].clone();
+                        values.insert("org", ORG.to_string());
+                        let p = fill(template, &values);
+                        values.insert("org", NO_ORG.to_string());
+                        let m = fill(template, &values);
+                        let got = ask(&app, method, &p, token).await;
+                        let want = ask(&app, method, &m, token).await;
+                        asked += 1;
+                        assert_eq!(got.status, want.status, "{}", context(&p));
+                        assert_eq!(got.error_code, want.error_code, "{}", context(&p));
+                        assert_eq!(got.body.replace(ORG, NO_ORG), want.body, "{}", context(&p));
+                        assert!(got.status >= 300, "{}: {}", context(&p), got.status);
+                        assert!(
+                            !got.body.contains("alice"),
+                            "{} names a member",
+                            context(&p)
+                        );
+                    }
                     Case::Job => {
                         let mut values = variants[0].clone();
                         let p = fill(template, &values);
@@ -404,6 +438,57 @@ async fn every_read_route_answers_for_a_private_adapter_as_for_a_missing_one(
         assert!(got.status >= 400, "POST {p} as {who}: {}", got.body);
         assert!(!got.body.contains(PRIVATE), "POST {p} as {who} names it");
     }
+    // The organisation's writes (not in the GET/HEAD tables) answer non-members as a missing
+    // organisation does, through the API and the pages' forms (with a valid CSRF token).
+    let csrf = "ab".repeat(24);
+    for (who, token) in &callers {
+        for (method, template, json_body) in [
+            (
+                Method::PUT,
+                "/api/v1/orgs/{org}/members/bob",
+                Some(json!({"role": "admin"})),
+            ),
+            (Method::DELETE, "/api/v1/orgs/{org}/members/alice", None),
+            (Method::POST, "/settings/orgs/{org}/members", None),
+            (
+                Method::POST,
+                "/settings/orgs/{org}/members/alice/remove",
+                None,
+            ),
+        ] {
+            let mut replies = Vec::new();
+            for org in [ORG, NO_ORG] {
+                let path = template.replace("{org}", org);
+                let mut rb = app.client.request(method.clone(), app.url(&path));
+                let mut cookie = format!("quiver_csrf={csrf}");
+                if let Some(t) = token {
+                    rb = rb.bearer_auth(t);
+                    cookie.push_str(&format!("; quiver_session={t}"));
+                }
+                rb = rb.header("cookie", cookie);
+                rb = match &json_body {
+                    Some(b) => rb.json(b),
+                    None if method == Method::POST => {
+                        rb.form(&[("csrf", csrf.as_str()), ("user", "bob"), ("role", "admin")])
+                    }
+                    None => rb,
+                };
+                let res = rb.send().await.expect("request");
+                let status = res.status().as_u16();
+                let body = res.text().await.unwrap_or_default();
+                replies.push((status, body.replace(ORG, NO_ORG)));
+            }
+            let context = format!("{method} {template} as {who}");
+            assert_eq!(replies[0], replies[1], "{context}");
+            assert!(replies[0].0 >= 400, "{context}: {:?}", replies[0]);
+        }
+    }
+    let members = app
+        .get_json(&format!("/api/v1/orgs/{ORG}"), "alice")
+        .await
+        .1["members"]
+        .clone();
+    assert_eq!(members.as_array().map(Vec::len), Some(1), "{members}");
     assert!(asked > 300, "{asked}");
 
     // The owner does see it (the fillers reach real things).
@@ -416,6 +501,8 @@ async fn every_read_route_answers_for_a_private_adapter_as_for_a_missing_one(
         format!("/api/v1/jobs/{job_id}"),
         format!("/api/v1/webhooks/{}", hook.id),
         format!("/api/v1/webhooks/{}/deliveries", hook.id),
+        format!("/api/v1/orgs/{ORG}"),
+        format!("/settings/orgs/{ORG}"),
     ] {
         let got = ask(&app, &Method::GET, &path, Some(&alice)).await;
         assert_eq!(got.status, 200, "{path} as alice: {}", got.body);
