@@ -1,11 +1,12 @@
 //! Work the application runs beside its requests, owned by it and stopped with it: job workers,
 //! the profile reconciler, and the periodic sweeps of abandoned staged uploads and unreferenced
-//! blobs.
+//! blobs, and the retention of the webhook history and the audit log.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use quiver_store::Store;
+use quiver_store::meta::audit::AUDIT_PRUNE_BATCH;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -24,6 +25,8 @@ const STAGED_SWEEP_EVERY: Duration = Duration::from_secs(60);
 pub const BLOB_GRACE: Duration = Duration::from_secs(3600);
 /// Batches of webhook history one sweep deletes at most (see [`prune_webhook_history`]).
 const PRUNE_BATCHES: usize = 10;
+/// Batches of audit entries one sweep deletes at most (see [`prune_audit_log`]).
+const AUDIT_PRUNE_BATCHES: usize = 100;
 /// How often the sweeps run (and once at start).
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
@@ -43,6 +46,7 @@ impl Background {
         store: &Store,
         workers: WorkerOptions,
         webhooks: crate::events::WebhookOptions,
+        audit_retention_days: u32,
         routing: Arc<Routing>,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
@@ -53,7 +57,13 @@ impl Background {
         let deliverers =
             crate::events::deliver::Deliverers::start(store.clone(), webhooks, metrics.clone());
         let workers = Workers::start(store.clone(), workers, routing, wake, metrics)?;
-        let sweeps = sweep.then(|| tokio::spawn(sweep_forever(store.clone(), retention_days)));
+        let sweeps = sweep.then(|| {
+            tokio::spawn(sweep_forever(
+                store.clone(),
+                retention_days,
+                audit_retention_days,
+            ))
+        });
         Ok(Self {
             store: store.clone(),
             workers,
@@ -75,7 +85,7 @@ impl Background {
     }
 }
 
-async fn sweep_forever(store: Store, webhook_retention_days: u32) {
+async fn sweep_forever(store: Store, webhook_retention_days: u32, audit_retention_days: u32) {
     let mut every = tokio::time::interval(STAGED_SWEEP_EVERY);
     let mut last_full: Option<std::time::Instant> = None;
     loop {
@@ -83,8 +93,9 @@ async fn sweep_forever(store: Store, webhook_retention_days: u32) {
         if last_full.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
             last_full = Some(std::time::Instant::now());
             sweep_once(&store, BLOB_GRACE).await;
-            prune_webhook_history(&store, webhook_retention_days, quiver_store::time::now_ms())
-                .await;
+            let now = quiver_store::time::now_ms();
+            prune_webhook_history(&store, webhook_retention_days, now).await;
+            prune_audit_log(&store, audit_retention_days, now).await;
         } else {
             sweep_staged(&store).await;
         }
@@ -147,6 +158,40 @@ pub async fn prune_webhook_history(store: &Store, retention_days: u32, now_ms: i
     }
     if total > 0 {
         tracing::info!(rows = total, retention_days, "pruned the webhook history");
+    }
+    total
+}
+
+/// Deletes audit log entries older than `retention_days` (0: none, keep forever) as of
+/// `now_ms`, in batches of [`AUDIT_PRUNE_BATCH`] entries, each its own short statement, at most
+/// [`AUDIT_PRUNE_BATCHES`] batches (500,000 entries) per sweep: a backlog is worked off over the
+/// following sweeps. Returns the entries deleted; failures are logged.
+pub async fn prune_audit_log(store: &Store, retention_days: u32, now_ms: i64) -> u64 {
+    if retention_days == 0 {
+        return 0;
+    }
+    let before = now_ms.saturating_sub(i64::from(retention_days) * 86_400_000);
+    let mut total = 0;
+    for _ in 0..AUDIT_PRUNE_BATCHES {
+        match store
+            .meta
+            .prune_audit_batch(before, AUDIT_PRUNE_BATCH)
+            .await
+        {
+            Ok(n) => {
+                total += n;
+                if n < u64::from(AUDIT_PRUNE_BATCH) {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not prune the audit log");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(entries = total, retention_days, "pruned the audit log");
     }
     total
 }

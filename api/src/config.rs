@@ -218,6 +218,19 @@ impl AuthProxyArgs {
     }
 }
 
+/// The longest `--audit-retention-days` (about 100 years).
+pub const MAX_AUDIT_RETENTION_DAYS: u32 = 36_500;
+
+/// The audit log's retention (`serve` and `worker`, whose sweeps prune it; docs/audit.md).
+#[derive(Args, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuditArgs {
+    /// Days to keep audit log entries (1 to 36500); the hourly sweep deletes older ones in
+    /// batches of 5,000 rows. 0, the default: keep them forever.
+    #[arg(long, env = "QUIVER_AUDIT_RETENTION_DAYS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=MAX_AUDIT_RETENTION_DAYS as i64))]
+    pub audit_retention_days: u32,
+}
+
 /// Routing: the embedder and how profiles are scored (`serve` and `worker`).
 #[derive(Args, Clone, Debug)]
 pub struct RoutingArgs {
@@ -273,6 +286,8 @@ pub struct HttpOptions {
     pub shutdown_grace: std::time::Duration,
     /// Webhook delivery: workers, private targets, retry base.
     pub webhooks: crate::events::WebhookOptions,
+    /// Days to keep audit log entries (`--audit-retention-days`; 0: forever).
+    pub audit_retention_days: u32,
     /// Sign-in through an authenticating proxy (`--auth-proxy-*`); `None`: off.
     pub auth_proxy: Option<std::sync::Arc<crate::http::web::proxy_auth::ProxyAuth>>,
 }
@@ -354,7 +369,48 @@ impl Default for HttpOptions {
             clients: ClientLimits::default(),
             shutdown_grace: std::time::Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_S),
             webhooks: crate::events::WebhookOptions::default(),
+            audit_retention_days: 0,
             auth_proxy: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{AuditArgs, MAX_AUDIT_RETENTION_DAYS};
+    use crate::cli::{Cli, Command};
+
+    fn audit_of(args: &[&str]) -> Result<AuditArgs, clap::Error> {
+        let cli = Cli::try_parse_from(args)?;
+        Ok(match cli.command {
+            Command::Serve { audit, .. } | Command::Worker { audit, .. } => audit,
+            other => panic!("not serve or worker: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn audit_retention_is_a_bounded_flag_of_serve_and_worker() {
+        assert_eq!(
+            audit_of(&["quiver", "serve"]).expect("default"),
+            AuditArgs {
+                audit_retention_days: 0
+            },
+            "keep forever by default"
+        );
+        for cmd in ["serve", "worker"] {
+            let got = audit_of(&["quiver", cmd, "--audit-retention-days", "90"]).expect("90");
+            assert_eq!(got.audit_retention_days, 90, "{cmd}");
+        }
+        let max = MAX_AUDIT_RETENTION_DAYS.to_string();
+        assert!(audit_of(&["quiver", "serve", "--audit-retention-days", &max]).is_ok());
+        let over = (MAX_AUDIT_RETENTION_DAYS + 1).to_string();
+        for bad in [over.as_str(), "-1", "ten"] {
+            assert!(
+                audit_of(&["quiver", "serve", "--audit-retention-days", bad]).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -122,6 +122,7 @@ impl Application {
             &store,
             workers,
             options.webhooks.clone(),
+            options.audit_retention_days,
             routing.clone(),
             job_wake.clone(),
             metrics.clone(),

@@ -1,6 +1,8 @@
 //! Reading the audit log (docs/audit.md): instance admins (an unrestricted admin token) see every
-//! entry; everyone else is refused. Entries are written by the store's write methods, in the
-//! transaction of the change they record; nothing here deletes them.
+//! entry; the administrator of a namespace (`crate::auth::administers`: its user, an admin of
+//! the organisation) sees that namespace's entries with `owner=NS`; everyone else is refused.
+//! Entries are written by the store's write methods, in the transaction of the change they
+//! record; nothing here deletes them.
 
 use quiver_store::{
     AdapterRecord, Audit, AuditAction, AuditContext, AuditFilter, AuditRecord, Page, Principal,
@@ -22,10 +24,25 @@ pub struct AuditQuery {
     pub actor: Option<String>,
     pub target: Option<String>,
     pub action: Option<String>,
+    /// Only this owner namespace's entries; the one way a namespace administrator reads.
+    pub owner: Option<String>,
     pub since: Option<i64>,
     pub until: Option<i64>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
+}
+
+/// Who may read, in words (the 403's message).
+pub const READ_RULE: &str = "the audit log is read with an unrestricted admin token (every entry), \
+     or with ?owner=NS by an administrator of namespace NS (its user's write token, or an admin \
+     of the organisation NS)";
+
+/// Whether `p` may read entries of `q` (see [`READ_RULE`]); the 403 otherwise.
+pub fn may_read(p: &Principal, owner: Option<&str>) -> Result<(), ApiError> {
+    if crate::app::tokens::manages_all(p) || owner.is_some_and(|o| crate::auth::administers(p, o)) {
+        return Ok(());
+    }
+    Err(ApiError::coded(ErrorCode::Forbidden, READ_RULE))
 }
 
 /// One page of entries, newest first, for `p`.
@@ -34,12 +51,14 @@ pub async fn list(
     p: &Principal,
     q: AuditQuery,
 ) -> Result<Page<AuditRecord>, ApiError> {
-    if !crate::app::tokens::manages_all(p) {
-        return Err(ApiError::coded(
-            ErrorCode::Forbidden,
-            "only an unrestricted admin token may read the audit log",
-        ));
-    }
+    let owner = match q.owner.as_deref() {
+        None => None,
+        Some(o) => Some(
+            quiver_store::names::validate_name("owner", o)
+                .map_err(|e| ApiError::coded(ErrorCode::InvalidQuery, e.to_string()))?,
+        ),
+    };
+    may_read(p, owner.as_deref())?;
     let limit = q.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
     if limit == 0 || limit > MAX_AUDIT_LIMIT {
         return Err(ApiError::coded(
@@ -79,6 +98,7 @@ pub async fn list(
         actor: q.actor,
         target: q.target,
         action,
+        owner,
         since: q.since,
         until: q.until,
     };

@@ -369,11 +369,13 @@ pub async fn invite(
 }
 
 /// Uses an invite: its user's first token, named `name`; `None` for an unknown, used or
-/// expired invite. The view holds the secret.
+/// expired invite. The view holds the secret. `audit` is the request's (no actor: the invited
+/// user is recorded as the actor of the `invite.redeem` and `token.create` entries).
 pub async fn redeem(
     store: &Store,
     invite_secret: &str,
     name: &str,
+    audit: &quiver_store::AuditContext,
 ) -> Result<Option<TokenView>, ApiError> {
     let name = name.trim();
     if name.is_empty()
@@ -390,7 +392,7 @@ pub async fn redeem(
     let (secret, hash) = new_token();
     let made = store
         .meta
-        .redeem_invite(
+        .redeem_invite_audited(
             &crate::auth::hash_token(invite_secret),
             &NewToken {
                 user: String::new(),
@@ -403,6 +405,7 @@ pub async fn redeem(
                 secret_sha256: hash,
                 max_active: MAX_ACTIVE_TOKENS,
             },
+            Some(audit),
         )
         .await
         .map_err(|e| match e {

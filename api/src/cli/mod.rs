@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use quiver_store::{Scope, Store};
 
-use crate::auth::new_token;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -75,6 +74,8 @@ pub enum Command {
         #[command(flatten)]
         auth_proxy: crate::config::AuthProxyArgs,
         #[command(flatten)]
+        audit: crate::config::AuditArgs,
+        #[command(flatten)]
         routing: RoutingArgs,
         #[command(flatten)]
         storage: StorageArgs,
@@ -90,6 +91,8 @@ pub enum Command {
         jobs: JobArgs,
         #[command(flatten)]
         webhooks: crate::config::WebhookArgs,
+        #[command(flatten)]
+        audit: crate::config::AuditArgs,
         #[command(flatten)]
         routing: RoutingArgs,
         #[command(flatten)]
@@ -206,6 +209,7 @@ pub async fn run(cli: Cli) -> CliResult {
             jobs,
             webhooks,
             auth_proxy,
+            audit,
             routing,
             storage,
         } => {
@@ -221,6 +225,7 @@ pub async fn run(cli: Cli) -> CliResult {
                     clients,
                     shutdown_grace: std::time::Duration::from_secs(shutdown_grace),
                     webhooks: webhooks.options(),
+                    audit_retention_days: audit.audit_retention_days,
                     auth_proxy,
                 },
                 workers: jobs.options(job_workers, &storage),
@@ -246,6 +251,7 @@ pub async fn run(cli: Cli) -> CliResult {
             job_workers,
             jobs,
             webhooks,
+            audit,
             routing,
             storage,
         } => {
@@ -253,6 +259,7 @@ pub async fn run(cli: Cli) -> CliResult {
             run_worker(
                 jobs.options(usize::from(job_workers), &storage),
                 webhooks.options(),
+                audit,
                 routing,
                 &storage,
             )
@@ -326,8 +333,7 @@ pub async fn run(cli: Cli) -> CliResult {
             )?;
             let scope: Scope = scope.parse()?;
             let store = Store::open(&storage.resolve()?).await?;
-            let (secret, hash) = new_token();
-            store.meta.create_token(&user, scope, &hash).await?;
+            let secret = crate::cli::token::create_local(&store, &user, scope).await?;
             eprintln!(
                 "token for {user} ({}) — shown once, store it now:",
                 scope.as_str()
@@ -375,6 +381,7 @@ fn storage_hint(s: &StorageArgs) -> String {
 async fn run_worker(
     options: WorkerOptions,
     webhooks: crate::events::WebhookOptions,
+    audit: crate::config::AuditArgs,
     routing: RoutingOptions,
     storage: &StorageArgs,
 ) -> CliResult {
@@ -394,6 +401,7 @@ async fn run_worker(
         &store,
         options,
         webhooks,
+        audit.audit_retention_days,
         Arc::new(Routing::new(routing)),
         Arc::new(Notify::new()),
         Arc::new(Metrics::default()),

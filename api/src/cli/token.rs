@@ -3,9 +3,43 @@
 //! access, `crate::cli`). `create` prints the new token's JSON to stderr and the secret alone on
 //! the last line of stdout, as the bootstrap does; `list` and `revoke` print the server's JSON.
 
+use quiver_store::{AuditContext, NewToken, Scope, Store, StoreError};
 use serde_json::{Value, json};
 
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The audit actor of the local bootstrap (docs/audit.md): not a user name (those cannot hold
+/// parentheses), so it is never mistaken for one.
+pub const LOCAL_ACTOR: &str = "(local)";
+
+/// `token create --user U --scope S` without `--server`: creates the user if new and an unnamed,
+/// unrestricted, unexpiring token for it, with a `token.create` audit entry by [`LOCAL_ACTOR`]
+/// (no token id, request or address) in the same transaction. Returns the secret.
+pub async fn create_local(store: &Store, user: &str, scope: Scope) -> Result<String, StoreError> {
+    let (secret, hash) = crate::auth::new_token();
+    let local = AuditContext {
+        actor: Some(LOCAL_ACTOR.to_string()),
+        ..AuditContext::default()
+    };
+    store
+        .meta
+        .insert_token_audited(
+            &NewToken {
+                user: user.to_string(),
+                name: None,
+                prefix: None,
+                scope,
+                restrict: None,
+                expires_at: None,
+                created_by: None,
+                secret_sha256: hash,
+                max_active: i64::MAX,
+            },
+            Some(&local),
+        )
+        .await?;
+    Ok(secret)
+}
 
 /// What `create` asks of a server.
 pub struct RemoteCreate {

@@ -80,6 +80,7 @@ const CASES: &[(&str, Case)] = &[
     ("/signout", Case::Other),
     ("/jobs", Case::Other),
     ("/jobs/{id}", Case::Job),
+    ("/audit", Case::Other),
     ("/static/{file}", Case::Other),
     ("/{owner}/{name}", Case::Adapter),
     ("/{owner}/{name}/versions/{ref}", Case::Adapter),
@@ -490,6 +491,26 @@ async fn every_read_route_answers_for_a_private_adapter_as_for_a_missing_one(
         .clone();
     assert_eq!(members.as_array().map(Vec::len), Some(1), "{members}");
     assert!(asked > 300, "{asked}");
+    // The audit log names the private adapter (its entries are about it), so no caller here may
+    // read it, whichever namespace they ask for: the API's 401/403 and the page's sign-in or
+    // 403, never an entry.
+    for (who, token) in &callers {
+        for path in [
+            "/api/v1/audit?owner=alice",
+            "/api/v1/audit?target=alice/",
+            "/audit?owner=alice",
+            "/audit",
+        ] {
+            let got = ask(&app, &Method::GET, path, token.as_deref()).await;
+            assert!(
+                got.status == 303 || got.status == 401 || got.status == 403,
+                "GET {path} as {who}: {} {}",
+                got.status,
+                got.body
+            );
+            assert!(!got.body.contains(PRIVATE), "GET {path} as {who} names it");
+        }
+    }
 
     // The owner does see it (the fillers reach real things).
     let alice = app.token("alice").to_string();

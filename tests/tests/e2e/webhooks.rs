@@ -1428,6 +1428,27 @@ async fn a_410_gone_deactivates_the_subscription(#[case] backend: Backend) {
     assert_eq!(jobs.items.len(), 1, "{:?}", jobs.items);
     assert_eq!(jobs.items[0].state, quiver_store::JobState::Failed);
     assert_eq!(rx.got().len(), 1);
+    // The deactivation is in the audit log as the service's own change (no actor).
+    let (status, log) = app
+        .get_json(&format!("/api/v1/audit?target={id}"), "admin")
+        .await;
+    assert_eq!(status, 200, "{log}");
+    let actions: Vec<&str> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(actions, ["webhook.update", "webhook.create"], "{log}");
+    let update = &log["items"][0];
+    assert!(update["actor"].is_null(), "{update}");
+    assert_eq!(update["before"]["active"], true);
+    assert_eq!(update["after"]["active"], false);
+    assert!(
+        update["after"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("410"))
+    );
 }
 
 /// A job whose worker died with its last attempt: the lease reaper fails it, and `job.finished`

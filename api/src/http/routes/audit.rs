@@ -19,6 +19,9 @@ pub struct AuditParams {
     pub target: Option<String>,
     /// Only this action (`alias.set`, …).
     pub action: Option<String>,
+    /// Only this owner namespace's entries (`alice`, an organisation). Required, and the only
+    /// entries shown, for a caller who is not an instance admin but administers the namespace.
+    pub owner: Option<String>,
     /// From this time on (ms since the epoch, inclusive).
     pub since: Option<i64>,
     /// Before this time (ms since the epoch, exclusive).
@@ -53,7 +56,9 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
-/// The audit log, newest first (instance admins: an unrestricted admin token).
+/// The audit log, newest first: every entry for an instance admin (an unrestricted admin token);
+/// one namespace's (`owner=NS`) for an administrator of that namespace (its user's write token,
+/// an admin of the organisation); 403 for everyone else.
 #[utoipa::path(
     tag = "audit",
     params(AuditParams),
@@ -77,6 +82,7 @@ pub async fn list_audit(
             actor: q.actor,
             target: q.target,
             action: q.action,
+            owner: q.owner,
             since: q.since,
             until: q.until,
             limit: q.limit,

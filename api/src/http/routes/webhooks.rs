@@ -13,6 +13,7 @@ use crate::app::webhooks::{
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::extract::Authenticated;
+use crate::http::request_info::RequestInfo;
 use crate::state::AppState;
 
 fn require_write_scope(p: &Principal) -> Result<(), ApiError> {
@@ -105,6 +106,7 @@ pub struct Redelivery {
 pub async fn create_webhook(
     state: web::Data<AppState>,
     caller: Authenticated,
+    info: RequestInfo,
     body: web::Json<CreateWebhookRequest>,
 ) -> Result<HttpResponse, ApiError> {
     require_write_scope(&caller.0)?;
@@ -113,6 +115,7 @@ pub async fn create_webhook(
         &caller.0,
         state.webhooks.allow_private,
         body.into_inner(),
+        &info.audit(Some(&caller.0)),
     )
     .await?;
     tracing::info!(webhook = %hook.id, by = %hook.created_by, "webhook created");
@@ -167,11 +170,17 @@ pub async fn get_webhook(
 pub async fn delete_webhook(
     state: web::Data<AppState>,
     caller: Authenticated,
+    info: RequestInfo,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let hook = own(&state.store, &caller.0, &path).await?;
     require_write_scope(&caller.0)?;
-    state.store.meta.delete_webhook(&hook.id).await?;
+    let audit = info.audit(Some(&caller.0));
+    state
+        .store
+        .meta
+        .delete_webhook_audited(&hook.id, Some(&audit))
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -17,7 +17,7 @@ use super::svg::{DagNode, dag_svg};
 use super::{Chrome, PageCaller, PageError, cached_html, enc, html, render, size, when};
 use crate::app::adapters::cached_page;
 use crate::app::exports::Layout;
-use crate::app::jobs::queue_job;
+use crate::app::jobs::queue_job_audited;
 use crate::app::lineage::visible_lineage;
 use crate::app::lookup::find_adapter;
 use crate::card::{self, MAX_CARD_BYTES};
@@ -784,6 +784,7 @@ async fn merge_form(
 pub async fn merge(
     state: web::Data<AppState>,
     caller: PageCaller,
+    info: crate::http::request_info::RequestInfo,
     path: web::Path<(String, String)>,
     form: web::Form<Vec<(String, String)>>,
 ) -> Result<HttpResponse, PageError> {
@@ -837,7 +838,10 @@ pub async fn merge(
         })?;
         body[name] = value;
     }
-    let (job, _) = queue_job(&state, &caller.caller, JobKind::Merge, body).await?;
+    // Audited as `POST /api/v1/merges` is (`job.submit`, in the queuing transaction).
+    let audit = info.audit(caller.caller.0.as_ref());
+    let (job, _) =
+        queue_job_audited(&state, &caller.caller, JobKind::Merge, body, Some(&audit)).await?;
     Ok(HttpResponse::SeeOther()
         .insert_header((header::LOCATION, format!("/jobs/{}", job.id)))
         .finish())

@@ -9,6 +9,7 @@
 //! (double submit), checked before anything is done.
 
 mod adapter;
+mod audit;
 mod jobs;
 mod listing;
 mod orgs;
@@ -43,6 +44,7 @@ pub const PAGE_ROUTES: &[(&str, &[&str])] = &[
     ("/signout", &["GET", "HEAD", "POST"]),
     ("/jobs", &["GET", "HEAD"]),
     ("/jobs/{id}", &["GET", "HEAD"]),
+    ("/audit", &["GET", "HEAD"]),
     ("/webhooks", &["GET", "HEAD", "POST"]),
     ("/webhooks/{id}/redeliver", &["POST"]),
     ("/webhooks/{id}/delete", &["POST"]),
@@ -108,6 +110,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/signout", web::post().to(session::signout))
         .route("/jobs", read().to(jobs::list))
         .route("/jobs/{id}", read().to(jobs::show))
+        .route("/audit", read().to(audit::show))
         .route("/webhooks", read().to(webhooks::show))
         .route("/webhooks", web::post().to(webhooks::create_hook))
         .route(
@@ -156,6 +159,8 @@ pub struct Chrome {
     pub title: String,
     /// The signed-in user.
     pub user: Option<String>,
+    /// Whether the header links the audit log (an instance admin's session).
+    pub audit: bool,
     /// Signed in through the authenticating proxy (docs/sso.md).
     pub sso: bool,
     pub css: &'static str,
@@ -166,6 +171,11 @@ impl Chrome {
         Self {
             title: title.into(),
             user: caller.user().map(str::to_owned),
+            audit: caller
+                .caller
+                .0
+                .as_ref()
+                .is_some_and(crate::app::tokens::manages_all),
             sso: caller.sso,
             css: css_href(),
         }
@@ -289,6 +299,7 @@ pub fn error_page(status: StatusCode, code: &str, message: &str) -> HttpResponse
                 status.canonical_reason().unwrap_or("")
             ),
             user: None,
+            audit: false,
             sso: false,
             css: css_href(),
         },

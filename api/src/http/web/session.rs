@@ -17,6 +17,7 @@ use super::{Chrome, PageError, html, render};
 use crate::app::tokens::{self, INVITE_PREFIX};
 use crate::auth::{Caller, SESSION_COOKIE, principal};
 use crate::error::{ApiError, ErrorCode};
+use crate::http::request_info::RequestInfo;
 use crate::state::AppState;
 
 const CSRF_COOKIE: &str = "quiver_csrf";
@@ -197,6 +198,17 @@ pub async fn signin(
     let token = form.token.trim();
     match principal(&state, token).await? {
         Some(p) => {
+            // Audited before the cookie is handed out: no entry, no session (never the secret:
+            // the token's public id only).
+            let entry = quiver_store::Audit {
+                context: RequestInfo::of(&req).audit(Some(&p)),
+                action: quiver_store::AuditAction::Signin,
+                target: p.user.clone(),
+                owner: Some(p.user.clone()),
+                before: None,
+                after: Some(serde_json::json!({ "via": "token" })),
+            };
+            state.store.meta.append_audit(&entry).await?;
             tracing::info!(user = %p.user, "signed in to the web pages");
             let secure = req.connection_info().scheme() == "https";
             let mut res = HttpResponse::SeeOther()
@@ -231,10 +243,12 @@ pub struct InviteForm {
 pub async fn redeem_invite(
     state: web::Data<AppState>,
     caller: PageCaller,
+    info: RequestInfo,
     form: web::Form<InviteForm>,
 ) -> Result<HttpResponse, PageError> {
     caller.check_csrf(&form.csrf)?;
-    match tokens::redeem(&state.store, form.invite.trim(), &form.name).await? {
+    let audit = info.audit(None);
+    match tokens::redeem(&state.store, form.invite.trim(), &form.name, &audit).await? {
         Some(made) => {
             let secret = made.token.clone().unwrap_or_default();
             let page = SigninPage {

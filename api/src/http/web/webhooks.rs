@@ -14,6 +14,7 @@ use super::{Chrome, PageCaller, PageError, enc, html, render, when};
 use crate::app::webhooks::{CreateWebhookRequest, create, own, redeliver as redeliver_event};
 use crate::error::ApiError;
 use crate::events::EventKind;
+use crate::http::request_info::RequestInfo;
 use crate::state::AppState;
 
 /// Attempts shown per subscription.
@@ -198,6 +199,7 @@ fn field(form: &[(String, String)], name: &str) -> String {
 pub async fn create_hook(
     state: web::Data<AppState>,
     caller: PageCaller,
+    info: RequestInfo,
     form: web::Form<Vec<(String, String)>>,
 ) -> Result<HttpResponse, PageError> {
     caller.check_csrf(&field(&form, "csrf"))?;
@@ -216,7 +218,15 @@ pub async fn create_hook(
         events: (!events.is_empty() && events.len() < EventKind::ALL.len()).then_some(events),
         secret: opt("secret"),
     };
-    let hook = create(&state.store, &principal, state.webhooks.allow_private, req).await?;
+    let audit = info.audit(Some(&principal));
+    let hook = create(
+        &state.store,
+        &principal,
+        state.webhooks.allow_private,
+        req,
+        &audit,
+    )
+    .await?;
     tracing::info!(webhook = %hook.id, by = %hook.created_by, "webhook created (page)");
     page(
         &state,
@@ -248,12 +258,18 @@ pub async fn redeliver(
 pub async fn delete(
     state: web::Data<AppState>,
     caller: PageCaller,
+    info: RequestInfo,
     path: web::Path<String>,
     form: web::Form<Vec<(String, String)>>,
 ) -> Result<HttpResponse, PageError> {
     caller.check_csrf(&field(&form, "csrf"))?;
     let principal = writer(&caller)?;
     let hook = own(&state.store, principal, &path).await?;
-    state.store.meta.delete_webhook(&hook.id).await?;
+    let audit = info.audit(Some(principal));
+    state
+        .store
+        .meta
+        .delete_webhook_audited(&hook.id, Some(&audit))
+        .await?;
     Ok(see_webhooks())
 }
