@@ -35,8 +35,8 @@ pub use meta::{
 };
 pub use meta::{Audit, AuditAction, AuditContext, AuditFilter, AuditRecord, AuditStore};
 pub use meta::{
-    MAX_MEMBERS, MAX_ORGS_PER_USER, MemberRecord, Membership, NamespaceKind, OrgRecord, OrgRole,
-    OrgStore,
+    Deactivated, MAX_MEMBERS, MAX_ORGS_PER_USER, MemberRecord, Membership, NamespaceKind,
+    OrgRecord, OrgRole, OrgStore,
 };
 pub use meta::{
     DeliveryRecord, DeliveryStatus, EventRecord, NewDelivery, NewEvent, NewWebhook, QueuedDelivery,

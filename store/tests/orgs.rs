@@ -244,3 +244,85 @@ async fn members_see_private_adapters_and_transfer_keeps_history(#[case] backend
     assert_eq!(versions.items[0].revision, v.revision);
     assert_eq!(audit_count(&store, AuditAction::AdapterTransfer).await, 1);
 }
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn deactivation_revokes_leaves_and_blocks_new_tokens(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    let m = &store.meta;
+    m.create_token("alice", Scope::Write, "a".repeat(64).as_str())
+        .await
+        .expect("alice");
+    m.create_token("bob", Scope::Write, "b".repeat(64).as_str())
+        .await
+        .expect("bob");
+    m.create_token("bob", Scope::Read, "d".repeat(64).as_str())
+        .await
+        .expect("bob again");
+    m.create_org_audited("acme", "alice", None)
+        .await
+        .expect("org");
+    m.set_member_audited("acme", "bob", OrgRole::Admin, None)
+        .await
+        .expect("bob admin");
+    m.create_org_audited("solo", "bob", None)
+        .await
+        .expect("bob's own org");
+
+    // The last admin of an organisation cannot go: nothing changes, nothing is audited.
+    let refused = m.deactivate_user_audited("bob", Some(&ctx("root"))).await;
+    assert!(matches!(refused, Err(StoreError::Conflict(_))), "{refused:?}");
+    assert!(matches!(
+        m.check_token(&"b".repeat(64)).await.expect("check"),
+        TokenCheck::Valid(_)
+    ));
+    assert_eq!(audit_count(&store, AuditAction::UserDeactivate).await, 0);
+    m.set_member_audited("solo", "alice", OrgRole::Admin, None)
+        .await
+        .expect("hand over");
+
+    let done = m
+        .deactivate_user_audited("bob", Some(&ctx("root")))
+        .await
+        .expect("deactivate")
+        .expect("changed");
+    assert_eq!(done.tokens_revoked, 2);
+    assert_eq!(done.orgs_left, vec!["acme".to_string(), "solo".to_string()]);
+    for secret in ["b", "d"] {
+        assert!(matches!(
+            m.check_token(&secret.repeat(64)).await.expect("check"),
+            TokenCheck::Revoked
+        ));
+    }
+    assert!(m.memberships("bob").await.expect("orgs").is_empty());
+    assert_eq!(m.active_memberships("bob").await.expect("active"), None);
+    assert_eq!(
+        m.active_memberships("alice").await.expect("active").map(|o| o.len()),
+        Some(2)
+    );
+    // No new token, invite or sign-in while deactivated; a second deactivation changes nothing.
+    let token = m.create_token("bob", Scope::Read, "e".repeat(64).as_str()).await;
+    assert!(matches!(token, Err(StoreError::Invalid(_))), "{token:?}");
+    assert!(m.ensure_user("bob").await.is_err());
+    assert_eq!(m.deactivate_user_audited("bob", None).await.expect("again"), None);
+    assert_eq!(audit_count(&store, AuditAction::UserDeactivate).await, 1);
+    let missing = m.deactivate_user_audited("nobody", None).await;
+    assert!(matches!(missing, Err(StoreError::NotFound(_))));
+
+    assert!(
+        m.reactivate_user_audited("bob", Some(&ctx("root")))
+            .await
+            .expect("reactivate")
+    );
+    assert!(!m.reactivate_user_audited("bob", None).await.expect("again"));
+    assert!(matches!(
+        m.check_token(&"b".repeat(64)).await.expect("check"),
+        TokenCheck::Revoked
+    ));
+    m.create_token("bob", Scope::Read, "e".repeat(64).as_str())
+        .await
+        .expect("a new token after reactivation");
+    assert_eq!(audit_count(&store, AuditAction::UserReactivate).await, 1);
+}

@@ -16,4 +16,5 @@ pub mod redact;
 pub mod refs;
 pub mod resources;
 pub mod tokens;
+pub mod users;
 pub mod webhooks;

@@ -84,6 +84,23 @@ pub enum AdapterCommand {
     },
 }
 
+#[derive(Args, Debug)]
+pub struct UserArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    #[command(subcommand)]
+    pub command: UserCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Deactivate a departed colleague (an admin token): every token revoked, unused invites
+    /// withdrawn, every organisation left, at once.
+    Deactivate { user: String },
+    /// Let a deactivated user have tokens again (their old tokens stay revoked).
+    Reactivate { user: String },
+}
+
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
 /// A path segment, percent-encoded.
@@ -190,6 +207,16 @@ pub async fn run_adapter(args: AdapterArgs) -> CmdResult {
             print(&v)
         }
     }
+}
+
+pub async fn run_user(args: UserArgs) -> CmdResult {
+    let (user, action) = match &args.command {
+        UserCommand::Deactivate { user } => (user, "deactivate"),
+        UserCommand::Reactivate { user } => (user, "reactivate"),
+    };
+    let path = format!("/users/{}/{action}", seg(user));
+    let v = call(&args.remote, reqwest::Method::POST, &path, None).await?;
+    print(&v)
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ string_enum!(
         WebhookCreate = "webhook.create",
         WebhookUpdate = "webhook.update",
         WebhookDelete = "webhook.delete",
+        UserDeactivate = "user.deactivate",
+        UserReactivate = "user.reactivate",
     }
 );
 

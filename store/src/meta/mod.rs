@@ -61,8 +61,8 @@ pub use jobs::{
     JobStore, JobWakeups, Lease, LineageGraph, LineageNode, NewAdapterFields, NewJob, OutputTarget,
 };
 pub use orgs::{
-    MAX_MEMBERS, MAX_ORGS_PER_USER, MemberRecord, Membership, NamespaceKind, OrgRecord, OrgRole,
-    OrgStore,
+    Deactivated, MAX_MEMBERS, MAX_ORGS_PER_USER, MemberRecord, Membership, NamespaceKind,
+    OrgRecord, OrgRole, OrgStore,
 };
 pub use profiles::{
     NewProfile, ProfileInfo, ProfileSource, ProfileStore, RoutableProfile, SAMPLES_FILE,

@@ -62,6 +62,15 @@ pub struct MemberRecord {
     pub added_by: Option<String>,
 }
 
+/// What a deactivation took away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deactivated {
+    pub tokens_revoked: u64,
+    pub invites_withdrawn: u64,
+    /// The organisations they left, by name.
+    pub orgs_left: Vec<String>,
+}
+
 /// The most members one organisation may have (every member's organisations travel with each
 /// of their requests, so both sides are bounded).
 pub const MAX_MEMBERS: i64 = 10_000;
@@ -89,6 +98,9 @@ pub trait OrgStore: Send + Sync {
     async fn list_members(&self, org: &str, limit: u32) -> Result<Vec<MemberRecord>, StoreError>;
     /// The organisations `user` belongs to, by name.
     async fn memberships(&self, user: &str) -> Result<Vec<Membership>, StoreError>;
+    /// The user's organisations if they are an active user; `None` when there is no such user
+    /// or they are deactivated (one query, for sign-ins that hold no token to revoke).
+    async fn active_memberships(&self, user: &str) -> Result<Option<Vec<Membership>>, StoreError>;
     /// Adds `user` (an existing user) to `org` or changes their role; `member.set` by `audit`
     /// (before/after: the role) in the same transaction. No entry and `false` when the role was
     /// already that. Refused (`Conflict`) when it would leave the organisation without an admin.
@@ -104,6 +116,23 @@ pub trait OrgStore: Send + Sync {
     async fn remove_member_audited(
         &self,
         org: &str,
+        user: &str,
+        audit: Option<&AuditContext>,
+    ) -> Result<bool, StoreError>;
+    /// Deactivates the user (a departed colleague): in one transaction, marks them deactivated,
+    /// revokes every live token, withdraws unused invites and ends every membership, appending
+    /// one `user.deactivate` entry (after: what was revoked and left). `NotFound` for no such
+    /// user; `Conflict` when they are the last admin of an organisation (hand it over first);
+    /// `None` (and no entry) when they already were deactivated.
+    async fn deactivate_user_audited(
+        &self,
+        user: &str,
+        audit: Option<&AuditContext>,
+    ) -> Result<Option<Deactivated>, StoreError>;
+    /// Lets a deactivated user have tokens again (their old tokens stay revoked); `false` (and no
+    /// entry) if they were not deactivated.
+    async fn reactivate_user_audited(
+        &self,
         user: &str,
         audit: Option<&AuditContext>,
     ) -> Result<bool, StoreError>;

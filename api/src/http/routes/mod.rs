@@ -11,6 +11,7 @@ pub mod profiles;
 pub mod refs;
 pub mod route;
 pub mod tokens;
+pub mod users;
 pub mod versions;
 pub mod webhooks;
 
@@ -58,5 +59,7 @@ pub fn configure_v1(cfg: &mut ServiceConfig) {
         .service(orgs::get_org)
         .service(orgs::set_member)
         .service(orgs::remove_member)
-        .service(adapters::transfer_adapter);
+        .service(adapters::transfer_adapter)
+        .service(users::deactivate_user)
+        .service(users::reactivate_user);
 }

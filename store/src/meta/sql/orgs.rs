@@ -7,8 +7,8 @@ use crate::RepoId;
 
 use super::*;
 use crate::meta::orgs::{
-    MAX_MEMBERS, MAX_ORGS_PER_USER, MemberRecord, Membership, NamespaceKind, OrgRecord, OrgRole,
-    OrgStore,
+    Deactivated, MAX_MEMBERS, MAX_ORGS_PER_USER, MemberRecord, Membership, NamespaceKind,
+    OrgRecord, OrgRole, OrgStore,
 };
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
@@ -24,6 +24,16 @@ async fn kind_in(tx: &mut Tx, name: &str) -> Result<Option<NamespaceKind>, Store
         "org" => NamespaceKind::Org,
         _ => NamespaceKind::User,
     }))
+}
+
+/// Whether the user `user` is deactivated (`None`: no such user).
+async fn disabled_in(tx: &mut Tx, user: &str) -> Result<Option<bool>, StoreError> {
+    let row = sqlx::query("SELECT disabled_at FROM users WHERE name = $1 AND kind = 'user'")
+        .bind(user)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(|r| Ok(r.try_get::<Option<i64>, _>("disabled_at")?.is_some()))
+        .transpose()
 }
 
 /// The role `user` holds in `org`, read inside `tx`.
@@ -247,6 +257,30 @@ impl OrgStore for SqlMetadata {
             .collect()
     }
 
+    async fn active_memberships(&self, user: &str) -> Result<Option<Vec<Membership>>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT u.disabled_at, m.org, m.role FROM users u \
+             LEFT JOIN org_members m ON m.user_name = u.name \
+             WHERE u.name = $1 AND u.kind = 'user' ORDER BY m.org",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        if first.try_get::<Option<i64>, _>("disabled_at")?.is_some() {
+            return Ok(None);
+        }
+        let mut orgs = Vec::new();
+        for r in &rows {
+            if r.try_get::<Option<String>, _>("org")?.is_some() {
+                orgs.push(membership_row(r)?);
+            }
+        }
+        Ok(Some(orgs))
+    }
+
     async fn set_member_audited(
         &self,
         org: &str,
@@ -348,6 +382,118 @@ impl OrgStore for SqlMetadata {
                 format!("{org}:{user}"),
                 org,
                 Some(serde_json::json!({ "role": before.as_str() })),
+                None,
+            );
+            super::audit::append_audit(&mut tx, &e).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn deactivate_user_audited(
+        &self,
+        user: &str,
+        audit: Option<&AuditContext>,
+    ) -> Result<Option<Deactivated>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        match disabled_in(&mut tx, user).await? {
+            None => return Err(StoreError::NotFound(format!("user {user}"))),
+            Some(true) => return Ok(None),
+            Some(false) => {}
+        }
+        let now = now_ms();
+        // Locks the user's row first (Postgres), so a token made meanwhile cannot slip past.
+        sqlx::query("UPDATE users SET disabled_at = $1 WHERE name = $2")
+            .bind(now)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        let orgs: Vec<String> =
+            sqlx::query("SELECT org FROM org_members WHERE user_name = $1 ORDER BY org")
+                .bind(user)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("org"))
+                .collect::<Result<_, _>>()?;
+        for org in &orgs {
+            lock_org(&mut tx, org).await?;
+            if role_in(&mut tx, org, user).await? == Some(OrgRole::Admin)
+                && admins_left(&mut tx, org, user).await? == 0
+            {
+                return Err(StoreError::Conflict(format!(
+                    "{user} is the last admin of {org}; make another member admin first"
+                )));
+            }
+        }
+        sqlx::query("DELETE FROM org_members WHERE user_name = $1")
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        let tokens_revoked = sqlx::query(
+            "UPDATE tokens SET revoked_at = $1 WHERE user_name = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let invites_withdrawn = sqlx::query(
+            "UPDATE invites SET expires_at = $1 WHERE user_name = $2 AND used_at IS NULL \
+             AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let done = Deactivated {
+            tokens_revoked,
+            invites_withdrawn,
+            orgs_left: orgs,
+        };
+        if let Some(ctx) = audit {
+            let after = serde_json::json!({
+                "tokens_revoked": done.tokens_revoked,
+                "invites_withdrawn": done.invites_withdrawn,
+                "orgs_left": done.orgs_left,
+            });
+            let e = entry(
+                ctx,
+                AuditAction::UserDeactivate,
+                user.to_string(),
+                user,
+                None,
+                Some(after),
+            );
+            super::audit::append_audit(&mut tx, &e).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(done))
+    }
+
+    async fn reactivate_user_audited(
+        &self,
+        user: &str,
+        audit: Option<&AuditContext>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        match disabled_in(&mut tx, user).await? {
+            None => return Err(StoreError::NotFound(format!("user {user}"))),
+            Some(false) => return Ok(false),
+            Some(true) => {}
+        }
+        sqlx::query("UPDATE users SET disabled_at = NULL WHERE name = $1")
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(ctx) = audit {
+            let e = entry(
+                ctx,
+                AuditAction::UserReactivate,
+                user.to_string(),
+                user,
+                None,
                 None,
             );
             super::audit::append_audit(&mut tx, &e).await?;
@@ -462,6 +608,11 @@ async fn rename_in_lineage(
 /// for users.
 pub(super) async fn ensure_user_in(tx: &mut Tx, user: &str) -> Result<bool, StoreError> {
     match kind_in(tx, user).await? {
+        Some(NamespaceKind::User) if disabled_in(tx, user).await? == Some(true) => {
+            Err(StoreError::Invalid(format!(
+                "user {user} is deactivated; an admin may reactivate them"
+            )))
+        }
         Some(NamespaceKind::User) => Ok(false),
         Some(NamespaceKind::Org) => Err(StoreError::Invalid(format!(
             "{user} is an organisation, not a user; tokens, invites and sign-ins are for users"
