@@ -241,8 +241,26 @@ pub fn cache_key(viewer: &Viewer, q: &ListAdapters) -> String {
 pub async fn delete(
     state: &AppState,
     adapter: &AdapterRecord,
+    who: &quiver_store::Principal,
     ctx: &quiver_store::AuditContext,
 ) -> Result<(), ApiError> {
+    // Deleting the adapter deletes its aliases: a protected one makes it an admin's act.
+    if !crate::auth::administers(who, &adapter.owner) {
+        let protected = state.store.meta.protected_aliases(&[adapter.id]).await?;
+        if !protected.is_empty() {
+            let names: Vec<&str> = protected.iter().map(|(_, n)| n.as_str()).collect();
+            return Err(ApiError::coded(
+                crate::error::ErrorCode::AliasProtected,
+                format!(
+                    "{}/{} has protected aliases ({}): only admins of the namespace {} may delete it",
+                    adapter.owner,
+                    adapter.name,
+                    names.join(", "),
+                    adapter.owner
+                ),
+            ));
+        }
+    }
     let entry = crate::app::audit::adapter_audit(
         ctx,
         quiver_store::AuditAction::AdapterDelete,

@@ -104,7 +104,7 @@ pub async fn delete_repo(
         .unwrap_or_default();
     let path = repo_path(body.organization, body.name, user);
     let (adapter, who) = find_writable_adapter(&state.store, &caller, &path).await?;
-    crate::app::adapters::delete(&state, &adapter, &info.audit(Some(who))).await?;
+    crate::app::adapters::delete(&state, &adapter, who, &info.audit(Some(who))).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 

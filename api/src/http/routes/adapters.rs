@@ -234,7 +234,7 @@ pub async fn delete_adapter(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (adapter, who) = find_writable_adapter(&state.store, &caller, &path).await?;
-    delete(&state, &adapter, &info.audit(Some(who))).await?;
+    delete(&state, &adapter, who, &info.audit(Some(who))).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
