@@ -204,10 +204,10 @@ impl AuthProxyArgs {
     pub fn resolve(
         &self,
     ) -> Result<
-        Option<std::sync::Arc<crate::http::web::proxy_auth::ProxyAuth>>,
-        crate::http::web::proxy_auth::ProxyAuthError,
+        Option<std::sync::Arc<crate::auth_proxy::ProxyAuth>>,
+        crate::auth_proxy::ProxyAuthError,
     > {
-        crate::http::web::proxy_auth::ProxyAuth::from_flags(
+        crate::auth_proxy::ProxyAuth::from_flags(
             self.auth_proxy_header.as_deref(),
             &self.auth_proxy_trusted,
             self.auth_proxy_email_header.as_deref(),
@@ -289,7 +289,7 @@ pub struct HttpOptions {
     /// Days to keep audit log entries (`--audit-retention-days`; 0: forever).
     pub audit_retention_days: u32,
     /// Sign-in through an authenticating proxy (`--auth-proxy-*`); `None`: off.
-    pub auth_proxy: Option<std::sync::Arc<crate::http::web::proxy_auth::ProxyAuth>>,
+    pub auth_proxy: Option<std::sync::Arc<crate::auth_proxy::ProxyAuth>>,
 }
 
 /// Default `--shutdown-grace`: 30 s.

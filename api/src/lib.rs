@@ -6,13 +6,14 @@
 //!   shared HTTP edges (error rendering, extractors, body limits, the route table, OpenAPI);
 //! - use cases, [`app`]: what the front doors share (finding what a caller may see or write,
 //!   listings, jobs, lineage, aliases, serving a file);
-//! - services: [`jobs`] (the worker), [`events`] (events and webhook delivery), [`routing`], [`state`], [`config`], [`auth`], [`publish`],
+//! - services: [`jobs`] (the worker), [`events`] (events and webhook delivery), [`routing`], [`state`], [`config`], [`auth`], [`auth_proxy`], [`publish`],
 //!   [`upload`], [`list_cache`], [`card`];
 //! - base: [`error`] (the one envelope and code table), [`metrics`], [`facets`],
 //!   [`conditional`], [`device`].
 
 pub mod app;
 pub mod auth;
+pub mod auth_proxy;
 pub mod background;
 pub mod card;
 pub mod cli;

@@ -19,5 +19,5 @@ pub struct AppState {
     /// Webhook settings (`--webhook-allow-private` is checked when subscriptions are made).
     pub webhooks: crate::events::WebhookOptions,
     /// Sign-in through an authenticating proxy on the web pages (`--auth-proxy-*`); `None`: off.
-    pub auth_proxy: Option<Arc<crate::http::web::proxy_auth::ProxyAuth>>,
+    pub auth_proxy: Option<Arc<crate::auth_proxy::ProxyAuth>>,
 }

@@ -80,6 +80,7 @@ const API_LAYERS: &[(&str, Layer)] = &[
     ("list_cache", Layer::Service),
     ("card", Layer::Service),
     ("auth", Layer::Service),
+    ("auth_proxy", Layer::Service),
     // Base.
     ("error", Layer::Base),
     ("metrics", Layer::Base),

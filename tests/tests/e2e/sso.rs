@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use quiver_api::auth_proxy::ProxyAuth;
 use quiver_api::config::HttpOptions;
-use quiver_api::http::web::proxy_auth::ProxyAuth;
 use quiver_store::NamespaceKind;
 use quiver_tests::{Backend, TestApp, spawn_app_with};
 use reqwest::Method;
