@@ -122,6 +122,8 @@ pub enum Command {
     Org(crate::cli::org::OrgArgs),
     /// Act on an adapter on a server (transfer it to another namespace).
     Adapter(crate::cli::org::AdapterArgs),
+    /// Deactivate or reactivate a user on a server (an admin token).
+    User(crate::cli::org::UserArgs),
     /// Print embeddings of local text (JSON lines) with the routing embedder.
     Embed(crate::cli::route::EmbedArgs),
     /// Internal: run one job's engine over its scratch directory (started by a job worker).
@@ -346,6 +348,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Webhook(args) => crate::cli::webhook::run(args).await?,
         Command::Org(args) => crate::cli::org::run(args).await?,
         Command::Adapter(args) => crate::cli::org::run_adapter(args).await?,
+        Command::User(args) => crate::cli::org::run_user(args).await?,
         Command::Embed(args) => crate::cli::route::embed(args)?,
         // Like `merge`, on the runtime's main thread (rayon inside): measured, the engine ran
         // ~10 % slower in a process without the runtime (ties, 8 × 160 MB: 151 s vs 133-135 s).

@@ -22,6 +22,7 @@ mod publish_checks;
 mod routing;
 mod service;
 mod sso;
+mod team;
 mod tokens;
 mod uploads;
 mod webhooks;

@@ -63,7 +63,7 @@ impl ProxyClaim {
 
     /// The page caller this claim makes: the named user (created on first visit, memberships
     /// of the mapped organisations brought in step with the groups), or anonymous when the name
-    /// is not a valid user. Storage failures are errors (503), as for a session cookie.
+    /// is not a valid user or the user is deactivated. Storage failures are errors (503), as for a session cookie.
     pub async fn principal(self, state: &AppState) -> Result<Option<Principal>, ApiError> {
         let Some(auth) = state.auth_proxy.as_deref() else {
             return Ok(None);
@@ -95,7 +95,8 @@ impl ProxyClaim {
                                     user,
                                     error = %e,
                                     "the proxy names a user that cannot sign in here (an \
-                                     organisation's name?); the request is anonymous"
+                                     organisation's name, or deactivated); the request is \
+                                     anonymous"
                                 );
                             });
                             Ok(None)
@@ -127,7 +128,19 @@ impl ProxyClaim {
                 "signed in through the authenticating proxy"
             );
         }
-        let mut orgs = meta.memberships(&user).await?;
+        // Read on every request: a deactivated user (a departed colleague) is anonymous from the
+        // next request on, whatever the proxy still says, and the group map does not bring
+        // their memberships back.
+        let Some(mut orgs) = meta.active_memberships(&user).await? else {
+            auth.forget_signin(&user);
+            auth.warn_once(format!("inactive user {user}"), || {
+                tracing::warn!(
+                    user,
+                    "the proxy names a deactivated user; the request is anonymous"
+                );
+            });
+            return Ok(None);
+        };
         if auth.has_group_map() && self.sync_groups(auth, state, &user, &orgs).await? {
             orgs = meta.memberships(&user).await?;
         }
