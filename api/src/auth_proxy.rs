@@ -429,7 +429,7 @@ impl ProxyAuth {
     pub fn mapped_role(&self, org: &str, groups: &[String]) -> Option<OrgRole> {
         self.rules
             .iter()
-            .filter(|r| r.org == org && groups.iter().any(|g| *g == r.group))
+            .filter(|r| r.org == org && groups.contains(&r.group))
             .map(|r| r.role)
             .fold(None, |best: Option<OrgRole>, r| match best {
                 Some(b) if b.at_least(r) => Some(b),

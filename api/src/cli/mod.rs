@@ -38,6 +38,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// `Serve` carries every server flag; the command is parsed once per process, so its size does
+// not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the HTTP API.
