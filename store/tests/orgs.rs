@@ -273,7 +273,10 @@ async fn deactivation_revokes_leaves_and_blocks_new_tokens(#[case] backend: Back
 
     // The last admin of an organisation cannot go: nothing changes, nothing is audited.
     let refused = m.deactivate_user_audited("bob", Some(&ctx("root"))).await;
-    assert!(matches!(refused, Err(StoreError::Conflict(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
     assert!(matches!(
         m.check_token(&"b".repeat(64)).await.expect("check"),
         TokenCheck::Valid(_)
@@ -299,14 +302,22 @@ async fn deactivation_revokes_leaves_and_blocks_new_tokens(#[case] backend: Back
     assert!(m.memberships("bob").await.expect("orgs").is_empty());
     assert_eq!(m.active_memberships("bob").await.expect("active"), None);
     assert_eq!(
-        m.active_memberships("alice").await.expect("active").map(|o| o.len()),
+        m.active_memberships("alice")
+            .await
+            .expect("active")
+            .map(|o| o.len()),
         Some(2)
     );
     // No new token, invite or sign-in while deactivated; a second deactivation changes nothing.
-    let token = m.create_token("bob", Scope::Read, "e".repeat(64).as_str()).await;
+    let token = m
+        .create_token("bob", Scope::Read, "e".repeat(64).as_str())
+        .await;
     assert!(matches!(token, Err(StoreError::Invalid(_))), "{token:?}");
     assert!(m.ensure_user("bob").await.is_err());
-    assert_eq!(m.deactivate_user_audited("bob", None).await.expect("again"), None);
+    assert_eq!(
+        m.deactivate_user_audited("bob", None).await.expect("again"),
+        None
+    );
     assert_eq!(audit_count(&store, AuditAction::UserDeactivate).await, 1);
     let missing = m.deactivate_user_audited("nobody", None).await;
     assert!(matches!(missing, Err(StoreError::NotFound(_))));
