@@ -272,6 +272,54 @@ async fn private_adapters_are_routed_only_to_who_may_see_them(#[case] backend: B
     wait_profile(&app, "bob/secret", "bob", None).await;
     let after = scores(&route(&app, "alice", json!({"inputs": [TOPICS[0].2], "top_k": 3})).await);
     assert_eq!(before, after);
+    // In an organisation, a private adapter routes to its members (any role, any token of
+    // theirs) and stops at once for a member removed; a transfer keeps its profile.
+    let (status, body) = app
+        .post_json("/api/v1/orgs", "bob", &json!({"name": "lawfirm"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = app
+        .send(
+            app.request(
+                reqwest::Method::PUT,
+                "/api/v1/orgs/lawfirm/members/alice",
+                "bob",
+            )
+            .json(&json!({"role": "read"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let move_legal = |from: &'static str, to: &'static str| {
+        let app = &app;
+        async move {
+            let path = format!("/api/v1/adapters/{from}/legal/transfer");
+            app.post_json(&path, "bob", &json!({ "to": to })).await
+        }
+    };
+    let (status, body) = move_legal("bob", "lawfirm").await;
+    assert_eq!(status, 200, "{body}");
+    let routed = |who: &'static str| {
+        let app = &app;
+        async move {
+            let response = route(app, who, json!({"inputs": [legal], "top_k": 4})).await;
+            names(&response["results"][0])
+        }
+    };
+    for who in ["alice", "alice_read", "bob"] {
+        assert_eq!(routed(who).await[0], "lawfirm/legal", "{who}");
+    }
+    assert!(!routed("").await.contains(&"lawfirm/legal".to_string()));
+    let (status, _) = app
+        .send(app.request(
+            reqwest::Method::DELETE,
+            "/api/v1/orgs/lawfirm/members/alice",
+            "bob",
+        ))
+        .await;
+    assert_eq!(status, 204);
+    assert!(!routed("alice").await.contains(&"lawfirm/legal".to_string()));
+    let (status, body) = move_legal("lawfirm", "bob").await;
+    assert_eq!(status, 200, "{body}");
     // Made public, it shows to everyone at once (the index follows the registry generation).
     let (status, body) = app
         .send(
