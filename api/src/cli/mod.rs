@@ -4,6 +4,7 @@
 pub mod compress;
 pub mod merge;
 pub mod org;
+pub mod remote;
 pub mod route;
 pub mod token;
 pub mod webhook;

@@ -2,9 +2,13 @@
 //! its API (docs/tokens.md). `create` without `--server` is the local bootstrap (database
 //! access, `crate::cli`). `create` prints the new token's JSON to stderr and the secret alone on
 //! the last line of stdout, as the bootstrap does; `list` and `revoke` print the server's JSON.
+//! An error prints the server's message (its envelope's code and message) and exits non-zero;
+//! the request itself is `crate::cli::remote`'s.
 
 use quiver_store::{AuditContext, NewToken, Scope, Store, StoreError};
-use serde_json::{Value, json};
+use serde_json::json;
+
+use crate::cli::remote::{call, print, seg};
 
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -52,33 +56,6 @@ pub struct RemoteCreate {
     pub restrict: Vec<String>,
 }
 
-async fn call(
-    server: &str,
-    token: Option<&str>,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, Box<dyn std::error::Error>> {
-    let url = format!("{}/api/v1{path}", server.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().request(method, &url);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach {url}: {e}"))?;
-    let status = response.status();
-    let text = response.text().await?;
-    if !status.is_success() {
-        return Err(format!("{status}: {text}").into());
-    }
-    Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
 pub async fn create(c: RemoteCreate) -> CmdResult {
     let mut body = json!({ "name": c.name, "scope": c.scope });
     if let Some(u) = c.user {
@@ -112,24 +89,16 @@ pub async fn create(c: RemoteCreate) -> CmdResult {
 pub async fn list(server: &str, token: Option<&str>, user: Option<&str>, all: bool) -> CmdResult {
     let mut path = "/tokens".to_string();
     if let Some(u) = user {
-        path.push_str(&format!("?user={}", urlencode(u)));
+        path.push_str(&format!("?user={}", seg(u)));
     } else if all {
         path.push_str("?all=true");
     }
-    let v = call(server, token, reqwest::Method::GET, &path, None).await?;
-    println!("{}", serde_json::to_string_pretty(&v)?);
-    Ok(())
+    print(&call(server, token, reqwest::Method::GET, &path, None).await?)
 }
 
 pub async fn revoke(server: &str, token: Option<&str>, id: &str) -> CmdResult {
-    let path = format!("/tokens/{}", urlencode(id));
-    let v = call(server, token, reqwest::Method::DELETE, &path, None).await?;
-    println!("{}", serde_json::to_string_pretty(&v)?);
-    Ok(())
-}
-
-fn urlencode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+    let path = format!("/tokens/{}", seg(id));
+    print(&call(server, token, reqwest::Method::DELETE, &path, None).await?)
 }
 
 pub async fn invite(

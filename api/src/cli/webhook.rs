@@ -1,22 +1,16 @@
 //! `quiver webhook create|list|deliveries|redeliver|delete`: manage webhook subscriptions on a
-//! server through its API (docs/webhooks.md). Prints the server's JSON.
+//! server through its API (docs/webhooks.md). Prints the server's JSON; an error prints the
+//! server's message (its envelope's code and message) and exits non-zero.
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde_json::json;
+
+use crate::cli::remote::{Remote, print, seg};
 
 #[derive(Args, Debug)]
 pub struct WebhookArgs {
-    /// The server.
-    #[arg(
-        long,
-        env = "QUIVER_URL",
-        default_value = "http://127.0.0.1:8080",
-        global = true
-    )]
-    pub server: String,
-    /// A write token.
-    #[arg(long, env = "QUIVER_TOKEN", global = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
     #[command(subcommand)]
     pub command: WebhookCommand,
 }
@@ -58,8 +52,6 @@ pub enum WebhookCommand {
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
 pub async fn run(args: WebhookArgs) -> CmdResult {
-    let base = format!("{}/api/v1", args.server.trim_end_matches('/'));
-    let client = reqwest::Client::new();
     let (method, path, body) = match args.command {
         WebhookCommand::Create {
             url,
@@ -85,41 +77,26 @@ pub async fn run(args: WebhookArgs) -> CmdResult {
         }
         WebhookCommand::List => (reqwest::Method::GET, "/webhooks".into(), None),
         WebhookCommand::Deliveries { id, limit, cursor } => {
-            let mut path = format!("/webhooks/{id}/deliveries?limit={limit}");
+            let mut path = format!("/webhooks/{}/deliveries?limit={limit}", seg(&id));
             if let Some(c) = cursor {
-                path.push_str(&format!("&cursor={c}"));
+                path.push_str(&format!("&cursor={}", seg(&c)));
             }
             (reqwest::Method::GET, path, None)
         }
         WebhookCommand::Redeliver { id, delivery_id } => (
             reqwest::Method::POST,
-            format!("/webhooks/{id}/deliveries/{delivery_id}/redeliver"),
+            format!(
+                "/webhooks/{}/deliveries/{}/redeliver",
+                seg(&id),
+                seg(&delivery_id)
+            ),
             None,
         ),
-        WebhookCommand::Delete { id } => (reqwest::Method::DELETE, format!("/webhooks/{id}"), None),
+        WebhookCommand::Delete { id } => (
+            reqwest::Method::DELETE,
+            format!("/webhooks/{}", seg(&id)),
+            None,
+        ),
     };
-    let url = format!("{base}{path}");
-    let mut request = client.request(method, &url);
-    if let Some(token) = &args.token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach {url}: {e}"))?;
-    let status = response.status();
-    let text = response.text().await?;
-    if !status.is_success() {
-        return Err(format!("{status}: {text}").into());
-    }
-    if text.is_empty() {
-        println!("{}", json!({"status": status.as_u16()}));
-    } else {
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    }
-    Ok(())
+    print(&args.remote.call(method, &path, body).await?)
 }
