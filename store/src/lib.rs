@@ -33,6 +33,7 @@ pub use meta::{
     ParentVersion, Principal, ProfileInfo, ProfileSource, ProfileStore, RoutableProfile,
     SAMPLES_FILE, StaleProfile, VersionRecord, VersionRef, Viewer,
 };
+pub use meta::{AliasChange, AliasTarget, FacetCounts, FacetFilter, VersionFacets, VersionKind};
 pub use meta::{Audit, AuditAction, AuditContext, AuditFilter, AuditRecord, AuditStore};
 pub use meta::{
     Deactivated, MAX_MEMBERS, MAX_ORGS_PER_USER, MemberRecord, Membership, NamespaceKind,
@@ -42,7 +43,6 @@ pub use meta::{
     DeliveryRecord, DeliveryStatus, EventRecord, NewDelivery, NewEvent, NewWebhook, QueuedDelivery,
     WebhookRecord, WebhookStore,
 };
-pub use meta::{FacetCounts, FacetFilter, VersionFacets, VersionKind};
 pub use meta::{
     InviteRecord, MAX_RESTRICTIONS, NewToken, Restriction, TokenCheck, TokenRecord, TokenStore,
 };

@@ -483,3 +483,94 @@ async fn invites_webhooks_and_job_outputs_are_audited(#[case] backend: Backend) 
         .is_empty()
     );
 }
+
+/// An alias entry's `before` is what the alias pointed at inside the move's own transaction,
+/// whatever the caller guessed.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn alias_before_is_read_in_the_transaction(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    let a = store
+        .meta
+        .create_adapter(&NewAdapter {
+            repo: RepoId::parse("alice", "moves").expect("name"),
+            base_model: "base".into(),
+            description: String::new(),
+            tags: Vec::new(),
+            private: false,
+        })
+        .await
+        .expect("create");
+    let new = NewVersion {
+        created_by: "alice".into(),
+        files: Vec::new(),
+        lora: None,
+        lineage: None,
+        parents: Vec::new(),
+        facets: Default::default(),
+    };
+    for _ in 0..2 {
+        store.meta.create_version(&a, &new).await.expect("version");
+    }
+    let entry = |action, after: Option<i64>| quiver_store::Audit {
+        context: AuditContext::default(),
+        action,
+        target: "alice/moves@prod".into(),
+        owner: Some("alice".into()),
+        before: Some(serde_json::json!({ "version": 99 })),
+        after: after.map(|n| serde_json::json!({ "version": n })),
+    };
+    let first = store
+        .meta
+        .set_alias_audited(
+            a.id,
+            "prod",
+            1,
+            true,
+            Some(&entry(AuditAction::AliasSet, Some(1))),
+        )
+        .await
+        .expect("set");
+    assert_eq!(first.from, None);
+    assert_eq!(first.to.number, 1);
+    let second = store
+        .meta
+        .set_alias_audited(
+            a.id,
+            "prod",
+            2,
+            true,
+            Some(&entry(AuditAction::AliasSet, Some(2))),
+        )
+        .await
+        .expect("move");
+    assert_eq!(second.from.map(|t| t.number), Some(1));
+    let removed = store
+        .meta
+        .delete_alias_audited(
+            a.id,
+            "prod",
+            true,
+            Some(&entry(AuditAction::AliasDelete, None)),
+        )
+        .await
+        .expect("delete");
+    assert_eq!(removed.map(|t| t.number), Some(2));
+    let page = store
+        .meta
+        .list_audit(&AuditFilter::default(), 10, None)
+        .await
+        .expect("list");
+    let befores: Vec<_> = page.items.iter().map(|e| e.before.clone()).collect();
+    assert_eq!(
+        befores,
+        [
+            Some(serde_json::json!({"version": 2})),
+            Some(serde_json::json!({"version": 1})),
+            None
+        ],
+        "newest first"
+    );
+}

@@ -160,6 +160,7 @@ async fn a_protected_name_is_refused_to_non_admins_and_survives_deletion(#[case]
             .delete_alias_audited(a.id, "prod", true, None)
             .await
             .expect("admin deletes")
+            .is_some()
     );
     assert_eq!(target(&store, &a, "prod").await, None);
     assert!(matches!(
@@ -309,7 +310,7 @@ async fn a_protect_racing_moves_is_never_bypassed(#[case] backend: Backend) {
                         .set_alias_audited(a.id, "prod", 1 + (n + i) % 2, false, None)
                         .await
                     {
-                        Ok(()) => {}
+                        Ok(_) => {}
                         Err(StoreError::AliasProtected(_)) => {
                             refused.fetch_add(1, Ordering::SeqCst);
                         }

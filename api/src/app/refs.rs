@@ -3,9 +3,7 @@
 //! is created, moved or deleted only by an admin of the adapter's namespace
 //! (`crate::auth::administers`), checked by the store in the move's own transaction.
 
-use quiver_store::{
-    AdapterRecord, Audit, AuditAction, AuditContext, Principal, Store, StoreError, VersionRef,
-};
+use quiver_store::{AdapterRecord, Audit, AuditAction, AuditContext, Principal, Store, StoreError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -30,19 +28,6 @@ pub fn check_alias(alias: &str) -> Result<String, ApiError> {
         ));
     }
     Ok(alias)
-}
-
-/// The `(version, revision)` an alias points at now, if any.
-async fn alias_target(
-    store: &Store,
-    adapter: &AdapterRecord,
-    alias: &str,
-) -> Result<Option<(i64, String)>, ApiError> {
-    Ok(store
-        .meta
-        .get_version(adapter.id, &VersionRef::Alias(alias.to_string()))
-        .await?
-        .map(|v| (v.number, v.revision)))
 }
 
 /// The refusal of a protected alias's move by `who`: 403 `alias_protected` naming the rule.
@@ -75,16 +60,9 @@ pub async fn set_alias(
     who: &Principal,
     ctx: &AuditContext,
 ) -> Result<(), ApiError> {
-    let from = alias_target(store, adapter, alias).await?;
-    let entry = alias_audit(
-        ctx,
-        AuditAction::AliasSet,
-        adapter,
-        alias,
-        from.as_ref().map(|f| f.0),
-        Some(number),
-    );
-    store
+    // `before` is filled by the store from its own transaction.
+    let entry = alias_audit(ctx, AuditAction::AliasSet, adapter, alias, Some(number));
+    let change = store
         .meta
         .set_alias_audited(
             adapter.id,
@@ -95,9 +73,8 @@ pub async fn set_alias(
         )
         .await
         .map_err(|e| change_error(adapter, alias, e))?;
-    let to = alias_target(store, adapter, alias).await?;
-    if from != to {
-        crate::events::alias_moved(store, adapter, alias, from, to).await;
+    if change.from.as_ref() != Some(&change.to) {
+        crate::events::alias_moved(store, adapter, alias, change.from, Some(change.to)).await;
     }
     Ok(())
 }
@@ -112,15 +89,7 @@ pub async fn delete_alias(
     who: &Principal,
     ctx: &AuditContext,
 ) -> Result<bool, ApiError> {
-    let from = alias_target(store, adapter, alias).await?;
-    let entry = alias_audit(
-        ctx,
-        AuditAction::AliasDelete,
-        adapter,
-        alias,
-        from.as_ref().map(|f| f.0),
-        None,
-    );
+    let entry = alias_audit(ctx, AuditAction::AliasDelete, adapter, alias, None);
     let deleted = store
         .meta
         .delete_alias_audited(
@@ -131,30 +100,29 @@ pub async fn delete_alias(
         )
         .await
         .map_err(|e| change_error(adapter, alias, e))?;
-    if deleted {
-        crate::events::alias_moved(store, adapter, alias, from, None).await;
+    let existed = deleted.is_some();
+    if let Some(from) = deleted {
+        crate::events::alias_moved(store, adapter, alias, Some(from), None).await;
     }
-    Ok(deleted)
+    Ok(existed)
 }
 
-/// The audit entry of an alias change: target `owner/name@alias`, before/after `{"version": N}`
-/// (`null` where there was or is none). `before` is read just ahead of the change's transaction.
+/// The audit entry of an alias change: target `owner/name@alias`, after `{"version": N}` (`null`
+/// for a deletion); the store sets `before` from the change's own transaction.
 fn alias_audit(
     ctx: &AuditContext,
     action: AuditAction,
     adapter: &AdapterRecord,
     alias: &str,
-    before: Option<i64>,
     after: Option<i64>,
 ) -> Audit {
-    let version = |n: Option<i64>| n.map(|n| serde_json::json!({ "version": n }));
     Audit {
         context: ctx.clone(),
         action,
         target: format!("{}/{}@{alias}", adapter.owner, adapter.name),
         owner: Some(adapter.owner.clone()),
-        before: version(before),
-        after: version(after),
+        before: None,
+        after: after.map(|n| serde_json::json!({ "version": n })),
     }
 }
 

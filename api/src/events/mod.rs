@@ -279,11 +279,12 @@ pub async fn alias_moved(
     store: &Store,
     adapter: &AdapterRecord,
     alias: &str,
-    from: Option<(i64, String)>,
-    to: Option<(i64, String)>,
+    from: Option<quiver_store::AliasTarget>,
+    to: Option<quiver_store::AliasTarget>,
 ) {
-    let side =
-        |v: Option<(i64, String)>| v.map(|(n, r)| serde_json::json!({"version": n, "revision": r}));
+    let side = |v: Option<quiver_store::AliasTarget>| {
+        v.map(|t| serde_json::json!({"version": t.number, "revision": t.revision}))
+    };
     let data = serde_json::json!({ "alias": alias, "from": side(from), "to": side(to) });
     emit(store, EventKind::AliasMoved, &Subject::of(adapter), data).await;
 }

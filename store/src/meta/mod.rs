@@ -74,8 +74,8 @@ pub use tokens::{
     TokenStore,
 };
 pub use versions::{
-    CommitCheck, FileRecord, NewVersion, NoCheck, ParentVersion, VersionFacets, VersionKind,
-    VersionRecord, VersionRef, VersionState, VersionStore,
+    AliasChange, AliasTarget, CommitCheck, FileRecord, NewVersion, NoCheck, ParentVersion,
+    VersionFacets, VersionKind, VersionRecord, VersionRef, VersionState, VersionStore,
 };
 pub use webhooks::{
     DeliveryRecord, DeliveryStatus, EventRecord, NewDelivery, NewEvent, NewWebhook, QueuedDelivery,

@@ -148,6 +148,20 @@ impl CommitCheck for NoCheck {
     }
 }
 
+/// A version an alias points at: its number and revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AliasTarget {
+    pub number: i64,
+    pub revision: String,
+}
+
+/// What an alias move changed: the previous target (if any) and the new one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AliasChange {
+    pub from: Option<AliasTarget>,
+    pub to: AliasTarget,
+}
+
 /// Versions with their files, refs (aliases), and which blobs they refer to.
 #[async_trait]
 pub trait VersionStore: Send + Sync {
@@ -225,18 +239,23 @@ pub trait VersionStore: Send + Sync {
     async fn set_alias(&self, adapter_id: i64, alias: &str, number: i64) -> Result<(), StoreError> {
         self.set_alias_audited(adapter_id, alias, number, false, None)
             .await
+            .map(drop)
     }
     /// Returns whether the alias existed. As [`VersionStore::set_alias`], refuses a protected
     /// name.
     async fn delete_alias(&self, adapter_id: i64, alias: &str) -> Result<bool, StoreError> {
-        self.delete_alias_audited(adapter_id, alias, false, None)
-            .await
+        Ok(self
+            .delete_alias_audited(adapter_id, alias, false, None)
+            .await?
+            .is_some())
     }
     /// Points `alias` at version `number`, appending `audit` in the same transaction (nothing is
     /// appended when the version does not exist). Unless `allow_protected` (the caller
     /// administers the adapter's namespace), a protected name is refused with
     /// [`StoreError::AliasProtected`] and nothing changes; the check is made in the same
-    /// transaction as the move, ordered against [`VersionStore::set_alias_protection`].
+    /// transaction as the move, ordered against [`VersionStore::set_alias_protection`]. The
+    /// alias's previous target is read in that transaction too, and is the entry's `before`
+    /// (`{"version": N}` or `null`), so two simultaneous moves record what each replaced.
     async fn set_alias_audited(
         &self,
         adapter_id: i64,
@@ -244,17 +263,19 @@ pub trait VersionStore: Send + Sync {
         number: i64,
         allow_protected: bool,
         audit: Option<&Audit>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<AliasChange, StoreError>;
     /// [`VersionStore::delete_alias`], appending `audit` in the same transaction when the alias
     /// existed; a protected name as in [`VersionStore::set_alias_audited`] (refused whether or not
-    /// the alias exists). Deleting an alias keeps its name's protection.
+    /// the alias exists). Deleting an alias keeps its name's protection. Returns what the alias
+    /// pointed at (`None`: there was no such alias), read in the transaction, which is also the
+    /// entry's `before`.
     async fn delete_alias_audited(
         &self,
         adapter_id: i64,
         alias: &str,
         allow_protected: bool,
         audit: Option<&Audit>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<AliasTarget>, StoreError>;
     /// Protects (`true`) or unprotects the alias name `alias` of `adapter`; the caller checked
     /// that the actor administers its namespace. Returns whether it changed; when it did and
     /// `audit` is given, appends `alias.protect` (target `owner/name@alias`, before/after

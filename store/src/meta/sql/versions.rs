@@ -237,31 +237,43 @@ impl VersionStore for SqlMetadata {
         number: i64,
         allow_protected: bool,
         audit: Option<&Audit>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<AliasChange, StoreError> {
         let mut tx = self.begin_write().await?;
         if !allow_protected {
             self.refuse_protected(&mut tx, adapter_id, alias).await?;
         }
-        let done = sqlx::query(
-            "INSERT INTO refs (adapter_id, name, version_id, updated_at) \
-             SELECT $1, $2, id, $3 FROM versions WHERE adapter_id = $1 AND number = $4 AND state = $5 \
+        let from = alias_target_in(&mut tx, adapter_id, alias).await?;
+        let Some(version) = sqlx::query(
+            "SELECT id, revision FROM versions WHERE adapter_id = $1 AND number = $2 AND state = $3",
+        )
+        .bind(adapter_id)
+        .bind(number)
+        .bind(VersionState::Ready.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Err(StoreError::NotFound(format!(
+                "version {number} does not exist"
+            )));
+        };
+        let version_id: i64 = version.try_get("id")?;
+        sqlx::query(
+            "INSERT INTO refs (adapter_id, name, version_id, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (adapter_id, name) DO UPDATE SET version_id = excluded.version_id, updated_at = excluded.updated_at",
         )
         .bind(adapter_id)
         .bind(alias)
+        .bind(version_id)
         .bind(now_ms())
-        .bind(number)
-        .bind(VersionState::Ready.as_str())
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!(
-                "version {number} does not exist"
-            )));
-        }
-        audit::append_audit_opt(&mut tx, audit).await?;
+        let to = AliasTarget {
+            number,
+            revision: version.try_get("revision")?,
+        };
+        append_alias_audit(&mut tx, audit, from.as_ref()).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(AliasChange { from, to })
     }
 
     async fn delete_alias_audited(
@@ -270,22 +282,22 @@ impl VersionStore for SqlMetadata {
         alias: &str,
         allow_protected: bool,
         audit: Option<&Audit>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<AliasTarget>, StoreError> {
         let mut tx = self.begin_write().await?;
         if !allow_protected {
             self.refuse_protected(&mut tx, adapter_id, alias).await?;
         }
-        let done = sqlx::query("DELETE FROM refs WHERE adapter_id = $1 AND name = $2")
+        let Some(from) = alias_target_in(&mut tx, adapter_id, alias).await? else {
+            return Ok(None);
+        };
+        sqlx::query("DELETE FROM refs WHERE adapter_id = $1 AND name = $2")
             .bind(adapter_id)
             .bind(alias)
             .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        audit::append_audit_opt(&mut tx, audit).await?;
+        append_alias_audit(&mut tx, audit, Some(&from)).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(from))
     }
 
     async fn set_alias_protection(
@@ -381,4 +393,42 @@ impl SqlMetadata {
         }
         Ok(())
     }
+}
+
+/// What `alias` of the adapter points at, read in `tx` (after any lock the caller took).
+async fn alias_target_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    adapter_id: i64,
+    alias: &str,
+) -> Result<Option<AliasTarget>, StoreError> {
+    sqlx::query(
+        "SELECT v.number, v.revision FROM refs r JOIN versions v ON v.id = r.version_id \
+         WHERE r.adapter_id = $1 AND r.name = $2",
+    )
+    .bind(adapter_id)
+    .bind(alias)
+    .fetch_optional(&mut **tx)
+    .await?
+    .map(|r| {
+        Ok(AliasTarget {
+            number: r.try_get("number")?,
+            revision: r.try_get("revision")?,
+        })
+    })
+    .transpose()
+}
+
+/// Appends an alias change's entry with `before` set to what the alias pointed at, as read in
+/// the same transaction.
+async fn append_alias_audit(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    audit: Option<&Audit>,
+    before: Option<&AliasTarget>,
+) -> Result<(), StoreError> {
+    let Some(entry) = audit else {
+        return Ok(());
+    };
+    let mut entry = entry.clone();
+    entry.before = before.map(|t| serde_json::json!({ "version": t.number }));
+    audit::append_audit(tx, &entry).await
 }
