@@ -85,7 +85,7 @@ pub fn check_description(d: &str) -> Result<(), ApiError> {
 }
 
 /// Builds full views (refs, protected alias names, latest version) for a set of adapters with
-/// four queries in all, and one per distinct parent adapter named in the latest versions'
+/// three queries in all, and one per distinct parent adapter named in the latest versions'
 /// lineage (hidden from a viewer who may not see it: `crate::app::redact`).
 pub async fn views(
     store: &Store,
@@ -100,12 +100,13 @@ pub async fn views(
         .into_iter()
         .map(|v| (v.adapter_id, v))
         .collect();
+    let (alias_rows, protected_rows) = store.meta.aliases_and_protection(&ids).await?;
     let mut aliases: HashMap<i64, Vec<(String, i64)>> = HashMap::new();
-    for (id, alias, number) in store.meta.aliases(&ids).await? {
+    for (id, alias, number) in alias_rows {
         aliases.entry(id).or_default().push((alias, number));
     }
     let mut protected: HashMap<i64, Vec<String>> = HashMap::new();
-    for (id, name) in store.meta.protected_aliases(&ids).await? {
+    for (id, name) in protected_rows {
         protected.entry(id).or_default().push(name);
     }
     let parents = crate::app::redact::Parents::of(store, viewer, latest.values()).await?;

@@ -228,6 +228,12 @@ pub trait VersionStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Aliases of each adapter: (adapter id, alias, version number).
     async fn aliases(&self, adapter_ids: &[i64]) -> Result<Vec<(i64, String, i64)>, StoreError>;
+    /// [`VersionStore::aliases`] and [`VersionStore::protected_aliases`] of the same adapters in
+    /// one query (what a view of an adapter shows).
+    async fn aliases_and_protection(
+        &self,
+        adapter_ids: &[i64],
+    ) -> Result<(Vec<(i64, String, i64)>, Vec<(i64, String)>), StoreError>;
     /// Protected alias names of each adapter: (adapter id, name), whether or not an alias of that
     /// name exists now (migration 0011).
     async fn protected_aliases(

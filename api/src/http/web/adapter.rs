@@ -381,8 +381,11 @@ async fn version_rows(
     shown: Option<&VersionRecord>,
 ) -> Result<Vec<VersionRow>, PageError> {
     let id = adapter.repo_id();
-    let aliases = state.store.meta.aliases(&[adapter.id]).await?;
-    let protected = state.store.meta.protected_aliases(&[adapter.id]).await?;
+    let (aliases, protected) = state
+        .store
+        .meta
+        .aliases_and_protection(&[adapter.id])
+        .await?;
     let versions_page = state
         .store
         .meta

@@ -211,6 +211,34 @@ impl VersionStore for SqlMetadata {
             .collect()
     }
 
+    async fn aliases_and_protection(
+        &self,
+        adapter_ids: &[i64],
+    ) -> Result<(Vec<(i64, String, i64)>, Vec<(i64, String)>), StoreError> {
+        if adapter_ids.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        // Alias rows carry their version number; protected names carry NULL.
+        let mut sql = Sql::new(
+            "SELECT r.adapter_id, r.name, v.number FROM refs r JOIN versions v ON v.id = r.version_id \
+             WHERE r.adapter_id IN ",
+        );
+        sql.bind_list(adapter_ids).push(
+            " UNION ALL SELECT p.adapter_id, p.name, NULL AS number FROM protected_aliases p \
+             WHERE p.adapter_id IN ",
+        );
+        sql.bind_list(adapter_ids).push(" ORDER BY 1, 2");
+        let (mut aliases, mut protected) = (Vec::new(), Vec::new());
+        for r in sql.query().fetch_all(&self.pool).await? {
+            let (id, name): (i64, String) = (r.try_get("adapter_id")?, r.try_get("name")?);
+            match r.try_get::<Option<i64>, _>("number")? {
+                Some(number) => aliases.push((id, name, number)),
+                None => protected.push((id, name)),
+            }
+        }
+        Ok((aliases, protected))
+    }
+
     async fn protected_aliases(
         &self,
         adapter_ids: &[i64],
