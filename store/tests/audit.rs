@@ -98,28 +98,7 @@ async fn entries_commit_and_roll_back_with_their_change(#[case] backend: Backend
 #[ignore]
 async fn alias_latency_with_and_without_audit(#[case] backend: Backend) {
     let (store, _s) = store_or_skip!(backend);
-    let a = store
-        .meta
-        .create_adapter(&NewAdapter {
-            repo: RepoId::parse("alice", "bench").expect("name"),
-            base_model: "base".into(),
-            description: String::new(),
-            tags: Vec::new(),
-            private: false,
-        })
-        .await
-        .expect("create");
-    let new = NewVersion {
-        created_by: "alice".into(),
-        files: Vec::new(),
-        lora: None,
-        lineage: None,
-        parents: Vec::new(),
-        facets: Default::default(),
-    };
-    for _ in 0..2 {
-        store.meta.create_version(&a, &new).await.expect("version");
-    }
+    let a = adapter_with_two_versions(&store, "bench").await;
     let ctx = AuditContext {
         actor: Some("alice".into()),
         token_id: Some("tok-1".into()),
@@ -492,28 +471,7 @@ async fn invites_webhooks_and_job_outputs_are_audited(#[case] backend: Backend) 
 #[tokio::test]
 async fn alias_before_is_read_in_the_transaction(#[case] backend: Backend) {
     let (store, _s) = store_or_skip!(backend);
-    let a = store
-        .meta
-        .create_adapter(&NewAdapter {
-            repo: RepoId::parse("alice", "moves").expect("name"),
-            base_model: "base".into(),
-            description: String::new(),
-            tags: Vec::new(),
-            private: false,
-        })
-        .await
-        .expect("create");
-    let new = NewVersion {
-        created_by: "alice".into(),
-        files: Vec::new(),
-        lora: None,
-        lineage: None,
-        parents: Vec::new(),
-        facets: Default::default(),
-    };
-    for _ in 0..2 {
-        store.meta.create_version(&a, &new).await.expect("version");
-    }
+    let a = adapter_with_two_versions(&store, "moves").await;
     let entry = |action, after: Option<i64>| quiver_store::Audit {
         context: AuditContext::default(),
         action,
@@ -573,4 +531,34 @@ async fn alias_before_is_read_in_the_transaction(#[case] backend: Backend) {
         ],
         "newest first"
     );
+}
+
+/// `alice/{name}` with two (empty) versions.
+async fn adapter_with_two_versions(
+    store: &quiver_store::Store,
+    name: &str,
+) -> quiver_store::AdapterRecord {
+    let a = store
+        .meta
+        .create_adapter(&NewAdapter {
+            repo: RepoId::parse("alice", name).expect("name"),
+            base_model: "base".into(),
+            description: String::new(),
+            tags: Vec::new(),
+            private: false,
+        })
+        .await
+        .expect("create");
+    let new = NewVersion {
+        created_by: "alice".into(),
+        files: Vec::new(),
+        lora: None,
+        lineage: None,
+        parents: Vec::new(),
+        facets: Default::default(),
+    };
+    for _ in 0..2 {
+        store.meta.create_version(&a, &new).await.expect("version");
+    }
+    a
 }
