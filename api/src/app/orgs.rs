@@ -79,8 +79,13 @@ pub struct MembershipView {
     pub role: OrgRole,
 }
 
+/// Members and unrestricted instance admins read an organisation; a restricted token only one
+/// its list names.
 fn sees_members(p: &Principal, org: &str) -> bool {
-    (p.scope == Scope::Admin && p.restrict.is_none()) || p.role_in(org).is_some()
+    match &p.restrict {
+        None => p.scope == Scope::Admin || p.role_in(org).is_some(),
+        Some(r) => r.namespaces.iter().any(|n| n == org) && p.role_in(org).is_some(),
+    }
 }
 
 /// The organisation, if the caller is a member or an instance admin; everyone else gets the

@@ -228,6 +228,26 @@ async fn members_see_and_write_by_role_on_every_surface(#[case] backend: Backend
     );
     let (status, org) = app.get_json("/api/v1/orgs/acme", "bob").await;
     assert_eq!(status, 200);
+    // A member's token restricted to other namespaces does not read the organisation.
+    let (status, narrow) = app
+        .post_json(
+            "/api/v1/tokens",
+            "bob",
+            &json!({"name": "narrow", "scope": "read", "restrict": ["bob"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{narrow}");
+    app.tokens.insert(
+        "narrow",
+        narrow["token"].as_str().expect("secret").to_string(),
+    );
+    let (status, body) = app.get_json("/api/v1/orgs/acme", "narrow").await;
+    assert_error(
+        status,
+        &body,
+        (404, "org_not_found"),
+        "restricted elsewhere",
+    );
     assert_eq!(org["members"].as_array().map(Vec::len), Some(3), "{org}");
     let (status, body) = put_member(&app, "acme", "dave", "read", "bob").await;
     assert_error(status, &body, (403, "forbidden"), "a read member adds");
