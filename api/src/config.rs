@@ -239,10 +239,16 @@ pub struct RoutingArgs {
     /// Without one, routes need request vectors and this process computes no profiles.
     #[arg(long, env = "QUIVER_EMBEDDER_DIR")]
     pub embedder_dir: Option<PathBuf>,
-    /// How an adapter's sample embeddings score a prompt: centered (the default: LoraRetriever's
-    /// centroid with the mean public sample removed), centroid (LoraRetriever), max, topK_mean
-    /// (e.g. top3_mean) or centroid_max. docs/routing.md compares them.
-    #[arg(long, env = "QUIVER_PROFILE_RECIPE", default_value = "centered",
+    /// How the embedder pools token states: layers (the default: the means after block 4 and
+    /// after the last block, added 0.7 : 1), last (sentence-transformers' own), or
+    /// layers:<block>:<weight>. The embedder's id names it, so a change recomputes profiles.
+    #[arg(long, env = "QUIVER_EMBEDDER_POOLING", default_value = "layers",
+          value_parser = |s: &str| quiver_retrieve::Pooling::parse(s))]
+    pub embedder_pooling: quiver_retrieve::Pooling,
+    /// How an adapter's sample embeddings score a prompt: centroid (the default, LoraRetriever's
+    /// normalised mean), centered (the centroid with the mean public sample removed), max,
+    /// topK_mean (e.g. top3_mean) or centroid_max. docs/routing.md compares them.
+    #[arg(long, env = "QUIVER_PROFILE_RECIPE", default_value = "centroid",
           value_parser = |s: &str| quiver_retrieve::Recipe::parse(s))]
     pub profile_recipe: quiver_retrieve::Recipe,
 }
@@ -251,7 +257,11 @@ impl RoutingArgs {
     pub fn options(
         &self,
     ) -> Result<crate::routing::RoutingOptions, quiver_retrieve::RetrieveError> {
-        crate::routing::RoutingOptions::load(self.embedder_dir.as_deref(), self.profile_recipe)
+        crate::routing::RoutingOptions::load(
+            self.embedder_dir.as_deref(),
+            self.embedder_pooling,
+            self.profile_recipe,
+        )
     }
 }
 

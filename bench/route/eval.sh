@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Routing quality: every profile recipe of quiver's embedder (release example route_eval) beside
-# sentence-transformers + numpy (st_baseline.py) on the same eval set, in one run.
+# Routing quality on the committed eval sets (bench/route/eval/): every pooling and recipe of
+# quiver's embedder (release example route_eval), card profiles, and in the same run
+# sentence-transformers + numpy with the same poolings and recipes (st_eval.py), LoraRetriever's
+# centroid among them; prints the markdown tables of docs/routing.md.
 #   bench/route/setup-venv.sh /tmp/routevenv            # once: the reference peer
 #   PY=/tmp/routevenv/bin/python bench/route/eval.sh
+# The eval sets themselves: python3 bench/route/make_eval.py --check (rebuilds them from WordNet
+# and compares with bench/route/eval/SHA256SUMS).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PY:-/tmp/routevenv/bin/python}"
 MODEL="$(scripts/embedder.sh)"
-EVAL=bench/out/route/eval.json
-[ -f "$EVAL" ] || "$PY" bench/route/make_eval.py
+OUT=bench/out/route
+mkdir -p "$OUT"
+SPLITS=(bench/route/eval/nouns.json bench/route/eval/verbs.json bench/route/eval/abstract.json)
 cargo build --release --quiet -p quiver-retrieve --example route_eval
-echo "quiver embedder, every recipe:"
-target/release/examples/route_eval "$MODEL" "$EVAL" | tee bench/out/route/quiver_eval.json
-echo "sentence-transformers + numpy:"
-HF_HUB_OFFLINE=1 "$PY" bench/route/st_baseline.py "$MODEL" "$EVAL" --json bench/out/route/st_baseline.json
+target/release/examples/route_eval "$MODEL" "${SPLITS[@]}" > "$OUT/quiver_eval.json"
+HF_HUB_OFFLINE=1 "$PY" bench/route/st_eval.py "$MODEL" "${SPLITS[@]}" > "$OUT/st_eval.json"
+python3 bench/route/report.py "$OUT/quiver_eval.json" "$OUT/st_eval.json"

@@ -1,169 +1,265 @@
 #!/usr/bin/env python3
-"""Build the adapter-routing evaluation set from BIG-bench's task files (PyPI `bigbench` 1.0.0).
+"""Build the committed routing eval sets from WordNet 3.0 (Debian's `wordnet-base` package).
 
-    python3 bench/route/make_eval.py [--cache DIR] [--out FILE] [--tasks N]
+    python3 bench/route/make_eval.py [--cache DIR] [--out DIR] [--check]
 
-Defaults: --cache bench/out/route/cache, --out bench/out/route/eval.json, --tasks 40.
-Standard library only; it needs `pip` (the interpreter's own, `python -m pip`) and PyPI.
+Standard library only. Downloads wordnet-base 1:3.0-37 (6.5 MB) from deb.debian.org (or reuses
+DIR/wordnet-base_3.0-37_all.deb; default DIR bench/out/route/cache), checks its sha256, reads
+`data.noun` and `data.verb` out of the package, and writes into --out (default
+bench/route/eval, where the output is committed):
 
-Source. The bigbench 1.0.0 sdist on PyPI (358 MB) ships every task's `task.json` under
-bigbench/benchmark_tasks/. pip downloads and unpacks it but then refuses it, because its setup.py
-declares a `bleurt @ file://...` dependency ("Distributions from PyPI cannot declare direct URL
-dependencies"). So the script runs `pip download --no-clean` with TMPDIR inside the cache dir,
-takes the unpacked tree that pip leaves there whatever its exit code, copies the top-level
-`*/task.json` files and PKG-INFO into DIR/bigbench-<version>/, and removes the rest. Later runs
-reuse that copy.
+  nouns.json   the "easy" split: 12 noun lexicographer files with clearly distinct domains
+               (animals, foods, plants, places, ...); a text is one synset's gloss (its
+               definition and any quoted examples), e.g. "a domesticated carnivorous mammal ...".
+  verbs.json   the "hard" split: 12 verb lexicographer files, whose domains are close (cognition,
+               perception, communication, emotion, social, ...); a text is one synset's first
+               example sentence, e.g. "She cooked dinner for the guests", so a query is a plain
+               sentence and the verb that labels it is not named anywhere else.
+  abstract.json  a third split kept for checking that a recipe generalises: 12 abstract noun
+               files (acts, attributes, events, states, ...), glosses as in nouns.json.
+  SHA256SUMS   the sha256 of each output file; `--check` rebuilds into a temporary directory and
+               compares with it.
 
-Selection (deterministic, seed 0). A top-level task (one with `examples` in its own task.json;
-tasks split into subtask folders are not used) is eligible when, after dropping empty inputs
-and exact duplicates, it has at least 60 distinct `examples[*].input` strings, at least 80 % of
-its inputs are distinct, and their median length is at least 20 characters (this drops
-one-token templates such as `simple_arithmetic_json` or `phrase_relatedness`). From the
-eligible tasks, shuffled with the seed, N are picked greedily for diversity: each step takes
-the first task whose BIG-bench keywords have been used least so far. Per task, 50 distinct
-inputs are drawn at random (seeded with the seed and the task's name): the first 20 are the
-adapter's routing "samples", the other 30 the held-out "queries". Inputs are cut to 2,000
-characters.
+Labels are WordNet's lexicographer files: every synset is filed by lexicographers under exactly
+one of 45 files (field 2 of each data line), so a task is "texts WordNet files under noun.food".
+Per task, texts come from distinct synsets (no two texts share a synset, so a query is never a
+near-copy of a sample): shorter than 20 characters or duplicated texts are dropped, the rest
+shuffled with random.Random(f"{SEED}:{split}:{file}") and the first 10 become the adapter's
+routing samples, the next 60 its held-out queries. Each task also gets a short model card
+written from WordNet's own description of the file (lexnames(5WN)), for measuring card profiles.
 
-Output: {"source": "bigbench 1.0.0 (PyPI sdist)", "seed": 0,
-         "tasks": [{"name", "keywords", "samples": [20 str], "queries": [30 str]}]}
+Licence: WordNet 3.0 is distributed under Princeton's WordNet licence (bench/route/eval/LICENSE),
+which allows copying and redistribution with the notice; the notice travels with the data.
+
+Output: {"source": ..., "seed": 0, "split": ..., "tasks": [{"name", "description", "card",
+         "samples": [10 str], "queries": [60 str]}]}
 """
 
 import argparse
-import glob
+import hashlib
+import io
 import json
-import os
+import lzma
 import random
-import shutil
-import statistics
-import subprocess
 import sys
+import tarfile
+import tempfile
+import urllib.request
 from pathlib import Path
 
-PACKAGE = "bigbench"
-VERSION = "1.0.0"
+PACKAGE_URL = "http://deb.debian.org/debian/pool/main/w/wordnet/wordnet-base_3.0-37_all.deb"
+PACKAGE_FILE = "wordnet-base_3.0-37_all.deb"
+PACKAGE_SHA256 = "61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752"
+SOURCE = "WordNet 3.0, Debian package wordnet-base 1:3.0-37 (sha256 " + PACKAGE_SHA256 + ")"
 SEED = 0
-N_SAMPLES = 20
-N_QUERIES = 30
-MAX_CHARS = 2000
-MIN_DISTINCT = 60
-MIN_DISTINCT_FRACTION = 0.8
-MIN_MEDIAN_CHARS = 20
+N_SAMPLES = 10
+N_QUERIES = 60
+MIN_CHARS = 20
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Lexicographer file number -> (name, WordNet's description of the file, from lexnames(5WN)).
+LEXNAMES = {
+    4: ("noun.act", "nouns denoting acts or actions"),
+    5: ("noun.animal", "nouns denoting animals"),
+    6: ("noun.artifact", "nouns denoting man-made objects"),
+    7: ("noun.attribute", "nouns denoting attributes of people and objects"),
+    8: ("noun.body", "nouns denoting body parts"),
+    9: ("noun.cognition", "nouns denoting cognitive processes and contents"),
+    10: ("noun.communication", "nouns denoting communicative processes and contents"),
+    11: ("noun.event", "nouns denoting natural events"),
+    12: ("noun.feeling", "nouns denoting feelings and emotions"),
+    13: ("noun.food", "nouns denoting foods and drinks"),
+    14: ("noun.group", "nouns denoting groupings of people or objects"),
+    15: ("noun.location", "nouns denoting spatial position"),
+    17: ("noun.object", "nouns denoting natural objects (not man-made)"),
+    18: ("noun.person", "nouns denoting people"),
+    19: ("noun.phenomenon", "nouns denoting natural phenomena"),
+    20: ("noun.plant", "nouns denoting plants"),
+    21: ("noun.possession", "nouns denoting possession and transfer of possession"),
+    22: ("noun.process", "nouns denoting natural processes"),
+    23: ("noun.quantity", "nouns denoting quantities and units of measure"),
+    24: ("noun.relation", "nouns denoting relations between people or things or ideas"),
+    25: ("noun.shape", "nouns denoting two and three dimensional shapes"),
+    26: ("noun.state", "nouns denoting stable states of affairs"),
+    27: ("noun.substance", "nouns denoting substances"),
+    28: ("noun.time", "nouns denoting time and temporal relations"),
+    29: ("verb.body", "verbs of grooming, dressing and bodily care"),
+    30: ("verb.change", "verbs of size, temperature change, intensifying, etc."),
+    31: ("verb.cognition", "verbs of thinking, judging, analyzing, doubting"),
+    32: ("verb.communication", "verbs of telling, asking, ordering, singing"),
+    33: ("verb.competition", "verbs of fighting, athletic activities"),
+    34: ("verb.consumption", "verbs of eating and drinking"),
+    35: ("verb.contact", "verbs of touching, hitting, tying, digging"),
+    36: ("verb.creation", "verbs of sewing, baking, painting, performing"),
+    37: ("verb.emotion", "verbs of feeling"),
+    38: ("verb.motion", "verbs of walking, flying, swimming"),
+    39: ("verb.perception", "verbs of seeing, hearing, feeling"),
+    40: ("verb.possession", "verbs of buying, selling, owning"),
+    41: ("verb.social", "verbs of political and social activities and events"),
+}
 
-def fetch(cache: Path) -> Path:
-    """Return DIR/bigbench-<version>/ holding benchmark_tasks/<task>/task.json and PKG-INFO."""
-    dest = cache / f"{PACKAGE}-{VERSION}"
-    if (dest / "COMPLETE").exists():
-        return dest
-    tmp = cache / "tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "pip", "download", f"{PACKAGE}=={VERSION}", "--no-deps",
-           "--no-binary", ":all:", "--no-clean", "--disable-pip-version-check",
-           "-d", str(cache / "dist")]
-    print("running:", " ".join(cmd), file=sys.stderr)
-    proc = subprocess.run(cmd, env={**os.environ, "TMPDIR": str(tmp)},
-                          capture_output=True, text=True)
-    # Expected to fail on the bleurt file:// dependency, after the sdist was unpacked.
-    trees = glob.glob(str(tmp / "pip-*" / f"{PACKAGE}_*" / "PKG-INFO"))
-    if len(trees) != 1:
-        sys.stderr.write(proc.stdout + proc.stderr)
-        sys.exit(f"pip left no unpacked {PACKAGE} sdist under {tmp}")
-    src = Path(trees[0]).parent
-    pkg_info = (src / "PKG-INFO").read_text(encoding="utf-8")
-    if f"\nVersion: {VERSION}\n" not in pkg_info:
-        sys.exit(f"unexpected PKG-INFO in {src}")
-    (dest / "benchmark_tasks").mkdir(parents=True)
-    shutil.copy(src / "PKG-INFO", dest / "PKG-INFO")
-    n = 0
-    for task_json in sorted((src / "bigbench" / "benchmark_tasks").glob("*/task.json")):
-        (dest / "benchmark_tasks" / task_json.parent.name).mkdir()
-        shutil.copy(task_json, dest / "benchmark_tasks" / task_json.parent.name / "task.json")
-        n += 1
-    shutil.rmtree(tmp)
-    (dest / "COMPLETE").write_text(f"{n} task.json files\n")
-    print(f"cached {n} task.json files in {dest}", file=sys.stderr)
-    return dest
-
-
-def load_tasks(root: Path):
-    tasks = []
-    for path in sorted((root / "benchmark_tasks").glob("*/task.json")):
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        inputs = [e.get("input") for e in doc.get("examples", [])]
-        inputs = [s for s in inputs if isinstance(s, str) and s.strip()]
-        distinct = list(dict.fromkeys(s[:MAX_CHARS] for s in inputs))
-        tasks.append({
-            "name": path.parent.name,
-            "keywords": list(doc.get("keywords", [])),
-            "n_inputs": len(inputs),
-            "inputs": distinct,
-        })
-    return tasks
+SPLITS = {
+    # Concrete, clearly distinct domains.
+    "nouns": ("noun", "gloss", [5, 6, 8, 10, 12, 13, 15, 18, 20, 21, 27, 28]),
+    # Close domains; a text is a sentence that uses the verb.
+    "verbs": ("verb", "example", [29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 41]),
+    # Abstract nouns: a second gloss split with harder, more overlapping domains.
+    "abstract": ("noun", "gloss", [4, 7, 9, 11, 14, 17, 19, 22, 23, 24, 25, 26]),
+}
 
 
-def eligible(task) -> bool:
-    inputs = task["inputs"]
-    return (len(inputs) >= MIN_DISTINCT
-            and len(inputs) >= MIN_DISTINCT_FRACTION * task["n_inputs"]
-            and statistics.median(len(s) for s in inputs) >= MIN_MEDIAN_CHARS)
+def fetch(cache: Path) -> bytes:
+    deb = cache / PACKAGE_FILE
+    if not deb.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        print(f"downloading {PACKAGE_URL}", file=sys.stderr)
+        with urllib.request.urlopen(PACKAGE_URL, timeout=120) as r:
+            data = r.read()
+        tmp = deb.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.rename(deb)
+    data = deb.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != PACKAGE_SHA256:
+        sys.exit(f"{deb}: sha256 {digest}, expected {PACKAGE_SHA256}")
+    return data
 
 
-def pick_diverse(tasks, n, seed):
-    pool = list(tasks)
-    random.Random(seed).shuffle(pool)
-    used = {}
-    chosen = []
-    while pool and len(chosen) < n:
-        def cost(t):
-            kws = t["keywords"] or ["(none)"]
-            return sum(used.get(k, 0) for k in kws) / len(kws)
-        best = min(pool, key=cost)  # min() keeps the first of equal costs: the shuffled order
-        pool.remove(best)
-        chosen.append(best)
-        for k in best["keywords"] or ["(none)"]:
-            used[k] = used.get(k, 0) + 1
-    return chosen
+def deb_member(deb: bytes, prefix: str) -> bytes:
+    """One member of a .deb (an `ar` archive) whose name starts with `prefix`."""
+    assert deb[:8] == b"!<arch>\n", "not an ar archive"
+    pos = 8
+    while pos < len(deb):
+        header = deb[pos : pos + 60]
+        name = header[:16].decode().strip().rstrip("/")
+        size = int(header[48:58].decode().strip())
+        body = deb[pos + 60 : pos + 60 + size]
+        if name.startswith(prefix):
+            return body
+        pos += 60 + size + (size & 1)
+    raise KeyError(prefix)
+
+
+def wordnet_files(deb: bytes) -> dict:
+    tar = tarfile.open(fileobj=io.BytesIO(lzma.decompress(deb_member(deb, "data.tar"))))
+    out = {}
+    for pos in ("noun", "verb"):
+        member = tar.getmember(f"./usr/share/wordnet/data.{pos}")
+        out[pos] = tar.extractfile(member).read().decode("utf-8")
+    return out
+
+
+def synsets(data: str):
+    """(lexicographer file number, definition, [examples]) per synset line."""
+    for line in data.splitlines():
+        if line.startswith("  ") or "|" not in line:
+            continue  # the licence header
+        fields, gloss = line.split("|", 1)
+        lex_file = int(fields.split()[1])
+        gloss = gloss.strip()
+        definition, examples = gloss, []
+        if '; "' in gloss:
+            definition, rest = gloss.split('; "', 1)
+            examples = [e.strip() for e in ('"' + rest).split('"')[1::2] if e.strip()]
+        yield lex_file, gloss, definition.strip(), examples
+
+
+def build(files: dict) -> dict:
+    splits = {}
+    for split, (pos, kind, lex_files) in SPLITS.items():
+        by_file = {n: [] for n in lex_files}
+        for lex_file, gloss, _definition, examples in synsets(files[pos]):
+            if lex_file not in by_file:
+                continue
+            text = gloss if kind == "gloss" else (examples[0] if examples else "")
+            by_file[lex_file].append(text)
+        tasks = []
+        for n in lex_files:
+            name, description = LEXNAMES[n]
+            seen, texts = set(), []
+            for t in by_file[n]:
+                if len(t) >= MIN_CHARS and t not in seen:
+                    seen.add(t)
+                    texts.append(t)
+            random.Random(f"{SEED}:{split}:{name}").shuffle(texts)
+            need = N_SAMPLES + N_QUERIES
+            if len(texts) < need:
+                sys.exit(f"{split}/{name}: {len(texts)} texts, need {need}")
+            tasks.append(
+                {
+                    "name": name,
+                    "description": description,
+                    "card": card(name, description, kind),
+                    "samples": texts[:N_SAMPLES],
+                    "queries": texts[N_SAMPLES:need],
+                }
+            )
+        splits[split] = {
+            "source": SOURCE,
+            "licence": "WordNet 3.0 licence (Princeton University); see LICENSE beside this file",
+            "seed": SEED,
+            "split": split,
+            "text": "synset gloss" if kind == "gloss" else "first example sentence of a synset",
+            "tasks": tasks,
+        }
+    return splits
+
+
+def card(name: str, description: str, kind: str) -> str:
+    """A model card such as a team would write for an adapter trained on this task."""
+    what = description.split(" ", 2)[2] if description.startswith(("nouns denoting", "verbs of")) else description
+    if kind == "gloss":
+        body = (
+            f"This adapter is fine-tuned to explain and define {description}: "
+            f"given a dictionary-style description, it works with {what}."
+        )
+    else:
+        body = f"This adapter is fine-tuned on English sentences that use {description}."
+    return (
+        "---\nlibrary_name: peft\nbase_model: sentence-transformers/all-MiniLM-L6-v2\n---\n"
+        f"# {name}\n\n## Model Description\n\n{body}\n\n"
+        f"## Intended uses\n\nRoute prompts about {what} to this adapter.\n"
+    )
+
+
+def dump(split: dict) -> bytes:
+    return (json.dumps(split, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+
+
+def write(out: Path, splits: dict) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    sums = {}
+    for name, split in splits.items():
+        data = dump(split)
+        (out / f"{name}.json").write_bytes(data)
+        sums[f"{name}.json"] = hashlib.sha256(data).hexdigest()
+    return sums
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cache", type=Path, default=REPO / "bench/out/route/cache")
-    ap.add_argument("--out", type=Path, default=REPO / "bench/out/route/eval.json")
-    ap.add_argument("--tasks", type=int, default=40)
+    ap.add_argument("--cache", default=str(REPO / "bench/out/route/cache"))
+    ap.add_argument("--out", default=str(REPO / "bench/route/eval"))
+    ap.add_argument("--check", action="store_true", help="rebuild and compare with SHA256SUMS")
     args = ap.parse_args()
-
-    root = fetch(args.cache.resolve())
-    tasks = load_tasks(root)
-    ok = [t for t in tasks if eligible(t)]
-    print(f"{len(tasks)} top-level tasks with examples in {root.name}, {len(ok)} eligible",
-          file=sys.stderr)
-    if len(ok) < args.tasks:
-        sys.exit(f"only {len(ok)} eligible tasks, {args.tasks} wanted")
-    chosen = sorted(pick_diverse(ok, args.tasks, SEED), key=lambda t: t["name"])
-
-    out_tasks = []
-    for t in chosen:
-        rng = random.Random(f"{SEED}:{t['name']}")
-        draw = rng.sample(t["inputs"], N_SAMPLES + N_QUERIES)
-        out_tasks.append({
-            "name": t["name"],
-            "keywords": t["keywords"],
-            "samples": draw[:N_SAMPLES],
-            "queries": draw[N_SAMPLES:],
-        })
-        print(f"  {t['name']:45s} {len(t['inputs']):6d} distinct inputs  "
-              f"{', '.join(t['keywords'][:3])}", file=sys.stderr)
-
-    doc = {"source": f"{PACKAGE} {VERSION} (PyPI sdist)", "seed": SEED, "tasks": out_tasks}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}: {len(out_tasks)} tasks x ({N_SAMPLES} samples + {N_QUERIES} queries)",
-          file=sys.stderr)
+    splits = build(wordnet_files(fetch(Path(args.cache))))
+    out = Path(args.out)
+    if args.check:
+        with tempfile.TemporaryDirectory() as tmp:
+            sums = write(Path(tmp), splits)
+        want = dict(
+            reversed(line.split()) for line in (out / "SHA256SUMS").read_text().splitlines() if line
+        )
+        bad = [f for f in sums if want.get(f) != sums[f]]
+        if bad:
+            sys.exit(f"rebuilt {bad} differ from {out}/SHA256SUMS")
+        print(f"ok: {', '.join(sorted(sums))} rebuild byte for byte")
+        return
+    sums = write(out, splits)
+    (out / "SHA256SUMS").write_text("".join(f"{h}  {f}\n" for f, h in sorted(sums.items())))
+    for f, h in sorted(sums.items()):
+        print(f"{h}  {out / f}")
 
 
 if __name__ == "__main__":

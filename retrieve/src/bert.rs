@@ -219,13 +219,27 @@ impl Bert {
         self.hidden
     }
 
-    /// Mean-pooled (not yet normalised) last hidden states of each sequence, packed together in
-    /// one pass. Every sequence must be non-empty and at most `max_position_embeddings` long.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Mean-pooled (not yet normalised) hidden states of each sequence, packed together in one
+    /// pass: one list per entry of `taps` (the number of encoder blocks run before pooling,
+    /// 1 to [`Self::num_layers`]; the last is sentence-transformers' output), each with one
+    /// vector per sequence. Every sequence must be non-empty and at most
+    /// `max_position_embeddings` long.
     pub fn pooled(
         &self,
         sequences: &[&[u32]],
+        taps: &[usize],
         work: &mut Workspace,
-    ) -> Result<Vec<Vec<f32>>, RetrieveError> {
+    ) -> Result<Vec<Vec<Vec<f32>>>, RetrieveError> {
+        if let Some(bad) = taps.iter().find(|&&t| t == 0 || t > self.layers.len()) {
+            return Err(RetrieveError::Embedding(format!(
+                "cannot pool after block {bad} of {}",
+                self.layers.len()
+            )));
+        }
         let h = self.hidden;
         let vocab = self.word.len() / h;
         for ids in sequences {
@@ -256,21 +270,14 @@ impl Bert {
         }
         let norm = &self.embedding_norm;
         kernels::add_layer_norm(x, &[], &norm.gamma, &norm.beta, self.eps);
-        for layer in &self.layers {
+        let mut pooled = vec![Vec::new(); taps.len()];
+        for (done, layer) in self.layers.iter().enumerate() {
             self.layer(layer, sequences, tokens, work);
-        }
-        let x = &work.x[..tokens * h];
-        let mut pooled = Vec::with_capacity(sequences.len());
-        let mut start = 0;
-        for ids in sequences {
-            let mut sum = vec![0f32; h];
-            for row in x[start * h..(start + ids.len()) * h].chunks(h) {
-                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            for (tap, out) in taps.iter().zip(pooled.iter_mut()) {
+                if *tap == done + 1 {
+                    *out = mean_per_sequence(&work.x[..tokens * h], h, sequences);
+                }
             }
-            let inv = 1.0 / ids.len() as f32;
-            sum.iter_mut().for_each(|s| *s *= inv);
-            pooled.push(sum);
-            start += ids.len();
         }
         Ok(pooled)
     }
@@ -343,6 +350,23 @@ impl Bert {
 thread_local! {
     /// One sequence's attention scores (at most 256 × 256 floats), per rayon thread.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The mean of each sequence's rows of the packed `x` (`h` values per token).
+fn mean_per_sequence(x: &[f32], h: usize, sequences: &[&[u32]]) -> Vec<Vec<f32>> {
+    let mut pooled = Vec::with_capacity(sequences.len());
+    let mut start = 0;
+    for ids in sequences {
+        let mut sum = vec![0f32; h];
+        for row in x[start * h..(start + ids.len()) * h].chunks(h) {
+            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        }
+        let inv = 1.0 / ids.len() as f32;
+        sum.iter_mut().for_each(|s| *s *= inv);
+        pooled.push(sum);
+        start += ids.len();
+    }
+    pooled
 }
 
 fn model_error(message: String) -> RetrieveError {

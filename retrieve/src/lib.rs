@@ -14,7 +14,7 @@ mod samples;
 mod scan;
 
 pub use batcher::Batcher;
-pub use embedder::{Embedder, normalized};
+pub use embedder::{Embedder, Pooling, normalized};
 pub use index::{Hit, Index, IndexItem};
 pub use mix::{Weighting, mixture_weights};
 pub use profile::{Recipe, centroid, checked_vector, decode_vectors, encode_vectors};

@@ -27,7 +27,7 @@ pub enum Recipe {
 }
 
 impl Recipe {
-    pub const DEFAULT: Recipe = Recipe::Centered;
+    pub const DEFAULT: Recipe = Recipe::Centroid;
 
     pub fn name(self) -> String {
         match self {

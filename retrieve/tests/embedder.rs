@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use quiver_retrieve::{Batcher, Embedder};
+use quiver_retrieve::{Batcher, Embedder, Pooling};
 use serde_json::Value;
 
 fn embedder() -> Option<Embedder> {
@@ -105,6 +105,57 @@ fn matches_sentence_transformers_on_the_fixture() {
         let c: f32 = got.iter().zip(want).map(|(a, b)| a * b).sum();
         assert!(c > 0.99999, "copy {i} of {:?}: cosine {c}", copies[i]);
     }
+}
+
+/// Routing's pooling (`layers`: blocks 4 and 6) against the same computation on
+/// sentence-transformers' model (`embedding_layers` of the fixture), alone and packed, and its id
+/// differs from the plain embedder's so the two kinds of vectors are never mixed.
+#[test]
+fn layers_pooling_matches_the_reference() {
+    let Some(plain) = embedder() else { return };
+    let dir = std::env::var_os("QUIVER_EMBEDDER_DIR").expect("dir");
+    let embedder = Embedder::load_with(Path::new(&dir), Pooling::ROUTING).expect("load");
+    assert_eq!(embedder.pooling(), Pooling::ROUTING);
+    assert_eq!(embedder.id(), format!("{}+mean4x0.7", plain.id()));
+    let fixture = fixture();
+    let sentences = fixture["sentences"].as_array().expect("sentences");
+    let texts: Vec<&str> = sentences
+        .iter()
+        .map(|s| s["text"].as_str().expect("text"))
+        .collect();
+    let batched = embedder.embed(&texts).expect("embed");
+    let mut worst = 1.0f64;
+    for (i, s) in sentences.iter().enumerate() {
+        let reference: Vec<f64> = s["embedding_layers"]
+            .as_array()
+            .expect("embedding_layers")
+            .iter()
+            .map(|v| v.as_f64().expect("value"))
+            .collect();
+        let single = embedder.embed(&[texts[i]]).expect("embed one");
+        for (which, got) in [("batched", &batched[i]), ("single", &single[0])] {
+            let c = cosine(got, &reference);
+            worst = worst.min(c);
+            assert!(c >= 0.999, "{which} {:?}: cosine {c}", texts[i]);
+        }
+    }
+    eprintln!("worst cosine of the layers pooling against the reference: {worst:.7}");
+    let last = Path::new(&dir);
+    assert!(
+        Embedder::load_with(
+            last,
+            Pooling::Layers {
+                layer: 6,
+                weight: 1.0
+            }
+        )
+        .is_err()
+    );
+    assert!(Pooling::parse("layers:0:1").is_err() && Pooling::parse("layers:4:-1").is_err());
+    assert_eq!(
+        Pooling::parse("layers:3:0.5").unwrap().name(),
+        "layers:3:0.5"
+    );
 }
 
 #[tokio::test]

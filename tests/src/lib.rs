@@ -562,8 +562,12 @@ pub fn test_embedder() -> Option<quiver_retrieve::Batcher> {
                 );
                 return None;
             };
-            let embedder = quiver_retrieve::Embedder::load(std::path::Path::new(&dir))
-                .unwrap_or_else(|e| panic!("QUIVER_EMBEDDER_DIR={dir:?}: {e}"));
+            // Pooled as `quiver serve` pools by default (`--embedder-pooling layers`).
+            let embedder = quiver_retrieve::Embedder::load_with(
+                std::path::Path::new(&dir),
+                quiver_retrieve::Pooling::ROUTING,
+            )
+            .unwrap_or_else(|e| panic!("QUIVER_EMBEDDER_DIR={dir:?}: {e}"));
             Some(
                 quiver_retrieve::Batcher::start(std::sync::Arc::new(embedder))
                     .expect("embedding thread"),

@@ -13,7 +13,7 @@ pub mod reconcile;
 use std::path::Path;
 use std::sync::Arc;
 
-use quiver_retrieve::{Batcher, Embedder, Recipe};
+use quiver_retrieve::{Batcher, Embedder, Pooling, Recipe};
 use tokio::sync::Notify;
 
 /// How this process routes.
@@ -42,12 +42,13 @@ impl RoutingOptions {
     /// Loads the embedder from a sentence-transformers directory and starts its thread.
     pub fn load(
         dir: Option<&Path>,
+        pooling: Pooling,
         recipe: Recipe,
     ) -> Result<Self, quiver_retrieve::RetrieveError> {
         let embedder = match dir {
             Some(dir) => {
                 let started = std::time::Instant::now();
-                let embedder = Embedder::load(dir)?;
+                let embedder = Embedder::load_with(dir, pooling)?;
                 tracing::info!(
                     embedder = embedder.id(),
                     dim = embedder.dim(),
