@@ -1,11 +1,12 @@
 //! The embedder alone, without HTTP: one short prompt (p50 of 200) and the first 256 queries of
 //! an eval set (prompts/s, best of 3). `embed_bench <model dir> <eval.json>`; uses mimalloc like
-//! the server.
+//! the server. Pooled as the server pools by default (`layers`), or as `POOLING` says (`last`:
+//! sentence-transformers' own).
 
 use std::path::Path;
 use std::time::Instant;
 
-use quiver_retrieve::Embedder;
+use quiver_retrieve::{Embedder, Pooling};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -15,7 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.len() != 3 {
         return Err("usage: embed_bench <model dir> <eval.json>".into());
     }
-    let embedder = Embedder::load(Path::new(&args[1]))?;
+    let pooling = Pooling::parse(&std::env::var("POOLING").unwrap_or_else(|_| "layers".into()))?;
+    let embedder = Embedder::load_with(Path::new(&args[1]), pooling)?;
     let eval: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&args[2]).map_err(|e| format!("{}: {e}", args[2]))?)?;
     let queries: Vec<String> = eval["tasks"]

@@ -1,13 +1,16 @@
-//! Routing quality of each profile recipe on an eval set (bench/route/make_eval.py makes it):
-//! every task's samples become an adapter's profile; each held-out query should route to its own
-//! task. Prints one JSON line with top-1 / top-3 accuracy per recipe, and the embedding rate.
+//! Routing quality on the committed eval sets (bench/route/eval/*.json, made by
+//! bench/route/make_eval.py): every task's samples become an adapter's profile, and each held-out
+//! query should route to its own task. Every pooling × recipe, and card profiles (each task's
+//! model card through `card_texts`, the service's own path) for the default pooling and recipe.
+//! Prints one JSON document: per split, per configuration, top-1 / top-3 overall and per task.
+//! bench/route/report.py sets it beside sentence-transformers' run of the same recipes.
 //!
-//! `route_eval <model dir> <eval.json>`
+//! `route_eval <model dir> <split.json>...`
 
 use std::path::Path;
 use std::time::Instant;
 
-use quiver_retrieve::{Embedder, Index, IndexItem, Recipe};
+use quiver_retrieve::{Embedder, Index, IndexItem, Pooling, Recipe, card_texts};
 use serde_json::{Value, json};
 
 fn strings(v: &Value) -> Vec<String> {
@@ -20,67 +23,100 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Top-1 / top-3 per task of `queries` (task, vector) against one profile per task.
+fn score(
+    dim: usize,
+    recipe: Recipe,
+    profiles: &[Vec<Vec<f32>>],
+    queries: &[(usize, Vec<f32>)],
+) -> Value {
+    let index = Index::build(
+        dim,
+        recipe,
+        profiles.iter().enumerate().map(|(t, s)| IndexItem {
+            meta: t,
+            samples: s.clone(),
+        }),
+    );
+    let mut per_task = vec![[0usize; 3]; profiles.len()];
+    for (task, q) in queries {
+        let hits = index.search_exact(q, 3, &|_| true);
+        let counts = &mut per_task[*task];
+        counts[0] += usize::from(hits.first().is_some_and(|h| h.entry == *task));
+        counts[1] += usize::from(hits.iter().any(|h| h.entry == *task));
+        counts[2] += 1;
+    }
+    let n = queries.len() as f64;
+    json!({
+        "top1": per_task.iter().map(|c| c[0]).sum::<usize>() as f64 / n,
+        "top3": per_task.iter().map(|c| c[1]).sum::<usize>() as f64 / n,
+        "per_task": per_task.iter().map(|c| json!([c[0] as f64 / c[2] as f64, c[1] as f64 / c[2] as f64])).collect::<Vec<_>>(),
+    })
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 3 {
-        return Err("usage: route_eval <model dir> <eval.json>".into());
+    if args.len() < 3 {
+        return Err("usage: route_eval <model dir> <split.json>...".into());
     }
-    let embedder = Embedder::load(Path::new(&args[1]))?;
-    let eval: Value =
-        serde_json::from_slice(&std::fs::read(&args[2]).map_err(|e| format!("{}: {e}", args[2]))?)?;
-    let tasks = eval["tasks"]
-        .as_array()
-        .ok_or("eval.json has no \"tasks\" list")?;
-    let started = Instant::now();
-    let mut texts = 0;
-    let mut samples = Vec::new();
-    let mut queries = Vec::new();
-    for (t, task) in tasks.iter().enumerate() {
-        let s = strings(&task["samples"]);
-        let q = strings(&task["queries"]);
-        texts += s.len() + q.len();
-        samples.push(embedder.embed(&s)?);
-        queries.extend(embedder.embed(&q)?.into_iter().map(|v| (t, v)));
-    }
-    let embed_s = started.elapsed().as_secs_f64();
-    let mut results = serde_json::Map::new();
-    for recipe in [
+    let recipes = [
         Recipe::Centroid,
+        Recipe::Centered,
         Recipe::Max,
         Recipe::TopMean { k: 3 },
-        Recipe::TopMean { k: 5 },
         Recipe::CentroidMax,
-        Recipe::Centered,
-    ] {
-        let index = Index::build(
-            embedder.dim(),
-            recipe,
-            samples.iter().enumerate().map(|(t, s)| IndexItem {
-                meta: t,
-                samples: s.clone(),
-            }),
-        );
-        let (mut top1, mut top3) = (0, 0);
-        for (task, q) in &queries {
-            let hits = index.search_exact(q, 3, &|_| true);
-            top1 += usize::from(hits.first().is_some_and(|h| h.entry == *task));
-            top3 += usize::from(hits.iter().any(|h| h.entry == *task));
+    ];
+    let mut splits = serde_json::Map::new();
+    let mut embedders = serde_json::Map::new();
+    for pooling in [Pooling::Last, Pooling::ROUTING] {
+        let embedder = Embedder::load_with(Path::new(&args[1]), pooling)?;
+        embedders.insert(pooling.name(), json!(embedder.id()));
+        for path in &args[2..] {
+            let eval: Value =
+                serde_json::from_slice(&std::fs::read(path).map_err(|e| format!("{path}: {e}"))?)?;
+            let tasks = eval["tasks"]
+                .as_array()
+                .ok_or_else(|| format!("{path} has no \"tasks\" list"))?;
+            let started = Instant::now();
+            let mut texts = 0;
+            let (mut samples, mut cards, mut queries) = (Vec::new(), Vec::new(), Vec::new());
+            for (t, task) in tasks.iter().enumerate() {
+                let s = strings(&task["samples"]);
+                let q = strings(&task["queries"]);
+                let c = card_texts(task["card"].as_str().unwrap_or_default());
+                texts += s.len() + q.len() + c.len();
+                samples.push(embedder.embed(&s)?);
+                cards.push(embedder.embed(&c)?);
+                queries.extend(embedder.embed(&q)?.into_iter().map(|v| (t, v)));
+            }
+            let embed_s = started.elapsed().as_secs_f64();
+            let name = eval["split"].as_str().unwrap_or(path).to_string();
+            let split = splits.entry(name).or_insert_with(|| {
+                json!({
+                    "tasks": tasks.iter().map(|t| t["name"].clone()).collect::<Vec<_>>(),
+                    "queries": queries.len(),
+                    "results": {},
+                })
+            });
+            let results = split["results"].as_object_mut().expect("results");
+            for recipe in recipes {
+                results.insert(
+                    format!("{}/{}", pooling.name(), recipe.name()),
+                    score(embedder.dim(), recipe, &samples, &queries),
+                );
+            }
+            if cards.iter().all(|c| !c.is_empty()) {
+                results.insert(
+                    format!("{}/{}/card", pooling.name(), Recipe::DEFAULT.name()),
+                    score(embedder.dim(), Recipe::DEFAULT, &cards, &queries),
+                );
+            }
+            split["texts_per_s"] = json!(texts as f64 / embed_s);
         }
-        let n = queries.len() as f64;
-        results.insert(
-            recipe.name(),
-            json!({"top1": top1 as f64 / n, "top3": top3 as f64 / n}),
-        );
     }
     println!(
         "{}",
-        json!({
-            "embedder": embedder.id(),
-            "tasks": tasks.len(),
-            "queries": queries.len(),
-            "texts_per_s": texts as f64 / embed_s,
-            "recipes": results,
-        })
+        json!({"embedders": embedders, "default": format!("{}/{}", Pooling::ROUTING.name(), Recipe::DEFAULT.name()), "splits": splits})
     );
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 mod batcher;
 mod bert;
+mod card;
 mod embedder;
 mod index;
 mod kernels;
@@ -14,6 +15,7 @@ mod samples;
 mod scan;
 
 pub use batcher::Batcher;
+pub use card::{MAX_CARD_TEXTS, card_texts};
 pub use embedder::{Embedder, Pooling, normalized};
 pub use index::{Hit, Index, IndexItem};
 pub use mix::{Weighting, mixture_weights};
