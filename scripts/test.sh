@@ -57,6 +57,10 @@ export QUIVER_REQUIRE_POSTGRES=1
 QUIVER_EMBEDDER_DIR="$(scripts/embedder.sh "$VENV")"
 export QUIVER_EMBEDDER_DIR QUIVER_REQUIRE_EMBEDDER=1
 
+# 3b. The committed routing eval sets rebuild byte for byte from their source (WordNet, a Debian
+#     package from deb.debian.org; bench/route/make_eval.py; docs/routing.md).
+python3 bench/route/make_eval.py --check
+
 # 4. Every test of every crate. The end-to-end tests start `quiver worker` and `quiver serve`
 #    processes of the built binary (killed workers, scale-out), so build it first.
 cargo build --locked --bin quiver
