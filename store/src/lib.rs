@@ -30,8 +30,9 @@ pub use meta::{
     AdapterPatch, AdapterRecord, AdapterSort, Beat, CommitCheck, FileRecord, JobEnd, JobFilter,
     JobKind, JobRecord, JobState, JobStore, Lease, LineageGraph, ListAdapters, MetadataStore,
     NewAdapter, NewAdapterFields, NewJob, NewProfile, NewVersion, NoCheck, OutputTarget, Page,
-    ParentVersion, Principal, ProfileInfo, ProfileSource, ProfileStore, RoutableProfile,
-    SAMPLES_FILE, StaleProfile, VersionRecord, VersionRef, Viewer,
+    ParentVersion, PendingProfile, Principal, ProfileInfo, ProfileSource, ProfileStore,
+    RoutableProfile, RoutingGenerations, SAMPLES_FILE, StaleProfile, VersionRecord, VersionRef,
+    Viewer,
 };
 pub use meta::{AliasChange, AliasTarget, FacetCounts, FacetFilter, VersionFacets, VersionKind};
 pub use meta::{Audit, AuditAction, AuditContext, AuditFilter, AuditRecord, AuditStore};

@@ -384,6 +384,7 @@ async fn invites_webhooks_and_job_outputs_are_audited(#[case] backend: Backend) 
             created_by: "erin".into(),
             idempotency_key: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            subject_version_id: None,
         })
         .await
         .expect("enqueue");

@@ -39,6 +39,7 @@ async fn claim_time_with_10000_queued_jobs(
                 created_by: user,
                 idempotency_key: None,
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
+                subject_version_id: None,
             })
             .await
             .expect("enqueue");

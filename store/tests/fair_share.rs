@@ -25,6 +25,7 @@ async fn queue(store: &Store, who: &str, kind: JobKind, n: usize) -> Vec<JobReco
                 created_by: who.into(),
                 idempotency_key: None,
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
+                subject_version_id: None,
             })
             .await
             .expect("enqueue");

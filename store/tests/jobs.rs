@@ -23,6 +23,7 @@ fn job(key: Option<&str>, spec: &str) -> NewJob {
         created_by: "alice".into(),
         idempotency_key: key.map(str::to_string),
         max_attempts: DEFAULT_MAX_ATTEMPTS,
+        subject_version_id: None,
     }
 }
 

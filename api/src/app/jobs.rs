@@ -42,6 +42,7 @@ pub async fn queue_job_audited(
         created_by: principal.user.clone(),
         idempotency_key: checked.idempotency_key,
         max_attempts: DEFAULT_MAX_ATTEMPTS,
+        subject_version_id: None,
     };
     let (job, created) = state
         .store

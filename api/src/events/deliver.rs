@@ -453,6 +453,7 @@ pub async fn redeliver(
             created_by: hook.created_by.clone(),
             idempotency_key: None,
             max_attempts: super::MAX_ATTEMPTS,
+            subject_version_id: None,
         })
         .await?;
     WAKE.notify_waiters();

@@ -76,6 +76,7 @@ pub async fn enqueue_embed(
     created_by: &str,
     idempotency_key: Option<String>,
 ) -> Result<(JobRecord, bool), StoreError> {
+    let version_id = spec.version_id;
     let spec = serde_json::to_value(spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let spec_sha256 = hex::encode(Sha256::digest(spec.to_string().as_bytes()));
     store
@@ -87,6 +88,7 @@ pub async fn enqueue_embed(
             created_by: created_by.to_string(),
             idempotency_key,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            subject_version_id: Some(version_id),
         })
         .await
 }

@@ -77,6 +77,9 @@ pub struct NewJob {
     pub created_by: String,
     pub idempotency_key: Option<String>,
     pub max_attempts: i64,
+    /// The version the job works on, when it is about one version (an `embed` job: the version
+    /// it profiles). Pending profiles are found through it (`ProfileStore::pending_profiles`).
+    pub subject_version_id: Option<i64>,
 }
 
 /// What a worker holds while it runs a job. Every write it makes is fenced by `token`.

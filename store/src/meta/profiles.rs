@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{Lease, ParentVersion};
+use super::{JobState, Lease, ParentVersion};
 use crate::StoreError;
 
 /// The file a version's routing samples are stored under (the same name as
@@ -69,6 +69,38 @@ pub struct StaleProfile {
     pub profile_updated_at: Option<i64>,
 }
 
+/// The counters a route's caches are keyed by, read together (one query): the registry
+/// generation (anything a listing shows), the profile generation (any profile written or
+/// deleted) and the embed-job generation (an embed job queued, or its state changed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RoutingGenerations {
+    pub registry: i64,
+    pub profiles: i64,
+    pub embed_jobs: i64,
+}
+
+/// A ready version that has no profile of an embedder (and no newer version of its adapter
+/// has one) because its newest embed job is queued, running or failed.
+#[derive(Clone, Debug)]
+pub struct PendingProfile {
+    pub adapter_id: i64,
+    pub owner: String,
+    pub name: String,
+    pub base_model: String,
+    pub private: bool,
+    pub tags: Vec<String>,
+    pub version_id: i64,
+    pub number: i64,
+    pub revision: String,
+    pub job_id: String,
+    /// `Queued`, `Running` or `Failed`.
+    pub job_state: JobState,
+    /// The job's error (a failure's, or the last attempt's of a job queued again).
+    pub error: Option<String>,
+    /// The job's spec, as queued (it names the embedder it was queued for).
+    pub spec: serde_json::Value,
+}
+
 #[async_trait]
 pub trait ProfileStore: Send + Sync {
     /// Stores (replaces) a version's profile.
@@ -97,4 +129,14 @@ pub trait ProfileStore: Send + Sync {
     ) -> Result<Vec<StaleProfile>, StoreError>;
     /// Changes whenever a profile is written or deleted, by any process.
     async fn profile_generation(&self) -> Result<i64, StoreError>;
+    /// The registry, profile and embed-job generations, in one query.
+    async fn routing_generations(&self) -> Result<RoutingGenerations, StoreError>;
+    /// Versions waiting for a profile of `embedder` ([`PendingProfile`]): at most one per adapter
+    /// (its newest such version), ordered by owner and name, at most `limit`. One query (and one
+    /// for the tags of what it found).
+    async fn pending_profiles(
+        &self,
+        embedder: &str,
+        limit: u32,
+    ) -> Result<Vec<PendingProfile>, StoreError>;
 }

@@ -1488,6 +1488,7 @@ async fn a_job_failed_by_the_lease_reaper_is_announced(#[case] backend: Backend)
             created_by: "alice".into(),
             idempotency_key: None,
             max_attempts: 1,
+            subject_version_id: None,
         })
         .await
         .expect("enqueue");

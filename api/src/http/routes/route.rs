@@ -7,6 +7,7 @@ use std::sync::Arc;
 use actix_web::{HttpResponse, post, web};
 use quiver_retrieve::{MAX_INPUT_BYTES, Weighting, checked_vector, mixture_weights};
 use quiver_store::{AuditContext, JobKind, JobState, RepoId, VersionRef, Viewer};
+use serde::Deserializer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -16,7 +17,7 @@ use crate::app::jobs::queue_job_audited;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::request_info::RequestInfo;
-use crate::routing::index::{Built, Entry};
+use crate::routing::index::{Built, Entry, Pending};
 use crate::state::AppState;
 
 /// Most inputs (or vectors) one request may route.
@@ -27,6 +28,15 @@ pub const MAX_TOP_K: usize = 50;
 /// differ by a few hundredths between close adapters, so 0.05 separates them without making
 /// the mixture one-hot.
 pub const DEFAULT_TEMPERATURE: f64 = 0.05;
+/// Pending adapters listed in a response at most (`pending_truncated` counts the rest).
+pub const MAX_PENDING_LISTED: usize = 100;
+/// `wait_ms` when `wait` is given without one.
+pub const DEFAULT_WAIT_MS: u64 = 10_000;
+/// Largest `wait_ms`.
+pub const MAX_WAIT_MS: u64 = 30_000;
+/// How often a waiting route looks again (one query for the generations; the pending list is
+/// read again only when they moved).
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -98,6 +108,34 @@ pub struct RouteRequest {
     /// How a fusion merges (default `exact`).
     #[serde(default)]
     pub fusion: FusionMethod,
+    /// Wait until no adapter that matches the filters is pending (an embed job queued or
+    /// running; failed ones do not count), or until `wait_ms` passed, then route.
+    #[serde(default)]
+    pub wait: bool,
+    /// How long `wait` waits at most, 1 to 30000 ms (default 10000). Only with `wait: true`.
+    #[serde(default, deserialize_with = "wait_ms")]
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 30000)]
+    pub wait_ms: Option<WaitMs>,
+}
+
+/// `wait_ms` as sent: a number or not, checked by [`RouteRequest::check`] so that the error
+/// names the field (serde's would not).
+#[derive(Clone, Copy, Debug)]
+pub enum WaitMs {
+    Valid(u64),
+    Invalid,
+}
+
+fn wait_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<WaitMs>, D::Error> {
+    let value = Value::deserialize(d)?;
+    Ok(match value {
+        Value::Null => None,
+        v => Some(
+            v.as_u64()
+                .filter(|ms| (1..=MAX_WAIT_MS).contains(ms))
+                .map_or(WaitMs::Invalid, WaitMs::Valid),
+        ),
+    })
 }
 
 fn default_top_k() -> usize {
@@ -116,6 +154,34 @@ pub struct RoutedAdapter {
     /// Mixture weight (`mixture` and `fusion`); the weights of one input sum to 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingState {
+    /// The embed job waits for a worker with an embedder.
+    Queued,
+    /// A worker is embedding.
+    Running,
+    /// The embed job failed (`error` says why); it is not retried until the profile is
+    /// recomputed (`POST …/profile`).
+    Failed,
+}
+
+/// An adapter that matches the request but is not ranked, because the profile of its newest
+/// version is still being made (or could not be).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PendingAdapter {
+    /// `owner/name`.
+    pub adapter: String,
+    /// The version waiting for its profile (an older version with a profile may be ranked).
+    pub version: i64,
+    pub state: PendingState,
+    /// The embed job (`GET /api/v1/jobs/{id}` for its owner).
+    pub job: String,
+    /// The job's error: why it failed, or the last attempt's error of a job queued again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Serialize, ToSchema)]
@@ -147,6 +213,19 @@ pub struct RouteResponse {
     pub strategy: Strategy,
     /// One per input, in order.
     pub results: Vec<RouteResult>,
+    /// Adapters that match the filters (and that the caller may see) but are not ranked because
+    /// their newest version has no profile of this embedder yet: its embed job is queued or
+    /// running, or failed. In owner/name order, at most 100; always present.
+    pub pending: Vec<PendingAdapter>,
+    /// How many more pending adapters matched than `pending` lists.
+    pub pending_truncated: usize,
+    /// With `wait`: how long the route waited, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<u64>,
+    /// With `wait`: whether `wait_ms` passed with adapters still queued or running (then listed
+    /// in `pending`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timed_out: Option<bool>,
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -197,12 +276,34 @@ impl RouteRequest {
         {
             return Err(invalid(format!("temperature must be > 0, got {t}")));
         }
+        match (self.wait, self.wait_ms) {
+            (_, Some(WaitMs::Invalid)) => {
+                return Err(invalid(format!(
+                    "wait_ms must be an integer between 1 and {MAX_WAIT_MS}"
+                )));
+            }
+            (false, Some(WaitMs::Valid(_))) => {
+                return Err(invalid("wait_ms applies only with `wait: true`"));
+            }
+            _ => {}
+        }
         if self.strategy == Strategy::Fusion && self.base_model.is_none() {
             return Err(invalid(
                 "`fusion` merges adapters of one base model: give `base_model`",
             ));
         }
         Ok(count)
+    }
+
+    /// How long to wait for pending adapters, if at all.
+    fn wait_for(&self) -> Option<std::time::Duration> {
+        self.wait.then(|| {
+            let ms = match self.wait_ms {
+                Some(WaitMs::Valid(ms)) => ms,
+                _ => DEFAULT_WAIT_MS,
+            };
+            std::time::Duration::from_millis(ms)
+        })
     }
 
     fn weighting(&self) -> Weighting {
@@ -219,7 +320,8 @@ impl RouteRequest {
 /// similarity of each prompt's embedding to their profiles (built from each version's
 /// `samples.jsonl`); `mixture` adds weights; `fusion` also returns a merged adapter of each
 /// retrieved set, made once by a merge job and reused. Private adapters appear only to callers
-/// who may see them.
+/// who may see them. `pending` lists the matching adapters whose profile is still being made
+/// (or failed); `wait: true` waits (up to `wait_ms`) until none is queued or running.
 #[utoipa::path(
     tag = "routing",
     request_body = RouteRequest,
@@ -254,10 +356,44 @@ pub async fn route(
             ));
         }
     };
-    let built = routing
-        .indexes
-        .get(state.store.meta.as_ref(), &embedder_id)
-        .await?;
+    let admission = Admission {
+        viewer: caller.viewer(),
+        base_model: request.base_model.clone(),
+        filter: request.filter.clone(),
+    };
+    let started = std::time::Instant::now();
+    let deadline = request.wait_for().map(|d| started + d);
+    let meta = state.store.meta.as_ref();
+    let (built, pending) = loop {
+        // One read of the generations keys both the index and the pending list.
+        let generations = meta.routing_generations().await?;
+        let pending = routing
+            .indexes
+            .pending(meta, &embedder_id, generations)
+            .await?;
+        let built = routing
+            .indexes
+            .get_at(meta, &embedder_id, generations)
+            .await?;
+        let pending = pending_for(&pending, &built, &admission);
+        let waiting = pending.iter().any(|p| p.state != PendingState::Failed);
+        match deadline {
+            Some(deadline) if waiting => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break (built, pending);
+                }
+                // Nothing is held while waiting: no connection, no thread.
+                tokio::time::sleep(left.min(WAIT_POLL)).await;
+            }
+            _ => break (built, pending),
+        }
+    };
+    let timed_out = deadline.map(|_| pending.iter().any(|p| p.state != PendingState::Failed));
+    let waited_ms = deadline.map(|_| started.elapsed().as_millis() as u64);
+    let pending_truncated = pending.len().saturating_sub(MAX_PENDING_LISTED);
+    let mut pending = pending;
+    pending.truncate(MAX_PENDING_LISTED);
     let queries: Vec<Vec<f32>> = match (&request.inputs, &request.vectors) {
         (Some(inputs), _) => {
             let batcher = own.ok_or_else(|| {
@@ -296,7 +432,7 @@ pub async fn route(
         }
         (None, None) => Vec::new(),
     };
-    let hits = search(built.clone(), queries, &request, caller.viewer()).await?;
+    let hits = search(built.clone(), queries, request.top_k, admission).await?;
     let weighting = request.weighting();
     let mut results = Vec::with_capacity(hits.len());
     let mut fusions: BTreeMap<String, FusionView> = BTreeMap::new();
@@ -331,29 +467,71 @@ pub async fn route(
         recipe: built.index.recipe().name(),
         strategy: request.strategy,
         results,
+        pending,
+        pending_truncated,
+        waited_ms,
+        timed_out,
     }))
+}
+
+/// Which index entries a request may see and asked for: visibility for the caller, then the
+/// request's filters. The one test for ranked and for pending adapters.
+#[derive(Clone)]
+struct Admission {
+    viewer: Viewer,
+    base_model: Option<String>,
+    filter: RouteFilter,
+}
+
+impl Admission {
+    fn admits(&self, e: &Entry) -> bool {
+        // `Viewer::can_see` over an index entry (a restricted token's list included).
+        (!e.private
+            || (self.viewer.reads_namespace(&e.owner)
+                && self
+                    .viewer
+                    .allows(&e.owner, e.adapter.split_once('/').map_or("", |(_, n)| n))))
+            && self.base_model.as_ref().is_none_or(|b| *b == e.base_model)
+            && self.filter.owner.as_ref().is_none_or(|o| *o == e.owner)
+            && self.filter.tags.iter().all(|t| e.tags.contains(t))
+    }
+}
+
+/// The pending adapters this request may see and asked for, unless the index already routes to
+/// that version or a newer one (the index may be newer than the pending list it was read with).
+fn pending_for(pending: &Pending, built: &Built, admission: &Admission) -> Vec<PendingAdapter> {
+    pending
+        .entries
+        .iter()
+        .filter(|p| admission.admits(&p.entry))
+        .filter(|p| {
+            built
+                .version_of(&p.entry.adapter)
+                .is_none_or(|v| v < p.entry.version)
+        })
+        .map(|p| PendingAdapter {
+            adapter: p.entry.adapter.clone(),
+            version: p.entry.version,
+            state: match p.state {
+                JobState::Queued => PendingState::Queued,
+                JobState::Running => PendingState::Running,
+                _ => PendingState::Failed,
+            },
+            job: p.job.clone(),
+            error: p.error.clone(),
+        })
+        .collect()
 }
 
 /// Searches every query off the async runtime (rayon inside for large indexes).
 async fn search(
     built: Arc<Built>,
     queries: Vec<Vec<f32>>,
-    request: &RouteRequest,
-    viewer: Viewer,
+    top_k: usize,
+    admission: Admission,
 ) -> Result<Vec<Vec<(Entry, f32)>>, ApiError> {
-    let top_k = request.top_k;
-    let base_model = request.base_model.clone();
-    let filter = request.filter.clone();
     tokio::task::spawn_blocking(move || {
-        let keep = |e: &Entry| {
-            // `Viewer::can_see` over an index entry (a restricted token's list included).
-            (!e.private
-                || (viewer.reads_namespace(&e.owner)
-                    && viewer.allows(&e.owner, e.adapter.split_once('/').map_or("", |(_, n)| n))))
-                && base_model.as_ref().is_none_or(|b| *b == e.base_model)
-                && filter.owner.as_ref().is_none_or(|o| *o == e.owner)
-                && filter.tags.iter().all(|t| e.tags.contains(t))
-        };
+        let keep = |e: &Entry| admission.admits(e);
         queries
             .iter()
             .map(|q| {

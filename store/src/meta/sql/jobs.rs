@@ -249,7 +249,7 @@ impl JobStore for SqlMetadata {
         let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO jobs (id, kind, spec, spec_sha256, state, max_attempts, run_after, created_by, \
-             idempotency_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $7) \
+             idempotency_key, created_at, subject_version_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $7, $10) \
              ON CONFLICT (created_by, idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
         )))
         .bind(id.as_str())
@@ -261,6 +261,7 @@ impl JobStore for SqlMetadata {
         .bind(now)
         .bind(job.created_by.as_str())
         .bind(job.idempotency_key.as_deref())
+        .bind(job.subject_version_id)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = inserted {

@@ -6,9 +6,9 @@ use sqlx::any::AnyRow;
 
 use super::super::profiles::*;
 use super::super::query::Sql;
-use super::super::{Lease, ParentVersion, VersionState};
-use super::SqlMetadata;
+use super::super::{JobKind, JobState, Lease, ParentVersion, VersionState};
 use super::jobs::{Tx, succeed_fenced};
+use super::{SqlMetadata, json_column};
 use crate::StoreError;
 use crate::time::now_ms;
 
@@ -192,5 +192,87 @@ impl ProfileStore for SqlMetadata {
             .fetch_one(&self.pool)
             .await?
             .try_get("n")?)
+    }
+
+    async fn routing_generations(&self) -> Result<RoutingGenerations, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT n FROM registry_generation WHERE id = 1) AS registry, \
+             (SELECT n FROM profile_generation WHERE id = 1) AS profiles, \
+             (SELECT n FROM embed_job_generation WHERE id = 1) AS embed_jobs",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(RoutingGenerations {
+            registry: row.try_get("registry")?,
+            profiles: row.try_get("profiles")?,
+            embed_jobs: row.try_get("embed_jobs")?,
+        })
+    }
+
+    async fn pending_profiles(
+        &self,
+        embedder: &str,
+        limit: u32,
+    ) -> Result<Vec<PendingProfile>, StoreError> {
+        // A version's newest embed job, when it is queued, running or failed, and neither the
+        // version nor a newer one of its adapter has a profile of the embedder (which a route
+        // would use instead). The partial indexes of migration 0014 serve the scan of open and
+        // failed embed jobs and the look for a newer job.
+        let rows = sqlx::query(
+            "SELECT a.id AS adapter_id, a.owner, a.name, a.base_model, a.private, \
+             v.id AS version_id, v.number, v.revision, j.id AS job_id, j.state AS job_state, \
+             j.error, j.spec \
+             FROM jobs j JOIN versions v ON v.id = j.subject_version_id \
+             JOIN adapters a ON a.id = v.adapter_id \
+             WHERE j.subject_version_id IS NOT NULL AND j.state IN ($1, $2, $3) AND j.kind = $4 \
+             AND v.state = $5 \
+             AND NOT EXISTS (SELECT 1 FROM jobs n WHERE n.subject_version_id = j.subject_version_id \
+               AND (n.created_at > j.created_at OR (n.created_at = j.created_at AND n.id > j.id))) \
+             AND NOT EXISTS (SELECT 1 FROM versions w JOIN profiles p ON p.version_id = w.id \
+               WHERE w.adapter_id = v.adapter_id AND w.number >= v.number AND w.state = $5 \
+               AND p.embedder = $6) \
+             ORDER BY a.owner, a.name, v.number DESC LIMIT $7",
+        )
+        .bind(JobState::Queued.as_str())
+        .bind(JobState::Running.as_str())
+        .bind(JobState::Failed.as_str())
+        .bind(JobKind::Embed.as_str())
+        .bind(VersionState::Ready.as_str())
+        .bind(embedder)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<PendingProfile> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let adapter_id: i64 = row.try_get("adapter_id")?;
+            // Rows come newest version first within an adapter: keep that one.
+            if out.last().is_some_and(|p| p.adapter_id == adapter_id) {
+                continue;
+            }
+            out.push(PendingProfile {
+                adapter_id,
+                owner: row.try_get("owner")?,
+                name: row.try_get("name")?,
+                base_model: row.try_get("base_model")?,
+                private: super::get_bool(row, "private")?,
+                tags: Vec::new(),
+                version_id: row.try_get("version_id")?,
+                number: row.try_get("number")?,
+                revision: row.try_get("revision")?,
+                job_id: row.try_get("job_id")?,
+                job_state: row.try_get::<String, _>("job_state")?.parse()?,
+                error: row.try_get("error")?,
+                spec: json_column(row, "spec")?.unwrap_or_default(),
+            });
+        }
+        let ids: Vec<i64> = out.iter().map(|p| p.adapter_id).collect();
+        let mut tags = std::collections::HashMap::new();
+        for slice in ids.chunks(500) {
+            tags.extend(self.tags_for(slice).await?);
+        }
+        for pending in &mut out {
+            pending.tags = tags.remove(&pending.adapter_id).unwrap_or_default();
+        }
+        Ok(out)
     }
 }
