@@ -13,8 +13,11 @@ PY="${PY:-/tmp/routevenv/bin/python}"
 MODEL="$(scripts/embedder.sh)"
 OUT=bench/out/route
 mkdir -p "$OUT"
-SPLITS=(bench/route/eval/nouns.json bench/route/eval/verbs.json bench/route/eval/abstract.json)
+# The committed splits, and the uncommitted check split (fortunes, see make_eval.py --dev).
+[ -f "$OUT/dev/fortunes.json" ] || python3 bench/route/make_eval.py --dev "$OUT/dev"
+SPLITS=(bench/route/eval/nouns.json bench/route/eval/verbs.json bench/route/eval/abstract.json
+        "$OUT/dev/fortunes.json")
 cargo build --release --quiet -p quiver-retrieve --example route_eval
-target/release/examples/route_eval "$MODEL" "${SPLITS[@]}" > "$OUT/quiver_eval.json"
+"${CARGO_TARGET_DIR:-target}/release/examples/route_eval" "$MODEL" "${SPLITS[@]}" > "$OUT/quiver_eval.json"
 HF_HUB_OFFLINE=1 "$PY" bench/route/st_eval.py "$MODEL" "${SPLITS[@]}" > "$OUT/st_eval.json"
 python3 bench/route/report.py "$OUT/quiver_eval.json" "$OUT/st_eval.json"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the committed routing eval sets from WordNet 3.0 (Debian's `wordnet-base` package).
 
-    python3 bench/route/make_eval.py [--cache DIR] [--out DIR] [--check]
+    python3 bench/route/make_eval.py [--cache DIR] [--out DIR] [--check] [--dev DIR]
 
 Standard library only. Downloads wordnet-base 1:3.0-37 (6.5 MB) from deb.debian.org (or reuses
 DIR/wordnet-base_3.0-37_all.deb; default DIR bench/out/route/cache), checks its sha256, reads
@@ -27,6 +27,14 @@ near-copy of a sample): shorter than 20 characters or duplicated texts are dropp
 shuffled with random.Random(f"{SEED}:{split}:{file}") and the first 10 become the adapter's
 routing samples, the next 60 its held-out queries. Each task also gets a short model card
 written from WordNet's own description of the file (lexnames(5WN)), for measuring card profiles.
+
+`--dev DIR` also writes DIR/fortunes.json, a check split that is built but NOT committed: 12
+topic files of BSD fortune's quotation database (Debian package `fortunes` 1:1.99.1-7.3: art,
+computers, drugs, education, food, law, love, medicine, politics, science, sports, startrek),
+10 samples and 40 queries each (quotations of 20 to 1,000 characters, whitespace collapsed,
+shuffled per topic with the seed) — real topical text of another kind, used to check that a
+recipe chosen on WordNet carries over. The quotations come from many authors, so their licence
+is not clear enough to commit them.
 
 Licence: WordNet 3.0 is distributed under Princeton's WordNet licence (bench/route/eval/LICENSE),
 which allows copying and redistribution with the notice; the notice travels with the data.
@@ -55,6 +63,11 @@ SEED = 0
 N_SAMPLES = 10
 N_QUERIES = 60
 MIN_CHARS = 20
+
+FORTUNES_URL = "http://deb.debian.org/debian/pool/main/f/fortune-mod/fortunes_1.99.1-7.3_all.deb"
+FORTUNES_SHA256 = "41d0551dc0ff52f875a2ecef7c39da2f672ab468c37e170119f7e0245a9d63c5"
+FORTUNE_TOPICS = ["art", "computers", "drugs", "education", "food", "law", "love", "medicine",
+                  "politics", "science", "sports", "startrek"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,21 +122,35 @@ SPLITS = {
 }
 
 
-def fetch(cache: Path) -> bytes:
-    deb = cache / PACKAGE_FILE
+def fetch(cache: Path, url: str = PACKAGE_URL, sha256: str = PACKAGE_SHA256) -> bytes:
+    deb = cache / url.rsplit("/", 1)[1]
     if not deb.exists():
         cache.mkdir(parents=True, exist_ok=True)
-        print(f"downloading {PACKAGE_URL}", file=sys.stderr)
-        with urllib.request.urlopen(PACKAGE_URL, timeout=120) as r:
+        print(f"downloading {url}", file=sys.stderr)
+        with urllib.request.urlopen(url, timeout=120) as r:
             data = r.read()
         tmp = deb.with_suffix(".part")
         tmp.write_bytes(data)
         tmp.rename(deb)
     data = deb.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    if digest != PACKAGE_SHA256:
-        sys.exit(f"{deb}: sha256 {digest}, expected {PACKAGE_SHA256}")
+    if digest != sha256:
+        sys.exit(f"{deb}: sha256 {digest}, expected {sha256}")
     return data
+
+
+def fortunes(deb: bytes) -> dict:
+    """The dev check split from the fortune database (see the module doc)."""
+    tar = tarfile.open(fileobj=io.BytesIO(lzma.decompress(deb_member(deb, "data.tar"))))
+    tasks = []
+    for topic in FORTUNE_TOPICS:
+        raw = tar.extractfile(f"./usr/share/games/fortunes/{topic}").read().decode("latin-1")
+        items = {" ".join(x.split()) for x in raw.split("\n%\n")}
+        items = sorted(x for x in items if 20 <= len(x) <= 1000)
+        random.Random(f"{SEED}:fortunes:{topic}").shuffle(items)
+        tasks.append({"name": topic, "samples": items[:10], "queries": items[10:50]})
+    return {"source": "BSD fortune, Debian package fortunes 1:1.99.1-7.3 (sha256 "
+            + FORTUNES_SHA256 + ")", "seed": SEED, "split": "fortunes", "tasks": tasks}
 
 
 def deb_member(deb: bytes, prefix: str) -> bytes:
@@ -242,7 +269,14 @@ def main():
     ap.add_argument("--cache", default=str(REPO / "bench/out/route/cache"))
     ap.add_argument("--out", default=str(REPO / "bench/route/eval"))
     ap.add_argument("--check", action="store_true", help="rebuild and compare with SHA256SUMS")
+    ap.add_argument("--dev", help="also write the uncommitted check split fortunes.json here")
     args = ap.parse_args()
+    if args.dev:
+        dev = Path(args.dev)
+        dev.mkdir(parents=True, exist_ok=True)
+        deb = fetch(Path(args.cache), FORTUNES_URL, FORTUNES_SHA256)
+        (dev / "fortunes.json").write_bytes(dump(fortunes(deb)))
+        print(f"wrote {dev / 'fortunes.json'}")
     splits = build(wordnet_files(fetch(Path(args.cache))))
     out = Path(args.out)
     if args.check:

@@ -13,12 +13,18 @@ the hidden states is checked against ``encode`` before anything is scored.
 Recipes (numpy, on unit vectors): centroid (LoraRetriever: cosine with the normalised mean of the
 task's samples), centered (mu = mean of every sample; cosine of query - mu with mean - mu), max
 (best sample), top3_mean, centroid_max ((centroid cosine + best sample cosine) / 2).
+`+bm25` (centroid and centered): dense + 0.1 * (std(dense) / std(bm25)) * bm25 over the tasks,
+BM25 (k1 1.2, b 0.75) of the query's terms against each task's samples as one document, terms as
+quiver's `retrieve/src/lexical.rs` makes them (lower-cased alphanumeric runs, function words
+dropped, -ing/-ed/-es/-s stripped).
 Rank = 1 + the number of tasks scoring strictly higher; top-1 / top-3 overall and per task.
 Output: the JSON shape route_eval prints, for bench/route/report.py.
 """
 
 import json
+import math
 import os
+import re
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub
@@ -29,6 +35,56 @@ from sentence_transformers import SentenceTransformer
 
 LAYER, WEIGHT = 4, 0.7
 THREADS = 2
+
+
+STOP = set(
+    "a an the of or and to in on for with by as at from is are be was were that this which it its "
+    "their his her who whom into than i you he she we they me my your not but if so do does did "
+    "have has had will would can could".split()
+)
+LEXICAL_WEIGHT, K1, B = 0.1, 1.2, 0.75
+
+
+def terms(text):
+    out = []
+    for w in re.findall(r"[^\W_]+", text):
+        w = w.lower()
+        if w in STOP:
+            continue
+        for suffix in ("ing", "ed", "es", "s"):
+            if len(w.encode()) > len(suffix) + 2 and w.endswith(suffix):
+                w = w[: -len(suffix)]
+                break
+        out.append(w)
+    return out
+
+
+def bm25(queries, docs):
+    """queries: list of texts; docs: list of lists of texts (one document per task)."""
+    docs = [[t for text in d for t in terms(text)] for d in docs]
+    df = {}
+    for d in docs:
+        for t in set(d):
+            df[t] = df.get(t, 0) + 1
+    tfs = [{t: d.count(t) for t in set(d)} for d in docs]
+    avg = max(sum(map(len, docs)) / len(docs), 1.0)
+    out = np.zeros((len(queries), len(docs)))
+    for qi, q in enumerate(queries):
+        for t in dict.fromkeys(terms(q)):
+            if t not in df:
+                continue
+            idf = math.log(1 + (len(docs) - df[t] + 0.5) / (df[t] + 0.5))
+            for i, tf in enumerate(tfs):
+                f = tf.get(t)
+                if f:
+                    out[qi, i] += idf * f * (K1 + 1) / (f + K1 * (1 - B + B * len(docs[i]) / avg))
+    return out
+
+
+def fuse(dense, lexical):
+    sd, sl = dense.std(1, keepdims=True), lexical.std(1, keepdims=True)
+    scale = np.where(sl > 1e-7, LEXICAL_WEIGHT * sd / np.maximum(sl, 1e-12), 0.0)
+    return dense + scale * lexical
 
 
 def unit(x):
@@ -77,10 +133,14 @@ def main():
         truth = np.array([i for i, t in enumerate(tasks) for _ in t["queries"]])
         queries = [q for t in tasks for q in t["queries"]]
         results = {}
+        lexical = bm25(queries, [t["samples"] for t in tasks])
         for pooling in ("last", "layers"):
             samples = [pooled(model, t["samples"], pooling) for t in tasks]
             q = pooled(model, queries, pooling)
-            for recipe, scores in recipe_scores(q, samples).items():
+            scored = recipe_scores(q, samples)
+            for recipe in ("centroid", "centered"):
+                scored[recipe + "+bm25"] = fuse(scored[recipe], lexical)
+            for recipe, scores in scored.items():
                 own = scores[np.arange(len(truth)), truth]
                 rank = 1 + (scores > own[:, None]).sum(1)
                 results[f"{pooling}/{recipe}"] = {

@@ -1,7 +1,8 @@
 //! Routing quality on the committed eval sets (bench/route/eval/*.json, made by
 //! bench/route/make_eval.py): every task's samples become an adapter's profile, and each held-out
 //! query should route to its own task. Every pooling × recipe, and card profiles (each task's
-//! model card through `card_texts`, the service's own path) for the default pooling and recipe.
+//! model card through `card_texts`, the service's own path) for the default pooling and recipe;
+//! the centroid recipes also with BM25 over the samples' terms (`+bm25`, `Index::search_hybrid`).
 //! Prints one JSON document: per split, per configuration, top-1 / top-3 overall and per task.
 //! bench/route/report.py sets it beside sentence-transformers' run of the same recipes.
 //!
@@ -10,7 +11,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use quiver_retrieve::{Embedder, Index, IndexItem, Pooling, Recipe, card_texts};
+use quiver_retrieve::{Embedder, Index, IndexItem, Pooling, Recipe, TermCounts, card_texts};
 use serde_json::{Value, json};
 
 fn strings(v: &Value) -> Vec<String> {
@@ -23,12 +24,16 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Top-1 / top-3 per task of `queries` (task, vector) against one profile per task.
+/// A query: its task, text and embedding.
+type Query = (usize, String, Vec<f32>);
+
+/// Top-1 / top-3 per task of `queries` against one profile per task (`terms`: with BM25).
 fn score(
     dim: usize,
     recipe: Recipe,
     profiles: &[Vec<Vec<f32>>],
-    queries: &[(usize, Vec<f32>)],
+    terms: Option<&[TermCounts]>,
+    queries: &[Query],
 ) -> Value {
     let index = Index::build(
         dim,
@@ -36,11 +41,12 @@ fn score(
         profiles.iter().enumerate().map(|(t, s)| IndexItem {
             meta: t,
             samples: s.clone(),
+            terms: terms.map(|terms| terms[t].clone()),
         }),
     );
     let mut per_task = vec![[0usize; 3]; profiles.len()];
-    for (task, q) in queries {
-        let hits = index.search_exact(q, 3, &|_| true);
+    for (task, text, q) in queries {
+        let hits = index.search_hybrid(q, Some(text), 3, &|_| true);
         let counts = &mut per_task[*task];
         counts[0] += usize::from(hits.first().is_some_and(|h| h.entry == *task));
         counts[1] += usize::from(hits.iter().any(|h| h.entry == *task));
@@ -80,14 +86,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let started = Instant::now();
             let mut texts = 0;
             let (mut samples, mut cards, mut queries) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut sample_terms, mut card_terms) = (Vec::new(), Vec::new());
             for (t, task) in tasks.iter().enumerate() {
                 let s = strings(&task["samples"]);
                 let q = strings(&task["queries"]);
                 let c = card_texts(task["card"].as_str().unwrap_or_default());
                 texts += s.len() + q.len() + c.len();
                 samples.push(embedder.embed(&s)?);
+                sample_terms.push(TermCounts::of(&s));
                 cards.push(embedder.embed(&c)?);
-                queries.extend(embedder.embed(&q)?.into_iter().map(|v| (t, v)));
+                card_terms.push(TermCounts::of(&c));
+                let vectors = embedder.embed(&q)?;
+                queries.extend(q.into_iter().zip(vectors).map(|(text, v)| (t, text, v)));
             }
             let embed_s = started.elapsed().as_secs_f64();
             let name = eval["split"].as_str().unwrap_or(path).to_string();
@@ -99,24 +109,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 })
             });
             let results = split["results"].as_object_mut().expect("results");
+            let dim = embedder.dim();
             for recipe in recipes {
-                results.insert(
-                    format!("{}/{}", pooling.name(), recipe.name()),
-                    score(embedder.dim(), recipe, &samples, &queries),
-                );
+                let name = format!("{}/{}", pooling.name(), recipe.name());
+                let dense = score(dim, recipe, &samples, None, &queries);
+                results.insert(name.clone(), dense);
+                if matches!(recipe, Recipe::Centroid | Recipe::Centered) {
+                    let hybrid = score(dim, recipe, &samples, Some(&sample_terms), &queries);
+                    results.insert(format!("{name}+bm25"), hybrid);
+                }
             }
             if cards.iter().all(|c| !c.is_empty()) {
-                results.insert(
-                    format!("{}/{}/card", pooling.name(), Recipe::DEFAULT.name()),
-                    score(embedder.dim(), Recipe::DEFAULT, &cards, &queries),
-                );
+                let name = format!("{}/{}", pooling.name(), Recipe::DEFAULT.name());
+                let dense = score(dim, Recipe::DEFAULT, &cards, None, &queries);
+                results.insert(format!("{name}/card"), dense);
+                let hybrid = score(dim, Recipe::DEFAULT, &cards, Some(&card_terms), &queries);
+                results.insert(format!("{name}+bm25/card"), hybrid);
             }
             split["texts_per_s"] = json!(texts as f64 / embed_s);
         }
     }
     println!(
         "{}",
-        json!({"embedders": embedders, "default": format!("{}/{}", Pooling::ROUTING.name(), Recipe::DEFAULT.name()), "splits": splits})
+        json!({"embedders": embedders, "default": format!("{}/{}+bm25", Pooling::ROUTING.name(), Recipe::DEFAULT.name()), "splits": splits})
     );
     Ok(())
 }

@@ -55,6 +55,7 @@ fn main() -> Res<()> {
     let items = rows.chunks(group).enumerate().map(|(i, chunk)| IndexItem {
         meta: i,
         samples: chunk.to_vec(),
+        terms: None,
     });
     let index = Index::build(dim, recipe, items);
     let build_s = started.elapsed().as_secs_f64();

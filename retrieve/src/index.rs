@@ -2,9 +2,12 @@
 //! scan). Small indexes are scanned exactly. Large ones are scanned in int8 on every core, the
 //! best `max(10·k, 100)` adapters by the approximate score are re-scored exactly in f32, and the
 //! best `k` of those are returned; `search_exact` is the reference the recall is measured against.
+//! `search_hybrid` re-ranks the dense candidates with BM25 over the adapters' samples
+//! ([`crate::lexical`]) when the query's text is known.
 
 use rayon::prelude::*;
 
+use crate::lexical::{DEFAULT_LEXICAL_WEIGHT, Lexicon, TermCounts, fuse, terms};
 use crate::profile::mean;
 use crate::scan::{dot_f32, dots_i8, quantize};
 use crate::{Recipe, normalized};
@@ -14,10 +17,12 @@ const EXACT_BELOW: usize = 4 << 20;
 /// Adapters scanned per parallel task.
 const CHUNK: usize = 2048;
 
-/// What is indexed for one adapter: its metadata and its sample embeddings (unit vectors).
+/// What is indexed for one adapter: its metadata, its sample embeddings (unit vectors) and the
+/// terms of its samples, if known (BM25; none for uploaded vectors).
 pub struct IndexItem<M> {
     pub meta: M,
     pub samples: Vec<Vec<f32>>,
+    pub terms: Option<TermCounts>,
 }
 
 /// One result: the adapter's position in the index and its score (cosine-based, per recipe).
@@ -38,6 +43,9 @@ pub struct Index<M> {
     scales: Vec<f32>,
     /// The mean of every indexed sample, for centred recipes (queries are centred with it).
     center: Option<Vec<f32>>,
+    /// BM25 over the entries' terms; `None` when no entry has terms.
+    lexicon: Option<Lexicon>,
+    lexical_weight: f32,
 }
 
 impl<M: Sync> Index<M> {
@@ -79,6 +87,8 @@ impl<M: Sync> Index<M> {
             codes: Vec::new(),
             scales: Vec::new(),
             center: None,
+            lexicon: Lexicon::build(items.iter().map(|i| i.terms.as_ref())),
+            lexical_weight: DEFAULT_LEXICAL_WEIGHT,
         };
         for item in items {
             let rows = match &center {
@@ -94,6 +104,12 @@ impl<M: Sync> Index<M> {
         }
         index.center = center;
         index
+    }
+
+    /// Sets how much BM25 counts in [`Index::search_hybrid`] (0: not at all).
+    pub fn with_lexical_weight(mut self, weight: f32) -> Self {
+        self.lexical_weight = weight.max(0.0);
+        self
     }
 
     /// The query in the index's coordinates (centred for centred recipes).
@@ -130,9 +146,47 @@ impl<M: Sync> Index<M> {
         &self.metas[entry]
     }
 
-    /// Bytes held by the vectors (f32 rows, int8 codes, scales, offsets), not the metadata.
+    /// Bytes held by the vectors (f32 rows, int8 codes, scales, offsets) and the BM25 postings,
+    /// not the metadata.
     pub fn vector_bytes(&self) -> usize {
-        self.rows.len() * 4 + self.codes.len() + self.scales.len() * 4 + self.offsets.len() * 8
+        self.rows.len() * 4
+            + self.codes.len()
+            + self.scales.len() * 4
+            + self.offsets.len() * 8
+            + self.lexicon.as_ref().map_or(0, Lexicon::bytes)
+    }
+
+    /// As [`Index::search`], then, given the query's `text` and an index with terms, the best
+    /// `max(10·k, 100)` dense candidates are re-ranked by `dense + w · (σ_dense / σ_bm25) · bm25`
+    /// ([`crate::lexical`]); the returned scores are those sums.
+    pub fn search_hybrid(
+        &self,
+        query: &[f32],
+        text: Option<&str>,
+        k: usize,
+        keep: &(dyn Fn(&M) -> bool + Sync),
+    ) -> Vec<Hit> {
+        let (Some(lexicon), Some(text)) = (&self.lexicon, text) else {
+            return self.search(query, k, keep);
+        };
+        let query_terms = terms(text);
+        if self.lexical_weight == 0.0 || query_terms.is_empty() {
+            return self.search(query, k, keep);
+        }
+        let candidates = self.search(query, (10 * k).max(100), keep);
+        let entries: Vec<usize> = candidates.iter().map(|h| h.entry).collect();
+        let dense: Vec<f32> = candidates.iter().map(|h| h.score).collect();
+        let fused = fuse(
+            &dense,
+            &lexicon.scores(&query_terms, &entries),
+            self.lexical_weight,
+        );
+        let hits = entries
+            .into_iter()
+            .zip(fused)
+            .map(|(entry, score)| Hit { entry, score })
+            .collect();
+        best(hits, k)
     }
 
     /// The best `k` adapters for a unit `query` among those `keep` accepts, best first.
@@ -259,7 +313,51 @@ mod tests {
     }
 
     fn item(id: usize, samples: Vec<Vec<f32>>) -> IndexItem<usize> {
-        IndexItem { meta: id, samples }
+        IndexItem {
+            meta: id,
+            samples,
+            terms: None,
+        }
+    }
+
+    /// BM25 breaks a dense tie towards the adapter whose samples share the prompt's rare words,
+    /// and changes nothing without text, without terms or with weight 0.
+    #[test]
+    fn hybrid_search_lifts_shared_terms() {
+        let v = vector(7, 16);
+        let item = |meta: usize, words: Option<&str>| IndexItem {
+            meta,
+            samples: vec![v.clone()],
+            terms: words.map(|w| TermCounts::of(&[w])),
+        };
+        let far = || IndexItem {
+            meta: 2,
+            samples: vec![vector(8, 16)],
+            terms: Some(TermCounts::of(&["kubernetes kubernetes pods"])),
+        };
+        let build = || {
+            Index::build(
+                16,
+                Recipe::Centroid,
+                [
+                    item(0, Some("write a poem")),
+                    item(1, Some("kubernetes pods restart")),
+                    far(),
+                ],
+            )
+        };
+        let all = |_: &usize| true;
+        let top = |index: &Index<usize>, text: Option<&str>| {
+            index.search_hybrid(&v, text, 3, &all)[0].entry
+        };
+        assert_eq!(top(&build(), None), 0);
+        assert_eq!(top(&build(), Some("restart my kubernetes pods")), 1);
+        assert_eq!(
+            top(&build().with_lexical_weight(0.0), Some("kubernetes pods")),
+            0
+        );
+        let plain = Index::build(16, Recipe::Centroid, [item(0, None), item(1, None)]);
+        assert_eq!(top(&plain, Some("kubernetes pods")), 0);
     }
 
     #[test]
