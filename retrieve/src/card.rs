@@ -86,10 +86,9 @@ pub fn card_texts(markdown: &str) -> Vec<String> {
             let title = trimmed[level..].trim().to_lowercase();
             match skip_below {
                 Some(depth) if level > depth => {}
+                // A level-1 heading is the card's title (often the adapter's name), not a section.
                 _ => {
-                    skip_below = SKIPPED_SECTIONS
-                        .iter()
-                        .any(|s| title.contains(s))
+                    skip_below = (level > 1 && SKIPPED_SECTIONS.iter().any(|s| title.contains(s)))
                         .then_some(level);
                 }
             }
@@ -299,6 +298,17 @@ mod tests {
                 "Turning business questions into SQL",
                 "Explaining an existing query step by step",
             ]
+        );
+    }
+
+    /// The title names the adapter: "contact-center-summarizer" is not a contact section.
+    #[test]
+    fn the_title_never_hides_the_card() {
+        let card =
+            "# contact-center-training-summarizer\n\nIt summarises support calls for agents.\n";
+        assert_eq!(
+            card_texts(card),
+            vec!["It summarises support calls for agents."]
         );
     }
 
