@@ -261,10 +261,13 @@ pub struct ProfileView {
     /// The embedder that made the vectors (`<name>@<12 hex of its files' sha256>`).
     pub embedder: String,
     pub dim: i64,
-    /// Rows: one per sample (`samples`), or 1 (`uploaded`).
+    /// Rows: one per sample (`samples`), one per text taken from the card (`card`), or 1
+    /// (`uploaded`).
     pub count: i64,
-    /// `samples` (computed from `samples.jsonl`) or `uploaded`.
+    /// `samples` (computed from `samples.jsonl`), `card` (from the model card's text, for a
+    /// version without samples) or `uploaded`.
     pub source: String,
+    /// The sha256 of the file it was computed from: `samples.jsonl`, or `README.md` for `card`.
     pub samples_sha256: Option<String>,
     pub updated_at: String,
     /// Whether it was made by this server's embedder (`null`: the server has none). Profiles of

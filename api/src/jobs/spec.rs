@@ -63,14 +63,36 @@ impl JobPayload {
     }
 }
 
-/// What an embed job works on: the version, pinned with the samples it had when queued.
+/// What an embed job works on: the version, pinned with the samples (or card) it had when
+/// queued.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EmbedSpec {
     pub version_id: i64,
     pub version: ParentVersion,
+    /// The sha256 of the file the texts come from: `samples.jsonl`, or `README.md` when `source`
+    /// is `card` (the field keeps the name jobs were stored with).
     pub samples_sha256: String,
     /// The embedder of the process that queued it (the worker uses its own, and records it).
     pub embedder: String,
+    /// What the profile is made from. Absent (so `samples`) in jobs queued before cards were
+    /// profiled, and left out when `samples`, so those specs stay as they were stored.
+    #[serde(default, skip_serializing_if = "EmbedSource::is_samples")]
+    pub source: EmbedSource,
+}
+
+/// The texts of an embed job: the samples' inputs, or the model card's (`quiver_retrieve::card_texts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbedSource {
+    #[default]
+    Samples,
+    Card,
+}
+
+impl EmbedSource {
+    fn is_samples(&self) -> bool {
+        *self == EmbedSource::Samples
+    }
 }
 
 /// A merge or compression job: the engine's parameters, the pinned inputs, the output.
@@ -339,10 +361,13 @@ mod tests {
         );
         let embed = json!({"version_id": 3, "samples_sha256": "ab",  "embedder": "e",
             "version": {"adapter": "alice/a", "version": 1, "revision": rev}});
+        let card = json!({"version_id": 3, "samples_sha256": "cd",  "embedder": "e",
+            "version": {"adapter": "alice/a", "version": 1, "revision": rev}, "source": "card"});
         for (kind, row) in [
             (JobKind::Merge, &merge),
             (JobKind::Compress, &compress),
             (JobKind::Embed, &embed),
+            (JobKind::Embed, &card),
         ] {
             let payload = JobPayload::decode(kind, row).expect("decodes");
             assert_eq!(payload.kind(), kind);
@@ -353,6 +378,13 @@ mod tests {
             panic!("a merge");
         };
         assert_eq!(job.io.parents()[1].adapter, "bob/b");
+        for (row, source) in [(&embed, EmbedSource::Samples), (&card, EmbedSource::Card)] {
+            let JobPayload::Embed(spec) = JobPayload::decode(JobKind::Embed, row).expect("embed")
+            else {
+                panic!("an embed job");
+            };
+            assert_eq!(spec.source, source);
+        }
         assert!(job.io.inputs[1].private);
         let engine = Engine::Merge(job.params);
         // The engine's name of the method, not the alias the client wrote.

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use quiver_retrieve::{Index, IndexItem, Recipe, decode_vectors};
-use quiver_store::{JobState, MetadataStore, RoutingGenerations, StoreError};
+use quiver_store::{JobState, MetadataStore, ProfileSource, RoutingGenerations, StoreError};
 
-use crate::jobs::embed::EmbedSpec;
+use crate::jobs::embed::{EmbedSource, EmbedSpec};
 
 /// Pending versions read per look at most (the pending list of a route is taken from these, in
 /// owner/name order: with more, some are left out of every route's list).
@@ -25,6 +25,8 @@ pub struct Entry {
     pub tags: Vec<String>,
     pub version: i64,
     pub revision: String,
+    /// What the profile is made from (for a pending version: what it will be made from).
+    pub source: ProfileSource,
 }
 
 pub struct Built {
@@ -123,11 +125,11 @@ impl RouteIndexes {
             .pending_profiles(embedder, MAX_PENDING_SCAN)
             .await?
             .into_iter()
-            .filter(|p| {
-                serde_json::from_value::<EmbedSpec>(p.spec.clone())
-                    .is_ok_and(|spec| spec.embedder == embedder)
+            .filter_map(|p| {
+                let spec = serde_json::from_value::<EmbedSpec>(p.spec.clone()).ok()?;
+                (spec.embedder == embedder).then_some((p, spec.source))
             })
-            .map(|p| PendingEntry {
+            .map(|(p, source)| PendingEntry {
                 entry: Entry {
                     adapter: format!("{}/{}", p.owner, p.name),
                     owner: p.owner,
@@ -136,6 +138,10 @@ impl RouteIndexes {
                     tags: p.tags,
                     version: p.number,
                     revision: p.revision,
+                    source: match source {
+                        EmbedSource::Samples => ProfileSource::Samples,
+                        EmbedSource::Card => ProfileSource::Card,
+                    },
                 },
                 state: p.job_state,
                 job: p.job_id,
@@ -236,6 +242,7 @@ impl RouteIndexes {
                         tags: p.tags,
                         version: p.number,
                         revision: p.revision,
+                        source: p.source,
                     },
                 })
             })

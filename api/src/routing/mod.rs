@@ -3,9 +3,10 @@
 //! `jobs::embed`.
 //!
 //! Profiles are computed by `embed` jobs. A process with an embedder looks for versions whose
-//! samples have no profile of its embedder (new versions, or profiles of another embedder) at
-//! start, every [`reconcile::EVERY`] (15 s), and right after it publishes a version with samples, and
-//! queues a job for each; only workers with an embedder claim them.
+//! samples (or, without samples, model card) have no profile of its embedder (new versions, or
+//! profiles of another embedder) at start, every [`reconcile::EVERY`] (15 s), and right after it
+//! publishes a version with samples or a card, and queues a job for each; only workers with an
+//! embedder claim them.
 
 pub mod index;
 pub mod reconcile;
@@ -95,12 +96,13 @@ impl Routing {
         }
     }
 
-    /// Called after a version is published: if it carries samples, profile it soon.
+    /// Called after a version is published: if it carries samples or a model card, profile it
+    /// soon.
     pub fn version_published(&self, files: &[quiver_store::FileRecord]) {
         if self.options.embedder.is_some()
-            && files
-                .iter()
-                .any(|f| f.path == quiver_retrieve::SAMPLES_FILE)
+            && files.iter().any(|f| {
+                f.path == quiver_retrieve::SAMPLES_FILE || f.path == quiver_store::CARD_FILE
+            })
         {
             self.reconcile.notify_one();
         }

@@ -1,21 +1,22 @@
-//! Keeps profiles up to date: queues an `embed` job for every ready version whose samples have no
-//! profile of this process's embedder (new, or made by another embedder: profiles are
-//! recomputed, never mixed).
+//! Keeps profiles up to date: queues an `embed` job for every ready version whose samples (or,
+//! without samples, model card) have no profile of this process's embedder (new, or made by
+//! another embedder: profiles are recomputed, never mixed). A card with nothing to embed gets a
+//! profile of no rows from its job (`jobs::embed`), so it is not found stale again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use quiver_store::meta::DEFAULT_MAX_ATTEMPTS;
-use quiver_store::{JobKind, JobRecord, NewJob, Store, StoreError};
+use quiver_store::{JobKind, JobRecord, NewJob, ProfileSource, Store, StoreError};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::Routing;
-use crate::jobs::embed::EmbedSpec;
+use crate::jobs::embed::{EmbedSource, EmbedSpec};
 
 /// How often a process with an embedder looks for stale profiles (it also looks at start and
-/// right after publishing a version with samples).
+/// right after publishing a version with samples or a card).
 pub const EVERY: Duration = Duration::from_secs(15);
 /// Jobs queued per look at most.
 const BATCH: u32 = 500;
@@ -51,8 +52,12 @@ pub async fn reconcile_once(store: &Store, embedder: &str) -> Result<usize, Stor
         let spec = EmbedSpec {
             version_id: stale.version_id,
             version: stale.version,
-            samples_sha256: stale.samples_sha256,
+            samples_sha256: stale.file_sha256,
             embedder: embedder.to_string(),
+            source: match stale.source {
+                ProfileSource::Card => EmbedSource::Card,
+                _ => EmbedSource::Samples,
+            },
         };
         // One job per (version, samples, embedder, stale profile): looking again finds the
         // same job; a profile that goes stale again later gets a new one.

@@ -65,8 +65,8 @@ pub use orgs::{
     OrgRecord, OrgRole, OrgStore,
 };
 pub use profiles::{
-    NewProfile, PendingProfile, ProfileInfo, ProfileSource, ProfileStore, RoutableProfile,
-    RoutingGenerations, SAMPLES_FILE, StaleProfile,
+    CARD_FILE, NewProfile, PendingProfile, ProfileInfo, ProfileSource, ProfileStore,
+    RoutableProfile, RoutingGenerations, SAMPLES_FILE, StaleProfile,
 };
 pub use sql::SqlMetadata;
 pub use tokens::{

@@ -9,10 +9,14 @@ use crate::StoreError;
 /// The file a version's routing samples are stored under (the same name as
 /// `quiver_retrieve::SAMPLES_FILE`, which checks its content; the store does not depend on it).
 pub const SAMPLES_FILE: &str = "samples.jsonl";
+/// The file a version's model card is stored under (the Hub's name): a version with one and no
+/// [`SAMPLES_FILE`] gets a profile from the card's text.
+pub const CARD_FILE: &str = "README.md";
 
 string_enum!(
-    /// Where a profile's vectors came from.
-    ProfileSource { Samples = "samples", Uploaded = "uploaded" }
+    /// Where a profile's vectors came from: the version's samples, an uploaded vector, or the
+    /// text of its model card (when it has no samples).
+    ProfileSource { Samples = "samples", Uploaded = "uploaded", Card = "card" }
 );
 
 /// A profile to store.
@@ -26,7 +30,9 @@ pub struct NewProfile {
     pub vectors: Vec<u8>,
 }
 
-/// A stored profile, without its vectors.
+/// A stored profile, without its vectors. A `card` profile of no rows (`count` 0) records that
+/// a version's card had nothing to embed: it is never routed, and [`ProfileStore::profile_info`]
+/// does not return it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProfileInfo {
     pub version_id: i64,
@@ -53,16 +59,20 @@ pub struct RoutableProfile {
     pub number: i64,
     pub revision: String,
     pub dim: i64,
+    pub source: ProfileSource,
     pub updated_at: i64,
 }
 
-/// A ready version whose samples have no profile of the given embedder (missing, or made by
-/// another embedder).
+/// A ready version whose samples (or, without samples, model card) have no profile of the given
+/// embedder (missing, or made by another embedder).
 #[derive(Clone, Debug)]
 pub struct StaleProfile {
     pub version_id: i64,
     pub version: ParentVersion,
-    pub samples_sha256: String,
+    /// `Samples` ([`SAMPLES_FILE`]) or `Card` ([`CARD_FILE`]): what the profile is made from.
+    pub source: ProfileSource,
+    /// The sha256 of that file.
+    pub file_sha256: String,
     pub created_by: String,
     /// When the stale profile was written (`None`: there is none), so that each stale state
     /// gets its own job.
@@ -114,14 +124,18 @@ pub trait ProfileStore: Send + Sync {
         profile: &NewProfile,
         report: &serde_json::Value,
     ) -> Result<(), StoreError>;
+    /// A version's profile; `None` also for a card's profile of no rows.
     async fn profile_info(&self, version_id: i64) -> Result<Option<ProfileInfo>, StoreError>;
     /// `(version id, vectors)` of these versions' profiles.
     async fn profile_vectors(&self, version_ids: &[i64])
     -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
-    /// One entry per adapter that has a profile of `embedder` (its newest such version).
+    /// One entry per adapter that has a profile of `embedder` with rows (its newest such
+    /// version).
     async fn routable_profiles(&self, embedder: &str) -> Result<Vec<RoutableProfile>, StoreError>;
-    /// Ready versions with samples whose profile of `embedder` is missing or stale, oldest
-    /// first, at most `limit`.
+    /// Ready versions with samples, or with a card and no samples (and not made by a job: those
+    /// cards are Quiver's own, about the recipe), whose profile of `embedder` is missing or
+    /// stale, oldest first, at most `limit`. A card-only version whose profile was uploaded (of
+    /// any embedder) is left alone: an uploaded vector outranks a card.
     async fn stale_profiles(
         &self,
         embedder: &str,

@@ -20,6 +20,7 @@ mod private_parents;
 mod protected_aliases;
 mod publish_checks;
 mod routing;
+mod routing_cards;
 mod routing_pending;
 mod service;
 mod sso;

@@ -1,8 +1,9 @@
-//! A version's routing profile: read it, have it recomputed from its samples, or upload one.
+//! A version's routing profile: read it, have it recomputed from its samples (or model card), or
+//! upload one.
 
 use actix_web::{HttpResponse, get, post, web};
 use quiver_retrieve::{checked_vector, encode_vectors};
-use quiver_store::{NewProfile, ProfileInfo, ProfileSource, SAMPLES_FILE};
+use quiver_store::{CARD_FILE, NewProfile, ProfileInfo, ProfileSource, SAMPLES_FILE};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -11,11 +12,12 @@ use crate::app::lookup::find_version;
 use crate::app::resources::{JobView, ProfileView};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::jobs::embed::EmbedSpec;
+use crate::jobs::embed::{EmbedSource, EmbedSpec};
 use crate::routing::reconcile::enqueue_embed;
 use crate::state::AppState;
 
-/// The body of `POST …/profile`: empty to recompute from `samples.jsonl`, or a vector.
+/// The body of `POST …/profile`: empty to recompute from `samples.jsonl` (or, without it, the
+/// model card `README.md`), or a vector.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileRequest {
@@ -59,8 +61,9 @@ pub async fn get_profile(
     Ok(HttpResponse::Ok().json(view(&state, info)))
 }
 
-/// Recompute a version's profile from its `samples.jsonl` (empty body: queues an `embed` job,
-/// 202), or store an uploaded profile vector (`{"vector": [...], "embedder"?}`: 200).
+/// Recompute a version's profile from its `samples.jsonl`, or without one from its model card
+/// (`README.md`) (empty body: queues an `embed` job, 202), or store an uploaded profile vector
+/// (`{"vector": [...], "embedder"?}`: 200).
 #[utoipa::path(
     tag = "routing",
     params(("owner" = String, Path), ("name" = String, Path), ("ref" = String, Path)),
@@ -145,15 +148,25 @@ pub async fn post_profile(
                     "this server has no embedder to compute profiles with: start it with --embedder-dir (QUIVER_EMBEDDER_DIR), or upload a `vector`",
                 )
             })?;
-            let samples = version
+            // Samples win over the card; the card of a version made by a job is Quiver's own
+            // (the recipe, not the task) and is not used.
+            let (file, source) = version
                 .files
                 .iter()
                 .find(|f| f.path == SAMPLES_FILE)
+                .map(|f| (f, EmbedSource::Samples))
+                .or_else(|| {
+                    version
+                        .files
+                        .iter()
+                        .find(|f| f.path == CARD_FILE && version.lineage.is_none())
+                        .map(|f| (f, EmbedSource::Card))
+                })
                 .ok_or_else(|| {
                     ApiError::coded(
                         ErrorCode::NoSamples,
                         format!(
-                            "{} version {} has no {SAMPLES_FILE} to compute a profile from",
+                            "{} version {} has no {SAMPLES_FILE} (or model card, {CARD_FILE}) to compute a profile from",
                             adapter.repo_id(),
                             version.number
                         ),
@@ -166,8 +179,9 @@ pub async fn post_profile(
                     version: version.number,
                     revision: version.revision.clone(),
                 },
-                samples_sha256: samples.sha256.clone(),
+                samples_sha256: file.sha256.clone(),
                 embedder: batcher.embedder().id().to_string(),
+                source,
             };
             let (job, _) = enqueue_embed(&state.store, &spec, &principal.user, None).await?;
             state.job_wake.notify_waiters();

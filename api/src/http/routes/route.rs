@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix_web::{HttpResponse, post, web};
 use quiver_retrieve::{MAX_INPUT_BYTES, Weighting, checked_vector, mixture_weights};
-use quiver_store::{AuditContext, JobKind, JobState, RepoId, VersionRef, Viewer};
+use quiver_store::{AuditContext, JobKind, JobState, ProfileSource, RepoId, VersionRef, Viewer};
 use serde::Deserializer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -151,9 +151,33 @@ pub struct RoutedAdapter {
     pub revision: String,
     /// Cosine-based similarity (per the profile recipe), in [-1, 1].
     pub score: f32,
+    /// What the adapter's profile was made from.
+    pub profile: ProfileKind,
     /// Mixture weight (`mixture` and `fusion`); the weights of one input sum to 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<f64>,
+}
+
+/// Where a ranked adapter's profile came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileKind {
+    /// Its `samples.jsonl`.
+    Samples,
+    /// Its model card's text (it has no samples): weaker evidence of its task than samples.
+    Card,
+    /// A vector its owner uploaded.
+    Uploaded,
+}
+
+impl From<ProfileSource> for ProfileKind {
+    fn from(source: ProfileSource) -> Self {
+        match source {
+            ProfileSource::Samples => ProfileKind::Samples,
+            ProfileSource::Card => ProfileKind::Card,
+            ProfileSource::Uploaded => ProfileKind::Uploaded,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -318,10 +342,11 @@ impl RouteRequest {
 
 /// Route prompts to the adapters whose profiles fit them best. `retrieve` ranks adapters by the
 /// similarity of each prompt's embedding to their profiles (built from each version's
-/// `samples.jsonl`); `mixture` adds weights; `fusion` also returns a merged adapter of each
-/// retrieved set, made once by a merge job and reused. Private adapters appear only to callers
-/// who may see them. `pending` lists the matching adapters whose profile is still being made
-/// (or failed); `wait: true` waits (up to `wait_ms`) until none is queued or running.
+/// `samples.jsonl`, or from its model card without one: `profile` says which); `mixture` adds
+/// weights; `fusion` also returns a merged adapter of each retrieved set, made once by a merge
+/// job and reused. Private adapters appear only to callers who may see them. `pending` lists the
+/// matching adapters whose profile is still being made (or failed); `wait: true` waits (up to
+/// `wait_ms`) until none is queued or running.
 #[utoipa::path(
     tag = "routing",
     request_body = RouteRequest,
@@ -450,6 +475,7 @@ pub async fn route(
                 version: entry.version,
                 revision: entry.revision.clone(),
                 score: *score,
+                profile: entry.source.into(),
                 weight: weights.as_ref().map(|w| round_weight(w[i])),
             })
             .collect();

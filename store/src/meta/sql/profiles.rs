@@ -80,7 +80,7 @@ impl ProfileStore for SqlMetadata {
     async fn profile_info(&self, version_id: i64) -> Result<Option<ProfileInfo>, StoreError> {
         let mut sql = Sql::new("SELECT ");
         sql.push(PROFILE_COLUMNS)
-            .push(" FROM profiles WHERE version_id = ")
+            .push(" FROM profiles WHERE count > 0 AND version_id = ")
             .bind(version_id);
         sql.query()
             .fetch_optional(&self.pool)
@@ -108,11 +108,12 @@ impl ProfileStore for SqlMetadata {
     async fn routable_profiles(&self, embedder: &str) -> Result<Vec<RoutableProfile>, StoreError> {
         let rows = sqlx::query(
             "SELECT a.id AS adapter_id, a.owner, a.name, a.base_model, a.private, v.id AS version_id, \
-             v.number, v.revision, p.dim, p.updated_at \
+             v.number, v.revision, p.dim, p.source, p.updated_at \
              FROM profiles p JOIN versions v ON v.id = p.version_id JOIN adapters a ON a.id = v.adapter_id \
-             WHERE p.embedder = $1 AND v.state = $2 AND v.number = ( \
+             WHERE p.embedder = $1 AND v.state = $2 AND p.count > 0 AND v.number = ( \
                SELECT MAX(v2.number) FROM versions v2 JOIN profiles p2 ON p2.version_id = v2.id \
-               WHERE v2.adapter_id = v.adapter_id AND p2.embedder = $1 AND v2.state = $2) \
+               WHERE v2.adapter_id = v.adapter_id AND p2.embedder = $1 AND v2.state = $2 \
+               AND p2.count > 0) \
              ORDER BY a.id",
         )
         .bind(embedder)
@@ -132,6 +133,7 @@ impl ProfileStore for SqlMetadata {
                 number: row.try_get("number")?,
                 revision: row.try_get("revision")?,
                 dim: row.try_get("dim")?,
+                source: row.try_get::<String, _>("source")?.parse()?,
                 updated_at: row.try_get("updated_at")?,
             });
         }
@@ -151,23 +153,33 @@ impl ProfileStore for SqlMetadata {
         embedder: &str,
         limit: u32,
     ) -> Result<Vec<StaleProfile>, StoreError> {
+        // The file a profile is made from: samples.jsonl, else README.md unless a job made the
+        // version (its card, written by Quiver, tells the recipe, not the task). A card-only
+        // version whose profile was uploaded (of any embedder) is not stale: the vector outranks
+        // the card.
         let rows = sqlx::query(
-            "SELECT v.id AS version_id, a.owner, a.name, v.number, v.revision, v.created_by, f.sha256, \
-             p.updated_at AS profile_updated_at \
+            "SELECT v.id AS version_id, a.owner, a.name, v.number, v.revision, v.created_by, \
+             f.path, f.sha256, p.updated_at AS profile_updated_at \
              FROM versions v JOIN adapters a ON a.id = v.adapter_id \
-             JOIN files f ON f.version_id = v.id AND f.path = $1 \
+             JOIN files f ON f.version_id = v.id AND (f.path = $1 OR (f.path = $5 \
+               AND v.lineage IS NULL AND NOT EXISTS ( \
+               SELECT 1 FROM files s WHERE s.version_id = v.id AND s.path = $1))) \
              LEFT JOIN profiles p ON p.version_id = v.id \
-             WHERE v.state = $2 AND (p.version_id IS NULL OR p.embedder <> $3) \
+             WHERE v.state = $2 AND (p.version_id IS NULL \
+               OR (p.embedder <> $3 AND (f.path = $1 OR p.source <> $6))) \
              ORDER BY v.id LIMIT $4",
         )
         .bind(SAMPLES_FILE)
         .bind(VersionState::Ready.as_str())
         .bind(embedder)
         .bind(i64::from(limit))
+        .bind(CARD_FILE)
+        .bind(ProfileSource::Uploaded.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
+                let path: String = row.try_get("path")?;
                 Ok(StaleProfile {
                     version_id: row.try_get("version_id")?,
                     version: ParentVersion {
@@ -179,7 +191,12 @@ impl ProfileStore for SqlMetadata {
                         version: row.try_get("number")?,
                         revision: row.try_get("revision")?,
                     },
-                    samples_sha256: row.try_get("sha256")?,
+                    source: if path == SAMPLES_FILE {
+                        ProfileSource::Samples
+                    } else {
+                        ProfileSource::Card
+                    },
+                    file_sha256: row.try_get("sha256")?,
                     created_by: row.try_get("created_by")?,
                     profile_updated_at: row.try_get("profile_updated_at")?,
                 })
@@ -230,7 +247,7 @@ impl ProfileStore for SqlMetadata {
                AND (n.created_at > j.created_at OR (n.created_at = j.created_at AND n.id > j.id))) \
              AND NOT EXISTS (SELECT 1 FROM versions w JOIN profiles p ON p.version_id = w.id \
                WHERE w.adapter_id = v.adapter_id AND w.number >= v.number AND w.state = $5 \
-               AND p.embedder = $6) \
+               AND p.embedder = $6 AND p.count > 0) \
              ORDER BY a.owner, a.name, v.number DESC LIMIT $7",
         )
         .bind(JobState::Queued.as_str())
