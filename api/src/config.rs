@@ -251,6 +251,19 @@ pub struct RoutingArgs {
     #[arg(long, env = "QUIVER_PROFILE_RECIPE", default_value = "centroid",
           value_parser = |s: &str| quiver_retrieve::Recipe::parse(s))]
     pub profile_recipe: quiver_retrieve::Recipe,
+    /// How much BM25 over the adapters' sample terms counts beside the dense score when the
+    /// best candidates are re-ranked, 0 to 1 (0: dense only). docs/routing.md measures it.
+    #[arg(long, env = "QUIVER_ROUTE_LEXICAL_WEIGHT",
+          default_value_t = quiver_retrieve::DEFAULT_LEXICAL_WEIGHT,
+          value_parser = parse_lexical_weight)]
+    pub route_lexical_weight: f32,
+}
+
+fn parse_lexical_weight(s: &str) -> Result<f32, String> {
+    s.parse::<f32>()
+        .ok()
+        .filter(|w| (0.0..=1.0).contains(w))
+        .ok_or_else(|| format!("{s:?} is not a number from 0 to 1"))
 }
 
 impl RoutingArgs {
@@ -261,6 +274,7 @@ impl RoutingArgs {
             self.embedder_dir.as_deref(),
             self.embedder_pooling,
             self.profile_recipe,
+            self.route_lexical_weight,
         )
     }
 }

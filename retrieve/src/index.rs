@@ -58,9 +58,9 @@ impl<M: Sync> Index<M> {
         Self::build_with(dim, recipe, items, &|_| true)
     }
 
-    /// As [`Index::build`], with the mean of centred recipes taken over the samples of the items
-    /// `centre_from` accepts only (the service passes public adapters, so that no private
-    /// profile shifts the scores others see).
+    /// As [`Index::build`], with the mean of centred recipes and BM25's corpus statistics taken
+    /// over the items `centre_from` accepts only (the service passes public adapters, so that no
+    /// private profile shifts the scores others see).
     pub fn build_with(
         dim: usize,
         recipe: Recipe,
@@ -87,7 +87,11 @@ impl<M: Sync> Index<M> {
             codes: Vec::new(),
             scales: Vec::new(),
             center: None,
-            lexicon: Lexicon::build(items.iter().map(|i| i.terms.as_ref())),
+            lexicon: Lexicon::build(
+                items
+                    .iter()
+                    .map(|i| (i.terms.as_ref(), centre_from(&i.meta))),
+            ),
             lexical_weight: DEFAULT_LEXICAL_WEIGHT,
         };
         for item in items {

@@ -83,41 +83,51 @@ impl TermCounts {
 }
 
 /// BM25 over the documents of an index's entries (entries without terms score 0).
+///
+/// The corpus statistics (document frequencies, document count, average length) come from the
+/// entries marked as counting only (the service counts public adapters): a private adapter's
+/// words then never move the scores of anyone who cannot see it, as with the centred recipe's
+/// mean. Every entry is still scored with those statistics.
 pub(crate) struct Lexicon {
-    /// Term → postings (entry, count), by entry.
-    postings: HashMap<String, Vec<(u32, u32)>>,
+    /// Term → (documents counted that hold it, postings (entry, count) by entry).
+    postings: HashMap<String, (u32, Vec<(u32, u32)>)>,
     lengths: Vec<u32>,
     average_length: f32,
     documents: usize,
 }
 
 impl Lexicon {
-    /// `None` when no entry has terms.
-    pub(crate) fn build<'a>(docs: impl Iterator<Item = Option<&'a TermCounts>>) -> Option<Self> {
-        let mut postings: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
+    /// `docs`: per entry, its terms and whether it counts in the statistics. `None` when no
+    /// entry has terms.
+    pub(crate) fn build<'a>(
+        docs: impl Iterator<Item = (Option<&'a TermCounts>, bool)>,
+    ) -> Option<Self> {
+        let mut postings: HashMap<String, (u32, Vec<(u32, u32)>)> = HashMap::new();
         let mut lengths = Vec::new();
-        let mut documents = 0;
-        for (entry, doc) in docs.enumerate() {
+        let (mut documents, mut counted_length, mut any) = (0usize, 0u64, false);
+        for (entry, (doc, counts)) in docs.enumerate() {
             let Some(doc) = doc else {
                 lengths.push(0);
                 continue;
             };
-            documents += 1;
+            any = true;
             lengths.push(doc.length);
+            if counts {
+                documents += 1;
+                counted_length += doc.length as u64;
+            }
             for (term, &count) in &doc.counts {
-                postings
-                    .entry(term.clone())
-                    .or_default()
-                    .push((entry as u32, count));
+                let (df, list) = postings.entry(term.clone()).or_default();
+                *df += u32::from(counts);
+                list.push((entry as u32, count));
             }
         }
-        if documents == 0 {
+        if !any {
             return None;
         }
-        let total: u64 = lengths.iter().map(|&l| l as u64).sum();
         Some(Self {
             postings,
-            average_length: (total as f32 / documents as f32).max(1.0),
+            average_length: (counted_length as f32 / documents.max(1) as f32).max(1.0),
             lengths,
             documents,
         })
@@ -132,10 +142,10 @@ impl Lexicon {
                 continue;
             }
             seen.push(term);
-            let Some(postings) = self.postings.get(term) else {
+            let Some((df, postings)) = self.postings.get(term) else {
                 continue;
             };
-            let df = postings.len() as f32;
+            let df = *df as f32;
             let idf = (1.0 + (self.documents as f32 - df + 0.5) / (df + 0.5)).ln();
             for (score, &entry) in out.iter_mut().zip(entries) {
                 if let Ok(i) = postings.binary_search_by_key(&(entry as u32), |p| p.0) {
@@ -151,7 +161,7 @@ impl Lexicon {
     pub(crate) fn bytes(&self) -> usize {
         self.postings
             .iter()
-            .map(|(t, p)| t.len() + 24 + p.len() * 8)
+            .map(|(t, (_, p))| t.len() + 28 + p.len() * 8)
             .sum::<usize>()
             + self.lengths.len() * 4
     }
@@ -204,7 +214,8 @@ mod tests {
     fn bm25_matches_the_formula() {
         let a = TermCounts::of(&["sql join join"]);
         let b = TermCounts::of(&["poem rhyme"]);
-        let lex = Lexicon::build([Some(&a), Some(&b), None].into_iter()).expect("lexicon");
+        let lex = Lexicon::build([(Some(&a), true), (Some(&b), true), (None, true)].into_iter())
+            .expect("lexicon");
         let s = lex.scores(&terms("SQL join"), &[0, 1, 2]);
         let avg = 2.5;
         let norm = 1.0 - B + B * 3.0 / avg;
@@ -212,7 +223,24 @@ mod tests {
             * (1.0 * (K1 + 1.0) / (1.0 + K1 * norm) + 2.0 * (K1 + 1.0) / (2.0 + K1 * norm));
         assert!((s[0] - want).abs() < 1e-5, "{} vs {want}", s[0]);
         assert_eq!(&s[1..], &[0.0, 0.0]);
-        assert!(Lexicon::build([None::<&TermCounts>].into_iter()).is_none());
+        assert!(Lexicon::build([(None::<&TermCounts>, true)].into_iter()).is_none());
+    }
+
+    /// Entries that do not count (private adapters) change no one else's scores, and are
+    /// scored with the counted statistics.
+    #[test]
+    fn uncounted_documents_do_not_move_the_statistics() {
+        let a = TermCounts::of(&["sql join join"]);
+        let b = TermCounts::of(&["poem rhyme"]);
+        let private = TermCounts::of(&["sql sql sql sql sql sql sql sql"]);
+        let query = terms("SQL join");
+        let public = Lexicon::build([(Some(&a), true), (Some(&b), true)].into_iter()).expect("l");
+        let with = Lexicon::build(
+            [(Some(&a), true), (Some(&b), true), (Some(&private), false)].into_iter(),
+        )
+        .expect("l");
+        assert_eq!(public.scores(&query, &[0, 1]), with.scores(&query, &[0, 1]));
+        assert!(with.scores(&query, &[2])[0] > 0.0);
     }
 
     #[test]

@@ -31,8 +31,8 @@ pub use meta::{
     JobFilter, JobKind, JobRecord, JobState, JobStore, Lease, LineageGraph, ListAdapters,
     MetadataStore, NewAdapter, NewAdapterFields, NewJob, NewProfile, NewVersion, NoCheck,
     OutputTarget, Page, ParentVersion, PendingProfile, Principal, ProfileInfo, ProfileSource,
-    ProfileStore, RoutableProfile, RoutingGenerations, SAMPLES_FILE, StaleProfile, VersionRecord,
-    VersionRef, Viewer,
+    ProfileStore, RoutableProfile, RoutingGenerations, SAMPLES_FILE, StaleProfile, StoredVectors,
+    VersionRecord, VersionRef, Viewer,
 };
 pub use meta::{AliasChange, AliasTarget, FacetCounts, FacetFilter, VersionFacets, VersionKind};
 pub use meta::{Audit, AuditAction, AuditContext, AuditFilter, AuditRecord, AuditStore};

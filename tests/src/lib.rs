@@ -590,6 +590,7 @@ pub async fn spawn_routing_app(
             embedder: Some(embedder),
             recipe,
             reconcile_every: std::time::Duration::from_millis(300),
+            ..RoutingOptions::default()
         },
     )
     .await

@@ -2,7 +2,7 @@
 //! from its model card's text, with this worker's embedder.
 
 use futures::StreamExt;
-use quiver_retrieve::{Batcher, card_texts, encode_vectors, parse_samples};
+use quiver_retrieve::{Batcher, TermCounts, card_texts, encode_vectors, parse_samples};
 use quiver_store::{Lease, NewProfile, ProfileSource};
 use serde_json::json;
 
@@ -54,6 +54,10 @@ pub(super) async fn execute(
         ),
     };
     let read_s = started.elapsed().as_secs_f64();
+    let terms = (!texts.is_empty())
+        .then(|| serde_json::to_string(&TermCounts::of(&texts)))
+        .transpose()
+        .map_err(|e| Failure::Permanent(e.to_string()))?;
     let vectors = if texts.is_empty() {
         Vec::new()
     } else {
@@ -71,6 +75,7 @@ pub(super) async fn execute(
         source,
         samples_sha256: Some(spec.samples_sha256.clone()),
         vectors: encode_vectors(&vectors),
+        terms,
     };
     let report = match spec.source {
         EmbedSource::Samples => {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use quiver_retrieve::{Index, IndexItem, Recipe, decode_vectors};
+use quiver_retrieve::{Index, IndexItem, Recipe, TermCounts, decode_vectors};
 use quiver_store::{JobState, MetadataStore, ProfileSource, RoutingGenerations, StoreError};
 
 use crate::jobs::embed::{EmbedSource, EmbedSpec};
@@ -69,10 +69,18 @@ pub struct Pending {
     pub entries: Vec<PendingEntry>,
 }
 
-type Vectors = Arc<Vec<Vec<f32>>>;
+/// A decoded profile: its rows, and the terms of its texts for BM25 (none: dense only).
+struct Profile {
+    rows: Vec<Vec<f32>>,
+    terms: Option<TermCounts>,
+}
+
+type Vectors = Arc<Profile>;
 
 pub struct RouteIndexes {
     recipe: Recipe,
+    /// BM25's weight beside the dense score (`--route-lexical-weight`).
+    lexical_weight: f32,
     built: Mutex<HashMap<String, Arc<Built>>>,
     /// Decoded profiles by (embedder, version id), with the `updated_at` they were read at. The
     /// lock also makes rebuilds single-flight.
@@ -83,9 +91,10 @@ pub struct RouteIndexes {
 }
 
 impl RouteIndexes {
-    pub fn new(recipe: Recipe) -> Self {
+    pub fn new(recipe: Recipe, lexical_weight: f32) -> Self {
         Self {
             recipe,
+            lexical_weight,
             built: Mutex::new(HashMap::new()),
             vectors: tokio::sync::Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
@@ -209,15 +218,24 @@ impl RouteIndexes {
             .iter()
             .map(|p| (p.version_id, (p.updated_at, p.dim.max(0) as usize)))
             .collect();
-        for (version_id, bytes) in meta.profile_vectors(&stale).await? {
+        for stored in meta.profile_vectors(&stale).await? {
+            let version_id = stored.version_id;
             let Some(&(updated_at, dim)) = dims.get(&version_id) else {
                 continue;
             };
-            match decode_vectors(&bytes, dim) {
+            // Terms that do not parse cost the adapter its lexical score, not its place.
+            let terms = stored.terms.and_then(|t| {
+                serde_json::from_str::<TermCounts>(&t)
+                    .inspect_err(
+                        |e| tracing::warn!(version_id, error = %e, "unreadable profile terms"),
+                    )
+                    .ok()
+            });
+            match decode_vectors(&stored.vectors, dim) {
                 Ok(rows) => {
                     cache.insert(
                         (embedder.to_string(), version_id),
-                        (updated_at, Arc::new(rows)),
+                        (updated_at, Arc::new(Profile { rows, terms })),
                     );
                 }
                 Err(e) => tracing::warn!(version_id, error = %e, "unreadable profile left out"),
@@ -230,10 +248,10 @@ impl RouteIndexes {
         let items: Vec<IndexItem<Entry>> = routable
             .into_iter()
             .filter_map(|p| {
-                let (_, rows) = cache.get(&(embedder.to_string(), p.version_id))?;
+                let (_, profile) = cache.get(&(embedder.to_string(), p.version_id))?;
                 Some(IndexItem {
-                    samples: rows.as_ref().clone(),
-                    terms: None,
+                    samples: profile.rows.clone(),
+                    terms: profile.terms.clone(),
                     meta: Entry {
                         adapter: format!("{}/{}", p.owner, p.name),
                         owner: p.owner,
@@ -251,9 +269,10 @@ impl RouteIndexes {
             .iter()
             .map(|item| (item.meta.adapter.clone(), item.meta.version))
             .collect();
-        let recipe = self.recipe;
+        let (recipe, lexical_weight) = (self.recipe, self.lexical_weight);
         let index = tokio::task::spawn_blocking(move || {
             Index::build_with(dim, recipe, items, &|e: &Entry| !e.private)
+                .with_lexical_weight(lexical_weight)
         })
         .await
         .map_err(|e| StoreError::Invalid(format!("building the route index: {e}")))?;

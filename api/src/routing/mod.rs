@@ -25,6 +25,8 @@ pub struct RoutingOptions {
     pub embedder: Option<Batcher>,
     /// How profiles are scored (`--profile-recipe`).
     pub recipe: Recipe,
+    /// BM25's weight beside the dense score (`--route-lexical-weight`; 0: dense only).
+    pub lexical_weight: f32,
     /// How often the reconciler looks for stale profiles ([`reconcile::EVERY`]).
     pub reconcile_every: std::time::Duration,
 }
@@ -34,6 +36,7 @@ impl Default for RoutingOptions {
         Self {
             embedder: None,
             recipe: Recipe::DEFAULT,
+            lexical_weight: quiver_retrieve::DEFAULT_LEXICAL_WEIGHT,
             reconcile_every: reconcile::EVERY,
         }
     }
@@ -45,6 +48,7 @@ impl RoutingOptions {
         dir: Option<&Path>,
         pooling: Pooling,
         recipe: Recipe,
+        lexical_weight: f32,
     ) -> Result<Self, quiver_retrieve::RetrieveError> {
         let embedder = match dir {
             Some(dir) => {
@@ -69,6 +73,7 @@ impl RoutingOptions {
         Ok(Self {
             embedder,
             recipe,
+            lexical_weight,
             ..Self::default()
         })
     }
@@ -88,7 +93,7 @@ pub struct Routing {
 
 impl Routing {
     pub fn new(options: RoutingOptions) -> Self {
-        let indexes = index::RouteIndexes::new(options.recipe);
+        let indexes = index::RouteIndexes::new(options.recipe, options.lexical_weight);
         Self {
             options,
             indexes,

@@ -66,7 +66,7 @@ pub use orgs::{
 };
 pub use profiles::{
     CARD_FILE, NewProfile, PendingProfile, ProfileInfo, ProfileSource, ProfileStore,
-    RoutableProfile, RoutingGenerations, SAMPLES_FILE, StaleProfile,
+    RoutableProfile, RoutingGenerations, SAMPLES_FILE, StaleProfile, StoredVectors,
 };
 pub use sql::SqlMetadata;
 pub use tokens::{

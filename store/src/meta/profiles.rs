@@ -28,6 +28,19 @@ pub struct NewProfile {
     pub source: ProfileSource,
     pub samples_sha256: Option<String>,
     pub vectors: Vec<u8>,
+    /// The terms of the texts the vectors were embedded from, as `quiver-retrieve`'s
+    /// `TermCounts` JSON (BM25 beside the dense score); `None` for uploaded vectors.
+    pub terms: Option<String>,
+}
+
+/// A profile's rows and terms, as a route index loads them.
+#[derive(Clone, Debug)]
+pub struct StoredVectors {
+    pub version_id: i64,
+    /// Little-endian f32 rows.
+    pub vectors: Vec<u8>,
+    /// [`NewProfile::terms`].
+    pub terms: Option<String>,
 }
 
 /// A stored profile, without its vectors. A `card` profile of no rows (`count` 0) records that
@@ -126,9 +139,8 @@ pub trait ProfileStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// A version's profile; `None` also for a card's profile of no rows.
     async fn profile_info(&self, version_id: i64) -> Result<Option<ProfileInfo>, StoreError>;
-    /// `(version id, vectors)` of these versions' profiles.
-    async fn profile_vectors(&self, version_ids: &[i64])
-    -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
+    /// The rows and terms of these versions' profiles.
+    async fn profile_vectors(&self, version_ids: &[i64]) -> Result<Vec<StoredVectors>, StoreError>;
     /// One entry per adapter that has a profile of `embedder` with rows (its newest such
     /// version).
     async fn routable_profiles(&self, embedder: &str) -> Result<Vec<RoutableProfile>, StoreError>;

@@ -243,8 +243,8 @@ async fn private_adapters_are_routed_only_to_who_may_see_them(#[case] backend: B
             }
         }
     }
-    // A private profile does not shift the scores others see (the centred recipe's mean is
-    // taken over public adapters only).
+    // A private profile does not shift the scores others see (the centred recipe's mean and
+    // BM25's corpus statistics are taken over public adapters only).
     let scores = |r: &Value| -> Vec<(String, f64)> {
         r["results"][0]["adapters"]
             .as_array()

@@ -198,6 +198,39 @@ async fn cards_without_samples_route_as_card_profiles(#[case] backend: Backend) 
         .await;
     assert_error(status, &body, (404, "profile_not_found"), "template card");
     let embedder = profile["embedder"].as_str().expect("embedder");
+    // The profile keeps the terms of the texts it was embedded from, for the BM25 re-rank: the
+    // card's for a card, the samples' for samples.
+    let routable = app
+        .store
+        .meta
+        .routable_profiles(embedder)
+        .await
+        .expect("routable");
+    for (repo, want) in [
+        ("sql", ["sql", "queri", "postgresql"]),
+        ("legal", ["landlord", "contract", "probate"]),
+    ] {
+        let id = routable
+            .iter()
+            .find(|p| p.name == repo)
+            .unwrap_or_else(|| panic!("{repo} routable"))
+            .version_id;
+        let stored = app
+            .store
+            .meta
+            .profile_vectors(&[id])
+            .await
+            .expect("vectors");
+        let terms: quiver_retrieve::TermCounts =
+            serde_json::from_str(stored[0].terms.as_deref().expect("terms stored")).expect("terms");
+        for term in want {
+            assert!(
+                terms.counts.contains_key(term),
+                "{repo}: {term} in {terms:?}"
+            );
+        }
+        assert!(!terms.counts.contains_key("learning_rate") && !terms.counts.contains_key("the"));
+    }
     let stale = app
         .store
         .meta

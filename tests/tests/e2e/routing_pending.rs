@@ -50,6 +50,7 @@ async fn app_without_workers(backend: Backend) -> Option<TestApp> {
             embedder: Some(embedder),
             recipe: Recipe::DEFAULT,
             reconcile_every: Duration::from_millis(300),
+            ..RoutingOptions::default()
         },
     )
     .await

@@ -131,6 +131,7 @@ pub async fn post_profile(
                 source: ProfileSource::Uploaded,
                 samples_sha256: None,
                 vectors: encode_vectors(&[vector]),
+                terms: None,
             };
             state.store.meta.put_profile(version.id, &profile).await?;
             let info = state

@@ -457,7 +457,9 @@ pub async fn route(
         }
         (None, None) => Vec::new(),
     };
-    let hits = search(built.clone(), queries, request.top_k, admission).await?;
+    // Inputs' texts for the lexical re-rank; routes with vectors have none (dense only).
+    let texts = request.inputs.clone().unwrap_or_default();
+    let hits = search(built.clone(), queries, texts, request.top_k, admission).await?;
     let weighting = request.weighting();
     let mut results = Vec::with_capacity(hits.len());
     let mut fusions: BTreeMap<String, FusionView> = BTreeMap::new();
@@ -549,10 +551,12 @@ fn pending_for(pending: &Pending, built: &Built, admission: &Admission) -> Vec<P
         .collect()
 }
 
-/// Searches every query off the async runtime (rayon inside for large indexes).
+/// Searches every query off the async runtime (rayon inside for large indexes); `texts[i]`,
+/// when given, is query `i`'s text, for the index's BM25 re-rank.
 async fn search(
     built: Arc<Built>,
     queries: Vec<Vec<f32>>,
+    texts: Vec<String>,
     top_k: usize,
     admission: Admission,
 ) -> Result<Vec<Vec<(Entry, f32)>>, ApiError> {
@@ -560,10 +564,11 @@ async fn search(
         let keep = |e: &Entry| admission.admits(e);
         queries
             .iter()
-            .map(|q| {
+            .enumerate()
+            .map(|(i, q)| {
                 built
                     .index
-                    .search(q, top_k, &keep)
+                    .search_hybrid(q, texts.get(i).map(String::as_str), top_k, &keep)
                     .into_iter()
                     .map(|hit| (built.index.meta(hit.entry).clone(), hit.score))
                     .collect()

@@ -29,11 +29,11 @@ fn info_from_row(row: &AnyRow) -> Result<ProfileInfo, StoreError> {
 
 async fn upsert(tx: &mut Tx, version_id: i64, p: &NewProfile) -> Result<(), StoreError> {
     let written = sqlx::query(
-        "INSERT INTO profiles (version_id, embedder, dim, count, source, samples_sha256, vectors, updated_at) \
-         SELECT id, $2, $3, $4, $5, $6, $7, $8 FROM versions WHERE id = $1 \
+        "INSERT INTO profiles (version_id, embedder, dim, count, source, samples_sha256, vectors, terms, updated_at) \
+         SELECT id, $2, $3, $4, $5, $6, $7, $8, $9 FROM versions WHERE id = $1 \
          ON CONFLICT (version_id) DO UPDATE SET embedder = excluded.embedder, dim = excluded.dim, \
          count = excluded.count, source = excluded.source, samples_sha256 = excluded.samples_sha256, \
-         vectors = excluded.vectors, updated_at = excluded.updated_at",
+         vectors = excluded.vectors, terms = excluded.terms, updated_at = excluded.updated_at",
     )
     .bind(version_id)
     .bind(p.embedder.as_str())
@@ -42,6 +42,7 @@ async fn upsert(tx: &mut Tx, version_id: i64, p: &NewProfile) -> Result<(), Stor
     .bind(p.source.as_str())
     .bind(p.samples_sha256.as_deref())
     .bind(p.vectors.as_slice())
+    .bind(p.terms.as_deref())
     .bind(now_ms())
     .execute(&mut **tx)
     .await?
@@ -89,17 +90,19 @@ impl ProfileStore for SqlMetadata {
             .transpose()
     }
 
-    async fn profile_vectors(
-        &self,
-        version_ids: &[i64],
-    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    async fn profile_vectors(&self, version_ids: &[i64]) -> Result<Vec<StoredVectors>, StoreError> {
         let mut out = Vec::with_capacity(version_ids.len());
         // Bounded IN lists: a reload of a large index fetches in slices.
         for ids in version_ids.chunks(500) {
-            let mut sql = Sql::new("SELECT version_id, vectors FROM profiles WHERE version_id IN ");
+            let mut sql =
+                Sql::new("SELECT version_id, vectors, terms FROM profiles WHERE version_id IN ");
             sql.bind_list(ids);
             for row in sql.query().fetch_all(&self.pool).await? {
-                out.push((row.try_get("version_id")?, row.try_get("vectors")?));
+                out.push(StoredVectors {
+                    version_id: row.try_get("version_id")?,
+                    vectors: row.try_get("vectors")?,
+                    terms: row.try_get("terms")?,
+                });
             }
         }
         Ok(out)
