@@ -12,7 +12,7 @@ MODEL="$(scripts/embedder.sh)"
 TEXTS="${1:-bench/out/route/speed.json}"
 [ -f "$TEXTS" ] || python3 bench/route/make_speed_set.py --out "$TEXTS"
 cargo build --release --quiet -p quiver-retrieve --example embed_bench
-ours="$(RAYON_NUM_THREADS=2 target/release/examples/embed_bench "$MODEL" "$TEXTS")"
+ours="$(RAYON_NUM_THREADS=2 "${CARGO_TARGET_DIR:-target}"/release/examples/embed_bench "$MODEL" "$TEXTS")"
 theirs="$(HF_HUB_OFFLINE=1 "$PY" bench/route/st_encode_speed.py "$MODEL" "$TEXTS")"
 echo "quiver embedder:       $ours"
 echo "sentence-transformers: $theirs"

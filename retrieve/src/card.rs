@@ -189,33 +189,32 @@ fn plain(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
     while let Some(c) = rest.chars().next() {
-        if rest.starts_with("![") {
-            if let Some(end) = link_end(&rest[1..]) {
-                rest = &rest[1 + end..];
-                continue;
-            }
+        if rest.starts_with("![")
+            && let Some(end) = link_end(&rest[1..])
+        {
+            rest = &rest[1 + end..];
+            continue;
         }
-        if c == '[' {
-            if let Some(end) = link_end(rest) {
-                let close = rest.find(']').unwrap_or(0);
-                out.push_str(&rest[1..close]);
-                rest = &rest[end..];
-                continue;
-            }
+        if c == '['
+            && let Some(end) = link_end(rest)
+            && let Some(close) = rest.find(']')
+        {
+            out.push_str(&rest[1..close]);
+            rest = &rest[end..];
+            continue;
         }
-        if c == '<' {
-            if let Some(close) = rest.find('>') {
-                let tag = &rest[1..close];
-                if tag.starts_with(|c: char| c.is_ascii_alphabetic() || c == '/') {
-                    rest = &rest[close + 1..];
-                    continue;
-                }
-            }
+        if c == '<'
+            && let Some(close) = rest.find('>')
+            && rest[1..close].starts_with(|c: char| c.is_ascii_alphabetic() || c == '/')
+        {
+            rest = &rest[close + 1..];
+            continue;
         }
-        if !matches!(c, '*' | '`' | '#') && !(c == '_' && rest[1..].starts_with('_')) {
-            out.push(c);
-        } else if c == '_' {
+        let double_underscore = c == '_' && rest[1..].starts_with('_');
+        if double_underscore {
             rest = &rest[1..]; // `__bold__`: drop both underscores
+        } else if !matches!(c, '*' | '`' | '#') {
+            out.push(c);
         }
         rest = &rest[c.len_utf8()..];
     }

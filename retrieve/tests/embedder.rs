@@ -153,7 +153,7 @@ fn layers_pooling_matches_the_reference() {
     );
     assert!(Pooling::parse("layers:0:1").is_err() && Pooling::parse("layers:4:-1").is_err());
     assert_eq!(
-        Pooling::parse("layers:3:0.5").unwrap().name(),
+        Pooling::parse("layers:3:0.5").expect("parses").name(),
         "layers:3:0.5"
     );
 }
