@@ -177,7 +177,7 @@ impl<M: Sync> Index<M> {
         if self.lexical_weight == 0.0 || query_terms.is_empty() {
             return self.search(query, k, keep);
         }
-        let candidates = self.search(query, (10 * k).max(100), keep);
+        let candidates = self.candidates(query, k, keep);
         let entries: Vec<usize> = candidates.iter().map(|h| h.entry).collect();
         let dense: Vec<f32> = candidates.iter().map(|h| h.score).collect();
         let fused = fuse(
@@ -195,13 +195,19 @@ impl<M: Sync> Index<M> {
 
     /// The best `k` adapters for a unit `query` among those `keep` accepts, best first.
     pub fn search(&self, query: &[f32], k: usize, keep: &(dyn Fn(&M) -> bool + Sync)) -> Vec<Hit> {
+        best(self.candidates(query, k, keep), k)
+    }
+
+    /// The best `max(10·k, 100)` accepted adapters with exact scores, in no set order: from
+    /// the exact scan when the index is small, else the int8 scan's best re-scored in f32.
+    fn candidates(&self, query: &[f32], k: usize, keep: &(dyn Fn(&M) -> bool + Sync)) -> Vec<Hit> {
         let query = &*self.prepare(query);
+        let candidates = (10 * k).max(100);
         if self.rows.len() < EXACT_BELOW {
-            return self.exact(query, k, keep);
+            return self.exact(query, candidates, keep);
         }
         let mut code = Vec::with_capacity(self.dim);
         let query_scale = quantize(query, &mut code);
-        let candidates = (10 * k).max(100);
         let entries: Vec<usize> = (0..self.len()).collect();
         let approximate: Vec<Hit> = entries
             .par_chunks(CHUNK)
@@ -233,14 +239,13 @@ impl<M: Sync> Index<M> {
                 best(hits, candidates)
             })
             .collect();
-        let exact: Vec<Hit> = best(approximate, candidates)
+        best(approximate, candidates)
             .into_iter()
             .map(|hit| Hit {
                 entry: hit.entry,
                 score: self.exact_score(query, hit.entry),
             })
-            .collect();
-        best(exact, k)
+            .collect()
     }
 
     /// The exact answer: every accepted adapter scored in f32.
