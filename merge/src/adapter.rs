@@ -20,7 +20,7 @@ use crate::error::MergeError;
 use crate::keys::{TensorRole, split_key};
 use crate::mat::Mat;
 use crate::peft_config::AdapterConfig;
-use crate::safetensors::{Dtype, SafetensorsHeader, TensorInfo, parse_header};
+use crate::safetensors::{Dtype, SafetensorsHeader, TensorInfo, header_len, parse_header};
 use crate::summary::{CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, summarize};
 
 /// Linear (and Conv1D with `fan_in_fan_out`, whose factors PEFT keeps in Linear layout) or embedding.
@@ -86,6 +86,42 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MergeError + '_ {
     }
 }
 
+/// Why a safetensors header could not be read.
+enum HeaderError {
+    Io(std::io::Error),
+    Format(crate::error::FormatError),
+}
+
+/// The header of a safetensors file of `file_len` bytes, reading only its first `8 + N` bytes
+/// (`N` is bounded by [`crate::safetensors::MAX_HEADER_LEN`]).
+fn read_header(file: &File, file_len: u64) -> Result<SafetensorsHeader, HeaderError> {
+    let mut first8 = [0u8; 8];
+    let got = (file_len.min(8)) as usize;
+    file.read_exact_at(&mut first8[..got], 0)
+        .map_err(HeaderError::Io)?;
+    let n = header_len(&first8[..got]).map_err(HeaderError::Format)?;
+    let prefix_len = (8 + n).min(file_len) as usize;
+    let mut prefix = vec![0u8; prefix_len];
+    file.read_exact_at(&mut prefix, 0)
+        .map_err(HeaderError::Io)?;
+    parse_header(&prefix, file_len).map_err(HeaderError::Format)
+}
+
+/// The sha256 of a file's first `len` bytes, read in 1 MiB chunks.
+fn sha256_of(file: &File, len: u64) -> std::io::Result<String> {
+    const CHUNK: u64 = 1 << 20;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut offset = 0u64;
+    while offset < len {
+        let n = CHUNK.min(len - offset) as usize;
+        file.read_exact_at(&mut buf[..n], offset)?;
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 impl LoraAdapter {
     /// Validates the directory: config, header against config, finite values, no DoRA.
     pub fn open(dir: &Path) -> Result<Self, MergeError> {
@@ -98,12 +134,21 @@ impl LoraAdapter {
         let config_bytes = std::fs::read(&config_path).map_err(io(&config_path))?;
         let config =
             AdapterConfig::from_json(&config_bytes).map_err(|e| MergeError::input(&name, e))?;
-        // One pass over the weights: hash, parse the header, check every LoRA value is finite.
-        let bytes = std::fs::read(&weights).map_err(io(&weights))?;
-        let header =
-            parse_header(&bytes, bytes.len() as u64).map_err(|e| MergeError::input(&name, e))?;
-        let summary = summarize(&config, &header, bytes.len() as u64)
-            .map_err(|e| MergeError::input(&name, e))?;
+        // The weights are never held whole: the header is read on its own, the file is hashed
+        // in chunks, and each LoRA tensor is read alone to check that its values are finite, so
+        // opening an adapter costs the largest tensor in memory, not the file.
+        let file = File::open(&weights).map_err(io(&weights))?;
+        let file_len = file.metadata().map_err(io(&weights))?.len();
+        let header = read_header(&file, file_len).map_err(|e| match e {
+            HeaderError::Io(source) => MergeError::Io {
+                path: weights.clone(),
+                source,
+            },
+            HeaderError::Format(e) => MergeError::input(&name, e),
+        })?;
+        let weights_sha256 = sha256_of(&file, file_len).map_err(io(&weights))?;
+        let summary =
+            summarize(&config, &header, file_len).map_err(|e| MergeError::input(&name, e))?;
         if summary.use_dora {
             return Err(MergeError::Unsupported(format!(
                 "{name} is a DoRA adapter (use_dora or lora_magnitude_vector); merging DoRA is not supported yet"
@@ -112,6 +157,7 @@ impl LoraAdapter {
         let mut halves: BTreeMap<&str, (Option<&TensorInfo>, Option<&TensorInfo>, ModuleKind)> =
             BTreeMap::new();
         let mut dtype = None;
+        let mut tensor: Vec<u8> = Vec::new();
         for t in &header.tensors {
             let (path, role) = split_key(&t.name);
             let (kind, is_a) = match role {
@@ -134,12 +180,11 @@ impl LoraAdapter {
                 )));
             }
             dtype.get_or_insert(t.dtype);
-            let (start, _) = header.absolute_range(t);
-            check_finite(
-                &bytes[start as usize..start as usize + t.byte_len() as usize],
-                t.dtype,
-            )
-            .map_err(|i| MergeError::NonFinite {
+            let (start, end) = header.absolute_range(t);
+            tensor.resize((end - start) as usize, 0);
+            file.read_exact_at(&mut tensor, start)
+                .map_err(io(&weights))?;
+            check_finite(&tensor, t.dtype).map_err(|i| MergeError::NonFinite {
                 adapter: name.clone(),
                 tensor: t.name.clone(),
                 index: i,
@@ -178,7 +223,7 @@ impl LoraAdapter {
             config,
             dtype: dtype.unwrap_or(Dtype::F32),
             config_sha256: hex::encode(Sha256::digest(&config_bytes)),
-            weights_sha256: hex::encode(Sha256::digest(&bytes)),
+            weights_sha256,
             header,
             modules,
             weights,
