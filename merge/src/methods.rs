@@ -177,11 +177,15 @@ fn factored_truncate(
     linalg::factored_cut_with(products.as_mut(), Cut::Rank(k))
 }
 
-fn truncated(kind: ModuleKind, t: Truncated) -> MergedModule {
+/// The truncation's factors move into the result; what stays in `truncation` is what the report
+/// reads (energies, route), so a merge holds each output module once, not twice.
+fn truncated(kind: ModuleKind, mut t: Truncated) -> MergedModule {
+    let b = std::mem::replace(&mut t.b, Mat::new(0, 0, Vec::new()));
+    let a = std::mem::replace(&mut t.a, Mat::new(0, 0, Vec::new()));
     MergedModule {
         kind,
-        b: t.b.clone(),
-        a: t.a.clone(),
+        b,
+        a,
         truncation: Some(t),
         details: None,
     }
