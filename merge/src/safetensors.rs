@@ -574,8 +574,31 @@ pub fn write(
     tensors: &[(&str, Dtype, &[u64], &[u8])],
     metadata: &BTreeMap<String, String>,
 ) -> Vec<u8> {
-    let mut order: Vec<&(&str, Dtype, &[u64], &[u8])> = tensors.iter().collect();
-    order.sort_by(|a, b| a.0.cmp(b.0));
+    let layout: Vec<(&str, Dtype, &[u64], usize)> = tensors
+        .iter()
+        .map(|&(name, dtype, shape, data)| (name, dtype, shape, data.len()))
+        .collect();
+    let filled: Result<Vec<u8>, std::convert::Infallible> =
+        write_with(&layout, metadata, |i, out| {
+            out.copy_from_slice(tensors[i].3);
+            Ok(())
+        });
+    match filled {
+        Ok(bytes) => bytes,
+        Err(never) => match never {},
+    }
+}
+
+/// As [`write`], for tensors whose bytes are produced as the file is assembled: `tensors` gives
+/// each tensor's name, dtype, shape and byte length, and `fill(i, out)` writes tensor `i`'s
+/// bytes into its place in the file. The file is then the only copy of the data in memory.
+pub fn write_with<E>(
+    tensors: &[(&str, Dtype, &[u64], usize)],
+    metadata: &BTreeMap<String, String>,
+    mut fill: impl FnMut(usize, &mut [u8]) -> Result<(), E>,
+) -> Result<Vec<u8>, E> {
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by(|&a, &b| tensors[a].0.cmp(tensors[b].0));
 
     let mut json = String::from("{");
     let mut first = true;
@@ -594,8 +617,9 @@ pub fn write(
         first = false;
     }
     let mut offset = 0u64;
-    for (name, dtype, shape, data) in &order {
-        let end = offset.saturating_add(data.len() as u64);
+    for &i in &order {
+        let (name, dtype, shape, len) = tensors[i];
+        let end = offset.saturating_add(len as u64);
         if !first {
             json.push(',');
         }
@@ -613,14 +637,16 @@ pub fn write(
         json.push(' ');
     }
 
-    let data_len: usize = order.iter().map(|t| t.3.len()).sum();
+    let data_len: usize = tensors.iter().map(|t| t.3).sum();
     let mut out = Vec::with_capacity(8 + json.len() + data_len);
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
     out.extend_from_slice(json.as_bytes());
-    for t in &order {
-        out.extend_from_slice(t.3);
+    for &i in &order {
+        let at = out.len();
+        out.resize(at + tensors[i].3, 0);
+        fill(i, &mut out[at..])?;
     }
-    out
+    Ok(out)
 }
 
 fn json_string(s: &str) -> String {

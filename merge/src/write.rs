@@ -18,47 +18,59 @@ use crate::error::MergeError;
 use crate::keys::{PEFT_PREFIX, leaf_name};
 use crate::mat::Mat;
 use crate::methods::MergedModule;
-use crate::safetensors::{Dtype, write as write_safetensors};
+use crate::safetensors::{Dtype, write_with as write_safetensors_with};
 use crate::spec::{MergeSpec, OutDtype};
 use crate::summary::{CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME};
 
 pub const REPORT_NAME: &str = "merge_report.json";
 pub const CARD_NAME: &str = "README.md";
 
-/// `m` in `dtype`'s little-endian bytes; `Err(NonFiniteResult)` naming `module` and `tensor` when
-/// a value is NaN or infinite, or overflows the dtype (f16 above 65504): an output never holds one.
-fn encode(m: &Mat, dtype: Dtype, module: &str, tensor: &str) -> Result<Vec<u8>, MergeError> {
+/// Writes `m` in `dtype`'s little-endian bytes into `out` (exactly `m.data.len()` elements);
+/// `Err(NonFiniteResult)` naming `module` and `tensor` when a value is NaN or infinite, or
+/// overflows the dtype (f16 above 65504): an output never holds one.
+fn encode_into(
+    m: &Mat,
+    dtype: Dtype,
+    out: &mut [u8],
+    module: &str,
+    tensor: &str,
+) -> Result<(), MergeError> {
     let overflow = || MergeError::NonFiniteResult {
         module: module.to_string(),
         tensor: tensor.to_string(),
         dtype: dtype.as_str().to_ascii_lowercase(),
     };
-    let out: Vec<u8> = match dtype {
+    match dtype {
         Dtype::F16 => {
-            let v: Vec<half::f16> = m.data.iter().map(|&x| half::f16::from_f32(x)).collect();
-            if !v.iter().all(|x| x.is_finite()) {
-                return Err(overflow());
+            for (x, o) in m.data.iter().zip(out.chunks_exact_mut(2)) {
+                let v = half::f16::from_f32(*x);
+                if !v.is_finite() {
+                    return Err(overflow());
+                }
+                o.copy_from_slice(&v.to_le_bytes());
             }
-            v.iter().flat_map(|x| x.to_le_bytes()).collect()
         }
         Dtype::BF16 => {
-            let v: Vec<half::bf16> = m.data.iter().map(|&x| half::bf16::from_f32(x)).collect();
-            if !v.iter().all(|x| x.is_finite()) {
-                return Err(overflow());
+            for (x, o) in m.data.iter().zip(out.chunks_exact_mut(2)) {
+                let v = half::bf16::from_f32(*x);
+                if !v.is_finite() {
+                    return Err(overflow());
+                }
+                o.copy_from_slice(&v.to_le_bytes());
             }
-            v.iter().flat_map(|x| x.to_le_bytes()).collect()
         }
         _ => {
-            if !m.data.iter().all(|x| x.is_finite()) {
-                return Err(overflow());
+            for (x, o) in m.data.iter().zip(out.chunks_exact_mut(4)) {
+                if !x.is_finite() {
+                    return Err(overflow());
+                }
+                o.copy_from_slice(&x.to_le_bytes());
             }
-            m.data.iter().flat_map(|x| x.to_le_bytes()).collect()
         }
-    };
-    Ok(out)
+    }
+    Ok(())
 }
 
-/// The requested dtype, else the first input's half precision, else f32.
 pub fn out_dtype(requested: Option<OutDtype>, inputs: &[LoraAdapter]) -> Dtype {
     match requested {
         Some(OutDtype::F32) => Dtype::F32,
@@ -148,6 +160,14 @@ pub fn write_peft(
     Ok(max_rank)
 }
 
+/// Which factor of a merged module a tensor holds (`…T`: transposed, for embeddings).
+enum Factor {
+    A,
+    B,
+    AT,
+    BT,
+}
+
 /// `adapter_model.safetensors` and `adapter_config.json` of factor pairs with scale 1, in
 /// memory. Returns them with the largest rank (the config's `r`).
 pub fn peft_files(
@@ -159,7 +179,8 @@ pub fn peft_files(
     let max_rank = modules.values().map(|m| m.a.rows).max().unwrap_or(1);
     let mut rank_pattern = BTreeMap::new();
     let mut targets = BTreeSet::new();
-    let mut tensors: Vec<(String, Vec<u64>, Vec<u8>)> = Vec::new();
+    // (key, shape, module path, which factor): the bytes are encoded straight into the file.
+    let mut tensors: Vec<(String, Vec<u64>, &str, Factor)> = Vec::new();
     for (path, m) in modules {
         let rank = m.a.rows;
         targets.insert(leaf_name(path).to_string());
@@ -172,12 +193,14 @@ pub fn peft_files(
                 tensors.push((
                     key("lora_A.weight"),
                     vec![rank as u64, m.a.cols as u64],
-                    encode(&m.a, dtype, path, "lora_A")?,
+                    path,
+                    Factor::A,
                 ));
                 tensors.push((
                     key("lora_B.weight"),
                     vec![m.b.rows as u64, rank as u64],
-                    encode(&m.b, dtype, path, "lora_B")?,
+                    path,
+                    Factor::B,
                 ));
             }
             ModuleKind::Embedding => {
@@ -185,12 +208,14 @@ pub fn peft_files(
                 tensors.push((
                     key("lora_embedding_A"),
                     vec![rank as u64, m.b.rows as u64],
-                    encode(&m.b.t(), dtype, path, "lora_embedding_A")?,
+                    path,
+                    Factor::BT,
                 ));
                 tensors.push((
                     key("lora_embedding_B"),
                     vec![m.a.cols as u64, rank as u64],
-                    encode(&m.a.t(), dtype, path, "lora_embedding_B")?,
+                    path,
+                    Factor::AT,
                 ));
             }
         }
@@ -213,15 +238,31 @@ pub fn peft_files(
         "modules_to_save": null,
         "inference_mode": true,
     });
-    let views: Vec<(&str, Dtype, &[u64], &[u8])> = tensors
+    let layout: Vec<(&str, Dtype, &[u64], usize)> = tensors
         .iter()
-        .map(|(n, s, b)| (n.as_str(), dtype, s.as_slice(), b.as_slice()))
+        .map(|(n, shape, _, _)| {
+            let elements: u64 = shape.iter().product();
+            (
+                n.as_str(),
+                dtype,
+                shape.as_slice(),
+                (elements * dtype.size_bytes()) as usize,
+            )
+        })
         .collect();
+    let weights = write_safetensors_with(&layout, metadata, |i, out| {
+        let (_, _, path, factor) = &tensors[i];
+        let m = &modules[*path];
+        let (name, mat) = match factor {
+            Factor::A => ("lora_A", std::borrow::Cow::Borrowed(&m.a)),
+            Factor::B => ("lora_B", std::borrow::Cow::Borrowed(&m.b)),
+            Factor::BT => ("lora_embedding_A", std::borrow::Cow::Owned(m.b.t())),
+            Factor::AT => ("lora_embedding_B", std::borrow::Cow::Owned(m.a.t())),
+        };
+        encode_into(&mat, dtype, out, path, name)
+    })?;
     let mut files = OutputFiles::default();
-    files.push(
-        SAFETENSORS_WEIGHTS_NAME,
-        write_safetensors(&views, metadata),
-    );
+    files.push(SAFETENSORS_WEIGHTS_NAME, weights);
     files.push(CONFIG_NAME, pretty(&config)?);
     Ok((files, max_rank))
 }
