@@ -93,17 +93,18 @@ impl SqlMetadata {
         Ok(Self { pool, dialect, url })
     }
 
+    /// The tags of these adapters, in order; any number of ids (queried 500 at a time, so the
+    /// IN lists stay bounded).
     async fn tags_for(&self, ids: &[i64]) -> Result<HashMap<i64, Vec<String>>, StoreError> {
         let mut out: HashMap<i64, Vec<String>> = HashMap::new();
-        if ids.is_empty() {
-            return Ok(out);
-        }
-        let mut sql = Sql::new("SELECT adapter_id, tag FROM adapter_tags WHERE adapter_id IN ");
-        sql.bind_list(ids).push(" ORDER BY adapter_id, position");
-        for row in sql.query().fetch_all(&self.pool).await? {
-            out.entry(row.try_get("adapter_id")?)
-                .or_default()
-                .push(row.try_get("tag")?);
+        for slice in ids.chunks(500) {
+            let mut sql = Sql::new("SELECT adapter_id, tag FROM adapter_tags WHERE adapter_id IN ");
+            sql.bind_list(slice).push(" ORDER BY adapter_id, position");
+            for row in sql.query().fetch_all(&self.pool).await? {
+                out.entry(row.try_get("adapter_id")?)
+                    .or_default()
+                    .push(row.try_get("tag")?);
+            }
         }
         Ok(out)
     }

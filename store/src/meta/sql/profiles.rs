@@ -141,10 +141,7 @@ impl ProfileStore for SqlMetadata {
             });
         }
         let ids: Vec<i64> = out.iter().map(|p| p.adapter_id).collect();
-        let mut tags = std::collections::HashMap::new();
-        for slice in ids.chunks(500) {
-            tags.extend(self.tags_for(slice).await?);
-        }
+        let mut tags = self.tags_for(&ids).await?;
         for profile in &mut out {
             profile.tags = tags.remove(&profile.adapter_id).unwrap_or_default();
         }
@@ -286,10 +283,7 @@ impl ProfileStore for SqlMetadata {
             });
         }
         let ids: Vec<i64> = out.iter().map(|p| p.adapter_id).collect();
-        let mut tags = std::collections::HashMap::new();
-        for slice in ids.chunks(500) {
-            tags.extend(self.tags_for(slice).await?);
-        }
+        let mut tags = self.tags_for(&ids).await?;
         for pending in &mut out {
             pending.tags = tags.remove(&pending.adapter_id).unwrap_or_default();
         }
