@@ -136,12 +136,12 @@ impl Lexicon {
     /// BM25 of `query` for each of `entries`.
     pub(crate) fn scores(&self, query: &[String], entries: &[usize]) -> Vec<f32> {
         let mut out = vec![0f32; entries.len()];
-        let mut seen: Vec<&str> = Vec::new();
+        // A set: a 16 KiB prompt holds thousands of terms, and a list would make this quadratic.
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for term in query {
-            if seen.contains(&term.as_str()) {
+            if !seen.insert(term.as_str()) {
                 continue;
             }
-            seen.push(term);
             let Some((df, postings)) = self.postings.get(term) else {
                 continue;
             };
