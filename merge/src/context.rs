@@ -83,4 +83,11 @@ pub trait Backend: Send + Sync {
         b: &Mat,
         a: &Mat,
     ) -> Result<Box<dyn FactorProducts + 's>, MergeError>;
+
+    /// Whether one module's dense work already uses every core (the host's fused passes): the
+    /// engine then runs the dense family one module at a time, so memory holds one module's
+    /// working set, not one per core.
+    fn parallel_within_module(&self) -> bool {
+        false
+    }
 }

@@ -18,7 +18,7 @@ use crate::gpu::Gpu;
 use crate::host::{Host, delta_into};
 use crate::linalg::{FactorProducts, Truncated};
 use crate::mat::Mat;
-use crate::methods::{MergedModule, merge_module};
+use crate::methods::{MergedModule, Route, merge_module, route};
 use crate::sparsify::{KthLargest, Threshold};
 use crate::spec::{Compat, MergeSpec, TrimScope};
 
@@ -193,56 +193,64 @@ pub fn merge_with(
     };
     let compute = backend(device);
     let done = AtomicUsize::new(0);
-    let results: Vec<(String, MergedModule, ModuleReport)> = paths
-        .par_iter()
-        .map(|path| {
-            ctl.check()?;
-            let t0 = Instant::now();
-            let mut present = Vec::new();
-            for (index, a) in inputs.iter().enumerate() {
-                if let Some(module) = a.load_module(path)? {
-                    present.push(Present { index, module });
-                }
+    let one = |path: &&str| -> Result<(String, MergedModule, ModuleReport), MergeError> {
+        ctl.check()?;
+        let t0 = Instant::now();
+        let mut present = Vec::new();
+        for (index, a) in inputs.iter().enumerate() {
+            if let Some(module) = a.load_module(path)? {
+                present.push(Present { index, module });
             }
-            let default_rank = match spec.compat {
-                Compat::Peft => peft_rank,
-                Compat::Paper => present.iter().map(|p| p.module.rank()).max().unwrap_or(1),
-            };
-            let ctx = ModuleContext {
-                path,
-                spec,
-                device,
-                compute: &*compute,
-                global_thresholds: global.as_deref(),
-                default_rank,
-                ctl,
-            };
-            let merged = merge_module(&ctx, &present)?;
-            check_result(path, &merged)?;
-            let report = ModuleReport {
-                module: path.to_string(),
-                kind: merged.kind,
-                inputs: present
-                    .iter()
-                    .map(|p| inputs[p.index].name.clone())
-                    .collect(),
-                rank: merged.a.rows,
-                retained_energy: merged
-                    .truncation
-                    .as_ref()
-                    .map_or(1.0, |t| t.retained_energy()),
-                relative_error: merged
-                    .truncation
-                    .as_ref()
-                    .map_or(0.0, |t| t.relative_error()),
-                route: merged.truncation.as_ref().map_or("none", |t| t.route),
-                seconds: t0.elapsed().as_secs_f64(),
-                details: merged.details.clone(),
-            };
-            ctl.report(done.fetch_add(1, Ordering::Relaxed) + 1, paths.len());
-            Ok((path.to_string(), merged, report))
-        })
-        .collect::<Result<_, MergeError>>()?;
+        }
+        let default_rank = match spec.compat {
+            Compat::Peft => peft_rank,
+            Compat::Paper => present.iter().map(|p| p.module.rank()).max().unwrap_or(1),
+        };
+        let ctx = ModuleContext {
+            path,
+            spec,
+            device,
+            compute: &*compute,
+            global_thresholds: global.as_deref(),
+            default_rank,
+            ctl,
+        };
+        let merged = merge_module(&ctx, &present)?;
+        check_result(path, &merged)?;
+        let report = ModuleReport {
+            module: path.to_string(),
+            kind: merged.kind,
+            inputs: present
+                .iter()
+                .map(|p| inputs[p.index].name.clone())
+                .collect(),
+            rank: merged.a.rows,
+            retained_energy: merged
+                .truncation
+                .as_ref()
+                .map_or(1.0, |t| t.retained_energy()),
+            relative_error: merged
+                .truncation
+                .as_ref()
+                .map_or(0.0, |t| t.relative_error()),
+            route: merged.truncation.as_ref().map_or("none", |t| t.route),
+            seconds: t0.elapsed().as_secs_f64(),
+            details: merged.details.clone(),
+        };
+        ctl.report(done.fetch_add(1, Ordering::Relaxed) + 1, paths.len());
+        Ok((path.to_string(), merged, report))
+    };
+    // Modules run in parallel, unless one module's work already uses every core (the host's
+    // dense family): then one at a time, so memory holds one module's dense working set.
+    let results: Vec<(String, MergedModule, ModuleReport)> =
+        if route(spec) == Route::Dense && compute.parallel_within_module() {
+            paths.iter().map(one).collect::<Result<_, MergeError>>()?
+        } else {
+            paths
+                .par_iter()
+                .map(one)
+                .collect::<Result<_, MergeError>>()?
+        };
     let mut modules = BTreeMap::new();
     let mut reports = Vec::new();
     for (path, m, r) in results {

@@ -1,10 +1,12 @@
-//! The host's [`Backend`]: the dense family's entry-wise combination ([`combine`], also PEFT's
-//! factor merges) with ndarray and plain loops, truncations with LAPACK (`crate::linalg`), the
-//! randomized sketch with candle on the context's device.
+//! The host's [`Backend`]: the dense family fused by blocks of rows ([`crate::fused`]), its
+//! truncations with OpenBLAS products and LAPACK (`crate::linalg`), and [`combine`], the
+//! entry-wise combination of whole tensors (PEFT's factor merges, and the reference the fused
+//! path is tested against).
 
 use crate::adapter::LoraModule;
 use crate::context::{Backend, ModuleContext, Present, Truncation};
 use crate::error::MergeError;
+use crate::fused;
 use crate::linalg::{self, FactorProducts, HostProducts, Truncated};
 use crate::mat::Mat;
 use crate::sparsify::{self, Pruner, Threshold, sign, threshold_of};
@@ -21,9 +23,7 @@ impl Backend for Host {
         sources: &[(f64, usize)],
         tag: &str,
     ) -> Result<Mat, MergeError> {
-        combine(ctx, tag, sources, |j, buf| {
-            Ok(delta_into(&inputs[j].module, buf))
-        })
+        Ok(fused::combine(ctx, inputs, sources, tag, None)?.delta)
     }
 
     fn dense_truncated(
@@ -34,15 +34,24 @@ impl Backend for Host {
         tag: &str,
         truncation: Truncation,
     ) -> Result<Truncated, MergeError> {
-        let delta = self.dense_combined(ctx, inputs, sources, tag)?;
-        let t = match truncation {
-            Truncation::Exact(k) => linalg::exact_truncate(&delta, k)?,
-            Truncation::Randomized(k, seed) => {
-                linalg::randomized_truncate(ctx.device, &delta, k, seed)?
+        match truncation {
+            Truncation::Exact(k) => {
+                let c = fused::combine(ctx, inputs, sources, tag, None)?;
+                linalg::exact_truncate(&c.delta, k)
             }
-        };
-        give_buffer(delta.data);
-        Ok(t)
+            Truncation::Randomized(k, seed) => {
+                let first = &inputs
+                    .first()
+                    .ok_or_else(|| MergeError::numeric(ctx.path, "no inputs"))?
+                    .module;
+                let omega = linalg::sketch(first.b.rows, first.a.cols, k, seed);
+                let c = fused::combine(ctx, inputs, sources, tag, Some(&omega))?;
+                let y = c
+                    .sketched
+                    .ok_or_else(|| MergeError::numeric(ctx.path, "sketch missing"))?;
+                linalg::randomized_from_sketch(&c.delta, &y, c.frob2, k)
+            }
+        }
     }
 
     fn factor_products<'s>(
@@ -52,45 +61,19 @@ impl Backend for Host {
     ) -> Result<Box<dyn FactorProducts + 's>, MergeError> {
         Ok(Box::new(HostProducts::new(b, a)))
     }
-}
 
-/// Writes the dense delta `s·B·A` of one input into `buf` (reused: a fresh 100 MB allocation per
-/// product made page faults the largest cost of TIES on CPU). Returns its shape.
-pub fn delta_into(m: &LoraModule, buf: &mut Vec<f32>) -> (usize, usize) {
-    use ndarray::{ArrayView2, ArrayViewMut2, linalg::general_mat_mul};
-    let (d_out, r, d_in) = (m.b.rows, m.b.cols, m.a.cols);
-    buf.resize(d_out * d_in, 0.0);
-    let b = ArrayView2::from_shape((d_out, r), &m.b.data);
-    let a = ArrayView2::from_shape((r, d_in), &m.a.data);
-    let out = ArrayViewMut2::from_shape((d_out, d_in), buf.as_mut_slice());
-    if let (Ok(b), Ok(a), Ok(mut out)) = (b, a, out) {
-        general_mat_mul(m.scale, &b, &a, 0.0, &mut out);
+    fn parallel_within_module(&self) -> bool {
+        true
     }
+}
+
+/// Writes the dense delta `s·B·A` of one input into `buf` (reused), with the same product as
+/// [`fused`] uses, so both see the same values. Returns its shape.
+pub fn delta_into(m: &LoraModule, buf: &mut Vec<f32>) -> (usize, usize) {
+    let (d_out, d_in) = (m.b.rows, m.a.cols);
+    buf.resize(d_out * d_in, 0.0);
+    fused::delta_rows_of(m, 0, buf);
     (d_out, d_in)
-}
-
-thread_local! {
-    /// Large buffers kept between modules on this thread: fresh allocations of this size come
-    /// from the kernel as new zeroed pages, and page faults were a fifth of TIES' time.
-    static POOL: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// A zeroed buffer of `len` entries, reusing a pooled allocation when one is there.
-fn take_buffer(len: usize) -> Vec<f32> {
-    let mut v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
-    v.clear();
-    v.resize(len, 0.0);
-    v
-}
-
-/// Returns a buffer to this thread's pool (a few are kept).
-fn give_buffer(v: Vec<f32>) {
-    POOL.with(|p| {
-        let mut pool = p.borrow_mut();
-        if pool.len() < 4 {
-            pool.push(v);
-        }
-    });
 }
 
 /// Combines task tensors entry-wise: pruning, then (for TIES-style methods) sign election and the
@@ -112,7 +95,7 @@ pub(crate) fn combine(
     let peft = spec.compat == Compat::Peft;
     let density = spec.effective_density();
     let kind = spec.method.pruning();
-    let mut buf = take_buffer(0);
+    let mut buf = Vec::new();
     let mut thresholds: Vec<Threshold> = Vec::with_capacity(sources.len());
     let seed = |j: usize| sparsify::derive_seed(spec.seed, ctx.path, sources[j].1, tag);
     // Pass 1: load, find the threshold, prune, then sum (plain methods) or vote (consensus).
@@ -124,7 +107,7 @@ pub(crate) fn combine(
         ctx.ctl.check()?;
         shape = load(j, &mut buf)?;
         if acc.is_empty() {
-            acc = take_buffer(buf.len());
+            acc = vec![0.0; buf.len()];
         }
         let th = match (kind, ctx.global_thresholds) {
             (Pruning::Magnitude, Some(global)) => global[input],
@@ -153,7 +136,6 @@ pub(crate) fn combine(
         }
     }
     if !consensus {
-        give_buffer(buf);
         return Ok(Mat::new(shape.0, shape.1, acc));
     }
     // The elected sign per entry; ties go to +.
@@ -162,8 +144,8 @@ pub(crate) fn combine(
     let elected = acc;
     // Pass 2: the agreeing entries' weighted sum and their weight (|w|, or 1 for PEFT's count).
     // Zeros never agree (their sign is 0).
-    let mut num = take_buffer(elected.len());
-    let mut den = take_buffer(elected.len());
+    let mut num = vec![0.0; elected.len()];
+    let mut den = vec![0.0; elected.len()];
     for (j, &(w, _)) in sources.iter().enumerate() {
         ctx.ctl.check()?;
         load(j, &mut buf)?;
@@ -176,7 +158,6 @@ pub(crate) fn combine(
             *d += agree * dw;
         }
     }
-    give_buffer(buf);
     let lambda = spec.lambda.unwrap_or(1.0) as f32;
     let min_den = if peft { 1.0 } else { 0.0 };
     for (n, &d) in num.iter_mut().zip(&den) {
@@ -186,7 +167,5 @@ pub(crate) fn combine(
             lambda * *n / d.max(min_den)
         };
     }
-    give_buffer(den);
-    give_buffer(elected);
     Ok(Mat::new(shape.0, shape.1, num))
 }

@@ -11,12 +11,14 @@
 //! Every failure is a [`FormatError`] whose message names the tensor, module or field involved.
 
 pub mod adapter;
+pub mod blas;
 pub mod compat;
 pub mod compress;
 pub mod context;
 pub mod control;
 pub mod engine;
 pub mod error;
+pub mod fused;
 // Without `cuda`, a stand-in with the same API and no GPU, so the callers carry no `cfg`.
 #[cfg_attr(not(feature = "cuda"), path = "gpu/stand_in.rs")]
 pub mod gpu;

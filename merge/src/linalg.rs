@@ -9,12 +9,12 @@
 //! * [`randomized_truncate`]: Halko–Martinsson–Tropp range finder with oversampling and power
 //!   iterations for large dense deltas (TIES/DARE/magnitude results).
 
-use candle_core::{Device, Tensor};
 use ndarray::{Array2, Axis, s};
 use ndarray_linalg::{JobSvd, QR, SVDDC};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::blas;
 use crate::error::MergeError;
 use crate::mat::Mat;
 
@@ -76,11 +76,16 @@ mod blas_threads {
     /// inside a module, modules run in parallel on rayon, and a second pool of spinning OpenBLAS
     /// threads on the same cores made merges several times slower (measured: 7 modules 4.8 s →
     /// 1.4 s on 2 cores).
-    pub fn single() {
+    pub(super) fn single() {
         static ONCE: std::sync::Once = std::sync::Once::new();
         // SAFETY: a plain setter with no preconditions; `Once` keeps it from racing itself.
         ONCE.call_once(|| unsafe { openblas_set_num_threads(1) });
     }
+}
+
+/// Keeps OpenBLAS on the calling thread (see `blas_threads`); idempotent and cheap.
+pub(crate) fn single_threaded_blas() {
+    blas_threads::single();
 }
 
 fn lapack(context: &str) -> impl FnOnce(ndarray_linalg::error::LinalgError) -> MergeError + '_ {
@@ -301,34 +306,31 @@ pub fn exact_truncate(delta: &Mat, k: usize) -> Result<Truncated, MergeError> {
 /// columns, `POWER_ITERS` power iterations with re-orthonormalisation). The reported energy is
 /// that of the returned factorisation, which is `U_k U_kᵀ Δ`, so the error figure is exact; it is
 /// within a small factor of optimal, not optimal (see docs/benchmarks.md for measured ratios).
-pub fn randomized_truncate(
-    device: &Device,
+pub fn randomized_truncate(delta: &Mat, k: usize, seed: u64) -> Result<Truncated, MergeError> {
+    let omega = sketch(delta.rows, delta.cols, k, seed);
+    let y = blas::times(delta, &omega);
+    randomized_from_sketch(delta, &y, delta.frob2(), k)
+}
+
+/// [`randomized_truncate`] from its first product `y = Δ·Ω` (taken while Δ was built, see
+/// [`crate::fused`]) and ‖Δ‖²_F: the power iterations and the final projection, each product a
+/// parallel pass over Δ in f32, the orthonormalisations in f64.
+pub fn randomized_from_sketch(
     delta: &Mat,
+    y: &Mat,
+    energy_total: f64,
     k: usize,
-    seed: u64,
 ) -> Result<Truncated, MergeError> {
-    let (m, n) = (delta.rows, delta.cols);
-    let omega = sketch(m, n, k, seed);
-    let d = Tensor::from_slice(&delta.data, (m, n), device)?;
-    let dt = d.t()?;
-    let times = |t: &Tensor, x: &Array2<f64>| -> Result<Array2<f64>, MergeError> {
-        let xm = Mat::from_f64(x);
-        let tx = Tensor::from_slice(&xm.data, (xm.rows, xm.cols), device)?;
-        let out = t.matmul(&tx)?;
-        let (r, c) = out.dims2()?;
-        let v: Vec<f32> = out.flatten_all()?.to_vec1()?;
-        Ok(Array2::from_shape_fn((r, c), |(i, j)| {
-            f64::from(v[i * c + j])
-        }))
-    };
-    let mut q = qr(&times(&d, &omega.to_f64())?)?.0;
+    let mut q = qr(&y.to_f64())?.0;
     for _ in 0..POWER_ITERS {
-        let z = qr(&times(&dt, &q)?)?.0;
-        q = qr(&times(&d, &z)?)?.0;
+        let z = qr(&blas::t_times(delta, &Mat::from_f64(&q)).to_f64())?.0;
+        q = qr(&blas::times(delta, &Mat::from_f64(&z)).to_f64())?.0;
     }
     // Small = Qᵀ Δ, computed as (Δᵀ Q)ᵀ.
-    let small = times(&dt, &q)?.reversed_axes();
-    finish_randomized(&q, &small, delta.frob2(), k)
+    let small = blas::t_times(delta, &Mat::from_f64(&q))
+        .to_f64()
+        .reversed_axes();
+    finish_randomized(&q, &small, energy_total, k)
 }
 
 /// The last step of a randomized SVD, shared by the CPU and GPU paths: with `q` (m×l) the
@@ -424,7 +426,7 @@ mod tests {
     #[test]
     fn randomized_finds_a_low_rank_matrix_exactly_and_reports_its_error() {
         let delta = random(300, 6, 3).matmul_naive(&random(6, 200, 4));
-        let r = randomized_truncate(&Device::Cpu, &delta, 6, 7).expect("rsvd");
+        let r = randomized_truncate(&delta, 6, 7).expect("rsvd");
         assert!(r.b.matmul_naive(&r.a).rel_err(&delta) < 1e-4);
         let noisy = Mat::new(
             300,
@@ -436,7 +438,7 @@ mod tests {
                 .map(|(a, b)| a + 0.3 * b)
                 .collect(),
         );
-        let r = randomized_truncate(&Device::Cpu, &noisy, 6, 7).expect("rsvd");
+        let r = randomized_truncate(&noisy, 6, 7).expect("rsvd");
         let e = exact_truncate(&noisy, 6).expect("exact");
         let actual = r.b.matmul_naive(&r.a).rel_err(&noisy);
         assert!(

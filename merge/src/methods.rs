@@ -11,7 +11,7 @@ use crate::lego::{LegoParams, lego};
 use crate::linalg::{self, Cut, EXACT_BELOW, Truncated};
 use crate::mat::Mat;
 use crate::sparsify;
-use crate::spec::{Compat, MAX_EXACT_SVD_SIDE, Method, SvdMode};
+use crate::spec::{Compat, MAX_EXACT_SVD_SIDE, MergeSpec, Method, SvdMode};
 use crate::ziplora::{ZipParams, ziplora_with};
 
 /// The merged module and how it was obtained.
@@ -38,6 +38,43 @@ impl MergedModule {
     }
 }
 
+/// How a method merges a module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The factors side by side: exactly Σ wᵢsᵢBᵢAᵢ (cat; paper linear without a rank).
+    Concat,
+    Lego,
+    ZipLora,
+    /// The concatenated factors truncated by the factored route (svd; paper linear with a rank).
+    Factored,
+    /// PEFT's non-SVD methods on the A and B factors separately.
+    PeftFactors,
+    /// The dense family: ΔWᵢ combined entry-wise, then truncated.
+    Dense,
+}
+
+/// The route `spec`'s method takes on every module.
+pub fn route(spec: &MergeSpec) -> Route {
+    match (spec.compat, spec.method) {
+        (_, Method::Cat) => Route::Concat,
+        (_, Method::LoraLego) => Route::Lego,
+        (_, Method::ZipLora) => Route::ZipLora,
+        (Compat::Paper, Method::Linear) if spec.rank.is_none() => Route::Concat,
+        (Compat::Paper, Method::Linear | Method::Svd) | (Compat::Peft, Method::Svd) => {
+            Route::Factored
+        }
+        (
+            Compat::Peft,
+            Method::Linear
+            | Method::Ties
+            | Method::DareLinear
+            | Method::DareTies
+            | Method::MagnitudePrune,
+        ) => Route::PeftFactors,
+        _ => Route::Dense,
+    }
+}
+
 /// Merges one module's inputs per `ctx.spec`, the heavy steps on `ctx.compute`.
 pub fn merge_module(
     ctx: &ModuleContext<'_>,
@@ -48,12 +85,12 @@ pub fn merge_module(
         .map(|p| p.module.kind)
         .ok_or_else(|| MergeError::numeric(ctx.path, "no inputs"))?;
     let spec = ctx.spec;
-    match (spec.compat, spec.method) {
-        (_, Method::Cat) => {
+    match route(spec) {
+        Route::Concat => {
             let (b, a) = concat(ctx, inputs);
             Ok(MergedModule::exact(kind, b, a))
         }
-        (_, Method::LoraLego) => {
+        Route::Lego => {
             let weighted: Vec<(f64, &Present)> =
                 inputs.iter().map(|p| (ctx.weight(p), p)).collect();
             let params = LegoParams {
@@ -72,7 +109,7 @@ pub fn merge_module(
                 details: serde_json::to_value(stats).ok(),
             })
         }
-        (_, Method::ZipLora) => {
+        Route::ZipLora => {
             let weighted: Vec<(f64, &Present)> =
                 inputs.iter().map(|p| (ctx.weight(p), p)).collect();
             let (b, mut a) = concat(ctx, inputs);
@@ -104,25 +141,14 @@ pub fn merge_module(
             merged.details = details;
             Ok(merged)
         }
-        (Compat::Paper, Method::Linear) if spec.rank.is_none() => {
-            let (b, a) = concat(ctx, inputs);
-            Ok(MergedModule::exact(kind, b, a))
-        }
-        (Compat::Paper, Method::Linear | Method::Svd) | (Compat::Peft, Method::Svd) => {
+        Route::Factored => {
             let (b, a) = concat(ctx, inputs);
             let k = spec.rank.unwrap_or(ctx.default_rank);
             let t = factored_truncate(ctx, &b, &a, k)?;
             Ok(truncated(kind, t))
         }
-        (
-            Compat::Peft,
-            Method::Linear
-            | Method::Ties
-            | Method::DareLinear
-            | Method::DareTies
-            | Method::MagnitudePrune,
-        ) => peft_factor_merge(ctx, inputs, kind),
-        _ => {
+        Route::PeftFactors => peft_factor_merge(ctx, inputs, kind),
+        Route::Dense => {
             // Dense family: combine the task vectors ΔWᵢ entry-wise, then truncate.
             let k = spec.rank.unwrap_or(ctx.default_rank);
             let (d_out, d_in) = (inputs[0].module.b.rows, inputs[0].module.a.cols);

@@ -597,6 +597,47 @@ pub fn write_with<E>(
     metadata: &BTreeMap<String, String>,
     mut fill: impl FnMut(usize, &mut [u8]) -> Result<(), E>,
 ) -> Result<Vec<u8>, E> {
+    let (mut out, order) = header_bytes(tensors, metadata);
+    let data_len: usize = tensors.iter().map(|t| t.3).sum();
+    out.reserve_exact(data_len);
+    for &i in &order {
+        let at = out.len();
+        out.resize(at + tensors[i].3, 0);
+        fill(i, &mut out[at..])?;
+    }
+    Ok(out)
+}
+
+/// As [`write_with`], streamed into `w`: each tensor is filled into one reused buffer and written
+/// out before the next, so memory holds one tensor's bytes, not the file's. Write errors become
+/// `E` through `io`. Returns the bytes written.
+pub fn write_to<E>(
+    w: &mut impl std::io::Write,
+    tensors: &[(&str, Dtype, &[u64], usize)],
+    metadata: &BTreeMap<String, String>,
+    mut fill: impl FnMut(usize, &mut [u8]) -> Result<(), E>,
+    io: impl Fn(std::io::Error) -> E,
+) -> Result<u64, E> {
+    let (head, order) = header_bytes(tensors, metadata);
+    w.write_all(&head).map_err(&io)?;
+    let mut written = head.len() as u64;
+    let mut buf = Vec::new();
+    for &i in &order {
+        buf.clear();
+        buf.resize(tensors[i].3, 0);
+        fill(i, &mut buf)?;
+        w.write_all(&buf).map_err(&io)?;
+        written += buf.len() as u64;
+    }
+    Ok(written)
+}
+
+/// The 8-byte length and the padded JSON header of a file of `tensors`, and the order in which
+/// their data follows it (sorted by name, stable).
+fn header_bytes(
+    tensors: &[(&str, Dtype, &[u64], usize)],
+    metadata: &BTreeMap<String, String>,
+) -> (Vec<u8>, Vec<usize>) {
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by(|&a, &b| tensors[a].0.cmp(tensors[b].0));
 
@@ -636,17 +677,10 @@ pub fn write_with<E>(
     while (json.len() % 8) != 0 {
         json.push(' ');
     }
-
-    let data_len: usize = tensors.iter().map(|t| t.3).sum();
-    let mut out = Vec::with_capacity(8 + json.len() + data_len);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(json.as_bytes());
-    for &i in &order {
-        let at = out.len();
-        out.resize(at + tensors[i].3, 0);
-        fill(i, &mut out[at..])?;
-    }
-    Ok(out)
+    let mut head = Vec::with_capacity(8 + json.len());
+    head.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    head.extend_from_slice(json.as_bytes());
+    (head, order)
 }
 
 fn json_string(s: &str) -> String {

@@ -225,38 +225,57 @@ impl Pruner {
     /// entries are scattered at random, so a branch per entry mispredicts half the time); only
     /// exactly-k pruning with surplus ties at the threshold takes a sequential path.
     pub fn apply(&self, values: &mut [f32]) {
+        let mut ties_left = self.threshold.ties;
+        self.apply_at(values, 0, &mut ties_left);
+    }
+
+    /// Whether [`Pruner::apply_at`] depends on the entries before a block (exactly-k pruning
+    /// with more entries at the threshold than it keeps): such blocks must be pruned in order.
+    pub fn ordered(&self) -> bool {
+        let t = self.threshold;
+        self.kind == Pruning::Magnitude && !t.none && self.exact_k && t.ties < t.equal
+    }
+
+    /// [`Pruner::apply`] on a block of the tensor that starts at entry `offset`: DARE draws the
+    /// same stream words as for the whole tensor, and exactly-k pruning keeps the first
+    /// `ties_left` entries at the threshold, counting down across the blocks given in order.
+    pub fn apply_at(&self, values: &mut [f32], offset: u64, ties_left: &mut u64) {
         match self.kind {
             Pruning::None => {}
             Pruning::Magnitude => {
                 let t = self.threshold;
                 if t.none {
                     values.iter_mut().for_each(|x| *x = 0.0);
-                } else if !self.exact_k || t.ties >= t.equal {
+                } else if !self.ordered() {
                     let v = t.value;
                     values
                         .iter_mut()
                         .for_each(|x| *x *= f32::from(u8::from(x.abs() >= v)));
                 } else {
-                    let mut ties_left = t.ties;
                     for x in values.iter_mut() {
                         let a = x.abs();
-                        if a < t.value || (a == t.value && ties_left == 0) {
+                        if a < t.value || (a == t.value && *ties_left == 0) {
                             *x = 0.0;
                         } else if a == t.value {
-                            ties_left -= 1;
+                            *ties_left -= 1;
                         }
                     }
                 }
             }
             Pruning::Random => {
                 use rand::{RngCore, SeedableRng};
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
                 // Keep when a uniform u32 falls below density·2³²; kept entries scaled by 1/density.
                 let cut = (self.density * 4_294_967_296.0).min(4_294_967_295.0) as u32;
-                let keep_all = self.density >= 1.0;
                 let inv = (1.0 / self.density) as f32;
+                if self.density >= 1.0 {
+                    values.iter_mut().for_each(|x| *x *= inv);
+                    return;
+                }
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed);
+                // One stream word per entry.
+                rng.set_word_pos(u128::from(offset));
                 for x in values.iter_mut() {
-                    let kept = keep_all || rng.next_u32() < cut;
+                    let kept = rng.next_u32() < cut;
                     *x *= f32::from(u8::from(kept)) * inv;
                 }
             }

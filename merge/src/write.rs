@@ -18,7 +18,9 @@ use crate::error::MergeError;
 use crate::keys::{PEFT_PREFIX, leaf_name};
 use crate::mat::Mat;
 use crate::methods::MergedModule;
-use crate::safetensors::{Dtype, write_with as write_safetensors_with};
+use crate::safetensors::{
+    Dtype, write_to as write_safetensors_to, write_with as write_safetensors_with,
+};
 use crate::spec::{MergeSpec, OutDtype};
 use crate::summary::{CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME};
 
@@ -147,7 +149,8 @@ impl OutputFiles {
 }
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` for factor pairs with scale 1.
-/// Returns the largest rank (the config's `r`).
+/// Returns the largest rank (the config's `r`). The weights are encoded and written one tensor
+/// at a time (to a temporary name, then renamed): no copy of the file is held in memory.
 pub fn write_peft(
     out: &Path,
     modules: &BTreeMap<String, MergedModule>,
@@ -155,9 +158,54 @@ pub fn write_peft(
     dtype: Dtype,
     metadata: &BTreeMap<String, String>,
 ) -> Result<usize, MergeError> {
-    let (files, max_rank) = peft_files(modules, template, dtype, metadata)?;
-    files.write(out)?;
-    Ok(max_rank)
+    let created = !out.exists();
+    std::fs::create_dir_all(out).map_err(|source| MergeError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let layout = PeftLayout::of(modules, template);
+    let path = out.join(SAFETENSORS_WEIGHTS_NAME);
+    let tmp = path.with_extension("partial");
+    let streamed = stream_weights(&tmp, &layout, modules, dtype, metadata);
+    if let Err(e) = streamed {
+        // A value the dtype cannot hold, or a failed write: leave nothing behind.
+        let _ = std::fs::remove_file(&tmp);
+        if created {
+            let _ = std::fs::remove_dir(out);
+        }
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &path).map_err(|source| MergeError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    write_atomically(&out.join(CONFIG_NAME), &pretty(&layout.config)?)?;
+    Ok(layout.max_rank)
+}
+
+/// The weights file streamed into `tmp`, one tensor encoded at a time.
+fn stream_weights(
+    tmp: &Path,
+    layout: &PeftLayout<'_>,
+    modules: &BTreeMap<String, MergedModule>,
+    dtype: Dtype,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), MergeError> {
+    let io = |source| MergeError::Io {
+        path: tmp.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::create(tmp).map_err(io)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    write_safetensors_to(
+        &mut w,
+        &layout.sizes(dtype),
+        metadata,
+        |i, buf| layout.encode(modules, dtype, i, buf),
+        io,
+    )?;
+    w.into_inner().map_err(|e| io(e.into_error()))?;
+    Ok(())
 }
 
 /// Which factor of a merged module a tensor holds (`…T`: transposed, for embeddings).
@@ -168,90 +216,94 @@ enum Factor {
     BT,
 }
 
-/// `adapter_model.safetensors` and `adapter_config.json` of factor pairs with scale 1, in
-/// memory. Returns them with the largest rank (the config's `r`).
-pub fn peft_files(
-    modules: &BTreeMap<String, MergedModule>,
-    template: &ConfigTemplate,
-    dtype: Dtype,
-    metadata: &BTreeMap<String, String>,
-) -> Result<(OutputFiles, usize), MergeError> {
-    let max_rank = modules.values().map(|m| m.a.rows).max().unwrap_or(1);
-    let mut rank_pattern = BTreeMap::new();
-    let mut targets = BTreeSet::new();
-    // (key, shape, module path, which factor): the bytes are encoded straight into the file.
-    let mut tensors: Vec<(String, Vec<u64>, &str, Factor)> = Vec::new();
-    for (path, m) in modules {
-        let rank = m.a.rows;
-        targets.insert(leaf_name(path).to_string());
-        if rank != max_rank {
-            rank_pattern.insert(path.clone(), rank);
+/// The tensors and config of a PEFT output of factor pairs with scale 1, before any bytes are
+/// encoded: each tensor's key, shape, module and factor.
+struct PeftLayout<'m> {
+    tensors: Vec<(String, Vec<u64>, &'m str, Factor)>,
+    config: Value,
+    max_rank: usize,
+}
+
+impl<'m> PeftLayout<'m> {
+    fn of(modules: &'m BTreeMap<String, MergedModule>, template: &ConfigTemplate) -> Self {
+        let max_rank = modules.values().map(|m| m.a.rows).max().unwrap_or(1);
+        let mut rank_pattern = BTreeMap::new();
+        let mut targets = BTreeSet::new();
+        let mut tensors = Vec::new();
+        for (path, m) in modules {
+            let rank = m.a.rows;
+            targets.insert(leaf_name(path).to_string());
+            if rank != max_rank {
+                rank_pattern.insert(path.clone(), rank);
+            }
+            let key = |suffix: &str| format!("{PEFT_PREFIX}{path}.{suffix}");
+            let path = path.as_str();
+            match m.kind {
+                ModuleKind::Linear => {
+                    let a = vec![rank as u64, m.a.cols as u64];
+                    let b = vec![m.b.rows as u64, rank as u64];
+                    tensors.push((key("lora_A.weight"), a, path, Factor::A));
+                    tensors.push((key("lora_B.weight"), b, path, Factor::B));
+                }
+                ModuleKind::Embedding => {
+                    // PEFT: lora_embedding_A [r, num_embeddings] = Bᵀ, lora_embedding_B [dim, r] = Aᵀ.
+                    let a = vec![rank as u64, m.b.rows as u64];
+                    let b = vec![m.a.cols as u64, rank as u64];
+                    tensors.push((key("lora_embedding_A"), a, path, Factor::BT));
+                    tensors.push((key("lora_embedding_B"), b, path, Factor::AT));
+                }
+            }
         }
-        let key = |suffix: &str| format!("{PEFT_PREFIX}{path}.{suffix}");
-        match m.kind {
-            ModuleKind::Linear => {
-                tensors.push((
-                    key("lora_A.weight"),
-                    vec![rank as u64, m.a.cols as u64],
-                    path,
-                    Factor::A,
-                ));
-                tensors.push((
-                    key("lora_B.weight"),
-                    vec![m.b.rows as u64, rank as u64],
-                    path,
-                    Factor::B,
-                ));
-            }
-            ModuleKind::Embedding => {
-                // PEFT: lora_embedding_A [r, num_embeddings] = Bᵀ, lora_embedding_B [dim, r] = Aᵀ.
-                tensors.push((
-                    key("lora_embedding_A"),
-                    vec![rank as u64, m.b.rows as u64],
-                    path,
-                    Factor::BT,
-                ));
-                tensors.push((
-                    key("lora_embedding_B"),
-                    vec![m.a.cols as u64, rank as u64],
-                    path,
-                    Factor::AT,
-                ));
-            }
+        let config = json!({
+            "peft_type": "LORA",
+            "task_type": template.task_type,
+            "base_model_name_or_path": template.base_model_name_or_path,
+            "revision": template.revision,
+            "r": max_rank,
+            "lora_alpha": max_rank,
+            "rank_pattern": rank_pattern,
+            "alpha_pattern": rank_pattern,
+            "use_rslora": false,
+            "use_dora": false,
+            "fan_in_fan_out": template.fan_in_fan_out,
+            "target_modules": targets,
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "modules_to_save": null,
+            "inference_mode": true,
+        });
+        Self {
+            tensors,
+            config,
+            max_rank,
         }
     }
-    let config = json!({
-        "peft_type": "LORA",
-        "task_type": template.task_type,
-        "base_model_name_or_path": template.base_model_name_or_path,
-        "revision": template.revision,
-        "r": max_rank,
-        "lora_alpha": max_rank,
-        "rank_pattern": rank_pattern,
-        "alpha_pattern": rank_pattern,
-        "use_rslora": false,
-        "use_dora": false,
-        "fan_in_fan_out": template.fan_in_fan_out,
-        "target_modules": targets,
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "modules_to_save": null,
-        "inference_mode": true,
-    });
-    let layout: Vec<(&str, Dtype, &[u64], usize)> = tensors
-        .iter()
-        .map(|(n, shape, _, _)| {
-            let elements: u64 = shape.iter().product();
-            (
-                n.as_str(),
-                dtype,
-                shape.as_slice(),
-                (elements * dtype.size_bytes()) as usize,
-            )
-        })
-        .collect();
-    let weights = write_safetensors_with(&layout, metadata, |i, out| {
-        let (_, _, path, factor) = &tensors[i];
+
+    /// Each tensor's name, dtype, shape and byte length, for the safetensors writer.
+    fn sizes(&self, dtype: Dtype) -> Vec<(&str, Dtype, &[u64], usize)> {
+        self.tensors
+            .iter()
+            .map(|(n, shape, _, _)| {
+                let elements: u64 = shape.iter().product();
+                (
+                    n.as_str(),
+                    dtype,
+                    shape.as_slice(),
+                    (elements * dtype.size_bytes()) as usize,
+                )
+            })
+            .collect()
+    }
+
+    /// Encodes tensor `i` into `out`.
+    fn encode(
+        &self,
+        modules: &BTreeMap<String, MergedModule>,
+        dtype: Dtype,
+        i: usize,
+        out: &mut [u8],
+    ) -> Result<(), MergeError> {
+        let (_, _, path, factor) = &self.tensors[i];
         let m = &modules[*path];
         let (name, mat) = match factor {
             Factor::A => ("lora_A", std::borrow::Cow::Borrowed(&m.a)),
@@ -260,11 +312,25 @@ pub fn peft_files(
             Factor::AT => ("lora_embedding_B", std::borrow::Cow::Owned(m.a.t())),
         };
         encode_into(&mat, dtype, out, path, name)
+    }
+}
+
+/// `adapter_model.safetensors` and `adapter_config.json` of factor pairs with scale 1, in
+/// memory. Returns them with the largest rank (the config's `r`).
+pub fn peft_files(
+    modules: &BTreeMap<String, MergedModule>,
+    template: &ConfigTemplate,
+    dtype: Dtype,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(OutputFiles, usize), MergeError> {
+    let layout = PeftLayout::of(modules, template);
+    let weights = write_safetensors_with(&layout.sizes(dtype), metadata, |i, out| {
+        layout.encode(modules, dtype, i, out)
     })?;
     let mut files = OutputFiles::default();
     files.push(SAFETENSORS_WEIGHTS_NAME, weights);
-    files.push(CONFIG_NAME, pretty(&config)?);
-    Ok((files, max_rank))
+    files.push(CONFIG_NAME, pretty(&layout.config)?);
+    Ok((files, layout.max_rank))
 }
 
 pub fn pretty(v: &Value) -> Result<Vec<u8>, MergeError> {
@@ -308,6 +374,7 @@ pub fn write_adapter(
         "output": {"rank": max_rank, "dtype": dtype.as_str(), "modules": merged.modules.len()},
         "seconds": merged.seconds,
         "device": merged.device,
+        "peak_rss_bytes": peak_rss_bytes(),
         "modules": merged.reports,
     });
     write_atomically(&out.join(REPORT_NAME), &pretty(&report)?)?;
@@ -315,6 +382,22 @@ pub fn write_adapter(
         &out.join(CARD_NAME),
         card(inputs, spec, max_rank, dtype).as_bytes(),
     )
+}
+
+/// The process's peak resident memory so far (Linux's `VmHWM`), for the report: in the CLI and
+/// in a worker's merge child the process is the merge, so this is the merge's peak, the weights
+/// written. `None` where `/proc` does not say.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 fn card(inputs: &[LoraAdapter], spec: &MergeSpec, rank: usize, dtype: Dtype) -> String {

@@ -1,0 +1,232 @@
+//! OpenBLAS' single-precision GEMM for the host's large products (rank-r deltas, the randomized
+//! SVD's passes), called one block per rayon task: OpenBLAS is linked through ndarray-linalg's
+//! `openblas-system` and kept single-threaded ([`crate::linalg`]), so the parallelism is ours.
+#![allow(unsafe_code)]
+
+use std::ffi::c_int;
+
+use rayon::prelude::*;
+
+use crate::mat::Mat;
+
+unsafe extern "C" {
+    fn cblas_sgemm(
+        order: c_int,
+        trans_a: c_int,
+        trans_b: c_int,
+        m: c_int,
+        n: c_int,
+        k: c_int,
+        alpha: f32,
+        a: *const f32,
+        lda: c_int,
+        b: *const f32,
+        ldb: c_int,
+        beta: f32,
+        c: *mut f32,
+        ldc: c_int,
+    );
+}
+
+const ROW_MAJOR: c_int = 101;
+const NO_TRANS: c_int = 111;
+const TRANS: c_int = 112;
+
+/// A row-major operand: `data` holds `rows × cols` with consecutive rows `ld` apart; `t` reads
+/// it transposed.
+#[derive(Clone, Copy)]
+pub struct Operand<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub t: bool,
+}
+
+impl<'a> Operand<'a> {
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            t: false,
+        }
+    }
+
+    pub fn t(self) -> Self {
+        Self { t: !self.t, ..self }
+    }
+
+    /// Rows and columns of the operand as used (after the transpose).
+    fn shape(&self) -> (usize, usize) {
+        if self.t {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+}
+
+fn int(x: usize) -> c_int {
+    c_int::try_from(x).expect("matrix side beyond the BLAS interface's 32-bit range")
+}
+
+/// `c = alpha · a · b + beta · c`, with `c` a row-major `rows(a) × cols(b)` slice.
+///
+/// Panics when the shapes disagree or a slice is shorter than its shape: callers size these
+/// from validated module shapes, and the check keeps the foreign call in bounds.
+pub fn sgemm(alpha: f32, a: Operand<'_>, b: Operand<'_>, beta: f32, c: &mut [f32]) {
+    let (m, k) = a.shape();
+    let (k2, n) = b.shape();
+    assert_eq!(k, k2, "sgemm: inner sizes differ");
+    assert!(a.data.len() >= a.rows * a.cols, "sgemm: a is short");
+    assert!(b.data.len() >= b.rows * b.cols, "sgemm: b is short");
+    assert!(c.len() >= m * n, "sgemm: c is short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c[..m * n].iter_mut().for_each(|x| *x *= beta);
+        return;
+    }
+    crate::linalg::single_threaded_blas();
+    let flag = |t| if t { TRANS } else { NO_TRANS };
+    // SAFETY: every pointer covers the extent the shapes and leading dimensions (the stored row
+    // lengths) describe, checked above; `c` is exclusively borrowed.
+    unsafe {
+        cblas_sgemm(
+            ROW_MAJOR,
+            flag(a.t),
+            flag(b.t),
+            int(m),
+            int(n),
+            int(k),
+            alpha,
+            a.data.as_ptr(),
+            int(a.cols.max(1)),
+            b.data.as_ptr(),
+            int(b.cols.max(1)),
+            beta,
+            c.as_mut_ptr(),
+            int(n),
+        );
+    }
+}
+
+/// Rows of a dense operand per parallel task in [`times`] and [`t_times`].
+const ROWS_PER_TASK: usize = 256;
+
+/// `a · b` for a tall dense `a` (m×n) and a thin `b` (n×l), in parallel over blocks of `a`'s rows.
+pub fn times(a: &Mat, b: &Mat) -> Mat {
+    assert_eq!(a.cols, b.rows, "times: inner sizes differ");
+    let (n, l) = (a.cols, b.cols);
+    let mut out = vec![0.0f32; a.rows * l];
+    if l > 0 && n > 0 {
+        out.par_chunks_mut(ROWS_PER_TASK * l)
+            .zip(a.data.par_chunks(ROWS_PER_TASK * n))
+            .for_each(|(c, rows)| {
+                let r = rows.len() / n;
+                sgemm(
+                    1.0,
+                    Operand::new(rows, r, n),
+                    Operand::new(&b.data, n, l),
+                    0.0,
+                    c,
+                );
+            });
+    }
+    Mat::new(a.rows, l, out)
+}
+
+/// `aᵀ · b` for a tall dense `a` (m×n) and a thin `b` (m×l): partial sums over blocks of rows in
+/// parallel, then added (f32, as one product would accumulate).
+pub fn t_times(a: &Mat, b: &Mat) -> Mat {
+    assert_eq!(a.rows, b.rows, "t_times: row counts differ");
+    let (n, l) = (a.cols, b.cols);
+    if n == 0 || l == 0 || a.rows == 0 {
+        return Mat::zeros(n, l);
+    }
+    let out = a
+        .data
+        .par_chunks(ROWS_PER_TASK * n)
+        .zip(b.data.par_chunks(ROWS_PER_TASK * l))
+        .fold(
+            || vec![0.0f32; n * l],
+            |mut acc, (rows_a, rows_b)| {
+                let r = rows_a.len() / n;
+                sgemm(
+                    1.0,
+                    Operand::new(rows_a, r, n).t(),
+                    Operand::new(rows_b, r, l),
+                    1.0,
+                    &mut acc,
+                );
+                acc
+            },
+        )
+        .reduce(
+            || vec![0.0f32; n * l],
+            |mut x, y| {
+                x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+                x
+            },
+        );
+    Mat::new(n, l, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn products_and_transposes_match_the_definition() {
+        let (m, k, n) = (5, 3, 4);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let want = naive(&a, &b, m, k, n);
+        let mut c = vec![1.0; m * n];
+        sgemm(
+            1.0,
+            Operand::new(&a, m, k),
+            Operand::new(&b, k, n),
+            0.0,
+            &mut c,
+        );
+        assert_eq!(c, want);
+        // aᵀ stored as k×m, read transposed; beta accumulates.
+        let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let mut c2 = want.clone();
+        sgemm(
+            2.0,
+            Operand::new(&at, k, m).t(),
+            Operand::new(&b, k, n),
+            1.0,
+            &mut c2,
+        );
+        assert_eq!(c2, want.iter().map(|x| 3.0 * x).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn parallel_products_match_one_product() {
+        // More rows than one task takes, and a ragged last block.
+        let (m, n, l) = (ROWS_PER_TASK * 2 + 37, 9, 4);
+        let a = Mat::new(
+            m,
+            n,
+            (0..m * n).map(|i| ((i * 7919) % 13) as f32 - 6.0).collect(),
+        );
+        let b = Mat::new(n, l, (0..n * l).map(|i| (i % 5) as f32 - 2.0).collect());
+        assert_eq!(times(&a, &b), a.matmul_naive(&b));
+        let q = Mat::new(m, l, (0..m * l).map(|i| (i % 3) as f32 - 1.0).collect());
+        assert_eq!(t_times(&a, &q), a.t().matmul_naive(&q));
+    }
+}
