@@ -112,11 +112,7 @@ pub fn device(kind: DeviceKind) -> Result<Device, MergeError> {
 pub fn run(args: MergeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let spec = args.spec()?;
     let device = device(args.device)?;
-    let inputs = args
-        .inputs
-        .iter()
-        .map(|p| LoraAdapter::open(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let inputs = LoraAdapter::open_all(&args.inputs)?;
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(0);
         bar.set_style(

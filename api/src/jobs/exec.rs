@@ -317,10 +317,7 @@ fn merge(
     } else {
         candle_core::Device::Cpu
     };
-    let adapters = inputs
-        .iter()
-        .map(|p| LoraAdapter::open(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let adapters = LoraAdapter::open_all(&inputs)?;
     let merged = quiver_merge::merge_with(&adapters, spec, &device, ctl)?;
     quiver_merge::write_adapter(out, &adapters, spec, &merged)?;
     let path = out.join(quiver_merge::write::REPORT_NAME);
