@@ -432,3 +432,70 @@ fn card(inputs: &[LoraAdapter], spec: &MergeSpec, rank: usize, dtype: Dtype) -> 
     );
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(kind: ModuleKind, rows: usize, rank: usize, cols: usize, at: f32) -> MergedModule {
+        let m = |r: usize, c: usize, s: f32| {
+            Mat::new(r, c, (0..r * c).map(|i| s + i as f32 * 0.25).collect())
+        };
+        MergedModule::exact(kind, m(rows, rank, at), m(rank, cols, -at))
+    }
+
+    /// The streamed weights file is byte for byte the in-memory one, for both module kinds and
+    /// mixed ranks; a value the dtype cannot hold leaves no file and no directory behind.
+    #[test]
+    fn streamed_weights_equal_the_in_memory_file() {
+        let modules: BTreeMap<String, MergedModule> = [
+            (
+                "model.layers.0.mlp.up_proj".to_string(),
+                module(ModuleKind::Linear, 7, 3, 5, 1.0),
+            ),
+            (
+                "model.layers.0.self_attn.q_proj".to_string(),
+                module(ModuleKind::Linear, 5, 2, 5, 2.0),
+            ),
+            (
+                "model.embed_tokens".to_string(),
+                module(ModuleKind::Embedding, 11, 3, 4, 3.0),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let metadata: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())]
+            .into_iter()
+            .collect();
+        let template = ConfigTemplate::default();
+        let dir = tempfile::tempdir().expect("tmp");
+        for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+            let out = dir.path().join(dtype.as_str());
+            let rank = write_peft(&out, &modules, &template, dtype, &metadata).expect("write");
+            let (files, mem_rank) = peft_files(&modules, &template, dtype, &metadata).expect("mem");
+            assert_eq!(rank, mem_rank);
+            for (name, bytes) in &files.0 {
+                let written = std::fs::read(out.join(name)).expect("read");
+                assert_eq!(&written, bytes, "{name} in {}", dtype.as_str());
+            }
+            assert!(!out.join("adapter_model.partial").exists());
+        }
+        let mut huge = modules;
+        huge.insert(
+            "model.layers.1.mlp.up_proj".into(),
+            MergedModule::exact(
+                ModuleKind::Linear,
+                Mat::new(1, 1, vec![1.0e6]),
+                Mat::new(1, 1, vec![1.0]),
+            ),
+        );
+        let out = dir.path().join("overflow");
+        let r = write_peft(&out, &huge, &template, Dtype::F16, &metadata);
+        assert!(
+            matches!(r, Err(MergeError::NonFiniteResult { .. })),
+            "{:?}",
+            r.err()
+        );
+        assert!(!out.exists(), "nothing left behind");
+    }
+}
