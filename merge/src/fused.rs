@@ -20,9 +20,9 @@ use crate::mat::Mat;
 use crate::sparsify::{self, KthLargest, Pruner, Threshold, sign};
 use crate::spec::{Compat, MajoritySign, Pruning};
 
-/// Entries of one block across all inputs (4 MiB of f32): large enough for efficient products,
-/// small enough to stay in cache while a block is combined.
-const BLOCK_ENTRIES: usize = 1 << 20;
+/// Entries of one block across all inputs (16 MiB of f32): enough rows per product that packing
+/// the factor is a small part of it, small enough to stay in the last-level cache.
+const BLOCK_ENTRIES: usize = 1 << 22;
 
 /// A module's combined delta, with what the randomized SVD takes from it on the way.
 pub struct Combined {
@@ -144,19 +144,22 @@ fn combine_in_blocks(
         lambda: spec.lambda.unwrap_or(1.0) as f32,
     };
 
-    let mut delta = vec![0.0f32; d_out * d_in];
-    // One block: the inputs' pruned deltas, then two block-sized sums (the disjoint mean's).
+    // Every entry is written below: a buffer from the previous module needs no zeroing (fresh
+    // pages of 100+ MB per module cost a tenth of the time in page faults).
+    let mut delta = take_buffer();
+    delta.resize(d_out * d_in, 0.0);
+    // One block: every input's pruned delta, then their combination.
     let work = |bi: usize, out: &mut [f32], scratch: &mut Vec<f32>, ties: &mut [u64]| {
         ctx.ctl.check()?;
         let r0 = bi * rows_per_block;
         let len = out.len();
-        scratch.resize((n + 2) * len, 0.0);
-        let (x, sums) = scratch.split_at_mut(n * len);
+        scratch.resize(n * len, 0.0);
+        let x = scratch.as_mut_slice();
         for (j, (f, x)) in factors.iter().zip(x.chunks_exact_mut(len)).enumerate() {
             f.delta_rows(r0, x);
             pruners[j].apply_at(x, (r0 * d_in) as u64, &mut ties[j]);
         }
-        rule.apply(x, out, sums);
+        rule.apply(x, out, &mut [0.0; 2 * CHUNK]);
         let y = omega.map(|o| {
             let rows = len / d_in;
             let mut y = vec![0.0f32; rows * o.cols];
@@ -208,11 +211,205 @@ fn combine_in_blocks(
     })
 }
 
-/// Each input's exact magnitude threshold keeping `k` entries: the two histogram passes of
-/// [`KthLargest`] over the inputs' deltas, recomputed block by block.
+/// The buffer of the last module's result, kept for the next (modules of the dense family run
+/// one at a time on the host).
+static SPARE: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
+
+fn take_buffer() -> Vec<f32> {
+    std::mem::take(&mut *SPARE.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Hands a finished module's result buffer back for the next module.
+pub fn give_buffer(v: Vec<f32>) {
+    *SPARE.lock().unwrap_or_else(|p| p.into_inner()) = v;
+}
+
+/// Each input's exact magnitude threshold keeping `k` entries (the k-th largest |x|, as
+/// [`KthLargest`] reports it), in one pass over the inputs' deltas where a sample brackets it.
+///
+/// A sample of evenly spaced rows gives an interval of |x| that holds the k-th largest with a
+/// wide margin; one pass then counts the entries above the interval and keeps those inside it
+/// (a few percent), and the k-th largest is selected among those. When the interval misses (the
+/// count above it reaches k, or with the candidates stays below it) or would keep too many, that
+/// input falls back to [`exact_thresholds`]' two histogram passes. Either way the result is exact.
 fn thresholds(
     ctx: &ModuleContext<'_>,
     factors: &[Factors<'_>],
+    k: u64,
+    block: usize,
+) -> Result<Vec<Threshold>, MergeError> {
+    thresholds_sampling(ctx, factors, k, block, SAMPLES)
+}
+
+/// [`thresholds`] with `samples` entries per input in the bracketing sample.
+fn thresholds_sampling(
+    ctx: &ModuleContext<'_>,
+    factors: &[Factors<'_>],
+    k: u64,
+    block: usize,
+    samples: usize,
+) -> Result<Vec<Threshold>, MergeError> {
+    let (d_out, d_in) = (factors[0].b.rows, factors[0].a.cols);
+    let len = (d_out * d_in) as u64;
+    if k == 0 || k >= len {
+        // Nothing kept, or everything: no pass needed.
+        return Ok(vec![sparsify::threshold_of(&[], k); factors.len()]);
+    }
+    let intervals: Vec<Option<(u32, u32)>> = factors
+        .iter()
+        .map(|f| sampled_interval(f, k, len, samples))
+        .collect();
+    let rows_per_block = block / d_in.max(1);
+    let blocks = d_out.div_ceil(rows_per_block.max(1));
+    // Candidates kept per input at most: beyond this the pass gives up on that input.
+    let cap = (len / 16).max(1 << 16) as usize;
+    type Tally = (Vec<u64>, Vec<Vec<u32>>);
+    let empty = || -> Tally { (vec![0; factors.len()], vec![Vec::new(); factors.len()]) };
+    let (above, cands) = (0..blocks)
+        .into_par_iter()
+        .try_fold(
+            || (empty(), (Vec::new(), Vec::new())),
+            |((mut above, mut cands), (mut buf, mut tmp)): (Tally, (Vec<f32>, Vec<u32>)), bi| {
+                ctx.ctl.check()?;
+                let r0 = bi * rows_per_block;
+                let rows = rows_per_block.min(d_out - r0);
+                buf.resize(rows * d_in, 0.0);
+                tmp.resize(rows * d_in, 0);
+                for (j, f) in factors.iter().enumerate() {
+                    let Some((lo, hi)) = intervals[j] else {
+                        continue;
+                    };
+                    if cands[j].len() > cap {
+                        continue;
+                    }
+                    f.delta_rows(r0, &mut buf);
+                    // One unsigned comparison tests lo ≤ b ≤ hi; few entries pass it, so the
+                    // branch is well predicted.
+                    let (mut n_above, mut end, width) = (0u64, 0usize, hi.wrapping_sub(lo));
+                    for &x in &buf {
+                        let b = sparsify::abs_bits(x);
+                        n_above += u64::from(b > hi);
+                        if b.wrapping_sub(lo) <= width {
+                            tmp[end] = b;
+                            end += 1;
+                        }
+                    }
+                    cands[j].extend_from_slice(&tmp[..end]);
+                    above[j] += n_above;
+                }
+                Ok::<_, MergeError>(((above, cands), (buf, tmp)))
+            },
+        )
+        .map(|r| r.map(|(t, _)| t))
+        .try_reduce(empty, |(mut a, mut c), (a2, c2)| {
+            for j in 0..a.len() {
+                a[j] += a2[j];
+                c[j].extend(c2[j].iter());
+            }
+            Ok((a, c))
+        })?;
+    let mut out: Vec<Option<Threshold>> = (0..factors.len())
+        .map(|j| {
+            let cands = &cands[j];
+            if intervals[j].is_none() || cands.len() > cap {
+                return None;
+            }
+            select_in(cands.clone(), k.checked_sub(above[j])?)
+        })
+        .collect();
+    let missing: Vec<usize> = (0..factors.len()).filter(|&j| out[j].is_none()).collect();
+    if !missing.is_empty() {
+        let subset: Vec<&Factors<'_>> = missing.iter().map(|&j| &factors[j]).collect();
+        let exact = exact_thresholds(ctx, &subset, k, block)?;
+        for (&j, t) in missing.iter().zip(exact) {
+            out[j] = Some(t);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|t| {
+            t.unwrap_or(Threshold {
+                value: 0.0,
+                ties: u64::MAX,
+                equal: 0,
+                none: false,
+            })
+        })
+        .collect())
+}
+
+/// Entries sampled per input to bracket its threshold.
+const SAMPLES: usize = 1 << 18;
+
+/// An interval of |x| bits that very likely holds the k-th largest of one input's ΔW, from
+/// [`SAMPLES`] entries spread over every row (rows differ in scale, so a sample of whole rows
+/// misjudges the quantile); `None` when the module is small enough for the exact passes.
+fn sampled_interval(f: &Factors<'_>, k: u64, len: u64, samples: usize) -> Option<(u32, u32)> {
+    let (d_out, d_in, r) = (f.b.rows, f.a.cols, f.b.cols);
+    if len < 16 * samples as u64 {
+        return None;
+    }
+    let per_row = samples.div_ceil(d_out).max(1);
+    let stride = (d_in / per_row).max(1);
+    let mut sample = Vec::with_capacity(per_row * d_out);
+    for row in 0..d_out {
+        let b = &f.b.data[row * r..(row + 1) * r];
+        // A different column offset per row, so the columns sampled vary too.
+        let offset = (row * 7919) % stride;
+        for t in 0..per_row {
+            let col = (offset + t * stride) % d_in;
+            let x: f32 = b
+                .iter()
+                .enumerate()
+                .map(|(i, &bi)| bi * f.a.data[i * d_in + col])
+                .sum();
+            sample.push(sparsify::abs_bits(f.scale * x));
+        }
+    }
+    let m = sample.len() as f64;
+    let p = k as f64 / len as f64;
+    // Eight standard deviations of the sample's rank of the threshold, and a few more ranks for
+    // values computed here in another order than the pass's (they may differ in the last bit).
+    let margin = 8.0 * (m * p * (1.0 - p)).sqrt() + 64.0;
+    sample.sort_unstable_by(|a, b| b.cmp(a));
+    let at = |rank: f64| sample[(rank.clamp(0.0, m - 1.0)) as usize];
+    // Descending: the smaller rank is the larger value.
+    let hi = if p * m - margin <= 0.0 {
+        u32::MAX
+    } else {
+        at(p * m - margin)
+    };
+    let lo = if p * m + margin >= m - 1.0 {
+        0
+    } else {
+        at(p * m + margin)
+    };
+    Some((lo, hi))
+}
+
+/// The threshold keeping the `need`-th largest of `cands` (|x| bits, all at least the interval's
+/// low end, the `above` entries over it already counted): `None` when `need` is not within them.
+fn select_in(mut cands: Vec<u32>, need: u64) -> Option<Threshold> {
+    if need == 0 || need > cands.len() as u64 {
+        return None;
+    }
+    let idx = need as usize - 1;
+    let (_, &mut v, _) = cands.select_nth_unstable_by(idx, |a, b| b.cmp(a));
+    let greater = cands.iter().filter(|&&b| b > v).count() as u64;
+    let equal = cands.iter().filter(|&&b| b == v).count() as u64;
+    Some(Threshold {
+        value: f32::from_bits(v),
+        ties: need - greater,
+        equal,
+        none: false,
+    })
+}
+
+/// Each input's exact magnitude threshold keeping `k` entries: the two histogram passes of
+/// [`KthLargest`] over the inputs' deltas, recomputed block by block.
+fn exact_thresholds(
+    ctx: &ModuleContext<'_>,
+    factors: &[&Factors<'_>],
     k: u64,
     block: usize,
 ) -> Result<Vec<Threshold>, MergeError> {
@@ -268,6 +465,9 @@ fn thresholds(
     Ok(kth.iter().map(KthLargest::finish).collect())
 }
 
+/// Entries of the chunks [`Rule::apply`] works through.
+const CHUNK: usize = 1024;
+
 /// How pruned entries combine: [`crate::host::combine`]'s arithmetic, entry by entry.
 struct Rule {
     weights: Vec<f32>,
@@ -279,10 +479,27 @@ struct Rule {
 
 impl Rule {
     /// `x` holds the n pruned inputs' blocks back to back; writes the combined block into `out`,
-    /// using `sums` (two blocks) for the disjoint mean.
-    fn apply(&self, x: &[f32], out: &mut [f32], sums: &mut [f32]) {
+    /// using `sums` for the disjoint mean. Works through the block in chunks small enough that
+    /// the sums stay in L1 while every input's chunk streams past.
+    fn apply(&self, x: &[f32], out: &mut [f32], sums: &mut [f32; 2 * CHUNK]) {
         let len = out.len();
-        let input = |j: usize| &x[j * len..(j + 1) * len];
+        let (num, den) = sums.split_at_mut(CHUNK);
+        for c0 in (0..len).step_by(CHUNK) {
+            let c1 = (c0 + CHUNK).min(len);
+            let input = |j: usize| &x[j * len + c0..j * len + c1];
+            let w = c1 - c0;
+            self.apply_chunk(input, &mut out[c0..c1], &mut num[..w], &mut den[..w]);
+        }
+    }
+
+    /// [`Rule::apply`] on one chunk; `input(j)` is input j's pruned values there.
+    fn apply_chunk<'x>(
+        &self,
+        input: impl Fn(usize) -> &'x [f32],
+        out: &mut [f32],
+        num: &mut [f32],
+        den: &mut [f32],
+    ) {
         out.iter_mut().for_each(|o| *o = 0.0);
         if !self.consensus {
             for (j, &w) in self.weights.iter().enumerate() {
@@ -307,7 +524,6 @@ impl Rule {
             .for_each(|v| *v = if *v >= 0.0 { 1.0 } else { -1.0 });
         // The agreeing entries' weighted sum and their weight (|w|, or 1 for PEFT's count), in
         // input order; zeros never agree.
-        let (num, den) = sums.split_at_mut(len);
         num.iter_mut().for_each(|v| *v = 0.0);
         den.iter_mut().for_each(|v| *v = 0.0);
         for (j, &w) in self.weights.iter().enumerate() {
@@ -467,5 +683,61 @@ mod tests {
             .expect("fused");
         let y = c.sketched.expect("sketch");
         assert_eq!(y, crate::blas::times(&c.delta, &omega));
+    }
+
+    /// The one-pass thresholds equal the exact k-th largest of each input's whole ΔW, on modules
+    /// large enough to be sampled: dense spectra (the sample brackets the threshold) and few
+    /// distinct values (ties at the threshold, or a bracket that misses and falls back).
+    #[test]
+    fn sampled_thresholds_are_exact() {
+        let (d_out, d_in, r) = (300, 60, 4);
+        for levels in [3, 1000] {
+            let modules: Vec<LoraModule> = (0..3)
+                .map(|i| module(90 + i + u64::from(levels), d_out, d_in, r, levels))
+                .collect();
+            let factors: Vec<Factors<'_>> = modules
+                .iter()
+                .map(|m| Factors {
+                    b: &m.b,
+                    a: &m.a,
+                    scale: m.scale,
+                })
+                .collect();
+            let spec = spec("ties", Compat::Paper, 0.5);
+            let ctl = Control::none();
+            let ctx = ModuleContext {
+                path: PATH,
+                spec: &spec,
+                device: &Device::Cpu,
+                compute: &Host,
+                global_thresholds: None,
+                default_rank: 4,
+                ctl: &ctl,
+            };
+            let len = (d_out * d_in) as u64;
+            for k in [0, 1, len / 100, len / 5, len / 2, len - 1, len] {
+                let got =
+                    thresholds_sampling(&ctx, &factors, k, 7 * d_in, 1024).expect("thresholds");
+                for (j, m) in modules.iter().enumerate() {
+                    let mut buf = Vec::new();
+                    delta_into(m, &mut buf);
+                    assert_eq!(
+                        got[j],
+                        sparsify::threshold_of(&buf, k),
+                        "levels {levels} k {k} input {j}"
+                    );
+                }
+                if levels == 1000 && k > 0 && k < len {
+                    let (lo, hi) = sampled_interval(&factors[0], k, len, 1024).expect("sampled");
+                    let mut buf = Vec::new();
+                    delta_into(&modules[0], &mut buf);
+                    let t = sparsify::abs_bits(sparsify::threshold_of(&buf, k).value);
+                    assert!(
+                        lo <= t && t <= hi,
+                        "the sample brackets the threshold (k {k})"
+                    );
+                }
+            }
+        }
     }
 }

@@ -37,7 +37,9 @@ impl Backend for Host {
         match truncation {
             Truncation::Exact(k) => {
                 let c = fused::combine(ctx, inputs, sources, tag, None)?;
-                linalg::exact_truncate(&c.delta, k)
+                let t = linalg::exact_truncate(&c.delta, k);
+                fused::give_buffer(c.delta.data);
+                t
             }
             Truncation::Randomized(k, seed) => {
                 let first = &inputs
@@ -49,7 +51,9 @@ impl Backend for Host {
                 let y = c
                     .sketched
                     .ok_or_else(|| MergeError::numeric(ctx.path, "sketch missing"))?;
-                linalg::randomized_from_sketch(&c.delta, &y, c.frob2, k)
+                let t = linalg::randomized_from_sketch(&c.delta, &y, c.frob2, k);
+                fused::give_buffer(c.delta.data);
+                t
             }
         }
     }

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use crate::spec::Pruning;
 
 /// `|x|` as bits: for finite floats the order of these integers is the order of `|x|`.
-fn abs_bits(x: f32) -> u32 {
+pub fn abs_bits(x: f32) -> u32 {
     x.to_bits() & 0x7fff_ffff
 }
 
