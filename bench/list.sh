@@ -6,6 +6,7 @@
 #   bench/list.sh
 #   N=10000 DURATION=20 CONNECTIONS=64 THREADS=2 bench/list.sh
 #   BACKENDS="sqlite postgres mlflow" bench/list.sh   # any subset, in this order
+#   QUIVER=/path/to/quiver bench/list.sh               # another build (default target/release/quiver)
 #
 # Needs: wrk, curl, python3, psql (Postgres at $PG_URL, trust auth), and an mlflow install: the
 # venv at $BENCH_VENV (default /tmp/quiver-bench-venv) is created with `pip install mlflow` when
@@ -154,6 +155,8 @@ bench_quiver() { # label, extra storage flags...
         start_quiver qpid "$port" "$data" "$WORK/quiver-$label-uncached.log" --list-cache-bytes 0 "$@"
         run_wrk "quiver-$label-uncached-list" "$url/api/v1/adapters?limit=50"
         run_wrk "quiver-$label-uncached-search" "$url/api/v1/adapters?limit=50&q=$TERM_Q"
+        # A facet filter (the newest version's kind and vLLM verdict), as the web listing sends.
+        run_wrk "quiver-$label-uncached-filtered" "$url/api/v1/adapters?limit=50&kind=trained&vllm=true"
         stop_bg "$qpid"
     fi
 }
@@ -234,13 +237,22 @@ echo
 echo "RESULT list/search ($N entries; wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --timeout $WRK_TIMEOUT; wrk shares the $(nproc) CPUs with the server)"
 printf '%-32s %12s %10s %9s %8s %16s %8s\n' "" "requests/s" "p99 ms" "non-2xx" "sock err" "x MLflow req/s" "busy s"
 LABELS="quiver-sqlite-list quiver-sqlite-search quiver-sqlite-uncached-list quiver-sqlite-uncached-search
-    quiver-postgres-list quiver-postgres-search quiver-postgres-uncached-list quiver-postgres-uncached-search"
+    quiver-sqlite-uncached-filtered quiver-postgres-list quiver-postgres-search
+    quiver-postgres-uncached-list quiver-postgres-uncached-search quiver-postgres-uncached-filtered"
+# The MLflow row a quiver row is compared with: its page of 50, or its filtered search (for
+# quiver's search and facet filter alike).
+mlflow_of() {
+    case "${1##*-}" in
+    list) echo mlflow-list ;;
+    *) echo mlflow-search ;;
+    esac
+}
 for label in $LABELS mlflow-list mlflow-search; do
     [[ -n "${RPS[$label]:-}" ]] || continue
-    kind=${label##*-}
     x="-"
-    if [[ $label == quiver-* && -n "${RPS[mlflow-$kind]:-}" ]]; then
-        x="$(ratio "${RPS[$label]}" "${RPS[mlflow-$kind]}")x"
+    m=$(mlflow_of "$label")
+    if [[ $label == quiver-* && -n "${RPS[$m]:-}" ]]; then
+        x="$(ratio "${RPS[$label]}" "${RPS[$m]}")x"
     fi
     printf '%-32s %12s %10s %9s %8s %16s %8s\n' "$label" "${RPS[$label]}" "${P99[$label]}" "${NON2XX[$label]}" "${ERRS[$label]}" "$x" "${BUSY[$label]}"
 done
@@ -248,15 +260,24 @@ echo "(busy s: seconds of the 20 s measurement in which processes outside the be
 echo "targets (quiver rows): p99 < 50 ms; requests/s >= 100x MLflow's"
 for label in $LABELS; do
     [[ -n "${RPS[$label]:-}" ]] || continue
-    kind=${label##*-}
+    m=$(mlflow_of "$label")
     p=$(python3 -c "print('met' if ${P99[$label]} < 50 else 'NOT met')")
-    if [[ -n "${RPS[mlflow-$kind]:-}" ]]; then
-        r=$(python3 -c "print('met' if ${RPS[$label]} >= 100 * ${RPS[mlflow-$kind]} else 'NOT met')")
+    if [[ -n "${RPS[$m]:-}" ]]; then
+        r=$(python3 -c "print('met' if ${RPS[$label]} >= 100 * ${RPS[$m]} else 'NOT met')")
     else
         r="not measured"
     fi
     bad=""
     if [[ "${NON2XX[$label]}" != 0 || "${ERRS[$label]}" != 0 ]]; then bad=" (WARNING: errors during the run)"; fi
     echo "  $label: p99 < 50 ms $p; >= 100x MLflow $r$bad"
+done
+echo "issue 25, target 5 (uncached rows): >= 5,000 requests/s and p99 < 20 ms; the cached page of 50 (the floor) beside it"
+for label in $LABELS; do
+    [[ $label == *-uncached-* && -n "${RPS[$label]:-}" ]] || continue
+    cached="${label%%-uncached-*}-list"
+    floor="-"
+    [[ -n "${RPS[$cached]:-}" ]] && floor="$(ratio "${RPS[$label]}" "${RPS[$cached]}")x the cached page's ${RPS[$cached]} req/s"
+    v=$(python3 -c "r, p = ${RPS[$label]}, ${P99[$label]}; print(('met' if r >= 5000 else f'NOT met ({r / 5000:.2f}x of 5,000)') + '; p99 ' + ('met' if p < 20 else f'NOT met ({p:.1f} ms)'))")
+    echo "  $label: ${RPS[$label]} req/s, p99 ${P99[$label]} ms: >= 5,000 req/s $v; $floor"
 done
 load_watch_report

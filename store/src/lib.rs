@@ -29,10 +29,10 @@ pub use held::HeldBlobs;
 pub use meta::{
     AdapterPatch, AdapterRecord, AdapterSort, Beat, CARD_FILE, CommitCheck, FileRecord, JobEnd,
     JobFilter, JobKind, JobRecord, JobState, JobStore, Lease, LineageGraph, ListAdapters,
-    MetadataStore, NewAdapter, NewAdapterFields, NewJob, NewProfile, NewVersion, NoCheck,
-    OutputTarget, Page, ParentVersion, PendingProfile, Principal, ProfileInfo, ProfileSource,
-    ProfileStore, RoutableProfile, RoutingGenerations, SAMPLES_FILE, StaleProfile, StoredVectors,
-    VersionRecord, VersionRef, Viewer,
+    ListedAdapter, MetadataStore, NewAdapter, NewAdapterFields, NewJob, NewProfile, NewVersion,
+    NoCheck, OutputTarget, Page, ParentVersion, PendingProfile, Principal, ProfileInfo,
+    ProfileSource, ProfileStore, RoutableProfile, RoutingGenerations, SAMPLES_FILE, StaleProfile,
+    StoredVectors, VersionRecord, VersionRef, Viewer,
 };
 pub use meta::{AliasChange, AliasTarget, FacetCounts, FacetFilter, VersionFacets, VersionKind};
 pub use meta::{Audit, AuditAction, AuditContext, AuditFilter, AuditRecord, AuditStore};

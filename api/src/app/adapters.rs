@@ -125,6 +125,28 @@ pub async fn views(
         .collect())
 }
 
+/// A listing page's views: the store's one listing query ([`quiver_store::ListedAdapter`]), then
+/// one lookup per distinct parent adapter named in the latest versions' lineage, as [`views`].
+pub async fn list_views(
+    store: &Store,
+    viewer: &Viewer,
+    q: &ListAdapters,
+) -> Result<(Vec<AdapterView>, Option<String>), ApiError> {
+    let found = store.meta.list_adapters_full(q, viewer).await?;
+    let parents = crate::app::redact::Parents::of(
+        store,
+        viewer,
+        found.items.iter().filter_map(|l| l.latest.as_ref()),
+    )
+    .await?;
+    let items = found
+        .items
+        .into_iter()
+        .map(|l| AdapterView::new(l.adapter, l.latest, l.aliases, l.protected, &parents))
+        .collect();
+    Ok((items, found.next_cursor))
+}
+
 pub async fn view(
     store: &Store,
     viewer: &Viewer,

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{Audit, Page, Viewer};
+use super::{Audit, Page, VersionRecord, Viewer};
 use crate::{RepoId, StoreError};
 
 #[derive(Clone, Debug)]
@@ -23,6 +23,16 @@ impl AdapterRecord {
     pub fn repo_id(&self) -> String {
         format!("{}/{}", self.owner, self.name)
     }
+}
+
+/// An adapter as the listing shows it: the record with its tags, its newest ready version with
+/// its files, its aliases (name, version number; by name) and its protected alias names (sorted).
+#[derive(Clone, Debug)]
+pub struct ListedAdapter {
+    pub adapter: AdapterRecord,
+    pub latest: Option<VersionRecord>,
+    pub aliases: Vec<(String, i64)>,
+    pub protected: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -125,6 +135,13 @@ pub trait AdapterStore: Send + Sync {
         query: &ListAdapters,
         viewer: &Viewer,
     ) -> Result<Page<AdapterRecord>, StoreError>;
+    /// [`AdapterStore::list_adapters`] with what a listing shows of each adapter
+    /// ([`ListedAdapter`]), read by the same single query.
+    async fn list_adapters_full(
+        &self,
+        query: &ListAdapters,
+        viewer: &Viewer,
+    ) -> Result<Page<ListedAdapter>, StoreError>;
     async fn update_adapter(
         &self,
         adapter_id: i64,

@@ -296,6 +296,143 @@ async fn anonymous_adapter_pages_are_cached_until_anything_changes(#[case] backe
     assert!(html.contains("name=\"csrf\""));
 }
 
+/// The `csrf` values of a page's forms.
+fn form_csrfs(html: &str) -> Vec<String> {
+    html.match_indices("name=\"csrf\" value=\"")
+        .map(|(at, m)| html[at + m.len()..].chars().take(48).collect())
+        .collect()
+}
+
+/// A signed-in user's adapter page comes from the listing cache too, under everything of the
+/// principal that decides what it shows: each user (and each scope of one user) gets what they
+/// may see, cached or not, with their own CSRF token spliced into the forms; an organisation
+/// membership and a change to another adapter show at once.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn signed_in_adapter_pages_are_cached_per_viewer(#[case] backend: Backend) {
+    let app = app_or_skip!(backend);
+    app.adapter_with("alice/open", &synthetic_adapter(4, &["q_proj"], 1))
+        .await;
+    assert_eq!(
+        app.create_adapter("alice", "secret", true, "alice").await.0,
+        201
+    );
+    assert_eq!(
+        app.upload(
+            "alice/secret",
+            "alice",
+            &synthetic_adapter(4, &["q_proj"], 2)
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(app.create_adapter("bob", "mine", true, "bob").await.0, 201);
+    let (status, org) = app
+        .post_json("/api/v1/orgs", "alice", &json!({"name": "team-pc"}))
+        .await;
+    assert_eq!(status, 201, "{org}");
+    assert_eq!(
+        app.create_adapter("team-pc", "tool", true, "alice").await.0,
+        201
+    );
+
+    let mut n = 0u32;
+    // GET as `who` (a token key; empty: anonymous) with a fresh CSRF cookie; every form on the
+    // page must carry exactly that token.
+    let mut view = async |who: &str, path: &str| {
+        n += 1;
+        let csrf = format!("{n:048x}");
+        let cookies = if who.is_empty() {
+            format!("quiver_csrf={csrf}")
+        } else {
+            format!("quiver_session={}; quiver_csrf={csrf}", app.token(who))
+        };
+        let (status, _, html) = page(&app, path, &cookies).await;
+        for sent in form_csrfs(&html) {
+            assert_eq!(sent, csrf, "{who} on {path}: a form carries another token");
+        }
+        (status, html)
+    };
+    let partner = |html: &str, id: &str| html.contains(&format!("value=\"{id}\""));
+    let transfer = |html: &str| html.contains("action=\"/alice/open/transfer\"");
+    // Twice each, interleaved: built, then from the cache.
+    for round in 0..2 {
+        let (status, html) = view("alice", "/alice/open").await;
+        assert_eq!(status, 200);
+        assert!(
+            html.contains("Signed in as <strong>alice</strong>"),
+            "{round}"
+        );
+        assert!(partner(&html, "alice/secret") && partner(&html, "team-pc/tool"));
+        assert!(
+            !partner(&html, "bob/mine"),
+            "{round}: bob's private adapter"
+        );
+        assert!(transfer(&html), "{round}: alice administers her namespace");
+        assert_eq!(form_csrfs(&html).len(), 2, "merge and transfer forms");
+
+        let (status, html) = view("alice_read", "/alice/open").await;
+        assert_eq!(status, 200);
+        assert!(html.contains("Signed in as <strong>alice</strong>"));
+        assert!(
+            partner(&html, "alice/secret"),
+            "{round}: a read token sees it"
+        );
+        assert!(
+            !transfer(&html),
+            "{round}: a read token administers nothing"
+        );
+
+        let (status, html) = view("bob", "/alice/open").await;
+        assert_eq!(status, 200);
+        assert!(
+            html.contains("Signed in as <strong>bob</strong>"),
+            "{round}"
+        );
+        assert!(!html.contains("Signed in as <strong>alice"));
+        assert!(partner(&html, "bob/mine"), "{round}");
+        assert!(!partner(&html, "alice/secret") && !partner(&html, "team-pc/tool"));
+        assert!(!transfer(&html), "{round}: bob does not administer alice");
+
+        assert_eq!(view("alice", "/alice/secret").await.0, 200);
+        assert_eq!(view("bob", "/alice/secret").await.0, 404, "{round}");
+        assert_eq!(view("", "/alice/secret").await.0, 404, "{round}");
+        let (status, html) = view("", "/alice/open").await;
+        assert_eq!(status, 200);
+        assert!(form_csrfs(&html).is_empty() && !html.contains("Signed in as"));
+    }
+
+    // Bob joins the organisation: its private adapter is his partner from the next request; he
+    // leaves: gone again.
+    let member = |method: Method| app.request(method, "/api/v1/orgs/team-pc/members/bob", "alice");
+    let (status, body) = app
+        .send(member(Method::PUT).json(&json!({"role": "read"})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, html) = view("bob", "/alice/open").await;
+    assert!(partner(&html, "team-pc/tool"), "a member sees it");
+    assert_eq!(view("bob", "/team-pc/tool").await.0, 200);
+    assert_eq!(app.send(member(Method::DELETE)).await.0, 204);
+    let (_, html) = view("bob", "/alice/open").await;
+    assert!(!partner(&html, "team-pc/tool"), "removed: hidden again");
+    assert_eq!(view("bob", "/team-pc/tool").await.0, 404);
+
+    // Another adapter going public shows on bob's cached page at once.
+    let patch = app
+        .request(Method::PATCH, "/api/v1/adapters/alice/secret", "alice")
+        .json(&json!({"private": false}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patch.status(), 200);
+    let (_, html) = view("bob", "/alice/open").await;
+    assert!(partner(&html, "alice/secret"), "public now");
+    assert_eq!(view("bob", "/alice/secret").await.0, 200);
+}
+
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]

@@ -9,7 +9,9 @@ use askama::Template;
 use futures::TryStreamExt;
 use quiver_merge::LoraSummary;
 use quiver_merge::compat::Compatibility;
-use quiver_store::{AdapterRecord, FacetFilter, JobKind, ListAdapters, VersionRecord, VersionRef};
+use quiver_store::{
+    AdapterRecord, FacetFilter, JobKind, ListAdapters, Principal, VersionRecord, VersionRef,
+};
 use serde_json::{Value, json};
 
 use super::spectra::{self, Missing, RankSummary};
@@ -168,11 +170,16 @@ pub async fn version_page(
     page(&req, &state, &caller, (owner, name), Some(reference)).await
 }
 
-/// An adapter or version page. Without a signed-in user the page has no form and is the same
-/// for every anonymous reader, so it comes from the listing cache, validated by the listing
-/// generation (every change to adapters, versions, files, refs and tags bumps it; download
-/// counts are as fresh as the JSON listing's), with an ETag. A signed-in user's page carries
-/// their merge form and CSRF token and is rendered for each request.
+/// An adapter or version page, from the listing cache, validated by the listing generation
+/// (every change to adapters, versions, files, refs and tags bumps it; download counts are as
+/// fresh as the JSON listing's).
+///
+/// Anonymous readers all get the same page, with an ETag. A signed-in user's page depends on who
+/// they are (the header, which private adapters, lineage parents and merge partners they may see,
+/// whether they administer the namespace), so it is cached under everything of their principal
+/// that decides those ([`signed_in_key`]); only their CSRF token differs between their requests:
+/// the page is built with [`csrf_placeholder`] in its forms, and the token is spliced in for each
+/// request.
 async fn page(
     req: &HttpRequest,
     state: &AppState,
@@ -180,21 +187,72 @@ async fn page(
     path: (String, String),
     reference: Option<String>,
 ) -> Result<HttpResponse, PageError> {
-    let origin = origin(req);
-    if caller.user().is_some() {
-        let body = build(state, caller, &path, reference.as_deref(), &origin).await?;
-        return Ok(caller.finish(with_card_csp(state, html(StatusCode::OK, body))));
-    }
     // The serving snippets name this server's address as the client reached it.
-    let key = json!(["adapter-page", path.0, path.1, reference, origin]).to_string();
-    let cached = cached_page(state, &key, async || {
-        build(state, caller, &path, reference.as_deref(), &origin)
+    let origin = origin(req);
+    let (key, csrf) = match caller.caller.0.as_ref() {
+        None => (
+            json!(["adapter-page", path.0, path.1, reference, origin]),
+            caller.csrf.as_str(),
+        ),
+        Some(p) => (
+            json!([
+                "adapter-page",
+                path.0,
+                path.1,
+                reference,
+                origin,
+                signed_in_key(p, caller.sso)
+            ]),
+            csrf_placeholder(),
+        ),
+    };
+    let cached = cached_page(state, &key.to_string(), async || {
+        build(state, caller, &path, reference.as_deref(), &origin, csrf)
             .await
             .map(String::into_bytes)
             .map_err(|e| e.0)
     })
     .await?;
-    Ok(caller.finish(with_card_csp(state, cached_html(req, cached))))
+    if caller.user().is_none() {
+        return Ok(caller.finish(with_card_csp(state, cached_html(req, cached))));
+    }
+    let body = std::str::from_utf8(&cached.body)
+        .map_err(|e| PageError(ApiError::internal("adapter page", e)))?
+        .replace(csrf_placeholder(), &caller.csrf);
+    Ok(caller.finish(with_card_csp(state, html(StatusCode::OK, body))))
+}
+
+/// What a signed-in user's adapter page depends on besides the path: the user (the header, the
+/// merge form's default owner), the token's scope and restriction (the audit link, the transfer
+/// form, which private adapters it reads), the organisations with their roles (private adapters
+/// and merge partners they see, namespaces they administer), and a proxy sign-in (the header's
+/// sign-out link). A change to any of these is another cache entry, never a stale page.
+fn signed_in_key(p: &Principal, sso: bool) -> Value {
+    let mut orgs: Vec<(&str, &str)> = p
+        .orgs
+        .iter()
+        .map(|m| (m.org.as_str(), m.role.as_str()))
+        .collect();
+    orgs.sort_unstable();
+    json!({
+        "user": p.user,
+        "scope": p.scope.as_str(),
+        "restrict": p.restrict.as_ref().map(|r| r.entries()),
+        "orgs": orgs,
+        "sso": sso,
+    })
+}
+
+/// Stands in for the viewer's CSRF token in the cached body of a signed-in user's page: 48 hex
+/// digits like a real token (so the page's markup is the same), random for each process, so no
+/// stored text (a description, a card) can hold it and have a viewer's token spliced into it.
+fn csrf_placeholder() -> &'static str {
+    static PLACEHOLDER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PLACEHOLDER.get_or_init(|| {
+        let mut bytes = [0u8; 24];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        hex::encode(bytes)
+    })
 }
 
 /// `scheme://host[:port]` of the request (the `Host` header, or the `Forwarded` /
@@ -254,13 +312,14 @@ fn curl_line(id: &str, path: &str) -> String {
     )
 }
 
-/// The page's HTML.
+/// The page's HTML; its forms carry `csrf`.
 async fn build(
     state: &AppState,
     caller: &PageCaller,
     path: &(String, String),
     reference: Option<&str>,
     origin: &str,
+    csrf: &str,
 ) -> Result<String, PageError> {
     let adapter = find_adapter(&state.store, &caller.caller, path).await?;
     let id = adapter.repo_id();
@@ -275,7 +334,7 @@ async fn build(
         None => VersionSections::default(),
     };
     let merge = match &version {
-        Some(_) => merge_form(state, caller, &adapter).await?,
+        Some(_) => merge_form(state, caller, &adapter, csrf).await?,
         None => None,
     };
     let serve = match (&version, &summary) {
@@ -314,7 +373,11 @@ async fn build(
         (None, Some(v)) => format!("revision {}", v.revision),
         (None, None) => String::new(),
     };
-    let transfer = super::orgs::transfer_form(caller, &adapter.owner);
+    let transfer =
+        super::orgs::transfer_form(caller, &adapter.owner).map(|t| super::orgs::TransferForm {
+            csrf: csrf.to_string(),
+            ..t
+        });
     let page = AdapterPage {
         chrome: Chrome::new(id.clone(), caller),
         created: when(adapter.created_at),
@@ -753,6 +816,7 @@ async fn merge_form(
     state: &AppState,
     caller: &PageCaller,
     adapter: &AdapterRecord,
+    csrf: &str,
 ) -> Result<Option<MergeForm>, PageError> {
     let Some(user) = caller.user() else {
         return Ok(None);
@@ -770,7 +834,7 @@ async fn merge_form(
         .list_adapters(&list, &caller.viewer())
         .await?;
     Ok(Some(MergeForm {
-        csrf: caller.csrf.clone(),
+        csrf: csrf.to_string(),
         candidates: found
             .items
             .iter()

@@ -5,7 +5,7 @@ use askama::Template;
 use serde::Deserialize;
 
 use super::{Chrome, PageCaller, PageError, cached_html, enc, render, size};
-use crate::app::adapters::{ListAdaptersQuery, cache_key, cached_page, list_query, views};
+use crate::app::adapters::{ListAdaptersQuery, cache_key, cached_page, list_query, list_views};
 use crate::app::resources::AdapterView;
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
@@ -229,13 +229,9 @@ pub async fn index(
         cache_key(&viewer, &list)
     );
     let page = cached_page(&state, &key, async || {
-        let found = state.store.meta.list_adapters(&list, &viewer).await?;
+        let (items, next_cursor) = list_views(&state.store, &viewer, &list).await?;
         let counts = state.store.meta.facet_counts(&viewer, FACET_VALUES).await?;
-        let cards = views(&state.store, &viewer, found.items)
-            .await?
-            .into_iter()
-            .map(Card::new)
-            .collect();
+        let cards = items.into_iter().map(Card::new).collect();
         let facet = |title, field: &'static str, values: Vec<(String, i64)>, current: &str| Facet {
             title,
             links: values
@@ -268,7 +264,7 @@ pub async fn index(
             form: &form,
             cards,
             facets,
-            next: found.next_cursor.map(|c| form.with("cursor", &c)),
+            next: next_cursor.map(|c| form.with("cursor", &c)),
             first_page: (!form.cursor.is_empty()).then(|| form.with("cursor", "")),
             sorts: [
                 ("updated", "Recently updated"),

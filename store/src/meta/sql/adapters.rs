@@ -58,107 +58,19 @@ impl AdapterStore for SqlMetadata {
         q: &ListAdapters,
         viewer: &Viewer,
     ) -> Result<Page<AdapterRecord>, StoreError> {
-        let mut sql = Sql::new(&format!(
-            "SELECT {ADAPTER_COLUMNS} FROM adapters WHERE 1 = 1"
-        ));
-        push_visible(&mut sql, viewer, "");
-        if let Some(term) = q.q.as_deref().filter(|t| !t.is_empty()) {
-            self.push_search(&mut sql, term);
-        }
-        if let Some(base) = &q.base_model {
-            sql.push(" AND base_model = ").bind(base.as_str());
-        }
-        if let Some(owner) = &q.owner {
-            sql.push(" AND owner = ").bind(owner.to_ascii_lowercase());
-        }
-        if let Some(tag) = &q.tag {
-            sql.push(" AND id IN (SELECT adapter_id FROM adapter_tags WHERE tag = ")
-                .bind(tag.as_str())
-                .push(")");
-        }
-        if let Some(parent) = &q.derived_from {
-            sql.push(
-                " AND id IN (SELECT v.adapter_id FROM version_parents p \
-                 JOIN versions v ON v.id = p.version_id \
-                 JOIN versions pv ON pv.id = p.parent_version_id \
-                 JOIN adapters pa ON pa.id = pv.adapter_id WHERE pa.owner = ",
-            )
-            .bind(parent.owner.as_str())
-            .push(" AND pa.name = ")
-            .bind(parent.name.as_str());
-            // A private parent names nothing for those who may not see it.
-            push_visible(&mut sql, viewer, "pa.");
-            sql.push(")");
-        }
-        if !q.facets.is_empty() {
-            push_facets(&mut sql, &q.facets);
-        }
-        let key_col = match q.sort {
-            AdapterSort::Updated => "updated_at",
-            AdapterSort::Created => "created_at",
-            AdapterSort::Downloads => "downloads",
-            AdapterSort::Name => "",
-        };
-        if let Some(raw) = &q.cursor {
-            let c: AdapterCursor = decode_cursor(raw)?;
-            if c.s != q.sort.as_str() {
-                return Err(StoreError::Invalid(
-                    "cursor belongs to a listing with another sort order".into(),
-                ));
-            }
-            if q.sort == AdapterSort::Name {
-                let (owner, name) =
-                    serde_json::from_value::<(String, String)>(c.k).map_err(|_| {
-                        StoreError::Invalid("cursor is not one this server issued".into())
-                    })?;
-                sql.push(" AND (owner > ")
-                    .bind(owner.as_str())
-                    .push(" OR (owner = ")
-                    .bind(owner)
-                    .push(" AND name > ")
-                    .bind(name)
-                    .push("))");
-            } else {
-                let k = c.k.as_i64().ok_or_else(|| {
-                    StoreError::Invalid("cursor is not one this server issued".into())
-                })?;
-                sql.push(&format!(" AND ({key_col} < "))
-                    .bind(k)
-                    .push(&format!(" OR ({key_col} = "))
-                    .bind(k)
-                    .push(" AND id < ")
-                    .bind(c.id)
-                    .push("))");
-            }
-        }
-        if q.sort == AdapterSort::Name {
-            sql.push(" ORDER BY owner ASC, name ASC");
-        } else {
-            sql.push(&format!(" ORDER BY {key_col} DESC, id DESC"));
-        }
-        let limit = i64::from(q.limit.max(1));
-        sql.push(" LIMIT ").bind(limit + 1);
-        let rows = sql.query().fetch_all(&self.pool).await?;
-        let mut items = self.adapters_with_tags(rows).await?;
-        let next_cursor = if items.len() as i64 > limit {
-            items.truncate(limit as usize);
-            items.last().map(|last| {
-                let k = match q.sort {
-                    AdapterSort::Updated => Value::from(last.updated_at),
-                    AdapterSort::Created => Value::from(last.created_at),
-                    AdapterSort::Downloads => Value::from(last.downloads),
-                    AdapterSort::Name => serde_json::json!([last.owner, last.name]),
-                };
-                encode_cursor(&AdapterCursor {
-                    s: q.sort.as_str().into(),
-                    k,
-                    id: last.id,
-                })
-            })
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        let page = self.listing(q, viewer, false).await?;
+        Ok(Page {
+            items: page.items.into_iter().map(|l| l.adapter).collect(),
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    async fn list_adapters_full(
+        &self,
+        q: &ListAdapters,
+        viewer: &Viewer,
+    ) -> Result<Page<ListedAdapter>, StoreError> {
+        self.listing(q, viewer, true).await
     }
 
     async fn update_adapter_audited(
@@ -294,6 +206,212 @@ impl AdapterStore for SqlMetadata {
             .await?;
         Ok(())
     }
+}
+
+impl SqlMetadata {
+    /// A listing page: one query (see [`AdapterStore::list_adapters_full`]).
+    async fn listing(
+        &self,
+        q: &ListAdapters,
+        viewer: &Viewer,
+        full: bool,
+    ) -> Result<Page<ListedAdapter>, StoreError> {
+        // The page itself, as before; then, per adapter, its tags and (`full`) its newest ready
+        // version with its files, its aliases and protected names, as JSON lists built by the
+        // database: one round trip for the whole page.
+        let mut sql = Sql::new(&format!(
+            "WITH page AS (SELECT {ADAPTER_COLUMNS} FROM adapters WHERE 1 = 1"
+        ));
+        push_visible(&mut sql, viewer, "");
+        if let Some(term) = q.q.as_deref().filter(|t| !t.is_empty()) {
+            self.push_search(&mut sql, term);
+        }
+        if let Some(base) = &q.base_model {
+            sql.push(" AND base_model = ").bind(base.as_str());
+        }
+        if let Some(owner) = &q.owner {
+            sql.push(" AND owner = ").bind(owner.to_ascii_lowercase());
+        }
+        if let Some(tag) = &q.tag {
+            sql.push(" AND id IN (SELECT adapter_id FROM adapter_tags WHERE tag = ")
+                .bind(tag.as_str())
+                .push(")");
+        }
+        if let Some(parent) = &q.derived_from {
+            sql.push(
+                " AND id IN (SELECT v.adapter_id FROM version_parents p \
+                 JOIN versions v ON v.id = p.version_id \
+                 JOIN versions pv ON pv.id = p.parent_version_id \
+                 JOIN adapters pa ON pa.id = pv.adapter_id WHERE pa.owner = ",
+            )
+            .bind(parent.owner.as_str())
+            .push(" AND pa.name = ")
+            .bind(parent.name.as_str());
+            // A private parent names nothing for those who may not see it.
+            push_visible(&mut sql, viewer, "pa.");
+            sql.push(")");
+        }
+        if !q.facets.is_empty() {
+            push_facets(&mut sql, &q.facets);
+        }
+        let key_col = match q.sort {
+            AdapterSort::Updated => "updated_at",
+            AdapterSort::Created => "created_at",
+            AdapterSort::Downloads => "downloads",
+            AdapterSort::Name => "",
+        };
+        if let Some(raw) = &q.cursor {
+            let c: AdapterCursor = decode_cursor(raw)?;
+            if c.s != q.sort.as_str() {
+                return Err(StoreError::Invalid(
+                    "cursor belongs to a listing with another sort order".into(),
+                ));
+            }
+            if q.sort == AdapterSort::Name {
+                let (owner, name) =
+                    serde_json::from_value::<(String, String)>(c.k).map_err(|_| {
+                        StoreError::Invalid("cursor is not one this server issued".into())
+                    })?;
+                sql.push(" AND (owner > ")
+                    .bind(owner.as_str())
+                    .push(" OR (owner = ")
+                    .bind(owner)
+                    .push(" AND name > ")
+                    .bind(name)
+                    .push("))");
+            } else {
+                let k = c.k.as_i64().ok_or_else(|| {
+                    StoreError::Invalid("cursor is not one this server issued".into())
+                })?;
+                sql.push(&format!(" AND ({key_col} < "))
+                    .bind(k)
+                    .push(&format!(" OR ({key_col} = "))
+                    .bind(k)
+                    .push(" AND id < ")
+                    .bind(c.id)
+                    .push("))");
+            }
+        }
+        let order = |table: &str| match q.sort {
+            AdapterSort::Name => format!(" ORDER BY {table}owner ASC, {table}name ASC"),
+            _ => format!(" ORDER BY {table}{key_col} DESC, {table}id DESC"),
+        };
+        sql.push(&order(""));
+        let limit = i64::from(q.limit.max(1));
+        sql.push(" LIMIT ").bind(limit + 1);
+        let page_columns: Vec<String> = ADAPTER_COLUMNS
+            .split(", ")
+            .map(|c| format!("page.{c}"))
+            .collect();
+        sql.push(&format!(
+            ") SELECT {}, (SELECT {} FROM adapter_tags t WHERE t.adapter_id = page.id) AS tags",
+            page_columns.join(", "),
+            self.json_list("t.tag", "t.position"),
+        ));
+        if full {
+            let file = self.json_tuple("f.path, f.size, f.sha256");
+            let alias = self.json_tuple("r.name, rv.number");
+            sql.push(&format!(
+                ", v.id AS v_id, v.number AS v_number, v.revision AS v_revision, \
+                 v.state AS v_state, v.created_at AS v_created_at, v.created_by AS v_created_by, \
+                 v.lora AS v_lora, v.lineage AS v_lineage, \
+                 (SELECT {} FROM files f WHERE f.version_id = v.id) AS v_files, \
+                 (SELECT {} FROM refs r JOIN versions rv ON rv.id = r.version_id \
+                 WHERE r.adapter_id = page.id) AS aliases, \
+                 (SELECT {} FROM protected_aliases p WHERE p.adapter_id = page.id) AS protected \
+                 FROM page LEFT JOIN versions v ON v.adapter_id = page.id AND v.state = ",
+                self.json_list(&file, "f.path"),
+                self.json_list(&alias, "r.name"),
+                self.json_list("p.name", "p.name"),
+            ))
+            .bind(VersionState::Ready.as_str())
+            .push(
+                " AND v.number = (SELECT MAX(w.number) FROM versions w \
+                 WHERE w.adapter_id = page.id AND w.state = ",
+            )
+            .bind(VersionState::Ready.as_str())
+            .push(")");
+        } else {
+            sql.push(" FROM page");
+        }
+        sql.push(&order("page."));
+        let rows = sql.query().fetch_all(&self.pool).await?;
+        let mut items = rows
+            .iter()
+            .map(|row| listed_from_row(row, full))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|last| {
+                let last = &last.adapter;
+                let k = match q.sort {
+                    AdapterSort::Updated => Value::from(last.updated_at),
+                    AdapterSort::Created => Value::from(last.created_at),
+                    AdapterSort::Downloads => Value::from(last.downloads),
+                    AdapterSort::Name => serde_json::json!([last.owner, last.name]),
+                };
+                encode_cursor(&AdapterCursor {
+                    s: q.sort.as_str().into(),
+                    k,
+                    id: last.id,
+                })
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+}
+
+/// A JSON list column (`tags`, `v_files`, `aliases`, `protected`): NULL (Postgres aggregates
+/// nothing to NULL) is empty.
+fn json_list_column<T: serde::de::DeserializeOwned>(
+    row: &AnyRow,
+    col: &str,
+) -> Result<Vec<T>, StoreError> {
+    match row.try_get::<Option<String>, _>(col)? {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("column {col}: {e}"))),
+    }
+}
+
+/// One row of [`SqlMetadata::listing`].
+fn listed_from_row(row: &AnyRow, full: bool) -> Result<ListedAdapter, StoreError> {
+    let mut adapter = adapter_from_row(row)?;
+    adapter.tags = json_list_column(row, "tags")?;
+    if !full {
+        return Ok(ListedAdapter {
+            adapter,
+            latest: None,
+            aliases: Vec::new(),
+            protected: Vec::new(),
+        });
+    }
+    let latest = match row.try_get::<Option<i64>, _>("v_id")? {
+        None => None,
+        Some(id) => Some(VersionRecord {
+            id,
+            adapter_id: adapter.id,
+            number: row.try_get("v_number")?,
+            revision: row.try_get("v_revision")?,
+            state: row.try_get("v_state")?,
+            created_at: row.try_get("v_created_at")?,
+            created_by: row.try_get("v_created_by")?,
+            lora: json_column(row, "v_lora")?,
+            lineage: json_column(row, "v_lineage")?,
+            files: json_list_column::<(String, i64, String)>(row, "v_files")?
+                .into_iter()
+                .map(|(path, size, sha256)| FileRecord { path, size, sha256 })
+                .collect(),
+        }),
+    };
+    Ok(ListedAdapter {
+        adapter,
+        latest,
+        aliases: json_list_column(row, "aliases")?,
+        protected: json_list_column(row, "protected")?,
+    })
 }
 
 /// Keeps `v` when it is its adapter's newest ready version.

@@ -308,6 +308,23 @@ impl SqlMetadata {
     /// SQLite answers it from the FTS5 trigram table (migration 0002), which cannot match terms
     /// under 3 characters: those, like every Postgres search, use `LIKE` (served on Postgres by
     /// the pg_trgm indexes on exactly these expressions).
+    /// An aggregate of `value` over a subquery's rows, in `order`, as the text of a JSON list
+    /// (`["a","b"]`): `json_group_array` on SQLite, `json_agg` on Postgres (NULL over no rows).
+    fn json_list(&self, value: &str, order: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => format!("json_group_array({value} ORDER BY {order})"),
+            Dialect::Postgres => format!("CAST(json_agg({value} ORDER BY {order}) AS TEXT)"),
+        }
+    }
+
+    /// A JSON list of the comma-separated expressions `values` (one row's tuple).
+    fn json_tuple(&self, values: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => format!("json_array({values})"),
+            Dialect::Postgres => format!("json_build_array({values})"),
+        }
+    }
+
     fn push_search(&self, sql: &mut Sql, term: &str) {
         if self.dialect == Dialect::Sqlite && term.chars().count() >= 3 {
             sql.push(" AND id IN (SELECT rowid FROM adapter_search WHERE adapter_search MATCH ")
