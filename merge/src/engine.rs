@@ -172,6 +172,45 @@ pub fn merge_with(
     device: &Device,
     ctl: &Control<'_>,
 ) -> Result<Merged, MergeError> {
+    merge_into(inputs, spec, device, ctl, None)
+}
+
+/// The directory [`merge_parked`] parks a merge into `out` in: `out`'s parent (same disk as the
+/// output), created when missing.
+pub fn parking_dir(out: &std::path::Path) -> Result<std::path::PathBuf, MergeError> {
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).map_err(|source| MergeError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+/// [`merge_with`], each finished module's factors parked in a temporary file in `dir` (see
+/// [`crate::park`]) until [`crate::write_adapter`] writes them: memory then holds the modules
+/// being merged, not the whole result. For callers that only write the result (the CLI, the
+/// workers); the parked modules' `b`/`a` must be read through [`MergedModule::b`]/`a()`.
+pub fn merge_parked(
+    inputs: &[LoraAdapter],
+    spec: &MergeSpec,
+    device: &Device,
+    ctl: &Control<'_>,
+    dir: &std::path::Path,
+) -> Result<Merged, MergeError> {
+    let parking = crate::park::Parking::in_dir(dir)?;
+    merge_into(inputs, spec, device, ctl, Some(&parking))
+}
+
+fn merge_into(
+    inputs: &[LoraAdapter],
+    spec: &MergeSpec,
+    device: &Device,
+    ctl: &Control<'_>,
+    parking: Option<&Arc<crate::park::Parking>>,
+) -> Result<Merged, MergeError> {
     let start = Instant::now();
     spec.validate(inputs.len())?;
     check_inputs(inputs)?;
@@ -215,7 +254,7 @@ pub fn merge_with(
             default_rank,
             ctl,
         };
-        let merged = merge_module(&ctx, &present)?;
+        let mut merged = merge_module(&ctx, &present)?;
         check_result(path, &merged)?;
         let report = ModuleReport {
             module: path.to_string(),
@@ -237,6 +276,9 @@ pub fn merge_with(
             seconds: t0.elapsed().as_secs_f64(),
             details: merged.details.clone(),
         };
+        if let Some(p) = parking {
+            p.park(&mut merged)?;
+        }
         ctl.report(done.fetch_add(1, Ordering::Relaxed) + 1, paths.len());
         Ok((path.to_string(), merged, report))
     };
@@ -244,7 +286,22 @@ pub fn merge_with(
     // dense family): then one at a time, so memory holds one module's dense working set.
     let results: Vec<(String, MergedModule, ModuleReport)> =
         if route(spec) == Route::Dense && compute.parallel_within_module() {
-            paths.iter().map(one).collect::<Result<_, MergeError>>()?
+            // Largest first, so the reused result buffer only shrinks; reports stay in path order.
+            let numel = |p: &str| {
+                inputs
+                    .iter()
+                    .filter_map(|a| a.modules.get(p).map(|e| e.d_out * e.d_in))
+                    .max()
+                    .unwrap_or(0)
+            };
+            let mut order = paths.clone();
+            order.sort_by_key(|p| std::cmp::Reverse(numel(p)));
+            let mut results = order
+                .iter()
+                .map(one)
+                .collect::<Result<Vec<_>, MergeError>>()?;
+            results.sort_by(|a, b| a.0.cmp(&b.0));
+            results
         } else {
             paths
                 .par_iter()

@@ -108,7 +108,7 @@ fn combine_in_blocks(
     }
     let n = factors.len();
     let rows_per_block = (block_entries / (n * d_in).max(1)).clamp(1, d_out.max(1));
-    let block = rows_per_block * d_in;
+    let block_len = rows_per_block * d_in;
 
     let spec = ctx.spec;
     let peft = spec.compat == Compat::Peft;
@@ -118,7 +118,7 @@ fn combine_in_blocks(
         (Pruning::Magnitude, Some(global)) => sources.iter().map(|s| global[s.1]).collect(),
         (Pruning::Magnitude, None) => {
             let k = (density * (d_out * d_in) as f64).floor() as u64;
-            thresholds(ctx, &factors, k, block)?
+            thresholds(ctx, &factors, k, block_len)?
         }
         _ => vec![
             Threshold {
@@ -149,12 +149,9 @@ fn combine_in_blocks(
     let mut delta = take_buffer();
     delta.resize(d_out * d_in, 0.0);
     // One block: every input's pruned delta, then their combination.
-    let work = |bi: usize, out: &mut [f32], scratch: &mut Vec<f32>, ties: &mut [u64]| {
-        ctx.ctl.check()?;
+    let block = |bi: usize, out: &mut [f32], x: &mut [f32], ties: &mut [u64]| {
         let r0 = bi * rows_per_block;
         let len = out.len();
-        scratch.resize(n * len, 0.0);
-        let x = scratch.as_mut_slice();
         for (j, (f, x)) in factors.iter().zip(x.chunks_exact_mut(len)).enumerate() {
             f.delta_rows(r0, x);
             pruners[j].apply_at(x, (r0 * d_in) as u64, &mut ties[j]);
@@ -175,24 +172,25 @@ fn combine_in_blocks(
         let frob2: f64 = out.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
         Ok::<_, MergeError>((frob2, y))
     };
+    let work = |bi: usize, out: &mut [f32], ties: &mut [u64]| {
+        ctx.ctl.check()?;
+        with_scratch(n * out.len(), 0, |x, _| block(bi, out, x, ties))
+    };
     let ties = || thresholds.iter().map(|t| t.ties).collect::<Vec<u64>>();
     let parts: Vec<(f64, Option<Vec<f32>>)> = if pruners.iter().any(Pruner::ordered) {
         // Exactly-k pruning with surplus ties keeps the first ones in order: one block after the
         // other, the count carried over.
-        let (mut scratch, mut ties) = (Vec::new(), ties());
+        let mut ties = ties();
         delta
-            .chunks_mut(block)
+            .chunks_mut(block_len)
             .enumerate()
-            .map(|(bi, out)| work(bi, out, &mut scratch, &mut ties))
+            .map(|(bi, out)| work(bi, out, &mut ties))
             .collect::<Result<_, _>>()?
     } else {
         delta
-            .par_chunks_mut(block)
+            .par_chunks_mut(block_len)
             .enumerate()
-            .map_init(
-                || (Vec::new(), ties()),
-                |(scratch, ties), (bi, out)| work(bi, out, scratch, ties),
-            )
+            .map_init(ties, |ties, (bi, out)| work(bi, out, ties))
             .collect::<Result<_, _>>()?
     };
     let frob2 = parts.iter().map(|p| p.0).sum();
@@ -208,6 +206,32 @@ fn combine_in_blocks(
         delta: Mat::new(d_out, d_in, delta),
         sketched,
         frob2,
+    })
+}
+
+thread_local! {
+    /// Per-thread block buffers, kept between blocks and modules: a fresh 16 MB buffer per rayon
+    /// split was zeroed page by page by the kernel, a fifth of the time.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<u32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` with this thread's block buffers of `floats` and `words` entries (contents
+/// unspecified: callers write before they read).
+fn with_scratch<R>(floats: usize, words: usize, f: impl FnOnce(&mut [f32], &mut [u32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => {
+            let (a, b) = &mut *s;
+            if a.len() < floats {
+                a.resize(floats, 0.0);
+            }
+            if b.len() < words {
+                b.resize(words, 0);
+            }
+            f(&mut a[..floats], &mut b[..words])
+        }
+        // Re-entered on this thread (not done today): fresh buffers.
+        Err(_) => f(&mut vec![0.0; floats], &mut vec![0; words]),
     })
 }
 
@@ -267,14 +291,11 @@ fn thresholds_sampling(
     let empty = || -> Tally { (vec![0; factors.len()], vec![Vec::new(); factors.len()]) };
     let (above, cands) = (0..blocks)
         .into_par_iter()
-        .try_fold(
-            || (empty(), (Vec::new(), Vec::new())),
-            |((mut above, mut cands), (mut buf, mut tmp)): (Tally, (Vec<f32>, Vec<u32>)), bi| {
-                ctx.ctl.check()?;
-                let r0 = bi * rows_per_block;
-                let rows = rows_per_block.min(d_out - r0);
-                buf.resize(rows * d_in, 0.0);
-                tmp.resize(rows * d_in, 0);
+        .try_fold(empty, |(mut above, mut cands): Tally, bi| {
+            ctx.ctl.check()?;
+            let r0 = bi * rows_per_block;
+            let rows = rows_per_block.min(d_out - r0);
+            with_scratch(rows * d_in, rows * d_in, |buf, tmp| {
                 for (j, f) in factors.iter().enumerate() {
                     let Some((lo, hi)) = intervals[j] else {
                         continue;
@@ -282,25 +303,14 @@ fn thresholds_sampling(
                     if cands[j].len() > cap {
                         continue;
                     }
-                    f.delta_rows(r0, &mut buf);
-                    // One unsigned comparison tests lo ≤ b ≤ hi; few entries pass it, so the
-                    // branch is well predicted.
-                    let (mut n_above, mut end, width) = (0u64, 0usize, hi.wrapping_sub(lo));
-                    for &x in &buf {
-                        let b = sparsify::abs_bits(x);
-                        n_above += u64::from(b > hi);
-                        if b.wrapping_sub(lo) <= width {
-                            tmp[end] = b;
-                            end += 1;
-                        }
-                    }
+                    f.delta_rows(r0, buf);
+                    let (n_above, end) = scan(buf, lo, hi, tmp);
                     cands[j].extend_from_slice(&tmp[..end]);
                     above[j] += n_above;
                 }
-                Ok::<_, MergeError>(((above, cands), (buf, tmp)))
-            },
-        )
-        .map(|r| r.map(|(t, _)| t))
+            });
+            Ok::<_, MergeError>((above, cands))
+        })
         .try_reduce(empty, |(mut a, mut c), (a2, c2)| {
             for j in 0..a.len() {
                 a[j] += a2[j];
@@ -336,6 +346,35 @@ fn thresholds_sampling(
             })
         })
         .collect())
+}
+
+crate::simd::multiversion! {
+    /// Counts the entries of `values` whose |x| bits exceed `hi` and copies those within
+    /// `lo..=hi` to the front of `out` (as many as `values`); returns (count, copied). Runs of 16
+    /// are first tested with vectorised sums, and only runs holding a candidate are walked.
+    fn scan(values: &[f32], lo: u32, hi: u32, out: &mut [u32]) -> (u64, usize) {
+        let width = hi.wrapping_sub(lo);
+        let (mut above, mut end) = (0u64, 0usize);
+        for run in values.chunks(16) {
+            let (mut a, mut inside) = (0u32, 0u32);
+            for &x in run {
+                let b = x.to_bits() & 0x7fff_ffff;
+                a += u32::from(b > hi);
+                inside += u32::from(b.wrapping_sub(lo) <= width);
+            }
+            above += u64::from(a);
+            if inside > 0 {
+                for &x in run {
+                    let b = x.to_bits() & 0x7fff_ffff;
+                    if b.wrapping_sub(lo) <= width {
+                        out[end] = b;
+                        end += 1;
+                    }
+                }
+            }
+        }
+        (above, end)
+    }
 }
 
 /// Entries sampled per input to bracket its threshold.
@@ -429,23 +468,20 @@ fn exact_thresholds(
         };
         (0..blocks)
             .into_par_iter()
-            .try_fold(
-                || (fresh(), Vec::new()),
-                |(mut local, mut buf): (Vec<KthLargest>, Vec<f32>), bi| {
-                    ctx.ctl.check()?;
-                    let r0 = bi * rows_per_block;
-                    let rows = rows_per_block.min(d_out - r0);
-                    buf.resize(rows * d_in, 0.0);
+            .try_fold(fresh, |mut local: Vec<KthLargest>, bi| {
+                ctx.ctl.check()?;
+                let r0 = bi * rows_per_block;
+                let rows = rows_per_block.min(d_out - r0);
+                with_scratch(rows * d_in, 0, |buf, _| {
                     for ((f, t), &go) in factors.iter().zip(local.iter_mut()).zip(todo) {
                         if go {
-                            f.delta_rows(r0, &mut buf);
-                            t.add(&buf);
+                            f.delta_rows(r0, buf);
+                            t.add(buf);
                         }
                     }
-                    Ok::<_, MergeError>((local, buf))
-                },
-            )
-            .map(|r| r.map(|(local, _)| local))
+                });
+                Ok::<_, MergeError>(local)
+            })
             .try_reduce(fresh, |mut x, y| {
                 x.iter_mut().zip(&y).for_each(|(a, b)| a.merge(b));
                 Ok(x)
@@ -486,31 +522,47 @@ impl Rule {
         let (num, den) = sums.split_at_mut(CHUNK);
         for c0 in (0..len).step_by(CHUNK) {
             let c1 = (c0 + CHUNK).min(len);
-            let input = |j: usize| &x[j * len + c0..j * len + c1];
             let w = c1 - c0;
-            self.apply_chunk(input, &mut out[c0..c1], &mut num[..w], &mut den[..w]);
+            combine_chunk(
+                self,
+                x,
+                len,
+                c0,
+                &mut out[c0..c1],
+                &mut num[..w],
+                &mut den[..w],
+            );
         }
     }
+}
 
-    /// [`Rule::apply`] on one chunk; `input(j)` is input j's pruned values there.
-    fn apply_chunk<'x>(
-        &self,
-        input: impl Fn(usize) -> &'x [f32],
+crate::simd::multiversion! {
+    /// [`Rule::apply`] on entries `c0..c0 + out.len()` of a block of `len` entries per input;
+    /// `x` holds the inputs' pruned blocks back to back.
+    fn combine_chunk(
+        rule: &Rule,
+        x: &[f32],
+        len: usize,
+        c0: usize,
         out: &mut [f32],
         num: &mut [f32],
         den: &mut [f32],
     ) {
+        let width = out.len();
+        let input = |j: usize| &x[j * len + c0..j * len + c0 + width];
         out.iter_mut().for_each(|o| *o = 0.0);
-        if !self.consensus {
-            for (j, &w) in self.weights.iter().enumerate() {
-                out.iter_mut().zip(input(j)).for_each(|(a, &x)| *a += w * x);
+        if !rule.consensus {
+            for (j, &w) in rule.weights.iter().enumerate() {
+                out.iter_mut()
+                    .zip(input(j))
+                    .for_each(|(a, &x)| *a += w * x);
             }
             return;
         }
         // Votes (paper: on wᵢ·τ̂ᵢ, PEFT: on τ̂ᵢ), then the elected sign; ties go to +.
-        for (j, &w) in self.weights.iter().enumerate() {
-            let vw = if self.peft { 1.0 } else { w };
-            if self.frequency {
+        for (j, &w) in rule.weights.iter().enumerate() {
+            let vw = if rule.peft { 1.0 } else { w };
+            if rule.frequency {
                 out.iter_mut()
                     .zip(input(j))
                     .for_each(|(a, &x)| *a += sign(vw * x));
@@ -526,20 +578,25 @@ impl Rule {
         // input order; zeros never agree.
         num.iter_mut().for_each(|v| *v = 0.0);
         den.iter_mut().for_each(|v| *v = 0.0);
-        for (j, &w) in self.weights.iter().enumerate() {
-            let (vw, dw) = if self.peft { (1.0, 1.0) } else { (w, w.abs()) };
-            for (((n, d), &e), &x) in num.iter_mut().zip(den.iter_mut()).zip(&*out).zip(input(j)) {
+        for (j, &w) in rule.weights.iter().enumerate() {
+            let (vw, dw) = if rule.peft { (1.0, 1.0) } else { (w, w.abs()) };
+            for (((n, d), &e), &x) in num
+                .iter_mut()
+                .zip(den.iter_mut())
+                .zip(&*out)
+                .zip(input(j))
+            {
                 let agree = f32::from(u8::from(sign(vw * x) == e));
                 *n += agree * w * x;
                 *d += agree * dw;
             }
         }
-        let min_den = if self.peft { 1.0 } else { 0.0 };
+        let min_den = if rule.peft { 1.0 } else { 0.0 };
         for ((o, &n), &d) in out.iter_mut().zip(&*num).zip(&*den) {
             *o = if d == 0.0 {
                 0.0
             } else {
-                self.lambda * n / d.max(min_den)
+                rule.lambda * n / d.max(min_den)
             };
         }
     }

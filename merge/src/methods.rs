@@ -23,6 +23,9 @@ pub struct MergedModule {
     pub truncation: Option<Truncated>,
     /// Method-specific figures for the report (LEGO clustering, ...).
     pub details: Option<serde_json::Value>,
+    /// Set when the factors were moved to disk ([`crate::park`]): `b` and `a` then keep their
+    /// shapes with empty `data`, and [`MergedModule::b`]/[`MergedModule::a`] read them back.
+    pub parked: Option<crate::park::Parked>,
 }
 
 impl MergedModule {
@@ -34,6 +37,7 @@ impl MergedModule {
             a,
             truncation: None,
             details: None,
+            parked: None,
         }
     }
 }
@@ -107,6 +111,7 @@ pub fn merge_module(
                 a,
                 truncation: None,
                 details: serde_json::to_value(stats).ok(),
+                parked: None,
             })
         }
         Route::ZipLora => {
@@ -214,6 +219,7 @@ fn truncated(kind: ModuleKind, mut t: Truncated) -> MergedModule {
         a,
         truncation: Some(t),
         details: None,
+        parked: None,
     }
 }
 

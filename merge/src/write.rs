@@ -306,10 +306,10 @@ impl<'m> PeftLayout<'m> {
         let (_, _, path, factor) = &self.tensors[i];
         let m = &modules[*path];
         let (name, mat) = match factor {
-            Factor::A => ("lora_A", std::borrow::Cow::Borrowed(&m.a)),
-            Factor::B => ("lora_B", std::borrow::Cow::Borrowed(&m.b)),
-            Factor::BT => ("lora_embedding_A", std::borrow::Cow::Owned(m.b.t())),
-            Factor::AT => ("lora_embedding_B", std::borrow::Cow::Owned(m.a.t())),
+            Factor::A => ("lora_A", m.a()?),
+            Factor::B => ("lora_B", m.b()?),
+            Factor::BT => ("lora_embedding_A", std::borrow::Cow::Owned(m.b()?.t())),
+            Factor::AT => ("lora_embedding_B", std::borrow::Cow::Owned(m.a()?.t())),
         };
         encode_into(&mat, dtype, out, path, name)
     }

@@ -638,3 +638,61 @@ fn without_the_cuda_feature_a_cuda_device_fails_the_gpu_steps_clearly() {
     assert_eq!(cat.device, "cuda");
     assert!(close(&delta_of(&cat, Q), &[4.0, -1.0, 0.0, 0.0]));
 }
+
+/// A merge whose finished modules wait on disk (`merge_parked`, what the CLI and the workers
+/// run) writes the same bytes as one held in memory, for linear, embedding and truncated modules,
+/// and leaves no parking file behind.
+#[test]
+fn parked_merges_write_the_same_files_as_in_memory_ones() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let inputs: Vec<LoraAdapter> = ["plain_r8", "embedding", "rslora_r16"]
+        .iter()
+        .map(|n| LoraAdapter::open(&common::fixtures().join("peft").join(n)).expect("fixture"))
+        .collect();
+    for method in [Method::Cat, Method::Svd, Method::Ties] {
+        for input in &inputs {
+            let one = std::slice::from_ref(input);
+            let s = spec(method, &[1.0]);
+            let device = common::device();
+            let ctl = quiver_merge::Control::none();
+            let a = dir
+                .path()
+                .join(format!("mem-{}-{}", input.name, method.name()));
+            let b = dir
+                .path()
+                .join("parked")
+                .join(format!("{}-{}", input.name, method.name()));
+            let held = quiver_merge::merge_with(one, &s, &device, &ctl).expect("merge");
+            write_adapter(&a, one, &s, &held).expect("write");
+            let parked = quiver_merge::merge_parked(
+                one,
+                &s,
+                &device,
+                &ctl,
+                &quiver_merge::engine::parking_dir(&b).expect("dir"),
+            )
+            .expect("parked merge");
+            assert!(parked.modules.values().all(|m| m.parked.is_some()));
+            write_adapter(&b, one, &s, &parked).expect("write parked");
+            for f in ["adapter_model.safetensors", "adapter_config.json"] {
+                assert_eq!(
+                    std::fs::read(a.join(f)).expect("a"),
+                    std::fs::read(b.join(f)).expect("b"),
+                    "{} {} {f}",
+                    input.name,
+                    method.name()
+                );
+            }
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("parked"))
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".quiver-parked")
+        })
+        .collect();
+    assert!(left.is_empty(), "parking files are unlinked at once");
+}

@@ -134,7 +134,14 @@ pub fn run(args: MergeArgs) -> Result<(), Box<dyn std::error::Error>> {
         None if done == total || done.is_multiple_of(32) => tracing::info!(done, total, "merging"),
         None => {}
     };
-    let merged = quiver_merge::merge(&inputs, &spec, &device, &progress)?;
+    // Finished modules wait on disk beside the output, not in memory, until it is written.
+    let merged = quiver_merge::merge_parked(
+        &inputs,
+        &spec,
+        &device,
+        &quiver_merge::Control::progress(&progress),
+        &quiver_merge::engine::parking_dir(&args.out)?,
+    )?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

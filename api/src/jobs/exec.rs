@@ -318,7 +318,14 @@ fn merge(
         candle_core::Device::Cpu
     };
     let adapters = LoraAdapter::open_all(&inputs)?;
-    let merged = quiver_merge::merge_with(&adapters, spec, &device, ctl)?;
+    // Finished modules wait on disk in the job's scratch, not in memory, until written.
+    let merged = quiver_merge::merge_parked(
+        &adapters,
+        spec,
+        &device,
+        ctl,
+        &quiver_merge::engine::parking_dir(out)?,
+    )?;
     quiver_merge::write_adapter(out, &adapters, spec, &merged)?;
     let path = out.join(quiver_merge::write::REPORT_NAME);
     let bytes = std::fs::read(&path).map_err(|source| MergeError::Io { path, source })?;

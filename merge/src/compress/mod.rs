@@ -113,6 +113,7 @@ pub fn individual_files(
                 a: t.a.clone(),
                 truncation: Some(t),
                 details: None,
+                parked: None,
             };
             ctl.report(done.fetch_add(1, Ordering::Relaxed) + 1, total);
             Ok((path.to_string(), merged, report))
