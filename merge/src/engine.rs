@@ -212,6 +212,14 @@ fn merge_into(
     parking: Option<&Arc<crate::park::Parking>>,
 ) -> Result<Merged, MergeError> {
     let start = Instant::now();
+    // However the merge ends, the dense family's kept result buffer is freed.
+    struct Release;
+    impl Drop for Release {
+        fn drop(&mut self) {
+            crate::fused::release_buffer();
+        }
+    }
+    let _release = Release;
     spec.validate(inputs.len())?;
     check_inputs(inputs)?;
     let paths: Vec<&str> = inputs

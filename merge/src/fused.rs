@@ -248,6 +248,11 @@ pub fn give_buffer(v: Vec<f32>) {
     *SPARE.lock().unwrap_or_else(|p| p.into_inner()) = v;
 }
 
+/// Frees the kept buffer (the end of a merge: a long-lived process must not hold 100+ MB).
+pub fn release_buffer() {
+    drop(take_buffer());
+}
+
 /// Each input's exact magnitude threshold keeping `k` entries (the k-th largest |x|, as
 /// [`KthLargest`] reports it), in one pass over the inputs' deltas where a sample brackets it.
 ///
