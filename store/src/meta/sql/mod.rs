@@ -308,12 +308,20 @@ impl SqlMetadata {
     /// SQLite answers it from the FTS5 trigram table (migration 0002), which cannot match terms
     /// under 3 characters: those, like every Postgres search, use `LIKE` (served on Postgres by
     /// the pg_trgm indexes on exactly these expressions).
-    /// An aggregate of `value` over a subquery's rows, in `order`, as the text of a JSON list
-    /// (`["a","b"]`): `json_group_array` on SQLite, `json_agg` on Postgres (NULL over no rows).
-    fn json_list(&self, value: &str, order: &str) -> String {
+    /// The JSON list of `value` over a query's rows, in `order` (null over no rows on Postgres).
+    fn json_agg(&self, value: &str, order: &str) -> String {
         match self.dialect {
             Dialect::Sqlite => format!("json_group_array({value} ORDER BY {order})"),
-            Dialect::Postgres => format!("CAST(json_agg({value} ORDER BY {order}) AS TEXT)"),
+            Dialect::Postgres => format!("json_agg({value} ORDER BY {order})"),
+        }
+    }
+
+    /// A JSON object of `(key, expression)` pairs.
+    fn json_object(&self, fields: &[(&str, String)]) -> String {
+        let pairs: Vec<String> = fields.iter().map(|(k, v)| format!("'{k}', {v}")).collect();
+        match self.dialect {
+            Dialect::Sqlite => format!("json_object({})", pairs.join(", ")),
+            Dialect::Postgres => format!("json_build_object({})", pairs.join(", ")),
         }
     }
 
@@ -322,6 +330,22 @@ impl SqlMetadata {
         match self.dialect {
             Dialect::Sqlite => format!("json_array({values})"),
             Dialect::Postgres => format!("json_build_array({values})"),
+        }
+    }
+
+    /// `expr` (JSON text, or a subquery's JSON) as a JSON value inside an object, not a string.
+    fn json_value(&self, expr: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => format!("json({expr})"),
+            Dialect::Postgres => format!("CAST({expr} AS JSON)"),
+        }
+    }
+
+    /// A JSON expression as text (what sqlx's `Any` driver reads).
+    fn json_text(&self, expr: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => expr.to_string(),
+            Dialect::Postgres => format!("CAST({expr} AS TEXT)"),
         }
     }
 
