@@ -291,7 +291,8 @@ fn merge_into(
         Ok((path.to_string(), merged, report))
     };
     // Modules run in parallel, unless one module's work already uses every core (the host's
-    // dense family): then one at a time, so memory holds one module's dense working set.
+    // dense family): then one at a time (a few on many cores), so memory holds one module's
+    // dense working set per lane, not one per core.
     let results: Vec<(String, MergedModule, ModuleReport)> =
         if route(spec) == Route::Dense && compute.parallel_within_module() {
             // Largest first, so the reused result buffer only shrinks; reports stay in path order.
@@ -304,10 +305,27 @@ fn merge_into(
             };
             let mut order = paths.clone();
             order.sort_by_key(|p| std::cmp::Reverse(numel(p)));
-            let mut results = order
-                .iter()
-                .map(one)
-                .collect::<Result<Vec<_>, MergeError>>()?;
+            // A few modules at once on many cores, each using all of them: one module's serial
+            // steps (reading its inputs, the small decompositions) then overlap another's
+            // parallel passes. One module per four threads; one on two cores.
+            let lanes = (rayon::current_num_threads() / 4).clamp(1, order.len().max(1));
+            let next = AtomicUsize::new(0);
+            let mut results: Vec<_> = (0..lanes)
+                .into_par_iter()
+                .map(|_| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(p) = order.get(i) else {
+                            return Ok(mine);
+                        };
+                        mine.push(one(p)?);
+                    }
+                })
+                .collect::<Result<Vec<Vec<_>>, MergeError>>()?
+                .into_iter()
+                .flatten()
+                .collect();
             results.sort_by(|a, b| a.0.cmp(&b.0));
             results
         } else {
