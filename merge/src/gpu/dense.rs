@@ -8,9 +8,8 @@
 //!    the CPU's ChaCha8 stream;
 //! 3. one fused pass: pruning, then the weighted sum or sign election and disjoint mean;
 //! 4. truncation: a randomized SVD whose large products are cuBLAS calls on the result, with the
-//!    orthonormalisations as two rounds of Cholesky-QR in f64 entirely on the device (Gram by
-//!    cuBLAS, the l×l Cholesky and triangular inverse by one thread of `chol_basis`), or a dense
-//!    SVD on the host for small matrices.
+//!    orthonormalisations as two rounds of Cholesky-QR in f64 (Gram on the device, its l×l
+//!    eigendecomposition on the host), or a dense SVD on the host for small matrices.
 
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use ndarray::Array2;
@@ -328,75 +327,10 @@ fn dare_masks(
     Ok(())
 }
 
-/// Widest panel orthonormalised on the device ([`orthonormalize_on_device`]); wider ones (a rank
-/// in the hundreds) go through the host's eigendecomposition.
-const DEVICE_QR_MAX: usize = 64;
-
-/// Orthonormal columns spanning those of `y` (rows×cols, f32), in f64: on the device for sketch
-/// widths up to [`DEVICE_QR_MAX`], else [`orthonormalize_on_host`].
-fn orthonormalize(
-    gpu: &Gpu,
-    y: &CudaSlice<f32>,
-    rows: usize,
-    cols: usize,
-) -> Result<(CudaSlice<f32>, usize), MergeError> {
-    if cols <= DEVICE_QR_MAX {
-        Ok((orthonormalize_on_device(gpu, y, rows, cols)?, cols))
-    } else {
-        orthonormalize_on_host(gpu, y, rows, cols)
-    }
-}
-
-/// Cholesky-QR twice in f64 with the small step on the device (`chol_basis` in kernels.cu): no
-/// host round trip, so a module's power iterations run back to back on the stream. Directions
-/// below f32 precision are kept as (harmless) extra columns rather than dropped.
-fn orthonormalize_on_device(
-    gpu: &Gpu,
-    y: &CudaSlice<f32>,
-    rows: usize,
-    cols: usize,
-) -> Result<CudaSlice<f32>, MergeError> {
-    let mut q = gpu.widen(y)?;
-    let mut work = gpu.zeros::<f64>(cols * cols)?;
-    let l = i32::try_from(cols).map_err(|_| MergeError::numeric("GPU QR", "panel too wide"))?;
-    for _ in 0..2 {
-        let mut gram = gpu.zeros::<f64>(cols * cols)?;
-        gpu.gemm(
-            (cols, cols, rows),
-            1.0,
-            (&q, true, cols),
-            (&q, false, cols),
-            0.0,
-            &mut gram,
-        )?;
-        let mut basis = gpu.zeros::<f64>(cols * cols)?;
-        let mut b = gpu.stream.launch_builder(&gpu.k.chol_basis);
-        b.arg(&gram).arg(&l).arg(&mut work).arg(&mut basis);
-        let one = cudarc::driver::LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (1, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: `gram`, `work` and `basis` hold cols×cols f64 each; one thread.
-        unsafe { b.launch(one) }.map_err(gpu_err("Cholesky basis"))?;
-        let mut next = gpu.zeros::<f64>(rows * cols)?;
-        gpu.gemm(
-            (rows, cols, cols),
-            1.0,
-            (&q, false, cols),
-            (&basis, false, cols),
-            0.0,
-            &mut next,
-        )?;
-        q = next;
-    }
-    gpu.narrow(&q)
-}
-
 /// Orthonormal columns spanning those of `y` (rows×cols, f32): Cholesky-QR twice in f64 (the
-/// Gram on the device, its eigendecomposition on the host). Directions below f32 precision are
-/// dropped, so the result may have fewer columns.
-fn orthonormalize_on_host(
+/// Gram matrix on the device, its eigendecomposition on the host). Directions below f32
+/// precision are dropped, so the result may have fewer columns.
+fn orthonormalize(
     gpu: &Gpu,
     y: &CudaSlice<f32>,
     rows: usize,

@@ -197,49 +197,6 @@ extern "C" __global__ void combine(const float *x, u64 len, int n, const float *
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cholesky-QR's small step on the device, so orthonormalising a thin panel Y needs no round trip
-// to the host: from G = YᵀY (l×l, f64, row-major), R with G + s·I = RᵀR (upper; s = 1e-12·tr G, a
-// shift below f32's precision that keeps a rank-deficient G positive definite), then
-// out = R⁻¹ (upper), so that Y·R⁻¹ has orthonormal columns (two rounds make them orthonormal to
-// f64 rounding). `work` holds l×l. One thread: l is the sketch width (tens), a few thousand
-// operations. A zero G gives the identity (a zero panel stays zero); a NaN propagates.
-extern "C" __global__ void chol_basis(const double *g, int l, double *work, double *out) {
-    if (threadIdx.x != 0 || blockIdx.x != 0) return;
-    double trace = 0.0;
-    for (int i = 0; i < l; i++) trace += g[i * l + i];
-    double *r = work;
-    for (int i = 0; i < l * l; i++) {
-        r[i] = 0.0;
-        out[i] = 0.0;
-    }
-    if (trace == 0.0) {
-        for (int i = 0; i < l; i++) out[i * l + i] = 1.0;
-        return;
-    }
-    double shift = 1e-12 * trace;
-    for (int j = 0; j < l; j++) {
-        double d = g[j * l + j] + shift;
-        for (int k = 0; k < j; k++) d -= r[k * l + j] * r[k * l + j];
-        d = d > shift ? d : shift;
-        double rjj = sqrt(d);
-        r[j * l + j] = rjj;
-        for (int i = j + 1; i < l; i++) {
-            double v = g[j * l + i];
-            for (int k = 0; k < j; k++) v -= r[k * l + j] * r[k * l + i];
-            r[j * l + i] = v / rjj;
-        }
-    }
-    for (int j = 0; j < l; j++) {
-        out[j * l + j] = 1.0 / r[j * l + j];
-        for (int i = j - 1; i >= 0; i--) {
-            double v = 0.0;
-            for (int k = i + 1; k <= j; k++) v += r[i * l + k] * out[k * l + j];
-            out[i * l + j] = -v / r[i * l + i];
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Small helpers.
 
 // Σ x² in f64 (one atomic per block).
