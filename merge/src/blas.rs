@@ -112,7 +112,7 @@ pub fn sgemm(alpha: f32, a: Operand<'_>, b: Operand<'_>, beta: f32, c: &mut [f32
     }
 }
 
-/// Rows of a dense operand per parallel task in [`times`] and [`t_times`].
+/// Rows of a dense operand per parallel task in [`times`].
 const ROWS_PER_TASK: usize = 256;
 
 /// `a · b` for a tall dense `a` (m×n) and a thin `b` (n×l), in parallel over blocks of `a`'s rows.
@@ -137,40 +137,41 @@ pub fn times(a: &Mat, b: &Mat) -> Mat {
     Mat::new(a.rows, l, out)
 }
 
-/// `aᵀ · b` for a tall dense `a` (m×n) and a thin `b` (m×l): partial sums over blocks of rows in
-/// parallel, then added (f32, as one product would accumulate).
+/// Rows of `a` per partial sum in [`t_times`]: fixed, so the result does not depend on how many
+/// threads there are or how rayon splits the work.
+const ROWS_PER_PARTIAL: usize = 1024;
+
+/// `aᵀ · b` for a tall dense `a` (m×n) and a thin `b` (m×l): one partial product per fixed block
+/// of rows, in parallel, then added in block order in f64. The same bits on any number of
+/// threads (a randomized SVD's subspace can turn on the last bits where the spectrum is flat).
 pub fn t_times(a: &Mat, b: &Mat) -> Mat {
     assert_eq!(a.rows, b.rows, "t_times: row counts differ");
     let (n, l) = (a.cols, b.cols);
     if n == 0 || l == 0 || a.rows == 0 {
         return Mat::zeros(n, l);
     }
-    let out = a
+    let partials: Vec<Vec<f32>> = a
         .data
-        .par_chunks(ROWS_PER_TASK * n)
-        .zip(b.data.par_chunks(ROWS_PER_TASK * l))
-        .fold(
-            || vec![0.0f32; n * l],
-            |mut acc, (rows_a, rows_b)| {
-                let r = rows_a.len() / n;
-                sgemm(
-                    1.0,
-                    Operand::new(rows_a, r, n).t(),
-                    Operand::new(rows_b, r, l),
-                    1.0,
-                    &mut acc,
-                );
-                acc
-            },
-        )
-        .reduce(
-            || vec![0.0f32; n * l],
-            |mut x, y| {
-                x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
-                x
-            },
-        );
-    Mat::new(n, l, out)
+        .par_chunks(ROWS_PER_PARTIAL * n)
+        .zip(b.data.par_chunks(ROWS_PER_PARTIAL * l))
+        .map(|(rows_a, rows_b)| {
+            let r = rows_a.len() / n;
+            let mut c = vec![0.0f32; n * l];
+            sgemm(
+                1.0,
+                Operand::new(rows_a, r, n).t(),
+                Operand::new(rows_b, r, l),
+                0.0,
+                &mut c,
+            );
+            c
+        })
+        .collect();
+    let mut sum = vec![0.0f64; n * l];
+    for p in &partials {
+        sum.iter_mut().zip(p).for_each(|(s, &x)| *s += f64::from(x));
+    }
+    Mat::new(n, l, sum.into_iter().map(|x| x as f32).collect())
 }
 
 #[cfg(test)]
@@ -218,7 +219,7 @@ mod tests {
     #[test]
     fn parallel_products_match_one_product() {
         // More rows than one task takes, and a ragged last block.
-        let (m, n, l) = (ROWS_PER_TASK * 2 + 37, 9, 4);
+        let (m, n, l) = (ROWS_PER_PARTIAL * 2 + 37, 9, 4);
         let a = Mat::new(
             m,
             n,

@@ -810,4 +810,51 @@ mod tests {
             }
         }
     }
+
+    /// A randomized truncation of a fused result gives the same bits on 1 and on 3 threads
+    /// (fixed blocks and fixed partial sums; rayon's splits must not reach the numbers).
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        use crate::context::{Backend, Truncation};
+        let inputs: Vec<Present> = (0..3)
+            .map(|i| Present {
+                index: i,
+                module: module(70 + i as u64, 2100, 30, 4, 1000),
+            })
+            .collect();
+        let spec = spec("ties", Compat::Paper, 0.3);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            pool.install(|| {
+                let ctl = Control::none();
+                let ctx = ModuleContext {
+                    path: PATH,
+                    spec: &spec,
+                    device: &Device::Cpu,
+                    compute: &Host,
+                    global_thresholds: None,
+                    default_rank: 4,
+                    ctl: &ctl,
+                };
+                let sources: Vec<(f64, usize)> = inputs
+                    .iter()
+                    .map(|p| (spec.weight(p.index), p.index))
+                    .collect();
+                let t = Host
+                    .dense_truncated(
+                        &ctx,
+                        &inputs,
+                        &sources,
+                        "delta",
+                        Truncation::Randomized(4, 9),
+                    )
+                    .expect("truncated");
+                (t.b, t.a, t.energy_total.to_bits(), t.energy_kept.to_bits())
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
 }
