@@ -628,6 +628,19 @@ mod tests {
 
     const PATH: &str = "model.layers.0.mlp.up_proj";
 
+    /// The host's context for one module of `spec`.
+    fn context<'a>(spec: &'a MergeSpec, ctl: &'a Control<'a>) -> ModuleContext<'a> {
+        ModuleContext {
+            path: PATH,
+            spec,
+            device: &Device::Cpu,
+            compute: &Host,
+            global_thresholds: None,
+            default_rank: 4,
+            ctl,
+        }
+    }
+
     /// Factors with values drawn from `levels` distinct numbers: few levels make many equal
     /// magnitudes (ties at the threshold).
     fn module(seed: u64, d_out: usize, d_in: usize, r: usize, levels: u32) -> LoraModule {
@@ -693,15 +706,7 @@ mod tests {
                 .collect();
             for spec in cases() {
                 let ctl = Control::none();
-                let ctx = ModuleContext {
-                    path: PATH,
-                    spec: &spec,
-                    device: &Device::Cpu,
-                    compute: &Host,
-                    global_thresholds: None,
-                    default_rank: 4,
-                    ctl: &ctl,
-                };
+                let ctx = context(&spec, &ctl);
                 let sources: Vec<(f64, usize)> = inputs
                     .iter()
                     .map(|p| (spec.weight(p.index), p.index))
@@ -737,15 +742,7 @@ mod tests {
             .collect();
         let spec = spec("ties", Compat::Paper, 0.5);
         let ctl = Control::none();
-        let ctx = ModuleContext {
-            path: PATH,
-            spec: &spec,
-            device: &Device::Cpu,
-            compute: &Host,
-            global_thresholds: None,
-            default_rank: 4,
-            ctl: &ctl,
-        };
+        let ctx = context(&spec, &ctl);
         let sources: Vec<(f64, usize)> = inputs.iter().map(|p| (1.0, p.index)).collect();
         let omega = crate::linalg::sketch(29, 17, 4, 5);
         let c = combine_in_blocks(&ctx, &inputs, &sources, "delta", Some(&omega), 2 * 3 * 17)
@@ -775,15 +772,7 @@ mod tests {
                 .collect();
             let spec = spec("ties", Compat::Paper, 0.5);
             let ctl = Control::none();
-            let ctx = ModuleContext {
-                path: PATH,
-                spec: &spec,
-                device: &Device::Cpu,
-                compute: &Host,
-                global_thresholds: None,
-                default_rank: 4,
-                ctl: &ctl,
-            };
+            let ctx = context(&spec, &ctl);
             let len = (d_out * d_in) as u64;
             for k in [0, 1, len / 100, len / 5, len / 2, len - 1, len] {
                 let got =
@@ -830,15 +819,7 @@ mod tests {
                 .expect("pool");
             pool.install(|| {
                 let ctl = Control::none();
-                let ctx = ModuleContext {
-                    path: PATH,
-                    spec: &spec,
-                    device: &Device::Cpu,
-                    compute: &Host,
-                    global_thresholds: None,
-                    default_rank: 4,
-                    ctl: &ctl,
-                };
+                let ctx = context(&spec, &ctl);
                 let sources: Vec<(f64, usize)> = inputs
                     .iter()
                     .map(|p| (spec.weight(p.index), p.index))
