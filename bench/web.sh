@@ -93,7 +93,8 @@ code=$(curl -sS -o /dev/null -w '%{http_code}' -b "$jar" -c "$jar" \
 [[ "$code" == 303 ]] || die "sign-in answered $code"
 session_cookie=$(awk '$6 == "quiver_session" || $6 == "quiver_csrf" {printf "%s%s=%s", sep, $6, $7; sep="; "}' "$jar")
 [[ "$session_cookie" == *quiver_session=* ]] || die "sign-in set no session cookie"
-curl -fsS -H "Cookie: $session_cookie" "$url/$featured" | grep -q 'Signed in as <strong>member</strong>' ||
+signed_in_html=$(curl -fsS -H "Cookie: $session_cookie" "$url/$featured")
+[[ "$signed_in_html" == *'Signed in as <strong>member</strong>'* ]] ||
     die "the signed-in page does not show the member"
 
 declare -A RPS P99
