@@ -57,11 +57,15 @@ async fn cli(args: Vec<String>) {
     .unwrap_or_else(|e| panic!("{args:?}: {e}"));
 }
 
-/// Drops timing fields, which differ between two runs of the same merge.
+/// Drops timing and memory fields, which differ between two runs of the same merge; the peak
+/// memory must be there and positive.
 fn without_timings(v: &mut Value) {
     match v {
         Value::Object(m) => {
             m.remove("seconds");
+            if let Some(peak) = m.remove("peak_rss_bytes") {
+                assert!(peak.as_u64().is_some_and(|b| b > 0), "peak_rss_bytes: {peak}");
+            }
             m.values_mut().for_each(without_timings);
         }
         Value::Array(a) => a.iter_mut().for_each(without_timings),
