@@ -317,7 +317,7 @@ fn merge(
     } else {
         candle_core::Device::Cpu
     };
-    let adapters = LoraAdapter::open_all(&inputs)?;
+    let adapters = LoraAdapter::open_all(inputs)?;
     // Finished modules wait on disk in the job's scratch, not in memory, until written.
     let merged = quiver_merge::merge_parked(
         &adapters,

@@ -64,7 +64,10 @@ fn without_timings(v: &mut Value) {
         Value::Object(m) => {
             m.remove("seconds");
             if let Some(peak) = m.remove("peak_rss_bytes") {
-                assert!(peak.as_u64().is_some_and(|b| b > 0), "peak_rss_bytes: {peak}");
+                assert!(
+                    peak.as_u64().is_some_and(|b| b > 0),
+                    "peak_rss_bytes: {peak}"
+                );
             }
             m.values_mut().for_each(without_timings);
         }
