@@ -285,7 +285,7 @@ fn merge_into(
             details: merged.details.clone(),
         };
         if let Some(p) = parking {
-            p.park(&mut merged)?;
+            merged.park_in(p)?;
         }
         ctl.report(done.fetch_add(1, Ordering::Relaxed) + 1, paths.len());
         Ok((path.to_string(), merged, report))

@@ -64,37 +64,13 @@ impl Truncated {
     }
 }
 
-#[allow(unsafe_code)]
-mod blas_threads {
-    unsafe extern "C" {
-        /// OpenBLAS' own setter (the library is linked through ndarray-linalg's `openblas-system`).
-        fn openblas_set_num_threads(n: std::ffi::c_int);
-    }
-
-    /// OpenBLAS reads `OPENBLAS_NUM_THREADS` when it is loaded, before `main`, so only this call
-    /// can make sure it runs single-threaded: every LAPACK call here is a small decomposition
-    /// inside a module, modules run in parallel on rayon, and a second pool of spinning OpenBLAS
-    /// threads on the same cores made merges several times slower (measured: 7 modules 4.8 s →
-    /// 1.4 s on 2 cores).
-    pub(super) fn single() {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        // SAFETY: a plain setter with no preconditions; `Once` keeps it from racing itself.
-        ONCE.call_once(|| unsafe { openblas_set_num_threads(1) });
-    }
-}
-
-/// Keeps OpenBLAS on the calling thread (see `blas_threads`); idempotent and cheap.
-pub(crate) fn single_threaded_blas() {
-    blas_threads::single();
-}
-
 fn lapack(context: &str) -> impl FnOnce(ndarray_linalg::error::LinalgError) -> MergeError + '_ {
     move |e| MergeError::numeric(context, e)
 }
 
 /// Thin QR of a tall matrix: `m = q · r`, `q` with orthonormal columns.
 pub fn qr(m: &Array2<f64>) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
-    blas_threads::single();
+    blas::single_threaded();
     m.qr().map_err(lapack("QR"))
 }
 
@@ -103,7 +79,7 @@ pub type Svd = (Array2<f64>, Vec<f64>, Array2<f64>);
 
 /// SVD `m = u · diag(s) · vt`, thin.
 pub fn svd(m: &Array2<f64>) -> Result<Svd, MergeError> {
-    blas_threads::single();
+    blas::single_threaded();
     let (u, s, vt) = m.svddc(JobSvd::Some).map_err(lapack("SVD"))?;
     match (u, vt) {
         (Some(u), Some(vt)) => Ok((u, s.to_vec(), vt)),
@@ -205,7 +181,7 @@ impl HostProducts {
 
 impl FactorProducts for HostProducts {
     fn grams(&mut self) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
-        blas_threads::single();
+        blas::single_threaded();
         Ok((self.b.t().dot(&self.b), self.a.dot(&self.a.t())))
     }
 
@@ -214,7 +190,7 @@ impl FactorProducts for HostProducts {
         left: &Array2<f64>,
         right: &Array2<f64>,
     ) -> Result<(Mat, Mat), MergeError> {
-        blas_threads::single();
+        blas::single_threaded();
         Ok((
             Mat::from_f64(&self.b.dot(left)),
             Mat::from_f64(&right.dot(&self.a)),
@@ -230,7 +206,7 @@ impl FactorProducts for HostProducts {
 /// stays well conditioned.
 pub fn basis_from_gram(gram: &Array2<f64>) -> Result<(Array2<f64>, Array2<f64>), MergeError> {
     use ndarray_linalg::{Eigh, UPLO};
-    blas_threads::single();
+    blas::single_threaded();
     let (vals, vecs) = gram
         .eigh(UPLO::Upper)
         .map_err(lapack("Gram eigendecomposition"))?;

@@ -3,6 +3,9 @@
 //! Conventions: every input is `ΔWᵢ = sᵢ·Bᵢ·Aᵢ` in delta orientation (see [`crate::adapter`]),
 //! `wᵢ` its weight. Results are factor pairs `(B, A)` with scale 1.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use crate::adapter::ModuleKind;
 use crate::context::{ModuleContext, Present, Truncation};
 use crate::error::MergeError;
@@ -10,6 +13,7 @@ use crate::host::combine;
 use crate::lego::{LegoParams, lego};
 use crate::linalg::{self, Cut, EXACT_BELOW, Truncated};
 use crate::mat::Mat;
+use crate::park::{Parked, Parking};
 use crate::sparsify;
 use crate::spec::{Compat, MAX_EXACT_SVD_SIDE, MergeSpec, Method, SvdMode};
 use crate::ziplora::{ZipParams, ziplora_with};
@@ -25,10 +29,41 @@ pub struct MergedModule {
     pub details: Option<serde_json::Value>,
     /// Set when the factors were moved to disk ([`crate::park`]): `b` and `a` then keep their
     /// shapes with empty `data`, and [`MergedModule::b`]/[`MergedModule::a`] read them back.
-    pub parked: Option<crate::park::Parked>,
+    pub parked: Option<Parked>,
 }
 
 impl MergedModule {
+    /// Moves the factors into `parking`: `b` and `a` keep their shapes with empty `data`, and
+    /// [`MergedModule::b`]/[`MergedModule::a`] read them back.
+    pub fn park_in(&mut self, parking: &Arc<Parking>) -> Result<(), MergeError> {
+        self.parked = Some(parking.park(&self.b.data, &self.a.data)?);
+        self.b.data = Vec::new();
+        self.a.data = Vec::new();
+        Ok(())
+    }
+
+    /// `b`, read back from its parking file when parked.
+    pub fn b(&self) -> Result<Cow<'_, Mat>, MergeError> {
+        match &self.parked {
+            None => Ok(Cow::Borrowed(&self.b)),
+            Some(p) => {
+                let data = p.read(0, self.b.rows * self.b.cols)?;
+                Ok(Cow::Owned(Mat::new(self.b.rows, self.b.cols, data)))
+            }
+        }
+    }
+
+    /// `a`, read back from its parking file when parked.
+    pub fn a(&self) -> Result<Cow<'_, Mat>, MergeError> {
+        match &self.parked {
+            None => Ok(Cow::Borrowed(&self.a)),
+            Some(p) => {
+                let data = p.read(self.b.rows * self.b.cols, self.a.rows * self.a.cols)?;
+                Ok(Cow::Owned(Mat::new(self.a.rows, self.a.cols, data)))
+            }
+        }
+    }
+
     /// A result that was not truncated.
     pub fn exact(kind: ModuleKind, b: Mat, a: Mat) -> Self {
         Self {

@@ -2,17 +2,14 @@
 //! modules being merged, not every result: the merged factors of a 7B-shaped rank-16 adapter are
 //! 160 MB, as large as an input. [`crate::engine::merge_parked`] parks each module's factors in
 //! one unlinked temporary file as it completes; [`crate::write`] reads them back one tensor at a
-//! time (from the page cache, as a rule).
+//! time (from the page cache, as a rule), through `MergedModule::b` and `MergedModule::a`.
 
-use std::borrow::Cow;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::error::MergeError;
-use crate::mat::Mat;
-use crate::methods::MergedModule;
 
 /// The temporary file modules are parked in; removed from its directory at once, so it
 /// disappears with the last handle whatever happens to the process.
@@ -78,10 +75,9 @@ impl Parking {
         }
     }
 
-    /// Moves `m`'s factors into the file: their `data` is left empty (shapes kept) and
-    /// `m.parked` says where they are.
-    pub fn park(self: &Arc<Self>, m: &mut MergedModule) -> Result<(), MergeError> {
-        let bytes = 4 * (m.b.data.len() + m.a.data.len()) as u64;
+    /// Writes `b` then `a` (f32) into the file; returns where they are.
+    pub fn park(self: &Arc<Self>, b: &[f32], a: &[f32]) -> Result<Parked, MergeError> {
+        let bytes = 4 * (b.len() + a.len()) as u64;
         let offset = {
             let mut end = self.end.lock().unwrap_or_else(|p| p.into_inner());
             let at = *end;
@@ -89,23 +85,20 @@ impl Parking {
             at
         };
         let mut buf = Vec::with_capacity(bytes as usize);
-        for x in m.b.data.iter().chain(&m.a.data) {
+        for x in b.iter().chain(a) {
             buf.extend_from_slice(&x.to_le_bytes());
         }
         self.file.write_all_at(&buf, offset).map_err(self.io())?;
-        m.b.data = Vec::new();
-        m.a.data = Vec::new();
-        m.parked = Some(Parked {
+        Ok(Parked {
             parking: self.clone(),
             offset,
-        });
-        Ok(())
+        })
     }
 }
 
 impl Parked {
     /// `len` f32 values at `skip` values past this module's start.
-    fn read(&self, skip: usize, len: usize) -> Result<Vec<f32>, MergeError> {
+    pub fn read(&self, skip: usize, len: usize) -> Result<Vec<f32>, MergeError> {
         let mut bytes = vec![0u8; 4 * len];
         self.parking
             .file
@@ -115,29 +108,5 @@ impl Parked {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
-    }
-}
-
-impl MergedModule {
-    /// `b`, read back from its parking file when parked.
-    pub fn b(&self) -> Result<Cow<'_, Mat>, MergeError> {
-        match &self.parked {
-            None => Ok(Cow::Borrowed(&self.b)),
-            Some(p) => {
-                let data = p.read(0, self.b.rows * self.b.cols)?;
-                Ok(Cow::Owned(Mat::new(self.b.rows, self.b.cols, data)))
-            }
-        }
-    }
-
-    /// `a`, read back from its parking file when parked.
-    pub fn a(&self) -> Result<Cow<'_, Mat>, MergeError> {
-        match &self.parked {
-            None => Ok(Cow::Borrowed(&self.a)),
-            Some(p) => {
-                let data = p.read(self.b.rows * self.b.cols, self.a.rows * self.a.cols)?;
-                Ok(Cow::Owned(Mat::new(self.a.rows, self.a.cols, data)))
-            }
-        }
     }
 }
