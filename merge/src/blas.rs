@@ -83,6 +83,8 @@ impl<'a> Operand<'a> {
     }
 }
 
+/// A side as BLAS takes it. The engine refuses modules with a side beyond `i32::MAX` before any
+/// product (`engine::check_inputs`), so this cannot fail on a merge's input.
 fn int(x: usize) -> c_int {
     c_int::try_from(x).expect("matrix side beyond the BLAS interface's 32-bit range")
 }

@@ -139,6 +139,14 @@ pub fn check_inputs(inputs: &[LoraAdapter]) -> Result<(), MergeError> {
     let mut shapes: BTreeMap<&str, (ModuleKind, usize, usize, &str)> = BTreeMap::new();
     for a in inputs {
         for (path, e) in &a.modules {
+            // The host's products go through BLAS, whose sizes are 32-bit.
+            let limit = i32::MAX as usize;
+            if e.d_out > limit || e.d_in > limit || e.rank > limit {
+                return Err(MergeError::Incompatible(format!(
+                    "module {path} of {} is {}×{} with rank {}: a side beyond {limit} cannot be merged",
+                    a.name, e.d_out, e.d_in, e.rank
+                )));
+            }
             let seen = shapes
                 .entry(path)
                 .or_insert((e.kind, e.d_out, e.d_in, &a.name));
