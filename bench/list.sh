@@ -150,14 +150,21 @@ bench_quiver() { # label, extra storage flags...
     echo "  quiver ($label) VmHWM: $(awk '/VmHWM/ {print $2, $3}' "/proc/$qpid/status"); warnings/errors in its log: $(log_problems "$WORK/quiver-$label.log")"
     stop_bg "$qpid"
     if [[ "$UNCACHED" == 1 ]]; then
-        # The same data with the listing cache off: what every query costs when it misses.
-        echo "  restarting with --list-cache-bytes 0 (every request runs its queries)"
-        start_quiver qpid "$port" "$data" "$WORK/quiver-$label-uncached.log" --list-cache-bytes 0 "$@"
-        run_wrk "quiver-$label-uncached-list" "$url/api/v1/adapters?limit=50"
-        run_wrk "quiver-$label-uncached-search" "$url/api/v1/adapters?limit=50&q=$TERM_Q"
-        # A facet filter (the newest version's kind and vLLM verdict), as the web listing sends.
-        run_wrk "quiver-$label-uncached-filtered" "$url/api/v1/adapters?limit=50&kind=trained&vllm=true"
-        stop_bg "$qpid"
+        # The same data with the page cache off, twice: with the adapters kept between pages (a
+        # page the page cache lacks: one query for its ids) and with nothing kept (what the first
+        # page after a change costs: the whole page from the database).
+        local mode flags
+        for mode in fragments uncached; do
+            flags=(--list-cache-bytes 0)
+            [[ "$mode" == uncached ]] && flags+=(--list-fragment-bytes 0)
+            echo "  restarting with ${flags[*]}"
+            start_quiver qpid "$port" "$data" "$WORK/quiver-$label-$mode.log" "${flags[@]}" "$@"
+            run_wrk "quiver-$label-$mode-list" "$url/api/v1/adapters?limit=50"
+            run_wrk "quiver-$label-$mode-search" "$url/api/v1/adapters?limit=50&q=$TERM_Q"
+            # A facet filter (the newest version's kind and vLLM verdict), as the web listing sends.
+            run_wrk "quiver-$label-$mode-filtered" "$url/api/v1/adapters?limit=50&kind=trained&vllm=true"
+            stop_bg "$qpid"
+        done
     fi
 }
 
@@ -236,9 +243,13 @@ done
 echo
 echo "RESULT list/search ($N entries; wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --timeout $WRK_TIMEOUT; wrk shares the $(nproc) CPUs with the server)"
 printf '%-32s %12s %10s %9s %8s %16s %8s\n' "" "requests/s" "p99 ms" "non-2xx" "sock err" "x MLflow req/s" "busy s"
-LABELS="quiver-sqlite-list quiver-sqlite-search quiver-sqlite-uncached-list quiver-sqlite-uncached-search
-    quiver-sqlite-uncached-filtered quiver-postgres-list quiver-postgres-search
-    quiver-postgres-uncached-list quiver-postgres-uncached-search quiver-postgres-uncached-filtered"
+LABELS=""
+for b in sqlite postgres; do
+    LABELS+=" quiver-$b-list quiver-$b-search"
+    for mode in fragments uncached; do
+        LABELS+=" quiver-$b-$mode-list quiver-$b-$mode-search quiver-$b-$mode-filtered"
+    done
+done
 # The MLflow row a quiver row is compared with: its page of 50, or its filtered search (for
 # quiver's search and facet filter alike).
 mlflow_of() {

@@ -282,6 +282,9 @@ impl RoutingArgs {
 /// Default budget of the adapter-listing cache: 32 MiB of serialized pages.
 pub const DEFAULT_LIST_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Default budget of the adapters kept between listing pages (`list_fragments`): 32 MiB.
+pub const DEFAULT_LIST_FRAGMENT_BYTES: u64 = 32 * 1024 * 1024;
+
 /// Settings of the HTTP server.
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
@@ -299,6 +302,8 @@ pub struct HttpOptions {
     pub max_upload_bytes: u64,
     /// Bytes of serialized listing pages to keep; 0 turns the cache off.
     pub list_cache_bytes: u64,
+    /// Bytes of adapters kept between listing pages (`list_fragments`); 0 turns them off.
+    pub list_fragment_bytes: u64,
     /// HTTP worker threads; `None` is one per CPU.
     pub workers: Option<usize>,
     /// Hosts whose https images model cards may show (none by default).
@@ -388,6 +393,7 @@ impl Default for HttpOptions {
         Self {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             list_cache_bytes: DEFAULT_LIST_CACHE_BYTES,
+            list_fragment_bytes: DEFAULT_LIST_FRAGMENT_BYTES,
             workers: None,
             card_images: Default::default(),
             clients: ClientLimits::default(),

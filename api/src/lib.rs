@@ -7,7 +7,7 @@
 //! - use cases, [`app`]: what the front doors share (finding what a caller may see or write,
 //!   listings, jobs, lineage, aliases, serving a file);
 //! - services: [`jobs`] (the worker), [`events`] (events and webhook delivery), [`routing`], [`state`], [`config`], [`auth`], [`auth_proxy`], [`publish`],
-//!   [`upload`], [`list_cache`], [`card`];
+//!   [`upload`], [`list_cache`], [`list_fragments`], [`card`];
 //! - base: [`error`] (the one envelope and code table), [`metrics`], [`facets`],
 //!   [`conditional`], [`device`].
 
@@ -26,6 +26,7 @@ pub mod facets;
 pub mod http;
 pub mod jobs;
 pub mod list_cache;
+pub mod list_fragments;
 pub mod metrics;
 pub mod publish;
 pub mod routing;

@@ -139,6 +139,9 @@ impl Application {
             list_cache: ListCache::new(
                 usize::try_from(options.list_cache_bytes).unwrap_or(usize::MAX),
             ),
+            list_fragments: crate::list_fragments::FragmentCache::new(
+                usize::try_from(options.list_fragment_bytes).unwrap_or(usize::MAX),
+            ),
             job_wake,
             routing,
             card_images: options.card_images.clone(),

@@ -11,6 +11,8 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     pub metrics: Arc<Metrics>,
     pub list_cache: ListCache,
+    /// Adapters kept between listing pages.
+    pub list_fragments: crate::list_fragments::FragmentCache,
     /// Wakes this process's idle job workers when a handler queues a job.
     pub job_wake: Arc<tokio::sync::Notify>,
     pub routing: Arc<crate::routing::Routing>,

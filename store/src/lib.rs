@@ -30,7 +30,7 @@ pub use meta::{
     AdapterPatch, AdapterRecord, AdapterSort, Beat, CARD_FILE, CommitCheck, FileRecord, JobEnd,
     JobFilter, JobKind, JobRecord, JobState, JobStore, Lease, LineageGraph, ListAdapters,
     ListedAdapter, MetadataStore, NewAdapter, NewAdapterFields, NewJob, NewProfile, NewVersion,
-    NoCheck, OutputTarget, Page, ParentVersion, PendingProfile, Principal, ProfileInfo,
+    NoCheck, OutputTarget, Page, PageIds, ParentVersion, PendingProfile, Principal, ProfileInfo,
     ProfileSource, ProfileStore, RoutableProfile, RoutingGenerations, SAMPLES_FILE, StaleProfile,
     StoredVectors, VersionRecord, VersionRef, Viewer,
 };

@@ -263,6 +263,116 @@ async fn listing_respects_visibility_filters_and_cursors(#[case] backend: Backen
     ));
 }
 
+/// A page read as ids, then its adapters by id (what the API's kept adapters are filled from),
+/// is the page the one-query listing shows, cursors included.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn listing_by_ids_matches_the_full_listing(#[case] backend: Backend) {
+    let (store, _s) = store_or_skip!(backend);
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let a = store
+            .meta
+            .create_adapter(&new_adapter("alice", &format!("by-id-{i}"), i == 3))
+            .await
+            .expect("create");
+        if i % 2 == 0 {
+            store
+                .meta
+                .create_version(&a, &version(&[("x", &format!("{i:064}"))]))
+                .await
+                .expect("version");
+        }
+        ids.push(a.id);
+    }
+    let alice = Viewer {
+        user: Some("alice".into()),
+        ..Default::default()
+    };
+    let show = |items: &[quiver_store::ListedAdapter]| -> Vec<String> {
+        items.iter().map(|l| format!("{l:?}")).collect()
+    };
+    for viewer in [Viewer::default(), alice] {
+        for (sort, q) in [
+            (AdapterSort::Name, None),
+            (AdapterSort::Updated, None),
+            (AdapterSort::Created, Some("BY-ID")),
+            (AdapterSort::Downloads, None),
+        ] {
+            let mut cursor = None;
+            loop {
+                let query = ListAdapters {
+                    sort,
+                    q: q.map(String::from),
+                    limit: 3,
+                    cursor: cursor.clone(),
+                    ..Default::default()
+                };
+                let full = store
+                    .meta
+                    .list_adapters_full(&query, &viewer)
+                    .await
+                    .expect("full");
+                let page = store
+                    .meta
+                    .list_page_ids(&query, &viewer)
+                    .await
+                    .expect("ids");
+                let mut listed = store.meta.listed_adapters(&page.ids).await.expect("listed");
+                listed.sort_by_key(|l| page.ids.iter().position(|id| *id == l.adapter.id));
+                assert_eq!(show(&listed), show(&full.items), "{sort:?} {cursor:?}");
+                assert_eq!(page.next_cursor, full.next_cursor);
+                assert_eq!(
+                    page.generation,
+                    store.meta.listing_generation().await.expect("generation")
+                );
+                cursor = page.next_cursor;
+                if cursor.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    // A write moves the generation read with the ids; a deleted adapter is left out.
+    let all = ListAdapters {
+        limit: 50,
+        ..Default::default()
+    };
+    let before = store
+        .meta
+        .list_page_ids(&all, &Viewer::default())
+        .await
+        .expect("ids");
+    store.meta.delete_adapter(ids[0]).await.expect("delete");
+    let after = store
+        .meta
+        .list_page_ids(&all, &Viewer::default())
+        .await
+        .expect("ids");
+    assert!(after.generation > before.generation);
+    assert!(!after.ids.contains(&ids[0]) && before.ids.contains(&ids[0]));
+    let listed = store
+        .meta
+        .listed_adapters(&before.ids)
+        .await
+        .expect("listed");
+    assert_eq!(listed.len(), before.ids.len() - 1);
+    // An empty page still reads the generation.
+    let none = ListAdapters {
+        owner: Some("nobody".into()),
+        ..all
+    };
+    let empty = store
+        .meta
+        .list_page_ids(&none, &Viewer::default())
+        .await
+        .expect("ids");
+    assert!(empty.ids.is_empty() && empty.next_cursor.is_none());
+    assert_eq!(empty.generation, after.generation);
+}
+
 #[rstest]
 #[case::sqlite(Backend::Sqlite)]
 #[case::postgres(Backend::Postgres)]

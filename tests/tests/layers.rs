@@ -78,6 +78,7 @@ const API_LAYERS: &[(&str, Layer)] = &[
     ("publish", Layer::Service),
     ("upload", Layer::Service),
     ("list_cache", Layer::Service),
+    ("list_fragments", Layer::Service),
     ("card", Layer::Service),
     ("auth", Layer::Service),
     ("auth_proxy", Layer::Service),

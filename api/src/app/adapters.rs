@@ -2,9 +2,11 @@
 //! full views with refs and the latest version, the checks on new fields, deletion.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use quiver_store::{
-    AdapterRecord, AdapterSort, FacetFilter, ListAdapters, RepoId, Store, VersionKind, Viewer,
+    AdapterRecord, AdapterSort, FacetFilter, ListAdapters, ListedAdapter, Page, RepoId, Store,
+    VersionKind, Viewer,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -128,11 +130,12 @@ pub async fn views(
 /// A listing page's views: the store's one listing query ([`quiver_store::ListedAdapter`]), then
 /// one lookup per distinct parent adapter named in the latest versions' lineage, as [`views`].
 pub async fn list_views(
-    store: &Store,
+    state: &AppState,
     viewer: &Viewer,
     q: &ListAdapters,
 ) -> Result<(Vec<AdapterView>, Option<String>), ApiError> {
-    let found = store.meta.list_adapters_full(q, viewer).await?;
+    let store = &state.store;
+    let found = listed_page(state, viewer, q).await?;
     let parents = crate::app::redact::Parents::of(
         store,
         viewer,
@@ -145,6 +148,55 @@ pub async fn list_views(
         .map(|l| AdapterView::new(l.adapter, l.latest, l.aliases, l.protected, &parents))
         .collect();
     Ok((items, found.next_cursor))
+}
+
+/// A listing page's adapters: the page's ids, then from `list_fragments` what it keeps at the
+/// generation read with them and from the store the rest (kept for the next pages). An adapter
+/// deleted between the two queries is left out of the page.
+async fn listed_page(
+    state: &AppState,
+    viewer: &Viewer,
+    q: &ListAdapters,
+) -> Result<Page<ListedAdapter>, ApiError> {
+    let fragments = &state.list_fragments;
+    if !fragments.enabled() {
+        return Ok(state.store.meta.list_adapters_full(q, viewer).await?);
+    }
+    let page = state.store.meta.list_page_ids(q, viewer).await?;
+    let mut kept = fragments.get(page.generation, &page.ids);
+    let missing: Vec<i64> = page
+        .ids
+        .iter()
+        .zip(&kept)
+        .filter(|(_, k)| k.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    if !missing.is_empty() {
+        let fresh: Vec<Arc<ListedAdapter>> = state
+            .store
+            .meta
+            .listed_adapters(&missing)
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        fragments.put(page.generation, &fresh);
+        let fresh: HashMap<i64, Arc<ListedAdapter>> =
+            fresh.into_iter().map(|l| (l.adapter.id, l)).collect();
+        for (id, slot) in page.ids.iter().zip(kept.iter_mut()) {
+            if slot.is_none() {
+                *slot = fresh.get(id).cloned();
+            }
+        }
+    }
+    Ok(Page {
+        items: kept
+            .into_iter()
+            .flatten()
+            .map(Arc::unwrap_or_clone)
+            .collect(),
+        next_cursor: page.next_cursor,
+    })
 }
 
 pub async fn view(

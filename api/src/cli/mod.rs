@@ -20,8 +20,8 @@ use tokio::sync::Notify;
 
 use crate::background::Background;
 use crate::config::{
-    DEFAULT_LIST_CACHE_BYTES, DEFAULT_MAX_UPLOAD_BYTES, HttpOptions, JobArgs, RoutingArgs,
-    ServerSettings, StorageArgs,
+    DEFAULT_LIST_CACHE_BYTES, DEFAULT_LIST_FRAGMENT_BYTES, DEFAULT_MAX_UPLOAD_BYTES, HttpOptions,
+    JobArgs, RoutingArgs, ServerSettings, StorageArgs,
 };
 use crate::jobs::WorkerOptions;
 use crate::metrics::Metrics;
@@ -55,6 +55,10 @@ pub enum Command {
         /// Bytes of adapter-listing pages to cache (0 turns the cache off).
         #[arg(long, env = "QUIVER_LIST_CACHE_BYTES", default_value_t = DEFAULT_LIST_CACHE_BYTES)]
         list_cache_bytes: u64,
+        /// Bytes of adapters kept between listing pages, so a page the page cache lacks costs
+        /// one query for its ids (0 turns this off).
+        #[arg(long, env = "QUIVER_LIST_FRAGMENT_BYTES", default_value_t = DEFAULT_LIST_FRAGMENT_BYTES)]
+        list_fragment_bytes: u64,
         /// HTTP worker threads [default: one per CPU].
         #[arg(long, env = "QUIVER_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
         workers: Option<u16>,
@@ -207,6 +211,7 @@ pub async fn run(cli: Cli) -> CliResult {
             bind,
             max_upload_bytes,
             list_cache_bytes,
+            list_fragment_bytes,
             workers,
             card_image_hosts,
             job_workers,
@@ -226,6 +231,7 @@ pub async fn run(cli: Cli) -> CliResult {
                 http: HttpOptions {
                     max_upload_bytes,
                     list_cache_bytes,
+                    list_fragment_bytes,
                     workers: workers.map(usize::from),
                     card_images: crate::card::ImagePolicy::new(&card_image_hosts)?,
                     clients,

@@ -117,6 +117,16 @@ pub struct FacetCounts {
     pub targets: Vec<(String, i64)>,
 }
 
+/// A listing page without its contents: the adapters' ids in the page's order, the cursor of the
+/// next page, and the listing generation read by the same statement, at which what
+/// [`AdapterStore::listed_adapters`] returns for these ids may be cached.
+#[derive(Clone, Debug)]
+pub struct PageIds {
+    pub generation: i64,
+    pub ids: Vec<i64>,
+    pub next_cursor: Option<String>,
+}
+
 /// Adapters: create, find, list and search, update, delete.
 #[async_trait]
 pub trait AdapterStore: Send + Sync {
@@ -142,6 +152,16 @@ pub trait AdapterStore: Send + Sync {
         query: &ListAdapters,
         viewer: &Viewer,
     ) -> Result<Page<ListedAdapter>, StoreError>;
+    /// The page [`AdapterStore::list_adapters_full`] would show, as ids only (one query).
+    async fn list_page_ids(
+        &self,
+        query: &ListAdapters,
+        viewer: &Viewer,
+    ) -> Result<PageIds, StoreError>;
+    /// What a listing shows of these adapters, in no particular order; ids that no longer
+    /// exist are left out. Nothing here checks visibility: `ids` come from
+    /// [`AdapterStore::list_page_ids`].
+    async fn listed_adapters(&self, ids: &[i64]) -> Result<Vec<ListedAdapter>, StoreError>;
     async fn update_adapter(
         &self,
         adapter_id: i64,

@@ -53,7 +53,7 @@ use crate::StoreError;
 
 pub use adapters::{
     AdapterPatch, AdapterRecord, AdapterSort, AdapterStore, FacetCounts, FacetFilter, ListAdapters,
-    ListedAdapter, NewAdapter,
+    ListedAdapter, NewAdapter, PageIds,
 };
 pub use audit::{Audit, AuditAction, AuditContext, AuditFilter, AuditRecord, AuditStore};
 pub use jobs::{

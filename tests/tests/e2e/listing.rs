@@ -1,7 +1,8 @@
 //! Listing pages are cached per caller and query; every change anyone commits must show at once.
 
+use quiver_api::config::HttpOptions;
 use quiver_store::{NewAdapter, RepoId};
-use quiver_tests::{Backend, TestApp, app_or_skip, synthetic_adapter};
+use quiver_tests::{Backend, TestApp, app_or_skip, spawn_app_with, synthetic_adapter};
 use reqwest::Method;
 use rstest::rstest;
 use serde_json::{Value, json};
@@ -29,12 +30,43 @@ async fn item(app: &TestApp, id: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Which caches a server keeps: pages and the adapters between pages (the default), only the
+/// adapters, or nothing.
+#[derive(Clone, Copy, Debug)]
+enum Caches {
+    Both,
+    AdaptersOnly,
+    None,
+}
+
+async fn app_with(backend: Backend, caches: Caches) -> Option<TestApp> {
+    let (pages, adapters) = match caches {
+        Caches::Both => (1 << 20, 1 << 20),
+        Caches::AdaptersOnly => (0, 1 << 20),
+        Caches::None => (0, 0),
+    };
+    spawn_app_with(
+        backend,
+        HttpOptions {
+            list_cache_bytes: pages,
+            list_fragment_bytes: adapters,
+            ..HttpOptions::default()
+        },
+    )
+    .await
+}
+
 #[rstest]
-#[case::sqlite(Backend::Sqlite)]
-#[case::postgres(Backend::Postgres)]
+#[case::sqlite(Backend::Sqlite, Caches::Both)]
+#[case::sqlite_adapters_only(Backend::Sqlite, Caches::AdaptersOnly)]
+#[case::sqlite_uncached(Backend::Sqlite, Caches::None)]
+#[case::postgres(Backend::Postgres, Caches::Both)]
+#[case::postgres_adapters_only(Backend::Postgres, Caches::AdaptersOnly)]
 #[tokio::test]
-async fn every_write_shows_in_the_next_listing(#[case] backend: Backend) {
-    let app = app_or_skip!(backend);
+async fn every_write_shows_in_the_next_listing(#[case] backend: Backend, #[case] caches: Caches) {
+    let Some(app) = app_with(backend, caches).await else {
+        return;
+    };
     app.create_adapter("alice", "a", false, "alice").await;
     assert_eq!(ids(&app.get_json(PAGE, "").await.1), ["alice/a"]);
     // Served twice (the second from the cache), then after each kind of write.
@@ -102,11 +134,15 @@ async fn every_write_shows_in_the_next_listing(#[case] backend: Backend) {
 }
 
 #[rstest]
-#[case::sqlite(Backend::Sqlite)]
-#[case::postgres(Backend::Postgres)]
+#[case::sqlite(Backend::Sqlite, Caches::Both)]
+#[case::sqlite_adapters_only(Backend::Sqlite, Caches::AdaptersOnly)]
+#[case::postgres(Backend::Postgres, Caches::Both)]
+#[case::postgres_adapters_only(Backend::Postgres, Caches::AdaptersOnly)]
 #[tokio::test]
-async fn writes_by_another_process_show_at_once(#[case] backend: Backend) {
-    let app = app_or_skip!(backend);
+async fn writes_by_another_process_show_at_once(#[case] backend: Backend, #[case] caches: Caches) {
+    let Some(app) = app_with(backend, caches).await else {
+        return;
+    };
     app.create_adapter("alice", "a", false, "alice").await;
     assert_eq!(ids(&app.get_json(PAGE, "").await.1), ["alice/a"]);
     // Another server (or `quiver` command) on the same database.

@@ -129,7 +129,7 @@ pub async fn list_adapters(
     let viewer = caller.viewer();
     let key = cache_key(&viewer, &list);
     let page = cached_page(&state, &key, async || {
-        let (items, next_cursor) = list_views(&state.store, &viewer, &list).await?;
+        let (items, next_cursor) = list_views(&state, &viewer, &list).await?;
         serde_json::to_vec(&AdapterPage { items, next_cursor })
             .map_err(|e| ApiError::internal("listing JSON", e))
     })

@@ -229,7 +229,7 @@ pub async fn index(
         cache_key(&viewer, &list)
     );
     let page = cached_page(&state, &key, async || {
-        let (items, next_cursor) = list_views(&state.store, &viewer, &list).await?;
+        let (items, next_cursor) = list_views(&state, &viewer, &list).await?;
         let counts = state.store.meta.facet_counts(&viewer, FACET_VALUES).await?;
         let cards = items.into_iter().map(Card::new).collect();
         let facet = |title, field: &'static str, values: Vec<(String, i64)>, current: &str| Facet {

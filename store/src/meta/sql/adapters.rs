@@ -73,6 +73,18 @@ impl AdapterStore for SqlMetadata {
         self.listing(q, viewer, true).await
     }
 
+    async fn list_page_ids(
+        &self,
+        q: &ListAdapters,
+        viewer: &Viewer,
+    ) -> Result<PageIds, StoreError> {
+        self.page_ids(q, viewer).await
+    }
+
+    async fn listed_adapters(&self, ids: &[i64]) -> Result<Vec<ListedAdapter>, StoreError> {
+        self.listed(ids).await
+    }
+
     async fn update_adapter_audited(
         &self,
         adapter_id: i64,
@@ -216,15 +228,49 @@ impl SqlMetadata {
         viewer: &Viewer,
         full: bool,
     ) -> Result<Page<ListedAdapter>, StoreError> {
-        // The page itself, as before; then, per adapter, its tags and (`full`) its newest ready
-        // version with its files, its aliases and protected names, as JSON lists built by the
-        // database: one round trip for the whole page.
+        // The page itself; then, per adapter, its tags and (`full`) its newest ready version with
+        // its files, its aliases and protected names, as JSON lists built by the database: one
+        // round trip for the whole page.
         let mut sql = Sql::new(&format!(
             "WITH page AS (SELECT {ADAPTER_COLUMNS} FROM adapters WHERE 1 = 1"
         ));
-        push_visible(&mut sql, viewer, "");
+        let limit = self.push_page(&mut sql, q, viewer)?;
+        sql.push(")");
+        self.push_items(&mut sql, full, &page_order(q.sort, "page."));
+        let mut items = self.fetch_items(sql).await?;
+        let next_cursor = if items.len() as i64 > limit {
+            items.truncate(limit as usize);
+            items.last().map(|last| {
+                let a = &last.adapter;
+                next_cursor(
+                    q.sort,
+                    (
+                        a.id,
+                        &a.owner,
+                        &a.name,
+                        a.created_at,
+                        a.updated_at,
+                        a.downloads,
+                    ),
+                )
+            })
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Appends the page's conditions (after `WHERE 1 = 1`), its order and its limit, one row more
+    /// than the page's `limit` (returned) to tell whether another page follows.
+    fn push_page(
+        &self,
+        sql: &mut Sql,
+        q: &ListAdapters,
+        viewer: &Viewer,
+    ) -> Result<i64, StoreError> {
+        push_visible(sql, viewer, "");
         if let Some(term) = q.q.as_deref().filter(|t| !t.is_empty()) {
-            self.push_search(&mut sql, term);
+            self.push_search(sql, term);
         }
         if let Some(base) = &q.base_model {
             sql.push(" AND base_model = ").bind(base.as_str());
@@ -248,18 +294,12 @@ impl SqlMetadata {
             .push(" AND pa.name = ")
             .bind(parent.name.as_str());
             // A private parent names nothing for those who may not see it.
-            push_visible(&mut sql, viewer, "pa.");
+            push_visible(sql, viewer, "pa.");
             sql.push(")");
         }
         if !q.facets.is_empty() {
-            push_facets(&mut sql, &q.facets);
+            push_facets(sql, &q.facets);
         }
-        let key_col = match q.sort {
-            AdapterSort::Updated => "updated_at",
-            AdapterSort::Created => "created_at",
-            AdapterSort::Downloads => "downloads",
-            AdapterSort::Name => "",
-        };
         if let Some(raw) = &q.cursor {
             let c: AdapterCursor = decode_cursor(raw)?;
             if c.s != q.sort.as_str() {
@@ -283,6 +323,7 @@ impl SqlMetadata {
                 let k = c.k.as_i64().ok_or_else(|| {
                     StoreError::Invalid("cursor is not one this server issued".into())
                 })?;
+                let key_col = sort_column(q.sort);
                 sql.push(&format!(" AND ({key_col} < "))
                     .bind(k)
                     .push(&format!(" OR ({key_col} = "))
@@ -292,17 +333,18 @@ impl SqlMetadata {
                     .push("))");
             }
         }
-        let order = |table: &str| match q.sort {
-            AdapterSort::Name => format!("{table}owner ASC, {table}name ASC"),
-            _ => format!("{table}{key_col} DESC, {table}id DESC"),
-        };
-        sql.push(&format!(" ORDER BY {}", order("")));
+        sql.push(&format!(" ORDER BY {}", page_order(q.sort, "")));
         let limit = i64::from(q.limit.max(1));
         // A number in the text, not a bound parameter: SQLite reads a bound LIMIT while planning
         // and so re-prepares the statement at every execution (15 % of a listing's time).
         sql.push(&format!(" LIMIT {}", limit + 1));
-        // The whole page is one JSON text in one row: a row of many columns costs sqlx-sqlite a
-        // copy of every value, made on its worker thread and freed on ours.
+        Ok(limit)
+    }
+
+    /// Appends `SELECT <the JSON list of the adapters of the CTE page, in order> AS items`. The
+    /// whole page is one JSON text in one row: a row of many columns costs sqlx-sqlite a copy of
+    /// every value, made on its worker thread and freed on ours.
+    fn push_items(&self, sql: &mut Sql, full: bool, order: &str) {
         let nested = |select: &str| self.json_value(&format!("({select})"));
         let mut fields = vec![
             ("id", "page.id".to_string()),
@@ -361,8 +403,8 @@ impl SqlMetadata {
         }
         let object = self.json_object(&fields);
         sql.push(&format!(
-            ") SELECT {} AS items FROM page",
-            self.json_text(&self.json_agg(&object, &order("page.")))
+            " SELECT {} AS items FROM page",
+            self.json_text(&self.json_agg(&object, order))
         ));
         if full {
             sql.push(" LEFT JOIN versions v ON v.adapter_id = page.id AND v.state = ")
@@ -374,34 +416,111 @@ impl SqlMetadata {
                 .bind(VersionState::Ready.as_str())
                 .push(")");
         }
+    }
+
+    /// Runs a query built by [`Self::push_items`].
+    async fn fetch_items(&self, sql: Sql) -> Result<Vec<ListedAdapter>, StoreError> {
         let row = sql.query().fetch_one(&self.pool).await?;
         let rows: Vec<ListedRow> = match row.try_get::<Option<String>, _>("items")? {
             None => Vec::new(), // Postgres aggregates no rows to NULL
             Some(text) => serde_json::from_str(&text)
                 .map_err(|e| StoreError::Corrupt(format!("listing page: {e}")))?,
         };
-        let mut items: Vec<ListedAdapter> = rows.into_iter().map(ListedRow::into_listed).collect();
-        let next_cursor = if items.len() as i64 > limit {
-            items.truncate(limit as usize);
-            items.last().map(|last| {
-                let last = &last.adapter;
-                let k = match q.sort {
-                    AdapterSort::Updated => Value::from(last.updated_at),
-                    AdapterSort::Created => Value::from(last.created_at),
-                    AdapterSort::Downloads => Value::from(last.downloads),
-                    AdapterSort::Name => serde_json::json!([last.owner, last.name]),
-                };
-                encode_cursor(&AdapterCursor {
-                    s: q.sort.as_str().into(),
-                    k,
-                    id: last.id,
-                })
+        Ok(rows.into_iter().map(ListedRow::into_listed).collect())
+    }
+
+    /// The ids of a listing page, with the listing generation read by the same statement.
+    pub(super) async fn page_ids(
+        &self,
+        q: &ListAdapters,
+        viewer: &Viewer,
+    ) -> Result<PageIds, StoreError> {
+        let mut sql = Sql::new(
+            "WITH page AS (SELECT id, owner, name, created_at, updated_at, downloads \
+             FROM adapters WHERE 1 = 1",
+        );
+        let limit = self.push_page(&mut sql, q, viewer)?;
+        let key = self.json_tuple(
+            "page.id, page.owner, page.name, page.created_at, page.updated_at, page.downloads",
+        );
+        // An uncorrelated scalar subquery: read once, in the statement's snapshot.
+        sql.push(&format!(
+            ") SELECT (SELECT n FROM registry_generation WHERE id = 1) AS generation, \
+             {} AS items FROM page",
+            self.json_text(&self.json_agg(&key, &page_order(q.sort, "page.")))
+        ));
+        let row = sql.query().fetch_one(&self.pool).await?;
+        let generation: i64 = row.try_get("generation")?;
+        type Key = (i64, String, String, i64, i64, i64);
+        let mut keys: Vec<Key> = match row.try_get::<Option<String>, _>("items")? {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("listing page ids: {e}")))?,
+        };
+        let next_cursor = if keys.len() as i64 > limit {
+            keys.truncate(limit as usize);
+            keys.last().map(|(id, owner, name, c, u, d)| {
+                next_cursor(q.sort, (*id, owner, name, *c, *u, *d))
             })
         } else {
             None
         };
-        Ok(Page { items, next_cursor })
+        Ok(PageIds {
+            generation,
+            ids: keys.into_iter().map(|k| k.0).collect(),
+            next_cursor,
+        })
     }
+
+    /// What a listing shows of these adapters (any order; ids that no longer exist are left out),
+    /// 500 ids a query.
+    pub(super) async fn listed(&self, ids: &[i64]) -> Result<Vec<ListedAdapter>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for slice in ids.chunks(500) {
+            let mut sql = Sql::new(&format!(
+                "WITH page AS (SELECT {ADAPTER_COLUMNS} FROM adapters WHERE id IN "
+            ));
+            sql.bind_list(slice).push(")");
+            self.push_items(&mut sql, true, "page.id");
+            out.extend(self.fetch_items(sql).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// The column a numeric sort orders by.
+fn sort_column(sort: AdapterSort) -> &'static str {
+    match sort {
+        AdapterSort::Updated => "updated_at",
+        AdapterSort::Created => "created_at",
+        AdapterSort::Downloads => "downloads",
+        AdapterSort::Name => "owner",
+    }
+}
+
+/// A listing's `ORDER BY`, its columns qualified by `table` (`page.` or nothing).
+fn page_order(sort: AdapterSort, table: &str) -> String {
+    match sort {
+        AdapterSort::Name => format!("{table}owner ASC, {table}name ASC"),
+        _ => format!("{table}{} DESC, {table}id DESC", sort_column(sort)),
+    }
+}
+
+/// The cursor after a page's last adapter, given as (id, owner, name, created, updated,
+/// downloads).
+fn next_cursor(sort: AdapterSort, last: (i64, &str, &str, i64, i64, i64)) -> String {
+    let (id, owner, name, created_at, updated_at, downloads) = last;
+    let k = match sort {
+        AdapterSort::Updated => Value::from(updated_at),
+        AdapterSort::Created => Value::from(created_at),
+        AdapterSort::Downloads => Value::from(downloads),
+        AdapterSort::Name => serde_json::json!([owner, name]),
+    };
+    encode_cursor(&AdapterCursor {
+        s: sort.as_str().into(),
+        k,
+        id,
+    })
 }
 
 /// One adapter of a listing page as the query's JSON holds it; lists the database aggregated
