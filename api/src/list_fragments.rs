@@ -10,9 +10,12 @@
 //! process sharing the database makes every entry stale, as for the page cache; the first lookup
 //! that sees the newer generation drops them. Download counts, which do not move the generation,
 //! are at most [`MAX_AGE`] old.
+//!
+//! Each entry also holds its adapter's JSON as the listing shows it, made by the first page that
+//! needs it (the use case decides when that JSON is the same for every viewer).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use quiver_store::ListedAdapter;
@@ -20,10 +23,26 @@ use serde_json::Value;
 
 use crate::list_cache::MAX_AGE;
 
+/// One adapter as kept.
+pub struct Kept {
+    pub item: ListedAdapter,
+    /// Its view's JSON, when one was made for every viewer.
+    pub json: OnceLock<Vec<u8>>,
+}
+
+impl Kept {
+    pub fn new(item: ListedAdapter) -> Arc<Self> {
+        Arc::new(Self {
+            item,
+            json: OnceLock::new(),
+        })
+    }
+}
+
 struct Fragment {
     stored: Instant,
     weight: usize,
-    item: Arc<ListedAdapter>,
+    item: Arc<Kept>,
 }
 
 #[derive(Default)]
@@ -65,7 +84,7 @@ impl FragmentCache {
     }
 
     /// The kept adapters of `ids` valid at `generation`, in the same order; `None` where none is.
-    pub fn get(&self, generation: i64, ids: &[i64]) -> Vec<Option<Arc<ListedAdapter>>> {
+    pub fn get(&self, generation: i64, ids: &[i64]) -> Vec<Option<Arc<Kept>>> {
         let mut inner = self.lock();
         if !self.enabled() || !inner.at(generation) {
             return vec![None; ids.len()];
@@ -83,7 +102,7 @@ impl FragmentCache {
 
     /// Keeps `items`, read after `generation` was. When they do not fit, what has expired goes
     /// first, then everything (the next pages refill it).
-    pub fn put(&self, generation: i64, items: &[Arc<ListedAdapter>]) {
+    pub fn put(&self, generation: i64, items: &[Arc<Kept>]) {
         if !self.enabled() {
             return;
         }
@@ -93,11 +112,11 @@ impl FragmentCache {
         }
         let now = Instant::now();
         for item in items {
-            let weight = weight(item);
+            let weight = weight(&item.item);
             if weight > self.capacity_bytes {
                 continue;
             }
-            if let Some(old) = inner.entries.remove(&item.adapter.id) {
+            if let Some(old) = inner.entries.remove(&item.item.adapter.id) {
                 inner.bytes -= old.weight;
             }
             if inner.bytes + weight > self.capacity_bytes {
@@ -112,7 +131,7 @@ impl FragmentCache {
             }
             inner.bytes += weight;
             inner.entries.insert(
-                item.adapter.id,
+                item.item.adapter.id,
                 Fragment {
                     stored: now,
                     weight,
@@ -129,8 +148,12 @@ impl FragmentCache {
 }
 
 /// Roughly the bytes an adapter holds: its text, lists and JSON values, and a fixed overhead
-/// per allocation.
+/// per allocation; as much again for its JSON.
 fn weight(l: &ListedAdapter) -> usize {
+    2 * record_weight(l)
+}
+
+fn record_weight(l: &ListedAdapter) -> usize {
     const SLOT: usize = 32;
     let a = &l.adapter;
     let mut n = 256 + a.owner.len() + a.name.len() + a.base_model.len() + a.description.len();
@@ -169,8 +192,8 @@ mod tests {
     use super::*;
     use quiver_store::AdapterRecord;
 
-    fn item(id: i64, description: &str) -> Arc<ListedAdapter> {
-        Arc::new(ListedAdapter {
+    fn item(id: i64, description: &str) -> Arc<Kept> {
+        Kept::new(ListedAdapter {
             adapter: AdapterRecord {
                 id,
                 owner: "o".into(),
@@ -193,7 +216,7 @@ mod tests {
         cache
             .get(generation, ids)
             .into_iter()
-            .map(|f| f.map(|f| f.adapter.id))
+            .map(|f| f.map(|f| f.item.adapter.id))
             .collect()
     }
 
@@ -214,7 +237,7 @@ mod tests {
 
     #[test]
     fn stays_within_its_budget() {
-        let one = weight(&item(1, &"x".repeat(1000)));
+        let one = weight(&item(1, &"x".repeat(1000)).item);
         let cache = FragmentCache::new(3 * one);
         for id in 0..10 {
             cache.put(1, &[item(id, &"x".repeat(1000))]);

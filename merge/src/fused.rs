@@ -17,6 +17,7 @@ use crate::blas::{Operand, sgemm};
 use crate::context::{ModuleContext, Present};
 use crate::error::MergeError;
 use crate::mat::Mat;
+use crate::rank;
 use crate::sparsify::{self, KthLargest, Pruner, Threshold, sign};
 use crate::spec::{Compat, MajoritySign, Pruning};
 
@@ -44,14 +45,18 @@ impl Factors<'_> {
     /// Rows `r0..r0 + out.len() / d_in` of ΔW into `out`.
     fn delta_rows(&self, r0: usize, out: &mut [f32]) {
         let (r, d_in) = (self.b.cols, self.a.cols);
-        let rows = out.len() / d_in.max(1);
+        if d_in == 0 {
+            return;
+        }
+        let rows = out.len() / d_in;
         let b = &self.b.data[r0 * r..(r0 + rows) * r];
-        sgemm(
+        crate::rank::rank_product(
             self.scale,
-            Operand::new(b, rows, r),
-            Operand::new(&self.a.data, r, d_in),
-            0.0,
-            out,
+            b,
+            r,
+            &self.a.data,
+            d_in,
+            &mut out[..rows * d_in],
         );
     }
 }
@@ -148,15 +153,22 @@ fn combine_in_blocks(
     // pages of 100+ MB per module cost a tenth of the time in page faults).
     let mut delta = take_buffer();
     delta.resize(d_out * d_in, 0.0);
+    // Exactly-k pruning with surplus ties keeps the first ones in index order.
+    let ordered = pruners.iter().any(Pruner::ordered);
     // One block: every input's pruned delta, then their combination.
     let block = |bi: usize, out: &mut [f32], x: &mut [f32], ties: &mut [u64]| {
         let r0 = bi * rows_per_block;
         let len = out.len();
-        for (j, (f, x)) in factors.iter().zip(x.chunks_exact_mut(len)).enumerate() {
-            f.delta_rows(r0, x);
-            pruners[j].apply_at(x, (r0 * d_in) as u64, &mut ties[j]);
+        if ordered {
+            // Whole rows in order: each input's block at once.
+            for (j, (f, x)) in factors.iter().zip(x.chunks_exact_mut(len)).enumerate() {
+                f.delta_rows(r0, x);
+                pruners[j].apply_at(x, (r0 * d_in) as u64, &mut ties[j]);
+            }
+            rule.apply(x, out, &mut [0.0; 2 * CHUNK]);
+        } else {
+            combine_panels(&factors, &pruners, &rule, r0, d_in, out, x);
         }
-        rule.apply(x, out, &mut [0.0; 2 * CHUNK]);
         let y = omega.map(|o| {
             let rows = len / d_in;
             let mut y = vec![0.0f32; rows * o.cols];
@@ -174,12 +186,16 @@ fn combine_in_blocks(
     };
     let work = |bi: usize, out: &mut [f32], ties: &mut [u64]| {
         ctx.ctl.check()?;
-        with_scratch(n * out.len(), 0, |x, _| block(bi, out, x, ties))
+        let floats = if ordered {
+            n * out.len()
+        } else {
+            n * (out.len() / d_in.max(1)) * PANEL_COLS.min(d_in)
+        };
+        with_scratch(floats, 0, |x, _| block(bi, out, x, ties))
     };
     let ties = || thresholds.iter().map(|t| t.ties).collect::<Vec<u64>>();
-    let parts: Vec<(f64, Option<Vec<f32>>)> = if pruners.iter().any(Pruner::ordered) {
-        // Exactly-k pruning with surplus ties keeps the first ones in order: one block after the
-        // other, the count carried over.
+    let parts: Vec<(f64, Option<Vec<f32>>)> = if ordered {
+        // One block after the other, the count of ties kept carried over.
         let mut ties = ties();
         delta
             .chunks_mut(block_len)
@@ -304,7 +320,7 @@ fn thresholds_sampling(
             ctx.ctl.check()?;
             let r0 = bi * rows_per_block;
             let rows = rows_per_block.min(d_out - r0);
-            with_scratch(rows * d_in, rows * d_in, |buf, tmp| {
+            with_scratch(0, rows * d_in, |_, tmp| {
                 for (j, f) in factors.iter().enumerate() {
                     let Some((lo, hi)) = intervals[j] else {
                         continue;
@@ -312,8 +328,10 @@ fn thresholds_sampling(
                     if cands[j].len() > cap {
                         continue;
                     }
-                    f.delta_rows(r0, buf);
-                    let (n_above, end) = scan(buf, lo, hi, tmp);
+                    let r = f.b.cols;
+                    let b = &f.b.data[r0 * r..(r0 + rows) * r];
+                    let (n_above, end) =
+                        scan_delta(f.scale, b, r, &f.a.data, d_in, rows, (lo, hi), tmp);
                     cands[j].extend_from_slice(&tmp[..end]);
                     above[j] += n_above;
                 }
@@ -359,30 +377,38 @@ fn thresholds_sampling(
 }
 
 crate::simd::multiversion! {
-    /// Counts the entries of `values` whose |x| bits exceed `hi` and copies those within
-    /// `lo..=hi` to the front of `out` (as many as `values`); returns (count, copied). Runs of 16
-    /// are first tested with vectorised sums, and only runs holding a candidate are walked.
-    fn scan(values: &[f32], lo: u32, hi: u32, out: &mut [u32]) -> (u64, usize) {
+    /// Over the rows of ΔW = `scale · b · a` that `b` holds, computed tile by tile and never
+    /// stored: counts the entries whose |x| bits exceed `hi` and copies those within `lo..=hi`
+    /// to the front of `out` (as many as the rows hold); returns (count, copied).
+    fn scan_delta(
+        scale: f32,
+        b: &[f32],
+        r: usize,
+        a: &[f32],
+        d_in: usize,
+        rows: usize,
+        bounds: (u32, u32),
+        out: &mut [u32],
+    ) -> (u64, usize) {
+        let (lo, hi) = bounds;
         let width = hi.wrapping_sub(lo);
         let (mut above, mut end) = (0u64, 0usize);
-        for run in values.chunks(16) {
-            let (mut a, mut inside) = (0u32, 0u32);
-            for &x in run {
-                let b = x.to_bits() & 0x7fff_ffff;
-                a += u32::from(b > hi);
-                inside += u32::from(b.wrapping_sub(lo) <= width);
+        rank::for_each_piece(scale, (b, r), (a, d_in), rows, 0..d_in, |_, _, run| {
+            // A mask of the candidates (a run is at most 32 entries), then only those walked.
+            let (mut n, mut inside) = (0u32, 0u32);
+            for (t, &x) in run.iter().enumerate() {
+                let bits = x.to_bits() & 0x7fff_ffff;
+                n += u32::from(bits > hi);
+                inside |= u32::from(bits.wrapping_sub(lo) <= width) << t;
             }
-            above += u64::from(a);
-            if inside > 0 {
-                for &x in run {
-                    let b = x.to_bits() & 0x7fff_ffff;
-                    if b.wrapping_sub(lo) <= width {
-                        out[end] = b;
-                        end += 1;
-                    }
-                }
+            above += u64::from(n);
+            while inside != 0 {
+                let t = inside.trailing_zeros() as usize;
+                out[end] = run[t].to_bits() & 0x7fff_ffff;
+                end += 1;
+                inside &= inside - 1;
             }
-        }
+        });
         (above, end)
     }
 }
@@ -515,6 +541,51 @@ fn exact_thresholds(
 
 /// Entries of the chunks [`Rule::apply`] works through.
 const CHUNK: usize = 1024;
+
+/// Columns of a panel of [`combine_panels`]: a panel of every input's factor `a` (r × 256) stays
+/// in L2 while the block's rows are computed against it.
+const PANEL_COLS: usize = 256;
+
+/// Rows `r0..` of the combination into `out` (whole rows of `d_in`), panel by panel of
+/// columns: each input's ΔW over the block's rows and the panel's columns from its factors
+/// into `x` (row by row, the inputs' pieces back to back), pruned, then combined row by row.
+/// For pruning that keeps no order (not exactly-k with surplus ties); `x` holds
+/// `rows · n · min(PANEL_COLS, d_in)` entries, no more than the block.
+fn combine_panels(
+    factors: &[Factors<'_>],
+    pruners: &[Pruner],
+    rule: &Rule,
+    r0: usize,
+    d_in: usize,
+    out: &mut [f32],
+    x: &mut [f32],
+) {
+    let n = factors.len();
+    let rows = out.len() / d_in.max(1);
+    let mut sums = [0.0f32; 2 * CHUNK];
+    // Pruning without order counts no ties.
+    let mut no_ties = u64::MAX;
+    let mut c0 = 0;
+    while c0 < d_in {
+        let w = PANEL_COLS.min(d_in - c0);
+        let x = &mut x[..rows * n * w];
+        for (j, f) in factors.iter().enumerate() {
+            let r = f.b.cols;
+            let b = &f.b.data[r0 * r..(r0 + rows) * r];
+            let a = (&f.a.data[..], d_in);
+            rank::rank_panel(f.scale, (b, r), a, rows, c0..c0 + w, &mut x[j * w..], n * w);
+        }
+        for (i, row) in x.chunks_exact_mut(n * w).enumerate() {
+            let first = ((r0 + i) * d_in + c0) as u64;
+            for (j, p) in pruners.iter().enumerate() {
+                p.apply_at(&mut row[j * w..(j + 1) * w], first, &mut no_ties);
+            }
+            let o = i * d_in + c0;
+            rule.apply(row, &mut out[o..o + w], &mut sums);
+        }
+        c0 += w;
+    }
+}
 
 /// How pruned entries combine: [`crate::host::combine`]'s arithmetic, entry by entry.
 struct Rule {
@@ -696,8 +767,11 @@ mod tests {
     /// values (surplus ties at PEFT's exactly-k threshold, pruned in order) and with many.
     #[test]
     fn fused_blocks_match_the_whole_tensor_combination() {
-        let (d_out, d_in, r) = (37, 23, 4);
-        for levels in [3, 1000] {
+        // Narrower than a tile; and two panels wide, the second with whole tiles and an edge.
+        for ((d_out, d_in, r), levels) in [(37, 23, 4), (13, 300, 5)]
+            .into_iter()
+            .flat_map(|shape| [(shape, 3), (shape, 1000)])
+        {
             let inputs: Vec<Present> = (0..3)
                 .map(|i| Present {
                     index: i,

@@ -30,6 +30,7 @@ pub mod mat;
 pub mod methods;
 pub mod park;
 pub mod peft_config;
+pub mod rank;
 pub mod safetensors;
 #[macro_use]
 mod simd;

@@ -12,9 +12,11 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::app::lookup::page_limit;
-use crate::app::resources::AdapterView;
+use crate::app::redact::{Parents, has_parents};
+use crate::app::resources::{AdapterPage, AdapterView};
 use crate::error::{ApiError, ErrorCode};
 use crate::list_cache::{CachedPage, Lookup};
+use crate::list_fragments::Kept;
 use crate::state::AppState;
 
 /// Most tags an adapter may carry, and the longest tag, description and base model name.
@@ -150,18 +152,32 @@ pub async fn list_views(
     Ok((items, found.next_cursor))
 }
 
-/// A listing page's adapters: the page's ids, then from `list_fragments` what it keeps at the
-/// generation read with them and from the store the rest (kept for the next pages). An adapter
-/// deleted between the two queries is left out of the page.
+/// A listing page's adapters: from the store in one query, or, with `list_fragments` on, the
+/// page's ids, then what `list_fragments` keeps at the generation read with them and from the
+/// store the rest (kept for the next pages). An adapter deleted between the two queries is left
+/// out of the page.
 async fn listed_page(
     state: &AppState,
     viewer: &Viewer,
     q: &ListAdapters,
 ) -> Result<Page<ListedAdapter>, ApiError> {
-    let fragments = &state.list_fragments;
-    if !fragments.enabled() {
+    if !state.list_fragments.enabled() {
         return Ok(state.store.meta.list_adapters_full(q, viewer).await?);
     }
+    let (kept, next_cursor) = kept_page(state, viewer, q).await?;
+    Ok(Page {
+        items: kept.iter().map(|k| k.item.clone()).collect(),
+        next_cursor,
+    })
+}
+
+/// [`listed_page`] with `list_fragments` on: the kept adapters in the page's order.
+async fn kept_page(
+    state: &AppState,
+    viewer: &Viewer,
+    q: &ListAdapters,
+) -> Result<(Vec<Arc<Kept>>, Option<String>), ApiError> {
+    let fragments = &state.list_fragments;
     let page = state.store.meta.list_page_ids(q, viewer).await?;
     let mut kept = fragments.get(page.generation, &page.ids);
     let missing: Vec<i64> = page
@@ -172,31 +188,76 @@ async fn listed_page(
         .map(|(id, _)| *id)
         .collect();
     if !missing.is_empty() {
-        let fresh: Vec<Arc<ListedAdapter>> = state
+        let fresh: Vec<Arc<Kept>> = state
             .store
             .meta
             .listed_adapters(&missing)
             .await?
             .into_iter()
-            .map(Arc::new)
+            .map(Kept::new)
             .collect();
         fragments.put(page.generation, &fresh);
-        let fresh: HashMap<i64, Arc<ListedAdapter>> =
-            fresh.into_iter().map(|l| (l.adapter.id, l)).collect();
+        let fresh: HashMap<i64, Arc<Kept>> =
+            fresh.into_iter().map(|k| (k.item.adapter.id, k)).collect();
         for (id, slot) in page.ids.iter().zip(kept.iter_mut()) {
             if slot.is_none() {
                 *slot = fresh.get(id).cloned();
             }
         }
     }
-    Ok(Page {
-        items: kept
-            .into_iter()
-            .flatten()
-            .map(Arc::unwrap_or_clone)
-            .collect(),
-        next_cursor: page.next_cursor,
-    })
+    Ok((kept.into_iter().flatten().collect(), page.next_cursor))
+}
+
+/// The JSON listing page ([`AdapterPage`]) for `viewer`. With `list_fragments` on, an adapter
+/// whose view is the same for every viewer (its newest version names no parents to redact) is
+/// serialized once and kept with it; the page splices those in.
+pub async fn list_json(
+    state: &AppState,
+    viewer: &Viewer,
+    q: &ListAdapters,
+) -> Result<Vec<u8>, ApiError> {
+    let json_err = |e| ApiError::internal("listing JSON", e);
+    if !state.list_fragments.enabled() {
+        let (items, next_cursor) = list_views(state, viewer, q).await?;
+        return serde_json::to_vec(&AdapterPage { items, next_cursor }).map_err(json_err);
+    }
+    let (kept, next_cursor) = kept_page(state, viewer, q).await?;
+    let parents = Parents::of(
+        &state.store,
+        viewer,
+        kept.iter().filter_map(|k| k.item.latest.as_ref()),
+    )
+    .await?;
+    let view = |l: &ListedAdapter, parents: &Parents| {
+        let l = l.clone();
+        serde_json::to_vec(&AdapterView::new(
+            l.adapter,
+            l.latest,
+            l.aliases,
+            l.protected,
+            parents,
+        ))
+    };
+    let mut body = Vec::with_capacity(kept.len() * 1024 + 64);
+    body.extend_from_slice(br#"{"items":["#);
+    for (i, k) in kept.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        let latest = k.item.latest.as_ref();
+        if latest.is_some_and(|v| has_parents(v.lineage.as_ref())) {
+            body.extend_from_slice(&view(&k.item, &parents).map_err(json_err)?);
+        } else if let Some(json) = k.json.get() {
+            body.extend_from_slice(json);
+        } else {
+            let json = view(&k.item, &Parents::default()).map_err(json_err)?;
+            body.extend_from_slice(k.json.get_or_init(|| json));
+        }
+    }
+    body.extend_from_slice(br#"],"next_cursor":"#);
+    serde_json::to_writer(&mut body, &next_cursor).map_err(json_err)?;
+    body.push(b'}');
+    Ok(body)
 }
 
 pub async fn view(

@@ -75,6 +75,11 @@ impl Parents {
     }
 }
 
+/// Whether this lineage names parent adapters, which makes its view depend on who looks.
+pub fn has_parents(lineage: Option<&Value>) -> bool {
+    parent_names(lineage).next().is_some()
+}
+
 fn parent_names(lineage: Option<&Value>) -> impl Iterator<Item = &str> {
     lineage
         .and_then(|l| l.get("parents"))

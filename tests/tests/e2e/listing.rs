@@ -281,13 +281,19 @@ fn urlencode(s: &str) -> String {
 /// Every listing page (one query for the page, tags, newest ready version, files, aliases and
 /// protected names) shows each adapter exactly as its own resource does (built by separate
 /// queries), for every sort, page size and caller, with the cache on; and the pages' cursors
-/// walk every visible adapter once.
+/// walk every visible adapter once. With the adapters kept between pages, their JSON is kept too
+/// and spliced into the page.
 #[rstest]
-#[case::sqlite(Backend::Sqlite)]
-#[case::postgres(Backend::Postgres)]
+#[case::sqlite(Backend::Sqlite, Caches::Both)]
+#[case::sqlite_adapters_only(Backend::Sqlite, Caches::AdaptersOnly)]
+#[case::sqlite_uncached(Backend::Sqlite, Caches::None)]
+#[case::postgres(Backend::Postgres, Caches::Both)]
+#[case::postgres_adapters_only(Backend::Postgres, Caches::AdaptersOnly)]
 #[tokio::test]
-async fn listed_items_are_the_adapters_own_views(#[case] backend: Backend) {
-    let app = app_or_skip!(backend);
+async fn listed_items_are_the_adapters_own_views(#[case] backend: Backend, #[case] caches: Caches) {
+    let Some(app) = app_with(backend, caches).await else {
+        return;
+    };
     // Tags out of alphabetical order, versions with several files, aliases, a protected name,
     // private adapters of two users, an adapter without versions.
     let body = json!({"owner": "alice", "name": "multi", "base_model": "quiver-test/tiny-llama",

@@ -179,6 +179,12 @@ async fn public_outputs_never_name_private_parents(#[case] backend: Backend) {
             a["latest"]["lineage"]["parents"][0]["adapter"], PRIVATE,
             "{a}"
         );
+        // The listing too, though the adapter is kept between pages since the anonymous one.
+        let (_, listing) = app.get_json("/api/v1/adapters?q=blend", who).await;
+        assert_eq!(
+            listing["items"][0]["latest"]["lineage"]["parents"][0]["adapter"], PRIVATE,
+            "{who}: {listing}"
+        );
     }
     // Made public, the parent shows to everyone; private again, it is hidden again.
     let patch = |private: bool| {

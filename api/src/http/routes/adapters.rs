@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::app::adapters::{
     ListAdaptersQuery, MAX_BASE_MODEL_LEN, cache_key, cached_page, check_description, check_tags,
-    delete, list_query, list_views, view,
+    delete, list_json, list_query, view,
 };
 use crate::app::lookup::{find_adapter, find_writable_adapter, repo_from_path};
 use crate::app::resources::{AdapterPage, AdapterView};
@@ -129,9 +129,7 @@ pub async fn list_adapters(
     let viewer = caller.viewer();
     let key = cache_key(&viewer, &list);
     let page = cached_page(&state, &key, async || {
-        let (items, next_cursor) = list_views(&state, &viewer, &list).await?;
-        serde_json::to_vec(&AdapterPage { items, next_cursor })
-            .map_err(|e| ApiError::internal("listing JSON", e))
+        list_json(&state, &viewer, &list).await
     })
     .await?;
     if etag_matches(&req, &page.etag) {
