@@ -331,7 +331,7 @@ fn thresholds_sampling(
                     let r = f.b.cols;
                     let b = &f.b.data[r0 * r..(r0 + rows) * r];
                     let (n_above, end) =
-                        scan_delta(f.scale, b, r, &f.a.data, d_in, rows, (lo, hi), tmp);
+                        scan_delta(f.scale, (b, r), (&f.a.data, d_in), rows, (lo, hi), tmp);
                     cands[j].extend_from_slice(&tmp[..end]);
                     above[j] += n_above;
                 }
@@ -377,15 +377,14 @@ fn thresholds_sampling(
 }
 
 crate::simd::multiversion! {
-    /// Over the rows of ΔW = `scale · b · a` that `b` holds, computed tile by tile and never
-    /// stored: counts the entries whose |x| bits exceed `hi` and copies those within `lo..=hi`
-    /// to the front of `out` (as many as the rows hold); returns (count, copied).
+    /// Over rows `0..rows` of ΔW = `scale · b · a` (`b`, `a` with their row lengths r and d_in),
+    /// computed tile by tile and never stored: counts the entries whose |x| bits exceed `hi` and
+    /// copies those within `lo..=hi` to the front of `out` (as many as the rows hold); returns
+    /// (count, copied).
     fn scan_delta(
         scale: f32,
-        b: &[f32],
-        r: usize,
-        a: &[f32],
-        d_in: usize,
+        b: (&[f32], usize),
+        a: (&[f32], usize),
         rows: usize,
         bounds: (u32, u32),
         out: &mut [u32],
@@ -393,7 +392,7 @@ crate::simd::multiversion! {
         let (lo, hi) = bounds;
         let width = hi.wrapping_sub(lo);
         let (mut above, mut end) = (0u64, 0usize);
-        rank::for_each_piece(scale, (b, r), (a, d_in), rows, 0..d_in, |_, _, run| {
+        rank::for_each_piece(scale, b, a, rows, 0..a.1, |_, _, run| {
             // A mask of the candidates (a run is at most 32 entries), then only those walked.
             let (mut n, mut inside) = (0u32, 0u32);
             for (t, &x) in run.iter().enumerate() {
