@@ -421,11 +421,7 @@ impl SqlMetadata {
     /// Runs a query built by [`Self::push_items`].
     async fn fetch_items(&self, sql: Sql) -> Result<Vec<ListedAdapter>, StoreError> {
         let row = sql.query().fetch_one(&self.pool).await?;
-        let rows: Vec<ListedRow> = match row.try_get::<Option<String>, _>("items")? {
-            None => Vec::new(), // Postgres aggregates no rows to NULL
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|e| StoreError::Corrupt(format!("listing page: {e}")))?,
-        };
+        let rows: Vec<ListedRow> = json_items(&row, "listing page")?;
         Ok(rows.into_iter().map(ListedRow::into_listed).collect())
     }
 
@@ -452,11 +448,7 @@ impl SqlMetadata {
         let row = sql.query().fetch_one(&self.pool).await?;
         let generation: i64 = row.try_get("generation")?;
         type Key = (i64, String, String, i64, i64, i64);
-        let mut keys: Vec<Key> = match row.try_get::<Option<String>, _>("items")? {
-            None => Vec::new(),
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|e| StoreError::Corrupt(format!("listing page ids: {e}")))?,
-        };
+        let mut keys: Vec<Key> = json_items(&row, "listing page ids")?;
         let next_cursor = if keys.len() as i64 > limit {
             keys.truncate(limit as usize);
             keys.last().map(|(id, owner, name, c, u, d)| {
@@ -485,6 +477,20 @@ impl SqlMetadata {
             out.extend(self.fetch_items(sql).await?);
         }
         Ok(out)
+    }
+}
+
+/// The `items` column of a page's row: a JSON list, null when the page is empty (Postgres
+/// aggregates no rows to NULL).
+fn json_items<T: serde::de::DeserializeOwned>(
+    row: &AnyRow,
+    what: &str,
+) -> Result<Vec<T>, StoreError> {
+    match row.try_get::<Option<String>, _>("items")? {
+        None => Ok(Vec::new()),
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+        }
     }
 }
 
